@@ -1,0 +1,14 @@
+//! airavata: convert Hugging Face Llama checkpoints (ai4bharat/Airavata) to GGUF
+//! with an NF4-equivalent 4-bit scheme, and serve them over HTTP on llama.cpp.
+
+pub mod convert;
+pub mod engine;
+pub mod eval;
+pub mod gguf;
+pub mod hub;
+pub mod quant;
+pub mod safetensors;
+pub mod server;
+pub mod synth;
+pub mod tokenizer;
+pub mod version;

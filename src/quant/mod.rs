@@ -1,0 +1,120 @@
+//! Block quantization formats and quantizers, matching ggml's layouts.
+//!
+//! `quantize` turns f32 rows into the bytes of a ggml tensor type; `dequantize`
+//! turns them back. Rows are processed in parallel.
+
+mod simple;
+
+use crate::gguf::GgmlType;
+use rayon::prelude::*;
+
+/// How blocks are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantMode {
+    /// Byte-identical to ggml's reference quantizers (`ggml_quantize_chunk`).
+    Reference,
+    /// Better error at the same size (falls back to reference where a type has no search).
+    #[default]
+    Search,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    #[error("{ty} cannot hold rows of {n_per_row} values (row length must be a multiple of {block})")]
+    RowLength {
+        ty: GgmlType,
+        n_per_row: usize,
+        block: usize,
+    },
+    #[error("{0} is not supported for quantization")]
+    Unsupported(GgmlType),
+    #[error("data length {len} is not a whole number of rows of {n_per_row}")]
+    Shape { len: usize, n_per_row: usize },
+    #[error("importance matrix has {got} values, expected {expected} (one per column)")]
+    Imatrix { got: usize, expected: usize },
+    #[error("byte length {got} does not match {expected} for {ty}")]
+    Bytes {
+        ty: GgmlType,
+        got: usize,
+        expected: usize,
+    },
+}
+
+/// Quantize `src` (rows of `n_per_row`) to `ty`.
+/// `imatrix` holds one importance weight per column when given.
+pub fn quantize(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+    mode: QuantMode,
+) -> Result<Vec<u8>, QuantError> {
+    if n_per_row == 0 || src.len() % n_per_row != 0 {
+        return Err(QuantError::Shape {
+            len: src.len(),
+            n_per_row,
+        });
+    }
+    let row_bytes = ty.row_bytes(n_per_row).ok_or(QuantError::RowLength {
+        ty,
+        n_per_row,
+        block: ty.block_size(),
+    })?;
+    if let Some(im) = imatrix {
+        if im.len() != n_per_row {
+            return Err(QuantError::Imatrix {
+                got: im.len(),
+                expected: n_per_row,
+            });
+        }
+    }
+    let row_fn = row_quantizer(ty, mode)?;
+    let mut out = vec![0u8; row_bytes * (src.len() / n_per_row)];
+    out.par_chunks_mut(row_bytes)
+        .zip(src.par_chunks(n_per_row))
+        .for_each(|(dst, row)| row_fn(row, dst, imatrix));
+    Ok(out)
+}
+
+type RowFn = fn(&[f32], &mut [u8], Option<&[f32]>);
+
+fn row_quantizer(ty: GgmlType, _mode: QuantMode) -> Result<RowFn, QuantError> {
+    Ok(match ty {
+        GgmlType::F32 => simple::row_f32,
+        GgmlType::F16 => simple::row_f16,
+        GgmlType::Bf16 => simple::row_bf16,
+        GgmlType::Q8_0 => simple::row_q8_0,
+        other => return Err(QuantError::Unsupported(other)),
+    })
+}
+
+/// Dequantize `n` values of type `ty` from `data`.
+pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>, QuantError> {
+    let expected = ty.row_bytes(n).ok_or(QuantError::RowLength {
+        ty,
+        n_per_row: n,
+        block: ty.block_size(),
+    })?;
+    if data.len() != expected {
+        return Err(QuantError::Bytes {
+            ty,
+            got: data.len(),
+            expected,
+        });
+    }
+    let mut out = vec![0f32; n];
+    let (bs, bb) = ty.block_layout().ok_or(QuantError::Unsupported(ty))?;
+    let f: fn(&[u8], &mut [f32]) = match ty {
+        GgmlType::F32 => simple::deq_f32,
+        GgmlType::F16 => simple::deq_f16,
+        GgmlType::Bf16 => simple::deq_bf16,
+        GgmlType::Q8_0 => simple::deq_q8_0,
+        other => return Err(QuantError::Unsupported(other)),
+    };
+    // Parallel over chunks of whole blocks.
+    let blocks_per_chunk = (4096 / bs).max(1);
+    out.par_chunks_mut(bs * blocks_per_chunk)
+        .zip(data.par_chunks(bb * blocks_per_chunk))
+        .for_each(|(o, d)| f(d, o));
+    Ok(out)
+}
