@@ -44,13 +44,15 @@ pub fn synth_vocab(n: usize) -> SpModel {
     for c in [".", ",", "!", "?", "'", "\"", "-", ":", "|", "<", ">", "\n"] {
         push(c.to_string(), PieceType::Normal, &mut pieces);
     }
-    for d in DEVANAGARI {
-        push(d.to_string(), PieceType::Normal, &mut pieces);
-        push(format!("\u{2581}{d}"), PieceType::Normal, &mut pieces);
-    }
-    for w in WORDS {
-        push(w.to_string(), PieceType::Normal, &mut pieces);
-        push(format!("\u{2581}{w}"), PieceType::Normal, &mut pieces);
+    // Every prefix of each word, so SentencePiece's pairwise merges reach
+    // the whole word (with and without the leading-space marker).
+    for w in DEVANAGARI.iter().chain(WORDS) {
+        for word in [w.to_string(), format!("\u{2581}{w}")] {
+            let chars: Vec<char> = word.chars().collect();
+            for k in 1..=chars.len() {
+                push(chars[..k].iter().collect(), PieceType::Normal, &mut pieces);
+            }
+        }
     }
     // Two-letter pieces, then numbered filler pieces.
     let letters: Vec<char> = ('a'..='z').collect();
