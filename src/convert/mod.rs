@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Elements per processing chunk (rows are grouped up to about this many).
-const CHUNK_ELEMS: usize = 1 << 24;
+const CHUNK_ELEMS: usize = 1 << 22;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -313,8 +313,6 @@ fn write_tensor(
         tensor: t.hf_name.clone(),
         msg,
     };
-    let mapped = file.map(entry)?;
-    let bytes = mapped.bytes();
     let row_len = t.row_len();
     let n_rows = t.n_rows();
     let esz = entry.dtype.size();
@@ -330,7 +328,13 @@ fn write_tensor(
             return Err(ConvertError::Cancelled);
         }
         let nr = rows_per_chunk.min(n_rows - row);
-        let src = &bytes[row * row_len * esz..(row + nr) * row_len * esz];
+        // Map only this chunk: resident pages are released with the map.
+        let mapped = file.map_range(
+            entry,
+            (row * row_len * esz) as u64,
+            (nr * row_len * esz) as u64,
+        )?;
+        let src = mapped.bytes();
         let mut f = vec![0f32; nr * row_len];
         f.par_chunks_mut(1 << 16)
             .zip(src.par_chunks((1 << 16) * esz))
@@ -347,6 +351,7 @@ fn write_tensor(
         plan::apply_permute(t.permute, &mut f, row_len, n_rows);
         let q = quant::quantize(ty, &f, row_len, imatrix, mode).map_err(|e| terr(e.to_string()))?;
         drop(f);
+        drop(mapped);
         w.write_data(&t.gguf_name, &q)?;
         progress.advance((nr * row_len) as u64);
         row += nr;

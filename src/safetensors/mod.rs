@@ -170,15 +170,36 @@ impl SafetensorsFile {
 
     /// Map a tensor's bytes (read-only). The map is dropped with the value.
     pub fn map(&self, t: &TensorEntry) -> Result<Mapped, SafetensorsError> {
-        let len = (t.end - t.start) as usize;
+        self.map_range(t, 0, t.end - t.start)
+    }
+
+    /// Map `len` bytes of a tensor starting `offset` bytes into its data.
+    pub fn map_range(
+        &self,
+        t: &TensorEntry,
+        offset: u64,
+        len: u64,
+    ) -> Result<Mapped, SafetensorsError> {
+        if offset.checked_add(len).is_none_or(|e| e > t.end - t.start) {
+            return Err(SafetensorsError::Tensor {
+                path: self.path.clone(),
+                tensor: t.name.clone(),
+                msg: format!("range {offset}+{len} is outside the tensor"),
+            });
+        }
         if len == 0 {
             return Ok(Mapped(None));
         }
         // SAFETY: read-only mapping of a range validated against the file
         // length at open; the bytes are only read. Concurrent truncation of
         // the file by another process is outside what we can guard against.
-        let m = unsafe { MmapOptions::new().offset(t.start).len(len).map(&self.file) }
-            .map_err(|e| SafetensorsError::Io(self.path.clone(), e))?;
+        let m = unsafe {
+            MmapOptions::new()
+                .offset(t.start + offset)
+                .len(len as usize)
+                .map(&self.file)
+        }
+        .map_err(|e| SafetensorsError::Io(self.path.clone(), e))?;
         Ok(Mapped(Some(m)))
     }
 
