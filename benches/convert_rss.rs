@@ -21,6 +21,7 @@ fn config(layers: usize, vocab: usize) -> serde_json::Value {
 /// Run a command, returning (seconds, peak RSS of the child in KiB).
 fn measure(cmd: &mut Command) -> (f64, i64) {
     let t0 = Instant::now();
+    #[allow(clippy::zombie_processes)] // reaped below by wait4, which also reports rusage
     let child = cmd.spawn().expect("spawn airavata");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
@@ -29,7 +30,10 @@ fn measure(cmd: &mut Command) -> (f64, i64) {
     // SAFETY: pid is our un-reaped child; pointers are to live locals.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     assert_eq!(r, pid, "wait4 failed");
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "convert failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "convert failed"
+    );
     (t0.elapsed().as_secs_f64(), ru.ru_maxrss)
 }
 

@@ -101,5 +101,8 @@ fn stories260k_greedy_200_matches_llama2c() {
         false,
     ))
     .unwrap();
-    assert!(text.starts_with("Once upon a time, there was a little girl named Lily."), "{text}");
+    assert!(
+        text.starts_with("Once upon a time, there was a little girl named Lily."),
+        "{text}"
+    );
 }

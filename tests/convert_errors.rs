@@ -65,7 +65,11 @@ fn rewrite_shard(hf: &Path, shard: &str, edit: impl FnOnce(&mut Vec<(TensorHeade
         .map(|e| {
             let bytes = f.map(e).unwrap().bytes().to_vec();
             (
-                TensorHeader { name: e.name.clone(), dtype: e.dtype, shape: e.shape.clone() },
+                TensorHeader {
+                    name: e.name.clone(),
+                    dtype: e.dtype,
+                    shape: e.shape.clone(),
+                },
                 bytes,
             )
         })
@@ -114,9 +118,14 @@ fn missing_tensor_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let hf = fresh(tmp.path());
     let shard = shard_with(&hf, "model.layers.1.mlp.up_proj.weight");
-    rewrite_shard(&hf, &shard, |v| v.retain(|e| e.0.name != "model.layers.1.mlp.up_proj.weight"));
+    rewrite_shard(&hf, &shard, |v| {
+        v.retain(|e| e.0.name != "model.layers.1.mlp.up_proj.weight")
+    });
     let e = fails(&hf);
-    assert!(e.contains("missing tensor model.layers.1.mlp.up_proj.weight"), "{e}");
+    assert!(
+        e.contains("missing tensor model.layers.1.mlp.up_proj.weight"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -125,12 +134,19 @@ fn extra_tensor_is_named_with_its_file() {
     let hf = fresh(tmp.path());
     rewrite_shard(&hf, SHARD2, |v| {
         v.push((
-            TensorHeader { name: "model.layers.0.self_attn.extra.weight".into(), dtype: Dtype::F32, shape: vec![2] },
+            TensorHeader {
+                name: "model.layers.0.self_attn.extra.weight".into(),
+                dtype: Dtype::F32,
+                shape: vec![2],
+            },
             vec![0u8; 8],
         ))
     });
     let e = fails(&hf);
-    assert!(e.contains("unexpected tensor model.layers.0.self_attn.extra.weight"), "{e}");
+    assert!(
+        e.contains("unexpected tensor model.layers.0.self_attn.extra.weight"),
+        "{e}"
+    );
     assert!(e.contains(SHARD2), "{e}");
 }
 
@@ -143,7 +159,10 @@ fn shape_disagreeing_with_config_is_named() {
     cfg["intermediate_size"] = 384.into();
     std::fs::write(hf.join("config.json"), cfg.to_string()).unwrap();
     let e = fails(&hf);
-    assert!(e.contains("model.layers.0.mlp.gate_proj.weight has shape [512, 256]"), "{e}");
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight has shape [512, 256]"),
+        "{e}"
+    );
     assert!(e.contains("[384, 256]"), "{e}");
 }
 
@@ -161,7 +180,10 @@ fn unsupported_dtype_and_architecture() {
         }
     });
     let e = fails(&hf);
-    assert!(e.contains(name) && e.contains("unsupported dtype I16"), "{e}");
+    assert!(
+        e.contains(name) && e.contains("unsupported dtype I16"),
+        "{e}"
+    );
 
     let hf2 = fresh(&tmp.path().join("b"));
     let mut cfg: serde_json::Value =
@@ -169,7 +191,10 @@ fn unsupported_dtype_and_architecture() {
     cfg["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
     std::fs::write(hf2.join("config.json"), cfg.to_string()).unwrap();
     let e = fails(&hf2);
-    assert!(e.contains("config.json") && e.contains("unsupported architecture"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("unsupported architecture"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -188,7 +213,10 @@ fn nan_and_inf_weights_are_located() {
         }
     });
     let e = fails(&hf);
-    assert!(e.contains(name) && e.contains("non-finite") && e.contains("element 1000"), "{e}");
+    assert!(
+        e.contains(name) && e.contains("non-finite") && e.contains("element 1000"),
+        "{e}"
+    );
     assert!(e.contains(&shard), "{e}");
 }
 
@@ -215,7 +243,13 @@ fn truncated_and_lying_safetensors_headers() {
     let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + hlen]).unwrap();
     let mut h = header.clone();
-    let names: Vec<String> = h.as_object().unwrap().keys().filter(|k| *k != "__metadata__").cloned().collect();
+    let names: Vec<String> = h
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect();
     let first = h[&names[0]]["data_offsets"].clone();
     let n0 = first[1].as_u64().unwrap() - first[0].as_u64().unwrap();
     // Make a same-sized tensor start inside the first one.
@@ -248,7 +282,10 @@ fn unreadable_tokenizer_is_reported() {
     let hf = fresh(tmp.path());
     std::fs::write(hf.join("tokenizer.model"), b"\x0a\xff\xff\xff\xff\xff").unwrap();
     let e = fails(&hf);
-    assert!(e.contains("tokenizer.model") && e.contains("unreadable tokenizer"), "{e}");
+    assert!(
+        e.contains("tokenizer.model") && e.contains("unreadable tokenizer"),
+        "{e}"
+    );
     std::fs::remove_file(hf.join("tokenizer.model")).unwrap();
     let e = fails(&hf);
     assert!(e.contains("no tokenizer.model or tokenizer.json"), "{e}");

@@ -28,7 +28,9 @@ fn ggml_view_ctx(ctx: *mut sys::gguf_context) -> Option<GgmlView> {
     let view = unsafe {
         let keys = (0..sys::gguf_get_n_kv(ctx))
             .map(|i| {
-                let k = CStr::from_ptr(sys::gguf_get_key(ctx, i)).to_string_lossy().into_owned();
+                let k = CStr::from_ptr(sys::gguf_get_key(ctx, i))
+                    .to_string_lossy()
+                    .into_owned();
                 (k, sys::gguf_get_kv_type(ctx, i) as u32)
             })
             .collect();
@@ -87,7 +89,11 @@ fn our_view(f: &GgufFile) -> GgmlView {
         version: f.version,
         alignment: f.alignment,
         data_offset: f.data_offset,
-        keys: f.metadata.iter().map(|(k, v)| (k.clone(), v.value_type() as u32)).collect(),
+        keys: f
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value_type() as u32))
+            .collect(),
         tensors: f
             .tensors
             .iter()
@@ -117,21 +123,37 @@ fn reader_agrees_with_ggml_on_converted_models() {
         let p = airavata::synth::tiny_test_gguf_with(tmp.path(), scheme).unwrap();
         check_against_ggml(&p);
     }
-    if let Some(a) = common::assets("reader_agrees_with_ggml_on_converted_models (stories260K part)") {
+    if let Some(a) =
+        common::assets("reader_agrees_with_ggml_on_converted_models (stories260K part)")
+    {
         check_against_ggml(&a.join("stories260k-gguf/stories260K.gguf"));
     }
 }
 
 fn sample_file() -> Vec<u8> {
     let meta = vec![
-        ("general.architecture".to_string(), GgufValue::String("llama".into())),
+        (
+            "general.architecture".to_string(),
+            GgufValue::String("llama".into()),
+        ),
         ("x.u32".to_string(), GgufValue::U32(7)),
         ("x.arr".to_string(), GgufValue::f32s([1.0, 2.0, 3.0])),
-        ("x.strs".to_string(), GgufValue::strings(["a".to_string(), "नमस्ते".to_string()])),
+        (
+            "x.strs".to_string(),
+            GgufValue::strings(["a".to_string(), "नमस्ते".to_string()]),
+        ),
     ];
     let specs = vec![
-        TensorSpec { name: "a".into(), dims: vec![32, 2], ty: GgmlType::Q8_0 },
-        TensorSpec { name: "b".into(), dims: vec![5], ty: GgmlType::F32 },
+        TensorSpec {
+            name: "a".into(),
+            dims: vec![32, 2],
+            ty: GgmlType::Q8_0,
+        },
+        TensorSpec {
+            name: "b".into(),
+            dims: vec![5],
+            ty: GgmlType::F32,
+        },
     ];
     let (mut buf, offsets) = gguf::encode_header(&meta, &specs).unwrap();
     assert_eq!(offsets, vec![0, 96]);

@@ -39,7 +39,8 @@ async fn handle(State(hub): State<Arc<Hub>>, req: Request) -> Response {
             .map(|f| serde_json::json!({"rfilename": f}))
             .chain([serde_json::json!({"rfilename": "README.md"})])
             .collect();
-        return axum::Json(serde_json::json!({"sha": COMMIT, "siblings": siblings})).into_response();
+        return axum::Json(serde_json::json!({"sha": COMMIT, "siblings": siblings}))
+            .into_response();
     }
     let prefix = format!("/{REPO}/resolve/main/");
     let Some(file) = path.strip_prefix(&prefix) else {
@@ -80,7 +81,12 @@ async fn handle(State(hub): State<Arc<Hub>>, req: Request) -> Response {
             Err(std::io::Error::other("connection reset")),
         ]);
         headers.insert(header::CONTENT_LENGTH, body.len().into());
-        return (StatusCode::PARTIAL_CONTENT, headers, Body::from_stream(stream)).into_response();
+        return (
+            StatusCode::PARTIAL_CONTENT,
+            headers,
+            Body::from_stream(stream),
+        )
+            .into_response();
     }
     (StatusCode::PARTIAL_CONTENT, headers, body).into_response()
 }
@@ -101,13 +107,20 @@ fn checkpoint_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(&hf)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect()
 }
 
 fn start_hub(hub: Arc<Hub>) -> (String, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(handle).with_state(hub);
     rt.spawn(async move { axum::serve(listener, app).await });
@@ -143,7 +156,10 @@ fn download_resumes_and_rerun_uses_cache_and_cli_converts() {
     for (name, data) in &files {
         assert_eq!(&std::fs::read(dir.join(name)).unwrap(), data, "{name}");
     }
-    assert!(!dir.join("README.md").exists(), "only checkpoint files are fetched");
+    assert!(
+        !dir.join("README.md").exists(),
+        "only checkpoint files are fetched"
+    );
     // The cut transfer was resumed from where it stopped, not restarted.
     let ranges = file_requests(&hub, &shard);
     let resumed: Vec<usize> = ranges
@@ -152,14 +168,21 @@ fn download_resumes_and_rerun_uses_cache_and_cli_converts() {
         .filter(|&s| s > 0)
         .collect();
     assert_eq!(resumed.len(), 1, "requests: {ranges:?}");
-    assert!(resumed[0] >= shard_size / 4 && resumed[0] < shard_size, "resumed at {}", resumed[0]);
+    assert!(
+        resumed[0] >= shard_size / 4 && resumed[0] < shard_size,
+        "resumed at {}",
+        resumed[0]
+    );
 
     // A rerun finds everything in the cache: no file is transferred again.
     let before = hub.log.lock().unwrap().len();
     let dir2 = airavata::hub::fetch_checkpoint(REPO, "main", Some(&cache), false).unwrap();
     assert_eq!(dir2, dir);
     let new: Vec<_> = hub.log.lock().unwrap()[before..].to_vec();
-    assert!(new.iter().all(|(p, _)| p.starts_with("/api/")), "rerun downloaded: {new:?}");
+    assert!(
+        new.iter().all(|(p, _)| p.starts_with("/api/")),
+        "rerun downloaded: {new:?}"
+    );
 
     // The CLI path: a hub id converts in one step (HF_HOME points at the cache).
     let out = tmp.path().join("hub.gguf");
@@ -170,7 +193,11 @@ fn download_resumes_and_rerun_uses_cache_and_cli_converts() {
         .env("HF_HOME", tmp.path().join("hf-home"))
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let g = airavata::gguf::GgufFile::open(&out).unwrap();
     assert_eq!(g.get_str("general.name"), Some("airavata-tiny-random"));
 

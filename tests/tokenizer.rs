@@ -69,7 +69,11 @@ fn round_trip(model: &llama_cpp_2::model::LlamaModel, s: &str) {
     let toks = v.tokenize(s.as_bytes(), false, false);
     assert_eq!(&with_bos[1..], &toks[..]);
     let back = v.detokenize(&toks, false, false);
-    assert_eq!(String::from_utf8(back).expect("valid UTF-8"), s, "round trip of {s:?}");
+    assert_eq!(
+        String::from_utf8(back).expect("valid UTF-8"),
+        s,
+        "round trip of {s:?}"
+    );
 }
 
 #[test]

@@ -148,7 +148,11 @@ impl TypePolicy {
         if t.role == Role::Norm || t.shape.len() < 2 {
             return GgmlType::F32;
         }
-        if let Some(o) = self.overrides.iter().find(|o| glob_match(&o.pattern, &t.gguf_name)) {
+        if let Some(o) = self
+            .overrides
+            .iter()
+            .find(|o| glob_match(&o.pattern, &t.gguf_name))
+        {
             return o.ty;
         }
         let base = self.scheme.main_type();

@@ -142,7 +142,9 @@ impl SafetensorsFile {
             msg,
         };
         if file_len < 8 {
-            return Err(herr(format!("file is {file_len} bytes, too short for a header")));
+            return Err(herr(format!(
+                "file is {file_len} bytes, too short for a header"
+            )));
         }
         let mut lenb = [0u8; 8];
         file.read_exact(&mut lenb).map_err(io)?;
@@ -154,8 +156,7 @@ impl SafetensorsFile {
         }
         let mut hbuf = vec![0u8; hlen as usize];
         file.read_exact(&mut hbuf).map_err(io)?;
-        let (tensors, metadata) =
-            parse_header(&hbuf, 8 + hlen, file_len).map_err(herr)?;
+        let (tensors, metadata) = parse_header(&hbuf, 8 + hlen, file_len).map_err(herr)?;
         Ok(Self {
             path,
             file,
@@ -310,7 +311,9 @@ pub fn parse_header(json: &[u8], data_start: u64, file_len: u64) -> Result<Parse
             _ => return Err(format!("tensor {name}: data_offsets are not integers")),
         };
         if s > e {
-            return Err(format!("tensor {name}: data_offsets [{s}, {e}] are reversed"));
+            return Err(format!(
+                "tensor {name}: data_offsets [{s}, {e}] are reversed"
+            ));
         }
         if e > data_len {
             return Err(format!(

@@ -85,24 +85,23 @@ pub fn greedy(model: &LlamaModel, prompt: &[LlamaToken], n: usize) -> Vec<LlamaT
     }
     ctx.decode(&mut batch).expect("decode");
     let mut out = Vec::new();
-    let mut pos = prompt.len() as i32;
-    for _ in 0..n {
+    for pos in prompt.len() as i32..(prompt.len() + n) as i32 {
         let logits = ctx.get_logits_ith(batch.n_tokens() - 1);
-        let (best, _) = logits
-            .iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                if v > bv {
-                    (i, v)
-                } else {
-                    (bi, bv)
-                }
-            });
+        let (best, _) =
+            logits
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv {
+                        (i, v)
+                    } else {
+                        (bi, bv)
+                    }
+                });
         let t = LlamaToken(best as i32);
         out.push(t);
         batch.clear();
         batch.add(t, pos, &[0], true).expect("batch add");
-        pos += 1;
         ctx.decode(&mut batch).expect("decode");
     }
     out
