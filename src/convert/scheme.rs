@@ -216,6 +216,10 @@ mod tests {
         );
         assert_eq!(
             p.choose(&t("blk.0.ffn_down.weight", vec![4096, 11008], Role::Weight)),
+            GgmlType::Iq4Xs
+        );
+        assert_eq!(
+            p.choose(&t("x", vec![4096, 288], Role::Weight)),
             GgmlType::Iq4Nl
         );
         assert_eq!(
