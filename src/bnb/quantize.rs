@@ -90,7 +90,7 @@ pub fn quantize_nf4_for_test(
         for (k, &v) in block.iter().enumerate() {
             let e = b * bs + k;
             let code = nf4_encode(v * inv, &thresholds);
-            if e % 2 == 0 {
+            if e.is_multiple_of(2) {
                 packed[e / 2] |= code << 4;
             } else {
                 packed[e / 2] |= code;
