@@ -2,6 +2,7 @@
 //! with an NF4-equivalent 4-bit scheme, and serve them over HTTP on llama.cpp.
 
 pub mod bnb;
+pub mod cli;
 pub mod convert;
 pub mod engine;
 pub mod eval;
