@@ -4,7 +4,9 @@
 //! Asset tests need `AIRAVATA_ASSETS` (stories260K GGUF + wikitext-2); they
 //! print `skipped: AIRAVATA_ASSETS not set` and return when it is unset.
 
+use airavata::convert::Scheme;
 use airavata::eval::{self, BaseLogProbs, EvalError, EvalOptions};
+use airavata::{gguf, synth};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -202,98 +204,21 @@ fn eval_ppl_matches_direct_computation() {
     );
 }
 
-/// Minimal GGUF v3 reader: (tensor name, type, element count, absolute data offset).
-fn gguf_tensors(bytes: &[u8]) -> Vec<(String, u32, usize, usize)> {
-    struct R<'a>(&'a [u8], usize);
-    impl R<'_> {
-        fn take(&mut self, n: usize) -> &[u8] {
-            let s = &self.0[self.1..self.1 + n];
-            self.1 += n;
-            s
-        }
-        fn u32(&mut self) -> u32 {
-            u32::from_le_bytes(self.take(4).try_into().unwrap())
-        }
-        fn u64(&mut self) -> u64 {
-            u64::from_le_bytes(self.take(8).try_into().unwrap())
-        }
-        fn string(&mut self) -> String {
-            let n = self.u64() as usize;
-            String::from_utf8_lossy(self.take(n)).into_owned()
-        }
-        fn skip_value(&mut self, ty: u32) -> Option<u64> {
-            match ty {
-                0 | 1 | 7 => {
-                    self.take(1);
-                }
-                2 | 3 => {
-                    self.take(2);
-                }
-                4 | 5 => return Some(self.u32() as u64),
-                6 => {
-                    self.take(4);
-                }
-                8 => {
-                    self.string();
-                }
-                9 => {
-                    let et = self.u32();
-                    let n = self.u64();
-                    for _ in 0..n {
-                        self.skip_value(et);
-                    }
-                }
-                10..=12 => {
-                    self.take(8);
-                }
-                t => panic!("gguf value type {t}"),
-            }
-            None
-        }
-    }
-    let mut r = R(bytes, 0);
-    assert_eq!(r.take(4), b"GGUF");
-    assert_eq!(r.u32(), 3);
-    let n_tensors = r.u64();
-    let n_kv = r.u64();
-    let mut alignment = 32u64;
-    for _ in 0..n_kv {
-        let key = r.string();
-        let ty = r.u32();
-        let v = r.skip_value(ty);
-        if key == "general.alignment" {
-            alignment = v.unwrap();
-        }
-    }
-    let mut infos = Vec::new();
-    for _ in 0..n_tensors {
-        let name = r.string();
-        let nd = r.u32();
-        let n: u64 = (0..nd).map(|_| r.u64()).product();
-        let ty = r.u32();
-        let off = r.u64();
-        infos.push((name, ty, n as usize, off));
-    }
-    let data_start = (r.1 as u64).div_ceil(alignment) * alignment;
-    infos
-        .into_iter()
-        .map(|(n, t, c, o)| (n, t, c, (data_start + o) as usize))
-        .collect()
-}
-
 /// Copy of an F32 GGUF with every `blk.*.ffn_down.weight` value scaled by a
 /// deterministic factor in [1-amp, 1+amp].
 fn perturbed_copy(src: &Path, dst: &Path, amp: f32) {
+    let g = gguf::GgufFile::open(src).unwrap();
     let mut bytes = std::fs::read(src).unwrap();
-    let infos = gguf_tensors(&bytes);
     let mut touched = 0;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for (name, ty, n, off) in infos {
-        if !name.ends_with("ffn_down.weight") {
-            continue;
-        }
-        assert_eq!(ty, 0, "{name} is F32");
-        for i in 0..n {
+    for t in g
+        .tensors
+        .iter()
+        .filter(|t| t.name.ends_with("ffn_down.weight"))
+    {
+        assert_eq!(t.ty, gguf::GgmlType::F32, "{} is F32", t.name);
+        let off = (g.data_offset + t.offset) as usize;
+        for i in 0..t.n_elements() as usize {
             let at = off + 4 * i;
             let v = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
             state = state
@@ -391,4 +316,49 @@ fn eval_rejects_too_short_text() {
         }
         other => panic!("expected TextTooShort, got {other:?}"),
     }
+}
+
+/// Runs without assets: the synthetic random-weight Llama from
+/// `airavata::synth`, as F16 (base), Q8_0 and BF16.
+#[test]
+fn eval_synthetic_model_quantized_vs_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    let f16 = synth::tiny_test_gguf(dir.path()).unwrap();
+    let q8 = synth::tiny_test_gguf_with(dir.path(), Scheme::Q8_0).unwrap();
+    // BF16 stands in for the 4-bit scheme until IQ4_XS quantization lands on
+    // main (then: Scheme::Nf4, and assert its KLD exceeds Q8_0's).
+    let nf4 = synth::tiny_test_gguf_with(dir.path(), Scheme::Bf16).unwrap();
+    let sentence =
+        "Once upon a time there was a little girl named Lily. How to manage time effectively? \
+                    Hello world, the time is now. नमस्ते भारत, मैं हिंदी में हूँ। ";
+    let text = sentence.repeat(12);
+    let path = write_text(dir.path(), &text);
+    let run = |model: &Path| {
+        let mut o = EvalOptions::new(&f16, model, &path);
+        o.n_ctx = 64;
+        o.n_chunks = Some(4);
+        o.threads = Some(2);
+        eval::evaluate(backend(), &o).unwrap()
+    };
+    let same = run(&f16);
+    let r8 = run(&q8);
+    let r4 = run(&nf4);
+    let (k0, k8, k4) = (
+        same.summary.kld.value,
+        r8.summary.kld.value,
+        r4.summary.kld.value,
+    );
+    println!(
+        "synthetic: PPL f16 {:.3} q8_0 {:.3} bf16 {:.3}; KLD q8_0 {k8:.3e} bf16 {k4:.3e}; top-1 q8_0 {:.1}% bf16 {:.1}%",
+        same.summary.ppl_model.value,
+        r8.summary.ppl_model.value,
+        r4.summary.ppl_model.value,
+        100.0 * r8.summary.same_top.value,
+        100.0 * r4.summary.same_top.value
+    );
+    assert_eq!(same.summary.n_tokens, 4 * (64 - 1 - 32));
+    assert!(k0.abs() <= 1e-6, "self KLD {k0}");
+    assert_eq!(same.summary.same_top.value, 1.0);
+    assert!(k8 > 0.0 && k4 > 0.0, "KLD q8_0 {k8}, bf16 {k4}");
+    assert_eq!(r4.summary.ppl_base.value, same.summary.ppl_base.value);
 }
