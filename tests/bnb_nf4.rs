@@ -2,7 +2,8 @@
 //! round trips within NF4's error bounds, and bit-exact agreement with an
 //! independent reimplementation of bitsandbytes' dequantization.
 
-use airavata::bnb::{self, Nf4QuantizeOptions, OwnedTensor, RawTensor, WeightDtype};
+use airavata::bnb::{self, Nf4QuantizeOptions, OwnedTensor, RawTensor, TensorData, WeightDtype};
+use airavata::safetensors::{self, SafetensorsFile, TensorHeader};
 use std::collections::HashMap;
 
 /// Small deterministic PRNG (xorshift64*) with Box-Muller normals.
@@ -34,12 +35,12 @@ fn by_name(ts: &[OwnedTensor]) -> HashMap<&str, &OwnedTensor> {
 
 fn lookup<'a>(
     m: &'a HashMap<&str, &OwnedTensor>,
-) -> impl FnMut(&str) -> Option<RawTensor<'a>> + 'a {
+) -> impl FnMut(&str) -> Option<TensorData<&'a [u8]>> + 'a {
     move |name| {
-        m.get(name).map(|t| RawTensor {
-            dtype: t.dtype,
-            shape: &t.shape,
-            data: &t.data,
+        m.get(name).map(|t| TensorData {
+            dtype: t.dtype.to_string(),
+            shape: t.shape.clone(),
+            data: t.data.as_slice(),
         })
     }
 }
@@ -336,9 +337,9 @@ fn bnb_reports_bad_or_missing_parts() {
     let mut get = lookup(&m);
     let err = bnb::dequantize_with(w, |n: &str| {
         if n == w {
-            Some(RawTensor {
-                dtype: "U8",
-                shape: &[100, 1],
+            Some(TensorData {
+                dtype: "U8".into(),
+                shape: vec![100, 1],
                 data: short,
             })
         } else {
@@ -362,4 +363,70 @@ fn bnb_reports_bad_or_missing_parts() {
         bnb::QuantState::from_bytes(b"{not json"),
         Err(bnb::BnbError::QuantState(_))
     ));
+}
+
+/// The wiring a converter needs: write a checkpoint with bitsandbytes
+/// tensors next to ordinary ones through `airavata::safetensors`, read it
+/// back, detect, hide the companions, dequantize through the reader.
+#[test]
+fn bnb_checkpoint_through_safetensors_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let q = "model.layers.0.mlp.gate_proj.weight";
+    let x = normal_weights(128 * 256, 0.03, 21);
+    let mut tensors = bnb::quantize_nf4_for_test(q, &x, &[128, 256], Default::default()).unwrap();
+    let norm: Vec<u8> = (0..256)
+        .flat_map(|_| half::bf16::from_f32(1.0).to_bits().to_le_bytes())
+        .collect();
+    tensors.push(OwnedTensor {
+        name: "model.layers.0.post_attention_layernorm.weight".into(),
+        dtype: "BF16",
+        shape: vec![256],
+        data: norm,
+    });
+    let dtype = |s: &str| match s {
+        "U8" => safetensors::Dtype::U8,
+        "F32" => safetensors::Dtype::F32,
+        _ => safetensors::Dtype::BF16,
+    };
+    let headers: Vec<TensorHeader> = tensors
+        .iter()
+        .map(|t| TensorHeader {
+            name: t.name.clone(),
+            dtype: dtype(t.dtype),
+            shape: t.shape.clone(),
+        })
+        .collect();
+    safetensors::write_file(&path, &headers, &[("format", "pt")], |i| {
+        tensors[i].data.clone()
+    })
+    .unwrap();
+
+    let f = SafetensorsFile::open(&path).unwrap();
+    let names: Vec<&str> = f.tensors.keys().map(String::as_str).collect();
+    assert!(bnb::detect(&names));
+    let hidden = bnb::companion_tensors(&names);
+    assert_eq!(hidden.len(), 5);
+    let visible: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !hidden.iter().any(|h| h == n))
+        .collect();
+    assert_eq!(visible.len(), 2, "{visible:?}");
+    for w in bnb::quantized_weights(&names) {
+        let d = bnb::dequantize_with(&w, |name| {
+            let e = f.entry(name)?;
+            let m = f.map(e).ok()?;
+            Some(TensorData {
+                dtype: e.dtype.name().to_string(),
+                shape: e.shape.clone(),
+                data: m.bytes().to_vec(),
+            })
+        })
+        .unwrap();
+        assert_eq!(d.shape, vec![128, 256]);
+        let m = by_name(&tensors);
+        let direct = bnb::dequantize_with(&w, lookup(&m)).unwrap();
+        assert_eq!(d, direct);
+    }
 }

@@ -35,11 +35,11 @@ pub struct Nf4Parts<'a> {
     pub weight: RawTensor<'a>,
     /// `X.weight.absmax`: uint8 when nested, else f32; one per block.
     pub absmax: RawTensor<'a>,
-    /// `X.weight.quant_map`: f32[16].
+    /// `X.weight.quant_map`: 16 f32 values.
     pub quant_map: RawTensor<'a>,
     /// `X.weight.nested_absmax`: f32, one per nested block.
     pub nested_absmax: Option<RawTensor<'a>>,
-    /// `X.weight.nested_quant_map`: f32[256].
+    /// `X.weight.nested_quant_map`: 256 f32 values.
     pub nested_quant_map: Option<RawTensor<'a>>,
     /// `X.weight.quant_state.bitsandbytes__nf4`: uint8 bytes of JSON.
     pub quant_state: RawTensor<'a>,
@@ -237,13 +237,33 @@ pub fn dequantize(parts: &Nf4Parts<'_>) -> Result<Dequantized, BnbError> {
     })
 }
 
+/// One tensor handed over by a caller's reader: safetensors dtype string,
+/// row-major shape, and the bytes in any holder (`Vec<u8>`, `&[u8]`, a map).
+#[derive(Debug, Clone)]
+pub struct TensorData<B> {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub data: B,
+}
+
+impl<B: AsRef<[u8]>> TensorData<B> {
+    fn raw(&self) -> RawTensor<'_> {
+        RawTensor {
+            dtype: &self.dtype,
+            shape: &self.shape,
+            data: self.data.as_ref(),
+        }
+    }
+}
+
 /// Gather the parts of `weight` (e.g. `"model.layers.0.self_attn.q_proj.weight"`)
-/// through an accessor that returns a raw tensor by full name, and dequantize.
-/// This is the entry point for a converter: pass a closure over whatever
-/// safetensors reader it uses.
-pub fn dequantize_with<'a, F>(weight: &str, mut get: F) -> Result<Dequantized, BnbError>
+/// through an accessor that returns a tensor by full name (None when absent),
+/// and dequantize. This is the entry point for a converter: pass a closure
+/// over whatever safetensors reader it uses.
+pub fn dequantize_with<B, F>(weight: &str, mut get: F) -> Result<Dequantized, BnbError>
 where
-    F: FnMut(&str) -> Option<RawTensor<'a>>,
+    B: AsRef<[u8]>,
+    F: FnMut(&str) -> Option<TensorData<B>>,
 {
     let mut need = |suffix: &str| {
         let name = format!("{weight}{suffix}");
@@ -256,12 +276,12 @@ where
     let nested_absmax = need(".nested_absmax").ok();
     let nested_quant_map = need(".nested_quant_map").ok();
     dequantize(&Nf4Parts {
-        weight: w,
-        absmax,
-        quant_map,
-        nested_absmax,
-        nested_quant_map,
-        quant_state,
+        weight: w.raw(),
+        absmax: absmax.raw(),
+        quant_map: quant_map.raw(),
+        nested_absmax: nested_absmax.as_ref().map(TensorData::raw),
+        nested_quant_map: nested_quant_map.as_ref().map(TensorData::raw),
+        quant_state: quant_state.raw(),
     })
     .map_err(|e| e.for_weight(weight))
 }

@@ -12,7 +12,7 @@
 //! Converter usage:
 //! ```no_run
 //! # use airavata::bnb;
-//! # fn lookup(_: &str) -> Option<bnb::RawTensor<'static>> { None }
+//! # fn lookup(_: &str) -> Option<bnb::TensorData<Vec<u8>>> { None }
 //! # let names: Vec<&str> = vec![];
 //! if bnb::detect(&names) {
 //!     let hidden = bnb::companion_tensors(&names); // skip these
@@ -31,6 +31,7 @@ mod quantize;
 pub use codebook::{dynamic_map_signed, nf4_thresholds, NF4_CODE};
 pub use dequant::{
     block_absmax, dequantize, dequantize_with, Dequantized, Nf4Parts, QuantState, RawTensor,
+    TensorData,
 };
 pub use layout::{
     companion_names, companion_tensors, detect, is_companion, quantized_weights, QuantStateJson,
