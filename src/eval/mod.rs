@@ -177,7 +177,7 @@ pub fn evaluate_text(
     }
     let n_vocab = base.n_vocab();
 
-    let tokens = runner::tokenize(&base_model, text);
+    let tokens = runner::tokenize(&base_model, text)?;
     let n_ctx = opts.n_ctx as usize;
     if tokens.len() < 2 * n_ctx {
         return Err(EvalError::TextTooShort {

@@ -127,7 +127,14 @@ impl<'m> ChunkRunner<'m> {
 }
 
 /// Tokenize like llama-perplexity (`common_tokenize(ctx, text, true)`): add
-/// BOS if the vocabulary wants it, special tokens are NOT parsed.
-pub fn tokenize(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
-    model.vocab().tokenize(text.as_bytes(), true, false)
+/// BOS if the vocabulary wants it, special tokens are NOT parsed. Like
+/// llama-perplexity, refuse vocabularies that append EOS.
+pub fn tokenize(model: &LlamaModel, text: &str) -> Result<Vec<LlamaToken>, EvalError> {
+    let vocab = model.vocab();
+    if vocab.should_add_eos() {
+        return Err(EvalError::BadOption(
+            "the base vocabulary appends EOS; llama-perplexity scoring assumes it does not".into(),
+        ));
+    }
+    Ok(vocab.tokenize(text.as_bytes(), true, false))
 }
