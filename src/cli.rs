@@ -25,6 +25,39 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write a random-weight HF checkpoint (default: Airavata's exact shape).
     Synth(SynthArgs),
+    /// Fidelity of a quantized GGUF against a base GGUF (KL-divergence,
+    /// top-1 agreement, perplexity), scored like `llama-perplexity --kl-divergence`.
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Reference model (e.g. the F16 or F32 GGUF).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Model under test (e.g. the 4-bit GGUF).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// UTF-8 text to score (e.g. wiki.test.raw).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Chunk length in tokens.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: u32,
+    /// Score at most this many chunks.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Layers to offload to a GPU backend.
+    #[arg(long, default_value_t = 0)]
+    pub gpu_layers: u32,
+    /// Store base log-probabilities in 16 bits as llama-perplexity does.
+    #[arg(long)]
+    pub u16_base: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -294,11 +327,32 @@ pub fn run_synth(a: SynthArgs) -> Result<()> {
     Ok(())
 }
 
+pub fn run_eval(a: EvalArgs) -> Result<()> {
+    let mut backend = llama_cpp_2::llama_backend::LlamaBackend::init()?;
+    backend.void_logs();
+    let mut o = crate::eval::EvalOptions::new(a.base, a.model, a.text);
+    o.n_ctx = a.ctx;
+    o.n_chunks = a.chunks;
+    o.threads = a.threads;
+    o.n_gpu_layers = a.gpu_layers;
+    if a.u16_base {
+        o.base_logprobs = crate::eval::BaseLogProbs::U16;
+    }
+    let report = crate::eval::evaluate(&backend, &o)?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Command::Convert(a) => run_convert(a),
         Command::Inspect(a) => run_inspect(a),
         Command::Synth(a) => run_synth(a),
+        Command::Eval(a) => run_eval(a),
     }
 }
