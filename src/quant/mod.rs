@@ -3,6 +3,13 @@
 //! `quantize` turns f32 rows into the bytes of a ggml tensor type; `dequantize`
 //! turns them back. Rows are processed in parallel.
 
+mod codebook;
+mod iq4;
+mod q4_0;
+mod q4_k;
+mod q6_k;
+mod rounding;
+mod scale_fit;
 mod simple;
 
 use crate::gguf::GgmlType;
@@ -84,6 +91,11 @@ fn row_quantizer(ty: GgmlType, _mode: QuantMode) -> Result<RowFn, QuantError> {
         GgmlType::F16 => simple::row_f16,
         GgmlType::Bf16 => simple::row_bf16,
         GgmlType::Q8_0 => simple::row_q8_0,
+        GgmlType::Q4_0 => q4_0::quantize_row_ref,
+        GgmlType::Q4K => q4_k::quantize_row_ref,
+        GgmlType::Q6K => q6_k::quantize_row_ref,
+        GgmlType::Iq4Nl => iq4::nl_quantize_row_ref,
+        GgmlType::Iq4Xs => iq4::xs_quantize_row_ref,
         other => return Err(QuantError::Unsupported(other)),
     })
 }
@@ -109,6 +121,11 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>, Quant
         GgmlType::F16 => simple::deq_f16,
         GgmlType::Bf16 => simple::deq_bf16,
         GgmlType::Q8_0 => simple::deq_q8_0,
+        GgmlType::Q4_0 => q4_0::dequantize,
+        GgmlType::Q4K => q4_k::dequantize,
+        GgmlType::Q6K => q6_k::dequantize,
+        GgmlType::Iq4Nl => iq4::nl_dequantize,
+        GgmlType::Iq4Xs => iq4::xs_dequantize,
         other => return Err(QuantError::Unsupported(other)),
     };
     // Parallel over chunks of whole blocks.

@@ -1,0 +1,76 @@
+//! Scalar codebooks: the non-linear IQ4 grid and the uniform integer grids of
+//! the legacy/k-quant formats, with nearest-value lookup.
+
+/// `kvalues_iq4nl`: the 16 non-linear 4-bit levels used by IQ4_NL and IQ4_XS.
+pub const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// Q4_0 levels: stored nibble `q` means `q - 8`.
+pub const Q4_0_LEVELS: [i8; 16] = [-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7];
+
+/// Q6_K levels: stored 6-bit `q` means `q - 32`.
+pub const Q6_K_LEVELS: [i8; 64] = {
+    let mut v = [0i8; 64];
+    let mut i = 0;
+    while i < 64 {
+        v[i] = i as i8 - 32;
+        i += 1;
+    }
+    v
+};
+
+/// ggml's `best_index_int8`: index of the level nearest to `x` in the sorted
+/// `values` (ties go up), by bisection with the same comparisons as ggml.
+#[inline]
+pub fn best_index_int8(values: &[i8], x: f32) -> usize {
+    let n = values.len();
+    if x <= values[0] as f32 {
+        return 0;
+    }
+    if x >= values[n - 1] as f32 {
+        return n - 1;
+    }
+    let (mut ml, mut mu) = (0usize, n - 1);
+    while mu - ml > 1 {
+        let mav = (ml + mu) / 2;
+        if x < values[mav] as f32 {
+            mu = mav;
+        } else {
+            ml = mav;
+        }
+    }
+    if x - (values[mu - 1] as f32) < values[mu] as f32 - x {
+        mu - 1
+    } else {
+        mu
+    }
+}
+
+/// Nearest level of a uniform grid `lo..=hi` as used by ggml's k-quants:
+/// `clamp(nearest_int(x), lo, hi)`; returns the level (not the index).
+#[inline]
+pub fn nearest_level(x: f32, lo: i32, hi: i32) -> i32 {
+    super::rounding::nearest_int(x).clamp(lo, hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_index_matches_linear_scan() {
+        for i in -1400..1400 {
+            let x = i as f32 * 0.1;
+            let got = best_index_int8(&KVALUES_IQ4NL, x);
+            // Linear scan; on exact ties ggml's final comparison picks the upper one.
+            let mut best = 0;
+            for (j, &v) in KVALUES_IQ4NL.iter().enumerate() {
+                if (x - v as f32).abs() <= (x - KVALUES_IQ4NL[best] as f32).abs() {
+                    best = j;
+                }
+            }
+            assert_eq!(got, best, "x = {x}");
+        }
+    }
+}
