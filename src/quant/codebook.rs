@@ -47,13 +47,6 @@ pub fn best_index_int8(values: &[i8], x: f32) -> usize {
     }
 }
 
-/// Nearest level of a uniform grid `lo..=hi` as used by ggml's k-quants:
-/// `clamp(nearest_int(x), lo, hi)`; returns the level (not the index).
-#[inline]
-pub fn nearest_level(x: f32, lo: i32, hi: i32) -> i32 {
-    super::rounding::nearest_int(x).clamp(lo, hi)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

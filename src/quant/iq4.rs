@@ -13,6 +13,7 @@
 use super::codebook::{best_index_int8, KVALUES_IQ4NL};
 use super::rounding::{abs_max, nearest_int, read_f16, write_f16};
 use super::scale_fit::GROUP_MAX_EPS;
+use super::search::{row_weights, single, sq_err, Grid, TwoLevel};
 
 pub const NL_BLOCK: usize = 32;
 pub const NL_BYTES: usize = 18;
@@ -211,6 +212,67 @@ pub fn xs_dequantize(src: &[u8], dst: &mut [f32]) {
             let q = unpack32(&b[8 + 16 * ib..8 + 16 * ib + 16]);
             for (yi, qi) in y[32 * ib..32 * ib + 32].iter_mut().zip(q) {
                 *yi = dl * VALUES[qi as usize] as f32;
+            }
+        }
+    }
+}
+
+/// Search grid for both IQ4 formats.
+const GRID: Grid = Grid {
+    levels: &KVALUES_IQ4NL,
+    lo: 0.6,
+    hi: 1.5,
+};
+
+/// Search row quantizer for IQ4_NL: exact per-block scale search, kept only
+/// where it beats ggml's block (by weighted error).
+pub fn nl_quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+    let w = row_weights(x, imatrix);
+    let mut y = [0f32; NL_BLOCK];
+    for (i, b) in out.chunks_exact_mut(NL_BYTES).enumerate() {
+        let r = NL_BLOCK * i..NL_BLOCK * (i + 1);
+        let (xb, wb) = (&x[r.clone()], &w[r.clone()]);
+        nl_ref_block(xb, b, imatrix.map(|q| &q[r]));
+        nl_dequantize(b, &mut y);
+        let e_ref = sq_err(xb, wb, &y);
+        if let Some(s) = single(xb, wb, &GRID) {
+            if s.err < e_ref {
+                b[..2].copy_from_slice(&s.d_bits.to_le_bytes());
+                pack32(&s.q, &mut b[2..18]);
+            }
+        }
+    }
+}
+
+/// IQ4_XS two-level layout: fp16 `d`, 6-bit signed sub-scales, 32 per sub-block.
+const XS_LAYOUT: TwoLevel = TwoLevel {
+    grid: GRID,
+    sub: 32,
+    lmin: -32,
+    lmax: 31,
+    span: 9,
+};
+
+/// Search row quantizer for IQ4_XS: exact per-sub-block scale search, joint
+/// choice of `d` and the sub-scales, refit of `d`; kept only where it beats
+/// ggml's super-block (by weighted error).
+pub fn xs_quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+    let w = row_weights(x, imatrix);
+    let mut y = [0f32; XS_BLOCK];
+    for (i, b) in out.chunks_exact_mut(XS_BYTES).enumerate() {
+        let r = XS_BLOCK * i..XS_BLOCK * (i + 1);
+        let (xb, wb) = (&x[r.clone()], &w[r.clone()]);
+        xs_ref_block(xb, b, imatrix.map(|q| &q[r]));
+        xs_dequantize(b, &mut y);
+        let e_ref = sq_err(xb, wb, &y);
+        if let Some(s) = XS_LAYOUT.search(xb, wb) {
+            if s.err < e_ref {
+                b[..XS_BYTES].iter_mut().for_each(|v| *v = 0);
+                b[..2].copy_from_slice(&s.d_bits.to_le_bytes());
+                for ib in 0..8 {
+                    xs_set_scale(b, ib, (s.l[ib] + 32) as u8);
+                    pack32(&s.q[32 * ib..32 * ib + 32], &mut b[8 + 16 * ib..8 + 16 * ib + 16]);
+                }
             }
         }
     }

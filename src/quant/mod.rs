@@ -10,6 +10,7 @@ mod q4_k;
 mod q6_k;
 mod rounding;
 mod scale_fit;
+mod search;
 mod simple;
 
 use crate::gguf::GgmlType;
@@ -85,16 +86,23 @@ pub fn quantize(
 
 type RowFn = fn(&[f32], &mut [u8], Option<&[f32]>);
 
-fn row_quantizer(ty: GgmlType, _mode: QuantMode) -> Result<RowFn, QuantError> {
+fn row_quantizer(ty: GgmlType, mode: QuantMode) -> Result<RowFn, QuantError> {
+    let search = mode == QuantMode::Search;
     Ok(match ty {
         GgmlType::F32 => simple::row_f32,
         GgmlType::F16 => simple::row_f16,
         GgmlType::Bf16 => simple::row_bf16,
+        GgmlType::Q8_0 if search => simple::row_q8_0_search,
         GgmlType::Q8_0 => simple::row_q8_0,
+        GgmlType::Q4_0 if search => q4_0::quantize_row_search,
         GgmlType::Q4_0 => q4_0::quantize_row_ref,
+        GgmlType::Q4K if search => q4_k::quantize_row_search,
         GgmlType::Q4K => q4_k::quantize_row_ref,
+        GgmlType::Q6K if search => q6_k::quantize_row_search,
         GgmlType::Q6K => q6_k::quantize_row_ref,
+        GgmlType::Iq4Nl if search => iq4::nl_quantize_row_search,
         GgmlType::Iq4Nl => iq4::nl_quantize_row_ref,
+        GgmlType::Iq4Xs if search => iq4::xs_quantize_row_search,
         GgmlType::Iq4Xs => iq4::xs_quantize_row_ref,
         other => return Err(QuantError::Unsupported(other)),
     })

@@ -5,7 +5,9 @@
 //! A nibble `q` dequantizes to `(q - 8) * d`.
 
 use super::rounding::{read_f16, sum_sq, write_f16};
+use super::codebook::Q4_0_LEVELS;
 use super::scale_fit::make_qx_quants;
+use super::search::{row_weights, single, sq_err, Grid};
 
 pub const QK: usize = 32;
 pub const BLOCK_BYTES: usize = 18;
@@ -78,9 +80,28 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// Unpacks the 32 nibbles of a block.
-#[inline]
-pub fn unpack(qs: &[u8]) -> [u8; QK] {
-    std::array::from_fn(|j| if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 })
-}
+const GRID: Grid = Grid {
+    levels: &Q4_0_LEVELS,
+    lo: 0.6,
+    hi: 1.6,
+};
 
+/// Search row quantizer for Q4_0: exact per-block scale search, kept only
+/// where it beats ggml's block (by weighted error).
+pub fn quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+    quantize_row_ref(x, out, imatrix);
+    let w = row_weights(x, imatrix);
+    let mut y = [0f32; QK];
+    for (i, b) in out.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+        let r = QK * i..QK * (i + 1);
+        let (xb, wb) = (&x[r.clone()], &w[r]);
+        dequantize(b, &mut y);
+        let e_ref = sq_err(xb, wb, &y);
+        if let Some(s) = single(xb, wb, &GRID) {
+            if s.err < e_ref {
+                b[..2].copy_from_slice(&s.d_bits.to_le_bytes());
+                pack(&s.q, &mut b[2..]);
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@
 
 use super::rounding::{nearest_int, read_f16, write_f16};
 use super::scale_fit::{make_qkx_quants, make_qp_quants, Qkx, Sweep};
+use super::search::{row_weights, sq_err};
 
 pub const QK: usize = 256;
 pub const BLOCK_BYTES: usize = 144;
@@ -197,6 +198,92 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
             for l in 0..32 {
                 y[l] = d1 * (q[l] & 0xf) as f32 - m1;
                 y[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
+            }
+        }
+    }
+}
+
+/// Unpacks the 256 levels of a super-block.
+fn unpack_levels(qs: &[u8]) -> [u8; QK] {
+    let mut l = [0u8; QK];
+    for (p, q) in qs.chunks_exact(32).enumerate() {
+        for i in 0..32 {
+            l[64 * p + i] = q[i] & 0xf;
+            l[64 * p + 32 + i] = q[i] >> 4;
+        }
+    }
+    l
+}
+
+/// Refits the fp16 `d` and `dmin` of block `b` by weighted least squares for
+/// its 6-bit scales/mins and levels, then re-derives the levels. Returns
+/// false when the system is degenerate.
+fn refit(x: &[f32], w: &[f32], b: &mut [u8]) -> bool {
+    let l = unpack_levels(&b[16..]);
+    let (mut saa, mut sab, mut sbb, mut sax, mut sbx) = (0.0f64, 0.0, 0.0, 0.0, 0.0);
+    for j in 0..8 {
+        let (sc, m) = scale_min(j, &b[4..16]);
+        for i in 32 * j..32 * j + 32 {
+            let a = sc as f64 * l[i] as f64;
+            let bb = -(m as f64);
+            let (wi, xi) = (w[i] as f64, x[i] as f64);
+            saa += wi * a * a;
+            sab += wi * a * bb;
+            sbb += wi * bb * bb;
+            sax += wi * a * xi;
+            sbx += wi * bb * xi;
+        }
+    }
+    let det = saa * sbb - sab * sab;
+    if !(det > 0.0) {
+        return false;
+    }
+    let d = (sax * sbb - sbx * sab) / det;
+    let m = (saa * sbx - sab * sax) / det;
+    if !(d as f32).is_finite() || !(m as f32).is_finite() {
+        return false;
+    }
+    write_f16(&mut b[0..2], d as f32);
+    write_f16(&mut b[2..4], m as f32);
+    let mut lu = l;
+    finish(x, b, &mut lu);
+    true
+}
+
+/// Search row quantizer for Q4_K: ggml's block, the imatrix-style fit run with
+/// the search weights, and least-squares refits of `d`/`dmin` of the best
+/// candidate; keeps whichever has the lowest weighted error.
+pub fn quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+    quantize_row_ref(x, out, imatrix);
+    let w = row_weights(x, imatrix);
+    let mut y = [0f32; QK];
+    let mut cand = [0u8; BLOCK_BYTES];
+    for (i, b) in out.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+        let r = QK * i..QK * (i + 1);
+        let (xb, wb) = (&x[r.clone()], &w[r]);
+        let mut eval = |blk: &[u8]| {
+            dequantize(blk, &mut y);
+            sq_err(xb, wb, &y)
+        };
+        let mut best = eval(b);
+        let weights: [[f32; 32]; 8] = std::array::from_fn(|j| std::array::from_fn(|k| wb[32 * j + k]));
+        fit_block(xb, &weights, &mut cand);
+        let e = eval(&cand);
+        if e < best {
+            best = e;
+            b.copy_from_slice(&cand);
+        }
+        for _ in 0..2 {
+            cand.copy_from_slice(b);
+            if !refit(xb, wb, &mut cand) {
+                break;
+            }
+            let e = eval(&cand);
+            if e < best {
+                best = e;
+                b.copy_from_slice(&cand);
+            } else {
+                break;
             }
         }
     }

@@ -8,7 +8,9 @@
 //! pairs 0, 2, 4, 6. Weight value: `d * scales[j] * (q - 32)`.
 
 use super::rounding::{nearest_int, read_f16, write_f16};
+use super::codebook::Q6_K_LEVELS;
 use super::scale_fit::{make_qx_quants, GROUP_MAX_EPS};
+use super::search::{row_weights, sq_err, Grid, TwoLevel};
 
 pub const QK: usize = 256;
 pub const BLOCK_BYTES: usize = 210;
@@ -108,6 +110,42 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
         for (i, (yi, li)) in y.iter_mut().zip(l).enumerate() {
             let sc = b[SC_OFF + i / 16] as i8;
             *yi = d * sc as f32 * (li as i32 - 32) as f32;
+        }
+    }
+}
+
+/// Q6_K two-level layout: fp16 `d`, signed 8-bit sub-scales, 16 per sub-block.
+const LAYOUT: TwoLevel = TwoLevel {
+    grid: Grid {
+        levels: &Q6_K_LEVELS,
+        lo: 0.8,
+        hi: 1.25,
+    },
+    sub: 16,
+    lmin: -128,
+    lmax: 127,
+    span: 12,
+};
+
+/// Search row quantizer for Q6_K: exact per-sub-block scale search, joint
+/// choice of `d` and the sub-scales; kept only where it beats ggml's block.
+pub fn quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+    quantize_row_ref(x, out, imatrix);
+    let w = row_weights(x, imatrix);
+    let mut y = [0f32; QK];
+    for (i, b) in out.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+        let r = QK * i..QK * (i + 1);
+        let (xb, wb) = (&x[r.clone()], &w[r]);
+        dequantize(b, &mut y);
+        let e_ref = sq_err(xb, wb, &y);
+        if let Some(s) = LAYOUT.search(xb, wb) {
+            if s.err < e_ref {
+                b[D_OFF..D_OFF + 2].copy_from_slice(&s.d_bits.to_le_bytes());
+                for ib in 0..16 {
+                    b[SC_OFF + ib] = s.l[ib] as i8 as u8;
+                }
+                pack_levels(&s.q, b);
+            }
         }
     }
 }
