@@ -22,7 +22,7 @@ pub const Q6_K_LEVELS: [i8; 64] = {
 
 /// ggml's `best_index_int8`: index of the level nearest to `x` in the sorted
 /// `values` (ties go up), by bisection with the same comparisons as ggml.
-#[inline]
+#[cfg(test)]
 pub fn best_index_int8(values: &[i8], x: f32) -> usize {
     let n = values.len();
     if x <= values[0] as f32 {
@@ -47,6 +47,44 @@ pub fn best_index_int8(values: &[i8], x: f32) -> usize {
     }
 }
 
+/// `MU_IQ4[f + 127]` = the first index whose level is greater than the
+/// integer `f`, for `f` in `-127..=112`.
+const MU_IQ4: [u8; 240] = {
+    let mut t = [0u8; 240];
+    let mut f = -127i32;
+    while f <= 112 {
+        let mut mu = 0;
+        while (KVALUES_IQ4NL[mu] as i32) <= f {
+            mu += 1;
+        }
+        t[(f + 127) as usize] = mu as u8;
+        f += 1;
+    }
+    t
+};
+
+/// `best_index_int8(16, kvalues_iq4nl, x)` with a table instead of the
+/// bisection; the final comparison is ggml's, so results are identical.
+#[inline]
+pub fn best_index_iq4(x: f32) -> usize {
+    const V: &[i8; 16] = &KVALUES_IQ4NL;
+    if x <= V[0] as f32 {
+        return 0;
+    }
+    if x >= V[15] as f32 || x.is_nan() {
+        return 15;
+    }
+    // Exact floor of x (|x| < 128 here).
+    let t = x as i32;
+    let f = if t as f32 > x { t - 1 } else { t };
+    let mu = MU_IQ4[(f + 127) as usize] as usize;
+    if x - (V[mu - 1] as f32) < V[mu] as f32 - x {
+        mu - 1
+    } else {
+        mu
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +102,20 @@ mod tests {
                 }
             }
             assert_eq!(got, best, "x = {x}");
+        }
+    }
+
+    #[test]
+    fn table_lookup_equals_bisection() {
+        let mut probes = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
+        for v in -130i32..=130 {
+            for d in [0.0f32, 1e-6, -1e-6, 0.5, -0.5, 0.25] {
+                let x = v as f32 + d;
+                probes.extend([x, f32::from_bits(x.to_bits() + 1), f32::from_bits(x.to_bits().saturating_sub(1))]);
+            }
+        }
+        for x in probes {
+            assert_eq!(best_index_iq4(x), best_index_int8(&KVALUES_IQ4NL, x), "x = {x}");
         }
     }
 }

@@ -10,7 +10,7 @@
 //! of 32, packed as in IQ4_NL). Sub-block `ib` has the 6-bit scale `ls`, and
 //! its weights are `(d * (ls - 32)) * kvalues[q]`.
 
-use super::codebook::{best_index_int8, KVALUES_IQ4NL};
+use super::codebook::{best_index_iq4, KVALUES_IQ4NL};
 use super::rounding::{abs_max, nearest_int, read_f16, write_f16};
 use super::scale_fit::GROUP_MAX_EPS;
 use super::search::{row_weights, single, sq_err, Grid, TwoLevel};
@@ -58,7 +58,7 @@ fn block_scale(xb: &[f32], weight: &[f32], l: &mut [u8], ntry: i32) -> f32 {
     let mut id = 1.0 / d;
     let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
     for j in 0..xb.len() {
-        let idx = best_index_int8(VALUES, id * xb[j]);
+        let idx = best_index_iq4(id * xb[j]);
         l[j] = idx as u8;
         let q = VALUES[idx] as f32;
         let w = weight[j];
@@ -72,7 +72,7 @@ fn block_scale(xb: &[f32], weight: &[f32], l: &mut [u8], ntry: i32) -> f32 {
         sumqx = 0.0;
         sumq2 = 0.0;
         for j in 0..xb.len() {
-            let q = VALUES[best_index_int8(VALUES, id * xb[j])] as f32;
+            let q = VALUES[best_index_iq4(id * xb[j])] as f32;
             let w = weight[j];
             sumqx += w * q * xb[j];
             sumq2 += w * q * q;
@@ -109,7 +109,7 @@ pub fn nl_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
     write_f16(b, scale);
     let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
     for j in 0..NL_BLOCK {
-        l[j] = best_index_int8(VALUES, id * x[j]) as u8;
+        l[j] = best_index_iq4(id * x[j]) as u8;
     }
     pack32(&l, &mut b[2..18]);
 }
@@ -164,7 +164,7 @@ pub fn xs_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
         let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
         let xb = &x[32 * ib..32 * ib + 32];
         for j in 0..32 {
-            l[j] = best_index_int8(VALUES, idl * xb[j]) as u8;
+            l[j] = best_index_iq4(idl * xb[j]) as u8;
         }
         xs_set_scale(b, ib, (ls + 32) as u8);
         pack32(&l, &mut b[8 + 16 * ib..8 + 16 * ib + 16]);
@@ -220,6 +220,7 @@ pub fn xs_dequantize(src: &[u8], dst: &mut [f32]) {
 /// Search grid for both IQ4 formats.
 const GRID: Grid = Grid {
     levels: &KVALUES_IQ4NL,
+    uniform: false,
     lo: 0.6,
     hi: 1.5,
 };

@@ -118,6 +118,7 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 const LAYOUT: TwoLevel = TwoLevel {
     grid: Grid {
         levels: &Q6_K_LEVELS,
+        uniform: true,
         lo: 0.8,
         hi: 1.25,
     },

@@ -13,13 +13,15 @@
 //! Weights are `x²`, or `qw * sqrt(sigma2 + x²)` with an importance vector
 //! `qw`, where `sigma2 = 2 * mean(x²)` over the whole row.
 
-use super::codebook::best_index_int8;
-use super::rounding::{f16_bits, f16_to_f32};
+use super::codebook::best_index_iq4;
+use super::rounding::{f16_bits, f16_to_f32, nearest_int};
 
 /// A sorted level grid plus the swept range of `s * max|x|`, as fractions of
 /// the largest level magnitude.
 pub struct Grid {
     pub levels: &'static [i8],
+    /// Levels are the consecutive integers `levels[0]..` (else the IQ4 grid).
+    pub uniform: bool,
     /// Sweep `s * max|x|` from `lo * kmax` to `hi * kmax`.
     pub lo: f32,
     pub hi: f32,
@@ -36,9 +38,17 @@ impl Grid {
         0.5 * (self.levels[i] as f32 + self.levels[i + 1] as f32)
     }
 
+    /// Index of the level nearest `v` (any tie-break is fine for search).
     #[inline]
     fn nearest(&self, v: f32) -> usize {
-        best_index_int8(self.levels, v)
+        if !self.uniform {
+            return best_index_iq4(v);
+        }
+        // Uniform integer grid `levels[0]..`.
+        let lo = self.levels[0] as f32;
+        let hi = (self.levels.len() - 1) as f32;
+        let i = (v - lo).clamp(0.0, hi);
+        nearest_int(i) as usize
     }
 }
 
@@ -70,6 +80,9 @@ pub fn sq_err(x: &[f32], w: &[f32], y: &[f32]) -> f64 {
 /// Optimal scale of one block: `(d, Σ w k²)` for the best assignment found,
 /// or None when the block has no weight.
 pub fn best_scale(x: &[f32], w: &[f32], grid: &Grid) -> Option<(f64, f64)> {
+    if x.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
     let amax = x
         .iter()
         .zip(w)
