@@ -48,9 +48,9 @@ pub fn best_index_int8(values: &[i8], x: f32) -> usize {
 }
 
 /// `MU_IQ4[f + 127]` = the first index whose level is greater than the
-/// integer `f`, for `f` in `-127..=112`.
-const MU_IQ4: [u8; 240] = {
-    let mut t = [0u8; 240];
+/// integer `f`, for `f` in `-127..=112`; `MU_IQ4[240] = 15` (for `f = 113`).
+const MU_IQ4: [u8; 241] = {
+    let mut t = [15u8; 241];
     let mut f = -127i32;
     while f <= 112 {
         let mut mu = 0;
@@ -64,25 +64,21 @@ const MU_IQ4: [u8; 240] = {
 };
 
 /// `best_index_int8(16, kvalues_iq4nl, x)` with a table instead of the
-/// bisection; the final comparison is ggml's, so results are identical.
+/// bisection, and without data-dependent branches; the final comparison is
+/// ggml's, so results are identical for every input.
 #[inline]
 pub fn best_index_iq4(x: f32) -> usize {
     const V: &[i8; 16] = &KVALUES_IQ4NL;
-    if x <= V[0] as f32 {
-        return 0;
-    }
-    if x >= V[15] as f32 || x.is_nan() {
+    if x.is_nan() {
         return 15;
     }
-    // Exact floor of x (|x| < 128 here).
+    // Out-of-range values land on the end levels through the same comparison.
+    let x = x.clamp(-127.0, 113.0);
     let t = x as i32;
-    let f = if t as f32 > x { t - 1 } else { t };
-    let mu = MU_IQ4[(f + 127) as usize] as usize;
-    if x - (V[mu - 1] as f32) < V[mu] as f32 - x {
-        mu - 1
-    } else {
-        mu
-    }
+    let f = t - ((t as f32 > x) as i32); // exact floor
+    let mu = MU_IQ4[((f + 127) as usize).min(240)] as usize;
+    let lower = x - (V[mu - 1] as f32) < V[mu] as f32 - x;
+    mu - lower as usize
 }
 
 #[cfg(test)]

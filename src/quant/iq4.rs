@@ -55,7 +55,7 @@ fn block_scale(xb: &[f32], weight: &[f32], l: &mut [u8], ntry: i32) -> f32 {
     }
     let v0 = VALUES[0] as f32;
     let mut d = if ntry > 0 { -max / v0 } else { max / v0 };
-    let mut id = 1.0 / d;
+    let id = 1.0 / d;
     let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
     for j in 0..xb.len() {
         let idx = best_index_iq4(id * xb[j]);
@@ -67,16 +67,26 @@ fn block_scale(xb: &[f32], weight: &[f32], l: &mut [u8], ntry: i32) -> f32 {
     }
     d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
     let mut best = d * sumqx;
-    for itry in -ntry..=ntry {
-        id = (itry + VALUES[0] as i32) as f32 / max;
-        sumqx = 0.0;
-        sumq2 = 0.0;
-        for j in 0..xb.len() {
-            let q = VALUES[best_index_iq4(id * xb[j])] as f32;
-            let w = weight[j];
-            sumqx += w * q * xb[j];
-            sumq2 += w * q * q;
+    // The 2*ntry+1 trials are independent: accumulate them side by side (each
+    // in ggml's order), then pick the best in ggml's order.
+    const MAXT: usize = 15;
+    let nt = (2 * ntry + 1).clamp(0, MAXT as i32) as usize;
+    let mut ids = [0f32; MAXT];
+    for (t, id) in ids.iter_mut().enumerate().take(nt) {
+        *id = (t as i32 - ntry + VALUES[0] as i32) as f32 / max;
+    }
+    let mut sqx = [0f32; MAXT];
+    let mut sq2 = [0f32; MAXT];
+    for j in 0..xb.len() {
+        let (xj, w) = (xb[j], weight[j]);
+        for t in 0..nt {
+            let q = VALUES[best_index_iq4(ids[t] * xj)] as f32;
+            sqx[t] += w * q * xj;
+            sq2[t] += w * q * q;
         }
+    }
+    for t in 0..nt {
+        let (sumqx, sumq2) = (sqx[t], sq2[t]);
         if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
             d = sumqx / sumq2;
             best = d * sumqx;
