@@ -4,6 +4,7 @@
 //! turns them back. Rows are processed in parallel.
 
 mod codebook;
+pub mod imatrix;
 mod iq4;
 mod q4_0;
 mod q4_k;
@@ -14,6 +15,7 @@ mod search;
 mod simple;
 
 use crate::gguf::GgmlType;
+pub use imatrix::Imatrix;
 use rayon::prelude::*;
 
 /// How blocks are chosen.
@@ -40,6 +42,14 @@ pub enum QuantError {
     Shape { len: usize, n_per_row: usize },
     #[error("importance matrix has {got} values, expected {expected} (one per column)")]
     Imatrix { got: usize, expected: usize },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad imatrix file {path}: {msg}")]
+    ImatrixFile { path: String, msg: String },
     #[error("byte length {got} does not match {expected} for {ty}")]
     Bytes {
         ty: GgmlType,

@@ -129,9 +129,10 @@ fn sweep(x: &[f32], w: &[f32], grid: &Grid, sign: f32, s_lo: f32, s_hi: f32) -> 
         let k = grid.levels[i0] as f64;
         s1 += w[j] as f64 * xs as f64 * k;
         s2 += w[j] as f64 * k * k;
+        let inv = 1.0 / xs;
         if xs > 0.0 {
             for i in i0..nl - 1 {
-                let bp = grid.mid(i) / xs;
+                let bp = grid.mid(i) * inv;
                 if !(bp <= s_hi) || ne == events.len() {
                     break;
                 }
@@ -140,7 +141,7 @@ fn sweep(x: &[f32], w: &[f32], grid: &Grid, sign: f32, s_lo: f32, s_hi: f32) -> 
             }
         } else if xs < 0.0 {
             for i in (1..=i0).rev() {
-                let bp = grid.mid(i - 1) / xs;
+                let bp = grid.mid(i - 1) * inv;
                 if !(bp <= s_hi) || ne == events.len() {
                     break;
                 }
