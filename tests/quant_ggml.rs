@@ -230,9 +230,15 @@ fn reference_matches_ggml_on_stories260k() {
         let mut n_tensors = 0;
         let mut n_rows = 0;
         for t in &tensors {
-            let ne0 = t.dims[0] as usize;
+            // Rows as stored; where ne0 is not a whole number of blocks (the
+            // 256-blocked types on this tiny model), the same values as rows of
+            // 256 when the tensor size allows it.
+            let mut ne0 = t.dims[0] as usize;
             if ne0 % ty.block_size() != 0 {
-                continue;
+                if t.data.len() % 256 != 0 || 256 % ty.block_size() != 0 {
+                    continue;
+                }
+                ne0 = 256;
             }
             for with_im in [false, true] {
                 let im = with_im.then(|| random_imatrix(&mut rng, ne0));
@@ -243,6 +249,6 @@ fn reference_matches_ggml_on_stories260k() {
             }
             n_tensors += 1;
         }
-        println!("{ty}: {n_tensors} stories260K tensors ({n_rows} rows) byte-identical to ggml");
+        println!("{ty}: {n_tensors} stories260K tensors, {n_rows} rows (with and without imatrix) byte-identical to ggml");
     }
 }

@@ -9,9 +9,11 @@
 //!   of `n_mat` counts. Value = in_sum2 / count per matrix (1 where the count
 //!   is 0), as `llama-quantize` loads it.
 //!
+//! GGUF files are read with `crate::gguf::GgufFile`.
 //! Keys are GGUF tensor names such as `blk.0.attn_q.weight`.
 
 use super::QuantError;
+use crate::gguf::{GgmlType, GgufFile, GgufValue, TensorInfo};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -52,12 +54,6 @@ impl<'a> Reader<'a> {
     fn i32(&mut self) -> Option<i32> {
         self.u32().map(|v| v as i32)
     }
-    fn u64(&mut self) -> Option<u64> {
-        let b = self.bytes(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Some(u64::from_le_bytes(a))
-    }
     fn f32s(&mut self, n: usize) -> Option<Vec<f32>> {
         let b = self.bytes(n.checked_mul(4)?)?;
         Some(
@@ -66,57 +62,6 @@ impl<'a> Reader<'a> {
                 .collect(),
         )
     }
-    fn gguf_string(&mut self) -> Option<String> {
-        let n = usize::try_from(self.u64()?).ok()?;
-        Some(String::from_utf8_lossy(self.bytes(n)?).into_owned())
-    }
-}
-
-/// A GGUF metadata value, as far as the imatrix loader cares.
-enum Meta {
-    Int(u64),
-    Str(String),
-    Strs(Vec<String>),
-    Other,
-}
-
-fn gguf_value(r: &mut Reader, t: u32, depth: u32) -> Option<Meta> {
-    Some(match t {
-        0 | 1 | 7 => Meta::Int(r.bytes(1)?[0] as u64),
-        2 | 3 => {
-            let b = r.bytes(2)?;
-            Meta::Int(u16::from_le_bytes([b[0], b[1]]) as u64)
-        }
-        4 | 5 => Meta::Int(r.u32()? as u64),
-        6 => {
-            r.u32()?;
-            Meta::Other
-        }
-        10 | 11 => Meta::Int(r.u64()?),
-        12 => {
-            r.u64()?;
-            Meta::Other
-        }
-        8 => Meta::Str(r.gguf_string()?),
-        9 if depth < 4 => {
-            let et = r.u32()?;
-            let n = r.u64()?;
-            let mut strs = Vec::new();
-            for _ in 0..n {
-                match gguf_value(r, et, depth + 1)? {
-                    Meta::Str(s) => strs.push(s),
-                    _ if et == 8 => return None,
-                    _ => {}
-                }
-            }
-            if et == 8 {
-                Meta::Strs(strs)
-            } else {
-                Meta::Other
-            }
-        }
-        _ => return None,
-    })
 }
 
 impl Imatrix {
@@ -128,7 +73,7 @@ impl Imatrix {
             source: e,
         })?;
         if buf.starts_with(b"GGUF") {
-            Self::parse_gguf(path, &buf)
+            Self::parse_gguf(path)
         } else {
             Self::parse_dat(path, &buf)
         }
@@ -187,84 +132,39 @@ impl Imatrix {
         Ok(m)
     }
 
-    fn parse_gguf(path: &Path, buf: &[u8]) -> Result<Imatrix, QuantError> {
-        let mut r = Reader { buf, pos: 4 };
-        let trunc = || bad(path, "truncated GGUF imatrix file");
-        let version = r.u32().ok_or_else(trunc)?;
-        if !(2..=3).contains(&version) {
-            return Err(bad(path, format!("unsupported GGUF version {version}")));
-        }
-        let n_tensors = r.u64().ok_or_else(trunc)?;
-        let n_kv = r.u64().ok_or_else(trunc)?;
-        let mut m = Imatrix::default();
-        let mut alignment = 32u64;
-        for _ in 0..n_kv {
-            let key = r.gguf_string().ok_or_else(trunc)?;
-            let t = r.u32().ok_or_else(trunc)?;
-            let v = gguf_value(&mut r, t, 0).ok_or_else(|| bad(path, format!("bad metadata value for {key}")))?;
-            match (key.as_str(), v) {
-                ("general.alignment", Meta::Int(a)) if a > 0 => alignment = a,
-                ("imatrix.chunk_count", Meta::Int(c)) => m.chunk_count = Some(c),
-                ("imatrix.datasets", Meta::Strs(s)) => m.datasets = s,
-                ("imatrix.datasets", Meta::Str(s)) => m.datasets = vec![s],
-                _ => {}
+    fn parse_gguf(path: &Path) -> Result<Imatrix, QuantError> {
+        let f = GgufFile::open(path).map_err(|e| bad(path, e.to_string()))?;
+        let mut m = Imatrix {
+            chunk_count: f.get_u64("imatrix.chunk_count"),
+            ..Imatrix::default()
+        };
+        match f.get("imatrix.datasets") {
+            Some(GgufValue::Array(_, v)) => {
+                m.datasets = v.iter().filter_map(|s| s.as_str().map(String::from)).collect()
             }
+            Some(GgufValue::String(s)) => m.datasets = vec![s.clone()],
+            _ => {}
         }
-        struct Info {
-            name: String,
-            n: u64,
-            ty: u32,
-            off: u64,
-        }
-        let mut infos = Vec::new();
-        for _ in 0..n_tensors {
-            let name = r.gguf_string().ok_or_else(trunc)?;
-            let nd = r.u32().ok_or_else(trunc)?;
-            if nd > 4 {
-                return Err(bad(path, format!("tensor {name} has {nd} dimensions")));
+        let f32s = |t: &TensorInfo| -> Result<Vec<f32>, QuantError> {
+            if t.ty != GgmlType::F32 {
+                return Err(bad(path, format!("tensor {} is {}, not F32", t.name, t.ty)));
             }
-            let mut n = 1u64;
-            for _ in 0..nd {
-                n = n
-                    .checked_mul(r.u64().ok_or_else(trunc)?)
-                    .ok_or_else(|| bad(path, "tensor too large"))?;
-            }
-            let ty = r.u32().ok_or_else(trunc)?;
-            let off = r.u64().ok_or_else(trunc)?;
-            infos.push(Info { name, n, ty, off });
-        }
-        let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
-        let mut sums: HashMap<String, Vec<f32>> = HashMap::new();
-        let mut counts: HashMap<String, Vec<f32>> = HashMap::new();
-        for t in infos {
-            let (base, is_sum) = if let Some(b) = t.name.strip_suffix(".in_sum2") {
-                (b, true)
-            } else if let Some(b) = t.name.strip_suffix(".counts") {
-                (b, false)
-            } else {
-                continue; // e.g. `.in_sum` (activation sums): not needed here
+            Ok(f
+                .tensor_data(t)
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        };
+        for t in &f.tensors {
+            let Some(name) = t.name.strip_suffix(".in_sum2") else {
+                continue; // `.counts` are read with their sums; `.in_sum` is not needed
             };
-            if t.ty != 0 {
-                return Err(bad(path, format!("tensor {} is not F32 (type {})", t.name, t.ty)));
-            }
-            let n = usize::try_from(t.n).map_err(|_| bad(path, "tensor too large"))?;
-            let mut rd = Reader {
-                buf,
-                pos: usize::try_from(data_start + t.off).map_err(|_| trunc())?,
-            };
-            let v = rd
-                .f32s(n)
-                .ok_or_else(|| bad(path, format!("data of {} out of range", t.name)))?;
-            if is_sum {
-                sums.insert(base.to_string(), v);
-            } else {
-                counts.insert(base.to_string(), v);
-            }
-        }
-        for (name, mut s) in sums {
-            let c = counts
-                .get(&name)
-                .ok_or_else(|| bad(path, format!("{name}.in_sum2 has no {name}.counts")))?;
+            let counts_name = format!("{name}.counts");
+            let c = f
+                .tensor(&counts_name)
+                .ok_or_else(|| bad(path, format!("{} has no {counts_name}", t.name)))?;
+            let mut s = f32s(t)?;
+            let c = f32s(c)?;
             if c.is_empty() || s.len() % c.len() != 0 {
                 return Err(bad(
                     path,
@@ -272,14 +172,14 @@ impl Imatrix {
                 ));
             }
             let ne0 = s.len() / c.len();
-            for (chunk, &count) in s.chunks_exact_mut(ne0).zip(c) {
+            for (chunk, &count) in s.chunks_exact_mut(ne0).zip(&c) {
                 if count > 0.0 {
                     chunk.iter_mut().for_each(|x| *x /= count);
                 } else {
                     chunk.iter_mut().for_each(|x| *x = 1.0);
                 }
             }
-            m.entries.insert(name, s);
+            m.entries.insert(name.to_string(), s);
         }
         Ok(m)
     }

@@ -221,135 +221,29 @@ pub fn weighted_sq_err(x: &[f32], y: &[f32], imatrix: Option<&[f32]>) -> (f64, f
     (err, wsum)
 }
 
-/// A tensor of a GGUF file (F32 only is decoded).
+/// An F32 tensor of a GGUF file.
 pub struct GgufTensor {
     pub name: String,
     pub dims: Vec<u64>,
-    pub ty: u32,
     pub data: Vec<f32>,
 }
 
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> std::io::Result<&'a [u8]> {
-        let s = self
-            .buf
-            .get(self.pos..self.pos + n)
-            .ok_or_else(|| bad("truncated GGUF"))?;
-        self.pos += n;
-        Ok(s)
-    }
-    fn u32(&mut self) -> std::io::Result<u32> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self) -> std::io::Result<u64> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn string(&mut self) -> std::io::Result<String> {
-        let n = self.u64()? as usize;
-        Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
-    }
-    /// Skips a metadata value of type `t`; returns it when it is an integer.
-    fn value(&mut self, t: u32) -> std::io::Result<Option<u64>> {
-        Ok(match t {
-            0 | 1 | 7 => Some(self.take(1)?[0] as u64),
-            2 | 3 => {
-                let b = self.take(2)?;
-                Some(u16::from_le_bytes([b[0], b[1]]) as u64)
-            }
-            4 | 5 => Some(self.u32()? as u64),
-            6 => {
-                self.u32()?;
-                None
-            }
-            10 | 11 => Some(self.u64()?),
-            12 => {
-                self.u64()?;
-                None
-            }
-            8 => {
-                self.string()?;
-                None
-            }
-            9 => {
-                let et = self.u32()?;
-                let n = self.u64()?;
-                for _ in 0..n {
-                    self.value(et)?;
-                }
-                None
-            }
-            _ => return Err(bad("bad GGUF value type")),
+/// Every F32 tensor of a GGUF file (read with `airavata::gguf::GgufFile`).
+pub fn read_gguf_f32_tensors(path: &Path) -> Result<Vec<GgufTensor>, airavata::gguf::GgufError> {
+    let f = airavata::gguf::GgufFile::open(path)?;
+    Ok(f.tensors
+        .iter()
+        .filter(|t| t.ty == GgmlType::F32)
+        .map(|t| GgufTensor {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            data: f
+                .tensor_data(t)
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
         })
-    }
-}
-
-fn bad(m: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string())
-}
-
-/// Minimal GGUF v2/v3 reader: returns every F32 tensor.
-pub fn read_gguf_f32_tensors(path: &Path) -> std::io::Result<Vec<GgufTensor>> {
-    let buf = std::fs::read(path)?;
-    let mut c = Cursor { buf: &buf, pos: 0 };
-    if c.take(4)? != b"GGUF" {
-        return Err(bad("not a GGUF file"));
-    }
-    let _version = c.u32()?;
-    let n_tensors = c.u64()?;
-    let n_kv = c.u64()?;
-    let mut alignment = 32u64;
-    for _ in 0..n_kv {
-        let key = c.string()?;
-        let t = c.u32()?;
-        let v = c.value(t)?;
-        if key == "general.alignment" {
-            alignment = v.unwrap_or(32).max(1);
-        }
-    }
-    let mut infos = Vec::new();
-    for _ in 0..n_tensors {
-        let name = c.string()?;
-        let nd = c.u32()?;
-        let mut dims = Vec::new();
-        for _ in 0..nd {
-            dims.push(c.u64()?);
-        }
-        let ty = c.u32()?;
-        let off = c.u64()?;
-        infos.push((name, dims, ty, off));
-    }
-    let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
-    let mut out = Vec::new();
-    for (name, dims, ty, off) in infos {
-        if ty != 0 {
-            continue;
-        }
-        let n: u64 = dims.iter().product();
-        let start = (data_start + off) as usize;
-        let bytes = buf
-            .get(start..start + 4 * n as usize)
-            .ok_or_else(|| bad("tensor data out of range"))?;
-        let data = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        out.push(GgufTensor {
-            name,
-            dims,
-            ty,
-            data,
-        });
-    }
-    Ok(out)
+        .collect())
 }
 
 /// The stories260K GGUF under `$AIRAVATA_ASSETS`, or None (with the skip
