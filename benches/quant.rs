@@ -7,7 +7,6 @@
 #[path = "../tests/quant_common/mod.rs"]
 mod quant_common;
 
-use airavata::gguf::GgmlType;
 use airavata::quant::{quantize, QuantMode};
 use criterion::{black_box, Criterion, Throughput};
 use quant_common::*;
@@ -38,7 +37,10 @@ fn main() {
             g.bench_function("ggml", |b| {
                 b.iter(|| ggml_quantize(ty, black_box(&rows), N_PER_ROW, im))
             });
-            for (name, mode) in [("reference", QuantMode::Reference), ("search", QuantMode::Search)] {
+            for (name, mode) in [
+                ("reference", QuantMode::Reference),
+                ("search", QuantMode::Search),
+            ] {
                 g.bench_function(name, |b| {
                     b.iter(|| {
                         pool.install(|| quantize(ty, black_box(&rows), N_PER_ROW, im, mode))

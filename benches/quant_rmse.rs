@@ -68,7 +68,9 @@ fn main() {
     println!("\nImportance-weighted RMSE, reference vs search (ratio = search/reference RMSE), {ROWS} rows of {N_PER_ROW} per family\n");
     header("family");
     for fam in FAMILIES {
-        let data: Vec<f32> = (0..ROWS).flat_map(|_| fam.row(&mut rng, N_PER_ROW)).collect();
+        let data: Vec<f32> = (0..ROWS)
+            .flat_map(|_| fam.row(&mut rng, N_PER_ROW))
+            .collect();
         let mut line = format!("| {fam:?} |");
         for ty in QUANT_TYPES {
             line += &format!(" {} |", cell(ty, &data, N_PER_ROW, None));
@@ -76,7 +78,9 @@ fn main() {
         println!("{line}");
     }
     for fam in [Family::Gaussian, Family::HeavyTailed] {
-        let data: Vec<f32> = (0..ROWS).flat_map(|_| fam.row(&mut rng, N_PER_ROW)).collect();
+        let data: Vec<f32> = (0..ROWS)
+            .flat_map(|_| fam.row(&mut rng, N_PER_ROW))
+            .collect();
         let im = random_imatrix(&mut rng, N_PER_ROW);
         let mut line = format!("| {fam:?} +imatrix |");
         for ty in QUANT_TYPES {
@@ -99,8 +103,8 @@ fn main() {
         let mut line = format!("| {} |", t.name);
         for (k, ty) in QUANT_TYPES.iter().enumerate() {
             let mut n = t.dims[0] as usize;
-            if n % ty.block_size() != 0 {
-                if t.data.len() % 256 != 0 {
+            if !n.is_multiple_of(ty.block_size()) {
+                if !t.data.len().is_multiple_of(256) {
                     line += " n/a |";
                     continue;
                 }

@@ -97,12 +97,23 @@ fn reference_matches(ty: GgmlType, with_imatrix: bool) {
     let mut total = 0;
     for b in batches(ty, &mut rng) {
         let im = with_imatrix.then(|| random_imatrix(&mut rng, b.n_per_row));
-        let what = if with_imatrix { "with imatrix" } else { "no imatrix" };
+        let what = if with_imatrix {
+            "with imatrix"
+        } else {
+            "no imatrix"
+        };
         total += check_against_ggml(ty, what, &b.rows, b.n_per_row, im.as_deref(), &|r| {
             format!("{:?}", b.families[r])
         });
     }
-    println!("{ty}: {total} rows byte-identical to ggml_quantize_chunk ({})", if with_imatrix { "imatrix" } else { "no imatrix" });
+    println!(
+        "{ty}: {total} rows byte-identical to ggml_quantize_chunk ({})",
+        if with_imatrix {
+            "imatrix"
+        } else {
+            "no imatrix"
+        }
+    );
     assert!(total >= 1000);
 }
 
@@ -159,7 +170,11 @@ fn dequant_random_bytes(ty: GgmlType) {
     let ours = dequantize(ty, &data, n).expect("dequantize");
     let theirs = ggml_dequantize(ty, &data, n);
     for i in 0..n {
-        assert_eq!(ours[i].to_bits(), theirs[i].to_bits(), "{ty}: value {i} differs");
+        assert_eq!(
+            ours[i].to_bits(),
+            theirs[i].to_bits(),
+            "{ty}: value {i} differs"
+        );
     }
 }
 
@@ -209,14 +224,19 @@ fn search_not_worse(ty: GgmlType) {
         }
     }
     let ratio = gauss.0 / gauss.1;
-    println!("{ty}: {fixed_points}/{rows_seen} search outputs are fixed points of search quantization");
+    println!(
+        "{ty}: {fixed_points}/{rows_seen} search outputs are fixed points of search quantization"
+    );
     assert!(
         fixed_points * 2 >= rows_seen,
         "{ty}: re-quantizing dequantized search output rarely reproduces it ({fixed_points}/{rows_seen})"
     );
     println!("{ty}: Gaussian weighted error search/reference = {ratio:.4}");
     if matches!(ty, GgmlType::Iq4Xs | GgmlType::Iq4Nl) {
-        assert!(ratio <= 0.97, "{ty}: search gains too little on Gaussian rows: {ratio}");
+        assert!(
+            ratio <= 0.97,
+            "{ty}: search gains too little on Gaussian rows: {ratio}"
+        );
     }
 }
 
@@ -234,8 +254,8 @@ fn reference_matches_ggml_on_stories260k() {
             // 256-blocked types on this tiny model), the same values as rows of
             // 256 when the tensor size allows it.
             let mut ne0 = t.dims[0] as usize;
-            if ne0 % ty.block_size() != 0 {
-                if t.data.len() % 256 != 0 || 256 % ty.block_size() != 0 {
+            if !ne0.is_multiple_of(ty.block_size()) {
+                if !t.data.len().is_multiple_of(256) || !256usize.is_multiple_of(ty.block_size()) {
                     continue;
                 }
                 ne0 = 256;

@@ -66,7 +66,11 @@ fn loads_gguf() {
     let mut tensors: Vec<(String, Vec<u64>, Vec<f32>)> = Vec::new();
     for (k, (name, sums, ncall)) in es.iter().enumerate() {
         let count = if k == 2 { 0.0 } else { *ncall as f32 };
-        tensors.push((format!("{name}.in_sum2"), vec![sums.len() as u64, 1], sums.clone()));
+        tensors.push((
+            format!("{name}.in_sum2"),
+            vec![sums.len() as u64, 1],
+            sums.clone(),
+        ));
         tensors.push((format!("{name}.counts"), vec![1, 1], vec![count]));
     }
     let mut buf = Vec::new();
@@ -98,7 +102,7 @@ fn loads_gguf() {
         offsets.push(off);
         off += (data.len() as u64 * 4).div_ceil(32) * 32;
     }
-    while buf.len() % 32 != 0 {
+    while !buf.len().is_multiple_of(32) {
         buf.push(0);
     }
     let start = buf.len();

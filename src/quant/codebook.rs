@@ -107,11 +107,19 @@ mod tests {
         for v in -130i32..=130 {
             for d in [0.0f32, 1e-6, -1e-6, 0.5, -0.5, 0.25] {
                 let x = v as f32 + d;
-                probes.extend([x, f32::from_bits(x.to_bits() + 1), f32::from_bits(x.to_bits().saturating_sub(1))]);
+                probes.extend([
+                    x,
+                    f32::from_bits(x.to_bits() + 1),
+                    f32::from_bits(x.to_bits().saturating_sub(1)),
+                ]);
             }
         }
         for x in probes {
-            assert_eq!(best_index_iq4(x), best_index_int8(&KVALUES_IQ4NL, x), "x = {x}");
+            assert_eq!(
+                best_index_iq4(x),
+                best_index_int8(&KVALUES_IQ4NL, x),
+                "x = {x}"
+            );
         }
     }
 }

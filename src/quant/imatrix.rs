@@ -49,7 +49,8 @@ impl<'a> Reader<'a> {
         Some(s)
     }
     fn u32(&mut self) -> Option<u32> {
-        self.bytes(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.bytes(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn i32(&mut self) -> Option<i32> {
         self.u32().map(|v| v as i32)
@@ -140,7 +141,10 @@ impl Imatrix {
         };
         match f.get("imatrix.datasets") {
             Some(GgufValue::Array(_, v)) => {
-                m.datasets = v.iter().filter_map(|s| s.as_str().map(String::from)).collect()
+                m.datasets = v
+                    .iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
             }
             Some(GgufValue::String(s)) => m.datasets = vec![s.clone()],
             _ => {}
@@ -149,8 +153,7 @@ impl Imatrix {
             if t.ty != GgmlType::F32 {
                 return Err(bad(path, format!("tensor {} is {}, not F32", t.name, t.ty)));
             }
-            Ok(f
-                .tensor_data(t)
+            Ok(f.tensor_data(t)
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect())
@@ -165,10 +168,14 @@ impl Imatrix {
                 .ok_or_else(|| bad(path, format!("{} has no {counts_name}", t.name)))?;
             let mut s = f32s(t)?;
             let c = f32s(c)?;
-            if c.is_empty() || s.len() % c.len() != 0 {
+            if c.is_empty() || !s.len().is_multiple_of(c.len()) {
                 return Err(bad(
                     path,
-                    format!("{name}: {} sums do not split over {} counts", s.len(), c.len()),
+                    format!(
+                        "{name}: {} sums do not split over {} counts",
+                        s.len(),
+                        c.len()
+                    ),
                 ));
             }
             let ne0 = s.len() / c.len();

@@ -106,7 +106,13 @@ pub fn pack32(l: &[u8], qs: &mut [u8]) {
 /// Unpacks the 32 indices of 16 bytes.
 #[inline]
 pub fn unpack32(qs: &[u8]) -> [u8; 32] {
-    std::array::from_fn(|j| if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 })
+    std::array::from_fn(|j| {
+        if j < 16 {
+            qs[j] & 0x0f
+        } else {
+            qs[j - 16] >> 4
+        }
+    })
 }
 
 /// `quantize_iq4_nl` (ntry = 7, as `ggml_quantize_chunk` uses) for one block.
@@ -132,7 +138,7 @@ pub fn xs_set_scale(b: &mut [u8], ib: usize, ls: u8) {
     h |= ((ls >> 4) as u16) << (2 * ib);
     b[2..4].copy_from_slice(&h.to_le_bytes());
     let s = &mut b[4 + ib / 2];
-    if ib % 2 == 0 {
+    if ib.is_multiple_of(2) {
         *s = (*s & 0xf0) | (ls & 0xf);
     } else {
         *s = (*s & 0x0f) | ((ls & 0xf) << 4);
@@ -188,7 +194,11 @@ pub fn nl_quantize_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
         .zip(out.chunks_exact_mut(NL_BYTES))
         .enumerate()
     {
-        nl_ref_block(xb, b, imatrix.map(|q| &q[NL_BLOCK * i..NL_BLOCK * i + NL_BLOCK]));
+        nl_ref_block(
+            xb,
+            b,
+            imatrix.map(|q| &q[NL_BLOCK * i..NL_BLOCK * i + NL_BLOCK]),
+        );
     }
 }
 
@@ -199,13 +209,20 @@ pub fn xs_quantize_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
         .zip(out.chunks_exact_mut(XS_BYTES))
         .enumerate()
     {
-        xs_ref_block(xb, b, imatrix.map(|q| &q[XS_BLOCK * i..XS_BLOCK * i + XS_BLOCK]));
+        xs_ref_block(
+            xb,
+            b,
+            imatrix.map(|q| &q[XS_BLOCK * i..XS_BLOCK * i + XS_BLOCK]),
+        );
     }
 }
 
 /// `dequantize_row_iq4_nl`.
 pub fn nl_dequantize(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(NL_BYTES).zip(dst.chunks_exact_mut(NL_BLOCK)) {
+    for (b, y) in src
+        .chunks_exact(NL_BYTES)
+        .zip(dst.chunks_exact_mut(NL_BLOCK))
+    {
         let d = read_f16(b);
         for (yi, q) in y.iter_mut().zip(unpack32(&b[2..18])) {
             *yi = d * VALUES[q as usize] as f32;
@@ -215,7 +232,10 @@ pub fn nl_dequantize(src: &[u8], dst: &mut [f32]) {
 
 /// `dequantize_row_iq4_xs`.
 pub fn xs_dequantize(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(XS_BYTES).zip(dst.chunks_exact_mut(XS_BLOCK)) {
+    for (b, y) in src
+        .chunks_exact(XS_BYTES)
+        .zip(dst.chunks_exact_mut(XS_BLOCK))
+    {
         let d = read_f16(b);
         for ib in 0..8 {
             let dl = d * (xs_scale(b, ib) as i32 - 32) as f32;
@@ -282,7 +302,10 @@ pub fn xs_quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>
                 b[..2].copy_from_slice(&s.d_bits.to_le_bytes());
                 for ib in 0..8 {
                     xs_set_scale(b, ib, (s.l[ib] + 32) as u8);
-                    pack32(&s.q[32 * ib..32 * ib + 32], &mut b[8 + 16 * ib..8 + 16 * ib + 16]);
+                    pack32(
+                        &s.q[32 * ib..32 * ib + 32],
+                        &mut b[8 + 16 * ib..8 + 16 * ib + 16],
+                    );
                 }
             }
         }

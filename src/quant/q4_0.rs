@@ -4,8 +4,8 @@
 //! weight `j` in its low nibble and weight `j + 16` in its high nibble.
 //! A nibble `q` dequantizes to `(q - 8) * d`.
 
-use super::rounding::{read_f16, sum_sq, write_f16};
 use super::codebook::Q4_0_LEVELS;
+use super::rounding::{read_f16, sum_sq, write_f16};
 use super::scale_fit::make_qx_quants;
 use super::search::{row_weights, single, sq_err, Grid};
 

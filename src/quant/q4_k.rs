@@ -108,7 +108,11 @@ pub fn ref_block(x: &[f32], b: &mut [u8]) {
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let ls: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
     let lm: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63));
@@ -235,7 +239,7 @@ fn refit(x: &[f32], w: &[f32], b: &mut [u8]) -> bool {
         }
     }
     let det = saa * sbb - sab * sab;
-    if !(det > 0.0) {
+    if det.is_nan() || det <= 0.0 {
         return false;
     }
     let d = (sax * sbb - sbx * sab) / det;
@@ -266,7 +270,8 @@ pub fn quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
             sq_err(xb, wb, &y)
         };
         let mut best = eval(b);
-        let weights: [[f32; 32]; 8] = std::array::from_fn(|j| std::array::from_fn(|k| wb[32 * j + k]));
+        let weights: [[f32; 32]; 8] =
+            std::array::from_fn(|j| std::array::from_fn(|k| wb[32 * j + k]));
         fit_block(xb, &weights, &mut cand);
         let e = eval(&cand);
         if e < best {

@@ -7,8 +7,8 @@
 //! `l + 96`, and `qh[l]` holds the high bits of `l, l+32, l+64, l+96` in bit
 //! pairs 0, 2, 4, 6. Weight value: `d * scales[j] * (q - 32)`.
 
-use super::rounding::{nearest_int, read_f16, write_f16};
 use super::codebook::Q6_K_LEVELS;
+use super::rounding::{nearest_int, read_f16, write_f16};
 use super::scale_fit::{make_qx_quants, GROUP_MAX_EPS};
 use super::search::{row_weights, sq_err, Grid, TwoLevel};
 
@@ -57,10 +57,10 @@ pub fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
     let mut scales = [0f32; 16];
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    for ib in 0..16 {
+    for (ib, sc) in scales.iter_mut().enumerate() {
         let r = 16 * ib..16 * ib + 16;
         let s = make_qx_quants(&x[r.clone()], 32, &mut l[r.clone()], qw.map(|w| &w[r]));
-        scales[ib] = s;
+        *sc = s;
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();
             max_scale = s;

@@ -88,7 +88,7 @@ pub fn best_scale(x: &[f32], w: &[f32], grid: &Grid) -> Option<(f64, f64)> {
         .zip(w)
         .filter(|(_, &wi)| wi > 0.0)
         .fold(0.0f32, |m, (v, _)| m.max(v.abs()));
-    if !(amax > 0.0) || !amax.is_finite() {
+    if amax.is_nan() || amax <= 0.0 || !amax.is_finite() {
         return None;
     }
     let kmax = grid.kmax();
@@ -133,7 +133,7 @@ fn sweep(x: &[f32], w: &[f32], grid: &Grid, sign: f32, s_lo: f32, s_hi: f32) -> 
         if xs > 0.0 {
             for i in i0..nl - 1 {
                 let bp = grid.mid(i) * inv;
-                if !(bp <= s_hi) || ne == events.len() {
+                if bp.is_nan() || bp > s_hi || ne == events.len() {
                     break;
                 }
                 events[ne] = ((bp.to_bits() as u64) << 32) | ((j as u64) << 1) | 1;
@@ -142,7 +142,7 @@ fn sweep(x: &[f32], w: &[f32], grid: &Grid, sign: f32, s_lo: f32, s_hi: f32) -> 
         } else if xs < 0.0 {
             for i in (1..=i0).rev() {
                 let bp = grid.mid(i - 1) * inv;
-                if !(bp <= s_hi) || ne == events.len() {
+                if bp.is_nan() || bp > s_hi || ne == events.len() {
                     break;
                 }
                 events[ne] = ((bp.to_bits() as u64) << 32) | ((j as u64) << 1);
@@ -153,7 +153,9 @@ fn sweep(x: &[f32], w: &[f32], grid: &Grid, sign: f32, s_lo: f32, s_hi: f32) -> 
     let events = &mut events[..ne];
     events.sort_unstable();
     let mut best = (s1, s2);
-    let better = |a: (f64, f64), b: (f64, f64)| a.1 > 0.0 && (b.1 <= 0.0 || a.0 * a.0 * b.1 > b.0 * b.0 * a.1);
+    let better = |a: (f64, f64), b: (f64, f64)| {
+        a.1 > 0.0 && (b.1 <= 0.0 || a.0 * a.0 * b.1 > b.0 * b.0 * a.1)
+    };
     for &e in events.iter() {
         let j = ((e >> 1) & 0x7fff_ffff) as usize;
         let up = e & 1 == 1;
@@ -286,7 +288,11 @@ impl TwoLevel {
         for (ib, &tb) in t.iter().enumerate() {
             let r = ib * self.sub..(ib + 1) * self.sub;
             let (xb, wb) = (&x[r.clone()], &w[r.clone()]);
-            let c = if d != 0.0 { (tb / d as f64).round() as i32 } else { 0 };
+            let c = if d != 0.0 {
+                (tb / d as f64).round() as i32
+            } else {
+                0
+            };
             let mut best = f64::INFINITY;
             for l in [c, c - 1, c + 1] {
                 let l = l.clamp(self.lmin, self.lmax);
@@ -333,7 +339,8 @@ impl TwoLevel {
         };
         let mut best_d = t[m] / self.lmin as f64;
         let mut best_c = f64::INFINITY;
-        let lcands = (self.lmin..self.lmin + self.span).chain(self.lmax + 1 - self.span..=self.lmax);
+        let lcands =
+            (self.lmin..self.lmin + self.span).chain(self.lmax + 1 - self.span..=self.lmax);
         for lm in lcands {
             if lm == 0 {
                 continue;
@@ -375,7 +382,9 @@ impl TwoLevel {
             if s2 <= 0.0 {
                 break;
             }
-            let Some((b2, _)) = to_f16(s1 / s2) else { break };
+            let Some((b2, _)) = to_f16(s1 / s2) else {
+                break;
+            };
             if b2 == best.d_bits {
                 break;
             }

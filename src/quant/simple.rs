@@ -90,7 +90,7 @@ pub fn row_q8_0_search(src: &[f32], dst: &mut [u8], im: Option<&[f32]>) {
                 s1 += wb[j] as f64 * x[j] as f64 * q;
                 s2 += wb[j] as f64 * q * q;
             }
-            if !(s2 > 0.0) {
+            if s2.is_nan() || s2 <= 0.0 {
                 break;
             }
             let d = f16::from_f32((s1 / s2) as f32);

@@ -160,13 +160,20 @@ pub fn random_imatrix(rng: &mut Rng, n: usize) -> Vec<f32> {
 }
 
 /// `ggml_quantize_chunk(ty, src, ..)` over all rows.
-pub fn ggml_quantize(ty: GgmlType, src: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Vec<u8> {
+pub fn ggml_quantize(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+) -> Vec<u8> {
     let nrows = src.len() / n_per_row;
     assert_eq!(nrows * n_per_row, src.len());
     if let Some(im) = imatrix {
         assert_eq!(im.len(), n_per_row);
     }
-    let row_bytes = ty.row_bytes(n_per_row).expect("row length fits the block size");
+    let row_bytes = ty
+        .row_bytes(n_per_row)
+        .expect("row length fits the block size");
     let mut out = vec![0u8; row_bytes * nrows];
     let im = imatrix.map_or(std::ptr::null(), |m| m.as_ptr());
     // SAFETY: `src` holds `nrows * n_per_row` floats, `out` has exactly
