@@ -2,6 +2,7 @@
 //! rayon pool for ours; `ggml_quantize_chunk` is single-threaded), for
 //! reference and search modes next to ggml on the same rows.
 //!
+//! A last entry per type runs search mode on all cores of the global pool.
 //! Run: `cargo bench --bench quant` (criterion prints `thrpt` in rows/s).
 
 #[path = "../tests/quant_common/mod.rs"]
@@ -13,7 +14,7 @@ use quant_common::*;
 use std::time::Duration;
 
 const N_PER_ROW: usize = 4096;
-const ROWS: usize = 32;
+const ROWS: usize = 64;
 
 fn main() {
     let mut c = Criterion::default()
@@ -48,6 +49,16 @@ fn main() {
                     })
                 });
             }
+            // All cores (global rayon pool), search mode: whole-machine rows/s.
+            g.bench_function(
+                format!("search-{}threads", rayon::current_num_threads()),
+                |b| {
+                    b.iter(|| {
+                        quantize(ty, black_box(&rows), N_PER_ROW, im, QuantMode::Search)
+                            .expect("quantize")
+                    })
+                },
+            );
             g.finish();
         }
     }
