@@ -79,7 +79,7 @@ pub struct ConvertOptions {
     pub policy: TypePolicy,
     pub quantizer: QuantMode,
     /// Per-tensor importance weights (GGUF tensor name → one weight per column).
-    pub imatrix: Option<BTreeMap<String, Vec<f32>>>,
+    pub imatrix: Option<crate::quant::Imatrix>,
     pub overwrite: bool,
     pub progress: bool,
 }
@@ -300,10 +300,13 @@ pub fn convert(
             .as_ref()
             .and_then(|m| m.get(&t.gguf_name))
             .filter(|v| v.len() == t.row_len());
+        if opts.imatrix.is_some() && im.is_none() && *ty != GgmlType::F32 {
+            tracing::debug!("no importance data for {}", t.gguf_name);
+        }
         let job = TensorJob {
             ty: *ty,
             mode: opts.quantizer,
-            imatrix: im.map(|v| v.as_slice()),
+            imatrix: im,
         };
         if p.bnb_weights.contains(&t.hf_name) {
             write_bnb_tensor(&p.checkpoint, t, &job, &mut w, progress)?;
@@ -459,10 +462,10 @@ fn write_tensor(
     Ok(())
 }
 
-/// Read a llama-imatrix file into GGUF tensor name → per-column weights.
-pub fn load_imatrix(path: &Path) -> Result<BTreeMap<String, Vec<f32>>, ConvertError> {
-    Err(ConvertError::Config {
+/// Read a llama-imatrix file (GGUF or legacy .dat).
+pub fn load_imatrix(path: &Path) -> Result<crate::quant::Imatrix, ConvertError> {
+    crate::quant::Imatrix::load(path).map_err(|e| ConvertError::Config {
         path: path.to_path_buf(),
-        msg: "imatrix support is not built yet".into(),
+        msg: e.to_string(),
     })
 }
