@@ -36,6 +36,8 @@ struct Cfg {
     fail_every: usize,
     /// End /generate streams with an `event: error` instead of the done event.
     error_event: bool,
+    /// End /generate streams after the text events, without the done event.
+    truncate: bool,
 }
 
 impl Default for Cfg {
@@ -47,6 +49,7 @@ impl Default for Cfg {
             usage: true,
             fail_every: 0,
             error_event: false,
+            truncate: false,
         }
     }
 }
@@ -141,7 +144,7 @@ async fn generate(State(f): State<Fake>, Json(body): Json<Value>) -> Response {
             Some("error"),
             json!({"error": {"message": "engine failed"}}).to_string(),
         ));
-    } else {
+    } else if !cfg.truncate {
         let mut done =
             json!({"text": "", "done": true, "generated_text": "ab", "finish_reason": "length"});
         if cfg.usage {
@@ -476,6 +479,28 @@ async fn error_events_in_stream_are_counted() {
     assert_eq!((l.ok, l.errors), (0, 4));
     assert_eq!(l.error_kinds.get("error event"), Some(&4));
     assert!(l.error_samples[0].contains("engine failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_streams_are_errors() {
+    let cfg = Cfg {
+        ttft_ms: 5,
+        itl_ms: 2,
+        truncate: true,
+        ..Cfg::default()
+    };
+    let (url, _) = spawn(cfg).await;
+    let mut a = args(&url, Api::Generate, &[1], 2, 3);
+    a.warmup = 0;
+    let report = bench::run(a).await.expect("run");
+    let l = &report.levels[0];
+    assert_eq!((l.ok, l.errors), (0, 2));
+    assert_eq!(l.error_kinds.get("protocol"), Some(&2));
+    assert!(
+        l.error_samples[0].contains("without a final event"),
+        "{:?}",
+        l.error_samples
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

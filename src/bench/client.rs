@@ -201,12 +201,16 @@ async fn read_stream(resp: reqwest::Response, start: Instant) -> Result<Outcome,
     let mut parser = SseParser::default();
     let mut last: Option<Instant> = None;
     let mut body = resp.bytes_stream();
+    let mut finished = false;
     'read: while let Some(chunk) = body.next().await {
         let chunk = chunk?;
         let now = Instant::now();
         for ev in parser.push(&chunk) {
             match interpret(&ev)? {
-                Parsed::Done => break 'read,
+                Parsed::Done => {
+                    finished = true;
+                    break 'read;
+                }
                 Parsed::Other => {}
                 Parsed::Data { text, usage, done } => {
                     if let (Some(c), p) = usage {
@@ -223,6 +227,7 @@ async fn read_stream(resp: reqwest::Response, start: Instant) -> Result<Outcome,
                         last = Some(now);
                     }
                     if done {
+                        finished = true;
                         break 'read;
                     }
                 }
@@ -230,6 +235,12 @@ async fn read_stream(resp: reqwest::Response, start: Instant) -> Result<Outcome,
         }
     }
     out.e2e = start.elapsed();
+    if !finished {
+        return Err(RequestError::Protocol(format!(
+            "stream ended without a final event after {} text events",
+            out.token_events
+        )));
+    }
     if out.ttft.is_none() {
         if out.usage_completion_tokens.unwrap_or(0) > 0 {
             return Err(RequestError::Protocol(
@@ -316,7 +327,8 @@ pub enum Parsed {
         text: usize,
         /// (`completion_tokens`, `prompt_tokens`) from `usage`.
         usage: (Option<u64>, Option<u64>),
-        /// Final event of our `/generate` stream (`"done": true`).
+        /// Final event of our `/generate` stream (`"done": true`) or
+        /// llama.cpp's native one (`"stop": true`).
         done: bool,
     },
 }
@@ -339,7 +351,11 @@ pub fn interpret(ev: &SseEvent) -> Result<Parsed, RequestError> {
     if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
         return Err(RequestError::ErrorEvent(err.to_string()));
     }
-    let done = v.get("done").and_then(Value::as_bool).unwrap_or(false);
+    // Our `/generate` ends with `"done": true`, llama.cpp's native
+    // `/completion` with `"stop": true`; OpenAI streams with `[DONE]`.
+    let done = ["done", "stop"]
+        .iter()
+        .any(|k| v.get(*k).and_then(Value::as_bool).unwrap_or(false));
     // Our final `/generate` event repeats the whole text in `generated_text`
     // but carries `"text": ""`, so it is not a token event.
     let text = text_of(&v).map_or(0, str::len);
