@@ -25,6 +25,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write a random-weight HF checkpoint (default: Airavata's exact shape).
     Synth(SynthArgs),
+    /// Load generator for our /generate and any OpenAI-compatible server.
+    Bench(crate::bench::BenchArgs),
     /// Fidelity of a quantized GGUF against a base GGUF (KL-divergence,
     /// top-1 agreement, perplexity), scored like `llama-perplexity --kl-divergence`.
     Eval(EvalArgs),
@@ -354,6 +356,11 @@ pub fn main() -> Result<()> {
         Command::Inspect(a) => run_inspect(a),
         Command::Synth(a) => run_synth(a),
         Command::Eval(a) => run_eval(a),
+        Command::Bench(a) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(crate::bench::cli_main(a))?;
+            Ok(())
+        }
     }
 }
 
