@@ -1,6 +1,8 @@
 //! airavata: convert Hugging Face Llama checkpoints (ai4bharat/Airavata) to GGUF
 //! with an NF4-equivalent 4-bit scheme, and serve them over HTTP on llama.cpp.
 
+pub mod bnb;
+pub mod cli;
 pub mod convert;
 pub mod engine;
 pub mod eval;

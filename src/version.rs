@@ -17,3 +17,15 @@ pub fn long_version() -> String {
         LLAMA_CPP_SYS_VERSION
     )
 }
+
+/// `--version` text for clap.
+pub const CLAP_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("AIRAVATA_GIT_REV"),
+    ", llama.cpp b",
+    env!("AIRAVATA_LLAMA_CPP_BUILD"),
+    ", llama-cpp-sys-2 ",
+    env!("AIRAVATA_LLAMA_CPP_SYS_VERSION"),
+    ")"
+);

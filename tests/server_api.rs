@@ -8,7 +8,7 @@ use airavata::engine::{GenerateRequest, Prompt};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use common::{client, model_or_skip, sse_events, start, test_options};
+use common::server::{self as support, client, sse_events, start, test_model, test_options};
 
 async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let r = c.post(url).json(&body).send().await.expect("send");
@@ -27,7 +27,7 @@ fn assert_envelope(v: &Value, code: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_generate_equals_direct_engine() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let server = start(test_options(), model).await;
     let c = client();
     for prompt in ["Once upon a time", "नमस्ते, आप कैसे हैं?", ""] {
@@ -57,7 +57,7 @@ async fn greedy_generate_equals_direct_engine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_greedy_requests_equal_serial_results() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let server = start(test_options(), model).await;
     let c = client();
     let prompts: Vec<String> = (0..16)
@@ -121,7 +121,7 @@ async fn stream_body(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_text_concatenates_to_non_streamed_text() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let server = start(test_options(), model).await;
     let c = client();
     let url = format!("{}/generate", server.url());
@@ -192,7 +192,7 @@ async fn metric(c: &reqwest::Client, base: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_frees_the_slot() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let mut opts = test_options();
     opts.step_delay_ms = Some(20);
     let server = start(opts, model).await;
@@ -234,7 +234,7 @@ async fn client_disconnect_frees_the_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_429_and_keeps_serving() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let mut opts = test_options();
     opts.parallel = 1;
     opts.max_queue = 1;
@@ -281,7 +281,7 @@ async fn full_queue_answers_429_and_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_use_the_envelope() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let mut opts = test_options();
     opts.max_body_bytes = 4096;
     let server = start(opts, model).await;
@@ -380,7 +380,7 @@ async fn errors_use_the_envelope() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_is_enforced() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let mut opts = test_options();
     opts.api_key = Some("s3cret".into());
     let server = start(opts, model).await;
@@ -426,7 +426,7 @@ async fn api_key_is_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_info_and_health_move() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let server = start(test_options(), model.clone()).await;
     let c = client();
     let base = server.url();
@@ -480,7 +480,7 @@ async fn metrics_info_and_health_move() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_503_until_loaded() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let mut opts = test_options();
     opts.host = "127.0.0.1".into();
     let server = airavata::server::bind(opts, model).await.expect("bind");
@@ -508,7 +508,7 @@ async fn health_is_503_until_loaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_routes_stream_and_match() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let server = start(test_options(), model).await;
     let c = client();
     let base = server.url();
@@ -592,7 +592,7 @@ async fn openai_routes_stream_and_match() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokenize_round_trips_devanagari() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let server = start(test_options(), model).await;
     let c = client();
     let base = server.url();
@@ -622,7 +622,7 @@ async fn tokenize_round_trips_devanagari() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_strings_and_preamble_cache() {
-    let Some(model) = model_or_skip() else { return };
+    let model = test_model();
     let server = start(test_options(), model).await;
     let c = client();
     let url = format!("{}/generate", server.url());
@@ -652,11 +652,11 @@ async fn stop_strings_and_preamble_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stories260k_greedy_reproduces_reference() {
-    let Some(model) = common::stories260k() else {
+    let Some(model) = support::stories260k() else {
         eprintln!("skipped: AIRAVATA_ASSETS not set");
         return;
     };
-    let Some(assets) = common::assets_dir() else {
+    let Some(assets) = support::assets_dir() else {
         return;
     };
     let expected =

@@ -1,1 +1,363 @@
-//! (in progress)
+//! Hugging Face Llama checkpoint → GGUF, tensor by tensor.
+//!
+//! Shards are memory-mapped one tensor at a time and processed in row chunks
+//! (converted to f32, checked for NaN/Inf, Q/K rows permuted, quantized on all
+//! cores), so peak memory is bounded by the largest tensor's mapping plus a
+//! chunk, not by the model size. Output goes to a temporary file that is
+//! renamed into place only when everything succeeded.
+
+pub mod config;
+pub mod plan;
+pub mod scheme;
+
+pub use config::LlamaConfig;
+pub use plan::{PlannedTensor, Role};
+pub use scheme::{Scheme, TypeOverride, TypePolicy};
+
+use crate::gguf::{self, llama_ftype_for, GgmlType, GgufValue, GgufWriter, TensorSpec};
+use crate::quant::{self, QuantMode};
+use crate::safetensors::{self, Checkpoint};
+use crate::tokenizer::{self, Vocab};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Elements per processing chunk (rows are grouped up to about this many).
+const CHUNK_ELEMS: usize = 1 << 24;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    #[error("{path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Safetensors(#[from] safetensors::SafetensorsError),
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::TokenizerError),
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
+    #[error("{dir}: missing tensor {tensor} (required by config.json)")]
+    MissingTensor { dir: PathBuf, tensor: String },
+    #[error("{file}: unexpected tensor {tensor} (not part of a LlamaForCausalLM with this config)")]
+    ExtraTensor { file: PathBuf, tensor: String },
+    #[error("{file}: tensor {tensor} has shape {got:?} but config.json implies {expected:?}")]
+    Shape {
+        file: PathBuf,
+        tensor: String,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("{file}: tensor {tensor}: {msg}")]
+    Tensor {
+        file: PathBuf,
+        tensor: String,
+        msg: String,
+    },
+    #[error("{file}: tensor {tensor} holds a non-finite value ({value}) at element {index}")]
+    NonFinite {
+        file: PathBuf,
+        tensor: String,
+        index: usize,
+        value: f32,
+    },
+    #[error("output {0} already exists (use --force to overwrite)")]
+    Exists(PathBuf),
+    #[error("conversion cancelled")]
+    Cancelled,
+}
+
+/// What to convert and how.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub policy: TypePolicy,
+    pub quantizer: QuantMode,
+    /// Per-tensor importance weights (GGUF tensor name → one weight per column).
+    pub imatrix: Option<BTreeMap<String, Vec<f32>>>,
+    pub overwrite: bool,
+    pub progress: bool,
+}
+
+/// Summary of a finished conversion.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConvertReport {
+    pub output: PathBuf,
+    pub bytes: u64,
+    pub n_tensors: usize,
+    pub types: BTreeMap<String, usize>,
+    pub seconds: f64,
+    pub n_params: u64,
+}
+
+/// Receives progress events (elements done out of a total).
+pub trait Progress: Sync {
+    fn start(&self, _total_elems: u64) {}
+    fn tensor(&self, _name: &str, _ty: GgmlType) {}
+    fn advance(&self, _elems: u64) {}
+    fn finish(&self) {}
+}
+
+/// No progress output.
+pub struct Silent;
+impl Progress for Silent {}
+
+/// A terminal progress bar (drawn on stderr; hidden when it is not a terminal).
+pub struct Bar(indicatif::ProgressBar);
+
+impl Default for Bar {
+    fn default() -> Self {
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg} (eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Self(pb)
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+        self.0.enable_steady_tick(Duration::from_millis(200));
+    }
+    fn tensor(&self, name: &str, ty: GgmlType) {
+        self.0.set_message(format!("{name} → {ty}"));
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// A checkpoint opened and checked against its config, ready to convert.
+pub struct Prepared {
+    pub config: LlamaConfig,
+    pub checkpoint: Checkpoint,
+    pub plan: Vec<(PlannedTensor, GgmlType)>,
+    pub vocab: Vocab,
+}
+
+/// Open `dir`, validate tensors against config.json, choose types.
+pub fn prepare(dir: &Path, policy: &TypePolicy) -> Result<Prepared, ConvertError> {
+    let config = LlamaConfig::load(dir)?;
+    let checkpoint = Checkpoint::open(dir)?;
+    let has_lm_head = checkpoint.get("lm_head.weight").is_some();
+    let planned = plan::plan(&config, has_lm_head);
+    for t in &planned {
+        let Some((file, entry)) = checkpoint.get(&t.hf_name) else {
+            return Err(ConvertError::MissingTensor {
+                dir: dir.to_path_buf(),
+                tensor: t.hf_name.clone(),
+            });
+        };
+        if entry.shape != t.shape {
+            return Err(ConvertError::Shape {
+                file: file.path.clone(),
+                tensor: t.hf_name.clone(),
+                got: entry.shape.clone(),
+                expected: t.shape.clone(),
+            });
+        }
+        if !entry.dtype.is_float() {
+            return Err(ConvertError::Tensor {
+                file: file.path.clone(),
+                tensor: t.hf_name.clone(),
+                msg: format!(
+                    "unsupported dtype {} (expected BF16, F16 or F32)",
+                    entry.dtype.name()
+                ),
+            });
+        }
+    }
+    for name in checkpoint.names() {
+        if !plan::is_ignored(name) && !planned.iter().any(|t| t.hf_name == name) {
+            let (file, _) = checkpoint.get(name).ok_or_else(|| ConvertError::MissingTensor {
+                dir: dir.to_path_buf(),
+                tensor: name.to_string(),
+            })?;
+            return Err(ConvertError::ExtraTensor {
+                file: file.path.clone(),
+                tensor: name.to_string(),
+            });
+        }
+    }
+    let vocab = Vocab::from_dir(dir, config.vocab_size, &config.raw)?;
+    let plan = planned
+        .into_iter()
+        .map(|t| {
+            let ty = policy.choose(&t);
+            (t, ty)
+        })
+        .collect();
+    Ok(Prepared {
+        config,
+        checkpoint,
+        plan,
+        vocab,
+    })
+}
+
+/// GGUF metadata for a prepared conversion.
+pub fn metadata(p: &Prepared, file_type: GgmlType) -> Vec<(String, GgufValue)> {
+    let c = &p.config;
+    let s = |v: &str| GgufValue::String(v.to_string());
+    let u = |v: usize| GgufValue::U32(v as u32);
+    let mut m: Vec<(String, GgufValue)> = vec![
+        ("general.architecture".into(), s("llama")),
+        ("general.type".into(), s("model")),
+        ("general.name".into(), s(&c.name)),
+        ("llama.block_count".into(), u(c.n_layers)),
+        ("llama.context_length".into(), u(c.context_length)),
+        ("llama.embedding_length".into(), u(c.hidden_size)),
+        ("llama.feed_forward_length".into(), u(c.intermediate_size)),
+        ("llama.attention.head_count".into(), u(c.n_heads)),
+        ("llama.attention.head_count_kv".into(), u(c.n_kv_heads)),
+        ("llama.rope.freq_base".into(), GgufValue::F32(c.rope_theta)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            GgufValue::F32(c.rms_norm_eps),
+        ),
+    ];
+    if c.head_dim * c.n_heads != c.hidden_size {
+        m.push(("llama.attention.key_length".into(), u(c.head_dim)));
+        m.push(("llama.attention.value_length".into(), u(c.head_dim)));
+    }
+    m.push((
+        "general.file_type".into(),
+        GgufValue::U32(llama_ftype_for(file_type)),
+    ));
+    m.push(("llama.vocab_size".into(), u(c.vocab_size)));
+    m.push(("llama.rope.dimension_count".into(), u(c.head_dim)));
+    if let Some(f) = c.rope_linear_factor {
+        m.push(("llama.rope.scaling.type".into(), s("linear")));
+        m.push(("llama.rope.scaling.factor".into(), GgufValue::F32(f)));
+    }
+    m.push(("general.quantization_version".into(), GgufValue::U32(2)));
+    m.extend(p.vocab.to_metadata());
+    m
+}
+
+/// Run a conversion. `cancel` is polled between chunks.
+pub fn convert(
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<ConvertReport, ConvertError> {
+    let t0 = Instant::now();
+    if opts.output.exists() && !opts.overwrite {
+        return Err(ConvertError::Exists(opts.output.clone()));
+    }
+    let p = prepare(&opts.input, &opts.policy)?;
+    let meta = metadata(&p, opts.policy.scheme.main_type());
+    let specs: Vec<TensorSpec> = p
+        .plan
+        .iter()
+        .map(|(t, ty)| TensorSpec {
+            name: t.gguf_name.clone(),
+            dims: t.gguf_dims(),
+            ty: *ty,
+        })
+        .collect();
+    let mut w = GgufWriter::create(&opts.output, &meta, &specs)?;
+    let total: u64 = p.plan.iter().map(|(t, _)| t.shape.iter().product::<usize>() as u64).sum();
+    progress.start(total);
+    let mut types: BTreeMap<String, usize> = BTreeMap::new();
+    for (t, ty) in &p.plan {
+        progress.tensor(&t.gguf_name, *ty);
+        *types.entry(ty.name()).or_default() += 1;
+        let im = opts
+            .imatrix
+            .as_ref()
+            .and_then(|m| m.get(&t.gguf_name))
+            .filter(|v| v.len() == t.row_len());
+        write_tensor(&p.checkpoint, t, *ty, opts.quantizer, im.map(|v| v.as_slice()), &mut w, progress, cancel)?;
+    }
+    let out = w.finish()?;
+    progress.finish();
+    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    Ok(ConvertReport {
+        output: out,
+        bytes,
+        n_tensors: p.plan.len(),
+        types,
+        seconds: t0.elapsed().as_secs_f64(),
+        n_params: total,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_tensor(
+    ck: &Checkpoint,
+    t: &PlannedTensor,
+    ty: GgmlType,
+    mode: QuantMode,
+    imatrix: Option<&[f32]>,
+    w: &mut GgufWriter,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<(), ConvertError> {
+    let (file, entry) = ck.get(&t.hf_name).ok_or_else(|| ConvertError::MissingTensor {
+        dir: ck.dir.clone(),
+        tensor: t.hf_name.clone(),
+    })?;
+    let terr = |msg: String| ConvertError::Tensor {
+        file: file.path.clone(),
+        tensor: t.hf_name.clone(),
+        msg,
+    };
+    let mapped = file.map(entry)?;
+    let bytes = mapped.bytes();
+    let row_len = t.row_len();
+    let n_rows = t.n_rows();
+    let esz = entry.dtype.size();
+    // Chunks hold whole heads so the rope permutation stays local.
+    let unit = match t.permute {
+        plan::Permute::Rope { n_heads } => (n_rows / n_heads).max(1),
+        plan::Permute::None => 1,
+    };
+    let rows_per_chunk = ((CHUNK_ELEMS / row_len.max(1)) / unit).max(1) * unit;
+    let mut row = 0;
+    while row < n_rows {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(ConvertError::Cancelled);
+        }
+        let nr = rows_per_chunk.min(n_rows - row);
+        let src = &bytes[row * row_len * esz..(row + nr) * row_len * esz];
+        let mut f = vec![0f32; nr * row_len];
+        f.par_chunks_mut(1 << 16)
+            .zip(src.par_chunks((1 << 16) * esz))
+            .try_for_each(|(d, s)| safetensors::to_f32(entry.dtype, s, d))
+            .map_err(terr)?;
+        if let Some(i) = f.par_iter().position_first(|v| !v.is_finite()) {
+            return Err(ConvertError::NonFinite {
+                file: file.path.clone(),
+                tensor: t.hf_name.clone(),
+                index: row * row_len + i,
+                value: f[i],
+            });
+        }
+        plan::apply_permute(t.permute, &mut f, row_len, n_rows);
+        let q = quant::quantize(ty, &f, row_len, imatrix, mode).map_err(|e| terr(e.to_string()))?;
+        drop(f);
+        w.write_data(&t.gguf_name, &q)?;
+        progress.advance((nr * row_len) as u64);
+        row += nr;
+    }
+    Ok(())
+}
+
+/// Read a llama-imatrix file into GGUF tensor name → per-column weights.
+pub fn load_imatrix(path: &Path) -> Result<BTreeMap<String, Vec<f32>>, ConvertError> {
+    Err(ConvertError::Config {
+        path: path.to_path_buf(),
+        msg: "imatrix support is not built yet".into(),
+    })
+}

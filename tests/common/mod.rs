@@ -1,93 +1,126 @@
-//! Shared helpers for the server tests: which model to serve, starting a
-//! server on 127.0.0.1:0, and reading server-sent events.
+//! Shared helpers for integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::time::Duration;
+pub mod reference;
 
-use airavata::server::{bind, RunningServer, ServeOptions};
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-/// The assets folder, from `AIRAVATA_ASSETS`.
-pub fn assets_dir() -> Option<PathBuf> {
-    std::env::var_os("AIRAVATA_ASSETS")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
+/// The process-wide llama.cpp backend (it may be initialised only once).
+pub fn backend() -> &'static LlamaBackend {
+    static B: OnceLock<LlamaBackend> = OnceLock::new();
+    B.get_or_init(|| {
+        let mut b = LlamaBackend::init().expect("llama backend init");
+        b.void_logs();
+        b
+    })
 }
 
-/// stories260K (needs `AIRAVATA_ASSETS`).
-pub fn stories260k() -> Option<PathBuf> {
-    let p = assets_dir()?.join("stories260k-gguf/stories260K.gguf");
-    p.is_file().then_some(p)
-}
-
-/// The one place that decides which model the core tests serve.
-///
-/// TODO(synth): switch to `airavata::synth::tiny_test_gguf` once it lands on
-/// `main`, so the core suite runs without assets.
-pub fn test_model() -> Option<PathBuf> {
-    stories260k()
-}
-
-/// Prints the skip notice and returns `None` when no model is available.
-pub fn model_or_skip() -> Option<PathBuf> {
-    let m = test_model();
-    if m.is_none() {
-        eprintln!("skipped: AIRAVATA_ASSETS not set");
-    }
-    m
-}
-
-/// Options for a test server: loopback, any port, small but parallel.
-pub fn test_options() -> ServeOptions {
-    ServeOptions {
-        host: "127.0.0.1".into(),
-        port: 0,
-        ctx_size: Some(2048),
-        parallel: 4,
-        threads: Some(2),
-        batch_size: 256,
-        max_queue: 32,
-        request_timeout: 60,
-        ..ServeOptions::default()
+/// `$AIRAVATA_ASSETS`, or None after printing that the test is skipped.
+pub fn assets(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("AIRAVATA_ASSETS") {
+        Some(p) if Path::new(&p).is_dir() => Some(PathBuf::from(p)),
+        _ => {
+            eprintln!("skipped {test}: AIRAVATA_ASSETS not set (or not a directory)");
+            None
+        }
     }
 }
 
-/// Starts a server and waits for the model.
-pub async fn start(opts: ServeOptions, model: PathBuf) -> RunningServer {
-    let server = bind(opts, model).await.expect("bind");
-    tokio::time::timeout(Duration::from_secs(60), server.wait_ready())
-        .await
-        .expect("model load timed out")
-        .expect("model load failed");
-    server
+pub fn load_model(path: &Path) -> LlamaModel {
+    LlamaModel::load_from_file(backend(), path, &LlamaModelParams::default())
+        .unwrap_or_else(|e| panic!("llama.cpp failed to load {}: {e}", path.display()))
 }
 
-/// A client without proxies.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .expect("client")
+pub fn vocab_only_model(path: &Path) -> LlamaModel {
+    LlamaModel::load_from_file(
+        backend(),
+        path,
+        &LlamaModelParams::default().with_vocab_only(true),
+    )
+    .unwrap_or_else(|e| panic!("llama.cpp failed to load {}: {e}", path.display()))
 }
 
-/// Splits an SSE body into the `data:` payloads of its events (with the event name).
-pub fn sse_events(body: &[u8]) -> Vec<(Option<String>, String)> {
-    let text = std::str::from_utf8(body).expect("SSE body is UTF-8");
+/// Logits of every position of `tokens`, computed by llama.cpp.
+pub fn llama_logits(model: &LlamaModel, tokens: &[LlamaToken]) -> Vec<Vec<f32>> {
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(256))
+        .with_n_batch(256)
+        .with_n_threads(2)
+        .with_n_threads_batch(2)
+        // F32 KV cache and no flash attention: exact f32 math for the oracle.
+        .with_type_k(KvCacheType::F32)
+        .with_type_v(KvCacheType::F32)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
+    let mut ctx = model.new_context(backend(), params).expect("context");
+    let mut batch = LlamaBatch::new(tokens.len(), 1);
+    for (i, t) in tokens.iter().enumerate() {
+        batch.add(*t, i as i32, &[0], true).expect("batch add");
+    }
+    ctx.decode(&mut batch).expect("decode");
+    (0..tokens.len())
+        .map(|i| ctx.get_logits_ith(i as i32).to_vec())
+        .collect()
+}
+
+/// Greedy decode `n` tokens after `prompt` with llama.cpp.
+pub fn greedy(model: &LlamaModel, prompt: &[LlamaToken], n: usize) -> Vec<LlamaToken> {
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new((prompt.len() + n + 8) as u32))
+        .with_n_threads(2)
+        .with_n_threads_batch(2);
+    let mut ctx = model.new_context(backend(), params).expect("context");
+    let mut batch = LlamaBatch::new(prompt.len().max(1), 1);
+    for (i, t) in prompt.iter().enumerate() {
+        batch
+            .add(*t, i as i32, &[0], i + 1 == prompt.len())
+            .expect("batch add");
+    }
+    ctx.decode(&mut batch).expect("decode");
     let mut out = Vec::new();
-    for block in text.split("\n\n") {
-        let mut event = None;
-        let mut data = Vec::new();
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("event:") {
-                event = Some(v.trim().to_string());
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-            }
-        }
-        if !data.is_empty() {
-            out.push((event, data.join("\n")));
-        }
+    let mut pos = prompt.len() as i32;
+    for _ in 0..n {
+        let logits = ctx.get_logits_ith(batch.n_tokens() - 1);
+        let (best, _) =
+            logits
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv {
+                        (i, v)
+                    } else {
+                        (bi, bv)
+                    }
+                });
+        let t = LlamaToken(best as i32);
+        out.push(t);
+        batch.clear();
+        batch.add(t, pos, &[0], true).expect("batch add");
+        pos += 1;
+        ctx.decode(&mut batch).expect("decode");
     }
     out
 }
+
+/// max |a − b| / max |b| over all values.
+pub fn max_rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let mut num = 0f64;
+    let mut den = 0f64;
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.len(), y.len());
+        for (p, q) in x.iter().zip(y) {
+            num = num.max((*p as f64 - *q as f64).abs());
+            den = den.max((*q as f64).abs());
+        }
+    }
+    num / den.max(1e-30)
+}
+
+pub mod server;

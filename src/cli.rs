@@ -1,0 +1,252 @@
+//! Command-line interface (the only place that uses anyhow).
+
+use crate::convert::{self, Scheme, TypeOverride, TypePolicy};
+use crate::gguf::{GgmlType, GgufFile};
+use crate::quant::QuantMode;
+use crate::{hub, synth};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(name = "airavata", version = crate::version::CLAP_VERSION, about = "Convert Airavata (Llama) checkpoints to 4-bit GGUF and serve them on llama.cpp")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Convert a Hugging Face Llama checkpoint (local dir or hub id) to GGUF.
+    Convert(ConvertArgs),
+    /// Print a GGUF file's metadata and tensor table.
+    Inspect(InspectArgs),
+    /// Write a random-weight HF checkpoint (default: Airavata's exact shape).
+    Synth(SynthArgs),
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Quantizer {
+    /// Byte-identical to ggml's reference quantizers (llama-quantize --pure).
+    Reference,
+    /// Lower error at the same size (default).
+    Search,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Checkpoint directory, or a Hugging Face hub id such as ai4bharat/Airavata.
+    pub input: String,
+    /// Output GGUF path (default: <name>-<scheme>.gguf in the current directory).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Conversion scheme: nf4 (default; IQ4_XS-based 4-bit), f32, f16, bf16, q8_0, q4_0, q4_k.
+    #[arg(long, visible_alias = "outtype", default_value = "nf4")]
+    pub scheme: Scheme,
+    /// Quantizer for 4/6/8-bit types.
+    #[arg(long, value_enum, default_value = "search")]
+    pub quantizer: Quantizer,
+    /// Type for output.weight (default Q6_K for 4-bit schemes).
+    #[arg(long)]
+    pub output_type: Option<GgmlType>,
+    /// Type for token_embd.weight.
+    #[arg(long)]
+    pub embedding_type: Option<GgmlType>,
+    /// Per-tensor override PATTERN=TYPE (glob over GGUF names), repeatable.
+    #[arg(long = "tensor-type")]
+    pub tensor_type: Vec<TypeOverride>,
+    /// Importance matrix from llama-imatrix (GGUF or legacy .dat).
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
+    /// Hub revision (branch, tag or commit) when INPUT is a hub id.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    pub force: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    pub file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Show every element of array metadata (e.g. the whole vocabulary).
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// Output directory.
+    pub out: PathBuf,
+    /// `airavata` (7B, default), `tiny`, or a path to a config.json.
+    #[arg(long, default_value = "airavata")]
+    pub config: String,
+    /// Weight dtype: bf16, f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    #[arg(long, default_value_t = 3)]
+    pub shards: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Set up a Ctrl-C flag: the first press asks long work to stop cleanly.
+fn cancel_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            rt.block_on(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("\ninterrupted: stopping, no output will be left behind");
+                    f.store(true, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    flag
+}
+
+fn init_threads(n: Option<usize>) {
+    if let Some(n) = n {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+}
+
+/// Resolve INPUT to a local checkpoint directory (downloading a hub id).
+pub fn resolve_checkpoint(input: &str, revision: &str, progress: bool) -> Result<PathBuf> {
+    let p = Path::new(input);
+    if p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    if p.exists() {
+        bail!("{input} is not a directory (expected a checkpoint directory or a hub id)");
+    }
+    if hub::looks_like_repo_id(input) {
+        eprintln!("fetching {input}@{revision} from the Hugging Face Hub");
+        return Ok(hub::fetch_checkpoint(input, revision, None, progress)?);
+    }
+    bail!("{input}: no such directory, and not a hub id of the form owner/name")
+}
+
+pub fn run_convert(a: ConvertArgs) -> Result<()> {
+    init_threads(a.threads);
+    let dir = resolve_checkpoint(&a.input, &a.revision, !a.quiet)?;
+    let imatrix = match &a.imatrix {
+        Some(p) => Some(convert::load_imatrix(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let name = convert::LlamaConfig::load(&dir)?.name;
+    let output = a
+        .output
+        .unwrap_or_else(|| PathBuf::from(format!("{name}-{}.gguf", a.scheme)));
+    let opts = convert::ConvertOptions {
+        input: dir,
+        output,
+        policy: TypePolicy {
+            scheme: a.scheme,
+            output_type: a.output_type,
+            embedding_type: a.embedding_type,
+            overrides: a.tensor_type,
+        },
+        quantizer: match a.quantizer {
+            Quantizer::Reference => QuantMode::Reference,
+            Quantizer::Search => QuantMode::Search,
+        },
+        imatrix,
+        overwrite: a.force,
+        progress: !a.quiet,
+    };
+    let cancel = cancel_flag();
+    let report = if a.quiet {
+        convert::convert(&opts, &convert::Silent, &cancel)?
+    } else {
+        convert::convert(&opts, &convert::Bar::default(), &cancel)?
+    };
+    let types: Vec<String> = report.types.iter().map(|(k, v)| format!("{v}×{k}")).collect();
+    eprintln!(
+        "wrote {} ({:.1} MiB, {} tensors: {}, {:.2} B params) in {:.1} s",
+        report.output.display(),
+        report.bytes as f64 / (1 << 20) as f64,
+        report.n_tensors,
+        types.join(", "),
+        report.n_params as f64 / 1e9,
+        report.seconds
+    );
+    Ok(())
+}
+
+pub fn run_inspect(a: InspectArgs) -> Result<()> {
+    let f = GgufFile::open(&a.file)?;
+    if a.json {
+        let meta: serde_json::Map<String, serde_json::Value> = f
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), crate::gguf::to_json(v, a.full)))
+            .collect();
+        let tensors: Vec<serde_json::Value> = f
+            .tensors
+            .iter()
+            .map(|t| serde_json::json!({"name": t.name, "type": t.ty.name(), "dims": t.dims, "offset": t.offset, "bytes": t.size}))
+            .collect();
+        let j = serde_json::json!({"version": f.version, "alignment": f.alignment, "data_offset": f.data_offset, "metadata": meta, "tensors": tensors});
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    println!("{}: GGUF v{}, {} metadata entries, {} tensors, alignment {}", a.file.display(), f.version, f.metadata.len(), f.tensors.len(), f.alignment);
+    println!("\nmetadata:");
+    for (k, v) in &f.metadata {
+        let s = if a.full { format!("{v:?}") } else { v.display_short() };
+        println!("  {k:<45} {s}");
+    }
+    println!("\ntensors:");
+    println!("  {:<4} {:<32} {:<8} {:<24} {:>12}", "#", "name", "type", "dims", "bytes");
+    let mut total = 0u64;
+    for (i, t) in f.tensors.iter().enumerate() {
+        total += t.size;
+        let dims: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
+        println!("  {:<4} {:<32} {:<8} {:<24} {:>12}", i, t.name, t.ty.name(), dims.join(" × "), t.size);
+    }
+    let n: u64 = f.tensors.iter().map(|t| t.n_elements()).sum();
+    println!("\n  {} parameters, {:.1} MiB of tensor data, {:.3} bits per weight", n, total as f64 / (1 << 20) as f64, total as f64 * 8.0 / n.max(1) as f64);
+    Ok(())
+}
+
+pub fn run_synth(a: SynthArgs) -> Result<()> {
+    let config = match a.config.as_str() {
+        "airavata" => synth::airavata_config(),
+        "tiny" => synth::tiny_config(),
+        path => serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?)
+            .with_context(|| format!("{path} is not valid JSON"))?,
+    };
+    let dtype = match a.dtype.to_ascii_lowercase().as_str() {
+        "bf16" => crate::safetensors::Dtype::BF16,
+        "f16" => crate::safetensors::Dtype::F16,
+        "f32" => crate::safetensors::Dtype::F32,
+        other => bail!("--dtype {other}: expected bf16, f16 or f32"),
+    };
+    let t0 = std::time::Instant::now();
+    synth::write_checkpoint(&a.out, &synth::SynthOptions { config, dtype, shards: a.shards, seed: a.seed, ..Default::default() })?;
+    eprintln!("wrote random checkpoint to {} in {:.1} s", a.out.display(), t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Command::Convert(a) => run_convert(a),
+        Command::Inspect(a) => run_inspect(a),
+        Command::Synth(a) => run_synth(a),
+    }
+}
