@@ -633,15 +633,24 @@ async fn stop_strings_and_preamble_cache() {
     )
     .await;
     let full = full["generated_text"].as_str().expect("text").to_string();
-    let (_, cut) = post(
-        &c,
-        url.clone(),
-        json!({"prompt": "", "raw": true, "max_new_tokens": 40, "stop": [" a "]}),
-    )
-    .await;
-    if let Some(i) = full.find(" a ") {
-        assert_eq!(cut["generated_text"], &full[..i]);
-        assert_eq!(cut["finish_reason"], "stop");
+    // A stop string taken from the middle of the greedy output must cut it there.
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() > 12, "{full:?}");
+    let stop: String = chars[8..11].iter().collect();
+    let cut_at = full.find(&stop).expect("stop occurs");
+    for stream in [false, true] {
+        let body = json!({"prompt": "", "raw": true, "max_new_tokens": 40,
+                          "stop": [stop.clone(), "never-seen"], "stream": stream});
+        let r = c.post(url.clone()).json(&body).send().await.expect("send");
+        let raw = r.bytes().await.expect("body");
+        let v: Value = if stream {
+            let events = sse_events(&raw);
+            serde_json::from_str(&events.last().expect("events").1).expect("json")
+        } else {
+            serde_json::from_slice(&raw).expect("json")
+        };
+        assert_eq!(v["generated_text"], &full[..cut_at], "stream={stream}");
+        assert_eq!(v["finish_reason"], "stop");
     }
     // Chat-wrapped prompts reuse the cached preamble KV.
     let (_, v) = post(&c, url, json!({"prompt": "hello", "max_new_tokens": 4})).await;
@@ -676,5 +685,117 @@ async fn stories260k_greedy_reproduces_reference() {
         expected.starts_with(got),
         "got {got:?}\nexpected {expected:?}"
     );
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_fallback_devanagari_is_held_back_until_complete() {
+    use airavata::engine::utf8::Utf8Accumulator;
+    let server = start(test_options(), test_model()).await;
+    let engine = server.engine();
+    // Conjuncts and signs the synthetic vocabulary lacks go through byte fallback.
+    let text = "ज्ञ ॐ क्षत्रिय ऋषि";
+    let tokens = engine.tokenize(text, false).expect("tokenize");
+    let pieces = engine.token_bytes(&tokens).expect("bytes");
+    assert!(
+        pieces.iter().any(|p| std::str::from_utf8(p).is_err()),
+        "expected byte-fallback pieces that split code points"
+    );
+    let mut acc = Utf8Accumulator::new();
+    let mut out = String::new();
+    for p in &pieces {
+        let chunk = acc.push(p);
+        assert!(
+            !chunk.contains('\u{FFFD}'),
+            "broken code point emitted: {chunk:?}"
+        );
+        out.push_str(&chunk);
+    }
+    out.push_str(&acc.finish());
+    assert_eq!(out.trim_start(), text);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_in_flight_requests() {
+    let mut opts = test_options();
+    opts.step_delay_ms = Some(5);
+    let server = start(opts, test_model()).await;
+    let c = client();
+    let url = format!("{}/generate", server.url());
+    let req = tokio::spawn({
+        let c = c.clone();
+        async move {
+            post(
+                &c,
+                url,
+                json!({"prompt": "Once", "raw": true, "max_new_tokens": 60}),
+            )
+            .await
+        }
+    });
+    let t0 = Instant::now();
+    while server.engine().stats().running() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.shutdown().await.expect("shutdown");
+    let (s, v) = req.await.expect("request task");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["usage"]["completion_tokens"].as_u64().map(|n| n > 0),
+        Some(true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_answers_504() {
+    let mut opts = test_options();
+    opts.step_delay_ms = Some(20);
+    opts.request_timeout = 1;
+    let server = start(opts, test_model()).await;
+    let c = client();
+    let (s, v) = post(
+        &c,
+        format!("{}/generate", server.url()),
+        json!({"prompt": "Once", "raw": true, "max_new_tokens": 400}),
+    )
+    .await;
+    assert_eq!(s, 504, "{v}");
+    assert_envelope(&v, "request_timeout");
+    assert_eq!(server.engine().stats().running(), 0);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_origin_is_applied() {
+    let mut opts = test_options();
+    opts.cors_origin = vec!["https://example.org".into()];
+    let server = start(opts, test_model()).await;
+    let c = client();
+    let r = c
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/generate", server.url()),
+        )
+        .header("origin", "https://example.org")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(
+        r.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://example.org")
+    );
+    let r = c
+        .get(format!("{}/health", server.url()))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("get");
+    assert!(r.headers().get("access-control-allow-origin").is_none());
     server.shutdown().await.expect("shutdown");
 }

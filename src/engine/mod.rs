@@ -380,6 +380,18 @@ impl Engine {
             .collect())
     }
 
+    /// The raw bytes of each token's piece, as generation emits them (a
+    /// byte-fallback token such as `<0xE0>` yields one byte of a code point).
+    pub fn token_bytes(&self, tokens: &[i32]) -> Result<Vec<Vec<u8>>, EngineError> {
+        let model = self.model()?;
+        self.check_tokens(tokens)?;
+        let vocab = model.vocab();
+        Ok(tokens
+            .iter()
+            .map(|t| vocab.token_to_piece(LlamaToken(*t), false, None))
+            .collect())
+    }
+
     /// Turns tokens back into text (special tokens dropped).
     pub fn detokenize(&self, tokens: &[i32]) -> Result<String, EngineError> {
         let model = self.model()?;
