@@ -799,3 +799,22 @@ async fn cors_origin_is_applied() {
     assert!(r.headers().get("access-control-allow-origin").is_none());
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_fails_when_the_model_does_not_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bogus = dir.path().join("not-a-model.gguf");
+    std::fs::write(&bogus, b"GGUF but not really").expect("write");
+    let mut opts = test_options();
+    opts.port = 0;
+    let res = tokio::time::timeout(
+        Duration::from_secs(30),
+        airavata::server::serve(opts, bogus, std::future::pending()),
+    )
+    .await
+    .expect("serve returns instead of hanging");
+    assert!(
+        matches!(res, Err(airavata::server::ServerError::Engine(_))),
+        "{res:?}"
+    );
+}

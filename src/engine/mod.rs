@@ -462,6 +462,9 @@ impl Engine {
                 message: "max_new_tokens must be at least 1".into(),
             });
         }
+        // Admission first, so a flood is refused before any tokenization work;
+        // the ticket is released if validation fails below.
+        let ticket = self.admit()?;
         let tokens = self.prompt_tokens(&req.prompt)?;
         if tokens.is_empty() {
             return Err(EngineError::InvalidRequest {
@@ -477,7 +480,6 @@ impl Engine {
                 n_ctx_slot,
             });
         }
-        let ticket = self.admit()?;
         let strip_leading_space = match &req.prompt {
             Prompt::User(_) | Prompt::Chat(_) => true,
             Prompt::Raw(t) => t.is_empty() || t.ends_with(char::is_whitespace),

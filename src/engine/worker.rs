@@ -70,12 +70,26 @@ impl Active {
 }
 
 pub(super) fn run(config: EngineConfig, shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Command>) {
-    let outcome = run_inner(&config, &shared, rx);
+    // A panic inside llama-cpp-2 must not leave /health saying "ok".
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_inner(&config, &shared, rx)
+    }));
     let end = match outcome {
-        Ok(()) => LoadState::Stopped,
-        Err(e) => {
+        Ok(Ok(())) => LoadState::Stopped,
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "engine stopped");
             LoadState::Failed(e)
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %msg, "engine thread panicked");
+            LoadState::Failed(EngineError::Backend(format!(
+                "engine thread panicked: {msg}"
+            )))
         }
     };
     shared.stats.running.store(0, Ordering::Relaxed);
