@@ -237,8 +237,14 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// The process-wide llama.cpp backend (llama.cpp allows one).
-fn backend(backends_dir: Option<&std::path::Path>) -> Result<&'static LlamaBackend, EngineError> {
+/// The process-wide llama.cpp backend. llama-cpp-2 allows one
+/// `LlamaBackend` per process, so other code in the same process that needs
+/// llama.cpp should borrow this one instead of calling `LlamaBackend::init`.
+/// `backends_dir` (ggml backend libraries to load first) only matters on the
+/// first call; llama.cpp logs are routed to `tracing`.
+pub fn llama_backend(
+    backends_dir: Option<&std::path::Path>,
+) -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, EngineError>> = OnceLock::new();
     let b = BACKEND.get_or_init(|| {
         llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());

@@ -101,7 +101,7 @@ fn run_inner(
     shared: &Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), EngineError> {
-    let backend = super::backend(config.backends_dir.as_deref())?;
+    let backend = super::llama_backend(config.backends_dir.as_deref())?;
     let n_gpu_layers = config
         .n_gpu_layers
         .unwrap_or(if backend.supports_gpu_offload() {

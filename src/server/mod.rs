@@ -3,11 +3,37 @@
 //! The CLI resolves its model argument to a GGUF path and calls [`serve`];
 //! tests call [`bind`] with port 0 and read [`RunningServer::addr`].
 //!
-//! Routes: `POST /generate` (the FastAPI contract, plus sampling fields,
-//! `raw` and `stream`), `POST /v1/completions`, `POST /v1/chat/completions`,
-//! `GET /v1/models`, `POST /tokenize`, `POST /detokenize`, `GET /health`,
-//! `GET /info`, `GET /metrics`. Every error uses one JSON envelope
-//! (see [`errors`]).
+//! # Routes
+//! * `POST /generate` — the FastAPI contract `{"prompt", "max_new_tokens"=50}`
+//!   → `{"generated_text", "finish_reason", "usage", "timings"}`. The prompt is
+//!   wrapped as `<s><|user|>\n{prompt}\n<|assistant|>\n` unless `"raw": true`.
+//!   Optional: `temperature` (default 0 = greedy), `top_k` (0), `top_p` (0.9),
+//!   `min_p` (0), `repetition_penalty` (1), `seed`, `stop` (string or list),
+//!   `stream`. Streaming answers `text/event-stream`: `data: {"text": delta}`
+//!   events, then `data: {"text": "", "done": true, "generated_text",
+//!   "finish_reason", "usage", "timings"}`; a failure mid-stream is an
+//!   `event: error` carrying the error envelope.
+//! * `POST /v1/completions`, `POST /v1/chat/completions` — OpenAI shapes,
+//!   streaming chunks end with `data: [DONE]`; `stream_options.include_usage`
+//!   adds a final usage chunk. Chat messages are rendered in Airavata's format.
+//! * `GET /v1/models`, `POST /tokenize` (`{"content", "add_special"=true,
+//!   "chat"=false, "with_pieces"=false}`), `POST /detokenize` (`{"tokens"}`).
+//! * `GET /health` (503 until the model is loaded), `GET /info`,
+//!   `GET /metrics` (Prometheus text).
+//!
+//! # Errors
+//! Every error is `{"error": {"message", "type", "code", "param"}}`:
+//! 400 `invalid_json` / `context_length_exceeded` (names both token counts),
+//! 401 `missing_api_key` / `invalid_api_key`, 404, 405, 413 `payload_too_large`,
+//! 415 `unsupported_media_type`, 422 `invalid_value` (with `param`),
+//! 429 `queue_full` (with `Retry-After`), 503 `model_loading`,
+//! 504 `request_timeout`.
+//!
+//! # Text
+//! A SentencePiece artefact is removed: when the prompt ends in whitespace (the
+//! chat format ends in `\n`) or is empty, the first generated token's leading
+//! space is stripped, as Hugging Face's `decode` does. Streamed text never
+//! splits a UTF-8 code point and never shows part of a stop string.
 
 pub mod auth;
 pub mod errors;
@@ -29,6 +55,7 @@ use axum::{middleware, Router};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::engine::{Engine, EngineConfig, EngineError, FlashAttn};
@@ -212,11 +239,24 @@ pub fn router(engine: Engine, opts: &ServeOptions, model: &Path) -> Result<Route
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state);
     if let Some(cors) = cors_layer(&opts.cors_origin)? {
         app = app.layer(cors);
     }
     Ok(app)
+}
+
+/// A handler panic becomes a 500 with the usual envelope.
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    errors::ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "internal_error",
+        "internal server error",
+    )
+    .into_response()
 }
 
 fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
