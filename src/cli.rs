@@ -106,7 +106,10 @@ fn cancel_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             rt.block_on(async {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     eprintln!("\ninterrupted: stopping, no output will be left behind");
@@ -120,7 +123,9 @@ fn cancel_flag() -> Arc<AtomicBool> {
 
 fn init_threads(n: Option<usize>) {
     if let Some(n) = n {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
 }
 
@@ -144,7 +149,9 @@ pub fn run_convert(a: ConvertArgs) -> Result<()> {
     init_threads(a.threads);
     let dir = resolve_checkpoint(&a.input, &a.revision, !a.quiet)?;
     let imatrix = match &a.imatrix {
-        Some(p) => Some(convert::load_imatrix(p).with_context(|| format!("reading {}", p.display()))?),
+        Some(p) => {
+            Some(convert::load_imatrix(p).with_context(|| format!("reading {}", p.display()))?)
+        }
         None => None,
     };
     let name = convert::LlamaConfig::load(&dir)?.name;
@@ -174,7 +181,11 @@ pub fn run_convert(a: ConvertArgs) -> Result<()> {
     } else {
         convert::convert(&opts, &convert::Bar::default(), &cancel)?
     };
-    let types: Vec<String> = report.types.iter().map(|(k, v)| format!("{v}×{k}")).collect();
+    let types: Vec<String> = report
+        .types
+        .iter()
+        .map(|(k, v)| format!("{v}×{k}"))
+        .collect();
     eprintln!(
         "wrote {} ({:.1} MiB, {} tensors: {}, {:.2} B params) in {:.1} s",
         report.output.display(),
@@ -204,22 +215,48 @@ pub fn run_inspect(a: InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
-    println!("{}: GGUF v{}, {} metadata entries, {} tensors, alignment {}", a.file.display(), f.version, f.metadata.len(), f.tensors.len(), f.alignment);
+    println!(
+        "{}: GGUF v{}, {} metadata entries, {} tensors, alignment {}",
+        a.file.display(),
+        f.version,
+        f.metadata.len(),
+        f.tensors.len(),
+        f.alignment
+    );
     println!("\nmetadata:");
     for (k, v) in &f.metadata {
-        let s = if a.full { format!("{v:?}") } else { v.display_short() };
+        let s = if a.full {
+            format!("{v:?}")
+        } else {
+            v.display_short()
+        };
         println!("  {k:<45} {s}");
     }
     println!("\ntensors:");
-    println!("  {:<4} {:<32} {:<8} {:<24} {:>12}", "#", "name", "type", "dims", "bytes");
+    println!(
+        "  {:<4} {:<32} {:<8} {:<24} {:>12}",
+        "#", "name", "type", "dims", "bytes"
+    );
     let mut total = 0u64;
     for (i, t) in f.tensors.iter().enumerate() {
         total += t.size;
         let dims: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
-        println!("  {:<4} {:<32} {:<8} {:<24} {:>12}", i, t.name, t.ty.name(), dims.join(" × "), t.size);
+        println!(
+            "  {:<4} {:<32} {:<8} {:<24} {:>12}",
+            i,
+            t.name,
+            t.ty.name(),
+            dims.join(" × "),
+            t.size
+        );
     }
     let n: u64 = f.tensors.iter().map(|t| t.n_elements()).sum();
-    println!("\n  {} parameters, {:.1} MiB of tensor data, {:.3} bits per weight", n, total as f64 / (1 << 20) as f64, total as f64 * 8.0 / n.max(1) as f64);
+    println!(
+        "\n  {} parameters, {:.1} MiB of tensor data, {:.3} bits per weight",
+        n,
+        total as f64 / (1 << 20) as f64,
+        total as f64 * 8.0 / n.max(1) as f64
+    );
     Ok(())
 }
 
@@ -227,8 +264,10 @@ pub fn run_synth(a: SynthArgs) -> Result<()> {
     let config = match a.config.as_str() {
         "airavata" => synth::airavata_config(),
         "tiny" => synth::tiny_config(),
-        path => serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?)
-            .with_context(|| format!("{path} is not valid JSON"))?,
+        path => serde_json::from_str(
+            &std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        )
+        .with_context(|| format!("{path} is not valid JSON"))?,
     };
     let dtype = match a.dtype.to_ascii_lowercase().as_str() {
         "bf16" => crate::safetensors::Dtype::BF16,
@@ -237,8 +276,21 @@ pub fn run_synth(a: SynthArgs) -> Result<()> {
         other => bail!("--dtype {other}: expected bf16, f16 or f32"),
     };
     let t0 = std::time::Instant::now();
-    synth::write_checkpoint(&a.out, &synth::SynthOptions { config, dtype, shards: a.shards, seed: a.seed, ..Default::default() })?;
-    eprintln!("wrote random checkpoint to {} in {:.1} s", a.out.display(), t0.elapsed().as_secs_f64());
+    synth::write_checkpoint(
+        &a.out,
+        &synth::SynthOptions {
+            config,
+            dtype,
+            shards: a.shards,
+            seed: a.seed,
+            ..Default::default()
+        },
+    )?;
+    eprintln!(
+        "wrote random checkpoint to {} in {:.1} s",
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! airavata: convert Hugging Face Llama checkpoints (ai4bharat/Airavata) to GGUF
 //! with an NF4-equivalent 4-bit scheme, and serve them over HTTP on llama.cpp.
 
+pub mod bench;
 pub mod bnb;
 pub mod cli;
 pub mod convert;

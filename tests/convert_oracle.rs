@@ -53,13 +53,14 @@ fn f32_logits_match_plain_rust_reference() {
     assert_eq!(f.get_u64("llama.rope.dimension_count"), Some(64));
     assert_eq!(f.get_u64("general.file_type"), Some(0));
     assert!(f.tensors.iter().all(|t| t.ty == GgmlType::F32));
-    assert_eq!(f.tensor("blk.1.attn_k.weight").unwrap().dims, vec![256, 128]);
+    assert_eq!(
+        f.tensor("blk.1.attn_k.weight").unwrap().dims,
+        vec![256, 128]
+    );
 
     let model = common::load_model(&out);
     let prompt = "Hello world, नमस्ते भारत! how to manage time effectively?";
-    let toks = model
-        .vocab()
-        .tokenize(prompt.as_bytes(), true, false);
+    let toks = model.vocab().tokenize(prompt.as_bytes(), true, false);
     assert!(toks.len() > 10, "prompt tokenized to {} tokens", toks.len());
     let ours = common::llama_logits(&model, &toks);
     let ids: Vec<i32> = toks.iter().map(|t| t.0).collect();
@@ -71,7 +72,10 @@ fn f32_logits_match_plain_rust_reference() {
     // Without the Q/K permutation the logits must differ: the test can fail.
     let spread: f32 = reference[5].iter().cloned().fold(f32::MIN, f32::max)
         - reference[5].iter().cloned().fold(f32::MAX, f32::min);
-    assert!(spread > 0.1, "reference logits are degenerate (spread {spread})");
+    assert!(
+        spread > 0.1,
+        "reference logits are degenerate (spread {spread})"
+    );
 }
 
 #[test]
@@ -93,7 +97,10 @@ fn f16_bf16_q8_outputs_load_and_track_reference() {
     assert!(hf.join("model.safetensors").is_file());
     let ids = [1, 300, 301, 302, 400, 401, 402, 403];
     let reference = common::reference::forward(&hf, &ids);
-    let toks: Vec<_> = ids.iter().map(|&i| llama_cpp_2::token::LlamaToken(i)).collect();
+    let toks: Vec<_> = ids
+        .iter()
+        .map(|&i| llama_cpp_2::token::LlamaToken(i))
+        .collect();
     for (scheme, ty, tol) in [
         (Scheme::F16, GgmlType::F16, 2e-2),
         (Scheme::Bf16, GgmlType::Bf16, 5e-2),
@@ -103,7 +110,10 @@ fn f16_bf16_q8_outputs_load_and_track_reference() {
         convert_to(&hf, &out, scheme);
         let f = GgufFile::open(&out).unwrap();
         assert_eq!(f.tensor("blk.0.attn_q.weight").unwrap().ty, ty);
-        assert_eq!(f.tensor("blk.0.attn_norm.weight").unwrap().ty, GgmlType::F32);
+        assert_eq!(
+            f.tensor("blk.0.attn_norm.weight").unwrap().ty,
+            GgmlType::F32
+        );
         assert_eq!(
             f.get_u64("general.file_type"),
             Some(airavata::gguf::llama_ftype_for(ty) as u64)

@@ -42,7 +42,7 @@ impl LlamaConfig {
             .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
             .unwrap_or_default();
         let model_type = raw.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
-        if !archs.contains(&"LlamaForCausalLM") && !(archs.is_empty() && model_type == "llama") {
+        if !(archs.contains(&"LlamaForCausalLM") || (archs.is_empty() && model_type == "llama")) {
             return Err(format!(
                 "unsupported architecture {archs:?} (model_type {model_type:?}); only LlamaForCausalLM is supported"
             ));
@@ -79,7 +79,9 @@ impl LlamaConfig {
         }
         if let Some(act) = raw.get("hidden_act").and_then(|a| a.as_str()) {
             if act != "silu" {
-                return Err(format!("hidden_act {act:?} is not supported (expected \"silu\")"));
+                return Err(format!(
+                    "hidden_act {act:?} is not supported (expected \"silu\")"
+                ));
             }
         }
         if raw.get("attention_bias").and_then(|b| b.as_bool()) == Some(true)
@@ -97,7 +99,9 @@ impl LlamaConfig {
                     .unwrap_or("");
                 let f = s.get("factor").and_then(|f| f.as_f64()).unwrap_or(1.0) as f32;
                 if ty != "linear" {
-                    return Err(format!("rope_scaling type {ty:?} is not supported (only linear)"));
+                    return Err(format!(
+                        "rope_scaling type {ty:?} is not supported (only linear)"
+                    ));
                 }
                 Some(f)
             }

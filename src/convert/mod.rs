@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Elements per processing chunk (rows are grouped up to about this many).
-const CHUNK_ELEMS: usize = 1 << 24;
+const CHUNK_ELEMS: usize = 1 << 22;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -41,7 +41,9 @@ pub enum ConvertError {
     Gguf(#[from] gguf::GgufError),
     #[error("{dir}: missing tensor {tensor} (required by config.json)")]
     MissingTensor { dir: PathBuf, tensor: String },
-    #[error("{file}: unexpected tensor {tensor} (not part of a LlamaForCausalLM with this config)")]
+    #[error(
+        "{file}: unexpected tensor {tensor} (not part of a LlamaForCausalLM with this config)"
+    )]
     ExtraTensor { file: PathBuf, tensor: String },
     #[error("{file}: tensor {tensor} has shape {got:?} but config.json implies {expected:?}")]
     Shape {
@@ -179,10 +181,12 @@ pub fn prepare(dir: &Path, policy: &TypePolicy) -> Result<Prepared, ConvertError
     }
     for name in checkpoint.names() {
         if !plan::is_ignored(name) && !planned.iter().any(|t| t.hf_name == name) {
-            let (file, _) = checkpoint.get(name).ok_or_else(|| ConvertError::MissingTensor {
-                dir: dir.to_path_buf(),
-                tensor: name.to_string(),
-            })?;
+            let (file, _) = checkpoint
+                .get(name)
+                .ok_or_else(|| ConvertError::MissingTensor {
+                    dir: dir.to_path_buf(),
+                    tensor: name.to_string(),
+                })?;
             return Err(ConvertError::ExtraTensor {
                 file: file.path.clone(),
                 tensor: name.to_string(),
@@ -267,7 +271,11 @@ pub fn convert(
         })
         .collect();
     let mut w = GgufWriter::create(&opts.output, &meta, &specs)?;
-    let total: u64 = p.plan.iter().map(|(t, _)| t.shape.iter().product::<usize>() as u64).sum();
+    let total: u64 = p
+        .plan
+        .iter()
+        .map(|(t, _)| t.shape.iter().product::<usize>() as u64)
+        .sum();
     progress.start(total);
     let mut types: BTreeMap<String, usize> = BTreeMap::new();
     for (t, ty) in &p.plan {
@@ -278,7 +286,16 @@ pub fn convert(
             .as_ref()
             .and_then(|m| m.get(&t.gguf_name))
             .filter(|v| v.len() == t.row_len());
-        write_tensor(&p.checkpoint, t, *ty, opts.quantizer, im.map(|v| v.as_slice()), &mut w, progress, cancel)?;
+        write_tensor(
+            &p.checkpoint,
+            t,
+            *ty,
+            opts.quantizer,
+            im.map(|v| v.as_slice()),
+            &mut w,
+            progress,
+            cancel,
+        )?;
     }
     let out = w.finish()?;
     progress.finish();
@@ -304,17 +321,17 @@ fn write_tensor(
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<(), ConvertError> {
-    let (file, entry) = ck.get(&t.hf_name).ok_or_else(|| ConvertError::MissingTensor {
-        dir: ck.dir.clone(),
-        tensor: t.hf_name.clone(),
-    })?;
+    let (file, entry) = ck
+        .get(&t.hf_name)
+        .ok_or_else(|| ConvertError::MissingTensor {
+            dir: ck.dir.clone(),
+            tensor: t.hf_name.clone(),
+        })?;
     let terr = |msg: String| ConvertError::Tensor {
         file: file.path.clone(),
         tensor: t.hf_name.clone(),
         msg,
     };
-    let mapped = file.map(entry)?;
-    let bytes = mapped.bytes();
     let row_len = t.row_len();
     let n_rows = t.n_rows();
     let esz = entry.dtype.size();
@@ -330,7 +347,13 @@ fn write_tensor(
             return Err(ConvertError::Cancelled);
         }
         let nr = rows_per_chunk.min(n_rows - row);
-        let src = &bytes[row * row_len * esz..(row + nr) * row_len * esz];
+        // Map only this chunk: resident pages are released with the map.
+        let mapped = file.map_range(
+            entry,
+            (row * row_len * esz) as u64,
+            (nr * row_len * esz) as u64,
+        )?;
+        let src = mapped.bytes();
         let mut f = vec![0f32; nr * row_len];
         f.par_chunks_mut(1 << 16)
             .zip(src.par_chunks((1 << 16) * esz))
@@ -347,6 +370,7 @@ fn write_tensor(
         plan::apply_permute(t.permute, &mut f, row_len, n_rows);
         let q = quant::quantize(ty, &f, row_len, imatrix, mode).map_err(|e| terr(e.to_string()))?;
         drop(f);
+        drop(mapped);
         w.write_data(&t.gguf_name, &q)?;
         progress.advance((nr * row_len) as u64);
         row += nr;

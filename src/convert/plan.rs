@@ -8,7 +8,9 @@ pub enum Permute {
     None,
     /// Undo HF's rotary layout for Q/K (`n_heads` heads of `head_dim` rows):
     /// within each head, row `2i + j` of the output is row `j·head_dim/2 + i`.
-    Rope { n_heads: usize },
+    Rope {
+        n_heads: usize,
+    },
 }
 
 /// What kind of weight a tensor is (drives the type policy).

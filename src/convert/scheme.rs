@@ -148,7 +148,11 @@ impl TypePolicy {
         if t.role == Role::Norm || t.shape.len() < 2 {
             return GgmlType::F32;
         }
-        if let Some(o) = self.overrides.iter().find(|o| glob_match(&o.pattern, &t.gguf_name)) {
+        if let Some(o) = self
+            .overrides
+            .iter()
+            .find(|o| glob_match(&o.pattern, &t.gguf_name))
+        {
             return o.ty;
         }
         let base = self.scheme.main_type();
@@ -175,5 +179,87 @@ impl TypePolicy {
             .copied()
             .find(|f| f.row_bytes(n).is_some())
             .unwrap_or(GgmlType::F32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::plan::Permute;
+
+    fn t(name: &str, shape: Vec<usize>, role: Role) -> PlannedTensor {
+        PlannedTensor {
+            hf_name: String::new(),
+            gguf_name: name.into(),
+            shape,
+            permute: Permute::None,
+            role,
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("blk.*.ffn_down*", "blk.12.ffn_down.weight"));
+        assert!(!glob_match("blk.*.ffn_down*", "blk.12.ffn_up.weight"));
+        assert!(glob_match("output.weight", "output.weight"));
+        assert!(!glob_match("output", "output.weight"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("*attn_v*", "blk.0.attn_v.weight"));
+    }
+
+    #[test]
+    fn nf4_policy_by_row_length() {
+        let p = TypePolicy::default();
+        assert_eq!(
+            p.choose(&t("blk.0.attn_q.weight", vec![4096, 4096], Role::Weight)),
+            GgmlType::Iq4Xs
+        );
+        assert_eq!(
+            p.choose(&t("blk.0.ffn_down.weight", vec![4096, 11008], Role::Weight)),
+            GgmlType::Iq4Xs
+        );
+        assert_eq!(
+            p.choose(&t("x", vec![4096, 288], Role::Weight)),
+            GgmlType::Iq4Nl
+        );
+        assert_eq!(
+            p.choose(&t("x", vec![64, 172], Role::Weight)),
+            GgmlType::F16
+        );
+        assert_eq!(
+            p.choose(&t("output.weight", vec![48065, 4096], Role::Output)),
+            GgmlType::Q6K
+        );
+        assert_eq!(
+            p.choose(&t("output.weight", vec![512, 64], Role::Output)),
+            GgmlType::Q8_0
+        );
+        assert_eq!(
+            p.choose(&t("token_embd.weight", vec![48065, 4096], Role::Embedding)),
+            GgmlType::Iq4Xs
+        );
+        assert_eq!(
+            p.choose(&t("blk.0.attn_norm.weight", vec![4096], Role::Norm)),
+            GgmlType::F32
+        );
+        let q8 = TypePolicy {
+            scheme: Scheme::Q8_0,
+            ..Default::default()
+        };
+        assert_eq!(
+            q8.choose(&t("output.weight", vec![48065, 4096], Role::Output)),
+            GgmlType::Q8_0
+        );
+    }
+
+    #[test]
+    fn scheme_names_parse() {
+        for s in ["nf4", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k"] {
+            assert_eq!(s.parse::<Scheme>().unwrap().name(), s);
+        }
+        assert!("q3"
+            .parse::<Scheme>()
+            .unwrap_err()
+            .contains("unknown scheme"));
     }
 }

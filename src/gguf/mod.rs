@@ -23,9 +23,12 @@ pub enum GgufError {
     Invalid(String),
 }
 
+/// Ordered GGUF metadata.
+pub type Metadata = Vec<(String, GgufValue)>;
+
 /// Parse a GGUF image held in memory (for tests and fuzzing); returns the
 /// metadata and tensor table or the validation message.
-pub fn parse_bytes(buf: &[u8]) -> Result<(Vec<(String, GgufValue)>, Vec<TensorInfo>), String> {
+pub fn parse_bytes(buf: &[u8]) -> Result<(Metadata, Vec<TensorInfo>), String> {
     reader::parse(buf).map(|p| (p.metadata, p.tensors))
 }
 
@@ -34,7 +37,11 @@ pub fn to_json(v: &GgufValue, full: bool) -> serde_json::Value {
     use serde_json::Value as J;
     match v {
         GgufValue::Array(_, items) => {
-            let take = if full { items.len() } else { items.len().min(16) };
+            let take = if full {
+                items.len()
+            } else {
+                items.len().min(16)
+            };
             let mut a: Vec<J> = items[..take].iter().map(|x| to_json(x, full)).collect();
             if take < items.len() {
                 a.push(J::String(format!("… {} more", items.len() - take)));

@@ -92,12 +92,12 @@ impl GgufFile {
         let t = self
             .tensor(name)
             .ok_or_else(|| GgufError::MissingTensor(self.path.clone(), name.to_string()))?;
-        crate::quant::dequantize(t.ty, self.tensor_data(t), t.n_elements() as usize).map_err(
-            |e| GgufError::Format {
+        crate::quant::dequantize(t.ty, self.tensor_data(t), t.n_elements() as usize).map_err(|e| {
+            GgufError::Format {
                 path: self.path.clone(),
                 msg: format!("tensor {name}: {e}"),
-            },
-        )
+            }
+        })
     }
 }
 
@@ -214,7 +214,10 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, String> {
     let mut metadata = Vec::with_capacity(n_kv as usize);
     for i in 0..n_kv {
         let key = c.string(&format!("metadata key #{i}"))?;
-        if metadata.iter().any(|(k, _): &(String, GgufValue)| *k == key) {
+        if metadata
+            .iter()
+            .any(|(k, _): &(String, GgufValue)| *k == key)
+        {
             return Err(format!("duplicate metadata key {key:?}"));
         }
         let code = c.u32(&key)?;
@@ -241,7 +244,9 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, String> {
         }
         let nd = c.u32(&name)?;
         if nd == 0 || nd > MAX_DIMS {
-            return Err(format!("tensor {name}: {nd} dimensions (1..={MAX_DIMS} allowed)"));
+            return Err(format!(
+                "tensor {name}: {nd} dimensions (1..={MAX_DIMS} allowed)"
+            ));
         }
         let mut dims = Vec::with_capacity(nd as usize);
         for _ in 0..nd {

@@ -86,7 +86,7 @@ impl GgmlType {
     /// Bytes for a row of `n` elements; None when `n` is not a whole number of blocks.
     pub fn row_bytes(self, n: usize) -> Option<usize> {
         let (bs, bb) = self.block_layout()?;
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         Some(n / bs * bb)

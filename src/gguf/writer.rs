@@ -173,11 +173,9 @@ impl GgufWriter {
 
     /// Append bytes of the current tensor; moves on when it is complete.
     pub fn write_data(&mut self, name: &str, bytes: &[u8]) -> Result<(), GgufError> {
-        let (expected_name, size) = self
-            .sizes
-            .get(self.current)
-            .cloned()
-            .ok_or_else(|| GgufError::Invalid(format!("tensor {name}: all tensors already written")))?;
+        let (expected_name, size) = self.sizes.get(self.current).cloned().ok_or_else(|| {
+            GgufError::Invalid(format!("tensor {name}: all tensors already written"))
+        })?;
         if expected_name != name {
             return Err(GgufError::Invalid(format!(
                 "tensor {name} written out of order (expected {expected_name})"

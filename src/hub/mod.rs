@@ -68,7 +68,9 @@ pub fn fetch_checkpoint(
     cache_dir: Option<&Path>,
     progress: bool,
 ) -> Result<PathBuf, HubError> {
-    let mut b = ApiBuilder::from_env().with_progress(progress).with_retries(3);
+    let mut b = ApiBuilder::from_env()
+        .with_progress(progress)
+        .with_retries(3);
     if let Some(dir) = cache_dir {
         b = b.with_cache_dir(dir.to_path_buf());
     }
@@ -92,7 +94,8 @@ pub fn fetch_checkpoint(
         .map(|s| s.rfilename.clone())
         .filter(|f| wanted(f))
         .collect();
-    if !files.iter().any(|f| f == "config.json") || !files.iter().any(|f| f.ends_with(".safetensors"))
+    if !files.iter().any(|f| f == "config.json")
+        || !files.iter().any(|f| f.ends_with(".safetensors"))
     {
         return Err(HubError::NotACheckpoint {
             repo: repo.to_string(),

@@ -20,7 +20,9 @@ pub enum QuantMode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
-    #[error("{ty} cannot hold rows of {n_per_row} values (row length must be a multiple of {block})")]
+    #[error(
+        "{ty} cannot hold rows of {n_per_row} values (row length must be a multiple of {block})"
+    )]
     RowLength {
         ty: GgmlType,
         n_per_row: usize,
@@ -49,7 +51,7 @@ pub fn quantize(
     imatrix: Option<&[f32]>,
     mode: QuantMode,
 ) -> Result<Vec<u8>, QuantError> {
-    if n_per_row == 0 || src.len() % n_per_row != 0 {
+    if n_per_row == 0 || !src.len().is_multiple_of(n_per_row) {
         return Err(QuantError::Shape {
             len: src.len(),
             n_per_row,

@@ -142,7 +142,9 @@ impl SafetensorsFile {
             msg,
         };
         if file_len < 8 {
-            return Err(herr(format!("file is {file_len} bytes, too short for a header")));
+            return Err(herr(format!(
+                "file is {file_len} bytes, too short for a header"
+            )));
         }
         let mut lenb = [0u8; 8];
         file.read_exact(&mut lenb).map_err(io)?;
@@ -154,8 +156,7 @@ impl SafetensorsFile {
         }
         let mut hbuf = vec![0u8; hlen as usize];
         file.read_exact(&mut hbuf).map_err(io)?;
-        let (tensors, metadata) =
-            parse_header(&hbuf, 8 + hlen, file_len).map_err(herr)?;
+        let (tensors, metadata) = parse_header(&hbuf, 8 + hlen, file_len).map_err(herr)?;
         Ok(Self {
             path,
             file,
@@ -170,15 +171,36 @@ impl SafetensorsFile {
 
     /// Map a tensor's bytes (read-only). The map is dropped with the value.
     pub fn map(&self, t: &TensorEntry) -> Result<Mapped, SafetensorsError> {
-        let len = (t.end - t.start) as usize;
+        self.map_range(t, 0, t.end - t.start)
+    }
+
+    /// Map `len` bytes of a tensor starting `offset` bytes into its data.
+    pub fn map_range(
+        &self,
+        t: &TensorEntry,
+        offset: u64,
+        len: u64,
+    ) -> Result<Mapped, SafetensorsError> {
+        if offset.checked_add(len).is_none_or(|e| e > t.end - t.start) {
+            return Err(SafetensorsError::Tensor {
+                path: self.path.clone(),
+                tensor: t.name.clone(),
+                msg: format!("range {offset}+{len} is outside the tensor"),
+            });
+        }
         if len == 0 {
             return Ok(Mapped(None));
         }
         // SAFETY: read-only mapping of a range validated against the file
         // length at open; the bytes are only read. Concurrent truncation of
         // the file by another process is outside what we can guard against.
-        let m = unsafe { MmapOptions::new().offset(t.start).len(len).map(&self.file) }
-            .map_err(|e| SafetensorsError::Io(self.path.clone(), e))?;
+        let m = unsafe {
+            MmapOptions::new()
+                .offset(t.start + offset)
+                .len(len as usize)
+                .map(&self.file)
+        }
+        .map_err(|e| SafetensorsError::Io(self.path.clone(), e))?;
         Ok(Mapped(Some(m)))
     }
 
@@ -289,7 +311,9 @@ pub fn parse_header(json: &[u8], data_start: u64, file_len: u64) -> Result<Parse
             _ => return Err(format!("tensor {name}: data_offsets are not integers")),
         };
         if s > e {
-            return Err(format!("tensor {name}: data_offsets [{s}, {e}] are reversed"));
+            return Err(format!(
+                "tensor {name}: data_offsets [{s}, {e}] are reversed"
+            ));
         }
         if e > data_len {
             return Err(format!(

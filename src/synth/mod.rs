@@ -113,8 +113,9 @@ fn splitmix(x: &mut u64) -> u64 {
 }
 
 fn name_hash(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Deterministic N(mean, std) values for one tensor.
@@ -142,7 +143,12 @@ fn encode(dtype: Dtype, v: &[f32]) -> Result<Vec<u8>, SynthError> {
         Dtype::F32 => crate::gguf::GgmlType::F32,
         Dtype::F16 => crate::gguf::GgmlType::F16,
         Dtype::BF16 => crate::gguf::GgmlType::Bf16,
-        other => return Err(SynthError::Config(format!("dtype {} not supported", other.name()))),
+        other => {
+            return Err(SynthError::Config(format!(
+                "dtype {} not supported",
+                other.name()
+            )))
+        }
     };
     quant::quantize(ty, v, v.len().max(1), None, quant::QuantMode::Reference)
         .map_err(|e| SynthError::Config(e.to_string()))
@@ -233,7 +239,11 @@ pub fn write_checkpoint(dir: &Path, o: &SynthOptions) -> Result<(), SynthError> 
     if n_sp < cfg.vocab_size {
         let added: serde_json::Map<String, Value> = (n_sp..cfg.vocab_size)
             .map(|i| {
-                let name = if i == n_sp { "<pad>".to_string() } else { format!("<pad{i}>") };
+                let name = if i == n_sp {
+                    "<pad>".to_string()
+                } else {
+                    format!("<pad{i}>")
+                };
                 (name, json!(i))
             })
             .collect();
@@ -286,7 +296,11 @@ pub fn tiny_test_gguf_with(dir: &Path, scheme: convert::Scheme) -> Result<PathBu
             overwrite: true,
             progress: false,
         };
-        convert::convert(&opts, &convert::Silent, &std::sync::atomic::AtomicBool::new(false))?;
+        convert::convert(
+            &opts,
+            &convert::Silent,
+            &std::sync::atomic::AtomicBool::new(false),
+        )?;
     }
     Ok(out)
 }

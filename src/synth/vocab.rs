@@ -4,17 +4,104 @@
 use crate::tokenizer::{Piece, PieceType, SpModel};
 
 const WORDS: &[&str] = &[
-    "the", "a", "to", "and", "of", "in", "is", "it", "how", "time", "manage", "effectively",
-    "Hello", "world", "once", "upon", "there", "was", "little", "girl", "named", "Lily",
+    "the",
+    "a",
+    "to",
+    "and",
+    "of",
+    "in",
+    "is",
+    "it",
+    "how",
+    "time",
+    "manage",
+    "effectively",
+    "Hello",
+    "world",
+    "once",
+    "upon",
+    "there",
+    "was",
+    "little",
+    "girl",
+    "named",
+    "Lily",
 ];
 
 /// Devanagari letters, signs and common syllables/words.
 const DEVANAGARI: &[&str] = &[
-    "अ", "आ", "इ", "ई", "उ", "ऊ", "ए", "ऐ", "ओ", "औ", "क", "ख", "ग", "घ", "च", "छ", "ज", "झ",
-    "ट", "ठ", "ड", "ढ", "ण", "त", "थ", "द", "ध", "न", "प", "फ", "ब", "भ", "म", "य", "र", "ल",
-    "व", "श", "ष", "स", "ह", "ा", "ि", "ी", "ु", "ू", "े", "ै", "ो", "ौ", "ं", "ः", "्", "़",
-    "।", "है", "में", "के", "की", "को", "से", "का", "और", "मैं", "हूँ", "नमस्ते", "भारत", "समय",
-    "प्रबंधन", "कैसे", "क्या", "हिंदी",
+    "अ",
+    "आ",
+    "इ",
+    "ई",
+    "उ",
+    "ऊ",
+    "ए",
+    "ऐ",
+    "ओ",
+    "औ",
+    "क",
+    "ख",
+    "ग",
+    "घ",
+    "च",
+    "छ",
+    "ज",
+    "झ",
+    "ट",
+    "ठ",
+    "ड",
+    "ढ",
+    "ण",
+    "त",
+    "थ",
+    "द",
+    "ध",
+    "न",
+    "प",
+    "फ",
+    "ब",
+    "भ",
+    "म",
+    "य",
+    "र",
+    "ल",
+    "व",
+    "श",
+    "ष",
+    "स",
+    "ह",
+    "ा",
+    "ि",
+    "ी",
+    "ु",
+    "ू",
+    "े",
+    "ै",
+    "ो",
+    "ौ",
+    "ं",
+    "ः",
+    "्",
+    "़",
+    "।",
+    "है",
+    "में",
+    "के",
+    "की",
+    "को",
+    "से",
+    "का",
+    "और",
+    "मैं",
+    "हूँ",
+    "नमस्ते",
+    "भारत",
+    "समय",
+    "प्रबंधन",
+    "कैसे",
+    "क्या",
+    "हिंदी",
 ];
 
 /// Build a vocabulary of exactly `n` pieces (n ≥ 3 + 256 + a few).
@@ -44,13 +131,15 @@ pub fn synth_vocab(n: usize) -> SpModel {
     for c in [".", ",", "!", "?", "'", "\"", "-", ":", "|", "<", ">", "\n"] {
         push(c.to_string(), PieceType::Normal, &mut pieces);
     }
-    for d in DEVANAGARI {
-        push(d.to_string(), PieceType::Normal, &mut pieces);
-        push(format!("\u{2581}{d}"), PieceType::Normal, &mut pieces);
-    }
-    for w in WORDS {
-        push(w.to_string(), PieceType::Normal, &mut pieces);
-        push(format!("\u{2581}{w}"), PieceType::Normal, &mut pieces);
+    // Every prefix of each word, so SentencePiece's pairwise merges reach
+    // the whole word (with and without the leading-space marker).
+    for w in DEVANAGARI.iter().chain(WORDS) {
+        for word in [w.to_string(), format!("\u{2581}{w}")] {
+            let chars: Vec<char> = word.chars().collect();
+            for k in 1..=chars.len() {
+                push(chars[..k].iter().collect(), PieceType::Normal, &mut pieces);
+            }
+        }
     }
     // Two-letter pieces, then numbered filler pieces.
     let letters: Vec<char> = ('a'..='z').collect();

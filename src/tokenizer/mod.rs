@@ -133,9 +133,11 @@ impl Vocab {
         let id_of = |name: &str| -> Option<u32> {
             let content = |j: &Option<Value>| {
                 j.as_ref().and_then(|j| j.get(name)).and_then(|t| {
-                    t.as_str()
-                        .map(str::to_string)
-                        .or_else(|| t.get("content").and_then(|c| c.as_str()).map(str::to_string))
+                    t.as_str().map(str::to_string).or_else(|| {
+                        t.get("content")
+                            .and_then(|c| c.as_str())
+                            .map(str::to_string)
+                    })
                 })
             };
             let c = content(&special_map).or_else(|| content(&tcfg))?;
@@ -148,10 +150,16 @@ impl Vocab {
                 .map(|x| x as u32)
                 .filter(|&x| (x as usize) < v.tokens.len())
         };
-        v.bos = cfg_id("bos_token_id").or_else(|| id_of("bos_token")).or(v.bos);
-        v.eos = cfg_id("eos_token_id").or_else(|| id_of("eos_token")).or(v.eos);
+        v.bos = cfg_id("bos_token_id")
+            .or_else(|| id_of("bos_token"))
+            .or(v.bos);
+        v.eos = cfg_id("eos_token_id")
+            .or_else(|| id_of("eos_token"))
+            .or(v.eos);
         v.unk = id_of("unk_token").or(v.unk);
-        v.pad = cfg_id("pad_token_id").or_else(|| id_of("pad_token")).or(v.pad);
+        v.pad = cfg_id("pad_token_id")
+            .or_else(|| id_of("pad_token"))
+            .or(v.pad);
         if let Some(c) = &tcfg {
             if let Some(b) = c.get("add_bos_token").and_then(|b| b.as_bool()) {
                 v.add_bos = b;
@@ -201,7 +209,9 @@ impl Vocab {
         let model = j.get("model").ok_or("missing \"model\"")?;
         let ty = model.get("type").and_then(|t| t.as_str()).unwrap_or("");
         if ty != "BPE" {
-            return Err(format!("tokenizer model type {ty:?} is not supported (expected BPE)"));
+            return Err(format!(
+                "tokenizer model type {ty:?} is not supported (expected BPE)"
+            ));
         }
         let vocab = model
             .get("vocab")
@@ -212,7 +222,9 @@ impl Vocab {
         let mut types = vec![PieceType::Unused as i32; vocab_size];
         let unk = model.get("unk_token").and_then(|u| u.as_str());
         for (tok, id) in vocab {
-            let id = id.as_u64().ok_or_else(|| format!("vocab id of {tok:?} is not an integer"))?
+            let id = id
+                .as_u64()
+                .ok_or_else(|| format!("vocab id of {tok:?} is not an integer"))?
                 as usize;
             if id >= vocab_size {
                 continue;
@@ -268,8 +280,14 @@ impl Vocab {
     /// `tokenizer.ggml.*` key/value pairs.
     pub fn to_metadata(&self) -> Vec<(String, GgufValue)> {
         let mut m = vec![
-            ("tokenizer.ggml.model".to_string(), GgufValue::String("llama".into())),
-            ("tokenizer.ggml.pre".to_string(), GgufValue::String("default".into())),
+            (
+                "tokenizer.ggml.model".to_string(),
+                GgufValue::String("llama".into()),
+            ),
+            (
+                "tokenizer.ggml.pre".to_string(),
+                GgufValue::String("default".into()),
+            ),
             (
                 "tokenizer.ggml.tokens".to_string(),
                 GgufValue::strings(self.tokens.iter().cloned()),
@@ -302,7 +320,10 @@ impl Vocab {
             GgufValue::Bool(self.add_eos),
         ));
         if let Some(t) = &self.chat_template {
-            m.push(("tokenizer.chat_template".to_string(), GgufValue::String(t.clone())));
+            m.push((
+                "tokenizer.chat_template".to_string(),
+                GgufValue::String(t.clone()),
+            ));
         }
         m
     }

@@ -28,9 +28,11 @@ pub fn fields(mut buf: &[u8]) -> impl Iterator<Item = Result<(u32, Field<'_>), S
                     let n = usize::try_from(n).map_err(|_| "length overflows".to_string())?;
                     Field::Bytes(take(&mut buf, n)?)
                 }
-                5 => Field::Fixed32(u32::from_le_bytes(take(&mut buf, 4)?.try_into().map_err(
-                    |_| "bad fixed32".to_string(),
-                )?)),
+                5 => Field::Fixed32(u32::from_le_bytes(
+                    take(&mut buf, 4)?
+                        .try_into()
+                        .map_err(|_| "bad fixed32".to_string())?,
+                )),
                 w => return Err(format!("unsupported wire type {w} for field {num}")),
             };
             Ok((num, v))

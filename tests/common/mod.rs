@@ -85,8 +85,7 @@ pub fn greedy(model: &LlamaModel, prompt: &[LlamaToken], n: usize) -> Vec<LlamaT
     }
     ctx.decode(&mut batch).expect("decode");
     let mut out = Vec::new();
-    let mut pos = prompt.len() as i32;
-    for _ in 0..n {
+    for pos in prompt.len() as i32..(prompt.len() + n) as i32 {
         let logits = ctx.get_logits_ith(batch.n_tokens() - 1);
         let (best, _) =
             logits
@@ -103,7 +102,6 @@ pub fn greedy(model: &LlamaModel, prompt: &[LlamaToken], n: usize) -> Vec<LlamaT
         out.push(t);
         batch.clear();
         batch.add(t, pos, &[0], true).expect("batch add");
-        pos += 1;
         ctx.decode(&mut batch).expect("decode");
     }
     out

@@ -11,7 +11,10 @@ struct W {
 
 impl W {
     fn get(&self, name: &str) -> Vec<f32> {
-        let (f, e) = self.ck.get(name).unwrap_or_else(|| panic!("missing {name}"));
+        let (f, e) = self
+            .ck
+            .get(name)
+            .unwrap_or_else(|| panic!("missing {name}"));
         f.read_f32(e).expect("read tensor")
     }
 }
@@ -19,14 +22,22 @@ impl W {
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let ms: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / x.len() as f64;
     let s = 1.0 / (ms + eps as f64).sqrt();
-    x.iter().zip(w).map(|(v, g)| ((*v as f64) * s) as f32 * g).collect()
+    x.iter()
+        .zip(w)
+        .map(|(v, g)| ((*v as f64) * s) as f32 * g)
+        .collect()
 }
 
 /// y = W x for W of shape [rows, cols] row-major.
 fn matvec(w: &[f32], x: &[f32]) -> Vec<f32> {
     let cols = x.len();
     w.chunks_exact(cols)
-        .map(|r| r.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32)
+        .map(|r| {
+            r.iter()
+                .zip(x)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum::<f64>() as f32
+        })
         .collect()
 }
 
@@ -49,12 +60,21 @@ pub fn forward(dir: &Path, tokens: &[i32]) -> Vec<Vec<f32>> {
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let g = |k: &str| cfg[k].as_u64().unwrap() as usize;
-    let (hidden, n_layers, n_heads) = (g("hidden_size"), g("num_hidden_layers"), g("num_attention_heads"));
-    let n_kv = cfg["num_key_value_heads"].as_u64().map(|v| v as usize).unwrap_or(n_heads);
+    let (hidden, n_layers, n_heads) = (
+        g("hidden_size"),
+        g("num_hidden_layers"),
+        g("num_attention_heads"),
+    );
+    let n_kv = cfg["num_key_value_heads"]
+        .as_u64()
+        .map(|v| v as usize)
+        .unwrap_or(n_heads);
     let hd = hidden / n_heads;
     let eps = cfg["rms_norm_eps"].as_f64().unwrap() as f32;
     let theta = cfg["rope_theta"].as_f64().unwrap_or(10000.0);
-    let w = W { ck: Checkpoint::open(dir).expect("open checkpoint") };
+    let w = W {
+        ck: Checkpoint::open(dir).expect("open checkpoint"),
+    };
     let emb = w.get("model.embed_tokens.weight");
     let mut xs: Vec<Vec<f32>> = tokens
         .iter()
@@ -98,7 +118,10 @@ pub fn forward(dir: &Path, tokens: &[i32]) -> Vec<Vec<f32>> {
                 let scores: Vec<f64> = (0..=pos)
                     .map(|j| {
                         let k = &ks[j][kvh * hd..(kvh + 1) * hd];
-                        q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                        q.iter()
+                            .zip(k)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
                             / (hd as f64).sqrt()
                     })
                     .collect();
@@ -139,5 +162,7 @@ pub fn forward(dir: &Path, tokens: &[i32]) -> Vec<Vec<f32>> {
     } else {
         emb.clone()
     };
-    xs.iter().map(|x| matvec(&head, &rmsnorm(x, &nf, eps))).collect()
+    xs.iter()
+        .map(|x| matvec(&head, &rmsnorm(x, &nf, eps)))
+        .collect()
 }
