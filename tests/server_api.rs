@@ -58,6 +58,8 @@ async fn greedy_generate_equals_direct_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_greedy_requests_equal_serial_results() {
     let model = test_model();
+    // Default flags: on CPU `--flash-attn auto` resolves to off, which keeps
+    // batched greedy output identical to serial output.
     let server = start(test_options(), model).await;
     let c = client();
     let prompts: Vec<String> = (0..16)

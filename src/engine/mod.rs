@@ -189,7 +189,7 @@ pub struct ModelInfo {
     pub gpu_offload: bool,
     /// CPU threads.
     pub threads: u32,
-    /// Flash attention policy.
+    /// Flash attention policy in effect (`auto` = llama.cpp decides).
     pub flash_attn: FlashAttn,
     /// ggml devices (name: description).
     pub devices: Vec<String>,

@@ -133,7 +133,15 @@ fn run_inner(
         .max(16);
     let n_batch = config.batch_size.max(config.parallel).max(1);
     let n_seq_max = config.parallel + 1; // the extra sequence holds the shared preamble
-    let fa = match config.flash_attn {
+                                         // On CPU, llama.cpp's flash-attention kernel accumulates V in F16 in KV
+                                         // cell order, so a sequence's greedy output would depend on which other
+                                         // sequences share the batch and the cache. `auto` therefore means off
+                                         // when nothing is offloaded, and llama.cpp's own choice on a GPU.
+    let flash_attn = match config.flash_attn {
+        FlashAttn::Auto if n_gpu_layers == 0 || !backend.supports_gpu_offload() => FlashAttn::Off,
+        other => other,
+    };
+    let fa = match flash_attn {
         FlashAttn::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
         FlashAttn::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
         FlashAttn::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
@@ -183,6 +191,7 @@ fn run_inner(
         n_ctx_slot,
         n_batch,
         preamble.len(),
+        flash_attn,
     );
     tracing::info!(
         model = %info.description,
@@ -270,6 +279,7 @@ fn model_info(
     n_ctx_slot: usize,
     n_batch: u32,
     preamble: usize,
+    flash_attn: FlashAttn,
 ) -> ModelInfo {
     let mut metadata = BTreeMap::new();
     for i in 0..model.meta_count() {
@@ -312,7 +322,7 @@ fn model_info(
         n_gpu_layers: n_gpu_layers.min(model.n_layer() + 1),
         gpu_offload,
         threads,
-        flash_attn: config.flash_attn,
+        flash_attn,
         devices: llama_cpp_2::list_llama_ggml_backend_devices()
             .into_iter()
             .map(|d| format!("{}: {}", d.name, d.description))
@@ -520,10 +530,19 @@ impl Loop<'_> {
             } else if let Some((deadline, limit)) = a.job.deadline {
                 if now >= deadline {
                     self.shared.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                    let _ = a.job.tx.send(Event::Error(EngineError::Timeout(limit)));
-                    self.free(slot);
+                    self.free_then_send(slot, Event::Error(EngineError::Timeout(limit)));
                 }
             }
+        }
+    }
+
+    /// Frees the slot, then sends the request's final event, so a client that
+    /// has its answer never sees the slot still counted as busy.
+    fn free_then_send(&mut self, slot: usize, event: Event) {
+        let tx = self.slots[slot].as_ref().map(|a| a.job.tx.clone());
+        self.free(slot);
+        if let Some(tx) = tx {
+            let _ = tx.send(event);
         }
     }
 
@@ -737,20 +756,19 @@ impl Loop<'_> {
         let stats = &self.shared.stats;
         stats.end_to_end.observe(now - a.job.submitted);
         stats.finished.fetch_add(1, Ordering::Relaxed);
-        let _ = a.job.tx.send(Event::Done(Completion {
+        let done = Event::Done(Completion {
             finish_reason: reason,
             usage,
             timings,
-        }));
-        self.free(slot);
+        });
+        self.free_then_send(slot, done);
     }
 
     fn fail(&mut self, slot: usize, err: EngineError) {
-        if let Some(a) = self.slots[slot].as_ref() {
+        if self.slots[slot].is_some() {
             self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-            let _ = a.job.tx.send(Event::Error(err));
         }
-        self.free(slot);
+        self.free_then_send(slot, Event::Error(err));
     }
 
     fn fail_all(&mut self, err: EngineError) {

@@ -109,7 +109,9 @@ pub struct ServeOptions {
     /// Most tokens per decode step (and prompt chunk size).
     #[arg(long, default_value_t = 512)]
     pub batch_size: u32,
-    /// Flash attention: auto, on or off (`--flash-attn` alone = on).
+    /// Flash attention: auto, on or off (`--flash-attn` alone = on). `auto` is
+    /// off on CPU-only runs (keeps batched greedy output equal to serial output)
+    /// and llama.cpp's choice when layers are offloaded to a GPU.
     #[arg(long, value_enum, default_value_t = FlashAttn::Auto, num_args = 0..=1, default_missing_value = "on")]
     pub flash_attn: FlashAttn,
     /// Require this API key (Authorization: Bearer KEY).
