@@ -820,3 +820,36 @@ async fn serve_fails_when_the_model_does_not_load() {
         "{res:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_streaming_client_disconnect_cancels_too() {
+    let mut opts = test_options();
+    opts.step_delay_ms = Some(20);
+    let server = start(opts, test_model()).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let r = impatient
+        .post(format!("{}/generate", server.url()))
+        .json(&json!({"prompt": "x", "raw": true, "max_new_tokens": 400}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the request should have timed out client-side");
+    let t0 = Instant::now();
+    while server.engine().stats().running() != 0 {
+        assert!(t0.elapsed() < Duration::from_secs(2), "slot not freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        metric(
+            &client(),
+            &server.url(),
+            "airavata_generations_cancelled_total"
+        )
+        .await,
+        1.0
+    );
+    server.shutdown().await.expect("shutdown");
+}
