@@ -1,1 +1,392 @@
-//! (in progress)
+//! The HTTP server: axum routes in front of the [`crate::engine`].
+//!
+//! The CLI resolves its model argument to a GGUF path and calls [`serve`];
+//! tests call [`bind`] with port 0 and read [`RunningServer::addr`].
+//!
+//! # Routes
+//! * `POST /generate` — the FastAPI contract `{"prompt", "max_new_tokens"=50}`
+//!   → `{"generated_text", "finish_reason", "usage", "timings"}`. The prompt is
+//!   wrapped as `<s><|user|>\n{prompt}\n<|assistant|>\n` unless `"raw": true`.
+//!   Optional: `temperature` (default 0 = greedy), `top_k` (0), `top_p` (0.9),
+//!   `min_p` (0), `repetition_penalty` (1), `seed`, `stop` (string or list),
+//!   `stream`. Streaming answers `text/event-stream`: `data: {"text": delta}`
+//!   events, then `data: {"text": "", "done": true, "generated_text",
+//!   "finish_reason", "usage", "timings"}`; a failure mid-stream is an
+//!   `event: error` carrying the error envelope.
+//! * `POST /v1/completions`, `POST /v1/chat/completions` — OpenAI shapes,
+//!   streaming chunks end with `data: [DONE]`; `stream_options.include_usage`
+//!   adds a final usage chunk. Chat messages are rendered in Airavata's format.
+//! * `GET /v1/models`, `POST /tokenize` (`{"content", "add_special"=true,
+//!   "chat"=false, "with_pieces"=false}`), `POST /detokenize` (`{"tokens"}`).
+//! * `GET /health` (503 until the model is loaded), `GET /info`,
+//!   `GET /metrics` (Prometheus text).
+//!
+//! # Errors
+//! Every error is `{"error": {"message", "type", "code", "param"}}`:
+//! 400 `invalid_json` / `context_length_exceeded` (names both token counts),
+//! 401 `missing_api_key` / `invalid_api_key`, 404, 405, 413 `payload_too_large`,
+//! 415 `unsupported_media_type`, 422 `invalid_value` (with `param`),
+//! 429 `queue_full` (with `Retry-After`), 503 `model_loading`,
+//! 504 `request_timeout`.
+//!
+//! # Text
+//! A SentencePiece artefact is removed: when the prompt ends in whitespace (the
+//! chat format ends in `\n`) or is empty, the first generated token's leading
+//! space is stripped, as Hugging Face's `decode` does. Streamed text never
+//! splits a UTF-8 code point and never shows part of a stop string.
+
+pub mod auth;
+pub mod errors;
+pub mod metrics;
+pub mod openai;
+pub mod routes;
+pub mod validate;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method};
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::engine::{Engine, EngineConfig, EngineError, FlashAttn};
+
+/// Errors of the server boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The engine failed (e.g. the model did not load).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Serving failed.
+    #[error("server I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// A flag has an unusable value.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// The server task panicked or was aborted.
+    #[error("server task failed: {0}")]
+    Task(String),
+}
+
+/// `airavata serve` flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on (0 = any free port).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Layers to offload to the GPU [default: all when a GPU backend is present, else 0].
+    #[arg(long)]
+    pub n_gpu_layers: Option<u32>,
+    /// Total KV context shared by all slots [default: the model's training context].
+    #[arg(long)]
+    pub ctx_size: Option<u32>,
+    /// Concurrent sequences (slots); each gets ctx-size / parallel tokens.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: u32,
+    /// CPU threads [default: all available].
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Most tokens per decode step (and prompt chunk size).
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: u32,
+    /// Flash attention: auto, on or off (`--flash-attn` alone = on). `auto` is
+    /// off on CPU-only runs (keeps batched greedy output equal to serial output)
+    /// and llama.cpp's choice when layers are offloaded to a GPU.
+    #[arg(long, value_enum, default_value_t = FlashAttn::Auto, num_args = 0..=1, default_missing_value = "on")]
+    pub flash_attn: FlashAttn,
+    /// Require this API key (Authorization: Bearer KEY).
+    #[arg(long, env = "AIRAVATA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests allowed to wait for a slot; beyond that: 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Per-request deadline in seconds, queueing included (0 = none).
+    #[arg(long, default_value_t = 600)]
+    pub request_timeout: u64,
+    /// Directory to load ggml backend libraries from (dynamic-backends builds).
+    #[arg(long)]
+    pub backends_dir: Option<PathBuf>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Allowed CORS origin (repeatable; `*` = any). No CORS headers when unset.
+    #[arg(long)]
+    pub cors_origin: Vec<String>,
+    /// Model name reported by the OpenAI routes [default: the GGUF file stem].
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Do not share the KV of the chat preamble between requests.
+    #[arg(long)]
+    pub no_preamble_cache: bool,
+    /// Testing aid: sleep this many milliseconds after every decode step.
+    #[arg(long, hide = true)]
+    pub step_delay_ms: Option<u64>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8000,
+            n_gpu_layers: None,
+            ctx_size: None,
+            parallel: 4,
+            threads: None,
+            batch_size: 512,
+            flash_attn: FlashAttn::Auto,
+            api_key: None,
+            max_queue: 64,
+            request_timeout: 600,
+            backends_dir: None,
+            max_body_bytes: 1 << 20,
+            cors_origin: Vec::new(),
+            model_name: None,
+            no_preamble_cache: false,
+            step_delay_ms: None,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The engine settings these flags describe.
+    pub fn engine_config(&self, model: &Path) -> EngineConfig {
+        EngineConfig {
+            model_path: model.to_path_buf(),
+            n_gpu_layers: self.n_gpu_layers,
+            ctx_size: self.ctx_size,
+            parallel: self.parallel,
+            threads: self.threads,
+            batch_size: self.batch_size,
+            flash_attn: self.flash_attn,
+            max_queue: self.max_queue,
+            backends_dir: self.backends_dir.clone(),
+            cache_preamble: !self.no_preamble_cache,
+            step_delay: self.step_delay_ms.map(Duration::from_millis),
+        }
+    }
+}
+
+/// Shared by all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    engine: Engine,
+    http: Arc<metrics::HttpMetrics>,
+    api_key: Option<Arc<str>>,
+    model_path: Arc<PathBuf>,
+    model_name: Arc<str>,
+    request_timeout: Option<Duration>,
+    opts: Arc<ServeOptions>,
+}
+
+/// Builds the router over a (possibly still loading) engine.
+pub fn router(engine: Engine, opts: &ServeOptions, model: &Path) -> Result<Router, ServerError> {
+    let model_name = opts.model_name.clone().unwrap_or_else(|| {
+        model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "airavata".into())
+    });
+    let state = AppState {
+        engine,
+        http: Arc::new(metrics::HttpMetrics::default()),
+        api_key: opts
+            .api_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(Arc::from),
+        model_path: Arc::new(model.to_path_buf()),
+        model_name: Arc::from(model_name),
+        request_timeout: (opts.request_timeout > 0)
+            .then(|| Duration::from_secs(opts.request_timeout)),
+        opts: Arc::new(opts.clone()),
+    };
+    let mut app = Router::new()
+        .route("/generate", post(routes::generate))
+        .route("/tokenize", post(routes::tokenize))
+        .route("/detokenize", post(routes::detokenize))
+        .route("/health", get(routes::health))
+        .route("/info", get(routes::info))
+        .route("/metrics", get(routes::metrics))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state);
+    if let Some(cors) = cors_layer(&opts.cors_origin)? {
+        app = app.layer(cors);
+    }
+    Ok(app)
+}
+
+/// A handler panic becomes a 500 with the usual envelope.
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    errors::ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "internal_error",
+        "internal server error",
+    )
+    .into_response()
+}
+
+fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(Any);
+    if origins.iter().any(|o| o == "*") {
+        return Ok(Some(layer.allow_origin(Any)));
+    }
+    let list = origins
+        .iter()
+        .map(|o| {
+            HeaderValue::from_str(o)
+                .map_err(|_| ServerError::InvalidOption(format!("--cors-origin {o:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(layer.allow_origin(AllowOrigin::list(list))))
+}
+
+/// A server started by [`bind`].
+pub struct RunningServer {
+    addr: SocketAddr,
+    engine: Engine,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl RunningServer {
+    /// The address actually bound (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The engine behind the server (tests compare against it directly).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Waits until the model is loaded.
+    pub async fn wait_ready(&self) -> Result<(), ServerError> {
+        Ok(self.engine.ready().await?)
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (streams
+    /// included), then stops the engine.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = (&mut self.task)
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))?;
+        self.engine.shutdown().await;
+        served?;
+        Ok(())
+    }
+}
+
+/// Starts loading `model` and listening on `opts.host:opts.port`; returns
+/// once the socket is bound (the model may still be loading: `/health`
+/// answers 503 until it is).
+pub async fn bind(opts: ServeOptions, model: PathBuf) -> Result<RunningServer, ServerError> {
+    if opts.parallel == 0 {
+        return Err(ServerError::InvalidOption(
+            "--parallel must be at least 1".into(),
+        ));
+    }
+    if opts.batch_size == 0 {
+        return Err(ServerError::InvalidOption(
+            "--batch-size must be at least 1".into(),
+        ));
+    }
+    let engine = Engine::spawn(opts.engine_config(&model))?;
+    let app = router(engine.clone(), &opts, &model)?;
+    let addr_text = format!("{}:{}", opts.host, opts.port);
+    let listener = TcpListener::bind(&addr_text)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr_text.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, model = %model.display(), "listening");
+    Ok(RunningServer {
+        addr,
+        engine,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// Serves `model` until `shutdown` resolves, then drains in-flight requests.
+/// Fails if the model cannot be loaded.
+pub async fn serve(
+    opts: ServeOptions,
+    model: PathBuf,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let server = bind(opts, model).await?;
+    let engine = server.engine().clone();
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => return server.shutdown().await,
+        ready = engine.ready() => {
+            if let Err(e) = ready {
+                let _ = server.shutdown().await;
+                return Err(ServerError::Engine(e));
+            }
+        }
+    }
+    tracing::info!("model ready");
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    server.shutdown().await
+}

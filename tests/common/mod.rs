@@ -120,3 +120,5 @@ pub fn max_rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
     }
     num / den.max(1e-30)
 }
+
+pub mod server;

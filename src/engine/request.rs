@@ -1,0 +1,169 @@
+//! What a caller asks the engine for, and what it gets back.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::prompt::ChatMessage;
+
+/// Sampling settings for one request. `temperature <= 0` means greedy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 selects the arg-max token (greedy).
+    pub temperature: f32,
+    /// Keep the `top_k` most likely tokens (0 = off).
+    pub top_k: i32,
+    /// Nucleus sampling mass (1.0 = off).
+    pub top_p: f32,
+    /// Drop tokens below `min_p` times the best probability (0 = off).
+    pub min_p: f32,
+    /// Repetition penalty over the last [`Self::penalty_last_n`] tokens (1.0 = off).
+    pub repetition_penalty: f32,
+    /// OpenAI-style frequency penalty (0 = off).
+    pub frequency_penalty: f32,
+    /// OpenAI-style presence penalty (0 = off).
+    pub presence_penalty: f32,
+    /// Window for the penalties, in tokens.
+    pub penalty_last_n: i32,
+    /// RNG seed; `None` picks a random one.
+    pub seed: Option<u32>,
+}
+
+impl SamplingParams {
+    /// Deterministic arg-max decoding.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            penalty_last_n: 64,
+            seed: None,
+        }
+    }
+}
+
+/// The prompt, before tokenization.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Wrapped as one Airavata user turn: `<|user|>\n{text}\n<|assistant|>\n`.
+    User(String),
+    /// Used verbatim (the model's BOS is still prepended).
+    Raw(String),
+    /// A conversation rendered in Airavata's chat format.
+    Chat(Vec<ChatMessage>),
+    /// Already tokenized; used as is.
+    Tokens(Vec<i32>),
+}
+
+/// One generation job.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// Upper bound on sampled tokens (the EOS token counts).
+    pub max_new_tokens: u32,
+    /// Sampling settings.
+    pub sampling: SamplingParams,
+    /// Generation ends before the first occurrence of any of these.
+    pub stop: Vec<String>,
+    /// Wall-clock budget from submission (queue time included).
+    pub timeout: Option<Duration>,
+}
+
+impl GenerateRequest {
+    /// A greedy request for `prompt`.
+    pub fn new(prompt: Prompt, max_new_tokens: u32) -> Self {
+        Self {
+            prompt,
+            max_new_tokens,
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+            timeout: None,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token.
+    Eos,
+    /// A stop string was produced.
+    Stop,
+    /// `max_new_tokens` was reached.
+    Length,
+}
+
+impl FinishReason {
+    /// OpenAI's name for it (`stop` or `length`).
+    pub fn openai(self) -> &'static str {
+        match self {
+            FinishReason::Eos | FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Tokens in the prompt (BOS included).
+    pub prompt_tokens: u32,
+    /// Sampled tokens (an EOS counts).
+    pub completion_tokens: u32,
+    /// Prompt tokens whose KV was reused from the shared chat preamble.
+    pub cached_prompt_tokens: u32,
+}
+
+/// Latencies of one request, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Submission until a slot took the request.
+    pub queue_ms: f64,
+    /// Slot assignment until the first sampled token (prompt processing).
+    pub prompt_ms: f64,
+    /// Submission until the first sampled token.
+    pub time_to_first_token_ms: f64,
+    /// First token until the last.
+    pub generation_ms: f64,
+    /// Submission until the end.
+    pub total_ms: f64,
+    /// Generated tokens per second after the first token.
+    pub tokens_per_second: f64,
+}
+
+/// What the engine streams back for a request.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// New text (always complete UTF-8; may be empty never).
+    Text(String),
+    /// Generation finished normally.
+    Done(Completion),
+    /// Generation failed or was cut off (e.g. its deadline passed).
+    Error(super::EngineError),
+}
+
+/// Final facts about a finished request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Completion {
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Token counts.
+    pub usage: Usage,
+    /// Latencies.
+    pub timings: Timings,
+}

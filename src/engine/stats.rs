@@ -1,0 +1,206 @@
+//! Counters, gauges and latency histograms kept by the engine thread and
+//! read by `/metrics` and `/info`.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A fixed-bucket histogram of seconds (Prometheus semantics: cumulative on render).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    inner: Mutex<HistogramData>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct HistogramData {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+/// A copy of a histogram's state.
+#[derive(Debug, Clone)]
+pub struct HistogramSnapshot {
+    /// Upper bounds of the buckets (without +Inf).
+    pub bounds: &'static [f64],
+    /// Cumulative counts per bound.
+    pub cumulative: Vec<u64>,
+    /// Sum of observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+/// Buckets for end-to-end and queue latencies.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Buckets for per-token latencies.
+pub const TOKEN_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+impl Histogram {
+    /// An empty histogram over `bounds` (ascending).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            inner: Mutex::new(HistogramData {
+                counts: vec![0; bounds.len()],
+                sum: 0.0,
+                count: 0,
+            }),
+        }
+    }
+
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        self.observe_secs(d.as_secs_f64());
+    }
+
+    /// Records one value in seconds.
+    pub fn observe_secs(&self, v: f64) {
+        let mut g = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            g.counts[i] += 1;
+        }
+        g.sum += v;
+        g.count += 1;
+    }
+
+    /// Current state, with cumulative bucket counts.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let g = match self.inner.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let mut acc = 0;
+        let cumulative = g
+            .counts
+            .iter()
+            .map(|c| {
+                acc += c;
+                acc
+            })
+            .collect();
+        HistogramSnapshot {
+            bounds: self.bounds,
+            cumulative,
+            sum: g.sum,
+            count: g.count,
+        }
+    }
+}
+
+/// Everything the engine counts.
+#[derive(Debug)]
+pub struct EngineStats {
+    /// Requests admitted and not yet finished (waiting + running).
+    pub admitted: AtomicUsize,
+    /// Requests holding a slot.
+    pub running: AtomicUsize,
+    /// KV cells in use by slots and the cached preamble.
+    pub kv_used_cells: AtomicUsize,
+    /// KV cells in the context.
+    pub kv_total_cells: AtomicUsize,
+    /// Prompt tokens processed (cached preamble tokens excluded).
+    pub prompt_tokens: AtomicU64,
+    /// Prompt tokens served from the cached preamble.
+    pub cached_prompt_tokens: AtomicU64,
+    /// Tokens sampled.
+    pub generated_tokens: AtomicU64,
+    /// `decode` calls.
+    pub decode_steps: AtomicU64,
+    /// Requests that ended normally.
+    pub finished: AtomicU64,
+    /// Requests whose client went away.
+    pub cancelled: AtomicU64,
+    /// Requests that hit their deadline.
+    pub timed_out: AtomicU64,
+    /// Requests refused because the queue was full.
+    pub rejected: AtomicU64,
+    /// Requests that failed inside the engine.
+    pub failed: AtomicU64,
+    /// Submission until the first token.
+    pub time_to_first_token: Histogram,
+    /// Between consecutive tokens of one request.
+    pub inter_token_latency: Histogram,
+    /// Submission until the end.
+    pub end_to_end: Histogram,
+    /// Submission until a slot took the request.
+    pub queue_time: Histogram,
+}
+
+impl Default for EngineStats {
+    fn default() -> Self {
+        Self {
+            admitted: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            kv_used_cells: AtomicUsize::new(0),
+            kv_total_cells: AtomicUsize::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            cached_prompt_tokens: AtomicU64::new(0),
+            generated_tokens: AtomicU64::new(0),
+            decode_steps: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            time_to_first_token: Histogram::new(TOKEN_BUCKETS_TTFT),
+            inter_token_latency: Histogram::new(TOKEN_BUCKETS),
+            end_to_end: Histogram::new(LATENCY_BUCKETS),
+            queue_time: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
+}
+
+/// Buckets for time to first token.
+pub const TOKEN_BUCKETS_TTFT: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl EngineStats {
+    /// Requests admitted but not yet holding a slot.
+    pub fn waiting(&self) -> usize {
+        self.admitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.running.load(Ordering::Relaxed))
+    }
+
+    /// Requests holding a slot.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Fraction of KV cells in use.
+    pub fn kv_usage(&self) -> f64 {
+        let total = self.kv_total_cells.load(Ordering::Relaxed);
+        if total == 0 {
+            0.0
+        } else {
+            self.kv_used_cells.load(Ordering::Relaxed) as f64 / total as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        h.observe_secs(0.05);
+        h.observe_secs(0.5);
+        h.observe_secs(5.0);
+        let s = h.snapshot();
+        assert_eq!(s.cumulative, vec![1, 2]);
+        assert_eq!(s.count, 3);
+        assert!((s.sum - 5.55).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,779 @@
+//! The engine thread: owns the llama.cpp context and runs the batching loop.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc;
+
+use super::batch::{self, SlotView, Work};
+use super::request::{Completion, Event, FinishReason, SamplingParams, Timings, Usage};
+use super::stop::StopMatcher;
+use super::utf8::Utf8Accumulator;
+use super::{
+    file_type_name, prompt, sampler, EngineConfig, EngineError, FlashAttn, LoadState, ModelInfo,
+    Shared, Ticket,
+};
+
+/// A request admitted by [`super::Engine::generate`].
+pub(super) struct Job {
+    pub id: u64,
+    pub tokens: Vec<LlamaToken>,
+    pub max_new_tokens: u32,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub deadline: Option<(Instant, Duration)>,
+    pub submitted: Instant,
+    pub strip_leading_space: bool,
+    pub tx: mpsc::UnboundedSender<Event>,
+    pub _ticket: Ticket,
+}
+
+pub(super) enum Command {
+    Generate(Box<Job>),
+    Shutdown,
+}
+
+/// A request that holds a slot.
+struct Active {
+    job: Box<Job>,
+    sampler: LlamaSampler,
+    /// Tokens of this sequence in the KV cache.
+    n_past: usize,
+    /// Prompt tokens served from the shared preamble.
+    cached: usize,
+    /// Sampled token not yet fed back.
+    pending: Option<LlamaToken>,
+    n_generated: u32,
+    utf8: Utf8Accumulator,
+    stop: StopMatcher,
+    /// Index in the current batch whose logits this slot samples.
+    logits_at: Option<i32>,
+    started: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+impl Active {
+    fn prefill_remaining(&self) -> usize {
+        self.job.tokens.len().saturating_sub(self.n_past)
+    }
+}
+
+pub(super) fn run(config: EngineConfig, shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Command>) {
+    // A panic inside llama-cpp-2 must not leave /health saying "ok".
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_inner(&config, &shared, rx)
+    }));
+    let end = match outcome {
+        Ok(Ok(())) => LoadState::Stopped,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "engine stopped");
+            LoadState::Failed(e)
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %msg, "engine thread panicked");
+            LoadState::Failed(EngineError::Backend(format!(
+                "engine thread panicked: {msg}"
+            )))
+        }
+    };
+    shared.stats.running.store(0, Ordering::Relaxed);
+    shared.state.send_replace(end);
+}
+
+fn run_inner(
+    config: &EngineConfig,
+    shared: &Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Command>,
+) -> Result<(), EngineError> {
+    let backend = super::llama_backend(config.backends_dir.as_deref())?;
+    let n_gpu_layers = config
+        .n_gpu_layers
+        .unwrap_or(if backend.supports_gpu_offload() {
+            u32::MAX
+        } else {
+            0
+        });
+    if !config.model_path.is_file() {
+        return Err(EngineError::Load(format!(
+            "{} is not a file",
+            config.model_path.display()
+        )));
+    }
+    let model_params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
+    let model = Arc::new(
+        LlamaModel::load_from_file(backend, &config.model_path, &model_params)
+            .map_err(|e| EngineError::Load(format!("{}: {e}", config.model_path.display())))?,
+    );
+
+    let threads = config.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(4)
+    });
+    let threads_i32 = i32::try_from(threads.max(1)).unwrap_or(i32::MAX);
+    let n_ctx = config
+        .ctx_size
+        .unwrap_or_else(|| model.n_ctx_train())
+        .max(16);
+    let n_batch = config.batch_size.max(config.parallel).max(1);
+    let n_seq_max = config.parallel + 1; // the extra sequence holds the shared preamble
+                                         // On CPU, llama.cpp's flash-attention kernel accumulates V in F16 in KV
+                                         // cell order, so a sequence's greedy output would depend on which other
+                                         // sequences share the batch and the cache. `auto` therefore means off
+                                         // when nothing is offloaded, and llama.cpp's own choice on a GPU.
+    let flash_attn = match config.flash_attn {
+        FlashAttn::Auto if n_gpu_layers == 0 || !backend.supports_gpu_offload() => FlashAttn::Off,
+        other => other,
+    };
+    let fa = match flash_attn {
+        FlashAttn::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+        FlashAttn::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        FlashAttn::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    };
+    let ctx_params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(n_batch)
+        .with_n_ubatch(n_batch)
+        .with_n_seq_max(n_seq_max)
+        .with_kv_unified(true)
+        .with_n_threads(threads_i32)
+        .with_n_threads_batch(threads_i32)
+        .with_flash_attention_policy(fa);
+    let mut ctx = model
+        .new_context(backend, ctx_params)
+        .map_err(|e| EngineError::Load(format!("creating the context: {e}")))?;
+    let n_ctx = ctx.n_ctx();
+
+    let preamble_seq = i32::try_from(config.parallel).unwrap_or(i32::MAX);
+    let preamble = if config.cache_preamble {
+        build_preamble(&model, &mut ctx, preamble_seq)?
+    } else {
+        Vec::new()
+    };
+    let n_ctx_slot = (n_ctx as usize).saturating_sub(preamble.len()) / config.parallel as usize;
+    if n_ctx_slot < 2 {
+        return Err(EngineError::Load(format!(
+            "--ctx-size {n_ctx} is too small for {} slots",
+            config.parallel
+        )));
+    }
+    if n_ctx_slot > model.n_ctx_train() as usize {
+        tracing::warn!(
+            n_ctx_slot,
+            n_ctx_train = model.n_ctx_train(),
+            "per-slot context exceeds the training context"
+        );
+    }
+
+    let info = model_info(
+        config,
+        &model,
+        backend.supports_gpu_offload(),
+        n_gpu_layers,
+        threads,
+        n_ctx,
+        n_ctx_slot,
+        n_batch,
+        preamble.len(),
+        flash_attn,
+    );
+    tracing::info!(
+        model = %info.description,
+        n_ctx,
+        n_ctx_slot,
+        slots = config.parallel,
+        n_batch,
+        preamble_tokens = preamble.len(),
+        "model loaded"
+    );
+    let stats = &shared.stats;
+    stats
+        .kv_total_cells
+        .store(n_ctx as usize, Ordering::Relaxed);
+    stats.kv_used_cells.store(preamble.len(), Ordering::Relaxed);
+    let _ = shared.model.set(Arc::clone(&model));
+    let _ = shared.info.set(info);
+    shared.state.send_replace(LoadState::Ready);
+
+    let mut lp = Loop {
+        model: &model,
+        ctx,
+        shared,
+        slots: (0..config.parallel).map(|_| None).collect(),
+        order: Vec::new(),
+        pending: VecDeque::new(),
+        preamble,
+        preamble_seq,
+        batch: LlamaBatch::new(n_batch as usize, 1),
+        n_batch: n_batch as usize,
+        rx,
+        closing: false,
+        step_delay: config.step_delay,
+    };
+    lp.run();
+    Ok(())
+}
+
+/// Evaluates `<s><|user|>\n` into `seq` so slots can share it.
+fn build_preamble(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    seq: i32,
+) -> Result<Vec<LlamaToken>, EngineError> {
+    let vocab = model.vocab();
+    // Only the tokens that a real prompt shares: compare two different prompts.
+    let a = vocab.tokenize(
+        prompt::render(&prompt::user_turn("a"))
+            .trim_start_matches("<s>")
+            .as_bytes(),
+        true,
+        false,
+    );
+    let b = vocab.tokenize(
+        prompt::render(&prompt::user_turn("नमस्ते"))
+            .trim_start_matches("<s>")
+            .as_bytes(),
+        true,
+        false,
+    );
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let tokens: Vec<LlamaToken> = a[..common].to_vec();
+    if tokens.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let mut batch = LlamaBatch::new(tokens.len(), 1);
+    for (i, t) in tokens.iter().enumerate() {
+        batch
+            .add(*t, pos(i), &[seq], false)
+            .map_err(|e| EngineError::Load(format!("preamble batch: {e}")))?;
+    }
+    ctx.decode(&mut batch)
+        .map_err(|e| EngineError::Load(format!("preamble decode: {e}")))?;
+    Ok(tokens)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn model_info(
+    config: &EngineConfig,
+    model: &LlamaModel,
+    gpu_offload: bool,
+    n_gpu_layers: u32,
+    threads: u32,
+    n_ctx: u32,
+    n_ctx_slot: usize,
+    n_batch: u32,
+    preamble: usize,
+    flash_attn: FlashAttn,
+) -> ModelInfo {
+    let mut metadata = BTreeMap::new();
+    for i in 0..model.meta_count() {
+        let Ok(key) = model.meta_key_by_index(i) else {
+            continue;
+        };
+        let wanted = key.starts_with("airavata.")
+            || matches!(
+                key.as_str(),
+                "general.name"
+                    | "general.architecture"
+                    | "general.file_type"
+                    | "general.quantization_version"
+            );
+        if wanted {
+            if let Ok(v) = model.meta_val_str_by_index(i) {
+                metadata.insert(key, v);
+            }
+        }
+    }
+    let file_type = metadata
+        .get("general.file_type")
+        .and_then(|v| v.parse::<u32>().ok())
+        .map(file_type_name)
+        .unwrap_or_else(|| "unknown".into());
+    let description = model_description(model, &file_type);
+    ModelInfo {
+        path: config.model_path.clone(),
+        description,
+        file_type,
+        n_params: model.n_params(),
+        size_bytes: model.size(),
+        n_vocab: model.n_vocab(),
+        n_ctx_train: model.n_ctx_train(),
+        n_ctx,
+        n_ctx_slot: u32::try_from(n_ctx_slot).unwrap_or(u32::MAX),
+        slots: config.parallel,
+        n_batch,
+        max_queue: config.max_queue,
+        n_gpu_layers: n_gpu_layers.min(model.n_layer() + 1),
+        gpu_offload,
+        threads,
+        flash_attn,
+        devices: llama_cpp_2::list_llama_ggml_backend_devices()
+            .into_iter()
+            .map(|d| format!("{}: {}", d.name, d.description))
+            .collect(),
+        cached_preamble_tokens: u32::try_from(preamble).unwrap_or(u32::MAX),
+        metadata,
+    }
+}
+
+fn model_description(model: &LlamaModel, file_type: &str) -> String {
+    let arch = model
+        .meta_val_str("general.architecture")
+        .unwrap_or_else(|_| "unknown".into());
+    let params = model.n_params() as f64;
+    let size = if params >= 1e9 {
+        format!("{:.1}B", params / 1e9)
+    } else if params >= 1e6 {
+        format!("{:.1}M", params / 1e6)
+    } else {
+        format!("{:.0}K", params / 1e3)
+    };
+    format!("{arch} {size} {file_type}")
+}
+
+fn pos(i: usize) -> i32 {
+    i32::try_from(i).unwrap_or(i32::MAX)
+}
+
+enum Next {
+    Continue,
+    Finish(FinishReason),
+    Cancel,
+}
+
+struct Loop<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    shared: &'m Arc<Shared>,
+    slots: Vec<Option<Active>>,
+    /// Occupied slots in admission order.
+    order: Vec<usize>,
+    pending: VecDeque<Box<Job>>,
+    preamble: Vec<LlamaToken>,
+    preamble_seq: i32,
+    batch: LlamaBatch<'static>,
+    n_batch: usize,
+    rx: mpsc::UnboundedReceiver<Command>,
+    closing: bool,
+    step_delay: Option<Duration>,
+}
+
+impl Loop<'_> {
+    fn run(&mut self) {
+        loop {
+            if !self.receive() {
+                break;
+            }
+            self.expire_pending();
+            self.assign_slots();
+            self.drop_cancelled();
+            if self.order.is_empty() {
+                continue;
+            }
+            self.step();
+            if let Some(d) = self.step_delay {
+                std::thread::sleep(d);
+            }
+        }
+    }
+
+    /// Pulls commands; blocks when idle. Returns false when the loop should end.
+    fn receive(&mut self) -> bool {
+        let idle = self.order.is_empty() && self.pending.is_empty();
+        if idle {
+            if self.closing {
+                return false;
+            }
+            match self.rx.blocking_recv() {
+                Some(cmd) => self.handle(cmd),
+                None => return false,
+            }
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(cmd) => self.handle(cmd),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.closing = true;
+                    break;
+                }
+            }
+        }
+        true
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Generate(job) => self.pending.push_back(job),
+            Command::Shutdown => self.closing = true,
+        }
+    }
+
+    fn expire_pending(&mut self) {
+        let now = Instant::now();
+        let stats = &self.shared.stats;
+        self.pending.retain(|job| {
+            if job.tx.is_closed() {
+                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            if let Some((deadline, limit)) = job.deadline {
+                if now >= deadline {
+                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    let _ = job.tx.send(Event::Error(EngineError::Timeout(limit)));
+                    return false;
+                }
+            }
+            true
+        });
+    }
+
+    fn assign_slots(&mut self) {
+        while !self.pending.is_empty() {
+            let Some(slot) = self.slots.iter().position(Option::is_none) else {
+                return;
+            };
+            let Some(job) = self.pending.pop_front() else {
+                return;
+            };
+            let active = self.start(slot, job);
+            self.slots[slot] = Some(active);
+            self.order.push(slot);
+            self.shared.stats.running.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn start(&mut self, slot: usize, job: Box<Job>) -> Active {
+        let now = Instant::now();
+        let seq = pos(slot);
+        // The slot's sequence should be empty already; make sure.
+        let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+        let shared_len = self
+            .preamble
+            .iter()
+            .zip(&job.tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // Reuse only the whole preamble, and leave at least one prompt token to
+        // evaluate (its logits give the first sample).
+        let cached = if !self.preamble.is_empty()
+            && shared_len == self.preamble.len()
+            && job.tokens.len() > shared_len
+        {
+            self.ctx
+                .copy_kv_cache_seq(self.preamble_seq, seq, None, Some(shared_len as u32))
+                .map(|_| shared_len)
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let mut sampler = sampler::build(&job.sampling, self.model.n_vocab());
+        if sampler::uses_history(&job.sampling) {
+            sampler.accept_many(job.tokens.iter());
+        }
+        let stats = &self.shared.stats;
+        stats.queue_time.observe(now - job.submitted);
+        stats
+            .cached_prompt_tokens
+            .fetch_add(cached as u64, Ordering::Relaxed);
+        tracing::debug!(
+            id = job.id,
+            slot,
+            prompt = job.tokens.len(),
+            cached,
+            "slot assigned"
+        );
+        let stop = StopMatcher::new(job.stop.clone());
+        Active {
+            job,
+            sampler,
+            n_past: cached,
+            cached,
+            pending: None,
+            n_generated: 0,
+            utf8: Utf8Accumulator::new(),
+            stop,
+            logits_at: None,
+            started: now,
+            first_token: None,
+            last_token: None,
+        }
+    }
+
+    /// Frees slots whose client went away or whose deadline passed.
+    fn drop_cancelled(&mut self) {
+        let now = Instant::now();
+        for slot in self.order.clone() {
+            let Some(a) = self.slots[slot].as_ref() else {
+                continue;
+            };
+            if a.job.tx.is_closed() {
+                self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(id = a.job.id, slot, "client gone; cancelling");
+                self.free(slot);
+            } else if let Some((deadline, limit)) = a.job.deadline {
+                if now >= deadline {
+                    self.shared.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    self.free_then_send(slot, Event::Error(EngineError::Timeout(limit)));
+                }
+            }
+        }
+    }
+
+    /// Frees the slot, then sends the request's final event, so a client that
+    /// has its answer never sees the slot still counted as busy.
+    fn free_then_send(&mut self, slot: usize, event: Event) {
+        let tx = self.slots[slot].as_ref().map(|a| a.job.tx.clone());
+        self.free(slot);
+        if let Some(tx) = tx {
+            let _ = tx.send(event);
+        }
+    }
+
+    fn free(&mut self, slot: usize) {
+        if self.slots[slot].take().is_some() {
+            self.shared.stats.running.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.order.retain(|s| *s != slot);
+        let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+        self.update_kv_usage();
+    }
+
+    fn update_kv_usage(&self) {
+        let used: usize = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|a| a.n_past - a.cached)
+            .sum();
+        self.shared
+            .stats
+            .kv_used_cells
+            .store(used + self.preamble.len(), Ordering::Relaxed);
+    }
+
+    /// One `decode` over all occupied slots.
+    fn step(&mut self) {
+        let views: Vec<SlotView> = self
+            .order
+            .iter()
+            .filter_map(|&slot| {
+                self.slots[slot].as_ref().map(|a| SlotView {
+                    slot,
+                    decoding: a.pending.is_some(),
+                    prefill_remaining: a.prefill_remaining(),
+                })
+            })
+            .collect();
+        let plan = batch::plan(&views, self.n_batch);
+        self.batch.clear();
+        let mut fed: Vec<(usize, usize)> = Vec::with_capacity(plan.len());
+        for work in &plan {
+            let added = match *work {
+                Work::Decode { slot } => self.add_decode(slot),
+                Work::Prefill {
+                    slot,
+                    n_tokens,
+                    finishes,
+                } => self.add_prefill(slot, n_tokens, finishes),
+            };
+            match added {
+                Ok((slot, n)) => fed.push((slot, n)),
+                Err(e) => {
+                    tracing::error!(error = %e, "building the batch failed");
+                    self.fail_all(EngineError::Decode(e));
+                    return;
+                }
+            }
+        }
+        if self.batch.n_tokens() == 0 {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            tracing::error!(error = %e, "decode failed");
+            for (slot, _) in fed {
+                self.fail(slot, EngineError::Decode(e.to_string()));
+            }
+            return;
+        }
+        let stats = &self.shared.stats;
+        stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+        for &(slot, n) in &fed {
+            if let Some(a) = self.slots[slot].as_mut() {
+                if a.pending.take().is_none() {
+                    stats.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                a.n_past += n;
+            }
+        }
+        for (slot, _) in fed {
+            self.sample(slot);
+        }
+        self.update_kv_usage();
+    }
+
+    fn add_decode(&mut self, slot: usize) -> Result<(usize, usize), String> {
+        let idx = self.batch.n_tokens();
+        let a = self.slots[slot].as_mut().ok_or("empty slot")?;
+        let token = a.pending.ok_or("no pending token")?;
+        self.batch
+            .add(token, pos(a.n_past), &[pos(slot)], true)
+            .map_err(|e| e.to_string())?;
+        a.logits_at = Some(idx);
+        Ok((slot, 1))
+    }
+
+    fn add_prefill(
+        &mut self,
+        slot: usize,
+        n_tokens: usize,
+        finishes: bool,
+    ) -> Result<(usize, usize), String> {
+        let a = self.slots[slot].as_mut().ok_or("empty slot")?;
+        let start = a.n_past;
+        for i in 0..n_tokens {
+            let last = finishes && i + 1 == n_tokens;
+            let token = *a.job.tokens.get(start + i).ok_or("prompt index")?;
+            if last {
+                a.logits_at = Some(self.batch.n_tokens());
+            }
+            self.batch
+                .add(token, pos(start + i), &[pos(slot)], last)
+                .map_err(|e| e.to_string())?;
+        }
+        if !finishes {
+            a.logits_at = None;
+        }
+        Ok((slot, n_tokens))
+    }
+
+    /// Samples for `slot` if its logits are in this batch, and emits text.
+    fn sample(&mut self, slot: usize) {
+        let model = self.model;
+        let vocab = model.vocab();
+        let shared = self.shared;
+        let stats = &shared.stats;
+        let Some(a) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let Some(idx) = a.logits_at.take() else {
+            return;
+        };
+        let token = a.sampler.sample(&self.ctx, idx);
+        let now = Instant::now();
+        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        match a.last_token {
+            None => stats.time_to_first_token.observe(now - a.job.submitted),
+            Some(prev) => stats.inter_token_latency.observe(now - prev),
+        }
+        if a.first_token.is_none() {
+            a.first_token = Some(now);
+        }
+        a.last_token = Some(now);
+        a.n_generated += 1;
+
+        let next = if vocab.is_eog(token) {
+            Next::Finish(FinishReason::Eos)
+        } else {
+            let lstrip = if a.n_generated == 1 && a.job.strip_leading_space {
+                NonZeroU16::new(1)
+            } else {
+                None
+            };
+            let bytes = vocab.token_to_piece(token, false, lstrip);
+            let text = a.utf8.push(&bytes);
+            let outcome = a.stop.push(&text);
+            if !outcome.emit.is_empty() && a.job.tx.send(Event::Text(outcome.emit)).is_err() {
+                Next::Cancel
+            } else if outcome.stopped {
+                Next::Finish(FinishReason::Stop)
+            } else if a.n_generated >= a.job.max_new_tokens {
+                Next::Finish(FinishReason::Length)
+            } else {
+                a.pending = Some(token);
+                Next::Continue
+            }
+        };
+        match next {
+            Next::Continue => {}
+            Next::Finish(reason) => self.finish(slot, reason),
+            Next::Cancel => {
+                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                self.free(slot);
+            }
+        }
+    }
+
+    fn finish(&mut self, slot: usize, reason: FinishReason) {
+        let Some(a) = self.slots[slot].as_mut() else {
+            return;
+        };
+        if reason != FinishReason::Stop {
+            let tail = a.utf8.finish();
+            let mut rest = a.stop.push(&tail).emit;
+            rest.push_str(&a.stop.finish());
+            if !rest.is_empty() {
+                let _ = a.job.tx.send(Event::Text(rest));
+            }
+        }
+        let now = Instant::now();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let first = a.first_token.unwrap_or(now);
+        let gen = now - first;
+        let timings = Timings {
+            queue_ms: ms(a.started - a.job.submitted),
+            prompt_ms: ms(first - a.started),
+            time_to_first_token_ms: ms(first - a.job.submitted),
+            generation_ms: ms(gen),
+            total_ms: ms(now - a.job.submitted),
+            tokens_per_second: if a.n_generated > 1 && gen.as_secs_f64() > 0.0 {
+                f64::from(a.n_generated - 1) / gen.as_secs_f64()
+            } else {
+                0.0
+            },
+        };
+        let usage = Usage {
+            prompt_tokens: u32::try_from(a.job.tokens.len()).unwrap_or(u32::MAX),
+            completion_tokens: a.n_generated,
+            cached_prompt_tokens: u32::try_from(a.cached).unwrap_or(u32::MAX),
+        };
+        let stats = &self.shared.stats;
+        stats.end_to_end.observe(now - a.job.submitted);
+        stats.finished.fetch_add(1, Ordering::Relaxed);
+        let done = Event::Done(Completion {
+            finish_reason: reason,
+            usage,
+            timings,
+        });
+        self.free_then_send(slot, done);
+    }
+
+    fn fail(&mut self, slot: usize, err: EngineError) {
+        if self.slots[slot].is_some() {
+            self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.free_then_send(slot, Event::Error(err));
+    }
+
+    fn fail_all(&mut self, err: EngineError) {
+        for slot in self.order.clone() {
+            self.fail(slot, err.clone());
+        }
+    }
+}

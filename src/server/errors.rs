@@ -1,0 +1,342 @@
+//! One JSON error envelope for every failure:
+//! `{"error": {"message", "type", "code", "param"}}` (OpenAI's shape).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::engine::EngineError;
+
+/// An HTTP error with its envelope.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Broad class (`invalid_request_error`, `authentication_error`, ...).
+    pub kind: &'static str,
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// The request field at fault, if any.
+    pub param: Option<String>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+    param: Option<&'a str>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            code,
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    /// Names the field at fault.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// 422: a field has an unusable value.
+    pub fn invalid_field(param: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            "invalid_value",
+            message,
+        )
+        .with_param(param)
+    }
+
+    /// 404.
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "not_found",
+            format!("no route for {path}"),
+        )
+    }
+
+    /// 405.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            "method not allowed for this route",
+        )
+    }
+
+    /// The envelope as JSON (also used inside event streams).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(Envelope {
+            error: Body {
+                message: &self.message,
+                kind: self.kind,
+                code: self.code,
+                param: self.param.as_deref(),
+            },
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Maps an engine error; `max_tokens_field` names the request's token-budget field.
+    pub fn from_engine(e: EngineError, max_tokens_field: &str) -> Self {
+        use StatusCode as S;
+        let msg = e.to_string();
+        match e {
+            EngineError::NotReady => {
+                let mut err = Self::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable_error",
+                    "model_loading",
+                    msg,
+                );
+                err.retry_after = Some(5);
+                err
+            }
+            EngineError::ShuttingDown => Self::new(
+                S::SERVICE_UNAVAILABLE,
+                "unavailable_error",
+                "shutting_down",
+                msg,
+            ),
+            EngineError::Stopped | EngineError::Backend(_) | EngineError::Load(_) => Self::new(
+                S::SERVICE_UNAVAILABLE,
+                "unavailable_error",
+                "engine_unavailable",
+                msg,
+            ),
+            EngineError::QueueFull { .. } => {
+                let mut err =
+                    Self::new(S::TOO_MANY_REQUESTS, "rate_limit_error", "queue_full", msg);
+                err.retry_after = Some(1);
+                err
+            }
+            EngineError::ContextExceeded { .. } => Self::new(
+                S::BAD_REQUEST,
+                "invalid_request_error",
+                "context_length_exceeded",
+                msg.replace("max_new_tokens", max_tokens_field),
+            )
+            .with_param(max_tokens_field),
+            EngineError::InvalidRequest { param, .. } => {
+                let param = if param == "max_new_tokens" {
+                    max_tokens_field.to_string()
+                } else {
+                    param
+                };
+                Self::invalid_field(&param, msg.replace("max_new_tokens", max_tokens_field))
+            }
+            EngineError::Timeout(_) => {
+                Self::new(S::GATEWAY_TIMEOUT, "timeout_error", "request_timeout", msg)
+            }
+            EngineError::Decode(_) => Self::new(
+                S::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "decode_failed",
+                msg,
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(self.to_json())).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// A JSON body extractor whose every rejection is an [`ApiError`]:
+/// 415 for a wrong content type, 413 for an oversized body, 400 for malformed
+/// JSON, 422 (naming the field) for well-formed JSON of the wrong shape.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "unsupported_media_type",
+                "expected a JSON body with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request_error",
+                    "payload_too_large",
+                    "the request body is larger than the server's limit (--max-body-bytes)",
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "unreadable_body",
+                    format!("could not read the request body: {}", rej.body_text()),
+                )
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+fn is_json(ct: Option<&HeaderValue>) -> bool {
+    let Some(ct) = ct.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Parses JSON, classifying failures as 400 (syntax) or 422 (shape, with the field).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        classify(&inner, &path)
+    })?;
+    de.end().map_err(|e| classify(&e, "."))?;
+    Ok(value)
+}
+
+fn classify(e: &serde_json::Error, path: &str) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            let msg = e.to_string();
+            // Missing fields are reported at the parent path.
+            let field = msg
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(|f| {
+                    if path == "." {
+                        f.to_string()
+                    } else {
+                        format!("{path}.{f}")
+                    }
+                })
+                .unwrap_or_else(|| path.to_string());
+            let message = strip_position(&msg);
+            ApiError::invalid_field(&field, format!("field `{field}`: {message}"))
+        }
+        Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_json",
+            format!("malformed JSON: {e}"),
+        ),
+    }
+}
+
+fn strip_position(msg: &str) -> &str {
+    match msg.find(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct T {
+        prompt: String,
+        max_new_tokens: Option<u32>,
+    }
+
+    #[test]
+    fn classifies_json_errors() {
+        let e = parse_json::<T>(b"{\"prompt\": ").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_json"));
+        let e = parse_json::<T>(b"{\"max_new_tokens\": 5}").unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.param.as_deref()),
+            (422, Some("prompt"))
+        );
+        let e = parse_json::<T>(b"{\"prompt\": \"x\", \"max_new_tokens\": -1}").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_new_tokens"));
+        let e = parse_json::<T>(b"{\"prompt\": \"x\"} x").unwrap_err();
+        assert_eq!(e.status.as_u16(), 400);
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(is_json(Some(&HeaderValue::from_static(
+            "application/json; charset=utf-8"
+        ))));
+        assert!(is_json(Some(&HeaderValue::from_static(
+            "application/vnd.api+json"
+        ))));
+        assert!(!is_json(Some(&HeaderValue::from_static("text/plain"))));
+        assert!(!is_json(None));
+    }
+}

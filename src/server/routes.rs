@@ -1,0 +1,328 @@
+//! The native routes: `/generate`, `/tokenize`, `/detokenize`, `/health`,
+//! `/info`, `/metrics`.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::{header, Uri};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::engine::{
+    Completion, EngineError, Event, GenerateRequest, GenerationStream, LoadState, Prompt,
+    SamplingParams, Usage,
+};
+
+use super::errors::{ApiError, ApiJson};
+use super::validate::{self, StopField};
+use super::{metrics, AppState};
+
+/// Default `max_new_tokens` for `/generate` (the FastAPI app's value).
+pub const DEFAULT_MAX_NEW_TOKENS: u32 = 50;
+
+fn default_max_new_tokens() -> u32 {
+    DEFAULT_MAX_NEW_TOKENS
+}
+
+/// `POST /generate` body.
+#[derive(Debug, Deserialize)]
+pub struct GenerateBody {
+    /// The user's text (wrapped in the chat format unless `raw`).
+    pub prompt: String,
+    /// Most tokens to generate.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: u32,
+    /// Use the prompt verbatim instead of wrapping it.
+    #[serde(default)]
+    pub raw: bool,
+    /// Answer with server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// 0 (default) = greedy.
+    pub temperature: Option<f32>,
+    /// Top-k (0 = off, default).
+    pub top_k: Option<i32>,
+    /// Nucleus mass (default 0.9, Airavata's generation_config).
+    pub top_p: Option<f32>,
+    /// Min-p (default 0 = off).
+    pub min_p: Option<f32>,
+    /// Repetition penalty (default 1 = off).
+    pub repetition_penalty: Option<f32>,
+    /// RNG seed.
+    pub seed: Option<u32>,
+    /// Stop strings.
+    pub stop: Option<StopField>,
+}
+
+impl GenerateBody {
+    fn into_request(self, state: &AppState) -> Result<(GenerateRequest, bool), ApiError> {
+        validate::positive("max_new_tokens", self.max_new_tokens)?;
+        validate::range_f32("temperature", self.temperature, 0.0, 100.0)?;
+        validate::top_k("top_k", self.top_k)?;
+        validate::range_f32_open_low("top_p", self.top_p, 0.0, 1.0)?;
+        validate::range_f32("min_p", self.min_p, 0.0, 1.0)?;
+        validate::range_f32_open_low("repetition_penalty", self.repetition_penalty, 0.0, 10.0)?;
+        let stop = match self.stop {
+            Some(s) => s.into_vec("stop")?,
+            None => Vec::new(),
+        };
+        let sampling = SamplingParams {
+            temperature: self.temperature.unwrap_or(0.0),
+            top_k: self.top_k.unwrap_or(0),
+            top_p: self.top_p.unwrap_or(0.9),
+            min_p: self.min_p.unwrap_or(0.0),
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            seed: self.seed,
+            ..SamplingParams::default()
+        };
+        let prompt = if self.raw {
+            Prompt::Raw(self.prompt)
+        } else {
+            Prompt::User(self.prompt)
+        };
+        Ok((
+            GenerateRequest {
+                prompt,
+                max_new_tokens: self.max_new_tokens,
+                sampling,
+                stop,
+                timeout: state.request_timeout,
+            },
+            self.stream,
+        ))
+    }
+}
+
+/// `POST /generate` non-streamed answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GenerateResponse {
+    /// The generated text (prompt excluded).
+    pub generated_text: String,
+    /// `eos`, `stop` or `length`.
+    pub finish_reason: String,
+    /// Token counts.
+    pub usage: serde_json::Value,
+    /// Latencies in milliseconds.
+    pub timings: serde_json::Value,
+}
+
+/// OpenAI-style usage object (with llama.cpp/OpenAI cached-token detail).
+pub fn usage_json(u: &Usage) -> serde_json::Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_prompt_tokens},
+    })
+}
+
+fn finish_name(c: &Completion) -> String {
+    serde_json::to_value(c.finish_reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `POST /generate`.
+pub async fn generate(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<GenerateBody>,
+) -> Result<Response, ApiError> {
+    let (req, stream) = body.into_request(&state)?;
+    let gen = state
+        .engine
+        .generate(req)
+        .map_err(|e| ApiError::from_engine(e, "max_new_tokens"))?;
+    if stream {
+        return Ok(Sse::new(generate_events(gen))
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
+    let (text, c) = gen
+        .collect()
+        .await
+        .map_err(|e| ApiError::from_engine(e, "max_new_tokens"))?;
+    Ok(Json(GenerateResponse {
+        generated_text: text,
+        finish_reason: finish_name(&c),
+        usage: usage_json(&c.usage),
+        timings: serde_json::to_value(c.timings).unwrap_or_default(),
+    })
+    .into_response())
+}
+
+/// SSE for `/generate`: `{"text": delta}` events, then one
+/// `{"text": "", "done": true, "generated_text", "finish_reason", "usage", "timings"}`;
+/// failures arrive as an `error` event carrying the error envelope.
+fn generate_events(mut gen: GenerationStream) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream::stream! {
+        let mut full = String::new();
+        while let Some(ev) = gen.next_event().await {
+            match ev {
+                Event::Text(t) => {
+                    full.push_str(&t);
+                    yield Ok(SseEvent::default().data(json!({"text": t}).to_string()));
+                }
+                Event::Done(c) => {
+                    let done = json!({
+                        "text": "",
+                        "done": true,
+                        "generated_text": full,
+                        "finish_reason": finish_name(&c),
+                        "usage": usage_json(&c.usage),
+                        "timings": c.timings,
+                    });
+                    yield Ok(SseEvent::default().data(done.to_string()));
+                    return;
+                }
+                Event::Error(e) => {
+                    let err = ApiError::from_engine(e, "max_new_tokens");
+                    yield Ok(SseEvent::default().event("error").data(err.to_json().to_string()));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `POST /tokenize` body.
+#[derive(Debug, Deserialize)]
+pub struct TokenizeBody {
+    /// Text to tokenize.
+    #[serde(alias = "prompt")]
+    pub content: String,
+    /// Prepend BOS as the model asks (default true).
+    #[serde(default = "yes")]
+    pub add_special: bool,
+    /// Wrap in the chat format first, as `/generate` does.
+    #[serde(default)]
+    pub chat: bool,
+    /// Return `{id, piece}` pairs instead of ids.
+    #[serde(default)]
+    pub with_pieces: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /tokenize`.
+pub async fn tokenize(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<TokenizeBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let e = |e| ApiError::from_engine(e, "max_new_tokens");
+    let tokens = if body.chat {
+        state
+            .engine
+            .prompt_tokens(&Prompt::User(body.content))
+            .map_err(e)?
+    } else {
+        state
+            .engine
+            .tokenize(&body.content, body.add_special)
+            .map_err(e)?
+    };
+    let count = tokens.len();
+    if body.with_pieces {
+        let pieces = state.engine.token_pieces(&tokens).map_err(e)?;
+        let items: Vec<_> = tokens
+            .iter()
+            .zip(pieces)
+            .map(|(id, piece)| json!({"id": id, "piece": piece}))
+            .collect();
+        return Ok(Json(json!({"tokens": items, "count": count})));
+    }
+    Ok(Json(json!({"tokens": tokens, "count": count})))
+}
+
+/// `POST /detokenize` body.
+#[derive(Debug, Deserialize)]
+pub struct DetokenizeBody {
+    /// Token ids.
+    pub tokens: Vec<i32>,
+}
+
+/// `POST /detokenize`.
+pub async fn detokenize(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<DetokenizeBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let content = state
+        .engine
+        .detokenize(&body.tokens)
+        .map_err(|e| ApiError::from_engine(e, "max_new_tokens"))?;
+    Ok(Json(json!({ "content": content })))
+}
+
+/// `GET /health`: 503 while loading (or after a failed load), then 200.
+pub async fn health(State(state): State<AppState>) -> Response {
+    if state.engine.is_ready() {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    let err = match state.engine.state() {
+        LoadState::Failed(e) => e,
+        LoadState::Stopped => EngineError::ShuttingDown,
+        LoadState::Loading | LoadState::Ready => EngineError::NotReady,
+    };
+    ApiError::from_engine(err, "max_new_tokens").into_response()
+}
+
+/// `GET /info`.
+pub async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let engine = &state.engine;
+    let stats = engine.stats();
+    let status = match engine.state() {
+        LoadState::Loading => "loading".to_string(),
+        LoadState::Ready => "ready".to_string(),
+        LoadState::Stopped => "stopped".to_string(),
+        LoadState::Failed(e) => format!("failed: {e}"),
+    };
+    Json(json!({
+        "status": status,
+        "model_path": state.model_path.display().to_string(),
+        "model_name": &*state.model_name,
+        "model": engine.info(),
+        "slots": engine.info().map(|i| i.slots),
+        "active": stats.running(),
+        "waiting": stats.waiting(),
+        "kv_cache_usage": stats.kv_usage(),
+        "version": crate::version::long_version(),
+        "llama_cpp_build": crate::version::LLAMA_CPP_BUILD,
+        "llama_cpp_sys_version": crate::version::LLAMA_CPP_SYS_VERSION,
+        "git_rev": crate::version::GIT_REV,
+        "chat_format": "<s><|user|>\\n{prompt}\\n<|assistant|>\\n",
+        "limits": {
+            "max_queue": state.opts.max_queue,
+            "request_timeout_s": state.request_timeout.map(|d| d.as_secs()),
+            "max_body_bytes": state.opts.max_body_bytes,
+            "api_key_required": state.api_key.is_some(),
+        },
+    }))
+}
+
+/// `GET /metrics` (Prometheus text).
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(&state.http, &state.engine),
+    )
+        .into_response()
+}
+
+/// Unknown route.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(uri.path())
+}
+
+/// Known route, wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

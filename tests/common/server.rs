@@ -1,0 +1,100 @@
+//! Helpers for the server tests: which model to serve, starting a server on
+//! 127.0.0.1:0, and reading server-sent events.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use airavata::server::{bind, RunningServer, ServeOptions};
+
+/// The assets folder, from `AIRAVATA_ASSETS`.
+pub fn assets_dir() -> Option<PathBuf> {
+    std::env::var_os("AIRAVATA_ASSETS")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+}
+
+/// stories260K (needs `AIRAVATA_ASSETS`).
+pub fn stories260k() -> Option<PathBuf> {
+    let p = assets_dir()?.join("stories260k-gguf/stories260K.gguf");
+    p.is_file().then_some(p)
+}
+
+/// The one place that decides which model the core tests serve: the
+/// synthetic random-weight Llama from `airavata::synth` (F16 GGUF with a
+/// SentencePiece vocab that has byte-fallback and Devanagari pieces), built
+/// once per test process. Needs no assets.
+pub fn test_model() -> PathBuf {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            // One directory per test binary, rebuilt per process (cheap), so
+            // parallel test binaries never read each other's half-written files.
+            let exe = std::env::current_exe().ok();
+            let stem = exe
+                .as_deref()
+                .and_then(|p| p.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "tests".into());
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("airavata-{stem}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create test model dir");
+            airavata::synth::tiny_test_gguf(&dir).expect("synthesize the tiny test model")
+        })
+        .clone()
+}
+
+/// Options for a test server: loopback, any port, small but parallel.
+pub fn test_options() -> ServeOptions {
+    ServeOptions {
+        host: "127.0.0.1".into(),
+        port: 0,
+        ctx_size: Some(2048),
+        parallel: 4,
+        threads: Some(2),
+        batch_size: 256,
+        max_queue: 32,
+        request_timeout: 60,
+        ..ServeOptions::default()
+    }
+}
+
+/// Starts a server and waits for the model.
+pub async fn start(opts: ServeOptions, model: PathBuf) -> RunningServer {
+    let server = bind(opts, model).await.expect("bind");
+    tokio::time::timeout(Duration::from_secs(60), server.wait_ready())
+        .await
+        .expect("model load timed out")
+        .expect("model load failed");
+    server
+}
+
+/// A client without proxies.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+/// Splits an SSE body into the `data:` payloads of its events (with the event name).
+pub fn sse_events(body: &[u8]) -> Vec<(Option<String>, String)> {
+    let text = std::str::from_utf8(body).expect("SSE body is UTF-8");
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut event = None;
+        let mut data = Vec::new();
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+            }
+        }
+        if !data.is_empty() {
+            out.push((event, data.join("\n")));
+        }
+    }
+    out
+}

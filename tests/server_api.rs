@@ -1,0 +1,855 @@
+//! End-to-end tests: a real server on 127.0.0.1:0 with a small model.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use airavata::engine::{GenerateRequest, Prompt};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use common::server::{self as support, client, sse_events, start, test_model, test_options};
+
+async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let r = c.post(url).json(&body).send().await.expect("send");
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.expect("json body");
+    (status, v)
+}
+
+fn assert_envelope(v: &Value, code: &str) {
+    let e = &v["error"];
+    assert!(e["message"].is_string(), "no message in {v}");
+    assert!(e["type"].is_string(), "no type in {v}");
+    assert_eq!(e["code"], code, "{v}");
+    assert!(e.get("param").is_some(), "no param key in {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_generate_equals_direct_engine() {
+    let model = test_model();
+    let server = start(test_options(), model).await;
+    let c = client();
+    for prompt in ["Once upon a time", "नमस्ते, आप कैसे हैं?", ""] {
+        let (status, v) = post(
+            &c,
+            format!("{}/generate", server.url()),
+            json!({"prompt": prompt, "max_new_tokens": 40}),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        let direct = server
+            .engine()
+            .generate(GenerateRequest::new(Prompt::User(prompt.into()), 40))
+            .expect("admit")
+            .collect()
+            .await
+            .expect("generate");
+        assert_eq!(v["generated_text"], direct.0, "prompt {prompt:?}");
+        assert_eq!(
+            v["usage"]["completion_tokens"],
+            direct.1.usage.completion_tokens
+        );
+        assert!(v["timings"]["total_ms"].as_f64().is_some());
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_greedy_requests_equal_serial_results() {
+    let model = test_model();
+    // Default flags: on CPU `--flash-attn auto` resolves to off, which keeps
+    // batched greedy output identical to serial output.
+    let server = start(test_options(), model).await;
+    let c = client();
+    let prompts: Vec<String> = (0..16)
+        .map(|i| match i % 4 {
+            0 => format!("Tell me story number {i}."),
+            1 => format!("कहानी संख्या {i} सुनाइए।"),
+            2 => format!("Lily had {i} red balls"),
+            _ => format!("भारत की राजधानी {i}"),
+        })
+        .collect();
+    let body = |p: &str, raw: bool| json!({"prompt": p, "max_new_tokens": 48, "raw": raw});
+    let mut serial = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let (s, v) = post(
+            &c,
+            format!("{}/generate", server.url()),
+            body(p, i % 2 == 0),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        serial.push(v["generated_text"].as_str().unwrap_or_default().to_string());
+    }
+    let futs = prompts.iter().enumerate().map(|(i, p)| {
+        let c = c.clone();
+        let url = format!("{}/generate", server.url());
+        let b = body(p, i % 2 == 0);
+        async move { post(&c, url, b).await }
+    });
+    let results = futures::future::join_all(futs).await;
+    for (i, (s, v)) in results.into_iter().enumerate() {
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            v["generated_text"], serial[i],
+            "request {i} differs when batched"
+        );
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
+async fn stream_body(
+    c: &reqwest::Client,
+    url: String,
+    body: Value,
+) -> Vec<(Option<String>, String)> {
+    let r = c.post(url).json(&body).send().await.expect("send");
+    assert_eq!(r.status().as_u16(), 200);
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let mut raw = Vec::new();
+    let mut s = r.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        raw.extend_from_slice(&chunk.expect("chunk"));
+    }
+    sse_events(&raw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_text_concatenates_to_non_streamed_text() {
+    let model = test_model();
+    let server = start(test_options(), model).await;
+    let c = client();
+    let url = format!("{}/generate", server.url());
+    for (prompt, raw) in [
+        ("Once upon a time", true),
+        ("नमस्ते! भारत के बारे में बताइए।", false),
+        ("हिंदी में एक कहानी", true),
+    ] {
+        let (s, full) = post(
+            &c,
+            url.clone(),
+            json!({"prompt": prompt, "max_new_tokens": 60, "raw": raw}),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let events = stream_body(
+            &c,
+            url.clone(),
+            json!({"prompt": prompt, "max_new_tokens": 60, "raw": raw, "stream": true}),
+        )
+        .await;
+        let mut text = String::new();
+        let mut done = None;
+        for (name, data) in &events {
+            assert!(name.is_none(), "unexpected event {name:?}: {data}");
+            let v: Value = serde_json::from_str(data).expect("event is JSON");
+            if v["done"] == true {
+                done = Some(v);
+            } else {
+                text.push_str(v["text"].as_str().expect("text"));
+            }
+        }
+        let done = done.expect("final event");
+        assert_eq!(text, full["generated_text"].as_str().unwrap_or_default());
+        assert_eq!(done["generated_text"], full["generated_text"]);
+        assert_eq!(
+            done["usage"]["completion_tokens"],
+            full["usage"]["completion_tokens"]
+        );
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
+async fn info(c: &reqwest::Client, base: &str) -> Value {
+    c.get(format!("{base}/info"))
+        .send()
+        .await
+        .expect("info")
+        .json()
+        .await
+        .expect("info json")
+}
+
+async fn metric(c: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let text = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_frees_the_slot() {
+    let model = test_model();
+    let mut opts = test_options();
+    opts.step_delay_ms = Some(20);
+    let server = start(opts, model).await;
+    let c = client();
+    let base = server.url();
+    let r = c
+        .post(format!("{base}/generate"))
+        .json(&json!({"prompt": "Once", "raw": true, "max_new_tokens": 400, "stream": true}))
+        .send()
+        .await
+        .expect("send");
+    let mut s = r.bytes_stream();
+    let mut got = 0;
+    while got < 3 {
+        let chunk = s.next().await.expect("event").expect("bytes");
+        got += chunk.windows(5).filter(|w| w == b"data:").count();
+    }
+    assert_eq!(info(&c, &base).await["active"], 1);
+    drop(s);
+    let t0 = Instant::now();
+    loop {
+        let v = info(&c, &base).await;
+        if v["active"] == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "slot still busy: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        metric(&c, &base, "airavata_generations_cancelled_total").await,
+        1.0
+    );
+    assert_eq!(metric(&c, &base, "airavata_requests_running").await, 0.0);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_429_and_keeps_serving() {
+    let model = test_model();
+    let mut opts = test_options();
+    opts.parallel = 1;
+    opts.max_queue = 1;
+    opts.step_delay_ms = Some(5);
+    let server = start(opts, model).await;
+    let c = client();
+    let url = format!("{}/generate", server.url());
+    let long = json!({"prompt": "Once", "raw": true, "max_new_tokens": 200});
+    let a = tokio::spawn({
+        let (c, url, b) = (c.clone(), url.clone(), long.clone());
+        async move { post(&c, url, b).await }
+    });
+    // Wait until A holds the slot, then queue B.
+    let t0 = Instant::now();
+    while info(&c, &server.url()).await["active"] != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let b = tokio::spawn({
+        let (c, url, b) = (c.clone(), url.clone(), long.clone());
+        async move { post(&c, url, b).await }
+    });
+    while info(&c, &server.url()).await["waiting"] != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = c.post(url.clone()).json(&long).send().await.expect("send");
+    assert_eq!(r.status().as_u16(), 429);
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(retry.is_some_and(|s| s >= 1), "Retry-After missing");
+    let v: Value = r.json().await.expect("json");
+    assert_envelope(&v, "queue_full");
+    assert_eq!(a.await.expect("a").0, 200);
+    assert_eq!(b.await.expect("b").0, 200);
+    let (s, _) = post(&c, url, json!({"prompt": "hi", "max_new_tokens": 4})).await;
+    assert_eq!(s, 200, "server keeps serving after 429");
+    assert!(metric(&c, &server.url(), "airavata_requests_rejected_total").await >= 1.0);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_use_the_envelope() {
+    let model = test_model();
+    let mut opts = test_options();
+    opts.max_body_bytes = 4096;
+    let server = start(opts, model).await;
+    let c = client();
+    let url = format!("{}/generate", server.url());
+
+    let r = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"prompt\": ")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 400);
+    assert_envelope(&r.json().await.expect("json"), "invalid_json");
+
+    let r = c
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("{\"prompt\": \"x\"}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 415);
+    assert_envelope(&r.json().await.expect("json"), "unsupported_media_type");
+
+    let big = "अ".repeat(5000);
+    let (s, v) = post(&c, url.clone(), json!({"prompt": big})).await;
+    assert_eq!(s, 413);
+    assert_envelope(&v, "payload_too_large");
+
+    let (s, v) = post(&c, url.clone(), json!({"max_new_tokens": 5})).await;
+    assert_eq!(s, 422);
+    assert_envelope(&v, "invalid_value");
+    assert_eq!(v["error"]["param"], "prompt");
+
+    let (s, v) = post(
+        &c,
+        url.clone(),
+        json!({"prompt": "x", "max_new_tokens": "many"}),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert_eq!(v["error"]["param"], "max_new_tokens");
+
+    for (field, value) in [
+        ("temperature", json!(-1.0)),
+        ("top_p", json!(0.0)),
+        ("top_k", json!(-3)),
+        ("min_p", json!(2.0)),
+        ("repetition_penalty", json!(0.0)),
+        ("max_new_tokens", json!(0)),
+    ] {
+        let mut body = json!({"prompt": "x"});
+        body[field] = value;
+        let (s, v) = post(&c, url.clone(), body).await;
+        assert_eq!(s, 422, "{field}: {v}");
+        assert_envelope(&v, "invalid_value");
+        assert_eq!(v["error"]["param"], field);
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(field));
+    }
+
+    let n_ctx_slot = server.engine().info().expect("info").n_ctx_slot;
+    let (s, v) = post(
+        &c,
+        url.clone(),
+        json!({"prompt": "hello", "max_new_tokens": n_ctx_slot}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_envelope(&v, "context_length_exceeded");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    let prompt_tokens = server
+        .engine()
+        .prompt_tokens(&Prompt::User("hello".into()))
+        .expect("tokens")
+        .len();
+    assert!(msg.contains(&format!("{prompt_tokens} tokens")), "{msg}");
+    assert!(msg.contains(&n_ctx_slot.to_string()), "{msg}");
+
+    let r = c
+        .get(format!("{}/nope", server.url()))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 404);
+    assert_envelope(&r.json().await.expect("json"), "not_found");
+    let r = c.get(&url).send().await.expect("send");
+    assert_eq!(r.status().as_u16(), 405);
+    assert_envelope(&r.json().await.expect("json"), "method_not_allowed");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_is_enforced() {
+    let model = test_model();
+    let mut opts = test_options();
+    opts.api_key = Some("s3cret".into());
+    let server = start(opts, model).await;
+    let c = client();
+    let url = format!("{}/generate", server.url());
+    let body = json!({"prompt": "hi", "max_new_tokens": 2});
+    let r = c.post(&url).json(&body).send().await.expect("send");
+    assert_eq!(r.status().as_u16(), 401);
+    assert_envelope(&r.json().await.expect("json"), "missing_api_key");
+    let r = c
+        .post(&url)
+        .bearer_auth("wrong")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 401);
+    assert_envelope(&r.json().await.expect("json"), "invalid_api_key");
+    let r = c
+        .post(&url)
+        .bearer_auth("s3cret")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = c
+        .post(&url)
+        .header("x-api-key", "s3cret")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = c
+        .get(format!("{}/health", server.url()))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 200, "/health stays open");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_info_and_health_move() {
+    let model = test_model();
+    let server = start(test_options(), model.clone()).await;
+    let c = client();
+    let base = server.url();
+    let r = c
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(r.status().as_u16(), 200);
+    let before = metric(&c, &base, "airavata_generated_tokens_total").await;
+    let (s, _) = post(
+        &c,
+        format!("{base}/generate"),
+        json!({"prompt": "नमस्ते", "max_new_tokens": 8}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let after = metric(&c, &base, "airavata_generated_tokens_total").await;
+    assert!(after > before);
+    assert!(metric(&c, &base, "airavata_prompt_tokens_total").await > 0.0);
+    assert!(metric(&c, &base, "airavata_time_to_first_token_seconds_count").await >= 1.0);
+    assert!(metric(&c, &base, "airavata_request_duration_seconds_count").await >= 1.0);
+    let text = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
+    assert!(
+        text.contains("airavata_requests_total{route=\"/generate\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("airavata_kv_cache_usage_ratio"));
+    assert!(text.contains("airavata_inter_token_latency_seconds_bucket"));
+    assert!(text.contains("airavata_queue_time_seconds_sum"));
+    let v = info(&c, &base).await;
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["slots"], 4);
+    assert_eq!(v["active"], 0);
+    assert_eq!(v["waiting"], 0);
+    assert!(v["version"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("llama.cpp b"));
+    assert_eq!(v["model_path"], model.display().to_string());
+    assert!(v["model"]["file_type"].is_string());
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_until_loaded() {
+    let model = test_model();
+    let mut opts = test_options();
+    opts.host = "127.0.0.1".into();
+    let server = airavata::server::bind(opts, model).await.expect("bind");
+    let c = client();
+    let mut saw = Vec::new();
+    loop {
+        let r = c
+            .get(format!("{}/health", server.url()))
+            .send()
+            .await
+            .expect("health");
+        let s = r.status().as_u16();
+        if s == 503 {
+            assert_envelope(&r.json().await.expect("json"), "model_loading");
+        }
+        saw.push(s);
+        if s == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(saw.iter().all(|s| *s == 503 || *s == 200));
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_routes_stream_and_match() {
+    let model = test_model();
+    let server = start(test_options(), model).await;
+    let c = client();
+    let base = server.url();
+    let (s, v) = post(
+        &c,
+        format!("{base}/v1/completions"),
+        json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    let text = v["choices"][0]["text"].as_str().expect("text").to_string();
+    assert_eq!(v["usage"]["completion_tokens"], 30);
+    let events = stream_body(
+        &c,
+        format!("{base}/v1/completions"),
+        json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0, "stream": true,
+               "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(events.last().map(|e| e.1.as_str()), Some("[DONE]"));
+    let mut streamed = String::new();
+    let mut usage = None;
+    for (_, data) in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(data).expect("chunk JSON");
+        if let Some(ch) = v["choices"].as_array().and_then(|a| a.first()) {
+            streamed.push_str(ch["text"].as_str().unwrap_or_default());
+        } else {
+            usage = Some(v["usage"].clone());
+        }
+    }
+    assert_eq!(streamed, text);
+    assert_eq!(usage.expect("usage chunk")["completion_tokens"], 30);
+
+    let chat = json!({"messages": [{"role": "system", "content": "संक्षेप में उत्तर दें।"},
+                                    {"role": "user", "content": "भारत की राजधानी क्या है?"}],
+                      "max_tokens": 24, "temperature": 0});
+    let (s, v) = post(&c, format!("{base}/v1/chat/completions"), chat.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let answer = v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content")
+        .to_string();
+    let mut body = chat;
+    body["stream"] = json!(true);
+    let events = stream_body(&c, format!("{base}/v1/chat/completions"), body).await;
+    let mut streamed = String::new();
+    let mut finish = None;
+    for (_, data) in events.iter().filter(|e| e.1 != "[DONE]") {
+        let v: Value = serde_json::from_str(data).expect("chunk");
+        assert_eq!(v["object"], "chat.completion.chunk");
+        let ch = &v["choices"][0];
+        streamed.push_str(ch["delta"]["content"].as_str().unwrap_or_default());
+        if !ch["finish_reason"].is_null() {
+            finish = Some(ch["finish_reason"].clone());
+        }
+    }
+    assert_eq!(streamed, answer);
+    assert!(finish.is_some());
+    let (s, v) = post(
+        &c,
+        format!("{base}/v1/chat/completions"),
+        json!({"messages": [], "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert_eq!(v["error"]["param"], "messages");
+    let v: Value = c
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .expect("m")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(v["object"], "list");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_round_trips_devanagari() {
+    let model = test_model();
+    let server = start(test_options(), model).await;
+    let c = client();
+    let base = server.url();
+    let text = "नमस्ते दुनिया, hello";
+    let (s, v) = post(
+        &c,
+        format!("{base}/tokenize"),
+        json!({"content": text, "add_special": false}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let tokens = v["tokens"].clone();
+    assert!(v["count"].as_u64().unwrap_or(0) > 0);
+    let (s, v) = post(&c, format!("{base}/detokenize"), json!({"tokens": tokens})).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["content"].as_str().map(str::trim_start), Some(text));
+    let (s, v) = post(
+        &c,
+        format!("{base}/tokenize"),
+        json!({"content": "hi", "with_pieces": true}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(v["tokens"][0]["piece"].is_string());
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_and_preamble_cache() {
+    let model = test_model();
+    let server = start(test_options(), model).await;
+    let c = client();
+    let url = format!("{}/generate", server.url());
+    let (_, full) = post(
+        &c,
+        url.clone(),
+        json!({"prompt": "", "raw": true, "max_new_tokens": 40}),
+    )
+    .await;
+    let full = full["generated_text"].as_str().expect("text").to_string();
+    // A stop string taken from the middle of the greedy output must cut it there.
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() > 12, "{full:?}");
+    let stop: String = chars[8..11].iter().collect();
+    let cut_at = full.find(&stop).expect("stop occurs");
+    for stream in [false, true] {
+        let body = json!({"prompt": "", "raw": true, "max_new_tokens": 40,
+                          "stop": [stop.clone(), "never-seen"], "stream": stream});
+        let r = c.post(url.clone()).json(&body).send().await.expect("send");
+        let raw = r.bytes().await.expect("body");
+        let v: Value = if stream {
+            let events = sse_events(&raw);
+            serde_json::from_str(&events.last().expect("events").1).expect("json")
+        } else {
+            serde_json::from_slice(&raw).expect("json")
+        };
+        assert_eq!(v["generated_text"], &full[..cut_at], "stream={stream}");
+        assert_eq!(v["finish_reason"], "stop");
+    }
+    // Chat-wrapped prompts reuse the cached preamble KV.
+    let (_, v) = post(&c, url, json!({"prompt": "hello", "max_new_tokens": 4})).await;
+    let cached = server.engine().info().expect("info").cached_preamble_tokens;
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], cached);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stories260k_greedy_reproduces_reference() {
+    let Some(model) = support::stories260k() else {
+        eprintln!("skipped: AIRAVATA_ASSETS not set");
+        return;
+    };
+    let Some(assets) = support::assets_dir() else {
+        return;
+    };
+    let expected =
+        std::fs::read_to_string(assets.join("stories260k-llama2c/expected_greedy_200.txt"))
+            .expect("expected_greedy_200.txt");
+    let server = start(test_options(), model).await;
+    let (s, v) = post(
+        &client(),
+        format!("{}/generate", server.url()),
+        json!({"prompt": "", "raw": true, "max_new_tokens": 100, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let got = v["generated_text"].as_str().expect("text");
+    assert!(got.len() > 100);
+    assert!(
+        expected.starts_with(got),
+        "got {got:?}\nexpected {expected:?}"
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_fallback_devanagari_is_held_back_until_complete() {
+    use airavata::engine::utf8::Utf8Accumulator;
+    let server = start(test_options(), test_model()).await;
+    let engine = server.engine();
+    // Conjuncts and signs the synthetic vocabulary lacks go through byte fallback.
+    let text = "ज्ञ ॐ क्षत्रिय ऋषि";
+    let tokens = engine.tokenize(text, false).expect("tokenize");
+    let pieces = engine.token_bytes(&tokens).expect("bytes");
+    assert!(
+        pieces.iter().any(|p| std::str::from_utf8(p).is_err()),
+        "expected byte-fallback pieces that split code points"
+    );
+    let mut acc = Utf8Accumulator::new();
+    let mut out = String::new();
+    for p in &pieces {
+        let chunk = acc.push(p);
+        assert!(
+            !chunk.contains('\u{FFFD}'),
+            "broken code point emitted: {chunk:?}"
+        );
+        out.push_str(&chunk);
+    }
+    out.push_str(&acc.finish());
+    assert_eq!(out.trim_start(), text);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_in_flight_requests() {
+    let mut opts = test_options();
+    opts.step_delay_ms = Some(5);
+    let server = start(opts, test_model()).await;
+    let c = client();
+    let url = format!("{}/generate", server.url());
+    let req = tokio::spawn({
+        let c = c.clone();
+        async move {
+            post(
+                &c,
+                url,
+                json!({"prompt": "Once", "raw": true, "max_new_tokens": 60}),
+            )
+            .await
+        }
+    });
+    let t0 = Instant::now();
+    while server.engine().stats().running() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.shutdown().await.expect("shutdown");
+    let (s, v) = req.await.expect("request task");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["usage"]["completion_tokens"].as_u64().map(|n| n > 0),
+        Some(true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_answers_504() {
+    let mut opts = test_options();
+    opts.step_delay_ms = Some(20);
+    opts.request_timeout = 1;
+    let server = start(opts, test_model()).await;
+    let c = client();
+    let (s, v) = post(
+        &c,
+        format!("{}/generate", server.url()),
+        json!({"prompt": "Once", "raw": true, "max_new_tokens": 400}),
+    )
+    .await;
+    assert_eq!(s, 504, "{v}");
+    assert_envelope(&v, "request_timeout");
+    assert_eq!(server.engine().stats().running(), 0);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_origin_is_applied() {
+    let mut opts = test_options();
+    opts.cors_origin = vec!["https://example.org".into()];
+    let server = start(opts, test_model()).await;
+    let c = client();
+    let r = c
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/generate", server.url()),
+        )
+        .header("origin", "https://example.org")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(
+        r.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://example.org")
+    );
+    let r = c
+        .get(format!("{}/health", server.url()))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("get");
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_fails_when_the_model_does_not_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bogus = dir.path().join("not-a-model.gguf");
+    std::fs::write(&bogus, b"GGUF but not really").expect("write");
+    let mut opts = test_options();
+    opts.port = 0;
+    let res = tokio::time::timeout(
+        Duration::from_secs(30),
+        airavata::server::serve(opts, bogus, std::future::pending()),
+    )
+    .await
+    .expect("serve returns instead of hanging");
+    assert!(
+        matches!(res, Err(airavata::server::ServerError::Engine(_))),
+        "{res:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_streaming_client_disconnect_cancels_too() {
+    let mut opts = test_options();
+    opts.step_delay_ms = Some(20);
+    let server = start(opts, test_model()).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let r = impatient
+        .post(format!("{}/generate", server.url()))
+        .json(&json!({"prompt": "x", "raw": true, "max_new_tokens": 400}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the request should have timed out client-side");
+    let t0 = Instant::now();
+    while server.engine().stats().running() != 0 {
+        assert!(t0.elapsed() < Duration::from_secs(2), "slot not freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        metric(
+            &client(),
+            &server.url(),
+            "airavata_generations_cancelled_total"
+        )
+        .await,
+        1.0
+    );
+    server.shutdown().await.expect("shutdown");
+}
