@@ -21,7 +21,8 @@ mkdir -p "$WORK" "$OUT"
 SRC=$WORK/llama.cpp
 BUILD=$WORK/build
 BIN=$ROOT/.carry/bin
-export LD_LIBRARY_PATH="$BIN:$BUILD/bin:${LD_LIBRARY_PATH:-}"
+# Our binary finds its own libggml*/libllama next to it; the tools keep their build RPATH.
+AIRAVATA=(env "LD_LIBRARY_PATH=$BIN" "${AIRAVATA[@]}")
 JOBS=$(nproc)
 CKPT=$WORK/synth-airavata
 OURS=$WORK/airavata-nf4.gguf
@@ -51,27 +52,47 @@ stage_build() {
     -DGGML_BACKEND_DL=ON -DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=ON -DBUILD_SHARED_LIBS=ON \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >"$OUT/cmake.log" 2>&1
-  log "build ggml-cuda"
-  ( time cmake --build "$BUILD" -j "$JOBS" --target ggml-cuda ) >"$OUT/build-cuda.log" 2>&1
-  log "build tools"
-  ( time cmake --build "$BUILD" -j "$JOBS" --target llama-bench llama-batched-bench llama-server llama-quantize llama-perplexity llama-imatrix ) >"$OUT/build-tools.log" 2>&1
-  tail -3 "$OUT/build-cuda.log" "$OUT/build-tools.log"
+  log "build ggml-cuda and the tools"
+  ( time cmake --build "$BUILD" -j "$JOBS" --target ggml-cuda llama-bench llama-batched-bench llama-server llama-quantize llama-perplexity ) >"$OUT/build.log" 2>&1
+  tail -4 "$OUT/build.log"
   ls -la "$BUILD/bin" | grep -E "ggml|llama-" | tee -a "$OUT/log.txt"
+}
+
+# The same greedy tokens on CPU and CUDA, through our dynamic-backends binary.
+stage_cudacheck() {
+  local model=${CHECK_MODEL:-$ROOT/.carry/models/stories260K.gguf}
+  for ngl in 0 99; do
+    "${AIRAVATA[@]}" serve "$model" --port 18090 --parallel 1 --ctx-size 512 --n-gpu-layers $ngl \
+       --backends-dir "$BUILD/bin" >"$OUT/cudacheck-$ngl.log" 2>&1 &
+    local pid=$!
+    wait_http http://127.0.0.1:18090/health
+    curl -s http://127.0.0.1:18090/info | python3 -c "import json,sys; i=json.load(sys.stdin); print('devices', i['model'].get('devices'), 'offload', i['model'].get('gpu_offload'))" | tee -a "$OUT/log.txt"
+    curl -s http://127.0.0.1:18090/generate -H 'content-type: application/json' \
+       -d '{"prompt": "", "raw": true, "max_new_tokens": 100, "temperature": 0}' >"$OUT/greedy-ngl$ngl.json"
+    kill $pid; wait $pid 2>/dev/null || true
+  done
+  python3 - "$OUT/greedy-ngl0.json" "$OUT/greedy-ngl99.json" <<'PY' | tee -a "$OUT/log.txt"
+import json, sys
+a, b = (json.load(open(p))["generated_text"] for p in sys.argv[1:])
+print("CPU  :", a[:120].replace("\n", " "))
+print("CUDA :", b[:120].replace("\n", " "))
+print("greedy CPU == CUDA:", a == b, "(chars", len(a), len(b), ")")
+PY
 }
 
 stage_synth() {
   if [ ! -f "$CKPT/config.json" ]; then
     log "synth 7B"
-    measure "$BIN/airavata" synth "$CKPT" --config airavata --shards 3 | tee -a "$OUT/log.txt"
+    measure "${AIRAVATA[@]}" synth "$CKPT" --config airavata --shards 3 | tee -a "$OUT/log.txt"
   fi
   du -sh "$CKPT" | tee -a "$OUT/log.txt"
 }
 
 stage_convert() {
   log "ours: airavata convert (nf4, search)"
-  measure "$BIN/airavata" convert "$CKPT" -o "$OURS" --force -q | tee "$OUT/convert-ours.txt"
+  measure "${AIRAVATA[@]}" convert "$CKPT" -o "$OURS" --force -q | tee "$OUT/convert-ours.txt"
   log "ours: airavata convert (nf4, reference)"
-  measure "$BIN/airavata" convert "$CKPT" -o "$WORK/airavata-nf4-ref.gguf" --quantizer reference --force -q | tee "$OUT/convert-ours-ref.txt"
+  measure "${AIRAVATA[@]}" convert "$CKPT" -o "$WORK/airavata-nf4-ref.gguf" --quantizer reference --force -q | tee "$OUT/convert-ours-ref.txt"
   log "llama.cpp: convert_hf_to_gguf.py --outtype f16"
   PYTHONPATH="$SRC/gguf-py" measure python3 "$SRC/convert_hf_to_gguf.py" "$CKPT" --outtype f16 --outfile "$WORK/f16.gguf" >"$OUT/convert-py.log" 2>&1 || true
   grep MEASURE "$OUT/convert-py.log" | tee "$OUT/convert-llamacpp-py.txt"
@@ -88,7 +109,7 @@ stage_ceilings() {
   "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((SLOTS * CTX_PER_SLOT)) -b 2048 -ub 512 \
     -npp 32 -ntg 128 -npl 1,4,16,32,64 2>&1 | grep -E "^\|" | tee "$OUT/batched-bench.md"
   log "greedy CPU vs CUDA on the same model"
-  "$BIN/airavata" --version | tee -a "$OUT/log.txt"
+  "${AIRAVATA[@]}" --version | tee -a "$OUT/log.txt"
 }
 
 wait_http() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 1; done; return 1; }
@@ -96,22 +117,22 @@ wait_http() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null 2>&1 && return 
 stage_serve() {
   local conc=${CONC:-1,4,16,32,64}
   log "our server"
-  "$BIN/airavata" serve "$OURS" --port 18080 --parallel "$SLOTS" --ctx-size $((SLOTS * CTX_PER_SLOT)) \
+  "${AIRAVATA[@]}" serve "$OURS" --port 18080 --parallel "$SLOTS" --ctx-size $((SLOTS * CTX_PER_SLOT)) \
      --backends-dir "$BUILD/bin" >"$OUT/ours-server.log" 2>&1 &
   local pid=$!
   wait_http http://127.0.0.1:18080/health
-  "$BIN/airavata" bench --url http://127.0.0.1:18080 --api generate --concurrency "$conc" --max-tokens 128 \
+  "${AIRAVATA[@]}" bench --url http://127.0.0.1:18080 --api generate --concurrency "$conc" --max-tokens 128 \
      --prompt-tokens 32 --json "$OUT/bench-ours.json" | tee "$OUT/bench-ours.md"
-  "$BIN/airavata" bench --url http://127.0.0.1:18080 --scenario old-app --requests 20 --json "$OUT/oldapp-ours.json" | tee "$OUT/oldapp-ours.md"
+  "${AIRAVATA[@]}" bench --url http://127.0.0.1:18080 --scenario old-app --requests 20 --json "$OUT/oldapp-ours.json" | tee "$OUT/oldapp-ours.md"
   kill $pid; wait $pid 2>/dev/null || true
   log "llama-server"
   "$BUILD/bin/llama-server" -m "$OURS" -ngl 99 --port 18081 -np "$SLOTS" -c $((SLOTS * CTX_PER_SLOT)) >"$OUT/llama-server.log" 2>&1 &
   pid=$!
   wait_http http://127.0.0.1:18081/health
-  "$BIN/airavata" bench --url http://127.0.0.1:18081 --api openai-completions --concurrency "$conc" --max-tokens 128 \
+  "${AIRAVATA[@]}" bench --url http://127.0.0.1:18081 --api openai-completions --concurrency "$conc" --max-tokens 128 \
      --prompt-tokens 32 --json "$OUT/bench-llama-server.json" | tee "$OUT/bench-llama-server.md"
   kill $pid; wait $pid 2>/dev/null || true
-  "$BIN/airavata" bench --compare "$OUT/bench-ours.json" "$OUT/bench-llama-server.json" --svg "$OUT/bench.svg" | tee "$OUT/bench-compare.md"
+  "${AIRAVATA[@]}" bench --compare "$OUT/bench-ours.json" "$OUT/bench-llama-server.json" --svg "$OUT/bench.svg" | tee "$OUT/bench-compare.md"
 }
 
 stage_oldapp() {

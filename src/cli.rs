@@ -25,11 +25,28 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write a random-weight HF checkpoint (default: Airavata's exact shape).
     Synth(SynthArgs),
+    /// Serve a model over HTTP (POST /generate, OpenAI routes, metrics).
+    Serve(ServeArgs),
     /// Load generator for our /generate and any OpenAI-compatible server.
     Bench(crate::bench::BenchArgs),
     /// Fidelity of a quantized GGUF against a base GGUF (KL-divergence,
     /// top-1 agreement, perplexity), scored like `llama-perplexity --kl-divergence`.
     Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A GGUF file, an HF checkpoint directory or a hub id [default: ai4bharat/Airavata].
+    /// Checkpoints are converted once into the cache (AIRAVATA_CACHE, else ~/.cache/airavata).
+    pub model: Option<String>,
+    /// Hub revision when MODEL is a hub id.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// Scheme used when MODEL must be converted.
+    #[arg(long, default_value = "nf4")]
+    pub scheme: Scheme,
+    #[command(flatten)]
+    pub opts: crate::server::ServeOptions,
 }
 
 #[derive(Args, Debug)]
@@ -329,6 +346,19 @@ pub fn run_synth(a: SynthArgs) -> Result<()> {
     Ok(())
 }
 
+pub fn run_serve(a: ServeArgs) -> Result<()> {
+    let gguf = resolve_model(a.model.as_deref(), &a.revision, a.scheme, true)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down: draining in-flight requests");
+        };
+        crate::server::serve(a.opts, gguf, shutdown).await
+    })?;
+    Ok(())
+}
+
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     let mut backend = llama_cpp_2::llama_backend::LlamaBackend::init()?;
     backend.void_logs();
@@ -356,6 +386,7 @@ pub fn main() -> Result<()> {
         Command::Inspect(a) => run_inspect(a),
         Command::Synth(a) => run_synth(a),
         Command::Eval(a) => run_eval(a),
+        Command::Serve(a) => run_serve(a),
         Command::Bench(a) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(crate::bench::cli_main(a))?;
