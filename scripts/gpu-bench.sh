@@ -22,7 +22,7 @@ SRC=$WORK/llama.cpp
 BUILD=$WORK/build
 BIN=$ROOT/.carry/bin
 # Our binary finds its own libggml*/libllama next to it; the tools keep their build RPATH.
-AIRAVATA=(env "LD_LIBRARY_PATH=$BIN" "${AIRAVATA[@]}")
+AIRAVATA=(env "LD_LIBRARY_PATH=$BIN" "$BIN/airavata")
 JOBS=$(nproc)
 CKPT=$WORK/synth-airavata
 OURS=$WORK/airavata-nf4.gguf
