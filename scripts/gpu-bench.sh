@@ -91,8 +91,10 @@ stage_synth() {
 stage_convert() {
   log "ours: airavata convert (nf4, search)"
   measure "${AIRAVATA[@]}" convert "$CKPT" -o "$OURS" --force -q | tee "$OUT/convert-ours.txt"
-  log "ours: airavata convert (nf4, reference)"
-  measure "${AIRAVATA[@]}" convert "$CKPT" -o "$WORK/airavata-nf4-ref.gguf" --quantizer reference --force -q | tee "$OUT/convert-ours-ref.txt"
+  if [ -n "${WITH_REFERENCE:-}" ]; then
+    log "ours: airavata convert (nf4, reference)"
+    measure "${AIRAVATA[@]}" convert "$CKPT" -o "$WORK/airavata-nf4-ref.gguf" --quantizer reference --force -q | tee "$OUT/convert-ours-ref.txt"
+  fi
   log "llama.cpp: convert_hf_to_gguf.py --outtype f16"
   PYTHONPATH="$SRC/gguf-py" measure python3 "$SRC/convert_hf_to_gguf.py" "$CKPT" --outtype f16 --outfile "$WORK/f16.gguf" >"$OUT/convert-py.log" 2>&1 || true
   grep MEASURE "$OUT/convert-py.log" | tee "$OUT/convert-llamacpp-py.txt"
