@@ -298,13 +298,18 @@ pub fn xs_dequantize(src: &[u8], dst: &mut [f32]) {
 const GRID: Grid = Grid {
     levels: &KVALUES_IQ4NL,
     uniform: false,
-    lo: 0.6,
-    hi: 1.5,
+    lo: 0.9,
+    hi: 1.2,
 };
 
-/// Search row quantizer for IQ4_NL: exact per-block scale search, kept only
-/// where it beats ggml's block (by weighted error).
-pub fn nl_quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+row_fn_avx2! {
+    /// Search row quantizer for IQ4_NL: per-block scale search, kept only
+    /// where it beats ggml's block (by weighted error).
+    nl_quantize_row_search => nl_row_search
+}
+
+#[inline(always)]
+fn nl_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     let w = row_weights(x, imatrix);
     let mut y = [0f32; NL_BLOCK];
     for (i, b) in out.chunks_exact_mut(NL_BYTES).enumerate() {
@@ -331,10 +336,15 @@ const XS_LAYOUT: TwoLevel = TwoLevel {
     span: 9,
 };
 
-/// Search row quantizer for IQ4_XS: exact per-sub-block scale search, joint
-/// choice of `d` and the sub-scales, refit of `d`; kept only where it beats
-/// ggml's super-block (by weighted error).
-pub fn xs_quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+row_fn_avx2! {
+    /// Search row quantizer for IQ4_XS: per-sub-block scale search, joint
+    /// choice of `d` and the sub-scales, refit of `d`; kept only where it
+    /// beats ggml's super-block (by weighted error).
+    xs_quantize_row_search => xs_row_search
+}
+
+#[inline(always)]
+fn xs_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     let w = row_weights(x, imatrix);
     let mut y = [0f32; XS_BLOCK];
     for (i, b) in out.chunks_exact_mut(XS_BYTES).enumerate() {
