@@ -298,8 +298,8 @@ pub fn xs_dequantize(src: &[u8], dst: &mut [f32]) {
 const GRID: Grid = Grid {
     levels: &KVALUES_IQ4NL,
     uniform: false,
-    lo: 0.9,
-    hi: 1.2,
+    lo: 0.6,
+    hi: 1.4,
 };
 
 row_fn_avx2! {

@@ -119,8 +119,8 @@ const LAYOUT: TwoLevel = TwoLevel {
     grid: Grid {
         levels: &Q6_K_LEVELS,
         uniform: true,
-        lo: 0.9,
-        hi: 1.2,
+        lo: 0.6,
+        hi: 1.4,
     },
     sub: 16,
     lmin: -128,

@@ -30,6 +30,13 @@ pub struct Grid {
 /// Trial scales per sign in `best_scale`.
 const NT: usize = 16;
 
+/// Where the trials sit in `lo..=hi` (as fractions): dense in the middle,
+/// `0.5 ± 0.5 |t|^1.7` for `t` evenly spaced in `-1..=1`.
+const PROFILE: [f32; NT] = [
+    0.0, 0.1080, 0.2049, 0.2902, 0.3631, 0.4228, 0.4676, 0.4950, 0.5050, 0.5324, 0.5772,
+    0.6369, 0.7098, 0.7951, 0.8920, 1.0,
+];
+
 impl Grid {
     /// The level nearest `v` (any tie-break is fine for search), as f32.
     #[inline(always)]
@@ -121,10 +128,9 @@ pub fn best_scale(x: &[f32], w: &[f32], grid: &Grid) -> Option<(f64, f64)> {
     }
     let top = grid.levels[grid.levels.len() - 1] as f32;
     let bot = grid.levels[0] as f32;
-    let step = (grid.hi - grid.lo) / (NT - 1) as f32;
     let mut ids = [0f32; 2 * NT];
     for i in 0..NT {
-        let f = grid.lo + step * i as f32;
+        let f = grid.lo + (grid.hi - grid.lo) * PROFILE[i];
         ids[i] = top * f / xmax;
         ids[NT + i] = bot * f / xmax;
     }
