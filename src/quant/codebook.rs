@@ -167,7 +167,15 @@ mod tests {
                 }
             }
         }
-        for x in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, 0.0, -0.0] {
+        for x in [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+            0.0,
+            -0.0,
+        ] {
             assert_eq!(iq4_level(x), KVALUES_IQ4NL[best_index_iq4(x)] as f32);
             assert_eq!(iq4_index(x) as usize, best_index_iq4(x), "x = {x}");
         }

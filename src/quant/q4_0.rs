@@ -83,8 +83,8 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 const GRID: Grid = Grid {
     levels: &Q4_0_LEVELS,
     uniform: true,
-    lo: 0.6,
-    hi: 1.4,
+    lo: 0.4,
+    hi: 1.6,
 };
 
 row_fn_avx2! {

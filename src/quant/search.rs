@@ -2,13 +2,14 @@
 //! weights are `scale * level` with levels from a fixed sorted grid.
 //!
 //! For one block with inverse scale `s`, the best level of weight `x_j` is the
-//! grid level nearest `s * x_j`; this assignment changes only when `s * x_j`
-//! crosses a midpoint between two levels, i.e. at the breakpoints
-//! `s = mid / x_j`. Sweeping the breakpoints in order and keeping the running
-//! sums `S1 = Σ w x k` and `S2 = Σ w k²` gives, for every assignment met, the
-//! weighted-least-squares scale `S1 / S2` and its error reduction `S1² / S2`;
-//! the best one over the sweep is the exact optimum within the swept range of
-//! `s` (which covers the plausible range around `max|x|`).
+//! grid level nearest `s * x_j`. `best_scale` evaluates the nearest-level
+//! assignment at 2 × 16 trial inverse scales side by side (vectorized: the
+//! largest weight mapped to either end level of the grid, times factors
+//! dense around 1), keeping the running sums `S1 = Σ w x k`, `S2 = Σ w k²`
+//! per trial; the best `S1² / S2` gives the least-squares scale `S1 / S2`,
+//! refined by re-assigning at it while that helps. Candidate errors are
+//! compared in f32 over chunked lanes; the final choice's error is exact
+//! (f64), and callers keep ggml's block where it is not beaten.
 //!
 //! Weights are `x²`, or `qw * sqrt(sigma2 + x²)` with an importance vector
 //! `qw`, where `sigma2 = 2 * mean(x²)` over the whole row.
@@ -33,8 +34,8 @@ const NT: usize = 16;
 /// Where the trials sit in `lo..=hi` (as fractions): dense in the middle,
 /// `0.5 ± 0.5 |t|^1.7` for `t` evenly spaced in `-1..=1`.
 const PROFILE: [f32; NT] = [
-    0.0, 0.1080, 0.2049, 0.2902, 0.3631, 0.4228, 0.4676, 0.4950, 0.5050, 0.5324, 0.5772,
-    0.6369, 0.7098, 0.7951, 0.8920, 1.0,
+    0.0, 0.1080, 0.2049, 0.2902, 0.3631, 0.4228, 0.4676, 0.4950, 0.5050, 0.5324, 0.5772, 0.6369,
+    0.7098, 0.7951, 0.8920, 1.0,
 ];
 
 impl Grid {
