@@ -16,6 +16,33 @@ use std::time::Duration;
 const N_PER_ROW: usize = 4096;
 const ROWS: usize = 64;
 
+/// `QUANT_QUICK=1 cargo bench --bench quant`: a plain single-thread timing
+/// loop (rows/s, best of 5) for reference and search of IQ4_XS, IQ4_NL, Q6_K.
+fn quick(rows: &[f32], imatrix: &[f32]) {
+    use airavata::gguf::GgmlType;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("one-thread pool");
+    for ty in [GgmlType::Iq4Xs, GgmlType::Iq4Nl, GgmlType::Q6K] {
+        for (im_name, im) in [("", None), ("+imatrix", Some(imatrix))] {
+            for (name, mode) in [
+                ("reference", QuantMode::Reference),
+                ("search", QuantMode::Search),
+            ] {
+                let mut best = f64::INFINITY;
+                for _ in 0..5 {
+                    let t = std::time::Instant::now();
+                    pool.install(|| quantize(ty, black_box(rows), N_PER_ROW, im, mode))
+                        .expect("quantize");
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                println!("{ty}{im_name} {name}: {:.0} rows/s", ROWS as f64 / best);
+            }
+        }
+    }
+}
+
 fn main() {
     let mut c = Criterion::default()
         .sample_size(10)
@@ -31,6 +58,10 @@ fn main() {
         .flat_map(|_| Family::Gaussian.row(&mut rng, N_PER_ROW))
         .collect();
     let imatrix = random_imatrix(&mut rng, N_PER_ROW);
+    if std::env::var_os("QUANT_QUICK").is_some() {
+        quick(&rows, &imatrix);
+        return;
+    }
     for ty in QUANT_TYPES {
         for (im_name, im) in [("", None), ("+imatrix", Some(imatrix.as_slice()))] {
             let mut g = c.benchmark_group(format!("{ty}{im_name}"));

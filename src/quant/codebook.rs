@@ -81,9 +81,105 @@ pub fn best_index_iq4(x: f32) -> usize {
     mu - lower as usize
 }
 
+/// Midpoints between consecutive IQ4 levels (exact half-integers).
+pub const IQ4_MID: [f32; 15] = {
+    let mut m = [0f32; 15];
+    let mut i = 0;
+    while i < 15 {
+        m[i] = (KVALUES_IQ4NL[i] as f32 + KVALUES_IQ4NL[i + 1] as f32) * 0.5;
+        i += 1;
+    }
+    m
+};
+
+/// Gaps between consecutive IQ4 levels.
+const IQ4_GAP: [f32; 15] = {
+    let mut g = [0f32; 15];
+    let mut i = 0;
+    while i < 15 {
+        g[i] = (KVALUES_IQ4NL[i + 1] as i32 - KVALUES_IQ4NL[i] as i32) as f32;
+        i += 1;
+    }
+    g
+};
+
+/// `KVALUES_IQ4NL[best_index_iq4(x)]` as f32 for any `x`, branch-free
+/// and vectorizable: the level is `-127` plus the gaps of every midpoint at
+/// or below `x`. Near a midpoint `x - lo` and `hi - x` are exact in f32, so
+/// ggml's `x - lo < hi - x` equals `x < mid` (checked in the tests).
+#[inline(always)]
+pub fn iq4_level(x: f32) -> f32 {
+    let mut q = KVALUES_IQ4NL[0] as f32;
+    for k in 0..15 {
+        q += if x >= IQ4_MID[k] { IQ4_GAP[k] } else { 0.0 };
+    }
+    if x.is_nan() {
+        KVALUES_IQ4NL[15] as f32
+    } else {
+        q
+    }
+}
+
+/// `best_index_iq4(x)` for any `x`, branch-free (see `iq4_level`).
+#[inline(always)]
+pub fn iq4_index(x: f32) -> u8 {
+    let mut i = 0u8;
+    for m in IQ4_MID {
+        i += (x >= m) as u8;
+    }
+    if x.is_nan() {
+        15
+    } else {
+        i
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn midpoint_count_equals_bisection() {
+        let mut x = -140.0f32;
+        let mut n = 0u64;
+        // Every f32 in [-140, 130) around the midpoints, plus a strided scan.
+        while x < 130.0 {
+            let i = best_index_iq4(x);
+            assert_eq!(iq4_index(x) as usize, i, "x = {x}");
+            assert_eq!(iq4_level(x), KVALUES_IQ4NL[i] as f32, "x = {x}");
+            let near = IQ4_MID.iter().any(|&m| (x - m).abs() < 1e-3);
+            let step = if near { 1 } else { 997 };
+            x = f32::from_bits(if x >= 0.0 {
+                x.to_bits() + step
+            } else if x.to_bits() > 0x8000_0000 + step {
+                x.to_bits() - step
+            } else {
+                0
+            });
+            n += 1;
+        }
+        assert!(n > 100_000);
+        // Exhaustive over all f32 in (-256, 256) when asked for.
+        if std::env::var_os("IQ4_EXHAUSTIVE").is_some() {
+            for bits in 0..0x4380_0000u32 {
+                for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                    assert_eq!(iq4_index(x) as usize, best_index_iq4(x), "x = {x}");
+                }
+            }
+        }
+        for x in [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+            0.0,
+            -0.0,
+        ] {
+            assert_eq!(iq4_level(x), KVALUES_IQ4NL[best_index_iq4(x)] as f32);
+            assert_eq!(iq4_index(x) as usize, best_index_iq4(x), "x = {x}");
+        }
+    }
 
     #[test]
     fn best_index_matches_linear_scan() {

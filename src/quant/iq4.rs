@@ -10,7 +10,7 @@
 //! of 32, packed as in IQ4_NL). Sub-block `ib` has the 6-bit scale `ls`, and
 //! its weights are `(d * (ls - 32)) * kvalues[q]`.
 
-use super::codebook::{best_index_iq4, KVALUES_IQ4NL};
+use super::codebook::{best_index_iq4, iq4_index, iq4_level, KVALUES_IQ4NL};
 use super::rounding::{abs_max, nearest_int, read_f16, write_f16};
 use super::scale_fit::GROUP_MAX_EPS;
 use super::search::{row_weights, single, sq_err, Grid, TwoLevel};
@@ -46,9 +46,56 @@ pub fn sigma2(x: &[f32]) -> f32 {
 }
 
 /// ggml's per-32 scale search (`ntry` trial inverse scales each side).
-/// Writes the levels for the first estimate into `l` and returns the scale,
-/// or 0 for an all-(near-)zero block.
-fn block_scale(xb: &[f32], weight: &[f32], l: &mut [u8], ntry: i32) -> f32 {
+/// Returns the scale, or 0 for an all-(near-)zero block.
+#[inline(always)]
+fn block_scale(xb: &[f32], weight: &[f32], ntry: i32) -> f32 {
+    if ntry == 7 && xb.len() == NL_BLOCK {
+        block_scale7(xb.try_into().unwrap(), weight.try_into().unwrap())
+    } else {
+        block_scale_scalar(xb, weight, ntry)
+    }
+}
+
+/// `block_scale` for `ntry = 7`: the first estimate and the 15 trials run as
+/// 16 lanes side by side, each summed in ggml's order, with the branch-free
+/// `iq4_level` (equal to the table lookup).
+#[inline(always)]
+fn block_scale7(xb: &[f32; NL_BLOCK], weight: &[f32; NL_BLOCK]) -> f32 {
+    let (amax, max) = abs_max(xb);
+    if amax < GROUP_MAX_EPS {
+        return 0.0;
+    }
+    let v0 = VALUES[0] as f32;
+    let d0 = -max / v0;
+    let mut ids = [0f32; 16];
+    ids[0] = 1.0 / d0;
+    for t in 0..15 {
+        ids[t + 1] = (t as i32 - 7 + VALUES[0] as i32) as f32 / max;
+    }
+    let mut sqx = [0f32; 16];
+    let mut sq2 = [0f32; 16];
+    for j in 0..NL_BLOCK {
+        let (xj, w) = (xb[j], weight[j]);
+        for k in 0..16 {
+            let q = iq4_level(ids[k] * xj);
+            sqx[k] += w * q * xj;
+            sq2[k] += w * q * q;
+        }
+    }
+    let mut d = if sq2[0] > 0.0 { sqx[0] / sq2[0] } else { 0.0 };
+    let mut best = d * sqx[0];
+    for t in 1..16 {
+        let (sumqx, sumq2) = (sqx[t], sq2[t]);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            d = sumqx / sumq2;
+            best = d * sumqx;
+        }
+    }
+    d
+}
+
+/// ggml's per-32 scale search, scalar (any `ntry`).
+fn block_scale_scalar(xb: &[f32], weight: &[f32], ntry: i32) -> f32 {
     let (amax, max) = abs_max(xb);
     if amax < GROUP_MAX_EPS {
         return 0.0;
@@ -59,7 +106,6 @@ fn block_scale(xb: &[f32], weight: &[f32], l: &mut [u8], ntry: i32) -> f32 {
     let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
     for j in 0..xb.len() {
         let idx = best_index_iq4(id * xb[j]);
-        l[j] = idx as u8;
         let q = VALUES[idx] as f32;
         let w = weight[j];
         sumqx += w * q * xb[j];
@@ -67,26 +113,15 @@ fn block_scale(xb: &[f32], weight: &[f32], l: &mut [u8], ntry: i32) -> f32 {
     }
     d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
     let mut best = d * sumqx;
-    // The 2*ntry+1 trials are independent: accumulate them side by side (each
-    // in ggml's order), then pick the best in ggml's order.
-    const MAXT: usize = 15;
-    let nt = (2 * ntry + 1).clamp(0, MAXT as i32) as usize;
-    let mut ids = [0f32; MAXT];
-    for (t, id) in ids.iter_mut().enumerate().take(nt) {
-        *id = (t as i32 - ntry + VALUES[0] as i32) as f32 / max;
-    }
-    let mut sqx = [0f32; MAXT];
-    let mut sq2 = [0f32; MAXT];
-    for j in 0..xb.len() {
-        let (xj, w) = (xb[j], weight[j]);
-        for t in 0..nt {
-            let q = VALUES[best_index_iq4(ids[t] * xj)] as f32;
-            sqx[t] += w * q * xj;
-            sq2[t] += w * q * q;
+    for t in -ntry..=ntry {
+        let id = (t + VALUES[0] as i32) as f32 / max;
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for j in 0..xb.len() {
+            let q = VALUES[best_index_iq4(id * xb[j])] as f32;
+            let w = weight[j];
+            sumqx += w * q * xb[j];
+            sumq2 += w * q * q;
         }
-    }
-    for t in 0..nt {
-        let (sumqx, sumq2) = (sqx[t], sq2[t]);
         if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
             d = sumqx / sumq2;
             best = d * sumqx;
@@ -116,16 +151,17 @@ pub fn unpack32(qs: &[u8]) -> [u8; 32] {
 }
 
 /// `quantize_iq4_nl` (ntry = 7, as `ggml_quantize_chunk` uses) for one block.
+#[inline(always)]
 pub fn nl_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
     let mut weight = [0f32; NL_BLOCK];
     let s2 = if qw.is_some() { sigma2(x) } else { 0.0 };
     weights_into(x, qw, s2, &mut weight);
     let mut l = [0u8; NL_BLOCK];
-    let scale = block_scale(x, &weight, &mut l, 7);
+    let scale = block_scale(x, &weight, 7);
     write_f16(b, scale);
     let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
     for j in 0..NL_BLOCK {
-        l[j] = best_index_iq4(id * x[j]) as u8;
+        l[j] = iq4_index(id * x[j]);
     }
     pack32(&l, &mut b[2..18]);
 }
@@ -153,6 +189,7 @@ pub fn xs_scale(b: &[u8], ib: usize) -> u8 {
 }
 
 /// `quantize_iq4_xs` (ntry = 7) for one super-block.
+#[inline(always)]
 pub fn xs_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
     let s2 = if qw.is_some() { sigma2(x) } else { 0.0 };
     let mut weight = [0f32; 32];
@@ -163,7 +200,7 @@ pub fn xs_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
     for ib in 0..8 {
         let xb = &x[32 * ib..32 * ib + 32];
         weights_into(xb, qw.map(|q| &q[32 * ib..32 * ib + 32]), s2, &mut weight);
-        let d = block_scale(xb, &weight, &mut l, 7);
+        let d = block_scale(xb, &weight, 7);
         scales[ib] = d;
         if d.abs() > amax_scale {
             amax_scale = d.abs();
@@ -180,15 +217,20 @@ pub fn xs_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
         let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
         let xb = &x[32 * ib..32 * ib + 32];
         for j in 0..32 {
-            l[j] = best_index_iq4(idl * xb[j]) as u8;
+            l[j] = iq4_index(idl * xb[j]);
         }
         xs_set_scale(b, ib, (ls + 32) as u8);
         pack32(&l, &mut b[8 + 16 * ib..8 + 16 * ib + 16]);
     }
 }
 
-/// Row quantizer for `ggml_quantize_chunk(IQ4_NL, ..)`.
-pub fn nl_quantize_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+row_fn_avx2! {
+    /// Row quantizer for `ggml_quantize_chunk(IQ4_NL, ..)`.
+    nl_quantize_row_ref => nl_row_ref
+}
+
+#[inline(always)]
+fn nl_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     for (i, (xb, b)) in x
         .chunks_exact(NL_BLOCK)
         .zip(out.chunks_exact_mut(NL_BYTES))
@@ -202,8 +244,13 @@ pub fn nl_quantize_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     }
 }
 
-/// Row quantizer for `ggml_quantize_chunk(IQ4_XS, ..)`.
-pub fn xs_quantize_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+row_fn_avx2! {
+    /// Row quantizer for `ggml_quantize_chunk(IQ4_XS, ..)`.
+    xs_quantize_row_ref => xs_row_ref
+}
+
+#[inline(always)]
+fn xs_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     for (i, (xb, b)) in x
         .chunks_exact(XS_BLOCK)
         .zip(out.chunks_exact_mut(XS_BYTES))
@@ -252,12 +299,17 @@ const GRID: Grid = Grid {
     levels: &KVALUES_IQ4NL,
     uniform: false,
     lo: 0.6,
-    hi: 1.5,
+    hi: 1.4,
 };
 
-/// Search row quantizer for IQ4_NL: exact per-block scale search, kept only
-/// where it beats ggml's block (by weighted error).
-pub fn nl_quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+row_fn_avx2! {
+    /// Search row quantizer for IQ4_NL: per-block scale search, kept only
+    /// where it beats ggml's block (by weighted error).
+    nl_quantize_row_search => nl_row_search
+}
+
+#[inline(always)]
+fn nl_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     let w = row_weights(x, imatrix);
     let mut y = [0f32; NL_BLOCK];
     for (i, b) in out.chunks_exact_mut(NL_BYTES).enumerate() {
@@ -284,10 +336,15 @@ const XS_LAYOUT: TwoLevel = TwoLevel {
     span: 9,
 };
 
-/// Search row quantizer for IQ4_XS: exact per-sub-block scale search, joint
-/// choice of `d` and the sub-scales, refit of `d`; kept only where it beats
-/// ggml's super-block (by weighted error).
-pub fn xs_quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+row_fn_avx2! {
+    /// Search row quantizer for IQ4_XS: per-sub-block scale search, joint
+    /// choice of `d` and the sub-scales, refit of `d`; kept only where it
+    /// beats ggml's super-block (by weighted error).
+    xs_quantize_row_search => xs_row_search
+}
+
+#[inline(always)]
+fn xs_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     let w = row_weights(x, imatrix);
     let mut y = [0f32; XS_BLOCK];
     for (i, b) in out.chunks_exact_mut(XS_BYTES).enumerate() {

@@ -3,6 +3,42 @@
 //! `quantize` turns f32 rows into the bytes of a ggml tensor type; `dequantize`
 //! turns them back. Rows are processed in parallel.
 
+/// Defines the row quantizer `pub fn $name(x, out, imatrix)` running `$imp`
+/// (which, as its hot callees, must be `#[inline(always)]`), compiled for
+/// AVX-512 or AVX2 when the CPU has it. Float results are the same either way (no FMA
+/// contraction), so reference output stays byte-identical.
+macro_rules! row_fn_avx2 {
+    ($(#[$m:meta])* $name:ident => $imp:ident) => {
+        $(#[$m])*
+        pub fn $name(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq")]
+                fn avx512(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+                    $imp(x, out, imatrix)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+                    $imp(x, out, imatrix)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                {
+                    // SAFETY: the CPU supports these features.
+                    return unsafe { avx512(x, out, imatrix) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2.
+                    return unsafe { avx2(x, out, imatrix) };
+                }
+            }
+            $imp(x, out, imatrix)
+        }
+    };
+}
+
 mod codebook;
 pub mod imatrix;
 mod iq4;

@@ -83,13 +83,18 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 const GRID: Grid = Grid {
     levels: &Q4_0_LEVELS,
     uniform: true,
-    lo: 0.6,
+    lo: 0.4,
     hi: 1.6,
 };
 
-/// Search row quantizer for Q4_0: exact per-block scale search, kept only
-/// where it beats ggml's block (by weighted error).
-pub fn quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+row_fn_avx2! {
+    /// Search row quantizer for Q4_0: per-block scale search, kept only
+    /// where it beats ggml's block (by weighted error).
+    quantize_row_search => row_search
+}
+
+#[inline(always)]
+fn row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     quantize_row_ref(x, out, imatrix);
     let w = row_weights(x, imatrix);
     let mut y = [0f32; QK];

@@ -119,8 +119,8 @@ const LAYOUT: TwoLevel = TwoLevel {
     grid: Grid {
         levels: &Q6_K_LEVELS,
         uniform: true,
-        lo: 0.8,
-        hi: 1.25,
+        lo: 0.6,
+        hi: 1.4,
     },
     sub: 16,
     lmin: -128,
@@ -128,9 +128,14 @@ const LAYOUT: TwoLevel = TwoLevel {
     span: 12,
 };
 
-/// Search row quantizer for Q6_K: exact per-sub-block scale search, joint
-/// choice of `d` and the sub-scales; kept only where it beats ggml's block.
-pub fn quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+row_fn_avx2! {
+    /// Search row quantizer for Q6_K: per-sub-block scale search, joint
+    /// choice of `d` and the sub-scales; kept only where it beats ggml's block.
+    quantize_row_search => row_search
+}
+
+#[inline(always)]
+fn row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     quantize_row_ref(x, out, imatrix);
     let w = row_weights(x, imatrix);
     let mut y = [0f32; QK];

@@ -2,53 +2,63 @@
 //! weights are `scale * level` with levels from a fixed sorted grid.
 //!
 //! For one block with inverse scale `s`, the best level of weight `x_j` is the
-//! grid level nearest `s * x_j`; this assignment changes only when `s * x_j`
-//! crosses a midpoint between two levels, i.e. at the breakpoints
-//! `s = mid / x_j`. Sweeping the breakpoints in order and keeping the running
-//! sums `S1 = Σ w x k` and `S2 = Σ w k²` gives, for every assignment met, the
-//! weighted-least-squares scale `S1 / S2` and its error reduction `S1² / S2`;
-//! the best one over the sweep is the exact optimum within the swept range of
-//! `s` (which covers the plausible range around `max|x|`).
+//! grid level nearest `s * x_j`. `best_scale` evaluates the nearest-level
+//! assignment at 2 × 16 trial inverse scales side by side (vectorized: the
+//! largest weight mapped to either end level of the grid, times factors
+//! dense around 1), keeping the running sums `S1 = Σ w x k`, `S2 = Σ w k²`
+//! per trial; the best `S1² / S2` gives the least-squares scale `S1 / S2`,
+//! refined by re-assigning at it while that helps. Candidate errors are
+//! compared in f32 over chunked lanes; the final choice's error is exact
+//! (f64), and callers keep ggml's block where it is not beaten.
 //!
 //! Weights are `x²`, or `qw * sqrt(sigma2 + x²)` with an importance vector
 //! `qw`, where `sigma2 = 2 * mean(x²)` over the whole row.
 
-use super::codebook::best_index_iq4;
-use super::rounding::{f16_bits, f16_to_f32, nearest_int};
+use super::codebook::{iq4_index, iq4_level};
+use super::rounding::{f16_bits, f16_to_f32};
 
-/// A sorted level grid plus the swept range of `s * max|x|`, as fractions of
-/// the largest level magnitude.
+/// A sorted level grid plus the range of the trial scales.
 pub struct Grid {
     pub levels: &'static [i8],
     /// Levels are the consecutive integers `levels[0]..` (else the IQ4 grid).
     pub uniform: bool,
-    /// Sweep `s * max|x|` from `lo * kmax` to `hi * kmax`.
+    /// Trial inverse scales map the block's largest-magnitude weight to an
+    /// end level of the grid times a factor in `lo..=hi`.
     pub lo: f32,
     pub hi: f32,
 }
 
+/// Trial scales per sign in `best_scale`.
+const NT: usize = 16;
+
+/// Where the trials sit in `lo..=hi` (as fractions): dense in the middle,
+/// `0.5 ± 0.5 |t|^1.7` for `t` evenly spaced in `-1..=1`.
+const PROFILE: [f32; NT] = [
+    0.0, 0.1080, 0.2049, 0.2902, 0.3631, 0.4228, 0.4676, 0.4950, 0.5050, 0.5324, 0.5772, 0.6369,
+    0.7098, 0.7951, 0.8920, 1.0,
+];
+
 impl Grid {
-    fn kmax(&self) -> f32 {
-        let n = self.levels.len();
-        (self.levels[0] as f32).abs().max(self.levels[n - 1] as f32)
+    /// The level nearest `v` (any tie-break is fine for search), as f32.
+    #[inline(always)]
+    fn level(&self, v: f32) -> f32 {
+        if !self.uniform {
+            return iq4_level(v);
+        }
+        let lo = self.levels[0] as f32;
+        let hi = self.levels[self.levels.len() - 1] as f32;
+        // Round half to even by the 1.5 * 2^23 trick (|v| is small).
+        const MAGIC: f32 = 12_582_912.0;
+        (v.clamp(lo, hi) + MAGIC) - MAGIC
     }
 
-    #[inline]
-    fn mid(&self, i: usize) -> f32 {
-        0.5 * (self.levels[i] as f32 + self.levels[i + 1] as f32)
-    }
-
-    /// Index of the level nearest `v` (any tie-break is fine for search).
-    #[inline]
+    /// Index of the level nearest `v`, consistent with `level`.
+    #[inline(always)]
     fn nearest(&self, v: f32) -> usize {
         if !self.uniform {
-            return best_index_iq4(v);
+            return iq4_index(v) as usize;
         }
-        // Uniform integer grid `levels[0]..`.
-        let lo = self.levels[0] as f32;
-        let hi = (self.levels.len() - 1) as f32;
-        let i = (v - lo).clamp(0.0, hi);
-        nearest_int(i) as usize
+        (self.level(v) - self.levels[0] as f32) as usize
     }
 }
 
@@ -77,129 +87,150 @@ pub fn sq_err(x: &[f32], w: &[f32], y: &[f32]) -> f64 {
     e
 }
 
-/// Optimal scale of one block: `(d, Σ w k²)` for the best assignment found,
-/// or None when the block has no weight.
-pub fn best_scale(x: &[f32], w: &[f32], grid: &Grid) -> Option<(f64, f64)> {
-    if x.iter().any(|v| !v.is_finite()) {
-        return None;
-    }
-    let amax = x
-        .iter()
-        .zip(w)
-        .filter(|(_, &wi)| wi > 0.0)
-        .fold(0.0f32, |m, (v, _)| m.max(v.abs()));
-    if amax.is_nan() || amax <= 0.0 || !amax.is_finite() {
-        return None;
-    }
-    let kmax = grid.kmax();
-    let s_lo = grid.lo * kmax / amax;
-    let s_hi = grid.hi * kmax / amax;
-    let mut best: Option<(f64, f64, f64)> = None; // (S1, S2, sign)
-    for sign in [1.0f32, -1.0] {
-        if let Some((s1, s2)) = sweep(x, w, grid, sign, s_lo, s_hi) {
-            let better = match best {
-                None => true,
-                Some((b1, b2, _)) => s1 * s1 * b2 > b1 * b1 * s2,
-            };
-            if better {
-                best = Some((s1, s2, sign as f64));
-            }
+/// Weighted sums `(Σ w x q, Σ w q²)` of the nearest-level assignment at
+/// inverse scale `ids[k]`, for every lane `k`, in f32.
+#[inline(always)]
+fn trial_sums<const L: usize>(
+    x: &[f32],
+    w: &[f32],
+    grid: &Grid,
+    ids: &[f32; L],
+) -> ([f32; L], [f32; L]) {
+    let mut sxq = [0f32; L];
+    let mut sqq = [0f32; L];
+    for (&xj, &wj) in x.iter().zip(w) {
+        for k in 0..L {
+            let q = grid.level(ids[k] * xj);
+            let wq = wj * q;
+            sxq[k] += wq * xj;
+            sqq[k] += wq * q;
         }
     }
-    best.map(|(s1, s2, sign)| (sign * s1 / s2, s2))
+    (sxq, sqq)
 }
 
-/// One direction of the breakpoint sweep over `s` in `[s_lo, s_hi]` for
-/// `sign * x`. Returns the `(S1, S2)` with the largest `S1² / S2`.
-fn sweep(x: &[f32], w: &[f32], grid: &Grid, sign: f32, s_lo: f32, s_hi: f32) -> Option<(f64, f64)> {
-    let n = x.len();
-    let nl = grid.levels.len();
-    debug_assert!(n <= 32);
-    let mut idx = [0u8; 32];
-    let mut events = [0u64; 1024];
-    let mut ne = 0usize;
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for j in 0..n {
-        let xs = sign * x[j];
-        let i0 = grid.nearest(s_lo * xs);
-        idx[j] = i0 as u8;
-        if w[j] <= 0.0 {
-            continue;
-        }
-        let k = grid.levels[i0] as f64;
-        s1 += w[j] as f64 * xs as f64 * k;
-        s2 += w[j] as f64 * k * k;
-        let inv = 1.0 / xs;
-        if xs > 0.0 {
-            for i in i0..nl - 1 {
-                let bp = grid.mid(i) * inv;
-                if bp.is_nan() || bp > s_hi || ne == events.len() {
-                    break;
-                }
-                events[ne] = ((bp.to_bits() as u64) << 32) | ((j as u64) << 1) | 1;
-                ne += 1;
-            }
-        } else if xs < 0.0 {
-            for i in (1..=i0).rev() {
-                let bp = grid.mid(i - 1) * inv;
-                if bp.is_nan() || bp > s_hi || ne == events.len() {
-                    break;
-                }
-                events[ne] = ((bp.to_bits() as u64) << 32) | ((j as u64) << 1);
-                ne += 1;
-            }
+/// Good scale of one block: `(d, Σ w k²)` for the best nearest-level
+/// assignment over `2 * NT` trial scales (both signs) and least-squares
+/// refits, or None when the block has no weight.
+#[inline(always)]
+pub fn best_scale(x: &[f32], w: &[f32], grid: &Grid) -> Option<(f64, f64)> {
+    let mut amax = 0.0f32;
+    let mut xmax = 0.0f32;
+    let mut finite = true;
+    for (&v, &wi) in x.iter().zip(w) {
+        finite &= v.is_finite() && wi.is_finite();
+        if wi > 0.0 && v.abs() > amax {
+            amax = v.abs();
+            xmax = v;
         }
     }
-    let events = &mut events[..ne];
-    events.sort_unstable();
-    let mut best = (s1, s2);
-    let better = |a: (f64, f64), b: (f64, f64)| {
-        a.1 > 0.0 && (b.1 <= 0.0 || a.0 * a.0 * b.1 > b.0 * b.0 * a.1)
+    if !finite || amax <= 0.0 || !amax.is_finite() {
+        return None;
+    }
+    let top = grid.levels[grid.levels.len() - 1] as f32;
+    let bot = grid.levels[0] as f32;
+    let mut ids = [0f32; 2 * NT];
+    for i in 0..NT {
+        let f = grid.lo + (grid.hi - grid.lo) * PROFILE[i];
+        ids[i] = top * f / xmax;
+        ids[NT + i] = bot * f / xmax;
+    }
+    let (sxq, sqq) = trial_sums(x, w, grid, &ids);
+    // Best S1² / S2 (compared in f64: no overflow).
+    let mut best: Option<(f64, f64)> = None;
+    for k in 0..2 * NT {
+        let (s1, s2) = (sxq[k] as f64, sqq[k] as f64);
+        if s2 > 0.0 && best.is_none_or(|(b1, b2)| s1 * s1 * b2 > b1 * b1 * s2) {
+            best = Some((s1, s2));
+        }
+    }
+    let (mut s1, mut s2) = best?;
+    // Least-squares refits: re-assign at the fitted scale while it helps.
+    for _ in 0..2 {
+        let d = s1 / s2;
+        if d == 0.0 {
+            break;
+        }
+        let (r1, r2) = sums_at(x, w, grid, (1.0 / d) as f32);
+        let (r1, r2) = (r1 as f64, r2 as f64);
+        if r2 > 0.0 && r1 * r1 * s2 > s1 * s1 * r2 {
+            (s1, s2) = (r1, r2);
+        } else {
+            break;
+        }
+    }
+    Some((s1 / s2, s2))
+}
+
+/// Lanes of the chunked reductions below (lengths are multiples of 8 in use;
+/// any remainder is summed in the same lanes).
+const LN: usize = 8;
+
+/// Weighted error, `Σ w x q` and `Σ w q²` of the nearest-level assignment
+/// for scale `scale`, in f32 (for comparing candidates).
+#[inline(always)]
+fn eval(x: &[f32], w: &[f32], grid: &Grid, scale: f32) -> (f32, f32, f32) {
+    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    let (mut e, mut sxq, mut sqq) = ([0f32; LN], [0f32; LN], [0f32; LN]);
+    let mut lane = |k: usize, xj: f32, wj: f32| {
+        let q = grid.level(inv * xj);
+        let d = xj - scale * q;
+        e[k] += wj * d * d;
+        let wq = wj * q;
+        sxq[k] += wq * xj;
+        sqq[k] += wq * q;
     };
-    for &e in events.iter() {
-        let j = ((e >> 1) & 0x7fff_ffff) as usize;
-        let up = e & 1 == 1;
-        let old = idx[j] as usize;
-        let new = if up { old + 1 } else { old - 1 };
-        idx[j] = new as u8;
-        let (ko, kn) = (grid.levels[old] as f64, grid.levels[new] as f64);
-        let wj = w[j] as f64;
-        s1 += wj * (sign * x[j]) as f64 * (kn - ko);
-        s2 += wj * (kn * kn - ko * ko);
-        if better((s1, s2), best) {
-            best = (s1, s2);
+    let (xc, wc) = (x.chunks_exact(LN), w.chunks_exact(LN));
+    let (xr, wr) = (xc.remainder(), wc.remainder());
+    for (xc, wc) in xc.zip(wc) {
+        for k in 0..LN {
+            lane(k, xc[k], wc[k]);
         }
     }
-    (best.1 > 0.0).then_some(best)
+    for (k, (&xj, &wj)) in xr.iter().zip(wr).enumerate() {
+        lane(k, xj, wj);
+    }
+    (e.iter().sum(), sxq.iter().sum(), sqq.iter().sum())
+}
+
+/// `(Σ w x q, Σ w q²)` of the nearest-level assignment at inverse scale
+/// `inv`, in f32.
+#[inline(always)]
+fn sums_at(x: &[f32], w: &[f32], grid: &Grid, inv: f32) -> (f32, f32) {
+    let (mut sxq, mut sqq) = ([0f32; LN], [0f32; LN]);
+    let mut lane = |k: usize, xj: f32, wj: f32| {
+        let q = grid.level(inv * xj);
+        let wq = wj * q;
+        sxq[k] += wq * xj;
+        sqq[k] += wq * q;
+    };
+    let (xc, wc) = (x.chunks_exact(LN), w.chunks_exact(LN));
+    let (xr, wr) = (xc.remainder(), wc.remainder());
+    for (xc, wc) in xc.zip(wc) {
+        for k in 0..LN {
+            lane(k, xc[k], wc[k]);
+        }
+    }
+    for (k, (&xj, &wj)) in xr.iter().zip(wr).enumerate() {
+        lane(k, xj, wj);
+    }
+    (sxq.iter().sum(), sqq.iter().sum())
 }
 
 /// Nearest-level assignment for scale `scale` (as stored), writing level
-/// indices to `q`; returns the weighted error of `scale * level`.
-#[inline]
+/// indices to `q`; returns the weighted error of `scale * level` (f64).
+#[inline(always)]
 pub fn assign(x: &[f32], w: &[f32], grid: &Grid, scale: f32, q: &mut [u8]) -> f64 {
     let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-    let mut e = 0.0f64;
-    for j in 0..x.len() {
-        let i = grid.nearest(inv * x[j]);
-        q[j] = i as u8;
-        let y = scale * grid.levels[i] as f32;
-        let d = x[j] as f64 - y as f64;
-        e += w[j] as f64 * d * d;
+    let mut e = [0f64; LN];
+    for (i, ((&xj, &wj), qj)) in x.iter().zip(w).zip(q.iter_mut()).enumerate() {
+        let v = inv * xj;
+        *qj = grid.nearest(v) as u8;
+        let y = scale * grid.level(v);
+        let d = xj as f64 - y as f64;
+        e[i % LN] += wj as f64 * d * d;
     }
-    e
-}
-
-/// Weighted least-squares scale for fixed level indices `q` (level values
-/// multiplied by `mult`).
-#[inline]
-fn refit(x: &[f32], w: &[f32], grid: &Grid, q: &[u8], mult: f64) -> Option<f64> {
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for j in 0..x.len() {
-        let k = grid.levels[q[j] as usize] as f64 * mult;
-        s1 += w[j] as f64 * x[j] as f64 * k;
-        s2 += w[j] as f64 * k * k;
-    }
-    (s2 > 0.0).then(|| s1 / s2)
+    e.iter().sum()
 }
 
 /// fp16 rounding of a scale; None when it is not finite.
@@ -218,43 +249,46 @@ pub struct Single {
 }
 
 /// Best fp16 scale and levels for a block of at most 32 weights with one
-/// scale (IQ4_NL, Q4_0): exact sweep, fp16 rounding (and its neighbours),
-/// nearest re-assignment and refits.
+/// scale (IQ4_NL, Q4_0): trial search, fp16 rounding, refits and the fp16
+/// neighbours of the best, then nearest assignment (exact f64 error).
+#[inline(always)]
 pub fn single(x: &[f32], w: &[f32], grid: &Grid) -> Option<Single> {
     let (d, _) = best_scale(x, w, grid)?;
-    let mut best: Option<Single> = None;
-    let mut q = [0u8; 32];
-    let n = x.len();
-    let try_d = |d: f64, best: &mut Option<Single>, q: &mut [u8; 32]| -> Option<f64> {
-        let (bits, v) = to_f16(d)?;
-        let e = assign(x, w, grid, v, &mut q[..n]);
-        if best.as_ref().is_none_or(|b| e < b.err) {
-            *best = Some(Single {
-                d_bits: bits,
-                q: *q,
-                err: e,
-            });
+    let mut best: Option<(u16, f32)> = None;
+    let try_bits = |bits: u16, best: &mut Option<(u16, f32)>| -> Option<f64> {
+        let v = f16_to_f32(bits);
+        if !v.is_finite() {
+            return None;
         }
-        refit(x, w, grid, &q[..n], 1.0)
+        let (e, sxq, sqq) = eval(x, w, grid, v);
+        if best.is_none_or(|b| e < b.1) {
+            *best = Some((bits, e));
+        }
+        (sqq > 0.0).then(|| sxq as f64 / sqq as f64)
     };
     let mut cur = d;
     for _ in 0..3 {
-        match try_d(cur, &mut best, &mut q) {
-            Some(r) if r != cur => cur = r,
+        let Some((bits, _)) = to_f16(cur) else { break };
+        match try_bits(bits, &mut best) {
+            Some(r) if f16_bits(r as f32) != bits => cur = r,
             _ => break,
         }
     }
-    // fp16 neighbours of the best scale.
-    if let Some(b) = best.as_ref() {
-        let bits = b.d_bits;
-        for nb in [bits.wrapping_add(1), bits.wrapping_sub(1)] {
-            let v = f16_to_f32(nb);
-            if v.is_finite() && (v > 0.0) == (f16_to_f32(bits) > 0.0) {
-                try_d(v as f64, &mut best, &mut q);
-            }
+    let (bits, _) = best?;
+    for nb in [bits.wrapping_add(1), bits.wrapping_sub(1)] {
+        let v = f16_to_f32(nb);
+        if v.is_finite() && (v > 0.0) == (f16_to_f32(bits) > 0.0) {
+            try_bits(nb, &mut best);
         }
     }
-    best
+    let (bits, _) = best?;
+    let mut q = [0u8; 32];
+    let err = assign(x, w, grid, f16_to_f32(bits), &mut q[..x.len()]);
+    Some(Single {
+        d_bits: bits,
+        q,
+        err,
+    })
 }
 
 /// Two-level layout: super-block scale `d` (fp16) times an integer sub-block
@@ -277,38 +311,59 @@ pub struct Double {
     pub err: f64,
 }
 
+/// Per-sub-block choice of `l` for one `d` (f32 errors).
+struct Pick {
+    d_bits: u16,
+    l: [i32; 16],
+    sxq: [f32; 16],
+    sqq: [f32; 16],
+    err: f64,
+}
+
 impl TwoLevel {
-    /// Assigns levels of every sub-block for fp16 scale `d`, choosing each
-    /// sub-block's `l` among the integers next to `t / d` by actual error.
-    fn assign_all(&self, x: &[f32], w: &[f32], d_bits: u16, t: &[f64], out: &mut Double) {
+    /// For fp16 scale `d`, chooses each sub-block's `l` among the integers
+    /// next to `t / d` by actual (f32) error of the nearest assignment.
+    #[inline(always)]
+    fn pick(&self, x: &[f32], w: &[f32], d_bits: u16, t: &[f64]) -> Pick {
         let d = f16_to_f32(d_bits);
-        out.d_bits = d_bits;
-        out.err = 0.0;
-        let mut qtmp = [0u8; 32];
+        let mut p = Pick {
+            d_bits,
+            l: [0; 16],
+            sxq: [0.0; 16],
+            sqq: [0.0; 16],
+            err: 0.0,
+        };
         for (ib, &tb) in t.iter().enumerate() {
             let r = ib * self.sub..(ib + 1) * self.sub;
-            let (xb, wb) = (&x[r.clone()], &w[r.clone()]);
+            let (xb, wb) = (&x[r.clone()], &w[r]);
             let c = if d != 0.0 {
                 (tb / d as f64).round() as i32
             } else {
                 0
             };
-            let mut best = f64::INFINITY;
-            for l in [c, c - 1, c + 1] {
+            let mut best = f32::INFINITY;
+            let mut tried = [i32::MIN; 3];
+            for (n, l) in [c, c - 1, c + 1].into_iter().enumerate() {
                 let l = l.clamp(self.lmin, self.lmax);
-                let dl = d * l as f32;
-                let e = assign(xb, wb, &self.grid, dl, &mut qtmp[..self.sub]);
+                if tried.contains(&l) {
+                    continue;
+                }
+                tried[n] = l;
+                let (e, sxq, sqq) = eval(xb, wb, &self.grid, d * l as f32);
                 if e < best {
                     best = e;
-                    out.l[ib] = l;
-                    out.q[r.clone()].copy_from_slice(&qtmp[..self.sub]);
+                    p.l[ib] = l;
+                    p.sxq[ib] = sxq;
+                    p.sqq[ib] = sqq;
                 }
             }
-            out.err += best;
+            p.err += best as f64;
         }
+        p
     }
 
     /// Search a super-block; None when no weight is non-zero.
+    #[inline(always)]
     pub fn search(&self, x: &[f32], w: &[f32]) -> Option<Double> {
         let nsub = x.len() / self.sub;
         let mut t = [0f64; 16];
@@ -356,28 +411,14 @@ impl TwoLevel {
             }
         }
         let (bits, _) = to_f16(best_d)?;
-        let mut best = Double {
-            d_bits: bits,
-            l: [0; 16],
-            q: [0; 256],
-            err: f64::INFINITY,
-        };
-        self.assign_all(x, w, bits, t, &mut best);
-        // Refit d given the integer l's and levels, then re-assign.
-        let mut cand = Double {
-            d_bits: 0,
-            l: [0; 16],
-            q: [0; 256],
-            err: 0.0,
-        };
+        let mut best = self.pick(x, w, bits, t);
+        // Refit d given the integer l's and levels, then re-pick.
         for _ in 0..2 {
             let (mut s1, mut s2) = (0.0f64, 0.0f64);
             for ib in 0..nsub {
-                for j in ib * self.sub..(ib + 1) * self.sub {
-                    let k = best.l[ib] as f64 * self.grid.levels[best.q[j] as usize] as f64;
-                    s1 += w[j] as f64 * x[j] as f64 * k;
-                    s2 += w[j] as f64 * k * k;
-                }
+                let l = best.l[ib] as f64;
+                s1 += l * best.sxq[ib] as f64;
+                s2 += l * l * best.sqq[ib] as f64;
             }
             if s2 <= 0.0 {
                 break;
@@ -388,13 +429,26 @@ impl TwoLevel {
             if b2 == best.d_bits {
                 break;
             }
-            self.assign_all(x, w, b2, t, &mut cand);
+            let cand = self.pick(x, w, b2, t);
             if cand.err < best.err {
-                std::mem::swap(&mut best, &mut cand);
+                best = cand;
             } else {
                 break;
             }
         }
-        Some(best)
+        // Levels and exact error of the choice.
+        let d = f16_to_f32(best.d_bits);
+        let mut out = Double {
+            d_bits: best.d_bits,
+            l: best.l,
+            q: [0; 256],
+            err: 0.0,
+        };
+        for ib in 0..nsub {
+            let r = ib * self.sub..(ib + 1) * self.sub;
+            let dl = d * best.l[ib] as f32;
+            out.err += assign(&x[r.clone()], &w[r.clone()], &self.grid, dl, &mut out.q[r]);
+        }
+        Some(out)
     }
 }
