@@ -25,6 +25,58 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write a random-weight HF checkpoint (default: Airavata's exact shape).
     Synth(SynthArgs),
+    /// Serve a model over HTTP (POST /generate, OpenAI routes, metrics).
+    Serve(ServeArgs),
+    /// Load generator for our /generate and any OpenAI-compatible server.
+    Bench(crate::bench::BenchArgs),
+    /// Fidelity of a quantized GGUF against a base GGUF (KL-divergence,
+    /// top-1 agreement, perplexity), scored like `llama-perplexity --kl-divergence`.
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A GGUF file, an HF checkpoint directory or a hub id [default: ai4bharat/Airavata].
+    /// Checkpoints are converted once into the cache (AIRAVATA_CACHE, else ~/.cache/airavata).
+    pub model: Option<String>,
+    /// Hub revision when MODEL is a hub id.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// Scheme used when MODEL must be converted.
+    #[arg(long, default_value = "nf4")]
+    pub scheme: Scheme,
+    #[command(flatten)]
+    pub opts: crate::server::ServeOptions,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Reference model (e.g. the F16 or F32 GGUF).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Model under test (e.g. the 4-bit GGUF).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// UTF-8 text to score (e.g. wiki.test.raw).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Chunk length in tokens.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: u32,
+    /// Score at most this many chunks.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Layers to offload to a GPU backend.
+    #[arg(long, default_value_t = 0)]
+    pub gpu_layers: u32,
+    /// Store base log-probabilities in 16 bits as llama-perplexity does.
+    #[arg(long)]
+    pub u16_base: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -294,11 +346,167 @@ pub fn run_synth(a: SynthArgs) -> Result<()> {
     Ok(())
 }
 
+pub fn run_serve(a: ServeArgs) -> Result<()> {
+    let gguf = resolve_model(a.model.as_deref(), &a.revision, a.scheme, true)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down: draining in-flight requests");
+        };
+        crate::server::serve(a.opts, gguf, shutdown).await
+    })?;
+    Ok(())
+}
+
+pub fn run_eval(a: EvalArgs) -> Result<()> {
+    let mut backend = llama_cpp_2::llama_backend::LlamaBackend::init()?;
+    backend.void_logs();
+    let mut o = crate::eval::EvalOptions::new(a.base, a.model, a.text);
+    o.n_ctx = a.ctx;
+    o.n_chunks = a.chunks;
+    o.threads = a.threads;
+    o.n_gpu_layers = a.gpu_layers;
+    if a.u16_base {
+        o.base_logprobs = crate::eval::BaseLogProbs::U16;
+    }
+    let report = crate::eval::evaluate(&backend, &o)?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Command::Convert(a) => run_convert(a),
         Command::Inspect(a) => run_inspect(a),
         Command::Synth(a) => run_synth(a),
+        Command::Eval(a) => run_eval(a),
+        Command::Serve(a) => run_serve(a),
+        Command::Bench(a) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(crate::bench::cli_main(a))?;
+            Ok(())
+        }
     }
+}
+
+/// Where converted models are cached: `$AIRAVATA_CACHE`, else
+/// `$XDG_CACHE_HOME/airavata`, else `~/.cache/airavata`.
+pub fn cache_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("AIRAVATA_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(p).join("airavata");
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache").join("airavata"))
+        .unwrap_or_else(|| PathBuf::from(".airavata-cache"))
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Newest modification time of the files in `dir`.
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+        .max()
+}
+
+/// Resolve `serve`'s MODEL argument to a GGUF file: a `.gguf` path is used as
+/// it is; a checkpoint directory or a hub id (default `ai4bharat/Airavata`) is
+/// converted once with `scheme` into the cache, keyed by repo (or directory),
+/// revision and scheme, and reused by later starts.
+pub fn resolve_model(
+    model: Option<&str>,
+    revision: &str,
+    scheme: Scheme,
+    progress: bool,
+) -> Result<PathBuf> {
+    let model = model.unwrap_or("ai4bharat/Airavata");
+    let p = Path::new(model);
+    if p.is_file() {
+        return Ok(p.to_path_buf());
+    }
+    let (dir, cached) = if p.is_dir() {
+        let canon = p
+            .canonicalize()
+            .with_context(|| format!("resolving {model}"))?;
+        let key = sanitize(&canon.to_string_lossy());
+        (
+            canon,
+            cache_root()
+                .join("local")
+                .join(key)
+                .join(format!("{scheme}.gguf")),
+        )
+    } else if hub::looks_like_repo_id(model) {
+        let cached = cache_root()
+            .join("hub")
+            .join(sanitize(model))
+            .join(sanitize(revision))
+            .join(format!("{scheme}.gguf"));
+        if cached.is_file() {
+            eprintln!("using cached {}", cached.display());
+            return Ok(cached);
+        }
+        (resolve_checkpoint(model, revision, progress)?, cached)
+    } else {
+        bail!("{model}: not a GGUF file, a checkpoint directory or a hub id (owner/name)");
+    };
+    let fresh = match (
+        std::fs::metadata(&cached).and_then(|m| m.modified()).ok(),
+        newest_mtime(&dir),
+    ) {
+        (Some(c), Some(d)) => c >= d,
+        _ => false,
+    };
+    if fresh {
+        eprintln!("using cached {}", cached.display());
+        return Ok(cached);
+    }
+    if let Some(parent) = cached.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    eprintln!(
+        "converting {} → {} (scheme {scheme}, once)",
+        dir.display(),
+        cached.display()
+    );
+    let opts = convert::ConvertOptions {
+        input: dir,
+        output: cached.clone(),
+        policy: TypePolicy {
+            scheme,
+            ..Default::default()
+        },
+        quantizer: QuantMode::Search,
+        imatrix: None,
+        overwrite: true,
+        progress,
+    };
+    let cancel = cancel_flag();
+    if progress {
+        convert::convert(&opts, &convert::Bar::default(), &cancel)?;
+    } else {
+        convert::convert(&opts, &convert::Silent, &cancel)?;
+    }
+    Ok(cached)
 }

@@ -1,1 +1,439 @@
-//! (in progress)
+//! `airavata bench`: a closed-loop HTTP load generator for our server and any
+//! OpenAI-compatible one (llama.cpp's `llama-server`, vLLM, ...).
+//!
+//! * [`run`] executes one benchmark ([`BenchArgs`]) and returns a [`BenchReport`].
+//! * [`cli_main`] is the whole subcommand: run (or load `--compare` reports),
+//!   print the markdown table, write `--json` / `--markdown` / `--svg`.
+//! * [`render_comparison`] / [`render_svg`] turn any number of reports into one
+//!   table / plot, one line per run.
+//!
+//! Measurements (sweep scenario, always streamed): TTFT is the time from
+//! sending the request to the first event carrying non-empty text; ITL the
+//! gaps between consecutive text events (a chunk may carry more than one
+//! token, and events that arrive in the same network read share one
+//! timestamp, so a gap can be ~0); e2e send to end of stream. Output tokens
+//! come from `usage` when the server sends it, otherwise from the number of
+//! text events. Connections are direct (system proxies are ignored).
+
+mod args;
+mod client;
+mod report;
+mod stats;
+mod svg;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub use args::{synth_prompt, Api, BenchArgs, Scenario, OLD_APP_MAX_NEW_TOKENS, OLD_APP_PROMPT};
+pub use client::{
+    interpret, send, Outcome, Parsed, RequestError, RequestSpec, SseEvent, SseParser,
+};
+pub use report::{load_reports, render_comparison, render_markdown, to_json, write_outputs};
+pub use stats::{percentile, Summary};
+pub use svg::render_svg;
+
+/// Errors that stop a benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Nothing listens at the URL (connection refused, DNS failure, ...).
+    #[error("cannot reach the server at {url}: {reason} (is it running? check --url)")]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// The transport's message.
+        reason: String,
+    },
+    /// `--url` is not an http(s) URL.
+    #[error("invalid --url {url:?}: {reason}")]
+    InvalidUrl {
+        /// As given.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Inconsistent or out-of-range arguments.
+    #[error("invalid arguments: {0}")]
+    InvalidArgs(String),
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(String),
+    /// Reading or writing a report file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `--compare` file is not a report.
+    #[error("{path}: not a bench report: {source}")]
+    BadReport {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Serialising the report.
+    #[error("serialising the report: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// Results of one concurrency level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelReport {
+    /// Requests in flight (closed loop).
+    pub concurrency: usize,
+    /// Requests sent.
+    pub requests: usize,
+    /// Requests that completed successfully.
+    pub ok: usize,
+    /// Failed requests.
+    pub errors: usize,
+    /// Failures by kind (`http 503`, `timeout`, `connect`, `error event`, `protocol`).
+    pub error_kinds: BTreeMap<String, usize>,
+    /// The first few failure messages.
+    pub error_samples: Vec<String>,
+    /// Wall time from the first send to the last completion, seconds.
+    pub duration_s: f64,
+    /// Successful requests per second.
+    pub requests_per_s: f64,
+    /// Output tokens of successful requests (`None` when unknown: a
+    /// non-streamed answer without `usage`).
+    pub output_tokens: Option<u64>,
+    /// Aggregate output tokens per second over the level.
+    pub output_tokens_per_s: Option<f64>,
+    /// Mean `usage.prompt_tokens`, when reported.
+    pub mean_prompt_tokens: Option<f64>,
+    /// Time to first token, ms (streaming only).
+    pub ttft_ms: Option<Summary>,
+    /// Inter-token latency (gaps between text events, pooled over requests), ms.
+    pub itl_ms: Option<Summary>,
+    /// Time per output token after the first, per request: (e2e - TTFT) / (tokens - 1), ms.
+    pub tpot_ms: Option<Summary>,
+    /// End-to-end latency, ms.
+    pub e2e_ms: Option<Summary>,
+    /// Per-request output tokens / e2e seconds.
+    pub per_stream_tokens_per_s: Option<Summary>,
+}
+
+/// A benchmark run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Name in tables and plots.
+    pub label: String,
+    /// Scenario run.
+    pub scenario: Scenario,
+    /// API driven (`generate` for old-app).
+    pub api: Api,
+    /// Base URL.
+    pub url: String,
+    /// `model` sent, if any.
+    pub model: Option<String>,
+    /// Whether requests were streamed.
+    pub stream: bool,
+    /// Prompt length in characters.
+    pub prompt_chars: usize,
+    /// `--prompt-tokens` asked for, if any.
+    pub prompt_tokens_requested: Option<usize>,
+    /// Tokens asked for per request.
+    pub max_tokens: u32,
+    /// Warm-up requests sent before measuring.
+    pub warmup: usize,
+    /// Start time, seconds since the Unix epoch.
+    pub started_unix_s: u64,
+    /// `airavata` version that produced it.
+    pub tool_version: String,
+    /// One entry per concurrency level, in the order run.
+    pub levels: Vec<LevelReport>,
+}
+
+/// Runs the subcommand: benchmark (or load `--compare` reports), print the
+/// markdown table to stdout and write the requested files.
+pub async fn cli_main(args: BenchArgs) -> Result<Vec<BenchReport>, BenchError> {
+    let reports = if args.compare.is_empty() {
+        vec![run(args.clone()).await?]
+    } else {
+        let mut all = Vec::new();
+        for p in &args.compare {
+            all.extend(load_reports(p)?);
+        }
+        all
+    };
+    let md = render_comparison(&reports);
+    println!("{md}");
+    write_outputs(&reports, &args)?;
+    Ok(reports)
+}
+
+/// Runs one benchmark as `args` describe (ignores the output and `--compare`
+/// options).
+pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
+    let base = validate(&args)?;
+    let old_app = args.scenario == Scenario::OldApp;
+    let api = if old_app { Api::Generate } else { args.api };
+    let levels: Vec<usize> = if old_app {
+        vec![1]
+    } else {
+        args.concurrency.clone()
+    };
+    let max_c = levels.iter().copied().max().unwrap_or(1);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs_f64(args.timeout_s))
+        .connect_timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(max_c)
+        .tcp_nodelay(true)
+        // Direct connections: a proxy would distort every timing.
+        .no_proxy()
+        .build()
+        .map_err(|e| BenchError::Client(e.to_string()))?;
+    let prompt = args.prompt_text();
+    let spec = RequestSpec {
+        api,
+        url: format!("{base}{}", api.path()),
+        prompt: prompt.clone(),
+        max_tokens: args.max_tokens(),
+        temperature: args.temperature,
+        model: args.model.clone(),
+        api_key: args.api_key.clone(),
+        raw: args.raw,
+        stream: !old_app,
+        old_app,
+    };
+    let started_unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let tag = Arc::new(AtomicUsize::new(0));
+    let unique = args.unique_prompts.then_some(started_unix_s);
+
+    for i in 0..args.warmup {
+        let s = with_tag(&spec, unique, &tag);
+        match send(&client, &s).await {
+            Ok(_) => {}
+            Err(RequestError::Connect(reason)) => {
+                return Err(BenchError::Unreachable {
+                    url: spec.url.clone(),
+                    reason,
+                })
+            }
+            Err(e) => tracing::warn!("warm-up request {} failed: {e}", i + 1),
+        }
+    }
+
+    let mut out = Vec::with_capacity(levels.len());
+    for &c in &levels {
+        let n = args.requests_for(c);
+        tracing::info!("bench: concurrency {c}, {n} requests");
+        let level = run_level(&client, &spec, c, n, unique, &tag).await?;
+        tracing::info!(
+            "bench: c={c} ok={} errors={} {:.2} req/s",
+            level.ok,
+            level.errors,
+            level.requests_per_s
+        );
+        out.push(level);
+    }
+    Ok(BenchReport {
+        label: args.label(),
+        scenario: args.scenario,
+        api,
+        url: base,
+        model: args.model.clone(),
+        stream: spec.stream,
+        prompt_chars: prompt.chars().count(),
+        prompt_tokens_requested: if args.prompt.is_some() {
+            None
+        } else {
+            args.prompt_tokens
+        },
+        max_tokens: spec.max_tokens,
+        warmup: args.warmup,
+        started_unix_s,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        levels: out,
+    })
+}
+
+/// Checks the arguments; returns the base URL without a trailing `/`.
+fn validate(args: &BenchArgs) -> Result<String, BenchError> {
+    let bad_url = |reason: &str| BenchError::InvalidUrl {
+        url: args.url.clone(),
+        reason: reason.to_string(),
+    };
+    let url = reqwest::Url::parse(&args.url).map_err(|e| bad_url(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad_url("the scheme must be http or https"));
+    }
+    if args.scenario == Scenario::Sweep {
+        if args.concurrency.is_empty() {
+            return Err(BenchError::InvalidArgs("--concurrency is empty".into()));
+        }
+        if args.concurrency.contains(&0) {
+            return Err(BenchError::InvalidArgs(
+                "--concurrency levels must be at least 1".into(),
+            ));
+        }
+    }
+    if args.requests == Some(0) {
+        return Err(BenchError::InvalidArgs(
+            "--requests must be at least 1".into(),
+        ));
+    }
+    if args.max_tokens == Some(0) {
+        return Err(BenchError::InvalidArgs(
+            "--max-tokens must be at least 1".into(),
+        ));
+    }
+    if !(args.timeout_s.is_finite() && args.timeout_s > 0.0) {
+        return Err(BenchError::InvalidArgs(
+            "--timeout-s must be a positive number".into(),
+        ));
+    }
+    if !args.temperature.is_finite() || args.temperature < 0.0 {
+        return Err(BenchError::InvalidArgs("--temperature must be >= 0".into()));
+    }
+    Ok(args.url.trim_end_matches('/').to_string())
+}
+
+fn with_tag(spec: &RequestSpec, unique: Option<u64>, tag: &AtomicUsize) -> RequestSpec {
+    let mut s = spec.clone();
+    if let Some(run) = unique {
+        let i = tag.fetch_add(1, Ordering::Relaxed);
+        s.prompt = format!("[{run}-{i}] {}", spec.prompt);
+    }
+    s
+}
+
+/// Runs `n` requests with `c` in flight and summarises them.
+async fn run_level(
+    client: &reqwest::Client,
+    spec: &RequestSpec,
+    c: usize,
+    n: usize,
+    unique: Option<u64>,
+    tag: &Arc<AtomicUsize>,
+) -> Result<LevelReport, BenchError> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::with_capacity(c.min(n));
+    for _ in 0..c.min(n) {
+        let (client, spec, next, tag) = (client.clone(), spec.clone(), next.clone(), tag.clone());
+        workers.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let s = with_tag(&spec, unique, &tag);
+                results.push(send(&client, &s).await);
+            }
+            (results, Instant::now())
+        }));
+    }
+    let mut results = Vec::with_capacity(n);
+    let mut end = start;
+    for w in workers {
+        match w.await {
+            Ok((r, t)) => {
+                results.extend(r);
+                end = end.max(t);
+            }
+            Err(e) => results.push(Err(RequestError::Protocol(format!("worker failed: {e}")))),
+        }
+    }
+    let duration = end.duration_since(start);
+    let level = summarise(c, &results, duration);
+    if level.ok == 0 {
+        if let Some(Err(RequestError::Connect(reason))) = results
+            .iter()
+            .find(|r| matches!(r, Err(RequestError::Connect(_))))
+        {
+            return Err(BenchError::Unreachable {
+                url: spec.url.clone(),
+                reason: reason.clone(),
+            });
+        }
+    }
+    Ok(level)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Builds a level's report from its request results and wall time.
+pub fn summarise(
+    concurrency: usize,
+    results: &[Result<Outcome, RequestError>],
+    duration: Duration,
+) -> LevelReport {
+    let mut error_kinds = BTreeMap::new();
+    let mut error_samples = Vec::new();
+    let (mut ttft, mut itl, mut tpot, mut e2e, mut per_stream) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut tokens: Option<u64> = None;
+    let mut prompt_tokens = Vec::new();
+    let mut ok = 0;
+    for r in results {
+        let o = match r {
+            Ok(o) => o,
+            Err(e) => {
+                let kind = match e {
+                    RequestError::Connect(_) => "connect".to_string(),
+                    RequestError::Status { status, .. } => format!("http {status}"),
+                    RequestError::Timeout => "timeout".to_string(),
+                    RequestError::ErrorEvent(_) => "error event".to_string(),
+                    RequestError::Protocol(_) => "protocol".to_string(),
+                };
+                *error_kinds.entry(kind).or_insert(0) += 1;
+                if error_samples.len() < 3 {
+                    error_samples.push(e.to_string());
+                }
+                continue;
+            }
+        };
+        ok += 1;
+        e2e.push(ms(o.e2e));
+        if let Some(t) = o.ttft {
+            ttft.push(ms(t));
+        }
+        itl.extend(o.itl.iter().map(|d| ms(*d)));
+        if let Some(p) = o.usage_prompt_tokens {
+            prompt_tokens.push(p as f64);
+        }
+        if let Some(n) = o.output_tokens() {
+            tokens = Some(tokens.unwrap_or(0) + n);
+            let secs = o.e2e.as_secs_f64();
+            if secs > 0.0 {
+                per_stream.push(n as f64 / secs);
+            }
+            if let (Some(t), true) = (o.ttft, n > 1) {
+                tpot.push(ms(o.e2e.saturating_sub(t)) / (n - 1) as f64);
+            }
+        }
+    }
+    let secs = duration.as_secs_f64();
+    let rate = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
+    LevelReport {
+        concurrency,
+        requests: results.len(),
+        ok,
+        errors: results.len() - ok,
+        error_kinds,
+        error_samples,
+        duration_s: secs,
+        requests_per_s: rate(ok as f64),
+        output_tokens: tokens,
+        output_tokens_per_s: tokens.map(|t| rate(t as f64)),
+        mean_prompt_tokens: Summary::of(&prompt_tokens).map(|s| s.mean),
+        ttft_ms: Summary::of(&ttft),
+        itl_ms: Summary::of(&itl),
+        tpot_ms: Summary::of(&tpot),
+        e2e_ms: Summary::of(&e2e),
+        per_stream_tokens_per_s: Summary::of(&per_stream),
+    }
+}

@@ -79,7 +79,7 @@ pub struct ConvertOptions {
     pub policy: TypePolicy,
     pub quantizer: QuantMode,
     /// Per-tensor importance weights (GGUF tensor name → one weight per column).
-    pub imatrix: Option<BTreeMap<String, Vec<f32>>>,
+    pub imatrix: Option<crate::quant::Imatrix>,
     pub overwrite: bool,
     pub progress: bool,
 }
@@ -145,6 +145,8 @@ pub struct Prepared {
     pub checkpoint: Checkpoint,
     pub plan: Vec<(PlannedTensor, GgmlType)>,
     pub vocab: Vocab,
+    /// Weights stored as bitsandbytes NF4 (dequantized on the way in).
+    pub bnb_weights: std::collections::BTreeSet<String>,
 }
 
 /// Open `dir`, validate tensors against config.json, choose types.
@@ -153,6 +155,12 @@ pub fn prepare(dir: &Path, policy: &TypePolicy) -> Result<Prepared, ConvertError
     let checkpoint = Checkpoint::open(dir)?;
     let has_lm_head = checkpoint.get("lm_head.weight").is_some();
     let planned = plan::plan(&config, has_lm_head);
+    let names: Vec<&str> = checkpoint.names().collect();
+    let bnb_weights: std::collections::BTreeSet<String> = if crate::bnb::detect(&names) {
+        crate::bnb::quantized_weights(&names).into_iter().collect()
+    } else {
+        Default::default()
+    };
     for t in &planned {
         let Some((file, entry)) = checkpoint.get(&t.hf_name) else {
             return Err(ConvertError::MissingTensor {
@@ -160,6 +168,10 @@ pub fn prepare(dir: &Path, policy: &TypePolicy) -> Result<Prepared, ConvertError
                 tensor: t.hf_name.clone(),
             });
         };
+        if bnb_weights.contains(&t.hf_name) {
+            // Packed NF4: the shape is checked after dequantization.
+            continue;
+        }
         if entry.shape != t.shape {
             return Err(ConvertError::Shape {
                 file: file.path.clone(),
@@ -180,7 +192,8 @@ pub fn prepare(dir: &Path, policy: &TypePolicy) -> Result<Prepared, ConvertError
         }
     }
     for name in checkpoint.names() {
-        if !plan::is_ignored(name) && !planned.iter().any(|t| t.hf_name == name) {
+        let companion = !bnb_weights.is_empty() && crate::bnb::is_companion(name);
+        if !plan::is_ignored(name) && !companion && !planned.iter().any(|t| t.hf_name == name) {
             let (file, _) = checkpoint
                 .get(name)
                 .ok_or_else(|| ConvertError::MissingTensor {
@@ -206,6 +219,7 @@ pub fn prepare(dir: &Path, policy: &TypePolicy) -> Result<Prepared, ConvertError
         checkpoint,
         plan,
         vocab,
+        bnb_weights,
     })
 }
 
@@ -286,16 +300,19 @@ pub fn convert(
             .as_ref()
             .and_then(|m| m.get(&t.gguf_name))
             .filter(|v| v.len() == t.row_len());
-        write_tensor(
-            &p.checkpoint,
-            t,
-            *ty,
-            opts.quantizer,
-            im.map(|v| v.as_slice()),
-            &mut w,
-            progress,
-            cancel,
-        )?;
+        if opts.imatrix.is_some() && im.is_none() && *ty != GgmlType::F32 {
+            tracing::debug!("no importance data for {}", t.gguf_name);
+        }
+        let job = TensorJob {
+            ty: *ty,
+            mode: opts.quantizer,
+            imatrix: im,
+        };
+        if p.bnb_weights.contains(&t.hf_name) {
+            write_bnb_tensor(&p.checkpoint, t, &job, &mut w, progress)?;
+        } else {
+            write_tensor(&p.checkpoint, t, &job, &mut w, progress, cancel)?;
+        }
     }
     let out = w.finish()?;
     progress.finish();
@@ -310,17 +327,84 @@ pub fn convert(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How one tensor is encoded.
+struct TensorJob<'a> {
+    ty: GgmlType,
+    mode: QuantMode,
+    imatrix: Option<&'a [f32]>,
+}
+
+/// A bitsandbytes NF4 weight: dequantize exactly as bitsandbytes does, then
+/// check, permute and quantize like any other tensor.
+fn write_bnb_tensor(
+    ck: &Checkpoint,
+    t: &PlannedTensor,
+    job: &TensorJob,
+    w: &mut GgufWriter,
+    progress: &dyn Progress,
+) -> Result<(), ConvertError> {
+    let file = ck
+        .get(&t.hf_name)
+        .map(|(f, _)| f.path.clone())
+        .unwrap_or_else(|| ck.dir.clone());
+    let terr = |msg: String| ConvertError::Tensor {
+        file: file.clone(),
+        tensor: t.hf_name.clone(),
+        msg,
+    };
+    let mut map_err = None;
+    let deq = crate::bnb::dequantize_with(&t.hf_name, |name| {
+        let (f, e) = ck.get(name)?;
+        match f.map(e) {
+            Ok(m) => Some(crate::bnb::TensorData {
+                dtype: e.dtype.name().to_string(),
+                shape: e.shape.clone(),
+                data: m.bytes().to_vec(),
+            }),
+            Err(err) => {
+                map_err = Some(err);
+                None
+            }
+        }
+    });
+    if let Some(e) = map_err {
+        return Err(e.into());
+    }
+    let deq = deq.map_err(|e| terr(e.to_string()))?;
+    if deq.shape != t.shape {
+        return Err(ConvertError::Shape {
+            file,
+            tensor: t.hf_name.clone(),
+            got: deq.shape,
+            expected: t.shape.clone(),
+        });
+    }
+    let mut f = deq.data;
+    if let Some(i) = f.iter().position(|v| !v.is_finite()) {
+        return Err(ConvertError::NonFinite {
+            file,
+            tensor: t.hf_name.clone(),
+            index: i,
+            value: f[i],
+        });
+    }
+    plan::apply_permute(t.permute, &mut f, t.row_len(), t.n_rows());
+    let q = quant::quantize(job.ty, &f, t.row_len(), job.imatrix, job.mode)
+        .map_err(|e| terr(e.to_string()))?;
+    w.write_data(&t.gguf_name, &q)?;
+    progress.advance(f.len() as u64);
+    Ok(())
+}
+
 fn write_tensor(
     ck: &Checkpoint,
     t: &PlannedTensor,
-    ty: GgmlType,
-    mode: QuantMode,
-    imatrix: Option<&[f32]>,
+    job: &TensorJob,
     w: &mut GgufWriter,
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<(), ConvertError> {
+    let (ty, mode, imatrix) = (job.ty, job.mode, job.imatrix);
     let (file, entry) = ck
         .get(&t.hf_name)
         .ok_or_else(|| ConvertError::MissingTensor {
@@ -378,10 +462,10 @@ fn write_tensor(
     Ok(())
 }
 
-/// Read a llama-imatrix file into GGUF tensor name → per-column weights.
-pub fn load_imatrix(path: &Path) -> Result<BTreeMap<String, Vec<f32>>, ConvertError> {
-    Err(ConvertError::Config {
+/// Read a llama-imatrix file (GGUF or legacy .dat).
+pub fn load_imatrix(path: &Path) -> Result<crate::quant::Imatrix, ConvertError> {
+    crate::quant::Imatrix::load(path).map_err(|e| ConvertError::Config {
         path: path.to_path_buf(),
-        msg: "imatrix support is not built yet".into(),
+        msg: e.to_string(),
     })
 }

@@ -27,6 +27,8 @@ pub struct SamplingParams {
     pub penalty_last_n: i32,
     /// RNG seed; `None` picks a random one.
     pub seed: Option<u32>,
+    /// Keep generating past end-of-generation tokens (fixed-length benchmarks).
+    pub ignore_eos: bool,
 }
 
 impl SamplingParams {
@@ -51,6 +53,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             penalty_last_n: 64,
             seed: None,
+            ignore_eos: false,
         }
     }
 }

@@ -709,7 +709,7 @@ impl Loop<'_> {
         a.last_token = Some(now);
         a.n_generated += 1;
 
-        let next = if vocab.is_eog(token) {
+        let next = if vocab.is_eog(token) && !a.job.sampling.ignore_eos {
             Next::Finish(FinishReason::Eos)
         } else {
             let lstrip = if a.n_generated == 1 && a.job.strip_leading_space {

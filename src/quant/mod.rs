@@ -3,9 +3,19 @@
 //! `quantize` turns f32 rows into the bytes of a ggml tensor type; `dequantize`
 //! turns them back. Rows are processed in parallel.
 
+mod codebook;
+pub mod imatrix;
+mod iq4;
+mod q4_0;
+mod q4_k;
+mod q6_k;
+mod rounding;
+mod scale_fit;
+mod search;
 mod simple;
 
 use crate::gguf::GgmlType;
+pub use imatrix::Imatrix;
 use rayon::prelude::*;
 
 /// How blocks are chosen.
@@ -34,6 +44,14 @@ pub enum QuantError {
     Shape { len: usize, n_per_row: usize },
     #[error("importance matrix has {got} values, expected {expected} (one per column)")]
     Imatrix { got: usize, expected: usize },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad imatrix file {path}: {msg}")]
+    ImatrixFile { path: String, msg: String },
     #[error("byte length {got} does not match {expected} for {ty}")]
     Bytes {
         ty: GgmlType,
@@ -80,12 +98,24 @@ pub fn quantize(
 
 type RowFn = fn(&[f32], &mut [u8], Option<&[f32]>);
 
-fn row_quantizer(ty: GgmlType, _mode: QuantMode) -> Result<RowFn, QuantError> {
+fn row_quantizer(ty: GgmlType, mode: QuantMode) -> Result<RowFn, QuantError> {
+    let search = mode == QuantMode::Search;
     Ok(match ty {
         GgmlType::F32 => simple::row_f32,
         GgmlType::F16 => simple::row_f16,
         GgmlType::Bf16 => simple::row_bf16,
+        GgmlType::Q8_0 if search => simple::row_q8_0_search,
         GgmlType::Q8_0 => simple::row_q8_0,
+        GgmlType::Q4_0 if search => q4_0::quantize_row_search,
+        GgmlType::Q4_0 => q4_0::quantize_row_ref,
+        GgmlType::Q4K if search => q4_k::quantize_row_search,
+        GgmlType::Q4K => q4_k::quantize_row_ref,
+        GgmlType::Q6K if search => q6_k::quantize_row_search,
+        GgmlType::Q6K => q6_k::quantize_row_ref,
+        GgmlType::Iq4Nl if search => iq4::nl_quantize_row_search,
+        GgmlType::Iq4Nl => iq4::nl_quantize_row_ref,
+        GgmlType::Iq4Xs if search => iq4::xs_quantize_row_search,
+        GgmlType::Iq4Xs => iq4::xs_quantize_row_ref,
         other => return Err(QuantError::Unsupported(other)),
     })
 }
@@ -111,6 +141,11 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>, Quant
         GgmlType::F16 => simple::deq_f16,
         GgmlType::Bf16 => simple::deq_bf16,
         GgmlType::Q8_0 => simple::deq_q8_0,
+        GgmlType::Q4_0 => q4_0::dequantize,
+        GgmlType::Q4K => q4_k::dequantize,
+        GgmlType::Q6K => q6_k::dequantize,
+        GgmlType::Iq4Nl => iq4::nl_dequantize,
+        GgmlType::Iq4Xs => iq4::xs_dequantize,
         other => return Err(QuantError::Unsupported(other)),
     };
     // Parallel over chunks of whole blocks.

@@ -68,3 +68,48 @@ pub fn deq_q8_0(src: &[u8], dst: &mut [f32]) {
         }
     }
 }
+
+/// Search row quantizer for Q8_0: ggml's block plus weighted least-squares
+/// refits of `d` (levels re-derived each time); keeps the lowest error.
+pub fn row_q8_0_search(src: &[f32], dst: &mut [u8], im: Option<&[f32]>) {
+    row_q8_0(src, dst, im);
+    let w = super::search::row_weights(src, im);
+    let mut y = [0f32; 32];
+    let mut cand = [0u8; 34];
+    for ((x, b), wb) in src
+        .chunks_exact(32)
+        .zip(dst.chunks_exact_mut(34))
+        .zip(w.chunks_exact(32))
+    {
+        deq_q8_0(b, &mut y);
+        let mut best = super::search::sq_err(x, wb, &y);
+        for _ in 0..2 {
+            let (mut s1, mut s2) = (0.0f64, 0.0f64);
+            for j in 0..32 {
+                let q = b[2 + j] as i8 as f64;
+                s1 += wb[j] as f64 * x[j] as f64 * q;
+                s2 += wb[j] as f64 * q * q;
+            }
+            if s2.is_nan() || s2 <= 0.0 {
+                break;
+            }
+            let d = f16::from_f32((s1 / s2) as f32);
+            let dv = d.to_f32();
+            if !dv.is_finite() || dv == 0.0 {
+                break;
+            }
+            cand[..2].copy_from_slice(&d.to_le_bytes());
+            for j in 0..32 {
+                cand[2 + j] = (x[j] / dv).round().clamp(-128.0, 127.0) as i8 as u8;
+            }
+            deq_q8_0(&cand, &mut y);
+            let e = super::search::sq_err(x, wb, &y);
+            if e < best {
+                best = e;
+                b.copy_from_slice(&cand);
+            } else {
+                break;
+            }
+        }
+    }
+}

@@ -58,6 +58,9 @@ pub struct CommonFields {
     pub min_p: Option<f32>,
     /// Extension (default 1.0).
     pub repetition_penalty: Option<f32>,
+    /// Generate past end-of-generation tokens (for fixed-length benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
     /// -2..2.
     pub frequency_penalty: Option<f32>,
     /// -2..2.
@@ -171,6 +174,7 @@ fn build(
         frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
         presence_penalty: c.presence_penalty.unwrap_or(0.0),
         seed: c.seed,
+        ignore_eos: c.ignore_eos,
         ..SamplingParams::default()
     };
     let include_usage = c.stream_options.map(|o| o.include_usage).unwrap_or(false);

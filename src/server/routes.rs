@@ -52,6 +52,9 @@ pub struct GenerateBody {
     pub min_p: Option<f32>,
     /// Repetition penalty (default 1 = off).
     pub repetition_penalty: Option<f32>,
+    /// Generate past end-of-generation tokens (for fixed-length benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
     /// RNG seed.
     pub seed: Option<u32>,
     /// Stop strings.
@@ -77,6 +80,7 @@ impl GenerateBody {
             min_p: self.min_p.unwrap_or(0.0),
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
             seed: self.seed,
+            ignore_eos: self.ignore_eos,
             ..SamplingParams::default()
         };
         let prompt = if self.raw {

@@ -1,0 +1,295 @@
+//! Q4_K: super-blocks of 256 weights, 144 bytes each.
+//!
+//! Layout per super-block: `d: f16`, `dmin: f16`, `scales[12]` (eight 6-bit
+//! sub-block scales and eight 6-bit mins, packed as in `get_scale_min_k4`),
+//! then `qs[128]`. The 256 weights form 8 sub-blocks of 32; sub-block pairs
+//! `(2p, 2p+1)` share the 32 bytes `qs[32p..32p+32]`, the first in the low
+//! nibbles, the second in the high nibbles. Weight value:
+//! `d * sc[j] * q - dmin * m[j]`.
+
+use super::rounding::{nearest_int, read_f16, write_f16};
+use super::scale_fit::{make_qkx_quants, make_qp_quants, Qkx, Sweep};
+use super::search::{row_weights, sq_err};
+
+pub const QK: usize = 256;
+pub const BLOCK_BYTES: usize = 144;
+
+/// `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`.
+#[inline]
+pub fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Packs 6-bit scales `ls` and mins `lm` into the 12 scale bytes.
+pub fn pack_scales(ls: &[u8; 8], lm: &[u8; 8], s: &mut [u8]) {
+    s[..12].iter_mut().for_each(|v| *v = 0);
+    for j in 0..8 {
+        if j < 4 {
+            s[j] = ls[j];
+            s[j + 4] = lm[j];
+        } else {
+            s[j + 4] = (ls[j] & 0xf) | ((lm[j] & 0xf) << 4);
+            s[j - 4] |= (ls[j] >> 4) << 6;
+            s[j] |= (lm[j] >> 4) << 6;
+        }
+    }
+}
+
+/// Final step shared by both ggml paths: with `d`, `dmin` and the scales
+/// already written to `b`, re-derive the levels (sub-blocks whose scale is
+/// zero keep the levels in `l`) and pack them.
+fn finish(x: &[f32], b: &mut [u8], l: &mut [u8; QK]) {
+    let d_all = read_f16(&b[0..2]);
+    let m_all = read_f16(&b[2..4]);
+    for j in 0..8 {
+        let (sc, m) = scale_min(j, &b[4..16]);
+        let d = d_all * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = m_all * m as f32;
+        for ii in 0..32 {
+            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, 15) as u8;
+        }
+    }
+    pack_levels(l, &mut b[16..]);
+}
+
+/// Packs 256 levels (`0..=15`) into `qs[128]`.
+pub fn pack_levels(l: &[u8; QK], qs: &mut [u8]) {
+    for (p, q) in qs.chunks_exact_mut(32).enumerate() {
+        for i in 0..32 {
+            q[i] = l[64 * p + i] | (l[64 * p + 32 + i] << 4);
+        }
+    }
+}
+
+/// `quantize_row_q4_K_ref` for one super-block.
+pub fn ref_block(x: &[f32], b: &mut [u8]) {
+    let mut l = [0u8; QK];
+    let mut weights = [0f32; 32];
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    let sweep = Sweep {
+        rmin: -1.0,
+        rdelta: 0.1,
+        nstep: 20,
+    };
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let sum_x2 = xs.iter().fold(0.0f32, |s, v| s + v * v);
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        let (s, m) = make_qkx_quants(
+            Qkx::V2,
+            xs,
+            15,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            sweep,
+        );
+        scales[j] = s;
+        mins[j] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let ls: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
+    let lm: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63));
+    pack_scales(&ls, &lm, &mut b[4..16]);
+    write_f16(&mut b[0..2], max_scale / 63.0);
+    write_f16(&mut b[2..4], max_min / 63.0);
+    finish(x, b, &mut l);
+}
+
+/// `quantize_row_q4_K_impl` (the imatrix path) for one super-block;
+/// `qw` holds the 256 importance values of these columns.
+pub fn imatrix_block(x: &[f32], b: &mut [u8], qw: &[f32]) {
+    let sum_x2 = x.iter().fold(0.0f32, |s, v| s + v * v);
+    let sigma2 = 2.0 * sum_x2 / QK as f32;
+    let mut weights = [[0f32; 32]; 8];
+    for j in 0..8 {
+        for i in 0..32 {
+            let v = x[32 * j + i];
+            weights[j][i] = qw[32 * j + i] * (sigma2 + v * v).sqrt();
+        }
+    }
+    fit_block(x, &weights, b);
+}
+
+/// Fits a super-block the way `quantize_row_q4_K_impl` does, for any
+/// per-weight `weights`, and writes it to `b`.
+pub fn fit_block(x: &[f32], weights: &[[f32; 32]; 8], b: &mut [u8]) {
+    let mut l = [0u8; QK];
+    let mut sw = [0f32; 8];
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let sweep = Sweep {
+        rmin: -0.9,
+        rdelta: 0.05,
+        nstep: 36,
+    };
+    for j in 0..8 {
+        sw[j] = weights[j].iter().fold(0.0f32, |s, w| s + w);
+        let (s, m) = make_qkx_quants(
+            Qkx::V3,
+            &x[32 * j..32 * j + 32],
+            15,
+            &weights[j],
+            &mut l[32 * j..32 * j + 32],
+            sweep,
+        );
+        scales[j] = s;
+        mins[j] = m;
+    }
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    let d_block = make_qp_quants(&scales, 63, &mut ls, &sw);
+    let m_block = make_qp_quants(&mins, 63, &mut lm, &sw);
+    pack_scales(&ls, &lm, &mut b[4..16]);
+    write_f16(&mut b[0..2], d_block);
+    write_f16(&mut b[2..4], m_block);
+    finish(x, b, &mut l);
+}
+
+/// Row quantizer for `ggml_quantize_chunk(Q4_K, ..)`.
+pub fn quantize_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+    for (i, (xb, b)) in x
+        .chunks_exact(QK)
+        .zip(out.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        match imatrix {
+            None => ref_block(xb, b),
+            Some(qw) => imatrix_block(xb, b, &qw[QK * i..QK * i + QK]),
+        }
+    }
+}
+
+/// `dequantize_row_q4_K`.
+pub fn dequantize(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(BLOCK_BYTES).zip(dst.chunks_exact_mut(QK)) {
+        let d = read_f16(&b[0..2]);
+        let min = read_f16(&b[2..4]);
+        let scales = &b[4..16];
+        for p in 0..4 {
+            let q = &b[16 + 32 * p..16 + 32 * p + 32];
+            let (sc1, m1) = scale_min(2 * p, scales);
+            let (sc2, m2) = scale_min(2 * p + 1, scales);
+            let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
+            let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
+            let y = &mut y[64 * p..64 * p + 64];
+            for l in 0..32 {
+                y[l] = d1 * (q[l] & 0xf) as f32 - m1;
+                y[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
+            }
+        }
+    }
+}
+
+/// Unpacks the 256 levels of a super-block.
+fn unpack_levels(qs: &[u8]) -> [u8; QK] {
+    let mut l = [0u8; QK];
+    for (p, q) in qs.chunks_exact(32).enumerate() {
+        for i in 0..32 {
+            l[64 * p + i] = q[i] & 0xf;
+            l[64 * p + 32 + i] = q[i] >> 4;
+        }
+    }
+    l
+}
+
+/// Refits the fp16 `d` and `dmin` of block `b` by weighted least squares for
+/// its 6-bit scales/mins and levels, then re-derives the levels. Returns
+/// false when the system is degenerate.
+fn refit(x: &[f32], w: &[f32], b: &mut [u8]) -> bool {
+    let l = unpack_levels(&b[16..]);
+    let (mut saa, mut sab, mut sbb, mut sax, mut sbx) = (0.0f64, 0.0, 0.0, 0.0, 0.0);
+    for j in 0..8 {
+        let (sc, m) = scale_min(j, &b[4..16]);
+        for i in 32 * j..32 * j + 32 {
+            let a = sc as f64 * l[i] as f64;
+            let bb = -(m as f64);
+            let (wi, xi) = (w[i] as f64, x[i] as f64);
+            saa += wi * a * a;
+            sab += wi * a * bb;
+            sbb += wi * bb * bb;
+            sax += wi * a * xi;
+            sbx += wi * bb * xi;
+        }
+    }
+    let det = saa * sbb - sab * sab;
+    if det.is_nan() || det <= 0.0 {
+        return false;
+    }
+    let d = (sax * sbb - sbx * sab) / det;
+    let m = (saa * sbx - sab * sax) / det;
+    if !(d as f32).is_finite() || !(m as f32).is_finite() {
+        return false;
+    }
+    write_f16(&mut b[0..2], d as f32);
+    write_f16(&mut b[2..4], m as f32);
+    let mut lu = l;
+    finish(x, b, &mut lu);
+    true
+}
+
+/// Search row quantizer for Q4_K: ggml's block, the imatrix-style fit run with
+/// the search weights, and least-squares refits of `d`/`dmin` of the best
+/// candidate; keeps whichever has the lowest weighted error.
+pub fn quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+    quantize_row_ref(x, out, imatrix);
+    let w = row_weights(x, imatrix);
+    let mut y = [0f32; QK];
+    let mut cand = [0u8; BLOCK_BYTES];
+    for (i, b) in out.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+        let r = QK * i..QK * (i + 1);
+        let (xb, wb) = (&x[r.clone()], &w[r]);
+        let mut eval = |blk: &[u8]| {
+            dequantize(blk, &mut y);
+            sq_err(xb, wb, &y)
+        };
+        let mut best = eval(b);
+        let weights: [[f32; 32]; 8] =
+            std::array::from_fn(|j| std::array::from_fn(|k| wb[32 * j + k]));
+        fit_block(xb, &weights, &mut cand);
+        let e = eval(&cand);
+        if e < best {
+            best = e;
+            b.copy_from_slice(&cand);
+        }
+        for _ in 0..2 {
+            cand.copy_from_slice(b);
+            if !refit(xb, wb, &mut cand) {
+                break;
+            }
+            let e = eval(&cand);
+            if e < best {
+                best = e;
+                b.copy_from_slice(&cand);
+            } else {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Q6_K: super-blocks of 256 weights, 210 bytes each.
+//!
+//! Layout per super-block: `ql[128]` (low 4 bits of each 6-bit level),
+//! `qh[64]` (high 2 bits), `scales[16]` (signed 8-bit, one per sub-block of
+//! 16), `d: f16`. Within each half of 128 weights, `ql[l]` holds weights `l`
+//! (low nibble) and `l + 64` (high nibble), `ql[l + 32]` holds `l + 32` and
+//! `l + 96`, and `qh[l]` holds the high bits of `l, l+32, l+64, l+96` in bit
+//! pairs 0, 2, 4, 6. Weight value: `d * scales[j] * (q - 32)`.
+
+use super::codebook::Q6_K_LEVELS;
+use super::rounding::{nearest_int, read_f16, write_f16};
+use super::scale_fit::{make_qx_quants, GROUP_MAX_EPS};
+use super::search::{row_weights, sq_err, Grid, TwoLevel};
+
+pub const QK: usize = 256;
+pub const BLOCK_BYTES: usize = 210;
+const D_OFF: usize = 208;
+const SC_OFF: usize = 192;
+
+/// Packs 256 levels (`0..=63`) into `ql`/`qh` of `b`.
+pub fn pack_levels(l: &[u8; QK], b: &mut [u8]) {
+    let (ql_all, rest) = b.split_at_mut(128);
+    for h in 0..2 {
+        let ql = &mut ql_all[64 * h..64 * h + 64];
+        let qh = &mut rest[32 * h..32 * h + 32];
+        let lv = &l[128 * h..128 * h + 128];
+        for i in 0..32 {
+            let (q1, q2, q3, q4) = (lv[i], lv[i + 32], lv[i + 64], lv[i + 96]);
+            ql[i] = (q1 & 0xf) | ((q3 & 0xf) << 4);
+            ql[i + 32] = (q2 & 0xf) | ((q4 & 0xf) << 4);
+            qh[i] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+        }
+    }
+}
+
+/// Unpacks the 256 levels (`0..=63`) of a super-block.
+pub fn unpack_levels(b: &[u8]) -> [u8; QK] {
+    let mut l = [0u8; QK];
+    for h in 0..2 {
+        let ql = &b[64 * h..64 * h + 64];
+        let qh = &b[128 + 32 * h..128 + 32 * h + 32];
+        let lv = &mut l[128 * h..128 * h + 128];
+        for i in 0..32 {
+            lv[i] = (ql[i] & 0xf) | ((qh[i] & 3) << 4);
+            lv[i + 32] = (ql[i + 32] & 0xf) | (((qh[i] >> 2) & 3) << 4);
+            lv[i + 64] = (ql[i] >> 4) | (((qh[i] >> 4) & 3) << 4);
+            lv[i + 96] = (ql[i + 32] >> 4) | (((qh[i] >> 6) & 3) << 4);
+        }
+    }
+    l
+}
+
+/// `quantize_row_q6_K_ref` (qw = None) / `quantize_row_q6_K_impl` for one
+/// super-block. Note ggml passes the raw importance values as the weights.
+pub fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
+    let mut l = [0i8; QK];
+    let mut scales = [0f32; 16];
+    let mut max_scale = 0.0f32;
+    let mut max_abs_scale = 0.0f32;
+    for (ib, sc) in scales.iter_mut().enumerate() {
+        let r = 16 * ib..16 * ib + 16;
+        let s = make_qx_quants(&x[r.clone()], 32, &mut l[r.clone()], qw.map(|w| &w[r]));
+        *sc = s;
+        if s.abs() > max_abs_scale {
+            max_abs_scale = s.abs();
+            max_scale = s;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        b[..BLOCK_BYTES].iter_mut().for_each(|v| *v = 0);
+        write_f16(&mut b[D_OFF..], 0.0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d = write_f16(&mut b[D_OFF..], 1.0 / iscale);
+    for ib in 0..16 {
+        let sc = nearest_int(iscale * scales[ib]).min(127) as i8;
+        b[SC_OFF + ib] = sc as u8;
+    }
+    for j in 0..16 {
+        let dj = d * (b[SC_OFF + j] as i8) as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let v = nearest_int(x[16 * j + ii] / dj).clamp(-32, 31);
+            l[16 * j + ii] = (v + 32) as i8;
+        }
+    }
+    let lu: [u8; QK] = std::array::from_fn(|i| l[i] as u8);
+    pack_levels(&lu, b);
+}
+
+/// Row quantizer for `ggml_quantize_chunk(Q6_K, ..)`.
+pub fn quantize_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+    for (i, (xb, b)) in x
+        .chunks_exact(QK)
+        .zip(out.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        ref_block(xb, b, imatrix.map(|w| &w[QK * i..QK * i + QK]));
+    }
+}
+
+/// `dequantize_row_q6_K`.
+pub fn dequantize(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(BLOCK_BYTES).zip(dst.chunks_exact_mut(QK)) {
+        let d = read_f16(&b[D_OFF..]);
+        let l = unpack_levels(b);
+        for (i, (yi, li)) in y.iter_mut().zip(l).enumerate() {
+            let sc = b[SC_OFF + i / 16] as i8;
+            *yi = d * sc as f32 * (li as i32 - 32) as f32;
+        }
+    }
+}
+
+/// Q6_K two-level layout: fp16 `d`, signed 8-bit sub-scales, 16 per sub-block.
+const LAYOUT: TwoLevel = TwoLevel {
+    grid: Grid {
+        levels: &Q6_K_LEVELS,
+        uniform: true,
+        lo: 0.8,
+        hi: 1.25,
+    },
+    sub: 16,
+    lmin: -128,
+    lmax: 127,
+    span: 12,
+};
+
+/// Search row quantizer for Q6_K: exact per-sub-block scale search, joint
+/// choice of `d` and the sub-scales; kept only where it beats ggml's block.
+pub fn quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+    quantize_row_ref(x, out, imatrix);
+    let w = row_weights(x, imatrix);
+    let mut y = [0f32; QK];
+    for (i, b) in out.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+        let r = QK * i..QK * (i + 1);
+        let (xb, wb) = (&x[r.clone()], &w[r]);
+        dequantize(b, &mut y);
+        let e_ref = sq_err(xb, wb, &y);
+        if let Some(s) = LAYOUT.search(xb, wb) {
+            if s.err < e_ref {
+                b[D_OFF..D_OFF + 2].copy_from_slice(&s.d_bits.to_le_bytes());
+                for ib in 0..16 {
+                    b[SC_OFF + ib] = s.l[ib] as i8 as u8;
+                }
+                pack_levels(&s.q, b);
+            }
+        }
+    }
+}
