@@ -255,9 +255,17 @@ pub fn llama_backend(
         if let Some(dir) = backends_dir {
             load_backends_from(dir)?;
         } else if cfg!(feature = "dynamic-backends") {
-            // SAFETY: no arguments; registers whatever backend libraries sit
-            // next to the executable. Called once, before any model loads.
-            unsafe { llama_cpp_sys_2::ggml_backend_load_all() };
+            // The build's own backend directory when it still exists (dev
+            // builds), else ggml's search (next to the executable, then cwd).
+            match llama_cpp_sys_2::BACKENDS_DIR
+                .map(std::path::Path::new)
+                .filter(|d| d.is_dir())
+            {
+                Some(dir) => load_backends_from(dir)?,
+                // SAFETY: no arguments; registers the backend libraries ggml
+                // finds. Called once, before any model loads.
+                None => unsafe { llama_cpp_sys_2::ggml_backend_load_all() },
+            }
         }
         LlamaBackend::init().map_err(|e| EngineError::Backend(e.to_string()))
     });
