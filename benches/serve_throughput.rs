@@ -97,7 +97,9 @@ fn synth_model(medium: bool) -> PathBuf {
     // The deployment scheme first; older converters may not quantize it yet.
     use airavata::convert::Scheme;
     let mut last = None;
-    for scheme in [Scheme::Nf4, Scheme::Q4_0, Scheme::F16] {
+    // F32 before F16: without F16C (the default x86-64 build) ggml converts
+    // every F16 weight per token, which makes F16 compute-bound at batch 1.
+    for scheme in [Scheme::Nf4, Scheme::Q4_0, Scheme::F32] {
         match airavata::synth::tiny_test_gguf_with(&dir, scheme) {
             Ok(p) => return p,
             Err(e) => {
@@ -141,6 +143,23 @@ async fn one(c: &reqwest::Client, base: &str, prompt: &str, tokens: u32) -> (u64
         .as_f64()
         .unwrap_or(0.0);
     (n, ttft)
+}
+
+async fn counters(c: &reqwest::Client, base: &str) -> (f64, f64) {
+    let text = match c.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        get("airavata_generated_tokens_total"),
+        get("airavata_decode_steps_total"),
+    )
 }
 
 async fn throughput(
@@ -268,12 +287,16 @@ async fn main() {
     );
     let mut single = 0.0;
     for clients in [1usize, 4, 8] {
+        let (tok0, steps0) = counters(&c, &base).await;
         let (tps, ttft, n) = throughput(&c, &base, clients, args.rounds, args.tokens).await;
+        let (tok1, steps1) = counters(&c, &base).await;
+        // Prompt-only steps count too, so this slightly understates occupancy.
+        let per_step = (tok1 - tok0) / (steps1 - steps0).max(1.0);
         if clients == 1 {
             single = tps;
         }
         println!(
-            "{clients:>8} {tps:>14.1} {n:>12} {ttft:>14.2}   ({:.2}x single-stream)",
+            "{clients:>8} {tps:>14.1} {n:>12} {ttft:>14.2} {per_step:>16.2}   ({:.2}x single-stream)",
             tps / single.max(f64::MIN_POSITIVE)
         );
     }

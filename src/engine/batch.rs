@@ -36,6 +36,15 @@ pub enum Work {
     },
 }
 
+impl Work {
+    /// The slot this work belongs to.
+    pub fn slot(&self) -> usize {
+        match *self {
+            Work::Decode { slot } | Work::Prefill { slot, .. } => slot,
+        }
+    }
+}
+
 /// Plans one step over `slots` (in admission order) with room for `n_batch` tokens.
 pub fn plan(slots: &[SlotView], n_batch: usize) -> Vec<Work> {
     let mut work = Vec::new();

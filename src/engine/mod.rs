@@ -14,9 +14,13 @@
 //! * the engine thread assigns queued requests to free slots between steps;
 //!   each step is one `decode` holding one token per generating slot plus
 //!   prompt chunks (see [`batch`]);
-//! * the KV of the chat preamble (`<s><|user|>\n`) is computed once into a
-//!   reserved sequence and shared with every slot whose prompt starts with it
-//!   (`seq_cp` on a unified KV cache shares cells, it does not copy them).
+//! * each slot has its own KV stream (`kv_unified = false`, as llama.cpp's
+//!   server does for a fixed `-np`): a sequence's cells sit at the same indices
+//!   whatever else runs, so batched greedy output equals serial output, and
+//!   attention spans only the slot's own cells. A finished or cancelled request
+//!   frees its cells at once (`seq_rm`), except the chat preamble
+//!   (`<s><|user|>\n`), which the slot keeps so the next chat-wrapped request
+//!   assigned to it skips those tokens (`usage.prompt_tokens_details.cached_tokens`).
 
 pub mod batch;
 pub mod prompt;
@@ -131,7 +135,7 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Directory to load ggml backends (`libggml-*.so`) from.
     pub backends_dir: Option<PathBuf>,
-    /// Share the KV of the chat preamble across slots.
+    /// Keep the chat preamble's KV in each slot between requests.
     pub cache_preamble: bool,
     /// Sleep after every step (test hook that simulates a slow model).
     pub step_delay: Option<Duration>,
@@ -193,7 +197,7 @@ pub struct ModelInfo {
     pub flash_attn: FlashAttn,
     /// ggml devices (name: description).
     pub devices: Vec<String>,
-    /// Tokens of the shared chat preamble held in the KV cache (0 = off).
+    /// Tokens of the chat preamble a slot keeps between requests (0 = off).
     pub cached_preamble_tokens: u32,
     /// Selected GGUF metadata (`general.name`, `airavata.*`, ...).
     pub metadata: std::collections::BTreeMap<String, String>,
@@ -251,9 +255,17 @@ pub fn llama_backend(
         if let Some(dir) = backends_dir {
             load_backends_from(dir)?;
         } else if cfg!(feature = "dynamic-backends") {
-            // SAFETY: no arguments; registers whatever backend libraries sit
-            // next to the executable. Called once, before any model loads.
-            unsafe { llama_cpp_sys_2::ggml_backend_load_all() };
+            // The build's own backend directory when it still exists (dev
+            // builds), else ggml's search (next to the executable, then cwd).
+            match llama_cpp_sys_2::BACKENDS_DIR
+                .map(std::path::Path::new)
+                .filter(|d| d.is_dir())
+            {
+                Some(dir) => load_backends_from(dir)?,
+                // SAFETY: no arguments; registers the backend libraries ggml
+                // finds. Called once, before any model loads.
+                None => unsafe { llama_cpp_sys_2::ggml_backend_load_all() },
+            }
         }
         LlamaBackend::init().map_err(|e| EngineError::Backend(e.to_string()))
     });

@@ -132,11 +132,15 @@ fn run_inner(
         .unwrap_or_else(|| model.n_ctx_train())
         .max(16);
     let n_batch = config.batch_size.max(config.parallel).max(1);
-    let n_seq_max = config.parallel + 1; // the extra sequence holds the shared preamble
-                                         // On CPU, llama.cpp's flash-attention kernel accumulates V in F16 in KV
-                                         // cell order, so a sequence's greedy output would depend on which other
-                                         // sequences share the batch and the cache. `auto` therefore means off
-                                         // when nothing is offloaded, and llama.cpp's own choice on a GPU.
+    // One KV stream per slot (not unified): a sequence's cells sit at the same
+    // indices whatever else is running, so batched greedy output is identical
+    // to serial output, and attention only spans the slot's own cells.
+    let n_seq_max = config.parallel;
+    // On CPU, llama.cpp's flash-attention path gives results that depend on
+    // the shape of the batch (F16 accumulation, kernel choice by batch size),
+    // so a greedy answer would change with the server's load (measured: the
+    // 16-concurrent test fails with it on). `auto` therefore means off when
+    // nothing is offloaded, and llama.cpp's own choice on a GPU.
     let flash_attn = match config.flash_attn {
         FlashAttn::Auto if n_gpu_layers == 0 || !backend.supports_gpu_offload() => FlashAttn::Off,
         other => other,
@@ -151,22 +155,21 @@ fn run_inner(
         .with_n_batch(n_batch)
         .with_n_ubatch(n_batch)
         .with_n_seq_max(n_seq_max)
-        .with_kv_unified(true)
+        .with_kv_unified(false)
         .with_n_threads(threads_i32)
         .with_n_threads_batch(threads_i32)
         .with_flash_attention_policy(fa);
-    let mut ctx = model
+    let ctx = model
         .new_context(backend, ctx_params)
         .map_err(|e| EngineError::Load(format!("creating the context: {e}")))?;
     let n_ctx = ctx.n_ctx();
 
-    let preamble_seq = i32::try_from(config.parallel).unwrap_or(i32::MAX);
     let preamble = if config.cache_preamble {
-        build_preamble(&model, &mut ctx, preamble_seq)?
+        preamble_tokens(&model)
     } else {
         Vec::new()
     };
-    let n_ctx_slot = (n_ctx as usize).saturating_sub(preamble.len()) / config.parallel as usize;
+    let n_ctx_slot = n_ctx as usize / config.parallel as usize;
     if n_ctx_slot < 2 {
         return Err(EngineError::Load(format!(
             "--ctx-size {n_ctx} is too small for {} slots",
@@ -206,7 +209,7 @@ fn run_inner(
     stats
         .kv_total_cells
         .store(n_ctx as usize, Ordering::Relaxed);
-    stats.kv_used_cells.store(preamble.len(), Ordering::Relaxed);
+    stats.kv_used_cells.store(0, Ordering::Relaxed);
     let _ = shared.model.set(Arc::clone(&model));
     let _ = shared.info.set(info);
     shared.state.send_replace(LoadState::Ready);
@@ -219,7 +222,7 @@ fn run_inner(
         order: Vec::new(),
         pending: VecDeque::new(),
         preamble,
-        preamble_seq,
+        slot_cached: vec![0; config.parallel as usize],
         batch: LlamaBatch::new(n_batch as usize, 1),
         n_batch: n_batch as usize,
         rx,
@@ -230,42 +233,25 @@ fn run_inner(
     Ok(())
 }
 
-/// Evaluates `<s><|user|>\n` into `seq` so slots can share it.
-fn build_preamble(
-    model: &LlamaModel,
-    ctx: &mut LlamaContext<'_>,
-    seq: i32,
-) -> Result<Vec<LlamaToken>, EngineError> {
+/// The tokens every chat-wrapped prompt starts with (`<s><|user|>\n`),
+/// found by comparing the tokenization of two different prompts.
+fn preamble_tokens(model: &LlamaModel) -> Vec<LlamaToken> {
     let vocab = model.vocab();
-    // Only the tokens that a real prompt shares: compare two different prompts.
-    let a = vocab.tokenize(
-        prompt::render(&prompt::user_turn("a"))
-            .trim_start_matches("<s>")
-            .as_bytes(),
-        true,
-        false,
-    );
-    let b = vocab.tokenize(
-        prompt::render(&prompt::user_turn("नमस्ते"))
-            .trim_start_matches("<s>")
-            .as_bytes(),
-        true,
-        false,
-    );
+    let tok = |p: &str| {
+        vocab.tokenize(
+            prompt::render(&prompt::user_turn(p))
+                .trim_start_matches("<s>")
+                .as_bytes(),
+            true,
+            false,
+        )
+    };
+    let (a, b) = (tok("a"), tok("नमस्ते"));
     let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let tokens: Vec<LlamaToken> = a[..common].to_vec();
-    if tokens.len() < 2 {
-        return Ok(Vec::new());
+    if common < 2 {
+        return Vec::new();
     }
-    let mut batch = LlamaBatch::new(tokens.len(), 1);
-    for (i, t) in tokens.iter().enumerate() {
-        batch
-            .add(*t, pos(i), &[seq], false)
-            .map_err(|e| EngineError::Load(format!("preamble batch: {e}")))?;
-    }
-    ctx.decode(&mut batch)
-        .map_err(|e| EngineError::Load(format!("preamble decode: {e}")))?;
-    Ok(tokens)
+    a[..common].to_vec()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -366,7 +352,8 @@ struct Loop<'m> {
     order: Vec<usize>,
     pending: VecDeque<Box<Job>>,
     preamble: Vec<LlamaToken>,
-    preamble_seq: i32,
+    /// Preamble tokens kept in each slot's KV stream between requests.
+    slot_cached: Vec<usize>,
     batch: LlamaBatch<'static>,
     n_batch: usize,
     rx: mpsc::UnboundedReceiver<Command>,
@@ -446,10 +433,18 @@ impl Loop<'_> {
 
     fn assign_slots(&mut self) {
         while !self.pending.is_empty() {
-            let Some(slot) = self.slots.iter().position(Option::is_none) else {
+            let Some(job) = self.pending.pop_front() else {
                 return;
             };
-            let Some(job) = self.pending.pop_front() else {
+            // Prefer a free slot that already holds the chat preamble when the
+            // prompt starts with it.
+            let wants_preamble = self.starts_with_preamble(&job.tokens);
+            let free = || (0..self.slots.len()).filter(|&i| self.slots[i].is_none());
+            let Some(slot) = free()
+                .find(|&i| wants_preamble && self.slot_cached[i] > 0)
+                .or_else(|| free().next())
+            else {
+                self.pending.push_front(job);
                 return;
             };
             let active = self.start(slot, job);
@@ -459,30 +454,27 @@ impl Loop<'_> {
         }
     }
 
+    /// Whether `tokens` begin with the whole chat preamble and go beyond it
+    /// (at least one prompt token must be evaluated to sample from).
+    fn starts_with_preamble(&self, tokens: &[LlamaToken]) -> bool {
+        !self.preamble.is_empty()
+            && tokens.len() > self.preamble.len()
+            && tokens.starts_with(&self.preamble)
+    }
+
     fn start(&mut self, slot: usize, job: Box<Job>) -> Active {
         let now = Instant::now();
-        let seq = pos(slot);
-        // The slot's sequence should be empty already; make sure.
-        let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
-        let shared_len = self
-            .preamble
-            .iter()
-            .zip(&job.tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
-        // Reuse only the whole preamble, and leave at least one prompt token to
-        // evaluate (its logits give the first sample).
-        let cached = if !self.preamble.is_empty()
-            && shared_len == self.preamble.len()
-            && job.tokens.len() > shared_len
-        {
-            self.ctx
-                .copy_kv_cache_seq(self.preamble_seq, seq, None, Some(shared_len as u32))
-                .map(|_| shared_len)
-                .unwrap_or(0)
+        // Reuse the preamble the slot kept from its previous request; anything
+        // else in the slot's stream is dropped.
+        let cached = if self.starts_with_preamble(&job.tokens) {
+            self.slot_cached[slot]
         } else {
             0
         };
+        if cached == 0 {
+            let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+            self.slot_cached[slot] = 0;
+        }
         let mut sampler = sampler::build(&job.sampling, self.model.n_vocab());
         if sampler::uses_history(&job.sampling) {
             sampler.accept_many(job.tokens.iter());
@@ -539,19 +531,45 @@ impl Loop<'_> {
     /// Frees the slot, then sends the request's final event, so a client that
     /// has its answer never sees the slot still counted as busy.
     fn free_then_send(&mut self, slot: usize, event: Event) {
+        let failed = matches!(event, Event::Error(EngineError::Decode(_)));
         let tx = self.slots[slot].as_ref().map(|a| a.job.tx.clone());
-        self.free(slot);
+        self.release(slot, !failed);
         if let Some(tx) = tx {
             let _ = tx.send(event);
         }
     }
 
+    /// Ends the slot's request and frees its KV cells at once, keeping only
+    /// the chat preamble (if the request began with it) for the next request.
     fn free(&mut self, slot: usize) {
-        if self.slots[slot].take().is_some() {
-            self.shared.stats.running.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.release(slot, true);
+    }
+
+    fn release(&mut self, slot: usize, keep_preamble: bool) {
+        let keep = match self.slots[slot].take() {
+            Some(a) => {
+                self.shared.stats.running.fetch_sub(1, Ordering::Relaxed);
+                keep_preamble
+                    && self.starts_with_preamble(&a.job.tokens)
+                    && a.n_past >= self.preamble.len()
+            }
+            None => false,
+        };
         self.order.retain(|s| *s != slot);
-        let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+        let seq = Some(slot as u32);
+        let n = self.preamble.len();
+        let kept = keep
+            && matches!(
+                self.ctx
+                    .clear_kv_cache_seq(seq, u32::try_from(n).ok(), None),
+                Ok(true)
+            );
+        if kept {
+            self.slot_cached[slot] = n;
+        } else {
+            let _ = self.ctx.clear_kv_cache_seq(seq, None, None);
+            self.slot_cached[slot] = 0;
+        }
         self.update_kv_usage();
     }
 
@@ -559,13 +577,13 @@ impl Loop<'_> {
         let used: usize = self
             .slots
             .iter()
-            .flatten()
-            .map(|a| a.n_past - a.cached)
+            .zip(&self.slot_cached)
+            .map(|(a, cached)| a.as_ref().map_or(*cached, |a| a.n_past))
             .sum();
         self.shared
             .stats
             .kv_used_cells
-            .store(used + self.preamble.len(), Ordering::Relaxed);
+            .store(used, Ordering::Relaxed);
     }
 
     /// One `decode` over all occupied slots.
@@ -581,7 +599,10 @@ impl Loop<'_> {
                 })
             })
             .collect();
-        let plan = batch::plan(&views, self.n_batch);
+        let mut plan = batch::plan(&views, self.n_batch);
+        // llama.cpp splits a multi-stream batch into micro-batches of
+        // consecutive sequence ids; ascending order keeps their number low.
+        plan.sort_by_key(Work::slot);
         self.batch.clear();
         let mut fed: Vec<(usize, usize)> = Vec::with_capacity(plan.len());
         for work in &plan {
