@@ -1,0 +1,110 @@
+//! The `airavata` binary: --version, convert + inspect, and error exits.
+
+use std::process::Command;
+
+fn airavata() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_airavata"))
+}
+
+#[test]
+fn version_names_the_llama_cpp_build() {
+    let out = airavata().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        s.contains("llama.cpp b11434") && s.contains("llama-cpp-sys-2 0.1.161"),
+        "{s}"
+    );
+}
+
+#[test]
+fn synth_convert_inspect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    let st = airavata()
+        .args(["synth", "--config", "tiny", "--shards", "2"])
+        .arg(&hf)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let out = tmp.path().join("t.gguf");
+    let st = airavata()
+        .args(["convert", "-q", "--tensor-type", "blk.0.*=Q8_0", "-o"])
+        .arg(&out)
+        .arg(&hf)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(
+        err.contains("IQ4_XS") && err.contains("Q6_K") && err.contains("Q8_0"),
+        "{err}"
+    );
+
+    let st = airavata().arg("inspect").arg(&out).output().unwrap();
+    assert!(st.status.success());
+    let text = String::from_utf8(st.stdout).unwrap();
+    for want in [
+        "general.architecture",
+        "\"llama\"",
+        "blk.0.attn_q.weight",
+        "Q8_0",
+        "blk.1.attn_q.weight",
+        "IQ4_XS",
+        "output.weight",
+        "Q6_K",
+        "bits per weight",
+    ] {
+        assert!(text.contains(want), "inspect output lacks {want}:\n{text}");
+    }
+    let st = airavata()
+        .args(["inspect", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(j["metadata"]["general.file_type"], 30);
+    assert_eq!(j["tensors"].as_array().unwrap().len(), 21);
+
+    // Refuses to overwrite without --force, with a non-zero exit.
+    let st = airavata()
+        .args(["convert", "-q", "-o"])
+        .arg(&out)
+        .arg(&hf)
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("--force"));
+}
+
+#[test]
+fn bad_inputs_exit_nonzero_with_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = tmp.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    let st = airavata().arg("inspect").arg(&junk).output().unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("invalid GGUF"));
+
+    let st = airavata()
+        .args(["convert", "./no/such/dir"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("no such directory"));
+
+    let st = airavata()
+        .args(["convert", "x", "--scheme", "q3"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("unknown scheme"));
+}
