@@ -2,26 +2,18 @@
 
 mod common;
 
-use airavata::convert::{self, ConvertOptions, Scheme, TypePolicy};
+use airavata::convert::Scheme;
 use airavata::gguf::GgufFile;
 use airavata::quant::QuantMode;
 use llama_cpp_2::token::LlamaToken;
-use std::sync::atomic::AtomicBool;
 
 fn convert_stories(out: &std::path::Path, assets: &std::path::Path) {
-    let opts = ConvertOptions {
-        input: assets.join("stories260k-hf-derived"),
-        output: out.to_path_buf(),
-        policy: TypePolicy {
-            scheme: Scheme::F32,
-            ..Default::default()
-        },
-        quantizer: QuantMode::Reference,
-        imatrix: None,
-        overwrite: false,
-        progress: false,
-    };
-    convert::convert(&opts, &convert::Silent, &AtomicBool::new(false)).expect("convert");
+    common::convert(
+        &assets.join("stories260k-hf-derived"),
+        out,
+        common::scheme(Scheme::F32),
+        QuantMode::Reference,
+    );
 }
 
 #[test]

@@ -29,23 +29,7 @@ fn to_bf16_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn convert_f32(dir: &Path, out: &Path) {
-    convert::convert(
-        &ConvertOptions {
-            input: dir.to_path_buf(),
-            output: out.to_path_buf(),
-            policy: TypePolicy {
-                scheme: Scheme::F32,
-                ..Default::default()
-            },
-            quantizer: QuantMode::Reference,
-            imatrix: None,
-            overwrite: false,
-            progress: false,
-        },
-        &convert::Silent,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    common::convert(dir, out, common::scheme(Scheme::F32), QuantMode::Reference);
 }
 
 #[test]

@@ -3,27 +3,14 @@
 
 mod common;
 
-use airavata::convert::{self, ConvertOptions, Scheme, TypePolicy};
+use airavata::convert::Scheme;
 use airavata::gguf::{GgmlType, GgufFile};
 use airavata::quant::QuantMode;
 use airavata::safetensors::Dtype;
 use airavata::synth::{self, SynthOptions};
-use std::sync::atomic::AtomicBool;
 
 fn convert_to(dir: &std::path::Path, out: &std::path::Path, scheme: Scheme) {
-    let opts = ConvertOptions {
-        input: dir.to_path_buf(),
-        output: out.to_path_buf(),
-        policy: TypePolicy {
-            scheme,
-            ..Default::default()
-        },
-        quantizer: QuantMode::Reference,
-        imatrix: None,
-        overwrite: false,
-        progress: false,
-    };
-    convert::convert(&opts, &convert::Silent, &AtomicBool::new(false)).expect("convert");
+    common::convert(dir, out, common::scheme(scheme), QuantMode::Reference);
 }
 
 #[test]

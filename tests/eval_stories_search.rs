@@ -3,31 +3,13 @@
 
 mod common;
 
-use airavata::convert::{self, ConvertOptions, Scheme, TypePolicy};
+use airavata::convert::Scheme;
 use airavata::eval::{self, EvalOptions};
 use airavata::quant::QuantMode;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 fn conv(src: &Path, out: &Path, scheme: Scheme, mode: QuantMode) -> u64 {
-    convert::convert(
-        &ConvertOptions {
-            input: src.to_path_buf(),
-            output: out.to_path_buf(),
-            policy: TypePolicy {
-                scheme,
-                ..Default::default()
-            },
-            quantizer: mode,
-            imatrix: None,
-            overwrite: true,
-            progress: false,
-        },
-        &convert::Silent,
-        &AtomicBool::new(false),
-    )
-    .unwrap()
-    .bytes
+    common::convert(src, out, common::scheme(scheme), mode).bytes
 }
 
 #[test]

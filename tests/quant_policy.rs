@@ -4,7 +4,7 @@
 
 mod common;
 
-use airavata::convert::{self, ConvertOptions, Scheme, TypeOverride, TypePolicy};
+use airavata::convert::{self, Scheme, TypeOverride, TypePolicy};
 use airavata::gguf::{GgmlType, GgufFile};
 use airavata::quant::QuantMode;
 use airavata::safetensors::Dtype;
@@ -13,7 +13,6 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_sys_2 as sys;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 fn synth_dir(dir: &Path, cfg: serde_json::Value) -> PathBuf {
     let hf = dir.join("hf");
@@ -33,20 +32,7 @@ fn synth_dir(dir: &Path, cfg: serde_json::Value) -> PathBuf {
 }
 
 fn convert(hf: &Path, out: &Path, policy: TypePolicy, mode: QuantMode) -> convert::ConvertReport {
-    convert::convert(
-        &ConvertOptions {
-            input: hf.to_path_buf(),
-            output: out.to_path_buf(),
-            policy,
-            quantizer: mode,
-            imatrix: None,
-            overwrite: true,
-            progress: false,
-        },
-        &convert::Silent,
-        &AtomicBool::new(false),
-    )
-    .unwrap()
+    common::convert(hf, out, policy, mode)
 }
 
 fn nf4() -> TypePolicy {

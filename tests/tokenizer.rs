@@ -2,13 +2,12 @@
 
 mod common;
 
-use airavata::convert::{self, ConvertOptions, Scheme, TypePolicy};
+use airavata::convert::Scheme;
 use airavata::quant::QuantMode;
 use airavata::safetensors::Dtype;
 use airavata::synth::{self, SynthOptions};
 use airavata::tokenizer::SpModel;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 /// A tiny random model whose vocabulary is `tokenizer` (vocab_size pieces).
 fn model_with_tokenizer(dir: &Path, tokenizer: Option<&Path>, vocab: usize) -> PathBuf {
@@ -34,23 +33,7 @@ fn model_with_tokenizer(dir: &Path, tokenizer: Option<&Path>, vocab: usize) -> P
         std::fs::copy(t, hf.join("tokenizer.model")).unwrap();
     }
     let out = dir.join("vocab.gguf");
-    convert::convert(
-        &ConvertOptions {
-            input: hf,
-            output: out.clone(),
-            policy: TypePolicy {
-                scheme: Scheme::F16,
-                ..Default::default()
-            },
-            quantizer: QuantMode::Reference,
-            imatrix: None,
-            overwrite: false,
-            progress: false,
-        },
-        &convert::Silent,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    common::convert(&hf, &out, common::scheme(Scheme::F16), QuantMode::Reference);
     out
 }
 

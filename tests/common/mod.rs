@@ -122,3 +122,35 @@ pub fn max_rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
 }
 
 pub mod server;
+
+/// Convert `input` to `output` with `policy` (overwriting), panicking on error.
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    policy: airavata::convert::TypePolicy,
+    mode: airavata::quant::QuantMode,
+) -> airavata::convert::ConvertReport {
+    let opts = airavata::convert::ConvertOptions {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        policy,
+        quantizer: mode,
+        imatrix: None,
+        overwrite: true,
+        progress: false,
+    };
+    airavata::convert::convert(
+        &opts,
+        &airavata::convert::Silent,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap_or_else(|e| panic!("converting {}: {e}", input.display()))
+}
+
+/// The type policy of a plain scheme.
+pub fn scheme(s: airavata::convert::Scheme) -> airavata::convert::TypePolicy {
+    airavata::convert::TypePolicy {
+        scheme: s,
+        ..Default::default()
+    }
+}
