@@ -284,13 +284,75 @@ pub fn convert(
             ty: *ty,
         })
         .collect();
-    let mut w = GgufWriter::create(&opts.output, &meta, &specs)?;
-    let total: u64 = p
-        .plan
+    let w = GgufWriter::create(&opts.output, &meta, &specs)?;
+    // Writing runs on its own thread so that it overlaps the quantization of
+    // the next chunk; the bounded channel keeps at most a few chunks in flight.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(2);
+    let writer = std::thread::spawn(move || -> Result<GgufWriter, ConvertError> {
+        let mut w = w;
+        for (name, bytes) in rx {
+            w.write_data(&name, &bytes)?;
+        }
+        Ok(w)
+    });
+    let mut sink = Sink { tx: Some(tx) };
+    let result = write_all(&p, opts, &mut sink, progress, cancel);
+    drop(sink);
+    let joined = writer.join().map_err(|_| {
+        ConvertError::Io(
+            opts.output.clone(),
+            std::io::Error::other("writer thread panicked"),
+        )
+    })?;
+    // A write error explains a failed send, so it takes precedence.
+    let w = joined?;
+    let types = result?;
+    let out = w.finish()?;
+    progress.finish();
+    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    Ok(ConvertReport {
+        output: out,
+        bytes,
+        n_tensors: p.plan.len(),
+        types,
+        seconds: t0.elapsed().as_secs_f64(),
+        n_params: total_elems(&p),
+    })
+}
+
+fn total_elems(p: &Prepared) -> u64 {
+    p.plan
         .iter()
         .map(|(t, _)| t.shape.iter().product::<usize>() as u64)
-        .sum();
-    progress.start(total);
+        .sum()
+}
+
+/// Hands finished chunks to the writer thread.
+struct Sink {
+    tx: Option<std::sync::mpsc::SyncSender<(String, Vec<u8>)>>,
+}
+
+impl Sink {
+    fn write(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), ConvertError> {
+        let tx = self.tx.as_ref().ok_or(ConvertError::Cancelled)?;
+        if tx.send((name.to_string(), bytes)).is_err() {
+            // The writer stopped on an error; the caller reports it after join.
+            self.tx = None;
+            return Err(ConvertError::Cancelled);
+        }
+        Ok(())
+    }
+}
+
+/// Convert every planned tensor into `sink`; returns the count per type.
+fn write_all(
+    p: &Prepared,
+    opts: &ConvertOptions,
+    sink: &mut Sink,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<BTreeMap<String, usize>, ConvertError> {
+    progress.start(total_elems(p));
     let mut types: BTreeMap<String, usize> = BTreeMap::new();
     for (t, ty) in &p.plan {
         progress.tensor(&t.gguf_name, *ty);
@@ -309,22 +371,12 @@ pub fn convert(
             imatrix: im,
         };
         if p.bnb_weights.contains(&t.hf_name) {
-            write_bnb_tensor(&p.checkpoint, t, &job, &mut w, progress)?;
+            write_bnb_tensor(&p.checkpoint, t, &job, sink, progress)?;
         } else {
-            write_tensor(&p.checkpoint, t, &job, &mut w, progress, cancel)?;
+            write_tensor(&p.checkpoint, t, &job, sink, progress, cancel)?;
         }
     }
-    let out = w.finish()?;
-    progress.finish();
-    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-    Ok(ConvertReport {
-        output: out,
-        bytes,
-        n_tensors: p.plan.len(),
-        types,
-        seconds: t0.elapsed().as_secs_f64(),
-        n_params: total,
-    })
+    Ok(types)
 }
 
 /// How one tensor is encoded.
@@ -340,7 +392,7 @@ fn write_bnb_tensor(
     ck: &Checkpoint,
     t: &PlannedTensor,
     job: &TensorJob,
-    w: &mut GgufWriter,
+    sink: &mut Sink,
     progress: &dyn Progress,
 ) -> Result<(), ConvertError> {
     let file = ck
@@ -391,7 +443,7 @@ fn write_bnb_tensor(
     plan::apply_permute(t.permute, &mut f, t.row_len(), t.n_rows());
     let q = quant::quantize(job.ty, &f, t.row_len(), job.imatrix, job.mode)
         .map_err(|e| terr(e.to_string()))?;
-    w.write_data(&t.gguf_name, &q)?;
+    sink.write(&t.gguf_name, q)?;
     progress.advance(f.len() as u64);
     Ok(())
 }
@@ -400,7 +452,7 @@ fn write_tensor(
     ck: &Checkpoint,
     t: &PlannedTensor,
     job: &TensorJob,
-    w: &mut GgufWriter,
+    sink: &mut Sink,
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<(), ConvertError> {
@@ -455,7 +507,7 @@ fn write_tensor(
         let q = quant::quantize(ty, &f, row_len, imatrix, mode).map_err(|e| terr(e.to_string()))?;
         drop(f);
         drop(mapped);
-        w.write_data(&t.gguf_name, &q)?;
+        sink.write(&t.gguf_name, q)?;
         progress.advance((nr * row_len) as u64);
         row += nr;
     }
