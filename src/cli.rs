@@ -227,12 +227,7 @@ pub fn run_convert(a: ConvertArgs) -> Result<()> {
         overwrite: a.force,
         progress: !a.quiet,
     };
-    let cancel = cancel_flag();
-    let report = if a.quiet {
-        convert::convert(&opts, &convert::Silent, &cancel)?
-    } else {
-        convert::convert(&opts, &convert::Bar::default(), &cancel)?
-    };
+    let report = run_conversion(&opts)?;
     let types: Vec<String> = report
         .types
         .iter()
@@ -502,11 +497,16 @@ pub fn resolve_model(
         overwrite: true,
         progress,
     };
-    let cancel = cancel_flag();
-    if progress {
-        convert::convert(&opts, &convert::Bar::default(), &cancel)?;
-    } else {
-        convert::convert(&opts, &convert::Silent, &cancel)?;
-    }
+    run_conversion(&opts)?;
     Ok(cached)
+}
+
+/// Convert with a progress bar when `opts.progress`, stopping cleanly on Ctrl-C.
+fn run_conversion(opts: &convert::ConvertOptions) -> Result<convert::ConvertReport> {
+    let cancel = cancel_flag();
+    Ok(if opts.progress {
+        convert::convert(opts, &convert::Bar::default(), &cancel)?
+    } else {
+        convert::convert(opts, &convert::Silent, &cancel)?
+    })
 }

@@ -431,20 +431,40 @@ fn write_bnb_tensor(
             expected: t.shape.clone(),
         });
     }
-    let mut f = deq.data;
-    if let Some(i) = f.iter().position(|v| !v.is_finite()) {
+    encode_rows(t, job, deq.data, 0, &file, sink, progress)
+}
+
+/// The common tail of every chunk: reject NaN/Inf (reporting the element's
+/// index in the whole tensor), permute Q/K rows, quantize, hand to the writer.
+fn encode_rows(
+    t: &PlannedTensor,
+    job: &TensorJob,
+    mut f: Vec<f32>,
+    first_elem: usize,
+    file: &Path,
+    sink: &mut Sink,
+    progress: &dyn Progress,
+) -> Result<(), ConvertError> {
+    if let Some(i) = f.par_iter().position_first(|v| !v.is_finite()) {
         return Err(ConvertError::NonFinite {
-            file,
+            file: file.to_path_buf(),
             tensor: t.hf_name.clone(),
-            index: i,
+            index: first_elem + i,
             value: f[i],
         });
     }
     plan::apply_permute(t.permute, &mut f, t.row_len(), t.n_rows());
-    let q = quant::quantize(job.ty, &f, t.row_len(), job.imatrix, job.mode)
-        .map_err(|e| terr(e.to_string()))?;
+    let q = quant::quantize(job.ty, &f, t.row_len(), job.imatrix, job.mode).map_err(|e| {
+        ConvertError::Tensor {
+            file: file.to_path_buf(),
+            tensor: t.hf_name.clone(),
+            msg: e.to_string(),
+        }
+    })?;
+    let n = f.len() as u64;
+    drop(f);
     sink.write(&t.gguf_name, q)?;
-    progress.advance(f.len() as u64);
+    progress.advance(n);
     Ok(())
 }
 
@@ -456,7 +476,6 @@ fn write_tensor(
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<(), ConvertError> {
-    let (ty, mode, imatrix) = (job.ty, job.mode, job.imatrix);
     let (file, entry) = ck
         .get(&t.hf_name)
         .ok_or_else(|| ConvertError::MissingTensor {
@@ -495,20 +514,8 @@ fn write_tensor(
             .zip(src.par_chunks((1 << 16) * esz))
             .try_for_each(|(d, s)| safetensors::to_f32(entry.dtype, s, d))
             .map_err(terr)?;
-        if let Some(i) = f.par_iter().position_first(|v| !v.is_finite()) {
-            return Err(ConvertError::NonFinite {
-                file: file.path.clone(),
-                tensor: t.hf_name.clone(),
-                index: row * row_len + i,
-                value: f[i],
-            });
-        }
-        plan::apply_permute(t.permute, &mut f, row_len, n_rows);
-        let q = quant::quantize(ty, &f, row_len, imatrix, mode).map_err(|e| terr(e.to_string()))?;
-        drop(f);
         drop(mapped);
-        sink.write(&t.gguf_name, q)?;
-        progress.advance((nr * row_len) as u64);
+        encode_rows(t, job, f, row * row_len, &file.path, sink, progress)?;
         row += nr;
     }
     Ok(())

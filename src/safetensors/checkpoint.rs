@@ -20,6 +20,8 @@ impl Checkpoint {
         let dir = dir.as_ref().to_path_buf();
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
+        // The index's weight map, kept to check it against the shards below.
+        let mut index_map: Option<serde_json::Map<String, serde_json::Value>> = None;
         let shard_names: Vec<String> = if index.is_file() {
             let text = std::fs::read_to_string(&index)
                 .map_err(|e| SafetensorsError::Io(index.clone(), e))?;
@@ -52,6 +54,7 @@ impl Checkpoint {
                 }
             }
             names.sort();
+            index_map = Some(map.clone());
             names
         } else if single.is_file() {
             vec!["model.safetensors".to_string()]
@@ -96,38 +99,33 @@ impl Checkpoint {
             shards.push(f);
         }
         // The index must agree with the shards' contents.
-        if index.is_file() {
-            let text = std::fs::read_to_string(&index)
-                .map_err(|e| SafetensorsError::Io(index.clone(), e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            if let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) {
-                for (tensor, f) in map {
-                    let f = f.as_str().unwrap_or_default();
-                    match lookup.get(tensor) {
-                        Some(&i) if shard_names[i] == f => {}
-                        Some(&i) => {
-                            return Err(SafetensorsError::Index {
-                                path: index.clone(),
-                                msg: format!(
-                                    "index places {tensor} in {f} but it is in {}",
-                                    shard_names[i]
-                                ),
-                            })
-                        }
-                        None => {
-                            return Err(SafetensorsError::Index {
-                                path: index.clone(),
-                                msg: format!("index lists {tensor} in {f} but that shard lacks it"),
-                            })
-                        }
+        if let Some(map) = &index_map {
+            for (tensor, f) in map {
+                let f = f.as_str().unwrap_or_default();
+                match lookup.get(tensor) {
+                    Some(&i) if shard_names[i] == f => {}
+                    Some(&i) => {
+                        return Err(SafetensorsError::Index {
+                            path: index.clone(),
+                            msg: format!(
+                                "index places {tensor} in {f} but it is in {}",
+                                shard_names[i]
+                            ),
+                        })
+                    }
+                    None => {
+                        return Err(SafetensorsError::Index {
+                            path: index.clone(),
+                            msg: format!("index lists {tensor} in {f} but that shard lacks it"),
+                        })
                     }
                 }
-                if let Some(extra) = lookup.keys().find(|k| !map.contains_key(*k)) {
-                    return Err(SafetensorsError::Index {
-                        path: index.clone(),
-                        msg: format!("tensor {extra} is in a shard but not in the index"),
-                    });
-                }
+            }
+            if let Some(extra) = lookup.keys().find(|k| !map.contains_key(*k)) {
+                return Err(SafetensorsError::Index {
+                    path: index.clone(),
+                    msg: format!("tensor {extra} is in a shard but not in the index"),
+                });
             }
         }
         Ok(Self {

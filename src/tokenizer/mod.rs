@@ -179,7 +179,7 @@ impl Vocab {
 
     /// Vocabulary straight from a SentencePiece model, padded to `vocab_size`.
     pub fn from_sentencepiece(sp: &SpModel, vocab_size: usize) -> Self {
-        let n = vocab_size.max(sp.pieces.len().min(vocab_size));
+        let n = vocab_size;
         let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
         let mut scores = vec![-10000.0f32; n];
         let mut types = vec![PieceType::Unused as i32; n];
