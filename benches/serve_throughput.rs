@@ -120,7 +120,7 @@ async fn start(model: PathBuf, threads: Option<u32>, preamble_cache: bool) -> Ru
         batch_size: 512,
         threads,
         max_queue: 64,
-        no_preamble_cache: !preamble_cache,
+        no_prompt_cache: !preamble_cache,
         ..ServeOptions::default()
     };
     let server = bind(opts, model).await.expect("bind");

@@ -6,6 +6,7 @@
 #   scripts/gpu-bench.sh convert   # ours vs convert_hf_to_gguf.py + llama-quantize IQ4_XS: time, peak RSS
 #   scripts/gpu-bench.sh ceilings  # llama-bench pp512/tg128 and llama-batched-bench on our GGUF
 #   scripts/gpu-bench.sh serve     # our server and llama-server, same GGUF and slots, swept by `airavata bench`
+#   scripts/gpu-bench.sh variants  # both servers with --kv-unified, and both with --unique-prompts
 #   scripts/gpu-bench.sh oldapp    # transformers + bitsandbytes NF4 on the same checkpoint, 50 new tokens
 #
 # Inputs (paths relative to the repository root; see BENCHMARKS.md):
@@ -110,31 +111,58 @@ stage_ceilings() {
   log "llama-batched-bench"
   "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((SLOTS * CTX_PER_SLOT)) -b 2048 -ub 512 \
     -npp 32 -ntg 128 -npl 1,4,16,32,64 2>&1 | grep -E "^\|" | tee "$OUT/batched-bench.md"
+  log "llama-batched-bench, unified KV"
+  "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((SLOTS * CTX_PER_SLOT)) -b 2048 -ub 512 -kvu \
+    -npp 32 -ntg 128 -npl 1,4,16,32,64 2>&1 | grep -E "^\|" | tee "$OUT/batched-bench-kvu.md"
   log "greedy CPU vs CUDA on the same model"
   "${AIRAVATA[@]}" --version | tee -a "$OUT/log.txt"
 }
 
 wait_http() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 1; done; return 1; }
 
-stage_serve() {
-  local conc=${CONC:-1,4,16,32,64}
-  log "our server"
+# One server run swept by `airavata bench`: serve_ours LABEL [serve flags...] / serve_llama LABEL [flags...].
+# Extra bench flags (e.g. --unique-prompts) come from BENCH_FLAGS.
+sweep() {
+  local label=$1 port=$2 api=$3
+  "${AIRAVATA[@]}" bench --url "http://127.0.0.1:$port" --api "$api" --concurrency "${CONC:-1,4,16,32,64}" \
+     --max-tokens 128 --prompt-tokens 32 ${BENCH_FLAGS:-} --label "$label" --json "$OUT/bench-$label.json" | tee "$OUT/bench-$label.md"
+}
+serve_ours() {
+  local label=$1; shift
+  log "our server: $label ($*)"
   "${AIRAVATA[@]}" serve "$OURS" --port 18080 --parallel "$SLOTS" --ctx-size $((SLOTS * CTX_PER_SLOT)) \
-     --backends-dir "$BUILD/bin" >"$OUT/ours-server.log" 2>&1 &
+     --backends-dir "$BUILD/bin" "$@" >"$OUT/server-$label.log" 2>&1 &
   local pid=$!
   wait_http http://127.0.0.1:18080/health
-  "${AIRAVATA[@]}" bench --url http://127.0.0.1:18080 --api generate --concurrency "$conc" --max-tokens 128 \
-     --prompt-tokens 32 --json "$OUT/bench-ours.json" | tee "$OUT/bench-ours.md"
-  "${AIRAVATA[@]}" bench --url http://127.0.0.1:18080 --scenario old-app --requests 20 --json "$OUT/oldapp-ours.json" | tee "$OUT/oldapp-ours.md"
+  sweep "$label" 18080 generate
+  if [ -n "${WITH_OLDAPP:-}" ]; then
+    "${AIRAVATA[@]}" bench --url http://127.0.0.1:18080 --scenario old-app --requests 20 --json "$OUT/oldapp-$label.json" | tee "$OUT/oldapp-$label.md"
+  fi
   kill $pid; wait $pid 2>/dev/null || true
-  log "llama-server"
-  "$BUILD/bin/llama-server" -m "$OURS" -ngl 99 --port 18081 -np "$SLOTS" -c $((SLOTS * CTX_PER_SLOT)) >"$OUT/llama-server.log" 2>&1 &
-  pid=$!
+}
+serve_llama() {
+  local label=$1; shift
+  log "llama-server: $label ($*)"
+  "$BUILD/bin/llama-server" -m "$OURS" -ngl 99 --port 18081 -np "$SLOTS" -c $((SLOTS * CTX_PER_SLOT)) "$@" >"$OUT/server-$label.log" 2>&1 &
+  local pid=$!
   wait_http http://127.0.0.1:18081/health
-  "${AIRAVATA[@]}" bench --url http://127.0.0.1:18081 --api openai-completions --concurrency "$conc" --max-tokens 128 \
-     --prompt-tokens 32 --json "$OUT/bench-llama-server.json" | tee "$OUT/bench-llama-server.md"
+  sweep "$label" 18081 openai-completions
   kill $pid; wait $pid 2>/dev/null || true
+}
+
+stage_serve() {
+  WITH_OLDAPP=1 serve_ours ours
+  serve_llama llama-server
   "${AIRAVATA[@]}" bench --compare "$OUT/bench-ours.json" "$OUT/bench-llama-server.json" --svg "$OUT/bench.svg" | tee "$OUT/bench-compare.md"
+}
+
+# Variants: one KV stream for all slots (both servers), and prompts no cache can serve.
+stage_variants() {
+  serve_ours ours-kvu --kv-unified
+  serve_llama llama-server-kvu --kv-unified
+  BENCH_FLAGS=--unique-prompts serve_ours ours-unique
+  BENCH_FLAGS=--unique-prompts serve_llama llama-server-unique
+  "${AIRAVATA[@]}" bench --compare "$OUT"/bench-*.json | tee "$OUT/bench-all.md"
 }
 
 stage_oldapp() {

@@ -645,6 +645,7 @@ fn sample(label: &str, scale: f64) -> BenchReport {
                 tpot_ms: Some(s(21.0)),
                 e2e_ms: Some(s(500.0)),
                 per_stream_tokens_per_s: Some(s(40.0)),
+                engine: None,
             }
         })
         .collect();

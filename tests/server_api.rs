@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use airavata::engine::{GenerateRequest, Prompt};
+use airavata::server::ServeOptions;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -442,7 +443,7 @@ async fn metrics_info_and_health_move() {
     let (s, _) = post(
         &c,
         format!("{base}/generate"),
-        json!({"prompt": "नमस्ते", "max_new_tokens": 8}),
+        json!({"prompt": "नमस्ते", "max_new_tokens": 8, "ignore_eos": true}),
     )
     .await;
     assert_eq!(s, 200);
@@ -466,6 +467,30 @@ async fn metrics_info_and_health_move() {
     assert!(text.contains("airavata_kv_cache_usage_ratio"));
     assert!(text.contains("airavata_inter_token_latency_seconds_bucket"));
     assert!(text.contains("airavata_queue_time_seconds_sum"));
+    // The step profile: one mixed step (the prompt) and 7 decode-only steps of
+    // one token each, in one micro-batch each; every phase took some time.
+    let steps = |kind: &str| format!("airavata_engine_steps_total{{kind=\"{kind}\"}}");
+    // The step is recorded just after its tokens are handed out; allow the
+    // engine thread to get there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&c, &base, &steps("decode")).await < 7.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&c, &base, &steps("decode")).await, 7.0);
+    assert_eq!(metric(&c, &base, &steps("mixed")).await, 1.0);
+    assert_eq!(
+        metric(&c, &base, "airavata_engine_micro_batches_total").await,
+        8.0
+    );
+    let prompt = metric(&c, &base, "airavata_prompt_tokens_total").await;
+    assert_eq!(
+        metric(&c, &base, "airavata_engine_step_tokens_total").await,
+        prompt + 7.0
+    );
+    for phase in ["plan", "decode", "sync", "sample", "emit"] {
+        let name = format!("airavata_engine_step_seconds_total{{phase=\"{phase}\"}}");
+        assert!(metric(&c, &base, &name).await > 0.0, "{phase}");
+    }
     let v = info(&c, &base).await;
     assert_eq!(v["status"], "ready");
     assert_eq!(v["slots"], 4);
@@ -623,7 +648,7 @@ async fn tokenize_round_trips_devanagari() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_strings_and_preamble_cache() {
+async fn stop_strings_cut_the_output() {
     let model = test_model();
     let server = start(test_options(), model).await;
     let c = client();
@@ -654,21 +679,98 @@ async fn stop_strings_and_preamble_cache() {
         assert_eq!(v["generated_text"], &full[..cut_at], "stream={stream}");
         assert_eq!(v["finish_reason"], "stop");
     }
-    // A slot keeps the chat preamble's KV; the next chat-wrapped request reuses it.
-    let cached = server.engine().info().expect("info").cached_preamble_tokens;
-    assert!(cached > 0);
-    let (_, first) = post(
-        &c,
-        url.clone(),
-        json!({"prompt": "hello", "max_new_tokens": 4}),
+    server.shutdown().await.expect("shutdown");
+}
+
+fn common_prefix(a: &[i32], b: &[i32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Sends a short greedy chat-wrapped /generate; returns (cached prompt tokens, text).
+async fn ask_cached(c: &reqwest::Client, base: &str, prompt: &str) -> (usize, String) {
+    let (s, v) = post(
+        c,
+        format!("{base}/generate"),
+        json!({"prompt": prompt, "max_new_tokens": 6, "temperature": 0}),
     )
     .await;
-    let (_, second) = post(&c, url, json!({"prompt": "नमस्ते", "max_new_tokens": 4})).await;
-    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
-    assert_eq!(
-        second["usage"]["prompt_tokens_details"]["cached_tokens"],
-        cached
+    assert_eq!(s, 200, "{v}");
+    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("cached_tokens");
+    let text = v["generated_text"].as_str().expect("text").to_string();
+    (usize::try_from(cached).expect("small"), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_cache_reuses_the_longest_prefix() {
+    let model = test_model();
+    let c = client();
+    let server = start(test_options(), model.clone()).await;
+    let engine = server.engine();
+    assert!(engine.info().expect("info").prompt_cache);
+    let hello = engine
+        .prompt_tokens(&Prompt::User("hello there".into()))
+        .expect("tokens");
+    let namaste = engine
+        .prompt_tokens(&Prompt::User("नमस्ते दुनिया".into()))
+        .expect("tokens");
+    let shared = common_prefix(&hello, &namaste);
+    assert!(shared >= 2, "chat preamble {shared}");
+    let base = server.url();
+    // Nothing cached yet.
+    let (cached, first) = ask_cached(&c, &base, "hello there").await;
+    assert_eq!(cached, 0);
+    // The same prompt again: all but the last prompt token is reused, and the
+    // greedy answer is unchanged.
+    let (cached, again) = ask_cached(&c, &base, "hello there").await;
+    assert_eq!(cached, hello.len() - 1);
+    assert_eq!(again, first);
+    // A prompt sharing only the preamble takes an empty slot rather than
+    // discarding most of the cached conversation...
+    let (cached, _) = ask_cached(&c, &base, "नमस्ते दुनिया").await;
+    assert_eq!(cached, 0);
+    // ...so "hello there" is still cached.
+    let (cached, third) = ask_cached(&c, &base, "hello there").await;
+    assert_eq!(cached, hello.len() - 1);
+    assert_eq!(third, first);
+    let metrics = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let reused = (hello.len() - 1) * 2;
+    assert!(
+        metrics.contains(&format!("airavata_cached_prompt_tokens_total {reused}\n")),
+        "{metrics}"
     );
+    server.shutdown().await.expect("shutdown");
+
+    // One slot: a different prompt reuses the chat preamble.
+    let one = ServeOptions {
+        parallel: 1,
+        ..test_options()
+    };
+    let server = start(one.clone(), model.clone()).await;
+    let base = server.url();
+    assert_eq!(ask_cached(&c, &base, "hello there").await.0, 0);
+    assert_eq!(ask_cached(&c, &base, "नमस्ते दुनिया").await.0, shared);
+    server.shutdown().await.expect("shutdown");
+
+    // Turned off, nothing is reused.
+    let off = ServeOptions {
+        no_prompt_cache: true,
+        ..one
+    };
+    let server = start(off, model).await;
+    let base = server.url();
+    assert!(!server.engine().info().expect("info").prompt_cache);
+    for _ in 0..2 {
+        assert_eq!(ask_cached(&c, &base, "hello there").await.0, 0);
+    }
     server.shutdown().await.expect("shutdown");
 }
 
@@ -862,5 +964,44 @@ async fn non_streaming_client_disconnect_cancels_too() {
         .await,
         1.0
     );
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_against_our_server_reports_the_engine_profile() {
+    use airavata::bench::{render_markdown, run, BenchArgs};
+    let server = start(test_options(), test_model()).await;
+    let args = BenchArgs {
+        url: server.url(),
+        concurrency: vec![1, 4],
+        requests: Some(4),
+        warmup: 1,
+        prompt_tokens: Some(16),
+        max_tokens: Some(12),
+        unique_prompts: true,
+        ..BenchArgs::default()
+    };
+    let report = run(args).await.expect("bench runs");
+    for level in &report.levels {
+        assert_eq!(level.ok, 4, "c={}", level.concurrency);
+        // ignore_eos: every request yields exactly max_tokens.
+        assert_eq!(level.output_tokens, Some(48));
+        let e = level
+            .engine
+            .as_ref()
+            .expect("our server exports the step profile");
+        // 4 requests × 12 tokens: the first token of each comes from a prompt
+        // step, the other 11 from decode steps (shared across requests when
+        // they overlap), so there are at least 12 and at most 48 steps.
+        assert!((12..=48).contains(&e.steps), "steps {}", e.steps);
+        assert!(e.mixed_fraction > 0.0 && e.mixed_fraction <= 1.0);
+        assert!(e.micro_batches_per_step >= 1.0);
+        assert!(e.total_ms_per_step > 0.0);
+        assert!(e.phase_ms("decode") > 0.0);
+    }
+    // Serial requests never share a step: 4 × 12 steps exactly.
+    assert_eq!(report.levels[0].engine.as_ref().map(|e| e.steps), Some(48));
+    let md = render_markdown(&report);
+    assert!(md.contains("Engine steps"), "{md}");
     server.shutdown().await.expect("shutdown");
 }

@@ -17,6 +17,7 @@
 
 mod args;
 mod client;
+pub mod engine_profile;
 mod report;
 mod stats;
 mod svg;
@@ -121,6 +122,9 @@ pub struct LevelReport {
     pub e2e_ms: Option<Summary>,
     /// Per-request output tokens / e2e seconds.
     pub per_stream_tokens_per_s: Option<Summary>,
+    /// Our server's engine step profile over the level (from `/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<engine_profile::EngineProfile>,
 }
 
 /// A benchmark run.
@@ -231,7 +235,11 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     for &c in &levels {
         let n = args.requests_for(c);
         tracing::info!("bench: concurrency {c}, {n} requests");
-        let level = run_level(&client, &spec, c, n, unique, &tag).await?;
+        let before = engine_profile::scrape(&client, &base).await;
+        let mut level = run_level(&client, &spec, c, n, unique, &tag).await?;
+        if let (Some(b), Some(a)) = (before, engine_profile::scrape(&client, &base).await) {
+            level.engine = engine_profile::EngineProfile::between(&b, &a);
+        }
         tracing::info!(
             "bench: c={c} ok={} errors={} {:.2} req/s",
             level.ok,
@@ -435,5 +443,6 @@ pub fn summarise(
         tpot_ms: Summary::of(&tpot),
         e2e_ms: Summary::of(&e2e),
         per_stream_tokens_per_s: Summary::of(&per_stream),
+        engine: None,
     }
 }

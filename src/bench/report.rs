@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::args::BenchArgs;
+use super::engine_profile::PHASES;
 use super::stats::Summary;
 use super::{render_svg, BenchError, BenchReport, Scenario};
 
@@ -71,6 +72,7 @@ pub fn render_comparison(reports: &[BenchReport]) -> String {
             );
         }
     }
+    engine_table(&mut s, reports);
     let errors: Vec<String> = reports
         .iter()
         .flat_map(|r| {
@@ -102,6 +104,45 @@ pub fn render_comparison(reports: &[BenchReport]) -> String {
         }
     }
     s
+}
+
+/// Our server's step profile per level, when the runs have one.
+fn engine_table(s: &mut String, reports: &[BenchReport]) {
+    if !reports
+        .iter()
+        .any(|r| r.levels.iter().any(|l| l.engine.is_some()))
+    {
+        return;
+    }
+    s.push_str(
+        "\nEngine steps (server side, from /metrics; ms per step):\n\n\
+         | run | conc | steps | mixed % | tokens/step | micro-batches/step \
+         | plan | decode | sync | sample | emit | total |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for r in reports {
+        for l in &r.levels {
+            let Some(e) = &l.engine else {
+                continue;
+            };
+            let phases: Vec<String> = PHASES
+                .iter()
+                .map(|p| format!("{:.2}", e.phase_ms(p)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.0} | {:.1} | {:.2} | {} | {:.2} |",
+                md_escape(&r.label),
+                l.concurrency,
+                e.steps,
+                e.mixed_fraction * 100.0,
+                e.tokens_per_step,
+                e.micro_batches_per_step,
+                phases.join(" | "),
+                e.total_ms_per_step
+            );
+        }
+    }
 }
 
 fn num(x: Option<f64>, decimals: usize) -> String {

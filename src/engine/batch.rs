@@ -74,6 +74,46 @@ pub fn plan(slots: &[SlotView], n_batch: usize) -> Vec<Work> {
     work
 }
 
+/// How many micro-batches (graph evaluations) llama.cpp splits a step into,
+/// given each slot's token count in slot order (`work` sorted by slot).
+///
+/// With one KV stream per slot llama.cpp uses an "equal" split: a
+/// micro-batch takes the same number of tokens from every sequence in it, and
+/// its sequences must have consecutive ids. So a step holding one decode
+/// token per slot plus a prompt chunk costs two evaluations, and a free slot
+/// in the middle of the running ones splits the decode tokens in two. With a
+/// unified KV cache the split is "simple": `n_ubatch` tokens at a time.
+pub fn micro_batches(work: &[Work], unified: bool, n_ubatch: usize) -> usize {
+    let n_ubatch = n_ubatch.max(1);
+    let tokens = |w: &Work| match *w {
+        Work::Decode { .. } => 1,
+        Work::Prefill { n_tokens, .. } => n_tokens,
+    };
+    if unified {
+        return work.iter().map(tokens).sum::<usize>().div_ceil(n_ubatch);
+    }
+    let mut left: Vec<(usize, usize)> = work.iter().map(|w| (w.slot(), tokens(w))).collect();
+    let mut count = 0;
+    loop {
+        // The run of consecutive slot ids starting at the first unfinished one.
+        let Some(first) = left.iter().position(|&(_, n)| n > 0) else {
+            return count;
+        };
+        let mut end = first + 1;
+        while end < left.len() && left[end].1 > 0 && left[end].0 == left[end - 1].0 + 1 {
+            end += 1;
+        }
+        let run = &mut left[first..end];
+        let n_seqs = run.len();
+        let fewest = run.iter().map(|&(_, n)| n).min().unwrap_or(1);
+        let per_seq = fewest.min((n_ubatch / n_seqs).max(1));
+        for entry in run.iter_mut() {
+            entry.1 -= per_seq;
+        }
+        count += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +124,52 @@ mod tests {
             decoding,
             prefill_remaining,
         }
+    }
+
+    fn d(slot: usize) -> Work {
+        Work::Decode { slot }
+    }
+
+    fn p(slot: usize, n_tokens: usize) -> Work {
+        Work::Prefill {
+            slot,
+            n_tokens,
+            finishes: true,
+        }
+    }
+
+    #[test]
+    fn consecutive_decodes_are_one_micro_batch() {
+        let w: Vec<Work> = (0..64).map(d).collect();
+        assert_eq!(micro_batches(&w, false, 512), 1);
+        assert_eq!(micro_batches(&w, true, 512), 1);
+    }
+
+    #[test]
+    fn a_free_slot_in_the_middle_splits_the_decodes() {
+        let w = [d(0), d(1), d(3), d(4)];
+        assert_eq!(micro_batches(&w, false, 512), 2);
+        assert_eq!(micro_batches(&w, true, 512), 1);
+    }
+
+    #[test]
+    fn a_prompt_chunk_costs_extra_micro_batches_without_unified_kv() {
+        // One token of slot 1's chunk rides with the decodes; the rest follow.
+        let w = [d(0), p(1, 40), d(2)];
+        assert_eq!(micro_batches(&w, false, 512), 2);
+        // Two non-adjacent chunks: decodes + first tokens, then each chunk's rest
+        // (slots 1 and 3 are not consecutive).
+        let w = [d(0), p(1, 40), d(2), p(3, 10)];
+        assert_eq!(micro_batches(&w, false, 512), 3);
+        assert_eq!(micro_batches(&w, true, 512), 1);
+        assert_eq!(micro_batches(&w, true, 16), 4);
+    }
+
+    #[test]
+    fn equal_split_respects_the_micro_batch_size() {
+        assert_eq!(micro_batches(&[p(0, 100)], false, 32), 4);
+        // Two adjacent chunks share micro-batches: 16 + 16 tokens per evaluation.
+        assert_eq!(micro_batches(&[p(0, 40), p(1, 40)], false, 32), 3);
     }
 
     #[test]

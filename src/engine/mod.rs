@@ -14,13 +14,19 @@
 //! * the engine thread assigns queued requests to free slots between steps;
 //!   each step is one `decode` holding one token per generating slot plus
 //!   prompt chunks (see [`batch`]);
-//! * each slot has its own KV stream (`kv_unified = false`, as llama.cpp's
-//!   server does for a fixed `-np`): a sequence's cells sit at the same indices
-//!   whatever else runs, so batched greedy output equals serial output, and
-//!   attention spans only the slot's own cells. A finished or cancelled request
-//!   frees its cells at once (`seq_rm`), except the chat preamble
-//!   (`<s><|user|>\n`), which the slot keeps so the next chat-wrapped request
-//!   assigned to it skips those tokens (`usage.prompt_tokens_details.cached_tokens`).
+//! * by default each slot has its own KV stream (`kv_unified = false`, as
+//!   llama.cpp's server does for a fixed `-np`): a sequence's cells sit at the
+//!   same indices whatever else runs, so batched greedy output equals serial
+//!   output, and attention spans only the slot's own cells. `--kv-unified`
+//!   shares one stream instead, so a step mixing decode tokens and prompt
+//!   chunks is one graph evaluation rather than several (see
+//!   [`batch::micro_batches`]);
+//! * prompt cache: a finished request's KV stays in its slot; the next request
+//!   goes to the free slot sharing the longest token prefix with it and skips
+//!   those tokens (`usage.prompt_tokens_details.cached_tokens`). Chat turns and
+//!   repeated system prompts reuse their KV; the chat preamble always does;
+//! * every step's time is split into phases (plan, decode, sync, sample, emit)
+//!   and counted in `/metrics`, with the micro-batches llama.cpp splits it into.
 
 pub mod batch;
 pub mod prompt;
@@ -135,8 +141,11 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Directory to load ggml backends (`libggml-*.so`) from.
     pub backends_dir: Option<PathBuf>,
-    /// Keep the chat preamble's KV in each slot between requests.
-    pub cache_preamble: bool,
+    /// Keep each slot's KV after a request and reuse its longest common
+    /// prefix with the next prompt assigned to the slot.
+    pub cache_prompts: bool,
+    /// One KV stream shared by all slots instead of one per slot.
+    pub kv_unified: bool,
     /// Sleep after every step (test hook that simulates a slow model).
     pub step_delay: Option<Duration>,
 }
@@ -154,7 +163,8 @@ impl EngineConfig {
             flash_attn: FlashAttn::Auto,
             max_queue: 64,
             backends_dir: None,
-            cache_preamble: true,
+            cache_prompts: true,
+            kv_unified: false,
             step_delay: None,
         }
     }
@@ -197,8 +207,10 @@ pub struct ModelInfo {
     pub flash_attn: FlashAttn,
     /// ggml devices (name: description).
     pub devices: Vec<String>,
-    /// Tokens of the chat preamble a slot keeps between requests (0 = off).
-    pub cached_preamble_tokens: u32,
+    /// Whether slots keep their KV for the next request with the same prefix.
+    pub prompt_cache: bool,
+    /// Whether all slots share one KV stream.
+    pub kv_unified: bool,
     /// Selected GGUF metadata (`general.name`, `airavata.*`, ...).
     pub metadata: std::collections::BTreeMap<String, String>,
 }

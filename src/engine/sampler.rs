@@ -47,3 +47,28 @@ pub fn uses_history(params: &SamplingParams) -> bool {
         || params.frequency_penalty != 0.0
         || params.presence_penalty != 0.0
 }
+
+/// Whether the chain is greedy with no penalties: the token is then the
+/// argmax of the logits, and the chain keeps no state.
+pub fn is_plain_greedy(params: &SamplingParams) -> bool {
+    params.temperature <= 0.0 && !(uses_history(params) && params.penalty_last_n != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_greedy_only_without_temperature_or_penalties() {
+        let mut p = SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        };
+        assert!(is_plain_greedy(&p));
+        p.repetition_penalty = 1.1;
+        assert!(!is_plain_greedy(&p));
+        p.repetition_penalty = 1.0;
+        p.temperature = 0.7;
+        assert!(!is_plain_greedy(&p));
+    }
+}

@@ -103,13 +103,13 @@ pub struct EngineStats {
     pub admitted: AtomicUsize,
     /// Requests holding a slot.
     pub running: AtomicUsize,
-    /// KV cells in use by slots and the cached preamble.
+    /// KV cells in use by running requests and by the prompt cache.
     pub kv_used_cells: AtomicUsize,
     /// KV cells in the context.
     pub kv_total_cells: AtomicUsize,
-    /// Prompt tokens processed (cached preamble tokens excluded).
+    /// Prompt tokens evaluated (tokens served from the prompt cache excluded).
     pub prompt_tokens: AtomicU64,
-    /// Prompt tokens served from the cached preamble.
+    /// Prompt tokens served from the prompt cache.
     pub cached_prompt_tokens: AtomicU64,
     /// Tokens sampled.
     pub generated_tokens: AtomicU64,
@@ -133,6 +133,72 @@ pub struct EngineStats {
     pub end_to_end: Histogram,
     /// Submission until a slot took the request.
     pub queue_time: Histogram,
+    /// Where the engine thread's time goes, step by step.
+    pub steps: StepProfile,
+}
+
+/// Phases of one engine step, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Admission, planning and filling the batch.
+    Plan,
+    /// `llama_decode`: graph build (or reuse) and launch; on CPU also the compute.
+    Decode,
+    /// `llama_synchronize`: waiting for the backend to finish and copy the logits out.
+    Sync,
+    /// Picking each sequence's next token.
+    Sample,
+    /// Detokenizing, stop strings and handing text to the HTTP tasks.
+    Emit,
+}
+
+impl Phase {
+    /// Every phase.
+    pub const ALL: [Phase; 5] = [
+        Phase::Plan,
+        Phase::Decode,
+        Phase::Sync,
+        Phase::Sample,
+        Phase::Emit,
+    ];
+
+    /// Label used in `/metrics`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Plan => "plan",
+            Phase::Decode => "decode",
+            Phase::Sync => "sync",
+            Phase::Sample => "sample",
+            Phase::Emit => "emit",
+        }
+    }
+}
+
+/// Cumulative step accounting (cheap enough to keep on in production).
+#[derive(Debug, Default)]
+pub struct StepProfile {
+    nanos: [AtomicU64; 5],
+    /// Steps that held only decode tokens.
+    pub decode_only: AtomicU64,
+    /// Steps that also held prompt tokens.
+    pub mixed: AtomicU64,
+    /// Tokens fed, over all steps.
+    pub tokens: AtomicU64,
+    /// Graph evaluations llama.cpp splits the steps into (see [`crate::engine::batch::micro_batches`]).
+    pub micro_batches: AtomicU64,
+}
+
+impl StepProfile {
+    /// Adds `d` to `phase`.
+    pub fn add(&self, phase: Phase, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos[phase as usize].fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Seconds spent in `phase` so far.
+    pub fn seconds(&self, phase: Phase) -> f64 {
+        self.nanos[phase as usize].load(Ordering::Relaxed) as f64 * 1e-9
+    }
 }
 
 impl Default for EngineStats {
@@ -155,6 +221,7 @@ impl Default for EngineStats {
             inter_token_latency: Histogram::new(TOKEN_BUCKETS),
             end_to_end: Histogram::new(LATENCY_BUCKETS),
             queue_time: Histogram::new(LATENCY_BUCKETS),
+            steps: StepProfile::default(),
         }
     }
 }
@@ -202,5 +269,16 @@ mod tests {
         assert_eq!(s.cumulative, vec![1, 2]);
         assert_eq!(s.count, 3);
         assert!((s.sum - 5.55).abs() < 1e-9);
+    }
+
+    #[test]
+    fn step_phases_accumulate_separately() {
+        let p = StepProfile::default();
+        p.add(Phase::Decode, Duration::from_millis(3));
+        p.add(Phase::Decode, Duration::from_millis(2));
+        p.add(Phase::Emit, Duration::from_micros(250));
+        assert!((p.seconds(Phase::Decode) - 0.005).abs() < 1e-12);
+        assert!((p.seconds(Phase::Emit) - 0.00025).abs() < 1e-12);
+        assert_eq!(p.seconds(Phase::Sync), 0.0);
     }
 }

@@ -17,11 +17,12 @@ use tokio::sync::mpsc;
 
 use super::batch::{self, SlotView, Work};
 use super::request::{Completion, Event, FinishReason, SamplingParams, Timings, Usage};
+use super::stats::Phase;
 use super::stop::StopMatcher;
 use super::utf8::Utf8Accumulator;
 use super::{
-    file_type_name, prompt, sampler, EngineConfig, EngineError, FlashAttn, LoadState, ModelInfo,
-    Shared, Ticket,
+    file_type_name, sampler, EngineConfig, EngineError, FlashAttn, LoadState, ModelInfo, Shared,
+    Ticket,
 };
 
 /// A request admitted by [`super::Engine::generate`].
@@ -49,10 +50,14 @@ struct Active {
     sampler: LlamaSampler,
     /// Tokens of this sequence in the KV cache.
     n_past: usize,
-    /// Prompt tokens served from the shared preamble.
+    /// Prompt tokens served from the slot's prompt cache.
     cached: usize,
     /// Sampled token not yet fed back.
     pending: Option<LlamaToken>,
+    /// Sampled tokens already fed back (in the KV cache after the prompt).
+    fed: Vec<LlamaToken>,
+    /// Plain greedy (argmax over the logits, no sampler state).
+    greedy: bool,
     n_generated: u32,
     utf8: Utf8Accumulator,
     stop: StopMatcher,
@@ -67,6 +72,59 @@ impl Active {
     fn prefill_remaining(&self) -> usize {
         self.job.tokens.len().saturating_sub(self.n_past)
     }
+
+    /// The tokens whose KV this sequence holds, in order.
+    fn kv_tokens(&self) -> Vec<LlamaToken> {
+        let prompt = self.n_past.min(self.job.tokens.len());
+        let mut t = Vec::with_capacity(self.n_past);
+        t.extend_from_slice(&self.job.tokens[..prompt]);
+        t.extend_from_slice(&self.fed);
+        t
+    }
+}
+
+/// Length of the common prefix of `a` and `b`.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The free slot for a prompt: the one whose cached tokens give the most
+/// reuse, counting each cached token the prompt would discard as half a
+/// token lost (so a prompt sharing only the chat preamble takes an empty slot
+/// rather than evicting a cached conversation). Ties go to the lowest index,
+/// which keeps running slots contiguous (fewer micro-batches per step).
+fn pick_slot(
+    free: impl Iterator<Item = bool>,
+    cached: &[Vec<LlamaToken>],
+    prompt: &[LlamaToken],
+) -> Option<usize> {
+    let mut best: Option<(usize, i64)> = None;
+    for (i, (is_free, tokens)) in free.zip(cached).enumerate() {
+        if !is_free {
+            continue;
+        }
+        let common = common_prefix(tokens, prompt);
+        let gain = i64::try_from(common).unwrap_or(i64::MAX);
+        let lost = i64::try_from(tokens.len() - common).unwrap_or(i64::MAX);
+        let score = gain.saturating_mul(2).saturating_sub(lost);
+        if best.is_none_or(|(_, b)| score > b) {
+            best = Some((i, score));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// The first index of the largest logit (llama.cpp's greedy sampler keeps
+/// the first of equal maxima too).
+fn argmax(logits: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        match best {
+            Some((_, b)) if v <= b => {}
+            _ => best = Some((i, v)),
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 pub(super) fn run(config: EngineConfig, shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Command>) {
@@ -132,9 +190,11 @@ fn run_inner(
         .unwrap_or_else(|| model.n_ctx_train())
         .max(16);
     let n_batch = config.batch_size.max(config.parallel).max(1);
-    // One KV stream per slot (not unified): a sequence's cells sit at the same
-    // indices whatever else is running, so batched greedy output is identical
-    // to serial output, and attention only spans the slot's own cells.
+    // By default one KV stream per slot (not unified): a sequence's cells sit
+    // at the same indices whatever else is running, so batched greedy output
+    // is identical to serial output, and attention only spans the slot's own
+    // cells. `--kv-unified` shares one stream, which lets llama.cpp evaluate a
+    // step that mixes decode tokens and prompt chunks in one pass.
     let n_seq_max = config.parallel;
     // On CPU, llama.cpp's flash-attention path gives results that depend on
     // the shape of the batch (F16 accumulation, kernel choice by batch size),
@@ -155,7 +215,7 @@ fn run_inner(
         .with_n_batch(n_batch)
         .with_n_ubatch(n_batch)
         .with_n_seq_max(n_seq_max)
-        .with_kv_unified(false)
+        .with_kv_unified(config.kv_unified)
         .with_n_threads(threads_i32)
         .with_n_threads_batch(threads_i32)
         .with_flash_attention_policy(fa);
@@ -164,11 +224,6 @@ fn run_inner(
         .map_err(|e| EngineError::Load(format!("creating the context: {e}")))?;
     let n_ctx = ctx.n_ctx();
 
-    let preamble = if config.cache_preamble {
-        preamble_tokens(&model)
-    } else {
-        Vec::new()
-    };
     let n_ctx_slot = n_ctx as usize / config.parallel as usize;
     if n_ctx_slot < 2 {
         return Err(EngineError::Load(format!(
@@ -193,7 +248,6 @@ fn run_inner(
         n_ctx,
         n_ctx_slot,
         n_batch,
-        preamble.len(),
         flash_attn,
     );
     tracing::info!(
@@ -202,7 +256,8 @@ fn run_inner(
         n_ctx_slot,
         slots = config.parallel,
         n_batch,
-        preamble_tokens = preamble.len(),
+        kv_unified = config.kv_unified,
+        prompt_cache = config.cache_prompts,
         "model loaded"
     );
     let stats = &shared.stats;
@@ -221,37 +276,18 @@ fn run_inner(
         slots: (0..config.parallel).map(|_| None).collect(),
         order: Vec::new(),
         pending: VecDeque::new(),
-        preamble,
-        slot_cached: vec![0; config.parallel as usize],
+        slot_tokens: vec![Vec::new(); config.parallel as usize],
+        cache_prompts: config.cache_prompts,
+        kv_unified: config.kv_unified,
         batch: LlamaBatch::new(n_batch as usize, 1),
         n_batch: n_batch as usize,
+        sample_time: Duration::ZERO,
         rx,
         closing: false,
         step_delay: config.step_delay,
     };
     lp.run();
     Ok(())
-}
-
-/// The tokens every chat-wrapped prompt starts with (`<s><|user|>\n`),
-/// found by comparing the tokenization of two different prompts.
-fn preamble_tokens(model: &LlamaModel) -> Vec<LlamaToken> {
-    let vocab = model.vocab();
-    let tok = |p: &str| {
-        vocab.tokenize(
-            prompt::render(&prompt::user_turn(p))
-                .trim_start_matches("<s>")
-                .as_bytes(),
-            true,
-            false,
-        )
-    };
-    let (a, b) = (tok("a"), tok("नमस्ते"));
-    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    if common < 2 {
-        return Vec::new();
-    }
-    a[..common].to_vec()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -264,7 +300,6 @@ fn model_info(
     n_ctx: u32,
     n_ctx_slot: usize,
     n_batch: u32,
-    preamble: usize,
     flash_attn: FlashAttn,
 ) -> ModelInfo {
     let mut metadata = BTreeMap::new();
@@ -313,7 +348,8 @@ fn model_info(
             .into_iter()
             .map(|d| format!("{}: {}", d.name, d.description))
             .collect(),
-        cached_preamble_tokens: u32::try_from(preamble).unwrap_or(u32::MAX),
+        prompt_cache: config.cache_prompts,
+        kv_unified: config.kv_unified,
         metadata,
     }
 }
@@ -351,11 +387,15 @@ struct Loop<'m> {
     /// Occupied slots in admission order.
     order: Vec<usize>,
     pending: VecDeque<Box<Job>>,
-    preamble: Vec<LlamaToken>,
-    /// Preamble tokens kept in each slot's KV stream between requests.
-    slot_cached: Vec<usize>,
+    /// Tokens whose KV each free slot still holds (its last request's prompt
+    /// and output), for the next request that starts the same way.
+    slot_tokens: Vec<Vec<LlamaToken>>,
+    cache_prompts: bool,
+    kv_unified: bool,
     batch: LlamaBatch<'static>,
     n_batch: usize,
+    /// Time inside sampler calls during the current step.
+    sample_time: Duration,
     rx: mpsc::UnboundedReceiver<Command>,
     closing: bool,
     step_delay: Option<Duration>,
@@ -432,18 +472,9 @@ impl Loop<'_> {
     }
 
     fn assign_slots(&mut self) {
-        while !self.pending.is_empty() {
-            let Some(job) = self.pending.pop_front() else {
-                return;
-            };
-            // Prefer a free slot that already holds the chat preamble when the
-            // prompt starts with it.
-            let wants_preamble = self.starts_with_preamble(&job.tokens);
-            let free = || (0..self.slots.len()).filter(|&i| self.slots[i].is_none());
-            let Some(slot) = free()
-                .find(|&i| wants_preamble && self.slot_cached[i] > 0)
-                .or_else(|| free().next())
-            else {
+        while let Some(job) = self.pending.pop_front() {
+            let free = self.slots.iter().map(Option::is_none);
+            let Some(slot) = pick_slot(free, &self.slot_tokens, &job.tokens) else {
                 self.pending.push_front(job);
                 return;
             };
@@ -454,27 +485,28 @@ impl Loop<'_> {
         }
     }
 
-    /// Whether `tokens` begin with the whole chat preamble and go beyond it
-    /// (at least one prompt token must be evaluated to sample from).
-    fn starts_with_preamble(&self, tokens: &[LlamaToken]) -> bool {
-        !self.preamble.is_empty()
-            && tokens.len() > self.preamble.len()
-            && tokens.starts_with(&self.preamble)
-    }
-
     fn start(&mut self, slot: usize, job: Box<Job>) -> Active {
         let now = Instant::now();
-        // Reuse the preamble the slot kept from its previous request; anything
-        // else in the slot's stream is dropped.
-        let cached = if self.starts_with_preamble(&job.tokens) {
-            self.slot_cached[slot]
+        // Keep the cached prefix the prompt shares with the slot's previous
+        // sequence, minus at least one token: the last prompt token must be
+        // evaluated to have logits to sample from.
+        let common = common_prefix(&self.slot_tokens[slot], &job.tokens)
+            .min(job.tokens.len().saturating_sub(1));
+        let seq = Some(slot as u32);
+        let trimmed = common > 0
+            && matches!(
+                self.ctx
+                    .clear_kv_cache_seq(seq, u32::try_from(common).ok(), None),
+                Ok(true)
+            );
+        let cached = if trimmed {
+            common
         } else {
+            let _ = self.ctx.clear_kv_cache_seq(seq, None, None);
             0
         };
-        if cached == 0 {
-            let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
-            self.slot_cached[slot] = 0;
-        }
+        self.slot_tokens[slot].clear();
+        let greedy = sampler::is_plain_greedy(&job.sampling);
         let mut sampler = sampler::build(&job.sampling, self.model.n_vocab());
         if sampler::uses_history(&job.sampling) {
             sampler.accept_many(job.tokens.iter());
@@ -498,6 +530,8 @@ impl Loop<'_> {
             n_past: cached,
             cached,
             pending: None,
+            fed: Vec::new(),
+            greedy,
             n_generated: 0,
             utf8: Utf8Accumulator::new(),
             stop,
@@ -539,37 +573,29 @@ impl Loop<'_> {
         }
     }
 
-    /// Ends the slot's request and frees its KV cells at once, keeping only
-    /// the chat preamble (if the request began with it) for the next request.
+    /// Ends the slot's request. Its KV cells stay as the slot's prompt cache
+    /// (unless caching is off or `keep` is false, e.g. after a failed decode).
     fn free(&mut self, slot: usize) {
         self.release(slot, true);
     }
 
-    fn release(&mut self, slot: usize, keep_preamble: bool) {
-        let keep = match self.slots[slot].take() {
+    fn release(&mut self, slot: usize, keep: bool) {
+        let kept = match self.slots[slot].take() {
             Some(a) => {
                 self.shared.stats.running.fetch_sub(1, Ordering::Relaxed);
-                keep_preamble
-                    && self.starts_with_preamble(&a.job.tokens)
-                    && a.n_past >= self.preamble.len()
+                if keep && self.cache_prompts {
+                    a.kv_tokens()
+                } else {
+                    Vec::new()
+                }
             }
-            None => false,
+            None => Vec::new(),
         };
         self.order.retain(|s| *s != slot);
-        let seq = Some(slot as u32);
-        let n = self.preamble.len();
-        let kept = keep
-            && matches!(
-                self.ctx
-                    .clear_kv_cache_seq(seq, u32::try_from(n).ok(), None),
-                Ok(true)
-            );
-        if kept {
-            self.slot_cached[slot] = n;
-        } else {
-            let _ = self.ctx.clear_kv_cache_seq(seq, None, None);
-            self.slot_cached[slot] = 0;
+        if kept.is_empty() {
+            let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
         }
+        self.slot_tokens[slot] = kept;
         self.update_kv_usage();
     }
 
@@ -577,8 +603,8 @@ impl Loop<'_> {
         let used: usize = self
             .slots
             .iter()
-            .zip(&self.slot_cached)
-            .map(|(a, cached)| a.as_ref().map_or(*cached, |a| a.n_past))
+            .zip(&self.slot_tokens)
+            .map(|(a, cached)| a.as_ref().map_or(cached.len(), |a| a.n_past))
             .sum();
         self.shared
             .stats
@@ -588,6 +614,7 @@ impl Loop<'_> {
 
     /// One `decode` over all occupied slots.
     fn step(&mut self) {
+        let t_plan = Instant::now();
         let views: Vec<SlotView> = self
             .order
             .iter()
@@ -626,6 +653,7 @@ impl Loop<'_> {
         if self.batch.n_tokens() == 0 {
             return;
         }
+        let t_decode = Instant::now();
         if let Err(e) = self.ctx.decode(&mut self.batch) {
             tracing::error!(error = %e, "decode failed");
             for (slot, _) in fed {
@@ -633,20 +661,51 @@ impl Loop<'_> {
             }
             return;
         }
+        let t_sync = Instant::now();
+        self.ctx.synchronize();
+        let t_sample = Instant::now();
         let stats = &self.shared.stats;
         stats.decode_steps.fetch_add(1, Ordering::Relaxed);
         for &(slot, n) in &fed {
             if let Some(a) = self.slots[slot].as_mut() {
-                if a.pending.take().is_none() {
-                    stats.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+                match a.pending.take() {
+                    Some(token) => a.fed.push(token),
+                    None => {
+                        stats.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                 }
                 a.n_past += n;
             }
         }
+        // Counted before any answer goes out, so a client that has its last
+        // token sees this step in /metrics.
+        self.record_step(&plan, [t_plan, t_decode, t_sync, t_sample]);
+        self.sample_time = Duration::ZERO;
         for (slot, _) in fed {
             self.sample(slot);
         }
         self.update_kv_usage();
+        let p = &self.shared.stats.steps;
+        p.add(Phase::Sample, self.sample_time);
+        p.add(
+            Phase::Emit,
+            t_sample.elapsed().saturating_sub(self.sample_time),
+        );
+    }
+
+    /// Adds one step's shape and its first phases to the profile.
+    fn record_step(&self, plan: &[Work], t: [Instant; 4]) {
+        let p = &self.shared.stats.steps;
+        p.add(Phase::Plan, t[1] - t[0]);
+        p.add(Phase::Decode, t[2] - t[1]);
+        p.add(Phase::Sync, t[3] - t[2]);
+        let mixed = plan.iter().any(|w| matches!(w, Work::Prefill { .. }));
+        let kind = if mixed { &p.mixed } else { &p.decode_only };
+        kind.fetch_add(1, Ordering::Relaxed);
+        let tokens = self.batch.n_tokens().max(0) as u64;
+        p.tokens.fetch_add(tokens, Ordering::Relaxed);
+        let micro = batch::micro_batches(plan, self.kv_unified, self.n_batch) as u64;
+        p.micro_batches.fetch_add(micro, Ordering::Relaxed);
     }
 
     fn add_decode(&mut self, slot: usize) -> Result<(usize, usize), String> {
@@ -696,8 +755,19 @@ impl Loop<'_> {
         let Some(idx) = a.logits_at.take() else {
             return;
         };
-        let token = a.sampler.sample(&self.ctx, idx);
+        let t0 = Instant::now();
+        let token = if a.greedy {
+            // The same choice as llama.cpp's greedy sampler, without copying
+            // the vocabulary into a candidate array for every sequence.
+            match argmax(self.ctx.get_logits_ith(idx)) {
+                Some(i) => LlamaToken(i32::try_from(i).unwrap_or(i32::MAX)),
+                None => a.sampler.sample(&self.ctx, idx),
+            }
+        } else {
+            a.sampler.sample(&self.ctx, idx)
+        };
         let now = Instant::now();
+        self.sample_time += now - t0;
         stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
         match a.last_token {
             None => stats.time_to_first_token.observe(now - a.job.submitted),
@@ -796,5 +866,45 @@ impl Loop<'_> {
         for slot in self.order.clone() {
             self.fail(slot, err.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(v: &[i32]) -> Vec<LlamaToken> {
+        v.iter().copied().map(LlamaToken).collect()
+    }
+
+    #[test]
+    fn argmax_keeps_the_first_maximum() {
+        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), Some(1));
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -3.0]), Some(1));
+        assert_eq!(argmax(&[]), None);
+    }
+
+    #[test]
+    fn slot_choice_prefers_reuse_then_low_index() {
+        let cached = vec![toks(&[1, 2, 3, 4]), toks(&[1, 2, 9, 9]), Vec::new()];
+        let all_free = || [true, true, true].into_iter();
+        // Longest prefix wins.
+        assert_eq!(
+            pick_slot(all_free(), &cached, &toks(&[1, 2, 3, 7])),
+            Some(0)
+        );
+        // Sharing one token with a long cache: take the empty slot instead.
+        assert_eq!(pick_slot(all_free(), &cached, &toks(&[1, 5, 5])), Some(2));
+        // Busy slots are skipped; nothing free gives None.
+        let busy = [false, true, false].into_iter();
+        assert_eq!(pick_slot(busy, &cached, &toks(&[1, 2, 3])), Some(1));
+        assert_eq!(
+            pick_slot([false; 3].into_iter(), &cached, &toks(&[1])),
+            None
+        );
+        // Equal caches: the lowest free index.
+        let same = vec![toks(&[1, 2]); 3];
+        let free = [false, true, true].into_iter();
+        assert_eq!(pick_slot(free, &same, &toks(&[1, 2, 3])), Some(1));
     }
 }

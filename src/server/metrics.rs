@@ -9,7 +9,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::engine::stats::HistogramSnapshot;
+use crate::engine::stats::{HistogramSnapshot, Phase, StepProfile};
 use crate::engine::{Engine, EngineStats};
 
 use super::AppState;
@@ -70,12 +70,12 @@ pub fn render(http: &HttpMetrics, engine: &Engine) -> String {
     let counters: [(&str, &str, u64); 10] = [
         (
             "airavata_prompt_tokens_total",
-            "Prompt tokens evaluated (cached preamble excluded).",
+            "Prompt tokens evaluated (prompt-cache hits excluded).",
             s.prompt_tokens.load(Ordering::Relaxed),
         ),
         (
             "airavata_cached_prompt_tokens_total",
-            "Prompt tokens served from the shared preamble KV.",
+            "Prompt tokens served from the slots' prompt cache.",
             s.cached_prompt_tokens.load(Ordering::Relaxed),
         ),
         (
@@ -180,7 +180,56 @@ pub fn render(http: &HttpMetrics, engine: &Engine) -> String {
         header(&mut out, name, "histogram", help);
         histogram(&mut out, name, &h);
     }
+    step_profile(&mut out, &s.steps);
     out
+}
+
+/// The engine thread's time by step phase, and the steps' shape.
+fn step_profile(out: &mut String, p: &StepProfile) {
+    let name = "airavata_engine_step_seconds_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Engine thread time by step phase (plan, decode, sync, sample, emit).",
+    );
+    for phase in Phase::ALL {
+        let _ = writeln!(
+            out,
+            "{name}{{phase=\"{}\"}} {}",
+            phase.name(),
+            p.seconds(phase)
+        );
+    }
+    let name = "airavata_engine_steps_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Engine steps: decode tokens only, or mixed with prompt chunks.",
+    );
+    for (kind, v) in [("decode", &p.decode_only), ("mixed", &p.mixed)] {
+        let _ = writeln!(
+            out,
+            "{name}{{kind=\"{kind}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    for (name, help, v) in [
+        (
+            "airavata_engine_step_tokens_total",
+            "Tokens fed to llama_decode over all steps.",
+            &p.tokens,
+        ),
+        (
+            "airavata_engine_micro_batches_total",
+            "Graph evaluations llama.cpp splits the steps into.",
+            &p.micro_batches,
+        ),
+    ] {
+        header(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -135,9 +135,16 @@ pub struct ServeOptions {
     /// Model name reported by the OpenAI routes [default: the GGUF file stem].
     #[arg(long)]
     pub model_name: Option<String>,
-    /// Do not share the KV of the chat preamble between requests.
+    /// Do not keep a finished request's KV in its slot for the next request
+    /// that starts with the same tokens (chat preamble, system prompt, earlier turns).
+    #[arg(long, alias = "no-preamble-cache")]
+    pub no_prompt_cache: bool,
+    /// Share one KV cache among all slots (llama.cpp's `--kv-unified`): a step
+    /// that mixes decode tokens and prompt chunks runs as one graph evaluation.
+    /// Off by default: per-slot streams keep batched greedy output identical to
+    /// serial output.
     #[arg(long)]
-    pub no_preamble_cache: bool,
+    pub kv_unified: bool,
     /// Testing aid: sleep this many milliseconds after every decode step.
     #[arg(long, hide = true)]
     pub step_delay_ms: Option<u64>,
@@ -161,7 +168,8 @@ impl Default for ServeOptions {
             max_body_bytes: 1 << 20,
             cors_origin: Vec::new(),
             model_name: None,
-            no_preamble_cache: false,
+            no_prompt_cache: false,
+            kv_unified: false,
             step_delay_ms: None,
         }
     }
@@ -180,7 +188,8 @@ impl ServeOptions {
             flash_attn: self.flash_attn,
             max_queue: self.max_queue,
             backends_dir: self.backends_dir.clone(),
-            cache_preamble: !self.no_preamble_cache,
+            cache_prompts: !self.no_prompt_cache,
+            kv_unified: self.kv_unified,
             step_delay: self.step_delay_ms.map(Duration::from_millis),
         }
     }
