@@ -298,7 +298,7 @@ fn run_inner(
         kv_unified: config.kv_unified,
         batch: LlamaBatch::new(n_batch as usize, 1),
         n_batch: n_batch as usize,
-        sample_time: Duration::ZERO,
+        emits: Vec::new(),
         rx,
         closing: false,
         step_delay: config.step_delay,
@@ -390,10 +390,16 @@ fn pos(i: usize) -> i32 {
     i32::try_from(i).unwrap_or(i32::MAX)
 }
 
-enum Next {
-    Continue,
-    Finish(FinishReason),
-    Cancel,
+/// A picked token whose text is still to be produced.
+struct Emit {
+    slot: usize,
+    /// The request it belongs to (the slot may have been freed meanwhile).
+    id: u64,
+    token: LlamaToken,
+    /// The request's first token (a leading space may be stripped).
+    first: bool,
+    /// The request's last token (max_new_tokens reached).
+    last: bool,
 }
 
 struct Loop<'m> {
@@ -411,8 +417,8 @@ struct Loop<'m> {
     kv_unified: bool,
     batch: LlamaBatch<'static>,
     n_batch: usize,
-    /// Time inside sampler calls during the current step.
-    sample_time: Duration,
+    /// Tokens picked in the last step, their text not yet sent.
+    emits: Vec<Emit>,
     rx: mpsc::UnboundedReceiver<Command>,
     closing: bool,
     step_delay: Option<Duration>,
@@ -668,6 +674,7 @@ impl Loop<'_> {
             }
         }
         if self.batch.n_tokens() == 0 {
+            self.flush_emits();
             return;
         }
         let t_decode = Instant::now();
@@ -678,6 +685,10 @@ impl Loop<'_> {
             }
             return;
         }
+        let t_launched = Instant::now();
+        // The backend computes the step; meanwhile the previous step's tokens
+        // become text. Requests ended by a stop string leave here.
+        self.flush_emits();
         let t_sync = Instant::now();
         self.ctx.synchronize();
         let t_sample = Instant::now();
@@ -696,26 +707,24 @@ impl Loop<'_> {
         }
         // Counted before any answer goes out, so a client that has its last
         // token sees this step in /metrics.
-        self.record_step(&plan, [t_plan, t_decode, t_sync, t_sample]);
-        self.sample_time = Duration::ZERO;
+        self.record_step(&plan, [t_plan, t_decode, t_launched, t_sync, t_sample]);
         for (slot, _) in fed {
             self.sample(slot);
         }
         self.update_kv_usage();
-        let p = &self.shared.stats.steps;
-        p.add(Phase::Sample, self.sample_time);
-        p.add(
-            Phase::Emit,
-            t_sample.elapsed().saturating_sub(self.sample_time),
-        );
+        self.shared
+            .stats
+            .steps
+            .add(Phase::Sample, t_sample.elapsed());
     }
 
     /// Adds one step's shape and its first phases to the profile.
-    fn record_step(&self, plan: &[Work], t: [Instant; 4]) {
+    fn record_step(&self, plan: &[Work], t: [Instant; 5]) {
         let p = &self.shared.stats.steps;
         p.add(Phase::Plan, t[1] - t[0]);
         p.add(Phase::Decode, t[2] - t[1]);
-        p.add(Phase::Sync, t[3] - t[2]);
+        // t[2]..t[3] is the emit phase, counted by `flush_emits`.
+        p.add(Phase::Sync, t[4] - t[3]);
         let mixed = plan.iter().any(|w| matches!(w, Work::Prefill { .. }));
         let kind = if mixed { &p.mixed } else { &p.decode_only };
         kind.fetch_add(1, Ordering::Relaxed);
@@ -760,19 +769,17 @@ impl Loop<'_> {
         Ok((slot, n_tokens))
     }
 
-    /// Samples for `slot` if its logits are in this batch, and emits text.
+    /// Picks the next token for `slot` if its logits are in this batch. The
+    /// token is fed to the next step at once; its text is produced by
+    /// [`Self::flush_emits`] while that step runs on the backend.
     fn sample(&mut self, slot: usize) {
-        let model = self.model;
-        let vocab = model.vocab();
-        let shared = self.shared;
-        let stats = &shared.stats;
+        let stats = &self.shared.stats;
         let Some(a) = self.slots[slot].as_mut() else {
             return;
         };
         let Some(idx) = a.logits_at.take() else {
             return;
         };
-        let t0 = Instant::now();
         let token = if a.greedy {
             // The same choice as llama.cpp's greedy sampler, without copying
             // the vocabulary into a candidate array for every sequence.
@@ -784,7 +791,6 @@ impl Loop<'_> {
             a.sampler.sample(&self.ctx, idx)
         };
         let now = Instant::now();
-        self.sample_time += now - t0;
         stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
         match a.last_token {
             None => stats.time_to_first_token.observe(now - a.job.submitted),
@@ -795,37 +801,55 @@ impl Loop<'_> {
         }
         a.last_token = Some(now);
         a.n_generated += 1;
+        if self.model.vocab().is_eog(token) && !a.job.sampling.ignore_eos {
+            // Earlier tokens' text went out before this step's sync.
+            self.finish(slot, FinishReason::Eos);
+            return;
+        }
+        let last = a.n_generated >= a.job.max_new_tokens;
+        if !last {
+            a.pending = Some(token);
+        }
+        self.emits.push(Emit {
+            slot,
+            id: a.job.id,
+            token,
+            first: a.n_generated == 1,
+            last,
+        });
+    }
 
-        let next = if vocab.is_eog(token) && !a.job.sampling.ignore_eos {
-            Next::Finish(FinishReason::Eos)
-        } else {
-            let lstrip = if a.n_generated == 1 && a.job.strip_leading_space {
+    /// Turns the picked tokens into text: detokenize, stop strings, send.
+    /// A stop string or a closed stream ends the request here (its next token
+    /// may already be in the running step; that result is discarded).
+    fn flush_emits(&mut self) {
+        if self.emits.is_empty() {
+            return;
+        }
+        let t0 = Instant::now();
+        let vocab = self.model.vocab();
+        for e in std::mem::take(&mut self.emits) {
+            let Some(a) = self.slots[e.slot].as_mut().filter(|a| a.job.id == e.id) else {
+                continue;
+            };
+            let lstrip = if e.first && a.job.strip_leading_space {
                 NonZeroU16::new(1)
             } else {
                 None
             };
-            let bytes = vocab.token_to_piece(token, false, lstrip);
+            let bytes = vocab.token_to_piece(e.token, false, lstrip);
             let text = a.utf8.push(&bytes);
             let outcome = a.stop.push(&text);
             if !outcome.emit.is_empty() && a.job.tx.send(Event::Text(outcome.emit)).is_err() {
-                Next::Cancel
+                self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                self.free(e.slot);
             } else if outcome.stopped {
-                Next::Finish(FinishReason::Stop)
-            } else if a.n_generated >= a.job.max_new_tokens {
-                Next::Finish(FinishReason::Length)
-            } else {
-                a.pending = Some(token);
-                Next::Continue
-            }
-        };
-        match next {
-            Next::Continue => {}
-            Next::Finish(reason) => self.finish(slot, reason),
-            Next::Cancel => {
-                stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                self.free(slot);
+                self.finish(e.slot, FinishReason::Stop);
+            } else if e.last {
+                self.finish(e.slot, FinishReason::Length);
             }
         }
+        self.shared.stats.steps.add(Phase::Emit, t0.elapsed());
     }
 
     fn finish(&mut self, slot: usize, reason: FinishReason) {
