@@ -3,6 +3,7 @@
 #
 #   scripts/gpu-bench.sh build     # CUDA backend (libggml-cuda.so) + llama.cpp tools, from the pinned source
 #   scripts/gpu-bench.sh synth     # random-weight checkpoint with Airavata's exact config (bf16, 3 shards)
+#   scripts/gpu-bench.sh gguf      # only our GGUF (reference quantizer, fast) for the serving stages
 #   scripts/gpu-bench.sh convert   # ours vs convert_hf_to_gguf.py + llama-quantize IQ4_XS: time, peak RSS
 #   scripts/gpu-bench.sh ceilings  # llama-bench pp512/tg128 and llama-batched-bench on our GGUF
 #   scripts/gpu-bench.sh serve     # our server and llama-server, same GGUF and slots, swept by `airavata bench`
@@ -87,6 +88,15 @@ stage_synth() {
     measure "${AIRAVATA[@]}" synth "$CKPT" --config airavata --shards 3 | tee -a "$OUT/log.txt"
   fi
   du -sh "$CKPT" | tee -a "$OUT/log.txt"
+}
+
+# Just our GGUF for the serving stages, quickly (reference quantizer: the same
+# tensor types as the default, so the same kernels and speed).
+stage_gguf() {
+  if [ ! -f "$OURS" ]; then
+    log "ours: airavata convert (nf4, reference) for serving"
+    measure "${AIRAVATA[@]}" convert "$CKPT" -o "$OURS" --quantizer reference -q | tee "$OUT/convert-ours-ref.txt"
+  fi
 }
 
 stage_convert() {
