@@ -52,6 +52,7 @@ pub fn unpack_levels(b: &[u8]) -> [u8; QK] {
 
 /// `quantize_row_q6_K_ref` (qw = None) / `quantize_row_q6_K_impl` for one
 /// super-block. Note ggml passes the raw importance values as the weights.
+#[inline(always)]
 pub fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
     let mut l = [0i8; QK];
     let mut scales = [0f32; 16];
@@ -91,8 +92,13 @@ pub fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
     pack_levels(&lu, b);
 }
 
-/// Row quantizer for `ggml_quantize_chunk(Q6_K, ..)`.
-pub fn quantize_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
+row_fn_avx2! {
+    /// Row quantizer for `ggml_quantize_chunk(Q6_K, ..)`.
+    quantize_row_ref => row_ref
+}
+
+#[inline(always)]
+fn row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     for (i, (xb, b)) in x
         .chunks_exact(QK)
         .zip(out.chunks_exact_mut(BLOCK_BYTES))

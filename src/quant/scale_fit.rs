@@ -11,6 +11,7 @@ pub const GROUP_MAX_EPS: f32 = 1e-15;
 /// to levels `-nmax..nmax-1`, weighted least squares over 19 trial scales.
 /// Writes `L[i] = level + nmax` and returns the scale.
 /// Weights are `qw` when given, else `x^2`.
+#[inline(always)]
 pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let (amax, max) = super::rounding::abs_max(x);
     if amax < GROUP_MAX_EPS {

@@ -171,50 +171,56 @@ const LN: usize = 8;
 #[inline(always)]
 fn eval(x: &[f32], w: &[f32], grid: &Grid, scale: f32) -> (f32, f32, f32) {
     let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-    let (mut e, mut sxq, mut sqq) = ([0f32; LN], [0f32; LN], [0f32; LN]);
-    let mut lane = |k: usize, xj: f32, wj: f32| {
-        let q = grid.level(inv * xj);
-        let d = xj - scale * q;
-        e[k] += wj * d * d;
-        let wq = wj * q;
-        sxq[k] += wq * xj;
-        sqq[k] += wq * q;
-    };
-    let (xc, wc) = (x.chunks_exact(LN), w.chunks_exact(LN));
-    let (xr, wr) = (xc.remainder(), wc.remainder());
-    for (xc, wc) in xc.zip(wc) {
-        for k in 0..LN {
-            lane(k, xc[k], wc[k]);
-        }
-    }
-    for (k, (&xj, &wj)) in xr.iter().zip(wr).enumerate() {
-        lane(k, xj, wj);
-    }
-    (e.iter().sum(), sxq.iter().sum(), sqq.iter().sum())
+    lane_sums::<true>(x, w, grid, inv, scale)
 }
 
 /// `(Σ w x q, Σ w q²)` of the nearest-level assignment at inverse scale
 /// `inv`, in f32.
 #[inline(always)]
 fn sums_at(x: &[f32], w: &[f32], grid: &Grid, inv: f32) -> (f32, f32) {
-    let (mut sxq, mut sqq) = ([0f32; LN], [0f32; LN]);
-    let mut lane = |k: usize, xj: f32, wj: f32| {
-        let q = grid.level(inv * xj);
-        let wq = wj * q;
-        sxq[k] += wq * xj;
-        sqq[k] += wq * q;
-    };
+    let (_, sxq, sqq) = lane_sums::<false>(x, w, grid, inv, 0.0);
+    (sxq, sqq)
+}
+
+/// `(Σ w (x - scale q)², Σ w x q, Σ w q²)` of the nearest-level assignment
+/// at inverse scale `inv`, over `LN` lanes (the error only when `ERR`).
+/// Plain loops, no closures: closures do not inherit `#[target_feature]`
+/// and would not be inlined into the vectorized callers.
+#[inline(always)]
+fn lane_sums<const ERR: bool>(
+    x: &[f32],
+    w: &[f32],
+    grid: &Grid,
+    inv: f32,
+    scale: f32,
+) -> (f32, f32, f32) {
+    let (mut e, mut sxq, mut sqq) = ([0f32; LN], [0f32; LN], [0f32; LN]);
     let (xc, wc) = (x.chunks_exact(LN), w.chunks_exact(LN));
     let (xr, wr) = (xc.remainder(), wc.remainder());
     for (xc, wc) in xc.zip(wc) {
         for k in 0..LN {
-            lane(k, xc[k], wc[k]);
+            let (xj, wj) = (xc[k], wc[k]);
+            let q = grid.level(inv * xj);
+            if ERR {
+                let d = xj - scale * q;
+                e[k] += wj * d * d;
+            }
+            let wq = wj * q;
+            sxq[k] += wq * xj;
+            sqq[k] += wq * q;
         }
     }
     for (k, (&xj, &wj)) in xr.iter().zip(wr).enumerate() {
-        lane(k, xj, wj);
+        let q = grid.level(inv * xj);
+        if ERR {
+            let d = xj - scale * q;
+            e[k] += wj * d * d;
+        }
+        let wq = wj * q;
+        sxq[k] += wq * xj;
+        sqq[k] += wq * q;
     }
-    (sxq.iter().sum(), sqq.iter().sum())
+    (e.iter().sum(), sxq.iter().sum(), sqq.iter().sum())
 }
 
 /// Nearest-level assignment for scale `scale` (as stored), writing level
@@ -255,21 +261,10 @@ pub struct Single {
 pub fn single(x: &[f32], w: &[f32], grid: &Grid) -> Option<Single> {
     let (d, _) = best_scale(x, w, grid)?;
     let mut best: Option<(u16, f32)> = None;
-    let try_bits = |bits: u16, best: &mut Option<(u16, f32)>| -> Option<f64> {
-        let v = f16_to_f32(bits);
-        if !v.is_finite() {
-            return None;
-        }
-        let (e, sxq, sqq) = eval(x, w, grid, v);
-        if best.is_none_or(|b| e < b.1) {
-            *best = Some((bits, e));
-        }
-        (sqq > 0.0).then(|| sxq as f64 / sqq as f64)
-    };
     let mut cur = d;
     for _ in 0..3 {
         let Some((bits, _)) = to_f16(cur) else { break };
-        match try_bits(bits, &mut best) {
+        match try_bits(x, w, grid, bits, &mut best) {
             Some(r) if f16_bits(r as f32) != bits => cur = r,
             _ => break,
         }
@@ -278,7 +273,7 @@ pub fn single(x: &[f32], w: &[f32], grid: &Grid) -> Option<Single> {
     for nb in [bits.wrapping_add(1), bits.wrapping_sub(1)] {
         let v = f16_to_f32(nb);
         if v.is_finite() && (v > 0.0) == (f16_to_f32(bits) > 0.0) {
-            try_bits(nb, &mut best);
+            try_bits(x, w, grid, nb, &mut best);
         }
     }
     let (bits, _) = best?;
@@ -289,6 +284,27 @@ pub fn single(x: &[f32], w: &[f32], grid: &Grid) -> Option<Single> {
         q,
         err,
     })
+}
+
+/// Evaluates fp16 scale `bits` for `single`, keeping it in `best` when its
+/// error is lower; returns the least-squares refit scale.
+#[inline(always)]
+fn try_bits(
+    x: &[f32],
+    w: &[f32],
+    grid: &Grid,
+    bits: u16,
+    best: &mut Option<(u16, f32)>,
+) -> Option<f64> {
+    let v = f16_to_f32(bits);
+    if !v.is_finite() {
+        return None;
+    }
+    let (e, sxq, sqq) = eval(x, w, grid, v);
+    if best.is_none_or(|b| e < b.1) {
+        *best = Some((bits, e));
+    }
+    (sqq > 0.0).then(|| sxq as f64 / sqq as f64)
 }
 
 /// Two-level layout: super-block scale `d` (fp16) times an integer sub-block
@@ -362,6 +378,21 @@ impl TwoLevel {
         p
     }
 
+    /// Quadratic model of the sub-blocks' error around their optima `t`
+    /// (curvatures `a`) at super-block scale `d`, with each `l` rounded;
+    /// returns the modelled error and the least-squares `d` for those `l`.
+    #[inline(always)]
+    fn cost(&self, t: &[f64], a: &[f64], d: f64) -> (f64, f64) {
+        let (mut c, mut num, mut den) = (0.0, 0.0, 0.0);
+        for (&tb, &ab) in t.iter().zip(a) {
+            let l = ((tb / d).round() as i32).clamp(self.lmin, self.lmax) as f64;
+            c += ab * (d * l - tb).powi(2);
+            num += ab * l * tb;
+            den += ab * l * l;
+        }
+        (c, if den > 0.0 { num / den } else { d })
+    }
+
     /// Search a super-block; None when no weight is non-zero.
     #[inline(always)]
     pub fn search(&self, x: &[f32], w: &[f32]) -> Option<Double> {
@@ -381,17 +412,6 @@ impl TwoLevel {
         }
         let m = m?;
         let (t, a) = (&t[..nsub], &a[..nsub]);
-        // Quadratic model of each sub-block's error around its optimum.
-        let cost = |d: f64| -> (f64, f64) {
-            let (mut c, mut num, mut den) = (0.0, 0.0, 0.0);
-            for ib in 0..nsub {
-                let l = ((t[ib] / d).round() as i32).clamp(self.lmin, self.lmax) as f64;
-                c += a[ib] * (d * l - t[ib]).powi(2);
-                num += a[ib] * l * t[ib];
-                den += a[ib] * l * l;
-            }
-            (c, if den > 0.0 { num / den } else { d })
-        };
         let mut best_d = t[m] / self.lmin as f64;
         let mut best_c = f64::INFINITY;
         let lcands =
@@ -401,8 +421,8 @@ impl TwoLevel {
                 continue;
             }
             let d0 = t[m] / lm as f64;
-            let (c0, d1) = cost(d0);
-            let (c1, _) = cost(d1);
+            let (c0, d1) = self.cost(t, a, d0);
+            let (c1, _) = self.cost(t, a, d1);
             for (c, d) in [(c0, d0), (c1, d1)] {
                 if c < best_c {
                     best_c = c;
