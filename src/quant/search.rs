@@ -229,12 +229,23 @@ fn lane_sums<const ERR: bool>(
 pub fn assign(x: &[f32], w: &[f32], grid: &Grid, scale: f32, q: &mut [u8]) -> f64 {
     let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
     let mut e = [0f64; LN];
-    for (i, ((&xj, &wj), qj)) in x.iter().zip(w).zip(q.iter_mut()).enumerate() {
+    // Element `i` goes to lane `i % LN`, in order; chunked so that it vectorizes.
+    let (xc, wc) = (x.chunks_exact(LN), w.chunks_exact(LN));
+    let (xr, wr) = (xc.remainder(), wc.remainder());
+    let mut qc = q.chunks_exact_mut(LN);
+    for ((xc, wc), qc) in xc.zip(wc).zip(&mut qc) {
+        for k in 0..LN {
+            let v = inv * xc[k];
+            qc[k] = grid.nearest(v) as u8;
+            let d = xc[k] as f64 - (scale * grid.level(v)) as f64;
+            e[k] += wc[k] as f64 * d * d;
+        }
+    }
+    for (k, ((&xj, &wj), qj)) in xr.iter().zip(wr).zip(qc.into_remainder()).enumerate() {
         let v = inv * xj;
         *qj = grid.nearest(v) as u8;
-        let y = scale * grid.level(v);
-        let d = xj as f64 - y as f64;
-        e[i % LN] += wj as f64 * d * d;
+        let d = xj as f64 - (scale * grid.level(v)) as f64;
+        e[k] += wj as f64 * d * d;
     }
     e.iter().sum()
 }
