@@ -29,6 +29,7 @@
 //!   and counted in `/metrics`, with the micro-batches llama.cpp splits it into.
 
 pub mod batch;
+pub mod greedy;
 pub mod prompt;
 pub mod request;
 pub mod sampler;

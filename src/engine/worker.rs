@@ -16,6 +16,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
 use super::batch::{self, SlotView, Work};
+use super::greedy;
 use super::request::{Completion, Event, FinishReason, SamplingParams, Timings, Usage};
 use super::stats::Phase;
 use super::stop::StopMatcher;
@@ -112,36 +113,6 @@ fn pick_slot(
         }
     }
     best.map(|(i, _)| i)
-}
-
-/// The first index of the largest logit (llama.cpp's greedy sampler keeps
-/// the first of equal maxima too); NaNs are never chosen. `None` when there
-/// is no comparable value.
-fn argmax(logits: &[f32]) -> Option<usize> {
-    // Lane-wise maxima first (vectorizes), then the first index holding the
-    // maximum: two cheap passes instead of a branchy scalar scan.
-    const LANES: usize = 16;
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let mut chunks = logits.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = if v > *a { v } else { *a };
-        }
-    }
-    let mut best = acc
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m });
-    for &v in chunks.remainder() {
-        if v > best {
-            best = v;
-        }
-    }
-    if best == f32::NEG_INFINITY {
-        // All -inf (or NaN): the first -inf, as a scalar scan would pick.
-        return logits.iter().position(|&v| v == f32::NEG_INFINITY);
-    }
-    logits.iter().position(|&v| v == best)
 }
 
 pub(super) fn run(config: EngineConfig, shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Command>) {
@@ -299,6 +270,7 @@ fn run_inner(
         batch: LlamaBatch::new(n_batch as usize, 1),
         n_batch: n_batch as usize,
         emits: Vec::new(),
+        picked: vec![None; config.parallel as usize],
         rx,
         closing: false,
         step_delay: config.step_delay,
@@ -419,6 +391,8 @@ struct Loop<'m> {
     n_batch: usize,
     /// Tokens picked in the last step, their text not yet sent.
     emits: Vec<Emit>,
+    /// Greedy choices of the current step, by slot.
+    picked: Vec<Option<LlamaToken>>,
     rx: mpsc::UnboundedReceiver<Command>,
     closing: bool,
     step_delay: Option<Duration>,
@@ -708,6 +682,7 @@ impl Loop<'_> {
         // Counted before any answer goes out, so a client that has its last
         // token sees this step in /metrics.
         self.record_step(&plan, [t_plan, t_decode, t_launched, t_sync, t_sample]);
+        self.pick_greedy(&fed);
         for (slot, _) in fed {
             self.sample(slot);
         }
@@ -716,6 +691,23 @@ impl Loop<'_> {
             .stats
             .steps
             .add(Phase::Sample, t_sample.elapsed());
+    }
+
+    /// The argmax of every greedy slot's logits in this step, side by side.
+    fn pick_greedy(&mut self, fed: &[(usize, usize)]) {
+        let mut slots = Vec::with_capacity(fed.len());
+        let mut rows: Vec<&[f32]> = Vec::with_capacity(fed.len());
+        for &(slot, _) in fed {
+            if let Some(a) = self.slots[slot].as_ref().filter(|a| a.greedy) {
+                if let Some(idx) = a.logits_at {
+                    slots.push(slot);
+                    rows.push(self.ctx.get_logits_ith(idx));
+                }
+            }
+        }
+        for (slot, best) in slots.into_iter().zip(greedy::argmax_rows(&rows)) {
+            self.picked[slot] = best.map(|i| LlamaToken(i32::try_from(i).unwrap_or(i32::MAX)));
+        }
     }
 
     /// Adds one step's shape and its first phases to the profile.
@@ -780,15 +772,10 @@ impl Loop<'_> {
         let Some(idx) = a.logits_at.take() else {
             return;
         };
-        let token = if a.greedy {
-            // The same choice as llama.cpp's greedy sampler, without copying
-            // the vocabulary into a candidate array for every sequence.
-            match argmax(self.ctx.get_logits_ith(idx)) {
-                Some(i) => LlamaToken(i32::try_from(i).unwrap_or(i32::MAX)),
-                None => a.sampler.sample(&self.ctx, idx),
-            }
-        } else {
-            a.sampler.sample(&self.ctx, idx)
+        // Greedy rows were picked for the whole step by `pick_greedy`.
+        let token = match self.picked[slot].take() {
+            Some(t) => t,
+            None => a.sampler.sample(&self.ctx, idx),
         };
         let now = Instant::now();
         stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
@@ -916,31 +903,6 @@ mod tests {
 
     fn toks(v: &[i32]) -> Vec<LlamaToken> {
         v.iter().copied().map(LlamaToken).collect()
-    }
-
-    #[test]
-    fn argmax_keeps_the_first_maximum() {
-        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), Some(1));
-        assert_eq!(argmax(&[f32::NEG_INFINITY, -3.0]), Some(1));
-        assert_eq!(argmax(&[]), None);
-        assert_eq!(argmax(&[f32::NAN, 1.0, f32::NAN]), Some(1));
-        // Longer than the lane width, maximum in the remainder and repeated.
-        let mut v: Vec<f32> = (0..1003).map(|i| ((i * 37) % 101) as f32).collect();
-        v[1001] = 500.0;
-        v[1002] = 500.0;
-        assert_eq!(argmax(&v), Some(1001));
-        v[17] = 500.0;
-        assert_eq!(argmax(&v), Some(17));
-        // Agrees with a plain scan on pseudo-random data.
-        let mut x = 12345u32;
-        let w: Vec<f32> = (0..48065)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 8) as f32 / 65536.0 - 128.0
-            })
-            .collect();
-        let scan = (0..w.len()).fold(0, |b, i| if w[i] > w[b] { i } else { b });
-        assert_eq!(argmax(&w), Some(scan));
     }
 
     #[test]

@@ -51,6 +51,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{middleware, Router};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -358,6 +359,13 @@ pub async fn bind(opts: ServeOptions, model: PathBuf) -> Result<RunningServer, S
             source,
         })?;
     let addr = listener.local_addr()?;
+    // Streamed tokens are small writes: send each at once (no Nagle delay
+    // waiting for the client's ACK of the previous one).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
