@@ -21,9 +21,10 @@
 //!   shares one stream instead, so a step mixing decode tokens and prompt
 //!   chunks is one graph evaluation rather than several (see
 //!   [`batch::micro_batches`]);
-//! * prompt cache: a finished request's KV stays in its slot; the next request
-//!   goes to the free slot sharing the longest token prefix with it and skips
-//!   those tokens (`usage.prompt_tokens_details.cached_tokens`). Chat turns and
+//! * prompt cache: a finished request's KV stays in its slot; a new request
+//!   goes to the free slot sharing the longest token prefix with it when that
+//!   covers half the prompt, else to the lowest free slot, and skips the
+//!   shared tokens (`usage.prompt_tokens_details.cached_tokens`). Chat turns and
 //!   repeated system prompts reuse their KV; the chat preamble always does;
 //! * every step's time is split into phases (plan, decode, sync, sample, emit)
 //!   and counted in `/metrics`, with the micro-batches llama.cpp splits it into.

@@ -89,30 +89,35 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// The free slot for a prompt: the one whose cached tokens give the most
-/// reuse, counting each cached token the prompt would discard as half a
-/// token lost (so a prompt sharing only the chat preamble takes an empty slot
-/// rather than evicting a cached conversation). Ties go to the lowest index,
-/// which keeps running slots contiguous (fewer micro-batches per step).
+/// The free slot for a prompt. The slot whose cached tokens share the
+/// longest prefix with the prompt, when that saves at least half of the
+/// prompt (a returning conversation, a repeated prompt); otherwise the lowest
+/// free slot. Packing running requests into the lowest slots matters on a
+/// GPU: llama.cpp evaluates a step in one pass only over consecutive
+/// sequence ids, so a gap between running slots costs a second pass (see
+/// [`batch::micro_batches`]). The lowest slot still reuses whatever prefix it
+/// shares with the prompt, e.g. the chat preamble.
 fn pick_slot(
     free: impl Iterator<Item = bool>,
     cached: &[Vec<LlamaToken>],
     prompt: &[LlamaToken],
 ) -> Option<usize> {
-    let mut best: Option<(usize, i64)> = None;
+    let mut lowest = None;
+    let mut best: Option<(usize, usize)> = None;
     for (i, (is_free, tokens)) in free.zip(cached).enumerate() {
         if !is_free {
             continue;
         }
+        lowest.get_or_insert(i);
         let common = common_prefix(tokens, prompt);
-        let gain = i64::try_from(common).unwrap_or(i64::MAX);
-        let lost = i64::try_from(tokens.len() - common).unwrap_or(i64::MAX);
-        let score = gain.saturating_mul(2).saturating_sub(lost);
-        if best.is_none_or(|(_, b)| score > b) {
-            best = Some((i, score));
+        if best.is_none_or(|(_, c)| common > c) {
+            best = Some((i, common));
         }
     }
-    best.map(|(i, _)| i)
+    match best {
+        Some((i, common)) if common > 0 && 2 * common >= prompt.len() => Some(i),
+        _ => lowest,
+    }
 }
 
 pub(super) fn run(config: EngineConfig, shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Command>) {
@@ -906,21 +911,35 @@ mod tests {
     }
 
     #[test]
-    fn slot_choice_prefers_reuse_then_low_index() {
-        let cached = vec![toks(&[1, 2, 3, 4]), toks(&[1, 2, 9, 9]), Vec::new()];
-        let all_free = || [true, true, true].into_iter();
-        // Longest prefix wins.
+    fn slot_choice_reuses_long_prefixes_else_packs_low() {
+        let cached = vec![
+            toks(&[1, 5]),
+            toks(&[1, 2, 3, 4]),
+            toks(&[1, 2, 9, 9]),
+            Vec::new(),
+        ];
+        let all_free = || [true; 4].into_iter();
+        // The longest prefix, when it covers at least half the prompt.
         assert_eq!(
             pick_slot(all_free(), &cached, &toks(&[1, 2, 3, 7])),
+            Some(1)
+        );
+        assert_eq!(
+            pick_slot(all_free(), &cached, &toks(&[1, 2, 9, 9, 8])),
+            Some(2)
+        );
+        // A short shared prefix: the lowest free slot, whatever it holds.
+        assert_eq!(
+            pick_slot(all_free(), &cached, &toks(&[1, 2, 7, 7, 7, 7])),
             Some(0)
         );
-        // Sharing one token with a long cache: take the empty slot instead.
-        assert_eq!(pick_slot(all_free(), &cached, &toks(&[1, 5, 5])), Some(2));
+        let free = [false, false, true, true].into_iter();
+        assert_eq!(pick_slot(free, &cached, &toks(&[8, 8])), Some(2));
         // Busy slots are skipped; nothing free gives None.
-        let busy = [false, true, false].into_iter();
-        assert_eq!(pick_slot(busy, &cached, &toks(&[1, 2, 3])), Some(1));
+        let free = [true, false, true, true].into_iter();
+        assert_eq!(pick_slot(free, &cached, &toks(&[1, 2, 3, 4])), Some(2));
         assert_eq!(
-            pick_slot([false; 3].into_iter(), &cached, &toks(&[1])),
+            pick_slot([false; 4].into_iter(), &cached, &toks(&[1])),
             None
         );
         // Equal caches: the lowest free index.
