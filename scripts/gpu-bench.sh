@@ -7,6 +7,7 @@
 #   scripts/gpu-bench.sh convert   # ours vs convert_hf_to_gguf.py + llama-quantize IQ4_XS: time, peak RSS
 #   scripts/gpu-bench.sh ceilings  # llama-bench pp512/tg128 and llama-batched-bench on our GGUF
 #   scripts/gpu-bench.sh serve     # our server and llama-server, same GGUF and slots, swept by `airavata bench`
+#   scripts/gpu-bench.sh graphs    # our server with GGML_CUDA_DISABLE_GRAPHS=1 (launch cost per step)
 #   scripts/gpu-bench.sh variants  # both servers with --kv-unified, and both with --unique-prompts
 #   scripts/gpu-bench.sh oldapp    # transformers + bitsandbytes NF4 on the same checkpoint, 50 new tokens
 #
@@ -102,10 +103,12 @@ stage_gguf() {
 stage_convert() {
   log "ours: airavata convert (nf4, search)"
   measure "${AIRAVATA[@]}" convert "$CKPT" -o "$OURS" --force -q | tee "$OUT/convert-ours.txt"
+  "${AIRAVATA[@]}" --version | tee -a "$OUT/convert-ours.txt"
   if [ -n "${WITH_REFERENCE:-}" ]; then
     log "ours: airavata convert (nf4, reference)"
     measure "${AIRAVATA[@]}" convert "$CKPT" -o "$WORK/airavata-nf4-ref.gguf" --quantizer reference --force -q | tee "$OUT/convert-ours-ref.txt"
   fi
+  if [ -n "${SKIP_LLAMACPP:-}" ]; then ls -la "$WORK"/*.gguf | tee -a "$OUT/log.txt"; return; fi
   log "llama.cpp: convert_hf_to_gguf.py --outtype f16"
   PYTHONPATH="$SRC/gguf-py" measure python3 "$SRC/convert_hf_to_gguf.py" "$CKPT" --outtype f16 --outfile "$WORK/f16.gguf" >"$OUT/convert-py.log" 2>&1 || true
   grep MEASURE "$OUT/convert-py.log" | tee "$OUT/convert-llamacpp-py.txt"
@@ -164,6 +167,11 @@ stage_serve() {
   WITH_OLDAPP=1 serve_ours ours
   serve_llama llama-server
   "${AIRAVATA[@]}" bench --compare "$OUT/bench-ours.json" "$OUT/bench-llama-server.json" --svg "$OUT/bench.svg" | tee "$OUT/bench-compare.md"
+}
+
+# Our server with ggml-cuda's CUDA graphs off: how much of a step is kernel launches.
+stage_graphs() {
+  GGML_CUDA_DISABLE_GRAPHS=1 CONC=1,64 serve_ours ours-no-cuda-graphs
 }
 
 # Variants: one KV stream for all slots (both servers), and prompts no cache can serve.
