@@ -590,6 +590,7 @@ fn summarise_known_outcomes() {
             usage_completion_tokens: Some(tokens),
             usage_prompt_tokens: None,
             text_bytes: 10,
+            server_ttft_ms: Some(ttft as f64 / 2.0),
         })
     };
     let results = vec![
@@ -605,6 +606,8 @@ fn summarise_known_outcomes() {
     assert!((l.requests_per_s - 1.0).abs() < 1e-9);
     let ttft = l.ttft_ms.expect("ttft");
     assert!((ttft.p50 - 150.0).abs() < 1e-6);
+    let server = l.server_ttft_ms.expect("server ttft");
+    assert_eq!((server.count, server.min, server.max), (2, 50.0, 100.0));
     let itl = l.itl_ms.expect("itl");
     assert_eq!(itl.count, 6);
     assert!((itl.p50 - 35.0).abs() < 1e-6);
@@ -641,6 +644,7 @@ fn sample(label: &str, scale: f64) -> BenchReport {
                 output_tokens_per_s: Some(scale * 25.0 * c as f64),
                 mean_prompt_tokens: Some(128.0),
                 ttft_ms: Some(s(50.0 * c as f64)),
+                server_ttft_ms: None,
                 itl_ms: Some(s(20.0)),
                 tpot_ms: Some(s(21.0)),
                 e2e_ms: Some(s(500.0)),
@@ -737,7 +741,7 @@ fn markdown_table_is_well_formed() {
     assert_eq!(table.len(), 2 + 6, "{md}");
     let cols = |l: &str| l.replace("\\|", "").matches('|').count();
     let want = cols(table[0]);
-    assert_eq!(want, 15);
+    assert_eq!(want, 16);
     for l in &table {
         assert_eq!(cols(l), want, "{l}");
     }

@@ -85,6 +85,9 @@ pub struct Outcome {
     pub usage_prompt_tokens: Option<u64>,
     /// Generated text length in bytes.
     pub text_bytes: usize,
+    /// The server's own time to first token, ms (`timings` of the last event
+    /// or of the JSON answer), when it reports one.
+    pub server_ttft_ms: Option<f64>,
 }
 
 impl Outcome {
@@ -192,6 +195,7 @@ async fn read_json(resp: reqwest::Response, start: Instant) -> Result<Outcome, R
         text_bytes: text.len(),
         usage_completion_tokens: completion,
         usage_prompt_tokens: prompt,
+        server_ttft_ms: server_ttft_of(&v),
         ..Outcome::default()
     })
 }
@@ -212,7 +216,15 @@ async fn read_stream(resp: reqwest::Response, start: Instant) -> Result<Outcome,
                     break 'read;
                 }
                 Parsed::Other => {}
-                Parsed::Data { text, usage, done } => {
+                Parsed::Data {
+                    text,
+                    usage,
+                    done,
+                    server_ttft_ms,
+                } => {
+                    if server_ttft_ms.is_some() {
+                        out.server_ttft_ms = server_ttft_ms;
+                    }
                     if let (Some(c), p) = usage {
                         out.usage_completion_tokens = Some(c);
                         out.usage_prompt_tokens = p;
@@ -330,6 +342,8 @@ pub enum Parsed {
         /// Final event of our `/generate` stream (`"done": true`) or
         /// llama.cpp's native one (`"stop": true`).
         done: bool,
+        /// The server's own time to first token, ms, from `timings`.
+        server_ttft_ms: Option<f64>,
     },
 }
 
@@ -363,7 +377,18 @@ pub fn interpret(ev: &SseEvent) -> Result<Parsed, RequestError> {
         text,
         usage: usage_of(&v),
         done,
+        server_ttft_ms: server_ttft_of(&v),
     })
+}
+
+/// The server-side time to first token, from a final event's `timings`: ours
+/// report `time_to_first_token_ms` (submission to first token); llama.cpp's
+/// server reports `prompt_ms` (prompt processing, without its queue wait).
+fn server_ttft_of(v: &Value) -> Option<f64> {
+    let t = v.get("timings")?;
+    t.get("time_to_first_token_ms")
+        .or_else(|| t.get("prompt_ms"))
+        .and_then(Value::as_f64)
 }
 
 /// The text delta of an event in any of the shapes we know: our `{"text"}`,
@@ -420,6 +445,20 @@ mod tests {
         assert!(matches!(
             interpret(&chat_role),
             Ok(Parsed::Data { text: 0, .. })
+        ));
+        // Server-side first-token times: ours, then llama.cpp's `prompt_ms`.
+        let ours = ev(
+            r#"{"text":"","done":true,"timings":{"time_to_first_token_ms":12.5,"prompt_ms":9.0}}"#,
+        );
+        assert!(matches!(
+            interpret(&ours),
+            Ok(Parsed::Data { server_ttft_ms: Some(t), done: true, .. }) if t == 12.5
+        ));
+        let llama =
+            ev(r#"{"choices":[{"text":""}],"timings":{"prompt_ms":4.25,"predicted_ms":80}}"#);
+        assert!(matches!(
+            interpret(&llama),
+            Ok(Parsed::Data { server_ttft_ms: Some(t), .. }) if t == 4.25
         ));
         let usage = ev(r#"{"choices":[],"usage":{"completion_tokens":7,"prompt_tokens":3}}"#);
         assert!(matches!(

@@ -112,8 +112,14 @@ pub struct LevelReport {
     pub output_tokens_per_s: Option<f64>,
     /// Mean `usage.prompt_tokens`, when reported.
     pub mean_prompt_tokens: Option<f64>,
-    /// Time to first token, ms (streaming only).
+    /// Time to first token, ms (streaming only): the first event with text.
+    /// A token that ends mid-character (byte-fallback Devanagari) shows no
+    /// text yet, so this can exceed the server's own first-token time.
     pub ttft_ms: Option<Summary>,
+    /// The server's own time to first token, ms, from its `timings` (ours:
+    /// submission to first token; llama.cpp's server: `prompt_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_ttft_ms: Option<Summary>,
     /// Inter-token latency (gaps between text events, pooled over requests), ms.
     pub itl_ms: Option<Summary>,
     /// Time per output token after the first, per request: (e2e - TTFT) / (tokens - 1), ms.
@@ -383,6 +389,7 @@ pub fn summarise(
     let mut error_samples = Vec::new();
     let (mut ttft, mut itl, mut tpot, mut e2e, mut per_stream) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut server_ttft = Vec::new();
     let mut tokens: Option<u64> = None;
     let mut prompt_tokens = Vec::new();
     let mut ok = 0;
@@ -409,6 +416,7 @@ pub fn summarise(
         if let Some(t) = o.ttft {
             ttft.push(ms(t));
         }
+        server_ttft.extend(o.server_ttft_ms);
         itl.extend(o.itl.iter().map(|d| ms(*d)));
         if let Some(p) = o.usage_prompt_tokens {
             prompt_tokens.push(p as f64);
@@ -439,6 +447,7 @@ pub fn summarise(
         output_tokens_per_s: tokens.map(|t| rate(t as f64)),
         mean_prompt_tokens: Summary::of(&prompt_tokens).map(|s| s.mean),
         ttft_ms: Summary::of(&ttft),
+        server_ttft_ms: Summary::of(&server_ttft),
         itl_ms: Summary::of(&itl),
         tpot_ms: Summary::of(&tpot),
         e2e_ms: Summary::of(&e2e),

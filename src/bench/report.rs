@@ -43,9 +43,9 @@ pub fn render_comparison(reports: &[BenchReport]) -> String {
     }
     s.push_str(
         "\n| run | conc | ok | err | req/s | out tok/s | tok/s/stream p50 \
-         | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | e2e p50 | e2e p99 | e2e mean |\n",
+         | TTFT p50 | TTFT p99 | server TTFT p50 | ITL p50 | ITL p99 | e2e p50 | e2e p99 | e2e mean |\n",
     );
-    s.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    s.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for r in reports {
         let label = md_escape(&r.label);
         for l in &r.levels {
@@ -56,6 +56,7 @@ pub fn render_comparison(reports: &[BenchReport]) -> String {
                 num(p(&l.per_stream_tokens_per_s, |s| s.p50), 1),
                 num(p(&l.ttft_ms, |s| s.p50), 1),
                 num(p(&l.ttft_ms, |s| s.p99), 1),
+                num(p(&l.server_ttft_ms, |s| s.p50), 1),
                 num(p(&l.itl_ms, |s| s.p50), 1),
                 num(p(&l.itl_ms, |s| s.p99), 1),
                 num(p(&l.e2e_ms, |s| s.p50), 1),
