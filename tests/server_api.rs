@@ -967,6 +967,9 @@ async fn bench_against_our_server_reports_the_engine_profile() {
         assert_eq!(level.ok, 4, "c={}", level.concurrency);
         // ignore_eos: every request yields exactly max_tokens.
         assert_eq!(level.output_tokens, Some(48));
+        let server_ttft = level.server_ttft_ms.as_ref().expect("our timings");
+        assert_eq!(server_ttft.count, 4);
+        assert!(server_ttft.min > 0.0);
         let e = level
             .engine
             .as_ref()
