@@ -165,24 +165,29 @@ pub fn plan(cfg: &LlamaConfig, has_lm_head: bool) -> Vec<PlannedTensor> {
 /// Apply `permute` to `rows` consecutive rows of length `row_len` in place.
 /// `first_row` must be a multiple of the head size (chunks hold whole heads).
 pub fn apply_permute(p: Permute, data: &mut [f32], row_len: usize, total_rows: usize) {
+    use rayon::prelude::*;
     let Permute::Rope { n_heads } = p else {
         return;
     };
     let head_rows = total_rows / n_heads;
     let half = head_rows / 2;
-    let n_rows = data.len() / row_len;
-    let mut tmp = vec![0f32; head_rows * row_len];
-    for head in 0..n_rows / head_rows {
-        let base = head * head_rows * row_len;
-        let block = &mut data[base..base + head_rows * row_len];
-        for i in 0..half {
-            for j in 0..2 {
-                let src = j * half + i;
-                let dst = 2 * i + j;
-                tmp[dst * row_len..(dst + 1) * row_len]
-                    .copy_from_slice(&block[src * row_len..(src + 1) * row_len]);
-            }
-        }
-        block.copy_from_slice(&tmp);
+    let head_len = head_rows * row_len;
+    if head_len == 0 {
+        return;
     }
+    // Heads are independent: permute them in parallel, one buffer per job.
+    data.par_chunks_exact_mut(head_len).for_each_init(
+        || vec![0f32; head_len],
+        |tmp, block| {
+            for i in 0..half {
+                for j in 0..2 {
+                    let src = j * half + i;
+                    let dst = 2 * i + j;
+                    tmp[dst * row_len..(dst + 1) * row_len]
+                        .copy_from_slice(&block[src * row_len..(src + 1) * row_len]);
+                }
+            }
+            block.copy_from_slice(tmp);
+        },
+    );
 }
