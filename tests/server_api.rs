@@ -989,3 +989,60 @@ async fn bench_against_our_server_reports_the_engine_profile() {
     assert!(md.contains("Engine steps"), "{md}");
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_unified_runs_each_step_in_one_pass() {
+    let model = test_model();
+    let c = client();
+    let greedy = json!({"prompt": "Tell me a story", "max_new_tokens": 24, "temperature": 0});
+    let server = start(test_options(), model.clone()).await;
+    let (s, v) = post(&c, format!("{}/generate", server.url()), greedy.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    let per_slot = v["generated_text"].clone();
+    assert!(!server.engine().info().expect("info").kv_unified);
+    server.shutdown().await.expect("shutdown");
+
+    let opts = ServeOptions {
+        kv_unified: true,
+        ..test_options()
+    };
+    let server = start(opts, model).await;
+    let base = server.url();
+    assert!(server.engine().info().expect("info").kv_unified);
+    // One sequence alone computes the same thing either way.
+    let (s, v) = post(&c, format!("{base}/generate"), greedy).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["generated_text"], per_slot);
+    // Concurrent requests with different prompts: steps mix prompt chunks
+    // and decode tokens, and the profile counts one evaluation per step.
+    let futs = ["नमस्ते", "Once upon a time", "भारत", "Lily"].map(|p| {
+        let (c, url) = (c.clone(), format!("{base}/generate"));
+        async move {
+            post(
+                &c,
+                url,
+                json!({"prompt": p, "max_new_tokens": 16, "ignore_eos": true}),
+            )
+            .await
+        }
+    });
+    for (s, v) in futures::future::join_all(futs).await {
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["usage"]["completion_tokens"], 16);
+    }
+    let steps = |kind: &str| format!("airavata_engine_steps_total{{kind=\"{kind}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let total = loop {
+        let total =
+            metric(&c, &base, &steps("decode")).await + metric(&c, &base, &steps("mixed")).await;
+        let micro = metric(&c, &base, "airavata_engine_micro_batches_total").await;
+        if micro == total || Instant::now() > deadline {
+            assert_eq!(micro, total);
+            break total;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(total >= 24.0 + 16.0);
+    assert!(metric(&c, &base, &steps("mixed")).await >= 2.0);
+    server.shutdown().await.expect("shutdown");
+}
