@@ -739,6 +739,12 @@ async fn prompt_cache_reuses_the_longest_prefix() {
         metric(&c, &base, "airavata_cached_prompt_tokens_total").await,
         reused as f64
     );
+    // Idle: no cells used by requests; slot 0 keeps "hello there" + 5 fed tokens.
+    assert_eq!(metric(&c, &base, "airavata_kv_cache_tokens").await, 0.0);
+    assert_eq!(
+        metric(&c, &base, "airavata_kv_cache_cached_tokens").await,
+        (hello.len() + 5) as f64
+    );
     server.shutdown().await.expect("shutdown");
 
     // Turned off, nothing is reused.
@@ -752,6 +758,10 @@ async fn prompt_cache_reuses_the_longest_prefix() {
     for _ in 0..2 {
         assert_eq!(ask_cached(&c, &base, "hello there").await.0, 0);
     }
+    assert_eq!(
+        metric(&c, &base, "airavata_kv_cache_cached_tokens").await,
+        0.0
+    );
     server.shutdown().await.expect("shutdown");
 }
 

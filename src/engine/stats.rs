@@ -103,8 +103,11 @@ pub struct EngineStats {
     pub admitted: AtomicUsize,
     /// Requests holding a slot.
     pub running: AtomicUsize,
-    /// KV cells in use by running requests and by the prompt cache.
+    /// KV cells in use by running requests.
     pub kv_used_cells: AtomicUsize,
+    /// KV cells kept by free slots as their prompt cache (reclaimed by the
+    /// next request assigned to the slot).
+    pub kv_cached_cells: AtomicUsize,
     /// KV cells in the context.
     pub kv_total_cells: AtomicUsize,
     /// Prompt tokens evaluated (tokens served from the prompt cache excluded).
@@ -207,6 +210,7 @@ impl Default for EngineStats {
             admitted: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             kv_used_cells: AtomicUsize::new(0),
+            kv_cached_cells: AtomicUsize::new(0),
             kv_total_cells: AtomicUsize::new(0),
             prompt_tokens: AtomicU64::new(0),
             cached_prompt_tokens: AtomicU64::new(0),
@@ -244,7 +248,7 @@ impl EngineStats {
         self.running.load(Ordering::Relaxed)
     }
 
-    /// Fraction of KV cells in use.
+    /// Fraction of KV cells in use by running requests.
     pub fn kv_usage(&self) -> f64 {
         let total = self.kv_total_cells.load(Ordering::Relaxed);
         if total == 0 {

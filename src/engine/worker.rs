@@ -602,16 +602,16 @@ impl Loop<'_> {
     }
 
     fn update_kv_usage(&self) {
-        let used: usize = self
-            .slots
-            .iter()
-            .zip(&self.slot_tokens)
-            .map(|(a, cached)| a.as_ref().map_or(cached.len(), |a| a.n_past))
-            .sum();
-        self.shared
-            .stats
-            .kv_used_cells
-            .store(used, Ordering::Relaxed);
+        let (mut used, mut cached) = (0, 0);
+        for (a, tokens) in self.slots.iter().zip(&self.slot_tokens) {
+            match a {
+                Some(a) => used += a.n_past,
+                None => cached += tokens.len(),
+            }
+        }
+        let stats = &self.shared.stats;
+        stats.kv_used_cells.store(used, Ordering::Relaxed);
+        stats.kv_cached_cells.store(cached, Ordering::Relaxed);
     }
 
     /// One `decode` over all occupied slots.

@@ -128,7 +128,7 @@ pub fn render(http: &HttpMetrics, engine: &Engine) -> String {
         header(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {v}");
     }
-    let gauges: [(&str, &str, f64); 4] = [
+    let gauges: [(&str, &str, f64); 5] = [
         (
             "airavata_requests_running",
             "Requests holding a slot.",
@@ -141,13 +141,18 @@ pub fn render(http: &HttpMetrics, engine: &Engine) -> String {
         ),
         (
             "airavata_kv_cache_usage_ratio",
-            "Fraction of KV cells in use.",
+            "Fraction of KV cells in use by running requests.",
             s.kv_usage(),
         ),
         (
             "airavata_kv_cache_tokens",
-            "KV cells in use.",
+            "KV cells in use by running requests.",
             s.kv_used_cells.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "airavata_kv_cache_cached_tokens",
+            "KV cells kept by free slots as prompt cache.",
+            s.kv_cached_cells.load(Ordering::Relaxed) as f64,
         ),
     ];
     for (name, help, v) in gauges {

@@ -295,6 +295,7 @@ pub async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
         "active": stats.running(),
         "waiting": stats.waiting(),
         "kv_cache_usage": stats.kv_usage(),
+        "kv_cache_cached_tokens": stats.kv_cached_cells.load(std::sync::atomic::Ordering::Relaxed),
         "version": crate::version::long_version(),
         "llama_cpp_build": crate::version::LLAMA_CPP_BUILD,
         "llama_cpp_sys_version": crate::version::LLAMA_CPP_SYS_VERSION,
