@@ -31,7 +31,9 @@
 
 pub mod batch;
 pub mod greedy;
+mod info;
 pub mod prompt;
+mod prompt_cache;
 pub mod request;
 pub mod sampler;
 pub mod stats;

@@ -1,6 +1,6 @@
 //! The engine thread: owns the llama.cpp context and runs the batching loop.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,14 +17,13 @@ use tokio::sync::mpsc;
 
 use super::batch::{self, SlotView, Work};
 use super::greedy;
+use super::info::model_info;
+use super::prompt_cache::{common_prefix, pick_slot};
 use super::request::{Completion, Event, FinishReason, SamplingParams, Timings, Usage};
 use super::stats::Phase;
 use super::stop::StopMatcher;
 use super::utf8::Utf8Accumulator;
-use super::{
-    file_type_name, sampler, EngineConfig, EngineError, FlashAttn, LoadState, ModelInfo, Shared,
-    Ticket,
-};
+use super::{sampler, EngineConfig, EngineError, FlashAttn, LoadState, Shared, Ticket};
 
 /// A request admitted by [`super::Engine::generate`].
 pub(super) struct Job {
@@ -81,42 +80,6 @@ impl Active {
         t.extend_from_slice(&self.job.tokens[..prompt]);
         t.extend_from_slice(&self.fed);
         t
-    }
-}
-
-/// Length of the common prefix of `a` and `b`.
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-/// The free slot for a prompt. The slot whose cached tokens share the
-/// longest prefix with the prompt, when that saves at least half of the
-/// prompt (a returning conversation, a repeated prompt); otherwise the lowest
-/// free slot. Packing running requests into the lowest slots matters on a
-/// GPU: llama.cpp evaluates a step in one pass only over consecutive
-/// sequence ids, so a gap between running slots costs a second pass (see
-/// [`batch::micro_batches`]). The lowest slot still reuses whatever prefix it
-/// shares with the prompt, e.g. the chat preamble.
-fn pick_slot(
-    free: impl Iterator<Item = bool>,
-    cached: &[Vec<LlamaToken>],
-    prompt: &[LlamaToken],
-) -> Option<usize> {
-    let mut lowest = None;
-    let mut best: Option<(usize, usize)> = None;
-    for (i, (is_free, tokens)) in free.zip(cached).enumerate() {
-        if !is_free {
-            continue;
-        }
-        lowest.get_or_insert(i);
-        let common = common_prefix(tokens, prompt);
-        if best.is_none_or(|(_, c)| common > c) {
-            best = Some((i, common));
-        }
-    }
-    match best {
-        Some((i, common)) if common > 0 && 2 * common >= prompt.len() => Some(i),
-        _ => lowest,
     }
 }
 
@@ -282,85 +245,6 @@ fn run_inner(
     };
     lp.run();
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn model_info(
-    config: &EngineConfig,
-    model: &LlamaModel,
-    gpu_offload: bool,
-    n_gpu_layers: u32,
-    threads: u32,
-    n_ctx: u32,
-    n_ctx_slot: usize,
-    n_batch: u32,
-    flash_attn: FlashAttn,
-) -> ModelInfo {
-    let mut metadata = BTreeMap::new();
-    for i in 0..model.meta_count() {
-        let Ok(key) = model.meta_key_by_index(i) else {
-            continue;
-        };
-        let wanted = key.starts_with("airavata.")
-            || matches!(
-                key.as_str(),
-                "general.name"
-                    | "general.architecture"
-                    | "general.file_type"
-                    | "general.quantization_version"
-            );
-        if wanted {
-            if let Ok(v) = model.meta_val_str_by_index(i) {
-                metadata.insert(key, v);
-            }
-        }
-    }
-    let file_type = metadata
-        .get("general.file_type")
-        .and_then(|v| v.parse::<u32>().ok())
-        .map(file_type_name)
-        .unwrap_or_else(|| "unknown".into());
-    let description = model_description(model, &file_type);
-    ModelInfo {
-        path: config.model_path.clone(),
-        description,
-        file_type,
-        n_params: model.n_params(),
-        size_bytes: model.size(),
-        n_vocab: model.n_vocab(),
-        n_ctx_train: model.n_ctx_train(),
-        n_ctx,
-        n_ctx_slot: u32::try_from(n_ctx_slot).unwrap_or(u32::MAX),
-        slots: config.parallel,
-        n_batch,
-        max_queue: config.max_queue,
-        n_gpu_layers: n_gpu_layers.min(model.n_layer() + 1),
-        gpu_offload,
-        threads,
-        flash_attn,
-        devices: llama_cpp_2::list_llama_ggml_backend_devices()
-            .into_iter()
-            .map(|d| format!("{}: {}", d.name, d.description))
-            .collect(),
-        prompt_cache: config.cache_prompts,
-        kv_unified: config.kv_unified,
-        metadata,
-    }
-}
-
-fn model_description(model: &LlamaModel, file_type: &str) -> String {
-    let arch = model
-        .meta_val_str("general.architecture")
-        .unwrap_or_else(|_| "unknown".into());
-    let params = model.n_params() as f64;
-    let size = if params >= 1e9 {
-        format!("{:.1}B", params / 1e9)
-    } else if params >= 1e6 {
-        format!("{:.1}M", params / 1e6)
-    } else {
-        format!("{:.0}K", params / 1e3)
-    };
-    format!("{arch} {size} {file_type}")
 }
 
 fn pos(i: usize) -> i32 {
@@ -899,52 +783,5 @@ impl Loop<'_> {
         for slot in self.order.clone() {
             self.fail(slot, err.clone());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn toks(v: &[i32]) -> Vec<LlamaToken> {
-        v.iter().copied().map(LlamaToken).collect()
-    }
-
-    #[test]
-    fn slot_choice_reuses_long_prefixes_else_packs_low() {
-        let cached = vec![
-            toks(&[1, 5]),
-            toks(&[1, 2, 3, 4]),
-            toks(&[1, 2, 9, 9]),
-            Vec::new(),
-        ];
-        let all_free = || [true; 4].into_iter();
-        // The longest prefix, when it covers at least half the prompt.
-        assert_eq!(
-            pick_slot(all_free(), &cached, &toks(&[1, 2, 3, 7])),
-            Some(1)
-        );
-        assert_eq!(
-            pick_slot(all_free(), &cached, &toks(&[1, 2, 9, 9, 8])),
-            Some(2)
-        );
-        // A short shared prefix: the lowest free slot, whatever it holds.
-        assert_eq!(
-            pick_slot(all_free(), &cached, &toks(&[1, 2, 7, 7, 7, 7])),
-            Some(0)
-        );
-        let free = [false, false, true, true].into_iter();
-        assert_eq!(pick_slot(free, &cached, &toks(&[8, 8])), Some(2));
-        // Busy slots are skipped; nothing free gives None.
-        let free = [true, false, true, true].into_iter();
-        assert_eq!(pick_slot(free, &cached, &toks(&[1, 2, 3, 4])), Some(2));
-        assert_eq!(
-            pick_slot([false; 4].into_iter(), &cached, &toks(&[1])),
-            None
-        );
-        // Equal caches: the lowest free index.
-        let same = vec![toks(&[1, 2]); 3];
-        let free = [false, true, true].into_iter();
-        assert_eq!(pick_slot(free, &same, &toks(&[1, 2, 3])), Some(1));
     }
 }

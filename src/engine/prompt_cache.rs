@@ -1,0 +1,90 @@
+//! The per-slot prompt cache: which free slot a new request goes to.
+//!
+//! A finished request's KV stays in its slot (its prompt and the tokens it
+//! generated). The next request assigned to the slot keeps the prefix it
+//! shares with those tokens and evaluates only the rest.
+
+use llama_cpp_2::token::LlamaToken;
+
+/// Length of the common prefix of `a` and `b`.
+pub(super) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The free slot for a prompt. The slot whose cached tokens share the
+/// longest prefix with the prompt, when that saves at least half of the
+/// prompt (a returning conversation, a repeated prompt); otherwise the lowest
+/// free slot. Packing running requests into the lowest slots matters on a
+/// GPU: llama.cpp evaluates a step in one pass only over consecutive
+/// sequence ids, so a gap between running slots costs a second pass (see
+/// [`super::batch::micro_batches`]). The lowest slot still reuses whatever prefix it
+/// shares with the prompt, e.g. the chat preamble.
+pub(super) fn pick_slot(
+    free: impl Iterator<Item = bool>,
+    cached: &[Vec<LlamaToken>],
+    prompt: &[LlamaToken],
+) -> Option<usize> {
+    let mut lowest = None;
+    let mut best: Option<(usize, usize)> = None;
+    for (i, (is_free, tokens)) in free.zip(cached).enumerate() {
+        if !is_free {
+            continue;
+        }
+        lowest.get_or_insert(i);
+        let common = common_prefix(tokens, prompt);
+        if best.is_none_or(|(_, c)| common > c) {
+            best = Some((i, common));
+        }
+    }
+    match best {
+        Some((i, common)) if common > 0 && 2 * common >= prompt.len() => Some(i),
+        _ => lowest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(v: &[i32]) -> Vec<LlamaToken> {
+        v.iter().copied().map(LlamaToken).collect()
+    }
+
+    #[test]
+    fn slot_choice_reuses_long_prefixes_else_packs_low() {
+        let cached = vec![
+            toks(&[1, 5]),
+            toks(&[1, 2, 3, 4]),
+            toks(&[1, 2, 9, 9]),
+            Vec::new(),
+        ];
+        let all_free = || [true; 4].into_iter();
+        // The longest prefix, when it covers at least half the prompt.
+        assert_eq!(
+            pick_slot(all_free(), &cached, &toks(&[1, 2, 3, 7])),
+            Some(1)
+        );
+        assert_eq!(
+            pick_slot(all_free(), &cached, &toks(&[1, 2, 9, 9, 8])),
+            Some(2)
+        );
+        // A short shared prefix: the lowest free slot, whatever it holds.
+        assert_eq!(
+            pick_slot(all_free(), &cached, &toks(&[1, 2, 7, 7, 7, 7])),
+            Some(0)
+        );
+        let free = [false, false, true, true].into_iter();
+        assert_eq!(pick_slot(free, &cached, &toks(&[8, 8])), Some(2));
+        // Busy slots are skipped; nothing free gives None.
+        let free = [true, false, true, true].into_iter();
+        assert_eq!(pick_slot(free, &cached, &toks(&[1, 2, 3, 4])), Some(2));
+        assert_eq!(
+            pick_slot([false; 4].into_iter(), &cached, &toks(&[1])),
+            None
+        );
+        // Equal caches: the lowest free index.
+        let same = vec![toks(&[1, 2]); 3];
+        let free = [false, true, true].into_iter();
+        assert_eq!(pick_slot(free, &same, &toks(&[1, 2, 3])), Some(1));
+    }
+}
