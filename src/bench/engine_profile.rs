@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Phases in the order the engine runs them (as labelled in `/metrics`).
-pub const PHASES: [&str; 5] = ["plan", "decode", "sync", "sample", "emit"];
+use crate::engine::stats::Phase;
 
 /// Raw counter values scraped at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -79,7 +78,7 @@ impl EngineProfile {
         }
         let per = |a: f64, b: f64| (a - b) / steps;
         let mut ms_per_step = BTreeMap::new();
-        for phase in PHASES {
+        for phase in Phase::ALL.map(Phase::name) {
             let get = |c: &EngineCounters| c.seconds.get(phase).copied().unwrap_or(0.0);
             ms_per_step.insert(phase.to_string(), per(get(after), get(before)) * 1e3);
         }

@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::args::BenchArgs;
-use super::engine_profile::PHASES;
 use super::stats::Summary;
 use super::{render_svg, BenchError, BenchReport, Scenario};
+use crate::engine::stats::Phase;
 
 /// Markdown table of one report.
 pub fn render_markdown(report: &BenchReport) -> String {
@@ -126,9 +126,9 @@ fn engine_table(s: &mut String, reports: &[BenchReport]) {
             let Some(e) = &l.engine else {
                 continue;
             };
-            let phases: Vec<String> = PHASES
+            let phases: Vec<String> = Phase::ALL
                 .iter()
-                .map(|p| format!("{:.2}", e.phase_ms(p)))
+                .map(|p| format!("{:.2}", e.phase_ms(p.name())))
                 .collect();
             let _ = writeln!(
                 s,

@@ -25,7 +25,8 @@
 //!   goes to the free slot sharing the longest token prefix with it when that
 //!   covers half the prompt, else to the lowest free slot, and skips the
 //!   shared tokens (`usage.prompt_tokens_details.cached_tokens`). Chat turns and
-//!   repeated system prompts reuse their KV; the chat preamble always does;
+//!   repeated system prompts reuse their KV, and so does the chat preamble in
+//!   any slot that last served a chat-wrapped request;
 //! * every step's time is split into phases (plan, decode, sync, sample, emit)
 //!   and counted in `/metrics`, with the micro-batches llama.cpp splits it into.
 

@@ -11,10 +11,7 @@ const RANDOM_SEED: u32 = 0xFFFF_FFFF;
 /// penalties → (greedy | top-k → top-p → min-p → temperature → dist).
 pub fn build(params: &SamplingParams, n_vocab: i32) -> LlamaSampler {
     let mut stages = Vec::new();
-    let penalised = params.repetition_penalty != 1.0
-        || params.frequency_penalty != 0.0
-        || params.presence_penalty != 0.0;
-    if penalised && params.penalty_last_n != 0 {
+    if applies_penalties(params) {
         stages.push(LlamaSampler::penalties(
             n_vocab,
             params.penalty_last_n,
@@ -48,10 +45,15 @@ pub fn uses_history(params: &SamplingParams) -> bool {
         || params.presence_penalty != 0.0
 }
 
+/// Whether the chain has a penalties stage.
+fn applies_penalties(params: &SamplingParams) -> bool {
+    uses_history(params) && params.penalty_last_n != 0
+}
+
 /// Whether the chain is greedy with no penalties: the token is then the
 /// argmax of the logits, and the chain keeps no state.
 pub fn is_plain_greedy(params: &SamplingParams) -> bool {
-    params.temperature <= 0.0 && !(uses_history(params) && params.penalty_last_n != 0)
+    params.temperature <= 0.0 && !applies_penalties(params)
 }
 
 #[cfg(test)]

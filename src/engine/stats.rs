@@ -116,8 +116,6 @@ pub struct EngineStats {
     pub cached_prompt_tokens: AtomicU64,
     /// Tokens sampled.
     pub generated_tokens: AtomicU64,
-    /// `decode` calls.
-    pub decode_steps: AtomicU64,
     /// Requests that ended normally.
     pub finished: AtomicU64,
     /// Requests whose client went away.
@@ -198,6 +196,11 @@ impl StepProfile {
         self.nanos[phase as usize].fetch_add(ns, Ordering::Relaxed);
     }
 
+    /// `llama_decode` calls so far (decode-only and mixed steps).
+    pub fn steps(&self) -> u64 {
+        self.decode_only.load(Ordering::Relaxed) + self.mixed.load(Ordering::Relaxed)
+    }
+
     /// Seconds spent in `phase` so far.
     pub fn seconds(&self, phase: Phase) -> f64 {
         self.nanos[phase as usize].load(Ordering::Relaxed) as f64 * 1e-9
@@ -215,7 +218,6 @@ impl Default for EngineStats {
             prompt_tokens: AtomicU64::new(0),
             cached_prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
-            decode_steps: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),

@@ -238,7 +238,6 @@ fn run_inner(
         batch: LlamaBatch::new(n_batch as usize, 1),
         n_batch: n_batch as usize,
         emits: Vec::new(),
-        picked: vec![None; config.parallel as usize],
         rx,
         closing: false,
         step_delay: config.step_delay,
@@ -280,8 +279,6 @@ struct Loop<'m> {
     n_batch: usize,
     /// Tokens picked in the last step, their text not yet sent.
     emits: Vec<Emit>,
-    /// Greedy choices of the current step, by slot.
-    picked: Vec<Option<LlamaToken>>,
     rx: mpsc::UnboundedReceiver<Command>,
     closing: bool,
     step_delay: Option<Duration>,
@@ -556,7 +553,6 @@ impl Loop<'_> {
         self.ctx.synchronize();
         let t_sample = Instant::now();
         let stats = &self.shared.stats;
-        stats.decode_steps.fetch_add(1, Ordering::Relaxed);
         for &(slot, n) in &fed {
             if let Some(a) = self.slots[slot].as_mut() {
                 match a.pending.take() {
@@ -571,9 +567,9 @@ impl Loop<'_> {
         // Counted before any answer goes out, so a client that has its last
         // token sees this step in /metrics.
         self.record_step(&plan, [t_plan, t_decode, t_launched, t_sync, t_sample]);
-        self.pick_greedy(&fed);
-        for (slot, _) in fed {
-            self.sample(slot);
+        let picks = self.pick_greedy(&fed);
+        for (&(slot, _), pick) in fed.iter().zip(picks) {
+            self.sample(slot, pick);
         }
         self.update_kv_usage();
         self.shared
@@ -582,21 +578,28 @@ impl Loop<'_> {
             .add(Phase::Sample, t_sample.elapsed());
     }
 
-    /// The argmax of every greedy slot's logits in this step, side by side.
-    fn pick_greedy(&mut self, fed: &[(usize, usize)]) {
-        let mut slots = Vec::with_capacity(fed.len());
+    /// The argmax of every greedy slot's logits in this step, side by side;
+    /// one entry per `fed` slot (`None`: not greedy, or no logits this step).
+    fn pick_greedy(&self, fed: &[(usize, usize)]) -> Vec<Option<LlamaToken>> {
+        let mut at = Vec::with_capacity(fed.len());
         let mut rows: Vec<&[f32]> = Vec::with_capacity(fed.len());
         for &(slot, _) in fed {
-            if let Some(a) = self.slots[slot].as_ref().filter(|a| a.greedy) {
-                if let Some(idx) = a.logits_at {
-                    slots.push(slot);
-                    rows.push(self.ctx.get_logits_ith(idx));
-                }
+            let idx = self.slots[slot]
+                .as_ref()
+                .filter(|a| a.greedy)
+                .and_then(|a| a.logits_at);
+            at.push(idx.map(|_| rows.len()));
+            if let Some(idx) = idx {
+                rows.push(self.ctx.get_logits_ith(idx));
             }
         }
-        for (slot, best) in slots.into_iter().zip(greedy::argmax_rows(&rows)) {
-            self.picked[slot] = best.map(|i| LlamaToken(i32::try_from(i).unwrap_or(i32::MAX)));
-        }
+        let best = greedy::argmax_rows(&rows);
+        at.into_iter()
+            .map(|r| {
+                let i = best[r?]?;
+                Some(LlamaToken(i32::try_from(i).unwrap_or(i32::MAX)))
+            })
+            .collect()
     }
 
     /// Adds one step's shape and its first phases to the profile.
@@ -650,10 +653,11 @@ impl Loop<'_> {
         Ok((slot, n_tokens))
     }
 
-    /// Picks the next token for `slot` if its logits are in this batch. The
-    /// token is fed to the next step at once; its text is produced by
-    /// [`Self::flush_emits`] while that step runs on the backend.
-    fn sample(&mut self, slot: usize) {
+    /// Picks the next token for `slot` if its logits are in this batch (`pick`:
+    /// the greedy choice already made for the whole step). The token is fed to
+    /// the next step at once; its text is produced by [`Self::flush_emits`]
+    /// while that step runs on the backend.
+    fn sample(&mut self, slot: usize, pick: Option<LlamaToken>) {
         let stats = &self.shared.stats;
         let Some(a) = self.slots[slot].as_mut() else {
             return;
@@ -661,8 +665,7 @@ impl Loop<'_> {
         let Some(idx) = a.logits_at.take() else {
             return;
         };
-        // Greedy rows were picked for the whole step by `pick_greedy`.
-        let token = match self.picked[slot].take() {
+        let token = match pick {
             Some(t) => t,
             None => a.sampler.sample(&self.ctx, idx),
         };

@@ -86,7 +86,7 @@ pub fn render(http: &HttpMetrics, engine: &Engine) -> String {
         (
             "airavata_decode_steps_total",
             "llama_decode calls.",
-            s.decode_steps.load(Ordering::Relaxed),
+            s.steps.steps(),
         ),
         (
             "airavata_generations_finished_total",
