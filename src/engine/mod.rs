@@ -16,8 +16,9 @@
 //!   prompt chunks (see [`batch`]);
 //! * by default each slot has its own KV stream (`kv_unified = false`, as
 //!   llama.cpp's server does for a fixed `-np`): a sequence's cells sit at the
-//!   same indices whatever else runs, so batched greedy output equals serial
-//!   output, and attention spans only the slot's own cells. `--kv-unified`
+//!   same indices whatever else runs, so batched greedy output matches serial
+//!   output (up to llama.cpp's CPU kernels not being fully batch-invariant:
+//!   rarely, an answer differs), and attention spans only the slot's own cells. `--kv-unified`
 //!   shares one stream instead, so a step mixing decode tokens and prompt
 //!   chunks is one graph evaluation rather than several (see
 //!   [`batch::micro_batches`]);

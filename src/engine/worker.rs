@@ -148,8 +148,8 @@ fn run_inner(
     let n_batch = config.batch_size.max(config.parallel).max(1);
     // By default one KV stream per slot (not unified): a sequence's cells sit
     // at the same indices whatever else is running, so batched greedy output
-    // is identical to serial output, and attention only spans the slot's own
-    // cells. `--kv-unified` shares one stream, which lets llama.cpp evaluate a
+    // matches serial output (rarely not: llama.cpp's CPU kernels are not fully
+    // batch-invariant), and attention only spans the slot's own cells. `--kv-unified` shares one stream, which lets llama.cpp evaluate a
     // step that mixes decode tokens and prompt chunks in one pass.
     let n_seq_max = config.parallel;
     // On CPU, llama.cpp's flash-attention path gives results that depend on

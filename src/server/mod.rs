@@ -142,8 +142,8 @@ pub struct ServeOptions {
     pub no_prompt_cache: bool,
     /// Share one KV cache among all slots (llama.cpp's `--kv-unified`): a step
     /// that mixes decode tokens and prompt chunks runs as one graph evaluation.
-    /// Off by default: per-slot streams keep batched greedy output identical to
-    /// serial output.
+    /// Off by default: with per-slot streams batched greedy output matches
+    /// serial output (up to llama.cpp's CPU kernels not being fully batch-invariant).
     #[arg(long)]
     pub kv_unified: bool,
     /// Testing aid: sleep this many milliseconds after every decode step.
