@@ -1,14 +1,16 @@
 //! Command-line interface (the only place that uses anyhow).
 
-use crate::convert::{self, Scheme, TypeOverride, TypePolicy};
-use crate::gguf::{GgmlType, GgufFile};
-use crate::quant::QuantMode;
+use crate::convert::{self, Scheme, TypePolicy};
+use crate::gguf::GgufFile;
 use crate::{hub, synth};
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+mod quant;
+pub use quant::{ImatrixArgs, QuantArgs, QuantizeArgs, Quantizer};
 
 #[derive(Parser, Debug)]
 #[command(name = "airavata", version = crate::version::CLAP_VERSION, about = "Convert Airavata (Llama) checkpoints to 4-bit GGUF and serve them on llama.cpp")]
@@ -21,6 +23,12 @@ pub struct Cli {
 pub enum Command {
     /// Convert a Hugging Face Llama checkpoint (local dir or hub id) to GGUF.
     Convert(ConvertArgs),
+    /// Re-quantize a GGUF (any file llama.cpp loads) with our quantizers,
+    /// type policy and calibration.
+    Quantize(QuantizeArgs),
+    /// Run a GGUF on calibration text and write llama-imatrix's importance
+    /// file (GGUF format, accepted by llama-quantize --imatrix).
+    Imatrix(ImatrixArgs),
     /// Print a GGUF file's metadata and tensor table.
     Inspect(InspectArgs),
     /// Write a random-weight HF checkpoint (default: Airavata's exact shape).
@@ -79,14 +87,6 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Quantizer {
-    /// Byte-identical to ggml's reference quantizers (llama-quantize --pure).
-    Reference,
-    /// Lower error at the same size (default).
-    Search,
-}
-
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
     /// Checkpoint directory, or a Hugging Face hub id such as ai4bharat/Airavata.
@@ -94,36 +94,11 @@ pub struct ConvertArgs {
     /// Output GGUF path (default: <name>-<scheme>.gguf in the current directory).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Conversion scheme: nf4 (default; IQ4_XS-based 4-bit), f32, f16, bf16, q8_0, q4_0, q4_k.
-    #[arg(long, visible_alias = "outtype", default_value = "nf4")]
-    pub scheme: Scheme,
-    /// Quantizer for 4/6/8-bit types.
-    #[arg(long, value_enum, default_value = "search")]
-    pub quantizer: Quantizer,
-    /// Type for output.weight (default Q6_K for 4-bit schemes).
-    #[arg(long)]
-    pub output_type: Option<GgmlType>,
-    /// Type for token_embd.weight.
-    #[arg(long)]
-    pub embedding_type: Option<GgmlType>,
-    /// Per-tensor override PATTERN=TYPE (glob over GGUF names), repeatable.
-    #[arg(long = "tensor-type")]
-    pub tensor_type: Vec<TypeOverride>,
-    /// Importance matrix from llama-imatrix (GGUF or legacy .dat).
-    #[arg(long)]
-    pub imatrix: Option<PathBuf>,
     /// Hub revision (branch, tag or commit) when INPUT is a hub id.
     #[arg(long, default_value = "main")]
     pub revision: String,
-    /// Overwrite an existing output file.
-    #[arg(long)]
-    pub force: bool,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// No progress bar.
-    #[arg(long, short)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub q: QuantArgs,
 }
 
 #[derive(Args, Debug)]
@@ -198,50 +173,23 @@ pub fn resolve_checkpoint(input: &str, revision: &str, progress: bool) -> Result
 }
 
 pub fn run_convert(a: ConvertArgs) -> Result<()> {
-    init_threads(a.threads);
-    let dir = resolve_checkpoint(&a.input, &a.revision, !a.quiet)?;
-    let imatrix = match &a.imatrix {
-        Some(p) => {
-            Some(convert::load_imatrix(p).with_context(|| format!("reading {}", p.display()))?)
-        }
-        None => None,
-    };
+    init_threads(a.q.threads);
+    let dir = resolve_checkpoint(&a.input, &a.revision, !a.q.quiet)?;
     let name = convert::LlamaConfig::load(&dir)?.name;
     let output = a
         .output
-        .unwrap_or_else(|| PathBuf::from(format!("{name}-{}.gguf", a.scheme)));
+        .unwrap_or_else(|| PathBuf::from(format!("{name}-{}.gguf", a.q.scheme)));
     let opts = convert::ConvertOptions {
         input: dir,
         output,
-        policy: TypePolicy {
-            scheme: a.scheme,
-            output_type: a.output_type,
-            embedding_type: a.embedding_type,
-            overrides: a.tensor_type,
-        },
-        quantizer: match a.quantizer {
-            Quantizer::Reference => QuantMode::Reference,
-            Quantizer::Search => QuantMode::Search,
-        },
-        imatrix,
-        overwrite: a.force,
-        progress: !a.quiet,
+        policy: a.q.policy(),
+        quantizer: a.q.quantizer(),
+        calibrate: a.q.calibrate(),
+        overwrite: a.q.force,
+        progress: !a.q.quiet,
     };
     let report = run_conversion(&opts)?;
-    let types: Vec<String> = report
-        .types
-        .iter()
-        .map(|(k, v)| format!("{v}×{k}"))
-        .collect();
-    eprintln!(
-        "wrote {} ({:.1} MiB, {} tensors: {}, {:.2} B params) in {:.1} s",
-        report.output.display(),
-        report.bytes as f64 / (1 << 20) as f64,
-        report.n_tensors,
-        types.join(", "),
-        report.n_params as f64 / 1e9,
-        report.seconds
-    );
+    quant::print_report(&report);
     Ok(())
 }
 
@@ -378,6 +326,8 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Command::Convert(a) => run_convert(a),
+        Command::Quantize(a) => quant::run_quantize(a),
+        Command::Imatrix(a) => quant::run_imatrix(a),
         Command::Inspect(a) => run_inspect(a),
         Command::Synth(a) => run_synth(a),
         Command::Eval(a) => run_eval(a),
@@ -492,8 +442,8 @@ pub fn resolve_model(
             scheme,
             ..Default::default()
         },
-        quantizer: QuantMode::Search,
-        imatrix: None,
+        quantizer: None,
+        calibrate: convert::Calibrate::auto(None),
         overwrite: true,
         progress,
     };

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bnb;
+pub mod calib;
 pub mod cli;
 pub mod convert;
 pub mod engine;

@@ -103,7 +103,7 @@ fn reference_dequant(m: &HashMap<&str, &OwnedTensor>, w: &str) -> (Vec<usize>, V
 #[test]
 fn bnb_detects_checkpoint_and_lists_companions() {
     let w = "model.layers.0.self_attn.q_proj.weight";
-    let ts = bnb::quantize_nf4_for_test(
+    let ts = bnb::quantize_nf4(
         w,
         &normal_weights(64 * 64, 0.02, 1),
         &[64, 64],
@@ -146,7 +146,7 @@ fn bnb_detects_checkpoint_and_lists_companions() {
 #[test]
 fn bnb_quant_state_json_is_python_style_and_parses() {
     let w = "x.weight";
-    let ts = bnb::quantize_nf4_for_test(
+    let ts = bnb::quantize_nf4(
         w,
         &normal_weights(512, 1.0, 2),
         &[8, 64],
@@ -225,7 +225,7 @@ fn bnb_roundtrip_error_within_nf4_bounds() {
             dtype,
             ..Default::default()
         };
-        let ts = bnb::quantize_nf4_for_test(w, &x, &[rows, cols], opts).unwrap();
+        let ts = bnb::quantize_nf4(w, &x, &[rows, cols], opts).unwrap();
         let m = by_name(&ts);
         let d = bnb::dequantize_with(w, lookup(&m)).unwrap();
         assert_eq!(d.shape, vec![rows, cols]);
@@ -287,7 +287,7 @@ fn bnb_dequant_bit_exact_vs_independent_reference() {
             blocksize: 64,
             nested_blocksize: nested,
         };
-        let ts = bnb::quantize_nf4_for_test(w, &x, &shape, opts).unwrap();
+        let ts = bnb::quantize_nf4(w, &x, &shape, opts).unwrap();
         let m = by_name(&ts);
         let d = bnb::dequantize_with(w, lookup(&m)).unwrap();
         let (rshape, r) = reference_dequant(&m, w);
@@ -306,7 +306,7 @@ fn bnb_dequant_bit_exact_vs_independent_reference() {
 #[test]
 fn bnb_reports_bad_or_missing_parts() {
     let w = "a.weight";
-    let ts = bnb::quantize_nf4_for_test(
+    let ts = bnb::quantize_nf4(
         w,
         &normal_weights(4096, 0.02, 5),
         &[64, 64],
@@ -374,7 +374,7 @@ fn bnb_checkpoint_through_safetensors_reader() {
     let path = dir.path().join("model.safetensors");
     let q = "model.layers.0.mlp.gate_proj.weight";
     let x = normal_weights(128 * 256, 0.03, 21);
-    let mut tensors = bnb::quantize_nf4_for_test(q, &x, &[128, 256], Default::default()).unwrap();
+    let mut tensors = bnb::quantize_nf4(q, &x, &[128, 256], Default::default()).unwrap();
     let norm: Vec<u8> = (0..256)
         .flat_map(|_| half::bf16::from_f32(1.0).to_bits().to_le_bytes())
         .collect();

@@ -59,7 +59,7 @@ fn bnb_nf4_checkpoint_converts_like_its_dequantized_twin() {
         let raw = f.map(e).unwrap().bytes().to_vec();
         if is_linear(name) {
             let parts =
-                bnb::quantize_nf4_for_test(name, &values, &e.shape, Nf4QuantizeOptions::default())
+                bnb::quantize_nf4(name, &values, &e.shape, Nf4QuantizeOptions::default())
                     .unwrap();
             let deq = bnb::dequantize_with(name, |n| {
                 parts.iter().find(|p| p.name == n).map(|p| bnb::TensorData {
@@ -173,8 +173,8 @@ fn bnb_nf4_checkpoint_converts_like_its_dequantized_twin() {
                 scheme: Scheme::F32,
                 ..Default::default()
             },
-            quantizer: QuantMode::Reference,
-            imatrix: None,
+            quantizer: Some(QuantMode::Reference),
+            calibrate: Default::default(),
             overwrite: false,
             progress: false,
         },

@@ -38,8 +38,8 @@ fn run_with(hf: &Path, out_dir: &Path, cancel: &AtomicBool) -> Result<(), Conver
             scheme: Scheme::F16,
             ..Default::default()
         },
-        quantizer: QuantMode::Reference,
-        imatrix: None,
+        quantizer: Some(QuantMode::Reference),
+        calibrate: Default::default(),
         overwrite: false,
         progress: false,
     };

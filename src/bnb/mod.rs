@@ -37,7 +37,7 @@ pub use layout::{
     companion_names, companion_tensors, detect, is_companion, quantized_weights, QuantStateJson,
     WeightDtype, COMPANION_SUFFIXES, FP4_STATE_SUFFIX, NF4_STATE_SUFFIX,
 };
-pub use quantize::{quantize_nf4_for_test, Nf4QuantizeOptions, OwnedTensor};
+pub use quantize::{nf4_round_trip, quantize_nf4, Nf4QuantizeOptions, OwnedTensor};
 
 /// Errors reading a bitsandbytes quantized weight.
 #[derive(Debug, thiserror::Error)]

@@ -32,7 +32,7 @@ pub struct OwnedTensor {
     pub data: Vec<u8>,
 }
 
-/// Options of [`quantize_nf4_for_test`].
+/// Options of [`quantize_nf4`].
 #[derive(Debug, Clone, Copy)]
 pub struct Nf4QuantizeOptions {
     pub dtype: WeightDtype,
@@ -61,7 +61,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// would save: `weight`, `weight.absmax`, `weight.quant_map`, and with double
 /// quantization `weight.nested_absmax`, `weight.nested_quant_map`, plus
 /// `weight.quant_state.bitsandbytes__nf4`.
-pub fn quantize_nf4_for_test(
+pub fn quantize_nf4(
     weight: &str,
     values: &[f32],
     shape: &[usize],
@@ -174,4 +174,29 @@ pub fn quantize_nf4_for_test(
         data: json,
     });
     Ok(out)
+}
+
+/// The old app's weights: `values` (row-major, `shape`) after an exact
+/// bitsandbytes NF4 + double-quantization round trip in `dtype` (block 64,
+/// 8-bit absmax with an fp32 scale per 256 blocks), i.e. what
+/// `dequantize_4bit` returns for the weight `transformers` would save.
+pub fn nf4_round_trip(
+    values: &[f32],
+    shape: &[usize],
+    dtype: WeightDtype,
+) -> Result<Vec<f32>, BnbError> {
+    const NAME: &str = "w.weight";
+    let opts = Nf4QuantizeOptions {
+        dtype,
+        ..Default::default()
+    };
+    let tensors = quantize_nf4(NAME, values, shape, opts)?;
+    let d = super::dequantize_with(NAME, |n| {
+        tensors.iter().find(|t| t.name == n).map(|t| super::TensorData {
+            dtype: t.dtype.to_string(),
+            shape: t.shape.clone(),
+            data: t.data.as_slice(),
+        })
+    })?;
+    Ok(d.data)
 }

@@ -6,26 +6,28 @@
 //! chunk, not by the model size. Output goes to a temporary file that is
 //! renamed into place only when everything succeeded.
 
+pub mod calibrate;
 pub mod config;
+mod hf_input;
+pub mod pipeline;
 pub mod plan;
+pub mod requant;
 pub mod scheme;
 
+pub use calibrate::Calibrate;
 pub use config::LlamaConfig;
 pub use plan::{PlannedTensor, Role};
-pub use scheme::{Scheme, TypeOverride, TypePolicy};
+pub use requant::{quantize_gguf, QuantizeOptions};
+pub use scheme::{ModelFacts, Scheme, TensorRef, TypeOverride, TypePolicy};
 
-use crate::gguf::{self, llama_ftype_for, GgmlType, GgufValue, GgufWriter, TensorSpec};
-use crate::quant::{self, QuantMode};
+use crate::gguf::{self, llama_ftype_for, GgmlType, GgufValue};
+use crate::quant::QuantMode;
 use crate::safetensors::{self, Checkpoint};
 use crate::tokenizer::{self, Vocab};
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
-
-/// Elements per processing chunk (rows are grouped up to about this many).
-const CHUNK_ELEMS: usize = 1 << 22;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -67,6 +69,14 @@ pub enum ConvertError {
     },
     #[error("output {0} already exists (use --force to overwrite)")]
     Exists(PathBuf),
+    #[error("{file}: tensor {tensor} is {ty}; re-quantizing it loses precision (pass --allow-requantize to dequantize it first)")]
+    Requantize {
+        file: PathBuf,
+        tensor: String,
+        ty: GgmlType,
+    },
+    #[error(transparent)]
+    Calibration(#[from] crate::calib::CalibError),
     #[error("conversion cancelled")]
     Cancelled,
 }
@@ -77,9 +87,10 @@ pub struct ConvertOptions {
     pub input: PathBuf,
     pub output: PathBuf,
     pub policy: TypePolicy,
-    pub quantizer: QuantMode,
-    /// Per-tensor importance weights (GGUF tensor name → one weight per column).
-    pub imatrix: Option<crate::quant::Imatrix>,
+    /// Block rounding; None: `search` when calibrated, else ggml's reference
+    /// (what llama-quantize writes).
+    pub quantizer: Option<QuantMode>,
+    pub calibrate: Calibrate,
     pub overwrite: bool,
     pub progress: bool,
 }
@@ -93,6 +104,8 @@ pub struct ConvertReport {
     pub types: BTreeMap<String, usize>,
     pub seconds: f64,
     pub n_params: u64,
+    /// What calibration was used (None: uncalibrated), as recorded in the file.
+    pub calibration: Option<String>,
 }
 
 /// Receives progress events (elements done out of a total).
@@ -149,8 +162,13 @@ pub struct Prepared {
     pub bnb_weights: std::collections::BTreeSet<String>,
 }
 
-/// Open `dir`, validate tensors against config.json, choose types.
-pub fn prepare(dir: &Path, policy: &TypePolicy) -> Result<Prepared, ConvertError> {
+/// Open `dir`, validate tensors against config.json, choose types
+/// (`calibrated`: importance statistics will be used).
+pub fn prepare(
+    dir: &Path,
+    policy: &TypePolicy,
+    calibrated: bool,
+) -> Result<Prepared, ConvertError> {
     let config = LlamaConfig::load(dir)?;
     let checkpoint = Checkpoint::open(dir)?;
     let has_lm_head = checkpoint.get("lm_head.weight").is_some();
@@ -207,10 +225,15 @@ pub fn prepare(dir: &Path, policy: &TypePolicy) -> Result<Prepared, ConvertError
         }
     }
     let vocab = Vocab::from_dir(dir, config.vocab_size, &config.raw)?;
+    let facts = ModelFacts {
+        n_layer: config.n_layers,
+        n_gqa: config.n_heads / config.n_kv_heads.max(1),
+        tied_embeddings: !planned.iter().any(|t| t.role == Role::Output),
+    };
     let plan = planned
         .into_iter()
         .map(|t| {
-            let ty = policy.choose(&t);
+            let ty = policy.choose(&TensorRef::of(&t), &facts, calibrated);
             (t, ty)
         })
         .collect();
@@ -273,50 +296,33 @@ pub fn convert(
     if opts.output.exists() && !opts.overwrite {
         return Err(ConvertError::Exists(opts.output.clone()));
     }
-    let p = prepare(&opts.input, &opts.policy)?;
-    let meta = metadata(&p, opts.policy.scheme.main_type());
-    let specs: Vec<TensorSpec> = p
-        .plan
-        .iter()
-        .map(|(t, ty)| TensorSpec {
-            name: t.gguf_name.clone(),
-            dims: t.gguf_dims(),
-            ty: *ty,
-        })
-        .collect();
-    let w = GgufWriter::create(&opts.output, &meta, &specs)?;
-    // Writing runs on its own thread so that it overlaps the quantization of
-    // the next chunk; the bounded channel keeps at most a few chunks in flight.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(2);
-    let writer = std::thread::spawn(move || -> Result<GgufWriter, ConvertError> {
-        let mut w = w;
-        for (name, bytes) in rx {
-            w.write_data(&name, &bytes)?;
-        }
-        Ok(w)
-    });
-    let mut sink = Sink { tx: Some(tx) };
-    let result = write_all(&p, opts, &mut sink, progress, cancel);
-    drop(sink);
-    let joined = writer.join().map_err(|_| {
-        ConvertError::Io(
-            opts.output.clone(),
-            std::io::Error::other("writer thread panicked"),
-        )
-    })?;
-    // A write error explains a failed send, so it takes precedence.
-    let w = joined?;
-    let types = result?;
-    let out = w.finish()?;
-    progress.finish();
-    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    // Validate before any (slow) calibration run.
+    let probe = prepare(&opts.input, &opts.policy, false)?;
+    let calibration = calibrate::for_checkpoint(opts, &probe, cancel)?;
+    drop(probe);
+    let p = prepare(&opts.input, &opts.policy, calibration.is_some())?;
+    let mut meta = metadata(&p, opts.policy.scheme.main_type());
+    if let Some(c) = &calibration {
+        meta.extend(c.metadata());
+    }
+    let jobs = hf_input::jobs(&p, opts.policy.scheme);
+    let enc = pipeline::Encoding {
+        mode: opts.quantizer.unwrap_or(if calibration.is_some() {
+            QuantMode::Search
+        } else {
+            QuantMode::Reference
+        }),
+        calibration: calibration.as_ref(),
+    };
+    let w = pipeline::write_gguf(&opts.output, &meta, &jobs, &enc, progress, cancel)?;
     Ok(ConvertReport {
-        output: out,
-        bytes,
+        output: w.output,
+        bytes: w.bytes,
         n_tensors: p.plan.len(),
-        types,
+        types: w.types,
         seconds: t0.elapsed().as_secs_f64(),
         n_params: total_elems(&p),
+        calibration: calibration.map(|c| calibrate::describe(&c.provenance)),
     })
 }
 
@@ -327,220 +333,6 @@ fn total_elems(p: &Prepared) -> u64 {
         .sum()
 }
 
-/// Hands finished chunks to the writer thread.
-struct Sink {
-    tx: Option<std::sync::mpsc::SyncSender<(String, Vec<u8>)>>,
-}
-
-impl Sink {
-    fn write(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), ConvertError> {
-        let tx = self.tx.as_ref().ok_or(ConvertError::Cancelled)?;
-        if tx.send((name.to_string(), bytes)).is_err() {
-            // The writer stopped on an error; the caller reports it after join.
-            self.tx = None;
-            return Err(ConvertError::Cancelled);
-        }
-        Ok(())
-    }
-}
-
-/// Convert every planned tensor into `sink`; returns the count per type.
-fn write_all(
-    p: &Prepared,
-    opts: &ConvertOptions,
-    sink: &mut Sink,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-) -> Result<BTreeMap<String, usize>, ConvertError> {
-    progress.start(total_elems(p));
-    let mut types: BTreeMap<String, usize> = BTreeMap::new();
-    for (t, ty) in &p.plan {
-        progress.tensor(&t.gguf_name, *ty);
-        *types.entry(ty.name()).or_default() += 1;
-        let im = opts
-            .imatrix
-            .as_ref()
-            .and_then(|m| m.get(&t.gguf_name))
-            .filter(|v| v.len() == t.row_len());
-        if opts.imatrix.is_some() && im.is_none() && *ty != GgmlType::F32 {
-            tracing::debug!("no importance data for {}", t.gguf_name);
-        }
-        let job = TensorJob {
-            ty: *ty,
-            mode: opts.quantizer,
-            imatrix: im,
-        };
-        if p.bnb_weights.contains(&t.hf_name) {
-            write_bnb_tensor(&p.checkpoint, t, &job, sink, progress)?;
-        } else {
-            write_tensor(&p.checkpoint, t, &job, sink, progress, cancel)?;
-        }
-    }
-    Ok(types)
-}
-
-/// How one tensor is encoded.
-struct TensorJob<'a> {
-    ty: GgmlType,
-    mode: QuantMode,
-    imatrix: Option<&'a [f32]>,
-}
-
-/// A bitsandbytes NF4 weight: dequantize exactly as bitsandbytes does, then
-/// check, permute and quantize like any other tensor.
-fn write_bnb_tensor(
-    ck: &Checkpoint,
-    t: &PlannedTensor,
-    job: &TensorJob,
-    sink: &mut Sink,
-    progress: &dyn Progress,
-) -> Result<(), ConvertError> {
-    let file = ck
-        .get(&t.hf_name)
-        .map(|(f, _)| f.path.clone())
-        .unwrap_or_else(|| ck.dir.clone());
-    let terr = |msg: String| ConvertError::Tensor {
-        file: file.clone(),
-        tensor: t.hf_name.clone(),
-        msg,
-    };
-    let mut map_err = None;
-    let deq = crate::bnb::dequantize_with(&t.hf_name, |name| {
-        let (f, e) = ck.get(name)?;
-        match f.map(e) {
-            Ok(m) => Some(crate::bnb::TensorData {
-                dtype: e.dtype.name().to_string(),
-                shape: e.shape.clone(),
-                data: m.bytes().to_vec(),
-            }),
-            Err(err) => {
-                map_err = Some(err);
-                None
-            }
-        }
-    });
-    if let Some(e) = map_err {
-        return Err(e.into());
-    }
-    let deq = deq.map_err(|e| terr(e.to_string()))?;
-    if deq.shape != t.shape {
-        return Err(ConvertError::Shape {
-            file,
-            tensor: t.hf_name.clone(),
-            got: deq.shape,
-            expected: t.shape.clone(),
-        });
-    }
-    encode_rows(t, job, deq.data, 0, &file, sink, progress)
-}
-
-/// The common tail of every chunk: reject NaN/Inf (reporting the element's
-/// index in the whole tensor), permute Q/K rows, quantize, hand to the writer.
-fn encode_rows(
-    t: &PlannedTensor,
-    job: &TensorJob,
-    mut f: Vec<f32>,
-    first_elem: usize,
-    file: &Path,
-    sink: &mut Sink,
-    progress: &dyn Progress,
-) -> Result<(), ConvertError> {
-    if let Some(i) = first_non_finite(&f) {
-        return Err(ConvertError::NonFinite {
-            file: file.to_path_buf(),
-            tensor: t.hf_name.clone(),
-            index: first_elem + i,
-            value: f[i],
-        });
-    }
-    plan::apply_permute(t.permute, &mut f, t.row_len(), t.n_rows());
-    let q = quant::quantize(job.ty, &f, t.row_len(), job.imatrix, job.mode).map_err(|e| {
-        ConvertError::Tensor {
-            file: file.to_path_buf(),
-            tensor: t.hf_name.clone(),
-            msg: e.to_string(),
-        }
-    })?;
-    let n = f.len() as u64;
-    drop(f);
-    sink.write(&t.gguf_name, q)?;
-    progress.advance(n);
-    Ok(())
-}
-
-/// Index of the first NaN or infinity in `f`. Chunks are scanned in
-/// parallel with a branch-free test that vectorizes (rayon's per-element
-/// `position_first` cost as much as quantizing in reference mode); only the
-/// first chunk holding one is searched element by element.
-fn first_non_finite(f: &[f32]) -> Option<usize> {
-    const CHUNK: usize = 1 << 15;
-    const EXP: u32 = 0x7f80_0000;
-    let has_bad = |c: &[f32]| {
-        c.iter()
-            .fold(false, |acc, v| acc | (v.to_bits() & EXP == EXP))
-    };
-    let (ci, c) = f
-        .par_chunks(CHUNK)
-        .enumerate()
-        .find_first(|(_, c)| has_bad(c))?;
-    c.iter()
-        .position(|v| !v.is_finite())
-        .map(|i| ci * CHUNK + i)
-}
-
-fn write_tensor(
-    ck: &Checkpoint,
-    t: &PlannedTensor,
-    job: &TensorJob,
-    sink: &mut Sink,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-) -> Result<(), ConvertError> {
-    let (file, entry) = ck
-        .get(&t.hf_name)
-        .ok_or_else(|| ConvertError::MissingTensor {
-            dir: ck.dir.clone(),
-            tensor: t.hf_name.clone(),
-        })?;
-    let terr = |msg: String| ConvertError::Tensor {
-        file: file.path.clone(),
-        tensor: t.hf_name.clone(),
-        msg,
-    };
-    let row_len = t.row_len();
-    let n_rows = t.n_rows();
-    let esz = entry.dtype.size();
-    // Chunks hold whole heads so the rope permutation stays local.
-    let unit = match t.permute {
-        plan::Permute::Rope { n_heads } => (n_rows / n_heads).max(1),
-        plan::Permute::None => 1,
-    };
-    let rows_per_chunk = ((CHUNK_ELEMS / row_len.max(1)) / unit).max(1) * unit;
-    let mut row = 0;
-    while row < n_rows {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(ConvertError::Cancelled);
-        }
-        let nr = rows_per_chunk.min(n_rows - row);
-        // Map only this chunk: resident pages are released with the map.
-        let mapped = file.map_range(
-            entry,
-            (row * row_len * esz) as u64,
-            (nr * row_len * esz) as u64,
-        )?;
-        let src = mapped.bytes();
-        let mut f = vec![0f32; nr * row_len];
-        f.par_chunks_mut(1 << 16)
-            .zip(src.par_chunks((1 << 16) * esz))
-            .try_for_each(|(d, s)| safetensors::to_f32(entry.dtype, s, d))
-            .map_err(terr)?;
-        drop(mapped);
-        encode_rows(t, job, f, row * row_len, &file.path, sink, progress)?;
-        row += nr;
-    }
-    Ok(())
-}
-
 /// Read a llama-imatrix file (GGUF or legacy .dat).
 pub fn load_imatrix(path: &Path) -> Result<crate::quant::Imatrix, ConvertError> {
     crate::quant::Imatrix::load(path).map_err(|e| ConvertError::Config {
@@ -549,21 +341,3 @@ pub fn load_imatrix(path: &Path) -> Result<crate::quant::Imatrix, ConvertError> 
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::first_non_finite;
-
-    #[test]
-    fn first_non_finite_finds_the_first_bad_value() {
-        let mut f = vec![1.0f32; 100_000];
-        assert_eq!(first_non_finite(&f), None);
-        f[99_999] = f32::NEG_INFINITY;
-        assert_eq!(first_non_finite(&f), Some(99_999));
-        f[70_000] = f32::NAN;
-        f[40_000] = f32::MAX;
-        assert_eq!(first_non_finite(&f), Some(70_000));
-        f[3] = f32::INFINITY;
-        assert_eq!(first_non_finite(&f), Some(3));
-        assert_eq!(first_non_finite(&[]), None);
-    }
-}

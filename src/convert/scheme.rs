@@ -9,18 +9,36 @@ use std::str::FromStr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scheme {
     /// NF4-equivalent 4-bit: IQ4_XS (IQ4_NL where rows are not a multiple of
-    /// 256), output Q6_K, norms F32.
+    /// 256) with llama-quantize's IQ4_XS mix (output Q6_K, tied embeddings
+    /// as output, early `ffn_down` Q5_K when not calibrated), norms F32.
     #[default]
     Nf4,
     F32,
     F16,
     Bf16,
     Q8_0,
-    /// Plain Q4_0 everywhere (output Q6_K), for comparisons.
+    /// Q4_0 with llama-quantize's Q4_0 mix (output Q6_K), for comparisons.
     Q4_0,
-    /// Q4_K everywhere (output Q6_K), for comparisons.
+    /// Q4_K with llama-quantize's Q4_K_M mix, for comparisons.
     Q4K,
+    /// The old app's bitsandbytes NF4 + double quantization, as a baseline:
+    /// every linear weight after an exact NF4 round trip (block 64, 8-bit
+    /// absmax with an fp32 scale per 256 blocks), stored as F16; embeddings
+    /// and output kept 16-bit as transformers does; norms F32.
+    BnbNf4,
 }
+
+/// Every scheme, for help texts and tests.
+pub const SCHEMES: [Scheme; 8] = [
+    Scheme::Nf4,
+    Scheme::F32,
+    Scheme::F16,
+    Scheme::Bf16,
+    Scheme::Q8_0,
+    Scheme::Q4_0,
+    Scheme::Q4K,
+    Scheme::BnbNf4,
+];
 
 impl Scheme {
     /// The type most of the file is in (for `general.file_type`).
@@ -28,7 +46,7 @@ impl Scheme {
         match self {
             Self::Nf4 => GgmlType::Iq4Xs,
             Self::F32 => GgmlType::F32,
-            Self::F16 => GgmlType::F16,
+            Self::F16 | Self::BnbNf4 => GgmlType::F16,
             Self::Bf16 => GgmlType::Bf16,
             Self::Q8_0 => GgmlType::Q8_0,
             Self::Q4_0 => GgmlType::Q4_0,
@@ -44,7 +62,13 @@ impl Scheme {
             Self::Q8_0 => "q8_0",
             Self::Q4_0 => "q4_0",
             Self::Q4K => "q4_k",
+            Self::BnbNf4 => "bnb-nf4",
         }
+    }
+    /// Whether this scheme rounds weights to fewer than 8 bits (calibration
+    /// and llama-quantize's type mixes apply).
+    pub fn is_low_bit(self) -> bool {
+        matches!(self, Self::Nf4 | Self::Q4_0 | Self::Q4K)
     }
 }
 
@@ -57,20 +81,18 @@ impl fmt::Display for Scheme {
 impl FromStr for Scheme {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s.to_ascii_lowercase().replace('-', "_").as_str() {
-            "nf4" | "iq4_xs" => Self::Nf4,
-            "f32" => Self::F32,
-            "f16" => Self::F16,
-            "bf16" => Self::Bf16,
-            "q8_0" => Self::Q8_0,
-            "q4_0" => Self::Q4_0,
-            "q4_k" => Self::Q4K,
-            other => {
-                return Err(format!(
-                    "unknown scheme `{other}` (expected nf4, f32, f16, bf16, q8_0, q4_0 or q4_k)"
-                ))
-            }
-        })
+        let norm = s.to_ascii_lowercase().replace('_', "-");
+        SCHEMES
+            .into_iter()
+            .find(|sc| sc.name().replace('_', "-") == norm)
+            .or(match norm.as_str() {
+                "iq4-xs" => Some(Self::Nf4),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                let names: Vec<&str> = SCHEMES.iter().map(|s| s.name()).collect();
+                format!("unknown scheme `{s}` (expected one of {})", names.join(", "))
+            })
     }
 }
 
@@ -123,62 +145,158 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     true
 }
 
-/// The full policy: scheme plus overrides.
+/// Model facts that llama-quantize's type mixes read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelFacts {
+    pub n_layer: usize,
+    /// Query heads per KV head.
+    pub n_gqa: usize,
+    /// No `output.weight`: `token_embd.weight` is also the output matrix.
+    pub tied_embeddings: bool,
+}
+
+/// A tensor as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorRef<'a> {
+    /// GGUF name, e.g. `blk.3.ffn_down.weight`.
+    pub name: &'a str,
+    pub role: Role,
+    /// Elements per row (ggml's `ne[0]`).
+    pub row_len: usize,
+    pub n_dims: usize,
+}
+
+impl<'a> TensorRef<'a> {
+    pub fn of(t: &'a PlannedTensor) -> Self {
+        Self {
+            name: &t.gguf_name,
+            role: t.role,
+            row_len: t.row_len(),
+            n_dims: t.shape.len(),
+        }
+    }
+    /// `N` of a `blk.N.…` name.
+    fn layer(&self) -> Option<usize> {
+        self.name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+    }
+    fn is(&self, kind: &str) -> bool {
+        self.name.ends_with(&format!(".{kind}.weight"))
+    }
+}
+
+/// The full policy: scheme, explicit types and overrides, and whether
+/// llama-quantize's per-tensor mix applies (`pure` turns it off, as
+/// `llama-quantize --pure` does).
 #[derive(Debug, Clone, Default)]
 pub struct TypePolicy {
     pub scheme: Scheme,
     pub output_type: Option<GgmlType>,
     pub embedding_type: Option<GgmlType>,
     pub overrides: Vec<TypeOverride>,
+    pub pure: bool,
 }
 
-/// Types tried, in order, when the wanted type does not fit the row length.
-fn fallback(t: GgmlType) -> &'static [GgmlType] {
-    match t {
-        GgmlType::Iq4Xs => &[GgmlType::Iq4Nl, GgmlType::Q8_0, GgmlType::F16],
-        GgmlType::Q4K | GgmlType::Q6K => &[GgmlType::Q8_0, GgmlType::F16],
-        GgmlType::Iq4Nl | GgmlType::Q4_0 | GgmlType::Q8_0 => &[GgmlType::F16],
-        _ => &[],
+/// llama-quantize's fallback when a type's block does not divide the row
+/// (`tensor_type_fallback`); F16 when the fallback does not fit either.
+pub fn fallback(t: GgmlType, row_len: usize) -> GgmlType {
+    if t.row_bytes(row_len).is_some() {
+        return t;
     }
+    let f = match t {
+        GgmlType::Iq4Xs => GgmlType::Iq4Nl,
+        GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
+        GgmlType::Q4K => GgmlType::Q5_0,
+        GgmlType::Q5K => GgmlType::Q5_1,
+        GgmlType::Q6K => GgmlType::Q8_0,
+        _ => GgmlType::F16,
+    };
+    if f.row_bytes(row_len).is_some() {
+        f
+    } else if GgmlType::F16.row_bytes(row_len).is_some() {
+        GgmlType::F16
+    } else {
+        GgmlType::F32
+    }
+}
+
+/// llama.cpp's `use_more_bits` layer rule of the K-quant mixes.
+fn use_more_bits(i: usize, n: usize) -> bool {
+    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
 }
 
 impl TypePolicy {
-    /// The type wanted for `t` before checking the row length.
-    fn wanted(&self, t: &PlannedTensor) -> GgmlType {
-        if t.role == Role::Norm || t.shape.len() < 2 {
-            return GgmlType::F32;
-        }
-        if let Some(o) = self
-            .overrides
-            .iter()
-            .find(|o| glob_match(&o.pattern, &t.gguf_name))
-        {
-            return o.ty;
-        }
-        let base = self.scheme.main_type();
-        match t.role {
-            Role::Output => self.output_type.unwrap_or(match self.scheme {
-                Scheme::Nf4 | Scheme::Q4_0 | Scheme::Q4K => GgmlType::Q6K,
-                _ => base,
-            }),
-            Role::Embedding => self.embedding_type.unwrap_or(base),
-            _ => base,
-        }
+    /// Whether `t` is rounded at all (norms and 1-D tensors stay F32).
+    pub fn quantizes(t: &TensorRef) -> bool {
+        t.role != Role::Norm && t.n_dims >= 2
     }
 
-    /// The type `t` is written as: the wanted type, or the first fallback
-    /// whose block fits the row length.
-    pub fn choose(&self, t: &PlannedTensor) -> GgmlType {
-        let want = self.wanted(t);
-        let n = t.row_len();
-        if want.row_bytes(n).is_some() {
-            return want;
+    /// The type `t` is written as. `calibrated`: importance statistics are
+    /// used (llama-quantize's mix then keeps early `ffn_down` at the base type).
+    pub fn choose(&self, t: &TensorRef, facts: &ModelFacts, calibrated: bool) -> GgmlType {
+        if !Self::quantizes(t) {
+            return GgmlType::F32;
         }
-        fallback(want)
-            .iter()
-            .copied()
-            .find(|f| f.row_bytes(n).is_some())
-            .unwrap_or(GgmlType::F32)
+        let is_output =
+            t.role == Role::Output || (facts.tied_embeddings && t.role == Role::Embedding);
+        if let Some(o) = self.overrides.iter().find(|o| glob_match(&o.pattern, t.name)) {
+            return fallback(o.ty, t.row_len);
+        }
+        if t.role == Role::Embedding && !facts.tied_embeddings {
+            if let Some(e) = self.embedding_type {
+                return fallback(e, t.row_len);
+            }
+        }
+        if is_output {
+            if let Some(o) = self.output_type {
+                return fallback(o, t.row_len);
+            }
+        }
+        let base = self.scheme.main_type();
+        if self.scheme == Scheme::BnbNf4 || !self.scheme.is_low_bit() {
+            return fallback(base, t.row_len);
+        }
+        if self.pure {
+            return fallback(base, t.row_len);
+        }
+        let want = if is_output {
+            if t.row_bytes_fit(base) {
+                GgmlType::Q6K
+            } else {
+                GgmlType::Q8_0
+            }
+        } else {
+            self.mix(t, facts, calibrated).unwrap_or(base)
+        };
+        fallback(want, t.row_len)
+    }
+
+    /// llama-quantize's per-tensor bumps for the scheme's ftype.
+    fn mix(&self, t: &TensorRef, facts: &ModelFacts, calibrated: bool) -> Option<GgmlType> {
+        let layer = t.layer()?;
+        let n = facts.n_layer.max(1);
+        match self.scheme {
+            Scheme::Nf4 => {
+                if t.is("attn_v") && facts.n_gqa >= 4 {
+                    Some(GgmlType::Q5K)
+                } else if t.is("ffn_down") && layer < n / 8 && !calibrated {
+                    Some(GgmlType::Q5K)
+                } else {
+                    None
+                }
+            }
+            Scheme::Q4K => ((t.is("attn_v") || t.is("ffn_down")) && use_more_bits(layer, n))
+                .then_some(GgmlType::Q6K),
+            Scheme::Q4_0 => {
+                (t.is("ffn_down") && calibrated && layer < n / 8).then_some(GgmlType::Q4_1)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl TensorRef<'_> {
+    fn row_bytes_fit(&self, ty: GgmlType) -> bool {
+        ty.row_bytes(self.row_len).is_some()
     }
 }
 
@@ -207,39 +325,42 @@ mod tests {
         assert!(glob_match("*attn_v*", "blk.0.attn_v.weight"));
     }
 
+    fn choose(p: &TypePolicy, t: &PlannedTensor, facts: &ModelFacts, cal: bool) -> GgmlType {
+        p.choose(&TensorRef::of(t), facts, cal)
+    }
+
+    const AIRAVATA: ModelFacts = ModelFacts {
+        n_layer: 32,
+        n_gqa: 1,
+        tied_embeddings: false,
+    };
+
     #[test]
     fn nf4_policy_by_row_length() {
         let p = TypePolicy::default();
+        let f = &AIRAVATA;
+        let w = |name: &str, shape: Vec<usize>| t(name, shape, Role::Weight);
+        assert_eq!(choose(&p, &w("blk.0.attn_q.weight", vec![4096, 4096]), f, true), GgmlType::Iq4Xs);
         assert_eq!(
-            p.choose(&t("blk.0.attn_q.weight", vec![4096, 4096], Role::Weight)),
+            choose(&p, &w("blk.9.ffn_down.weight", vec![4096, 11008]), f, false),
             GgmlType::Iq4Xs
         );
+        assert_eq!(choose(&p, &w("blk.1.attn_k.weight", vec![4096, 288]), f, false), GgmlType::Iq4Nl);
+        assert_eq!(choose(&p, &w("blk.1.attn_k.weight", vec![64, 172]), f, false), GgmlType::F16);
         assert_eq!(
-            p.choose(&t("blk.0.ffn_down.weight", vec![4096, 11008], Role::Weight)),
-            GgmlType::Iq4Xs
-        );
-        assert_eq!(
-            p.choose(&t("x", vec![4096, 288], Role::Weight)),
-            GgmlType::Iq4Nl
-        );
-        assert_eq!(
-            p.choose(&t("x", vec![64, 172], Role::Weight)),
-            GgmlType::F16
-        );
-        assert_eq!(
-            p.choose(&t("output.weight", vec![48065, 4096], Role::Output)),
+            choose(&p, &t("output.weight", vec![48065, 4096], Role::Output), f, false),
             GgmlType::Q6K
         );
         assert_eq!(
-            p.choose(&t("output.weight", vec![512, 64], Role::Output)),
+            choose(&p, &t("output.weight", vec![512, 64], Role::Output), f, false),
             GgmlType::Q8_0
         );
         assert_eq!(
-            p.choose(&t("token_embd.weight", vec![48065, 4096], Role::Embedding)),
+            choose(&p, &t("token_embd.weight", vec![48065, 4096], Role::Embedding), f, false),
             GgmlType::Iq4Xs
         );
         assert_eq!(
-            p.choose(&t("blk.0.attn_norm.weight", vec![4096], Role::Norm)),
+            choose(&p, &t("blk.0.attn_norm.weight", vec![4096], Role::Norm), f, false),
             GgmlType::F32
         );
         let q8 = TypePolicy {
@@ -247,16 +368,53 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            q8.choose(&t("output.weight", vec![48065, 4096], Role::Output)),
+            choose(&q8, &t("output.weight", vec![48065, 4096], Role::Output), f, false),
             GgmlType::Q8_0
         );
     }
 
+    /// llama-quantize's IQ4_XS mix (`llama_tensor_get_type_impl`).
+    #[test]
+    fn nf4_mix_follows_llama_quantize() {
+        let p = TypePolicy::default();
+        // SmolLM2-135M: 30 layers, 9 heads over 3 KV heads, tied embeddings.
+        let smol = ModelFacts {
+            n_layer: 30,
+            n_gqa: 3,
+            tied_embeddings: true,
+        };
+        let embd = t("token_embd.weight", vec![49152, 576], Role::Embedding);
+        assert_eq!(choose(&p, &embd, &smol, false), GgmlType::Q8_0, "tied: output type");
+        let down = |i: usize| t(&format!("blk.{i}.ffn_down.weight"), vec![576, 1536], Role::Weight);
+        assert_eq!(choose(&p, &down(2), &smol, false), GgmlType::Q5K, "n_layer/8 = 3");
+        assert_eq!(choose(&p, &down(3), &smol, false), GgmlType::Iq4Xs);
+        assert_eq!(choose(&p, &down(0), &smol, true), GgmlType::Iq4Xs, "no bump with imatrix");
+        let v = t("blk.4.attn_v.weight", vec![192, 576], Role::Weight);
+        assert_eq!(choose(&p, &v, &smol, false), GgmlType::Iq4Nl);
+        let gqa8 = ModelFacts { n_gqa: 8, ..smol };
+        assert_eq!(choose(&p, &v, &gqa8, false), GgmlType::Q5_1, "Q5_K falls back to Q5_1");
+        let pure = TypePolicy { pure: true, ..Default::default() };
+        assert_eq!(choose(&pure, &down(0), &smol, false), GgmlType::Iq4Xs);
+        assert_eq!(choose(&pure, &embd, &smol, false), GgmlType::Iq4Nl);
+        // Q4_K_M: attn_v and ffn_down get Q6_K on use_more_bits layers.
+        let q4km = TypePolicy { scheme: Scheme::Q4K, ..Default::default() };
+        let f = &AIRAVATA;
+        let down7b = |i: usize| t(&format!("blk.{i}.ffn_down.weight"), vec![4096, 11008], Role::Weight);
+        assert_eq!(choose(&q4km, &down7b(0), f, false), GgmlType::Q6K);
+        assert_eq!(choose(&q4km, &down7b(4), f, false), GgmlType::Q4K);
+        assert_eq!(choose(&q4km, &down7b(6), f, false), GgmlType::Q6K, "(6-4)%3 == 2");
+        assert_eq!(choose(&q4km, &down7b(31), f, false), GgmlType::Q6K);
+        // bnb-nf4 keeps everything 16-bit.
+        let bnb = TypePolicy { scheme: Scheme::BnbNf4, ..Default::default() };
+        assert_eq!(choose(&bnb, &down7b(0), f, false), GgmlType::F16);
+    }
+
     #[test]
     fn scheme_names_parse() {
-        for s in ["nf4", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k"] {
-            assert_eq!(s.parse::<Scheme>().unwrap().name(), s);
+        for s in SCHEMES {
+            assert_eq!(s.name().parse::<Scheme>().unwrap(), s);
         }
+        assert_eq!("BNB_NF4".parse::<Scheme>().unwrap(), Scheme::BnbNf4);
         assert!("q3"
             .parse::<Scheme>()
             .unwrap_err()

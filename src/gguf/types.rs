@@ -9,9 +9,16 @@ pub enum GgmlType {
     F32,
     F16,
     Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q2K,
+    Q3K,
     Q4K,
+    Q5K,
     Q6K,
+    Q8K,
     Iq4Nl,
     Iq4Xs,
     Bf16,
@@ -25,9 +32,16 @@ impl GgmlType {
             0 => Self::F32,
             1 => Self::F16,
             2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
+            10 => Self::Q2K,
+            11 => Self::Q3K,
             12 => Self::Q4K,
+            13 => Self::Q5K,
             14 => Self::Q6K,
+            15 => Self::Q8K,
             20 => Self::Iq4Nl,
             23 => Self::Iq4Xs,
             30 => Self::Bf16,
@@ -40,9 +54,16 @@ impl GgmlType {
             Self::F32 => 0,
             Self::F16 => 1,
             Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
             Self::Q8_0 => 8,
+            Self::Q2K => 10,
+            Self::Q3K => 11,
             Self::Q4K => 12,
+            Self::Q5K => 13,
             Self::Q6K => 14,
+            Self::Q8K => 15,
             Self::Iq4Nl => 20,
             Self::Iq4Xs => 23,
             Self::Bf16 => 30,
@@ -56,20 +77,20 @@ impl GgmlType {
             Self::F32 => (1, 4),
             Self::F16 | Self::Bf16 => (1, 2),
             Self::Q4_0 => (32, 18),
+            Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
+            Self::Q5_1 => (32, 24),
             Self::Q8_0 => (32, 34),
+            Self::Q2K => (256, 84),
+            Self::Q3K => (256, 110),
             Self::Q4K => (256, 144),
+            Self::Q5K => (256, 176),
             Self::Q6K => (256, 210),
+            Self::Q8K => (256, 292),
             Self::Iq4Nl => (32, 18),
             Self::Iq4Xs => (256, 136),
             Self::Other(c) => match c {
-                3 => (32, 20),    // Q4_1
-                6 => (32, 22),    // Q5_0
-                7 => (32, 24),    // Q5_1
-                9 => (32, 36),    // Q8_1
-                10 => (256, 84),  // Q2_K
-                11 => (256, 110), // Q3_K
-                13 => (256, 176), // Q5_K
-                15 => (256, 292), // Q8_K
+                9 => (32, 36), // Q8_1
                 24 => (1, 1),     // I8
                 25 => (1, 2),     // I16
                 26 => (1, 4),     // I32
@@ -105,9 +126,16 @@ impl GgmlType {
             Self::F32 => "F32".into(),
             Self::F16 => "F16".into(),
             Self::Q4_0 => "Q4_0".into(),
+            Self::Q4_1 => "Q4_1".into(),
+            Self::Q5_0 => "Q5_0".into(),
+            Self::Q5_1 => "Q5_1".into(),
             Self::Q8_0 => "Q8_0".into(),
+            Self::Q2K => "Q2_K".into(),
+            Self::Q3K => "Q3_K".into(),
             Self::Q4K => "Q4_K".into(),
+            Self::Q5K => "Q5_K".into(),
             Self::Q6K => "Q6_K".into(),
+            Self::Q8K => "Q8_K".into(),
             Self::Iq4Nl => "IQ4_NL".into(),
             Self::Iq4Xs => "IQ4_XS".into(),
             Self::Bf16 => "BF16".into(),
@@ -130,14 +158,20 @@ impl FromStr for GgmlType {
             "F16" => Self::F16,
             "BF16" => Self::Bf16,
             "Q4_0" => Self::Q4_0,
+            "Q4_1" => Self::Q4_1,
+            "Q5_0" => Self::Q5_0,
+            "Q5_1" => Self::Q5_1,
             "Q8_0" => Self::Q8_0,
+            "Q2_K" | "Q2K" => Self::Q2K,
+            "Q3_K" | "Q3K" => Self::Q3K,
             "Q4_K" | "Q4K" => Self::Q4K,
+            "Q5_K" | "Q5K" => Self::Q5K,
             "Q6_K" | "Q6K" => Self::Q6K,
             "IQ4_NL" | "IQ4NL" => Self::Iq4Nl,
             "IQ4_XS" | "IQ4XS" => Self::Iq4Xs,
             other => {
                 return Err(format!(
-                    "unknown tensor type `{other}` (expected one of F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, IQ4_NL, IQ4_XS)"
+                    "unknown tensor type `{other}` (expected one of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)"
                 ))
             }
         })
@@ -150,9 +184,16 @@ pub fn llama_ftype_for(t: GgmlType) -> u32 {
         GgmlType::F32 => 0,
         GgmlType::F16 => 1,
         GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q5_0 => 8,
+        GgmlType::Q5_1 => 9,
         GgmlType::Q8_0 => 7,
+        GgmlType::Q2K => 10,
+        GgmlType::Q3K => 12, // Q3_K_M
         GgmlType::Q4K => 15, // Q4_K_M
+        GgmlType::Q5K => 17, // Q5_K_M
         GgmlType::Q6K => 18,
+        GgmlType::Q8K => 1024,
         GgmlType::Iq4Nl => 25,
         GgmlType::Iq4Xs => 30,
         GgmlType::Bf16 => 32,

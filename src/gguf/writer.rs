@@ -218,8 +218,35 @@ impl GgufWriter {
         tmp.as_file()
             .sync_all()
             .map_err(|e| GgufError::Io(self.dest.clone(), e))?;
+        // Temporary files are created private (0600); the finished model gets
+        // the usual permissions of a new file (0666 less the umask).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = 0o666 & !current_umask();
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| GgufError::Io(self.dest.clone(), e))?;
+        }
         tmp.persist(&self.dest)
             .map_err(|e| GgufError::Io(self.dest.clone(), e.error))?;
         Ok(self.dest)
     }
+}
+
+/// The process umask (read by setting and restoring it).
+#[cfg(unix)]
+fn current_umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        // /proc/self/status has a `Umask:` line on Linux; fall back to 022.
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    })
 }

@@ -40,6 +40,8 @@ macro_rules! row_fn_avx2 {
 }
 
 mod codebook;
+mod ggml;
+pub mod gptq;
 pub mod imatrix;
 mod iq4;
 mod q4_0;
@@ -88,6 +90,8 @@ pub enum QuantError {
     },
     #[error("bad imatrix file {path}: {msg}")]
     ImatrixFile { path: String, msg: String },
+    #[error("calibration statistics: {0}")]
+    Hessian(String),
     #[error("byte length {got} does not match {expected} for {ty}")]
     Bytes {
         ty: GgmlType,
@@ -124,8 +128,16 @@ pub fn quantize(
             });
         }
     }
-    let row_fn = row_quantizer(ty, mode)?;
     let mut out = vec![0u8; row_bytes * (src.len() / n_per_row)];
+    if ggml::quantizes(ty) {
+        // ggml's quantizer over row groups, in parallel.
+        let rows_per_job = (1 << 16) / n_per_row + 1;
+        out.par_chunks_mut(row_bytes * rows_per_job)
+            .zip(src.par_chunks(n_per_row * rows_per_job))
+            .for_each(|(dst, rows)| ggml::quantize_rows(ty, rows, dst, n_per_row, imatrix));
+        return Ok(out);
+    }
+    let row_fn = row_quantizer(ty, mode)?;
     out.par_chunks_mut(row_bytes)
         .zip(src.par_chunks(n_per_row))
         .for_each(|(dst, row)| row_fn(row, dst, imatrix));
@@ -172,7 +184,27 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>, Quant
     }
     let mut out = vec![0f32; n];
     let (bs, bb) = ty.block_layout().ok_or(QuantError::Unsupported(ty))?;
-    let f: fn(&[u8], &mut [f32]) = match ty {
+    if ggml::dequantizes(ty) {
+        let blocks_per_chunk = (4096 / bs).max(1);
+        out.par_chunks_mut(bs * blocks_per_chunk)
+            .zip(data.par_chunks(bb * blocks_per_chunk))
+            .for_each(|(o, d)| {
+                ggml::dequantize_into(ty, d, o);
+            });
+        return Ok(out);
+    }
+    let f = block_dequantizer(ty)?;
+    // Parallel over chunks of whole blocks.
+    let blocks_per_chunk = (4096 / bs).max(1);
+    out.par_chunks_mut(bs * blocks_per_chunk)
+        .zip(data.par_chunks(bb * blocks_per_chunk))
+        .for_each(|(o, d)| f(d, o));
+    Ok(out)
+}
+
+/// The dequantizer of whole blocks of `ty` (natively implemented types).
+fn block_dequantizer(ty: GgmlType) -> Result<fn(&[u8], &mut [f32]), QuantError> {
+    Ok(match ty {
         GgmlType::F32 => simple::deq_f32,
         GgmlType::F16 => simple::deq_f16,
         GgmlType::Bf16 => simple::deq_bf16,
@@ -183,11 +215,5 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>, Quant
         GgmlType::Iq4Nl => iq4::nl_dequantize,
         GgmlType::Iq4Xs => iq4::xs_dequantize,
         other => return Err(QuantError::Unsupported(other)),
-    };
-    // Parallel over chunks of whole blocks.
-    let blocks_per_chunk = (4096 / bs).max(1);
-    out.par_chunks_mut(bs * blocks_per_chunk)
-        .zip(data.par_chunks(bb * blocks_per_chunk))
-        .for_each(|(o, d)| f(d, o));
-    Ok(out)
+    })
 }

@@ -291,8 +291,8 @@ pub fn tiny_test_gguf_with(dir: &Path, scheme: convert::Scheme) -> Result<PathBu
                 scheme,
                 ..Default::default()
             },
-            quantizer: quant::QuantMode::Reference,
-            imatrix: None,
+            quantizer: Some(quant::QuantMode::Reference),
+            calibrate: Default::default(),
             overwrite: true,
             progress: false,
         };

@@ -134,8 +134,8 @@ pub fn convert(
         input: input.to_path_buf(),
         output: output.to_path_buf(),
         policy,
-        quantizer: mode,
-        imatrix: None,
+        quantizer: Some(mode),
+        calibrate: Default::default(),
         overwrite: true,
         progress: false,
     };

@@ -1,0 +1,224 @@
+//! When and how `convert` and `quantize` calibrate.
+//!
+//! With a low-bit scheme (`nf4`, `q4_0`, `q4_k`) the default is
+//! [`Calibrate::Auto`]: the model is run through llama.cpp on the built-in
+//! Hindi/English text (or `--calibration FILE`) and its activation statistics
+//! drive both the importance weights and the error-feedback rounding — when
+//! that fits the time budget: always with a GPU backend, and on CPU when the
+//! estimated forward passes take at most [`CPU_BUDGET_SECS`] (fewer tokens are
+//! used when that keeps at least [`MIN_TOKENS`]). Otherwise the fallback is
+//! llama-quantize's own default for the scheme (its type mix and ggml's
+//! reference rounding, byte-identical), so it is never worse than that.
+//! A checkpoint is first written as a temporary Q8_0 GGUF for llama.cpp to run.
+
+use super::pipeline::{self, Encoding};
+use super::{ConvertError, ConvertOptions, Prepared, Progress, Scheme, Silent, TypePolicy};
+use crate::calib::{self, Calibration, CollectOptions, Provenance};
+use crate::quant::QuantMode;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+/// Estimated-time budget for calibrating on CPU.
+pub const CPU_BUDGET_SECS: f64 = 180.0;
+/// Fewest tokens worth calibrating with.
+pub const MIN_TOKENS: usize = 4096;
+/// Assumed CPU throughput per core for the budget estimate (F16/Q8_0 matmuls).
+const CPU_FLOPS_PER_CORE: f64 = 25e9;
+
+/// Whether and how to calibrate.
+#[derive(Debug, Clone, Default)]
+pub enum Calibrate {
+    /// No statistics.
+    #[default]
+    Off,
+    /// Importance from a llama-imatrix file (GGUF or legacy .dat).
+    Imatrix(PathBuf),
+    /// Run the model on `text` (None: the built-in text); `auto` skips the
+    /// run (with a notice) when it does not fit the time budget.
+    Collect {
+        text: Option<PathBuf>,
+        opts: CollectOptions,
+        auto: bool,
+    },
+}
+
+impl Calibrate {
+    /// The default of the command line: collect within the budget.
+    pub fn auto(text: Option<PathBuf>) -> Self {
+        Self::Collect {
+            text,
+            opts: CollectOptions::default(),
+            auto: true,
+        }
+    }
+}
+
+/// One line for reports.
+pub fn describe(p: &Provenance) -> String {
+    match p.method {
+        "imatrix" => format!("imatrix {}", p.dataset),
+        _ => format!(
+            "{} ({} tokens{})",
+            p.dataset,
+            p.tokens,
+            if p.hessian_block > 0 {
+                format!(", error feedback over blocks of {}", p.hessian_block)
+            } else {
+                String::new()
+            }
+        ),
+    }
+}
+
+/// The text to calibrate on and its name.
+fn text(path: Option<&Path>) -> Result<(String, String), ConvertError> {
+    match path {
+        None => Ok((calib::BUILTIN_TEXT.to_string(), calib::BUILTIN_NAME.into())),
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|e| ConvertError::Io(p.to_path_buf(), e))?;
+            if t.trim().is_empty() {
+                return Err(ConvertError::Config {
+                    path: p.to_path_buf(),
+                    msg: "calibration text is empty".into(),
+                });
+            }
+            Ok((t, p.display().to_string()))
+        }
+    }
+}
+
+/// Tokens to use, or None when calibration does not fit the budget.
+fn budget(n_params: u64, gpu: bool, want: usize) -> Option<usize> {
+    if gpu {
+        return Some(want);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let secs_per_token = 2.0 * n_params as f64 / (CPU_FLOPS_PER_CORE * cores);
+    let fit = (CPU_BUDGET_SECS / secs_per_token) as usize;
+    let tokens = want.min(fit);
+    (tokens >= MIN_TOKENS).then_some(tokens)
+}
+
+/// Collect statistics from `gguf` per `how`, or explain why not.
+fn collect_for(
+    gguf: &Path,
+    n_params: u64,
+    how: &Calibrate,
+    quiet: bool,
+) -> Result<Option<Calibration>, ConvertError> {
+    match how {
+        Calibrate::Off => Ok(None),
+        Calibrate::Imatrix(p) => {
+            let m = super::load_imatrix(p)?;
+            Ok(Some(Calibration::from_imatrix(&m, p)))
+        }
+        Calibrate::Collect { text: t, opts, auto } => {
+            let (txt, name) = text(t.as_deref())?;
+            crate::engine::llama_backend(opts.backends_dir.as_deref())
+                .map_err(|e| calib::CalibError::Llama(e.to_string()))?;
+            let gpu = calib::gpu_available() && opts.n_gpu_layers > 0;
+            let tokens = if *auto {
+                match budget(n_params, gpu, opts.max_tokens) {
+                    Some(n) => n,
+                    None => {
+                        eprintln!(
+                            "calibration skipped: no GPU backend, and {:.2} B parameters exceed the CPU budget \
+                             ({CPU_BUDGET_SECS:.0} s for {MIN_TOKENS} tokens); writing llama-quantize's default \
+                             mix with ggml's reference rounding (pass --calibration FILE to calibrate anyway, \
+                             or --no-calibration to silence this)",
+                            n_params as f64 / 1e9
+                        );
+                        return Ok(None);
+                    }
+                }
+            } else {
+                opts.max_tokens
+            };
+            let o = CollectOptions {
+                max_tokens: tokens,
+                progress: !quiet,
+                ..opts.clone()
+            };
+            if !quiet {
+                eprintln!(
+                    "calibrating on {name} (up to {tokens} tokens, {})",
+                    if gpu { "GPU" } else { "CPU" }
+                );
+            }
+            let stats = calib::collect(gguf, &txt, &o)?;
+            Ok(Some(Calibration::from_stats(&stats, &name)?))
+        }
+    }
+}
+
+/// Calibration for converting checkpoint `p` (writes and removes a
+/// temporary Q8_0 GGUF in the output's folder when statistics are collected).
+pub fn for_checkpoint(
+    opts: &ConvertOptions,
+    p: &Prepared,
+    cancel: &AtomicBool,
+) -> Result<Option<Calibration>, ConvertError> {
+    if !opts.policy.scheme.is_low_bit() {
+        return Ok(None);
+    }
+    if !matches!(opts.calibrate, Calibrate::Collect { .. }) {
+        let n = super::total_elems(p);
+        return collect_for(Path::new(""), n, &opts.calibrate, !opts.progress);
+    }
+    let dir = opts
+        .output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".airavata-calibration-")
+        .tempdir_in(dir)
+        .map_err(|e| ConvertError::Io(dir.to_path_buf(), e))?;
+    let q8 = tmp.path().join("model-q8_0.gguf");
+    let policy = TypePolicy {
+        scheme: Scheme::Q8_0,
+        ..Default::default()
+    };
+    let staged = super::prepare(&opts.input, &policy, false)?;
+    let meta = super::metadata(&staged, Scheme::Q8_0.main_type());
+    let jobs = super::hf_input::jobs(&staged, Scheme::Q8_0);
+    let enc = Encoding {
+        mode: QuantMode::Reference,
+        calibration: None,
+    };
+    if opts.progress {
+        eprintln!("writing a temporary Q8_0 model for calibration");
+    }
+    pipeline::write_gguf(&q8, &meta, &jobs, &enc, &Silent as &dyn Progress, cancel)?;
+    let n = super::total_elems(p);
+    let c = collect_for(&q8, n, &opts.calibrate, !opts.progress);
+    drop(tmp);
+    c
+}
+
+/// Calibration for re-quantizing `gguf` (run directly).
+pub fn for_gguf(
+    gguf: &Path,
+    n_params: u64,
+    scheme: Scheme,
+    how: &Calibrate,
+    quiet: bool,
+) -> Result<Option<Calibration>, ConvertError> {
+    if !scheme.is_low_bit() {
+        return Ok(None);
+    }
+    collect_for(gguf, n_params, how, quiet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_on_cpu_and_gpu() {
+        assert_eq!(budget(7_000_000_000, true, 16384), Some(16384));
+        assert_eq!(budget(7_000_000_000, false, 16384), None);
+        let small = budget(135_000_000, false, 16384).expect("small model calibrates on CPU");
+        assert!((MIN_TOKENS..=16384).contains(&small));
+    }
+}
