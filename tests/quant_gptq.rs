@@ -117,7 +117,7 @@ fn iq4_xs_feedback_with_several_hessian_blocks() {
 #[test]
 fn q4_k_and_q6_k_feedback_beat_per_block_search() {
     check(GgmlType::Q4K, 512, 1024);
-    check(GgmlType::Q6K, 256, 1024);
+    check(GgmlType::Q6K, 1024, 1024);
 }
 
 #[test]

@@ -33,6 +33,11 @@ pub struct CollectOptions {
     pub backends_dir: Option<PathBuf>,
     /// Print progress on stderr.
     pub progress: bool,
+    /// Stop adding chunks when the next one would end past this time
+    /// (measured); fail with [`CalibError::Budget`] when fewer than
+    /// `min_tokens` fit.
+    pub time_budget: Option<std::time::Duration>,
+    pub min_tokens: usize,
 }
 
 impl Default for CollectOptions {
@@ -45,6 +50,8 @@ impl Default for CollectOptions {
             hessian_block: 1024,
             backends_dir: None,
             progress: false,
+            time_budget: None,
+            min_tokens: 0,
         }
     }
 }
@@ -427,6 +434,21 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
         }
         collector.stats.tokens += chunk as u64;
         collector.stats.chunks += 1;
+        if let Some(budget) = opts.time_budget {
+            let done = i + 1;
+            let per_chunk = t0.elapsed() / done as u32;
+            if done < n_chunks && t0.elapsed() + per_chunk > budget {
+                if (collector.stats.tokens as usize) < opts.min_tokens {
+                    return Err(CalibError::Budget {
+                        tokens: collector.stats.tokens as usize,
+                        secs: t0.elapsed().as_secs_f64(),
+                        min_tokens: opts.min_tokens,
+                        budget: budget.as_secs_f64(),
+                    });
+                }
+                break;
+            }
+        }
         if opts.progress {
             eprint!(
                 "\rcalibrating: chunk {}/{n_chunks} ({:.1} s)",

@@ -34,6 +34,13 @@ pub enum CalibError {
     Llama(String),
     #[error("calibration text: {0}")]
     Text(String),
+    #[error("calibration too slow here: {tokens} tokens in {secs:.0} s, fewer than {min_tokens} fit the {budget:.0} s budget")]
+    Budget {
+        tokens: usize,
+        secs: f64,
+        min_tokens: usize,
+        budget: f64,
+    },
     #[error(transparent)]
     Quant(#[from] QuantError),
     #[error(transparent)]

@@ -216,6 +216,7 @@ pub fn run_imatrix(a: ImatrixArgs) -> Result<()> {
         hessian_block: 0,
         backends_dir: a.backends_dir,
         progress: true,
+        ..Default::default()
     };
     let stats = calib::collect(&a.model, &text, &opts)?;
     calib::write_imatrix(&a.output, &stats, &name)?;

@@ -22,8 +22,9 @@ use std::sync::atomic::AtomicBool;
 pub const CPU_BUDGET_SECS: f64 = 180.0;
 /// Fewest tokens worth calibrating with.
 pub const MIN_TOKENS: usize = 4096;
-/// Assumed CPU throughput per core for the budget estimate (F16/Q8_0 matmuls).
-const CPU_FLOPS_PER_CORE: f64 = 25e9;
+/// Optimistic CPU throughput per core for the up-front estimate (a model
+/// that cannot fit even at this speed is not tried; the rest is measured).
+const CPU_FLOPS_PER_CORE: f64 = 50e9;
 
 /// Whether and how to calibrate.
 #[derive(Debug, Clone, Default)]
@@ -137,6 +138,9 @@ fn collect_for(
             let o = CollectOptions {
                 max_tokens: tokens,
                 progress: !quiet,
+                time_budget: (*auto && !gpu)
+                    .then(|| std::time::Duration::from_secs_f64(CPU_BUDGET_SECS)),
+                min_tokens: if *auto { MIN_TOKENS } else { 0 },
                 ..opts.clone()
             };
             if !quiet {
@@ -145,7 +149,16 @@ fn collect_for(
                     if gpu { "GPU" } else { "CPU" }
                 );
             }
-            let stats = calib::collect(gguf, &txt, &o)?;
+            let stats = match calib::collect(gguf, &txt, &o) {
+                Err(e @ calib::CalibError::Budget { .. }) => {
+                    eprintln!(
+                        "calibration skipped: {e}; writing llama-quantize's default mix with ggml's \
+                         reference rounding"
+                    );
+                    return Ok(None);
+                }
+                r => r?,
+            };
             Ok(Some(Calibration::from_stats(&stats, &name)?))
         }
     }

@@ -191,17 +191,23 @@ fn inverse_cholesky_upper(a: &[f32], n: usize, damp: f64) -> Option<Vec<f32>> {
             }
         }
     }
-    // D = C⁻¹ (lower), column by column: solve C d = e_j.
+    // D = C⁻¹ (lower), row by row: row i of D is
+    // (e_i − Σ_{k<i} C[i,k]·D[k,·]) / C[i,i], an axpy over contiguous rows.
     let mut d = vec![0f64; n * n];
-    for j in 0..n {
-        d[j * n + j] = 1.0 / c[j * n + j];
-        for i in j + 1..n {
-            let mut s = 0.0;
-            for k in j..i {
-                s += c[i * n + k] * d[k * n + j];
+    for i in 0..n {
+        let (done, rest) = d.split_at_mut(i * n);
+        let row = &mut rest[..n];
+        for k in 0..i {
+            let cik = c[i * n + k];
+            if cik != 0.0 {
+                for (r, &dk) in row[..=k].iter_mut().zip(&done[k * n..k * n + k + 1]) {
+                    *r -= cik * dk;
+                }
             }
-            d[i * n + j] = -s / c[i * n + i];
         }
+        row[i] += 1.0;
+        let inv = 1.0 / c[i * n + i];
+        row[..=i].iter_mut().for_each(|r| *r *= inv);
     }
     // U = P D P.
     let mut u = vec![0f32; n * n];

@@ -11,16 +11,11 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-/// The process-wide llama.cpp backend (it may be initialised only once).
+/// The process-wide llama.cpp backend (it may be initialised only once; the
+/// library's calibration borrows the same one).
 pub fn backend() -> &'static LlamaBackend {
-    static B: OnceLock<LlamaBackend> = OnceLock::new();
-    B.get_or_init(|| {
-        let mut b = LlamaBackend::init().expect("llama backend init");
-        b.void_logs();
-        b
-    })
+    airavata::engine::llama_backend(None).expect("llama backend init")
 }
 
 /// `$AIRAVATA_ASSETS`, or None after printing that the test is skipped.
@@ -153,4 +148,68 @@ pub fn scheme(s: airavata::convert::Scheme) -> airavata::convert::TypePolicy {
         scheme: s,
         ..Default::default()
     }
+}
+
+/// The real trained model SmolLM2-135M-Instruct: `(Q4_1 as shipped, F16 base)`.
+/// Downloaded (sha256-checked) by `scripts/fetch-smollm2.sh` into the
+/// git-ignored `vendor/models/smollm2/`; the F16 base is made with our own
+/// `quantize --allow-requantize --scheme f16`. None (after printing
+/// `skipped: …`) only when the download itself fails.
+pub fn smollm2(test: &str) -> Option<(PathBuf, PathBuf)> {
+    static READY: std::sync::Mutex<Option<Result<(PathBuf, PathBuf), String>>> =
+        std::sync::Mutex::new(None);
+    let mut g = READY.lock().unwrap_or_else(|e| e.into_inner());
+    if g.is_none() {
+        *g = Some(fetch_smollm2());
+    }
+    match g.as_ref().expect("set above") {
+        Ok(p) => Some(p.clone()),
+        Err(e) => {
+            eprintln!("skipped {test}: SmolLM2 download failed: {e}");
+            None
+        }
+    }
+}
+
+fn fetch_smollm2() -> Result<(PathBuf, PathBuf), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("vendor/models/smollm2");
+    let q4 = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let f16 = dir.join("SmolLM2-135M-Instruct.F16.gguf");
+    // The script verifies the cached file's sha256, or downloads it.
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/fetch-smollm2.sh"))
+        .arg("/nonexistent") // download only: the F16 base is made below
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() || !q4.is_file() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    if !f16.is_file() {
+        let opts = airavata::convert::QuantizeOptions {
+            input: q4.clone(),
+            output: f16.clone(),
+            policy: scheme(airavata::convert::Scheme::F16),
+            quantizer: None,
+            calibrate: Default::default(),
+            allow_requantize: true,
+            overwrite: true,
+            progress: false,
+        };
+        airavata::convert::quantize_gguf(
+            &opts,
+            &airavata::convert::Silent,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok((q4, f16))
+}
+
+/// llama.cpp's own tool `name` built by `scripts/build-llama-tools.sh`, if present.
+pub fn llama_tool(name: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("vendor/llama.cpp/build-cpu/bin")
+        .join(name);
+    p.is_file().then_some(p)
 }

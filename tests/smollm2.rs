@@ -1,0 +1,277 @@
+//! `airavata quantize` and calibration on a real trained model,
+//! SmolLM2-135M-Instruct (Llama architecture, GQA 9/3, tied embeddings,
+//! 576-wide rows), against llama.cpp's own quantizer as the oracle.
+
+mod common;
+
+use airavata::calib::{self, CollectOptions};
+use airavata::convert::{self, Calibrate, QuantizeOptions, TypePolicy};
+use airavata::gguf::{GgmlType, GgufFile};
+use airavata::quant::Imatrix;
+use llama_cpp_sys_2 as sys;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+fn quantize(input: &Path, output: &Path, policy: TypePolicy, calibrate: Calibrate) -> convert::ConvertReport {
+    let opts = QuantizeOptions {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        policy,
+        quantizer: None,
+        calibrate,
+        allow_requantize: false,
+        overwrite: true,
+        progress: false,
+    };
+    convert::quantize_gguf(&opts, &convert::Silent, &AtomicBool::new(false))
+        .unwrap_or_else(|e| panic!("quantize {}: {e}", input.display()))
+}
+
+/// `llama_model_quantize` (what llama-quantize runs) to IQ4_XS.
+fn llama_quantize(src: &Path, dst: &Path, pure: bool) {
+    common::backend();
+    let (i, o) = (
+        CString::new(src.to_str().unwrap()).unwrap(),
+        CString::new(dst.to_str().unwrap()).unwrap(),
+    );
+    // SAFETY: FFI into llama.cpp with valid NUL-terminated paths and a
+    // params struct from llama.cpp's own default constructor.
+    let rc = unsafe {
+        let mut p = sys::llama_model_quantize_default_params();
+        p.nthread = 2;
+        p.ftype = sys::LLAMA_FTYPE_MOSTLY_IQ4_XS;
+        p.pure_ = pure;
+        sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &p)
+    };
+    assert_eq!(rc, 0, "llama_model_quantize failed");
+}
+
+fn assert_same_tensors(ours: &Path, theirs: &Path) {
+    let (o, t) = (GgufFile::open(ours).unwrap(), GgufFile::open(theirs).unwrap());
+    assert_eq!(o.tensors.len(), t.tensors.len());
+    for tt in &t.tensors {
+        let ot = o.tensor(&tt.name).unwrap_or_else(|| panic!("missing {}", tt.name));
+        assert_eq!((ot.ty, &ot.dims), (tt.ty, &tt.dims), "{}", tt.name);
+        assert!(
+            o.tensor_data(ot) == t.tensor_data(tt),
+            "{} ({}) differs from llama-quantize",
+            tt.name,
+            tt.ty
+        );
+    }
+}
+
+#[test]
+fn f16_base_is_the_q4_1_model_dequantized_by_ggml() {
+    let Some((q4, f16)) = common::smollm2("f16_base") else {
+        return;
+    };
+    let (a, b) = (GgufFile::open(&q4).unwrap(), GgufFile::open(&f16).unwrap());
+    assert_eq!(b.get_u64("general.file_type"), Some(1));
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.chat_template", "llama.block_count"] {
+        assert_eq!(a.get(key), b.get(key), "{key} copied");
+    }
+    let mut checked = 0;
+    for t in &a.tensors {
+        let u = b.tensor(&t.name).unwrap();
+        if t.ty == GgmlType::F32 {
+            assert_eq!(u.ty, GgmlType::F32, "{} kept", t.name);
+            assert!(a.tensor_data(t) == b.tensor_data(u));
+            continue;
+        }
+        assert_eq!(u.ty, GgmlType::F16, "{} ({}) becomes F16", t.name, t.ty);
+        if t.ty == GgmlType::Q4_1 && checked < 6 {
+            let n = t.n_elements() as usize;
+            // SAFETY: Q4_1 is a ggml type with a to_float converter.
+            let to_float = unsafe { (*sys::ggml_get_type_traits(GgmlType::Q4_1.code())).to_float }.unwrap();
+            let mut want = vec![0f32; n];
+            // SAFETY: the tensor's bytes hold exactly `n` Q4_1 values.
+            unsafe { to_float(a.tensor_data(t).as_ptr() as *const _, want.as_mut_ptr(), n as i64) };
+            let got: Vec<f32> = b
+                .tensor_data(u)
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(*g, half::f16::from_f32(*w).to_f32(), "{}[{i}]", t.name);
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6);
+}
+
+#[test]
+fn uncalibrated_nf4_is_byte_identical_to_llama_quantize_iq4_xs() {
+    let Some((_, f16)) = common::smollm2("llama_quantize_identity") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // Default mix: tied embeddings as output (Q8_0 at 576 wide), ffn_down
+    // of the first 30/8 layers Q5_K, IQ4_NL where rows are not 256-wide.
+    let (ours, theirs) = (tmp.path().join("ours.gguf"), tmp.path().join("theirs.gguf"));
+    let r = quantize(&f16, &ours, TypePolicy::default(), Calibrate::Off);
+    llama_quantize(&f16, &theirs, false);
+    assert_same_tensors(&ours, &theirs);
+    assert_eq!(r.types.get("Q5_K"), Some(&3));
+    assert_eq!(r.types.get("Q8_0"), Some(&1));
+    let f = GgufFile::open(&ours).unwrap();
+    assert_eq!(f.tensor("token_embd.weight").unwrap().ty, GgmlType::Q8_0);
+    assert_eq!(f.get_u64("general.file_type"), Some(30));
+    // --pure --quantizer reference.
+    let pure = TypePolicy {
+        pure: true,
+        ..Default::default()
+    };
+    let opts = QuantizeOptions {
+        input: f16.clone(),
+        output: ours.clone(),
+        policy: pure,
+        quantizer: Some(airavata::quant::QuantMode::Reference),
+        calibrate: Calibrate::Off,
+        allow_requantize: false,
+        overwrite: true,
+        progress: false,
+    };
+    convert::quantize_gguf(&opts, &convert::Silent, &AtomicBool::new(false)).unwrap();
+    llama_quantize(&f16, &theirs, true);
+    assert_same_tensors(&ours, &theirs);
+    // And the llama-quantize program itself, when it is built.
+    if let Some(tool) = common::llama_tool("llama-quantize") {
+        let cli = tmp.path().join("cli.gguf");
+        let st = std::process::Command::new(tool)
+            .args(["--pure"])
+            .arg(&f16)
+            .arg(&cli)
+            .arg("IQ4_XS")
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        assert_same_tensors(&ours, &cli);
+    }
+}
+
+fn eval_text(n_bytes: usize) -> Option<(String, String)> {
+    let assets = common::assets("smollm2 calibration")?;
+    let t = std::fs::read_to_string(assets.join("eval-wikitext2/wiki.test.raw")).unwrap();
+    // Disjoint halves: calibrate on the first, evaluate on the second.
+    let mid = t.len() / 2;
+    let mid = (mid..t.len()).find(|&i| t.is_char_boundary(i)).unwrap();
+    let (a, b) = t.split_at(mid);
+    Some((a[..n_bytes.min(a.len())].to_string(), b[..n_bytes.min(b.len())].to_string()))
+}
+
+#[test]
+fn our_imatrix_file_round_trips_and_llama_quantize_accepts_it() {
+    let Some((_, f16)) = common::smollm2("imatrix_file") else {
+        return;
+    };
+    let Some((calib_text, _)) = eval_text(40_000) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = CollectOptions {
+        chunk: 128,
+        max_tokens: 256,
+        hessian_block: 0,
+        threads: Some(2),
+        ..Default::default()
+    };
+    let stats = calib::collect(&f16, &calib_text, &opts).unwrap();
+    assert_eq!(stats.tokens, 256);
+    // 30 layers × 7 weights; Q/K/V share one input, gate/up another.
+    assert_eq!(stats.weight_input.len(), 210);
+    assert_eq!(stats.inputs.len(), 120);
+    assert_eq!(stats.weight_input["blk.3.attn_q.weight"], stats.weight_input["blk.3.attn_v.weight"]);
+    assert_ne!(stats.weight_input["blk.3.attn_q.weight"], stats.weight_input["blk.3.attn_output.weight"]);
+    let path = tmp.path().join("imatrix.gguf");
+    calib::write_imatrix(&path, &stats, "wiki-first-half").unwrap();
+    let back = Imatrix::load(&path).unwrap();
+    assert_eq!(back.len(), 210);
+    assert_eq!(back.datasets, vec!["wiki-first-half".to_string()]);
+    for (name, v) in stats.importance() {
+        let got = back.get(&name).unwrap();
+        assert_eq!(got.len(), if name.contains("ffn_down") { 1536 } else { 576 });
+        for (a, b) in got.iter().zip(&v) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-6), "{name}: {a} vs {b}");
+        }
+        assert!(v.iter().all(|x| *x >= 0.0) && v.iter().any(|x| *x > 0.0));
+    }
+    match common::llama_tool("llama-quantize") {
+        Some(tool) => {
+            let out = tmp.path().join("with-imatrix.gguf");
+            let st = std::process::Command::new(tool)
+                .arg("--imatrix")
+                .arg(&path)
+                .arg(&f16)
+                .arg(&out)
+                .arg("IQ4_XS")
+                .output()
+                .unwrap();
+            let log = String::from_utf8_lossy(&st.stderr);
+            assert!(st.status.success(), "{log}");
+            let q = GgufFile::open(&out).unwrap();
+            assert_eq!(q.get_u64("quantize.imatrix.entries_count"), Some(210), "{log}");
+            // With an imatrix llama-quantize keeps every ffn_down at IQ4_XS.
+            assert_eq!(q.tensor("blk.0.ffn_down.weight").unwrap().ty, GgmlType::Iq4Xs);
+        }
+        None if std::env::var_os("CI").is_some() => {
+            panic!("llama-quantize not built (scripts/build-llama-tools.sh runs in .ci/run)")
+        }
+        None => eprintln!("skipped llama-quantize --imatrix: run scripts/build-llama-tools.sh"),
+    }
+}
+
+#[test]
+fn calibrated_quantize_records_its_calibration_and_lowers_kld() {
+    let Some((_, f16)) = common::smollm2("calibrated") else {
+        return;
+    };
+    let Some((calib_text, eval)) = eval_text(60_000) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("calib.txt");
+    std::fs::write(&text, &calib_text).unwrap();
+    let eval_path = tmp.path().join("eval.txt");
+    std::fs::write(&eval_path, &eval).unwrap();
+    let plain = tmp.path().join("plain.gguf");
+    let cal = tmp.path().join("cal.gguf");
+    quantize(&f16, &plain, TypePolicy::default(), Calibrate::Off);
+    let how = Calibrate::Collect {
+        text: Some(text.clone()),
+        opts: CollectOptions {
+            chunk: 256,
+            max_tokens: 1024,
+            threads: Some(2),
+            ..Default::default()
+        },
+        auto: false,
+    };
+    let r = quantize(&f16, &cal, TypePolicy::default(), how);
+    assert!(r.calibration.as_deref().unwrap_or("").contains("1024 tokens"), "{:?}", r.calibration);
+    let f = GgufFile::open(&cal).unwrap();
+    assert_eq!(f.get_str("airavata.calibration.method"), Some("collected"));
+    assert_eq!(f.get_u64("airavata.calibration.tokens"), Some(1024));
+    assert_eq!(f.get_u64("quantize.imatrix.entries_count"), Some(210));
+    assert_eq!(f.get_str("quantize.imatrix.dataset"), Some(text.to_str().unwrap()));
+    // Calibrated: every ffn_down stays IQ4_XS (as llama-quantize with an imatrix).
+    assert_eq!(f.tensor("blk.0.ffn_down.weight").unwrap().ty, GgmlType::Iq4Xs);
+    let size_ratio = std::fs::metadata(&cal).unwrap().len() as f64
+        / std::fs::metadata(&plain).unwrap().len() as f64;
+    assert!((0.99..=1.0).contains(&size_ratio), "sizes within 1 %: {size_ratio}");
+
+    // Fidelity on the held-out half (scored as llama-perplexity --kl-divergence).
+    let kld = |m: &PathBuf| {
+        let mut o = airavata::eval::EvalOptions::new(f16.clone(), m.clone(), eval_path.clone());
+        o.n_ctx = 256;
+        o.n_chunks = Some(4);
+        o.threads = Some(2);
+        airavata::eval::evaluate(common::backend(), &o).unwrap().summary.kld.value
+    };
+    let (k_plain, k_cal) = (kld(&plain), kld(&cal));
+    println!("mean KLD on held-out text: uncalibrated {k_plain:.4}, calibrated {k_cal:.4}");
+    assert!(k_cal < 0.9 * k_plain, "calibrated {k_cal} vs uncalibrated {k_plain}");
+}
