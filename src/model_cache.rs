@@ -142,26 +142,21 @@ impl fmt::Display for Served {
                 commit,
                 gguf,
                 converted,
-                offline: None,
-            } => write!(
-                f,
-                "serving {repo}@{revision} = commit {commit} ({} {})",
-                how(*converted),
-                gguf.display()
-            ),
-            Served::Hub {
-                repo,
-                revision,
-                commit,
-                gguf,
-                offline: Some(why),
-                ..
-            } => write!(
-                f,
-                "{why}; serving the cached {repo}@{revision} as of commit {commit}, \
-                 which may not be the newest ({})",
-                gguf.display()
-            ),
+                offline,
+            } => match offline {
+                None => write!(
+                    f,
+                    "serving {repo}@{revision} = commit {commit} ({} {})",
+                    how(*converted),
+                    gguf.display()
+                ),
+                Some(why) => write!(
+                    f,
+                    "{why}; serving the cached {repo}@{revision} as of commit {commit}, \
+                     which may not be the newest ({})",
+                    gguf.display()
+                ),
+            },
         }
     }
 }
