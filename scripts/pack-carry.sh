@@ -6,6 +6,7 @@
 #   .carry/bnb-site.zip   bitsandbytes wheel contents with only the CUDA 13 library (old-app stage)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 mkdir -p .carry/bin
 scripts/fetch-llama-cpp.sh
 tar czf .carry/llama-src.tgz -C vendor \
@@ -21,7 +22,7 @@ if [ ! -f .carry/bnb-site.zip ]; then
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_24_x86_64 -d "$tmp" bitsandbytes==0.50.2
   (cd "$tmp" && mkdir site && cd site && unzip -q ../bitsandbytes-*.whl \
-     && find . -name 'libbitsandbytes_*.so' ! -name '*cuda130*' ! -name '*cpu*' -delete && zip -qr "$OLDPWD/.carry/bnb-site.zip" .)
+     && find . -name 'libbitsandbytes_*.so' ! -name '*cuda130*' ! -name '*cpu*' -delete && zip -qr "$root/.carry/bnb-site.zip" .)
   rm -rf "$tmp"
 fi
 du -sh .carry/*

@@ -1,7 +1,8 @@
 //! Command-line interface (the only place that uses anyhow).
 
-use crate::convert::{self, Scheme, TypePolicy};
+use crate::convert::{self, Scheme};
 use crate::gguf::GgufFile;
+use crate::model_cache::{ModelCache, Served, DEFAULT_MODEL};
 use crate::{hub, synth};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -42,12 +43,20 @@ pub enum Command {
     Eval(EvalArgs),
 }
 
+/// What the binary logs unless `RUST_LOG` says otherwise: our INFO lines,
+/// and only warnings and errors of llama.cpp's own log (its model-loading
+/// dump is hundreds of lines; `RUST_LOG=info,llama-cpp-2=debug` shows it).
+pub const DEFAULT_LOG_FILTER: &str = "info,llama-cpp-2=warn";
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// A GGUF file, an HF checkpoint directory or a hub id [default: ai4bharat/Airavata].
-    /// Checkpoints are converted once into the cache (AIRAVATA_CACHE, else ~/.cache/airavata).
-    pub model: Option<String>,
-    /// Hub revision when MODEL is a hub id.
+    /// A GGUF file, an HF checkpoint directory or a hub id.
+    /// Checkpoints are converted once into the cache (AIRAVATA_CACHE, else
+    /// ~/.cache/airavata), a hub id by the commit its revision names; a newer
+    /// commit is converted when the hub is reachable.
+    #[arg(value_name = "MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Hub revision (branch, tag or commit) when MODEL is a hub id.
     #[arg(long, default_value = "main")]
     pub revision: String,
     /// Scheme used when MODEL must be converted.
@@ -290,7 +299,15 @@ pub fn run_synth(a: SynthArgs) -> Result<()> {
 }
 
 pub fn run_serve(a: ServeArgs) -> Result<()> {
-    let gguf = resolve_model(a.model.as_deref(), &a.revision, a.scheme, true)?;
+    let cancel = cancel_flag();
+    let served = ModelCache::from_env().resolve(&a.model, &a.revision, a.scheme, true, &cancel)?;
+    match &served {
+        Served::Hub {
+            offline: Some(_), ..
+        } => tracing::warn!("{served}"),
+        _ => tracing::info!("{served}"),
+    }
+    let gguf = served.gguf().to_path_buf();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let shutdown = async {
@@ -338,117 +355,6 @@ pub fn main() -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Where converted models are cached: `$AIRAVATA_CACHE`, else
-/// `$XDG_CACHE_HOME/airavata`, else `~/.cache/airavata`.
-pub fn cache_root() -> PathBuf {
-    if let Some(p) = std::env::var_os("AIRAVATA_CACHE") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(p).join("airavata");
-    }
-    std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache").join("airavata"))
-        .unwrap_or_else(|| PathBuf::from(".airavata-cache"))
-}
-
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
-/// Newest modification time of the files in `dir`.
-fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
-        .max()
-}
-
-/// Resolve `serve`'s MODEL argument to a GGUF file: a `.gguf` path is used as
-/// it is; a checkpoint directory or a hub id (default `ai4bharat/Airavata`) is
-/// converted once with `scheme` into the cache, keyed by repo (or directory),
-/// revision and scheme, and reused by later starts.
-pub fn resolve_model(
-    model: Option<&str>,
-    revision: &str,
-    scheme: Scheme,
-    progress: bool,
-) -> Result<PathBuf> {
-    let model = model.unwrap_or("ai4bharat/Airavata");
-    let p = Path::new(model);
-    if p.is_file() {
-        return Ok(p.to_path_buf());
-    }
-    let (dir, cached) = if p.is_dir() {
-        let canon = p
-            .canonicalize()
-            .with_context(|| format!("resolving {model}"))?;
-        let key = sanitize(&canon.to_string_lossy());
-        (
-            canon,
-            cache_root()
-                .join("local")
-                .join(key)
-                .join(format!("{scheme}.gguf")),
-        )
-    } else if hub::looks_like_repo_id(model) {
-        let cached = cache_root()
-            .join("hub")
-            .join(sanitize(model))
-            .join(sanitize(revision))
-            .join(format!("{scheme}.gguf"));
-        if cached.is_file() {
-            eprintln!("using cached {}", cached.display());
-            return Ok(cached);
-        }
-        (resolve_checkpoint(model, revision, progress)?, cached)
-    } else {
-        bail!("{model}: not a GGUF file, a checkpoint directory or a hub id (owner/name)");
-    };
-    let fresh = match (
-        std::fs::metadata(&cached).and_then(|m| m.modified()).ok(),
-        newest_mtime(&dir),
-    ) {
-        (Some(c), Some(d)) => c >= d,
-        _ => false,
-    };
-    if fresh {
-        eprintln!("using cached {}", cached.display());
-        return Ok(cached);
-    }
-    if let Some(parent) = cached.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    eprintln!(
-        "converting {} → {} (scheme {scheme}, once)",
-        dir.display(),
-        cached.display()
-    );
-    let opts = convert::ConvertOptions {
-        input: dir,
-        output: cached.clone(),
-        policy: TypePolicy {
-            scheme,
-            ..Default::default()
-        },
-        quantizer: None,
-        calibrate: convert::Calibrate::auto(None),
-        overwrite: true,
-        progress,
-    };
-    run_conversion(&opts)?;
-    Ok(cached)
 }
 
 /// Convert with a progress bar when `opts.progress`, stopping cleanly on Ctrl-C.

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod eval;
 pub mod gguf;
 pub mod hub;
+pub mod model_cache;
 pub mod quant;
 pub mod safetensors;
 pub mod server;

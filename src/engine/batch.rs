@@ -74,8 +74,12 @@ pub fn plan(slots: &[SlotView], n_batch: usize) -> Vec<Work> {
     work
 }
 
-/// How many micro-batches (graph evaluations) llama.cpp splits a step into,
-/// given each slot's token count in slot order (`work` sorted by slot).
+/// How many micro-batches (graph evaluations) llama.cpp is predicted to
+/// split a step into, given each slot's token count in slot order (`work`
+/// sorted by slot). llama.cpp does not report its split, so this models its
+/// `split_equal` / `split_simple`; `tests/micro_batches.rs` counts llama.cpp's
+/// graph evaluations (through its eval callback) for the same batches and
+/// checks that they agree.
 ///
 /// With one KV stream per slot llama.cpp uses an "equal" split: a
 /// micro-batch takes the same number of tokens from every sequence in it, and
@@ -83,7 +87,7 @@ pub fn plan(slots: &[SlotView], n_batch: usize) -> Vec<Work> {
 /// token per slot plus a prompt chunk costs two evaluations, and a free slot
 /// in the middle of the running ones splits the decode tokens in two. With a
 /// unified KV cache the split is "simple": `n_ubatch` tokens at a time.
-pub fn micro_batches(work: &[Work], unified: bool, n_ubatch: usize) -> usize {
+pub fn predicted_micro_batches(work: &[Work], unified: bool, n_ubatch: usize) -> usize {
     let n_ubatch = n_ubatch.max(1);
     let tokens = |w: &Work| match *w {
         Work::Decode { .. } => 1,
@@ -141,35 +145,35 @@ mod tests {
     #[test]
     fn consecutive_decodes_are_one_micro_batch() {
         let w: Vec<Work> = (0..64).map(d).collect();
-        assert_eq!(micro_batches(&w, false, 512), 1);
-        assert_eq!(micro_batches(&w, true, 512), 1);
+        assert_eq!(predicted_micro_batches(&w, false, 512), 1);
+        assert_eq!(predicted_micro_batches(&w, true, 512), 1);
     }
 
     #[test]
     fn a_free_slot_in_the_middle_splits_the_decodes() {
         let w = [d(0), d(1), d(3), d(4)];
-        assert_eq!(micro_batches(&w, false, 512), 2);
-        assert_eq!(micro_batches(&w, true, 512), 1);
+        assert_eq!(predicted_micro_batches(&w, false, 512), 2);
+        assert_eq!(predicted_micro_batches(&w, true, 512), 1);
     }
 
     #[test]
     fn a_prompt_chunk_costs_extra_micro_batches_without_unified_kv() {
         // One token of slot 1's chunk rides with the decodes; the rest follow.
         let w = [d(0), p(1, 40), d(2)];
-        assert_eq!(micro_batches(&w, false, 512), 2);
+        assert_eq!(predicted_micro_batches(&w, false, 512), 2);
         // Two non-adjacent chunks: decodes + first tokens, then each chunk's rest
         // (slots 1 and 3 are not consecutive).
         let w = [d(0), p(1, 40), d(2), p(3, 10)];
-        assert_eq!(micro_batches(&w, false, 512), 3);
-        assert_eq!(micro_batches(&w, true, 512), 1);
-        assert_eq!(micro_batches(&w, true, 16), 4);
+        assert_eq!(predicted_micro_batches(&w, false, 512), 3);
+        assert_eq!(predicted_micro_batches(&w, true, 512), 1);
+        assert_eq!(predicted_micro_batches(&w, true, 16), 4);
     }
 
     #[test]
     fn equal_split_respects_the_micro_batch_size() {
-        assert_eq!(micro_batches(&[p(0, 100)], false, 32), 4);
+        assert_eq!(predicted_micro_batches(&[p(0, 100)], false, 32), 4);
         // Two adjacent chunks share micro-batches: 16 + 16 tokens per evaluation.
-        assert_eq!(micro_batches(&[p(0, 40), p(1, 40)], false, 32), 3);
+        assert_eq!(predicted_micro_batches(&[p(0, 40), p(1, 40)], false, 32), 3);
     }
 
     #[test]

@@ -9,8 +9,11 @@
 //! Design (after text-generation-inference's router and llama.cpp's server):
 //! * validation (tokenization, context budget) happens on the caller's thread,
 //!   using the shared, immutable [`LlamaModel`];
-//! * admission is bounded: at most `parallel + max_queue` requests exist at a
-//!   time, so memory does not grow with offered load;
+//! * admission is bounded ([`admission`]): at most `parallel + max_queue`
+//!   requests exist at a time, so memory does not grow with offered load;
+//! * the engine thread ([`worker`]) first loads the model and context
+//!   ([`load`]), then runs the step loop; every request ends through one
+//!   `end_request(slot, outcome)` (finished, cancelled, timed out, failed);
 //! * the engine thread assigns queued requests to free slots between steps;
 //!   each step is one `decode` holding one token per generating slot plus
 //!   prompt chunks (see [`batch`]);
@@ -21,7 +24,7 @@
 //!   rarely, an answer differs), and attention spans only the slot's own cells. `--kv-unified`
 //!   shares one stream instead, so a step mixing decode tokens and prompt
 //!   chunks is one graph evaluation rather than several (see
-//!   [`batch::micro_batches`]);
+//!   [`batch::predicted_micro_batches`]);
 //! * prompt cache: a finished request's KV stays in its slot; a new request
 //!   goes to the free slot sharing the longest token prefix with it when that
 //!   covers half the prompt, else to the lowest free slot, and skips the
@@ -29,15 +32,20 @@
 //!   repeated system prompts reuse their KV, and so does the chat preamble in
 //!   any slot that last served a chat-wrapped request;
 //! * every step's time is split into phases (plan, decode, sync, sample, emit)
-//!   and counted in `/metrics`, with the micro-batches llama.cpp splits it into.
+//!   and counted in `/metrics`, with the micro-batches llama.cpp is predicted
+//!   to split it into.
 
+mod admission;
 pub mod batch;
+mod config;
 pub mod greedy;
 mod info;
+mod load;
 pub mod prompt;
 mod prompt_cache;
 pub mod request;
 pub mod sampler;
+mod slot;
 pub mod stats;
 pub mod stop;
 pub mod utf8;
@@ -51,12 +59,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+use admission::Admission;
+pub use config::{defaults, EngineConfig, FlashAttn};
+pub use load::llama_backend;
 pub use prompt::{ChatMessage, Role};
 pub use request::{
     Completion, Event, FinishReason, GenerateRequest, Prompt, SamplingParams, Timings, Usage,
@@ -111,69 +121,6 @@ pub enum EngineError {
     /// llama.cpp failed to evaluate a batch.
     #[error("decode failed: {0}")]
     Decode(String),
-}
-
-/// How to use flash attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FlashAttn {
-    /// Let llama.cpp decide.
-    #[default]
-    Auto,
-    /// Always.
-    On,
-    /// Never.
-    Off,
-}
-
-/// Engine settings.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// GGUF file to load.
-    pub model_path: PathBuf,
-    /// Layers to offload; `None` = all when a GPU backend is present, else 0.
-    pub n_gpu_layers: Option<u32>,
-    /// Total KV context (all slots); `None` = the model's training context.
-    pub ctx_size: Option<u32>,
-    /// Concurrent sequences.
-    pub parallel: u32,
-    /// CPU threads; `None` = available parallelism.
-    pub threads: Option<u32>,
-    /// Most tokens per `decode` (also the prefill chunk size).
-    pub batch_size: u32,
-    /// Flash attention policy.
-    pub flash_attn: FlashAttn,
-    /// Requests allowed to wait for a slot.
-    pub max_queue: usize,
-    /// Directory to load ggml backends (`libggml-*.so`) from.
-    pub backends_dir: Option<PathBuf>,
-    /// Keep each slot's KV after a request and reuse its longest common
-    /// prefix with the next prompt assigned to the slot.
-    pub cache_prompts: bool,
-    /// One KV stream shared by all slots instead of one per slot.
-    pub kv_unified: bool,
-    /// Sleep after every step (test hook that simulates a slow model).
-    pub step_delay: Option<Duration>,
-}
-
-impl EngineConfig {
-    /// Defaults for `model_path`.
-    pub fn new(model_path: impl Into<PathBuf>) -> Self {
-        Self {
-            model_path: model_path.into(),
-            n_gpu_layers: None,
-            ctx_size: None,
-            parallel: 4,
-            threads: None,
-            batch_size: 512,
-            flash_attn: FlashAttn::Auto,
-            max_queue: 64,
-            backends_dir: None,
-            cache_prompts: true,
-            kv_unified: false,
-            step_delay: None,
-        }
-    }
 }
 
 /// Facts about the loaded model and context.
@@ -236,6 +183,7 @@ pub enum LoadState {
 
 struct Shared {
     stats: EngineStats,
+    admission: Arc<Admission>,
     model: OnceLock<Arc<LlamaModel>>,
     info: OnceLock<ModelInfo>,
     state: watch::Sender<LoadState>,
@@ -248,7 +196,6 @@ struct Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<worker::Command>,
-    max_queue: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -257,55 +204,6 @@ impl std::fmt::Debug for Engine {
             .field("ready", &self.is_ready())
             .finish()
     }
-}
-
-/// The process-wide llama.cpp backend. llama-cpp-2 allows one
-/// `LlamaBackend` per process, so other code in the same process that needs
-/// llama.cpp should borrow this one instead of calling `LlamaBackend::init`.
-/// `backends_dir` (ggml backend libraries to load first) only matters on the
-/// first call; llama.cpp logs are routed to `tracing`.
-pub fn llama_backend(
-    backends_dir: Option<&std::path::Path>,
-) -> Result<&'static LlamaBackend, EngineError> {
-    static BACKEND: OnceLock<Result<LlamaBackend, EngineError>> = OnceLock::new();
-    let b = BACKEND.get_or_init(|| {
-        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-        if let Some(dir) = backends_dir {
-            load_backends_from(dir)?;
-        } else if cfg!(feature = "dynamic-backends") {
-            // The build's own backend directory when it still exists (dev
-            // builds), else ggml's search (next to the executable, then cwd).
-            match llama_cpp_sys_2::BACKENDS_DIR
-                .map(std::path::Path::new)
-                .filter(|d| d.is_dir())
-            {
-                Some(dir) => load_backends_from(dir)?,
-                // SAFETY: no arguments; registers the backend libraries ggml
-                // finds. Called once, before any model loads.
-                None => unsafe { llama_cpp_sys_2::ggml_backend_load_all() },
-            }
-        }
-        LlamaBackend::init().map_err(|e| EngineError::Backend(e.to_string()))
-    });
-    b.as_ref().map_err(Clone::clone)
-}
-
-fn load_backends_from(dir: &std::path::Path) -> Result<(), EngineError> {
-    if !dir.is_dir() {
-        return Err(EngineError::Backend(format!(
-            "--backends-dir {} is not a directory",
-            dir.display()
-        )));
-    }
-    let s = dir
-        .to_str()
-        .ok_or_else(|| EngineError::Backend(format!("non-UTF-8 path {}", dir.display())))?;
-    let c = std::ffi::CString::new(s)
-        .map_err(|_| EngineError::Backend("backends dir contains a NUL byte".into()))?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call;
-    // ggml only reads it while scanning the directory.
-    unsafe { llama_cpp_sys_2::ggml_backend_load_all_from_path(c.as_ptr()) };
-    Ok(())
 }
 
 impl Engine {
@@ -321,6 +219,7 @@ impl Engine {
         let (state, _) = watch::channel(LoadState::Loading);
         let shared = Arc::new(Shared {
             stats: EngineStats::default(),
+            admission: Arc::new(Admission::new(config.max_queue)),
             model: OnceLock::new(),
             info: OnceLock::new(),
             state,
@@ -328,17 +227,12 @@ impl Engine {
             next_id: AtomicU64::new(1),
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let max_queue = config.max_queue;
         let worker_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("airavata-engine".into())
             .spawn(move || worker::run(config, worker_shared, rx))
             .map_err(|e| EngineError::Backend(format!("cannot spawn engine thread: {e}")))?;
-        Ok(Engine {
-            shared,
-            tx,
-            max_queue,
-        })
+        Ok(Engine { shared, tx })
     }
 
     /// Starts the engine and waits until the model is loaded.
@@ -381,6 +275,14 @@ impl Engine {
     /// Live counters.
     pub fn stats(&self) -> &EngineStats {
         &self.shared.stats
+    }
+
+    /// Requests admitted but not yet holding a slot.
+    pub fn waiting(&self) -> usize {
+        self.shared
+            .admission
+            .in_flight()
+            .saturating_sub(self.shared.stats.running())
     }
 
     fn model(&self) -> Result<&Arc<LlamaModel>, EngineError> {
@@ -500,7 +402,13 @@ impl Engine {
         }
         // Admission first, so a flood is refused before any tokenization work;
         // the ticket is released if validation fails below.
-        let ticket = self.admit()?;
+        let ticket = self
+            .shared
+            .admission
+            .admit(info.slots as usize)
+            .inspect_err(|_| {
+                self.shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            })?;
         let tokens = self.prompt_tokens(&req.prompt)?;
         if tokens.is_empty() {
             return Err(EngineError::InvalidRequest {
@@ -523,7 +431,7 @@ impl Engine {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let prompt_tokens = tokens.len();
-        let job = worker::Job {
+        let job = slot::Job {
             id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
             tokens: tokens.into_iter().map(LlamaToken).collect(),
             max_new_tokens: req.max_new_tokens,
@@ -541,28 +449,6 @@ impl Engine {
         Ok(GenerationStream { rx, prompt_tokens })
     }
 
-    fn admit(&self) -> Result<Ticket, EngineError> {
-        let capacity = self
-            .info()
-            .map(|i| i.slots as usize + self.max_queue)
-            .unwrap_or(self.max_queue);
-        let admitted = &self.shared.stats.admitted;
-        let mut cur = admitted.load(Ordering::Acquire);
-        loop {
-            if cur >= capacity {
-                self.shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(EngineError::QueueFull {
-                    max_queue: self.max_queue,
-                });
-            }
-            match admitted.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Ok(Ticket(Arc::clone(&self.shared))),
-                Err(now) => cur = now,
-            }
-        }
-    }
-
     /// Stops admitting, lets admitted requests finish, then ends the thread.
     /// Resolves once the engine thread has exited.
     pub async fn shutdown(&self) {
@@ -572,15 +458,6 @@ impl Engine {
         let _ = rx
             .wait_for(|s| matches!(s, LoadState::Stopped | LoadState::Failed(_)))
             .await;
-    }
-}
-
-/// Counts a request against the admission bound until dropped.
-struct Ticket(Arc<Shared>);
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.0.stats.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -622,44 +499,4 @@ impl Stream for GenerationStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         self.rx.poll_recv(cx)
     }
-}
-
-fn file_type_name(ftype: u32) -> String {
-    let name = match ftype {
-        0 => "F32",
-        1 => "F16",
-        2 => "Q4_0",
-        3 => "Q4_1",
-        7 => "Q8_0",
-        8 => "Q5_0",
-        9 => "Q5_1",
-        10 => "Q2_K",
-        11 => "Q3_K_S",
-        12 => "Q3_K_M",
-        13 => "Q3_K_L",
-        14 => "Q4_K_S",
-        15 => "Q4_K_M",
-        16 => "Q5_K_S",
-        17 => "Q5_K_M",
-        18 => "Q6_K",
-        19 => "IQ2_XXS",
-        20 => "IQ2_XS",
-        21 => "Q2_K_S",
-        22 => "IQ3_XS",
-        23 => "IQ3_XXS",
-        24 => "IQ1_S",
-        25 => "IQ4_NL",
-        26 => "IQ3_S",
-        27 => "IQ3_M",
-        28 => "IQ2_S",
-        29 => "IQ2_M",
-        30 => "IQ4_XS",
-        31 => "IQ1_M",
-        32 => "BF16",
-        36 => "TQ1_0",
-        37 => "TQ2_0",
-        38 => "MXFP4_MOE",
-        _ => return format!("ftype {ftype}"),
-    };
-    name.to_string()
 }

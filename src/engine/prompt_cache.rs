@@ -17,7 +17,7 @@ pub(super) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 /// free slot. Packing running requests into the lowest slots matters on a
 /// GPU: llama.cpp evaluates a step in one pass only over consecutive
 /// sequence ids, so a gap between running slots costs a second pass (see
-/// [`super::batch::micro_batches`]). The lowest slot still reuses whatever prefix it
+/// [`super::batch::predicted_micro_batches`]). The lowest slot still reuses whatever prefix it
 /// shares with the prompt, e.g. the chat preamble.
 pub(super) fn pick_slot(
     free: impl Iterator<Item = bool>,

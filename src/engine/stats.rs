@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A fixed-bucket histogram of seconds (Prometheus semantics: cumulative on render).
 #[derive(Debug)]
@@ -99,8 +99,6 @@ impl Histogram {
 /// Everything the engine counts.
 #[derive(Debug)]
 pub struct EngineStats {
-    /// Requests admitted and not yet finished (waiting + running).
-    pub admitted: AtomicUsize,
     /// Requests holding a slot.
     pub running: AtomicUsize,
     /// KV cells in use by running requests.
@@ -185,8 +183,11 @@ pub struct StepProfile {
     pub mixed: AtomicU64,
     /// Tokens fed, over all steps.
     pub tokens: AtomicU64,
-    /// Graph evaluations llama.cpp splits the steps into (see [`crate::engine::batch::micro_batches`]).
-    pub micro_batches: AtomicU64,
+    /// Graph evaluations llama.cpp is predicted to split the steps into
+    /// ([`crate::engine::batch::predicted_micro_batches`], from the step's
+    /// shape; llama.cpp does not report the split). `tests/micro_batches.rs`
+    /// checks the prediction against llama.cpp's graph evaluations.
+    pub predicted_micro_batches: AtomicU64,
 }
 
 impl StepProfile {
@@ -207,10 +208,34 @@ impl StepProfile {
     }
 }
 
+/// Times one step's phases in the order they run: each [`StepClock::lap`]
+/// adds the time since the previous lap (or the start) to a phase.
+#[derive(Debug)]
+pub struct StepClock<'p> {
+    profile: &'p StepProfile,
+    mark: Instant,
+}
+
+impl<'p> StepClock<'p> {
+    /// Starts timing a step.
+    pub fn start(profile: &'p StepProfile) -> Self {
+        Self {
+            profile,
+            mark: Instant::now(),
+        }
+    }
+
+    /// Ends `phase`: the time since the last lap is added to it.
+    pub fn lap(&mut self, phase: Phase) {
+        let now = Instant::now();
+        self.profile.add(phase, now - self.mark);
+        self.mark = now;
+    }
+}
+
 impl Default for EngineStats {
     fn default() -> Self {
         Self {
-            admitted: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             kv_used_cells: AtomicUsize::new(0),
             kv_cached_cells: AtomicUsize::new(0),
@@ -238,13 +263,6 @@ pub const TOKEN_BUCKETS_TTFT: &[f64] = &[
 ];
 
 impl EngineStats {
-    /// Requests admitted but not yet holding a slot.
-    pub fn waiting(&self) -> usize {
-        self.admitted
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.running.load(Ordering::Relaxed))
-    }
-
     /// Requests holding a slot.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
@@ -286,5 +304,22 @@ mod tests {
         assert!((p.seconds(Phase::Decode) - 0.005).abs() < 1e-12);
         assert!((p.seconds(Phase::Emit) - 0.00025).abs() < 1e-12);
         assert_eq!(p.seconds(Phase::Sync), 0.0);
+    }
+
+    #[test]
+    fn step_clock_laps_cover_the_step_once() {
+        let p = StepProfile::default();
+        let t0 = Instant::now();
+        let mut c = StepClock::start(&p);
+        std::thread::sleep(Duration::from_millis(2));
+        c.lap(Phase::Plan);
+        c.lap(Phase::Decode);
+        std::thread::sleep(Duration::from_millis(1));
+        c.lap(Phase::Sample);
+        let total: f64 = Phase::ALL.iter().map(|ph| p.seconds(*ph)).sum();
+        assert!(p.seconds(Phase::Plan) >= 0.002);
+        assert!(p.seconds(Phase::Decode) < p.seconds(Phase::Plan));
+        assert!(p.seconds(Phase::Sample) >= 0.001);
+        assert!(total <= t0.elapsed().as_secs_f64());
     }
 }

@@ -1,92 +1,42 @@
-//! The engine thread: owns the llama.cpp context and runs the batching loop.
+//! The engine thread: loads the model ([`super::load`]), then runs the
+//! batching loop. Each turn of the loop takes new requests, ends the ones
+//! whose client left or whose deadline passed, gives free slots to waiting
+//! requests, and runs one step: one `decode` over every occupied slot.
+//! Every request leaves through [`Loop::end_request`].
 
 use std::collections::VecDeque;
-use std::num::{NonZeroU16, NonZeroU32};
+use std::num::NonZeroU16;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
 use super::batch::{self, SlotView, Work};
 use super::greedy;
-use super::info::model_info;
+use super::load::{self, Loaded};
 use super::prompt_cache::{common_prefix, pick_slot};
-use super::request::{Completion, Event, FinishReason, SamplingParams, Timings, Usage};
-use super::stats::Phase;
+use super::request::{Event, FinishReason};
+use super::sampler;
+use super::slot::{Active, Job, Outcome};
+use super::stats::{EngineStats, Phase, StepClock};
 use super::stop::StopMatcher;
 use super::utf8::Utf8Accumulator;
-use super::{sampler, EngineConfig, EngineError, FlashAttn, LoadState, Shared, Ticket};
-
-/// A request admitted by [`super::Engine::generate`].
-pub(super) struct Job {
-    pub id: u64,
-    pub tokens: Vec<LlamaToken>,
-    pub max_new_tokens: u32,
-    pub sampling: SamplingParams,
-    pub stop: Vec<String>,
-    pub deadline: Option<(Instant, Duration)>,
-    pub submitted: Instant,
-    pub strip_leading_space: bool,
-    pub tx: mpsc::UnboundedSender<Event>,
-    pub _ticket: Ticket,
-}
+use super::{EngineConfig, EngineError, LoadState, Shared};
 
 pub(super) enum Command {
     Generate(Box<Job>),
     Shutdown,
 }
 
-/// A request that holds a slot.
-struct Active {
-    job: Box<Job>,
-    sampler: LlamaSampler,
-    /// Tokens of this sequence in the KV cache.
-    n_past: usize,
-    /// Prompt tokens served from the slot's prompt cache.
-    cached: usize,
-    /// Sampled token not yet fed back.
-    pending: Option<LlamaToken>,
-    /// Sampled tokens already fed back (in the KV cache after the prompt).
-    fed: Vec<LlamaToken>,
-    /// Plain greedy (argmax over the logits, no sampler state).
-    greedy: bool,
-    n_generated: u32,
-    utf8: Utf8Accumulator,
-    stop: StopMatcher,
-    /// Index in the current batch whose logits this slot samples.
-    logits_at: Option<i32>,
-    started: Instant,
-    first_token: Option<Instant>,
-    last_token: Option<Instant>,
-}
-
-impl Active {
-    fn prefill_remaining(&self) -> usize {
-        self.job.tokens.len().saturating_sub(self.n_past)
-    }
-
-    /// The tokens whose KV this sequence holds, in order.
-    fn kv_tokens(&self) -> Vec<LlamaToken> {
-        let prompt = self.n_past.min(self.job.tokens.len());
-        let mut t = Vec::with_capacity(self.n_past);
-        t.extend_from_slice(&self.job.tokens[..prompt]);
-        t.extend_from_slice(&self.fed);
-        t
-    }
-}
-
 pub(super) fn run(config: EngineConfig, shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Command>) {
     // A panic inside llama-cpp-2 must not leave /health saying "ok".
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_inner(&config, &shared, rx)
+        load_and_serve(&config, &shared, rx)
     }));
     let end = match outcome {
         Ok(Ok(())) => LoadState::Stopped,
@@ -110,136 +60,41 @@ pub(super) fn run(config: EngineConfig, shared: Arc<Shared>, rx: mpsc::Unbounded
     shared.state.send_replace(end);
 }
 
-fn run_inner(
+fn load_and_serve(
     config: &EngineConfig,
     shared: &Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), EngineError> {
-    let backend = super::llama_backend(config.backends_dir.as_deref())?;
-    let n_gpu_layers = config
-        .n_gpu_layers
-        .unwrap_or(if backend.supports_gpu_offload() {
-            u32::MAX
-        } else {
-            0
-        });
-    if !config.model_path.is_file() {
-        return Err(EngineError::Load(format!(
-            "{} is not a file",
-            config.model_path.display()
-        )));
-    }
-    let model_params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
-    let model = Arc::new(
-        LlamaModel::load_from_file(backend, &config.model_path, &model_params)
-            .map_err(|e| EngineError::Load(format!("{}: {e}", config.model_path.display())))?,
-    );
-
-    let threads = config.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(4)
-    });
-    let threads_i32 = i32::try_from(threads.max(1)).unwrap_or(i32::MAX);
-    let n_ctx = config
-        .ctx_size
-        .unwrap_or_else(|| model.n_ctx_train())
-        .max(16);
-    let n_batch = config.batch_size.max(config.parallel).max(1);
-    // By default one KV stream per slot (not unified): a sequence's cells sit
-    // at the same indices whatever else is running, so batched greedy output
-    // matches serial output (rarely not: llama.cpp's CPU kernels are not fully
-    // batch-invariant), and attention only spans the slot's own cells. `--kv-unified` shares one stream, which lets llama.cpp evaluate a
-    // step that mixes decode tokens and prompt chunks in one pass.
-    let n_seq_max = config.parallel;
-    // On CPU, llama.cpp's flash-attention path gives results that depend on
-    // the shape of the batch (F16 accumulation, kernel choice by batch size),
-    // so a greedy answer would change with the server's load (measured: the
-    // 16-concurrent test fails with it on). `auto` therefore means off when
-    // nothing is offloaded, and llama.cpp's own choice on a GPU.
-    let flash_attn = match config.flash_attn {
-        FlashAttn::Auto if n_gpu_layers == 0 || !backend.supports_gpu_offload() => FlashAttn::Off,
-        other => other,
-    };
-    let fa = match flash_attn {
-        FlashAttn::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
-        FlashAttn::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
-        FlashAttn::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-    };
-    let ctx_params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(n_batch)
-        .with_n_ubatch(n_batch)
-        .with_n_seq_max(n_seq_max)
-        .with_kv_unified(config.kv_unified)
-        .with_n_threads(threads_i32)
-        .with_n_threads_batch(threads_i32)
-        .with_flash_attention_policy(fa);
-    let ctx = model
-        .new_context(backend, ctx_params)
-        .map_err(|e| EngineError::Load(format!("creating the context: {e}")))?;
-    let n_ctx = ctx.n_ctx();
-
-    let n_ctx_slot = n_ctx as usize / config.parallel as usize;
-    if n_ctx_slot < 2 {
-        return Err(EngineError::Load(format!(
-            "--ctx-size {n_ctx} is too small for {} slots",
-            config.parallel
-        )));
-    }
-    if n_ctx_slot > model.n_ctx_train() as usize {
-        tracing::warn!(
-            n_ctx_slot,
-            n_ctx_train = model.n_ctx_train(),
-            "per-slot context exceeds the training context"
-        );
-    }
-
-    let info = model_info(
-        config,
-        &model,
-        backend.supports_gpu_offload(),
-        n_gpu_layers,
-        threads,
-        n_ctx,
-        n_ctx_slot,
-        n_batch,
-        flash_attn,
-    );
-    tracing::info!(
-        model = %info.description,
-        n_ctx,
-        n_ctx_slot,
-        slots = config.parallel,
-        n_batch,
-        kv_unified = config.kv_unified,
-        prompt_cache = config.cache_prompts,
-        "model loaded"
-    );
+    let model = load::load_model(config)?;
+    let Loaded { ctx, info } = load::new_context(config, &model)?;
+    tracing::info!("{}", load::loaded_line(&info));
     let stats = &shared.stats;
     stats
         .kv_total_cells
-        .store(n_ctx as usize, Ordering::Relaxed);
+        .store(info.n_ctx as usize, Ordering::Relaxed);
     stats.kv_used_cells.store(0, Ordering::Relaxed);
-    let _ = shared.model.set(Arc::clone(&model));
+    let n_batch = info.n_batch as usize;
+    let _ = shared.model.set(Arc::clone(&model.model));
     let _ = shared.info.set(info);
     shared.state.send_replace(LoadState::Ready);
 
+    let slots = config.parallel as usize;
     let mut lp = Loop {
-        model: &model,
+        model: &model.model,
         ctx,
-        shared,
-        slots: (0..config.parallel).map(|_| None).collect(),
+        stats,
+        slots: (0..slots).map(|_| None).collect(),
         order: Vec::new(),
         pending: VecDeque::new(),
-        slot_tokens: vec![Vec::new(); config.parallel as usize],
+        slot_tokens: vec![Vec::new(); slots],
         cache_prompts: config.cache_prompts,
         kv_unified: config.kv_unified,
-        batch: LlamaBatch::new(n_batch as usize, 1),
-        n_batch: n_batch as usize,
+        batch: LlamaBatch::new(n_batch, 1),
+        n_batch,
         emits: Vec::new(),
         rx,
         closing: false,
+        #[cfg(feature = "test-support")]
         step_delay: config.step_delay,
     };
     lp.run();
@@ -265,7 +120,7 @@ struct Emit {
 struct Loop<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
-    shared: &'m Arc<Shared>,
+    stats: &'m EngineStats,
     slots: Vec<Option<Active>>,
     /// Occupied slots in admission order.
     order: Vec<usize>,
@@ -281,22 +136,21 @@ struct Loop<'m> {
     emits: Vec<Emit>,
     rx: mpsc::UnboundedReceiver<Command>,
     closing: bool,
-    step_delay: Option<Duration>,
+    #[cfg(feature = "test-support")]
+    step_delay: Option<std::time::Duration>,
 }
 
 impl Loop<'_> {
     fn run(&mut self) {
-        loop {
-            if !self.receive() {
-                break;
-            }
+        while self.receive() {
             self.expire_pending();
             self.assign_slots();
-            self.drop_cancelled();
+            self.expire_running();
             if self.order.is_empty() {
                 continue;
             }
             self.step();
+            #[cfg(feature = "test-support")]
             if let Some(d) = self.step_delay {
                 std::thread::sleep(d);
             }
@@ -335,23 +189,31 @@ impl Loop<'_> {
         }
     }
 
+    /// Ends waiting requests whose client went away or whose deadline passed.
     fn expire_pending(&mut self) {
         let now = Instant::now();
-        let stats = &self.shared.stats;
+        let stats = self.stats;
         self.pending.retain(|job| {
-            if job.tx.is_closed() {
-                stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                return false;
+            let Some(outcome) = job.expired(now) else {
+                return true;
+            };
+            outcome.count(stats);
+            if let Some(e) = outcome.error() {
+                let _ = job.tx.send(Event::Error(e));
             }
-            if let Some((deadline, limit)) = job.deadline {
-                if now >= deadline {
-                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                    let _ = job.tx.send(Event::Error(EngineError::Timeout(limit)));
-                    return false;
-                }
-            }
-            true
+            false
         });
+    }
+
+    /// Ends running requests whose client went away or whose deadline passed.
+    fn expire_running(&mut self) {
+        let now = Instant::now();
+        for slot in self.order.clone() {
+            let expired = self.slots[slot].as_ref().and_then(|a| a.job.expired(now));
+            if let Some(outcome) = expired {
+                self.end_request(slot, outcome);
+            }
+        }
     }
 
     fn assign_slots(&mut self) {
@@ -364,7 +226,7 @@ impl Loop<'_> {
             let active = self.start(slot, job);
             self.slots[slot] = Some(active);
             self.order.push(slot);
-            self.shared.stats.running.fetch_add(1, Ordering::Relaxed);
+            self.stats.running.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -394,9 +256,8 @@ impl Loop<'_> {
         if sampler::uses_history(&job.sampling) {
             sampler.accept_many(job.tokens.iter());
         }
-        let stats = &self.shared.stats;
-        stats.queue_time.observe(now - job.submitted);
-        stats
+        self.stats.queue_time.observe(now - job.submitted);
+        self.stats
             .cached_prompt_tokens
             .fetch_add(cached as u64, Ordering::Relaxed);
         tracing::debug!(
@@ -425,61 +286,50 @@ impl Loop<'_> {
         }
     }
 
-    /// Frees slots whose client went away or whose deadline passed.
-    fn drop_cancelled(&mut self) {
-        let now = Instant::now();
-        for slot in self.order.clone() {
-            let Some(a) = self.slots[slot].as_ref() else {
-                continue;
-            };
-            if a.job.tx.is_closed() {
-                self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(id = a.job.id, slot, "client gone; cancelling");
-                self.free(slot);
-            } else if let Some((deadline, limit)) = a.job.deadline {
-                if now >= deadline {
-                    self.shared.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                    self.free_then_send(slot, Event::Error(EngineError::Timeout(limit)));
-                }
-            }
-        }
-    }
-
-    /// Frees the slot, then sends the request's final event, so a client that
-    /// has its answer never sees the slot still counted as busy.
-    fn free_then_send(&mut self, slot: usize, event: Event) {
-        let failed = matches!(event, Event::Error(EngineError::Decode(_)));
-        let tx = self.slots[slot].as_ref().map(|a| a.job.tx.clone());
-        self.release(slot, !failed);
-        if let Some(tx) = tx {
-            let _ = tx.send(event);
-        }
-    }
-
-    /// Ends the slot's request. Its KV cells stay as the slot's prompt cache
-    /// (unless caching is off or `keep` is false, e.g. after a failed decode).
-    fn free(&mut self, slot: usize) {
-        self.release(slot, true);
-    }
-
-    fn release(&mut self, slot: usize, keep: bool) {
-        let kept = match self.slots[slot].take() {
-            Some(a) => {
-                self.shared.stats.running.fetch_sub(1, Ordering::Relaxed);
-                if keep && self.cache_prompts {
-                    a.kv_tokens()
-                } else {
-                    Vec::new()
-                }
-            }
-            None => Vec::new(),
+    /// Ends the request in `slot`: counts the outcome, sends what the client
+    /// is still owed (held-back text and the answer, or the error), and frees
+    /// the slot and the admission ticket before the final event goes out, so
+    /// a client that has its answer never sees the request still counted. The slot's KV stays
+    /// as its prompt cache unless caching is off or the outcome forbids it.
+    fn end_request(&mut self, slot: usize, outcome: Outcome) {
+        let Some(mut a) = self.slots[slot].take() else {
+            return;
         };
+        self.stats.running.fetch_sub(1, Ordering::Relaxed);
+        outcome.count(self.stats);
+        let last = match &outcome {
+            Outcome::Finished(reason) => {
+                let rest = a.release_text(*reason);
+                if !rest.is_empty() {
+                    let _ = a.job.tx.send(Event::Text(rest));
+                }
+                let now = Instant::now();
+                self.stats.end_to_end.observe(now - a.job.submitted);
+                Some(Event::Done(a.completion(*reason, now)))
+            }
+            Outcome::Cancelled => {
+                tracing::debug!(id = a.job.id, slot, "client gone; cancelling");
+                None
+            }
+            Outcome::TimedOut(_) | Outcome::Failed(_) => outcome.error().map(Event::Error),
+        };
+        let kept = if outcome.keeps_kv() && self.cache_prompts {
+            a.kv_tokens()
+        } else {
+            Vec::new()
+        };
+        // The request's admission ticket goes with it, before the last event.
+        let tx = a.job.tx.clone();
+        drop(a);
         self.order.retain(|s| *s != slot);
         if kept.is_empty() {
             let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
         }
         self.slot_tokens[slot] = kept;
         self.update_kv_usage();
+        if let Some(event) = last {
+            let _ = tx.send(event);
+        }
     }
 
     fn update_kv_usage(&self) {
@@ -490,14 +340,20 @@ impl Loop<'_> {
                 None => cached += tokens.len(),
             }
         }
-        let stats = &self.shared.stats;
-        stats.kv_used_cells.store(used, Ordering::Relaxed);
-        stats.kv_cached_cells.store(cached, Ordering::Relaxed);
+        self.stats.kv_used_cells.store(used, Ordering::Relaxed);
+        self.stats.kv_cached_cells.store(cached, Ordering::Relaxed);
+    }
+
+    fn fail_all(&mut self, slots: &[usize], err: &EngineError) {
+        for &slot in slots {
+            self.end_request(slot, Outcome::Failed(err.clone()));
+        }
     }
 
     /// One `decode` over all occupied slots.
     fn step(&mut self) {
-        let t_plan = Instant::now();
+        let stats = self.stats;
+        let mut clock = StepClock::start(&stats.steps);
         let views: Vec<SlotView> = self
             .order
             .iter()
@@ -525,40 +381,40 @@ impl Loop<'_> {
                 } => self.add_prefill(slot, n_tokens, finishes),
             };
             match added {
-                Ok((slot, n)) => fed.push((slot, n)),
+                Ok(n) => fed.push((work.slot(), n)),
                 Err(e) => {
                     tracing::error!(error = %e, "building the batch failed");
-                    self.fail_all(EngineError::Decode(e));
+                    let order = self.order.clone();
+                    self.fail_all(&order, &EngineError::Decode(e));
                     return;
                 }
             }
         }
+        clock.lap(Phase::Plan);
         if self.batch.n_tokens() == 0 {
-            self.flush_emits();
+            self.flush_emits(&mut clock);
             return;
         }
-        let t_decode = Instant::now();
         if let Err(e) = self.ctx.decode(&mut self.batch) {
             tracing::error!(error = %e, "decode failed");
-            for (slot, _) in fed {
-                self.fail(slot, EngineError::Decode(e.to_string()));
-            }
+            let slots: Vec<usize> = fed.iter().map(|&(slot, _)| slot).collect();
+            self.fail_all(&slots, &EngineError::Decode(e.to_string()));
             return;
         }
-        let t_launched = Instant::now();
+        clock.lap(Phase::Decode);
         // The backend computes the step; meanwhile the previous step's tokens
         // become text. Requests ended by a stop string leave here.
-        self.flush_emits();
-        let t_sync = Instant::now();
+        self.flush_emits(&mut clock);
         self.ctx.synchronize();
-        let t_sample = Instant::now();
-        let stats = &self.shared.stats;
+        clock.lap(Phase::Sync);
         for &(slot, n) in &fed {
             if let Some(a) = self.slots[slot].as_mut() {
                 match a.pending.take() {
                     Some(token) => a.fed.push(token),
                     None => {
-                        stats.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+                        self.stats
+                            .prompt_tokens
+                            .fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
                 a.n_past += n;
@@ -566,16 +422,13 @@ impl Loop<'_> {
         }
         // Counted before any answer goes out, so a client that has its last
         // token sees this step in /metrics.
-        self.record_step(&plan, [t_plan, t_decode, t_launched, t_sync, t_sample]);
+        self.record_step(&plan);
         let picks = self.pick_greedy(&fed);
         for (&(slot, _), pick) in fed.iter().zip(picks) {
             self.sample(slot, pick);
         }
         self.update_kv_usage();
-        self.shared
-            .stats
-            .steps
-            .add(Phase::Sample, t_sample.elapsed());
+        clock.lap(Phase::Sample);
     }
 
     /// The argmax of every greedy slot's logits in this step, side by side;
@@ -602,23 +455,22 @@ impl Loop<'_> {
             .collect()
     }
 
-    /// Adds one step's shape and its first phases to the profile.
-    fn record_step(&self, plan: &[Work], t: [Instant; 5]) {
-        let p = &self.shared.stats.steps;
-        p.add(Phase::Plan, t[1] - t[0]);
-        p.add(Phase::Decode, t[2] - t[1]);
-        // t[2]..t[3] is the emit phase, counted by `flush_emits`.
-        p.add(Phase::Sync, t[4] - t[3]);
+    /// Counts one step's shape in the profile (its phases are timed by the
+    /// step's [`StepClock`]).
+    fn record_step(&self, plan: &[Work]) {
+        let p = &self.stats.steps;
         let mixed = plan.iter().any(|w| matches!(w, Work::Prefill { .. }));
         let kind = if mixed { &p.mixed } else { &p.decode_only };
         kind.fetch_add(1, Ordering::Relaxed);
         let tokens = self.batch.n_tokens().max(0) as u64;
         p.tokens.fetch_add(tokens, Ordering::Relaxed);
-        let micro = batch::micro_batches(plan, self.kv_unified, self.n_batch) as u64;
-        p.micro_batches.fetch_add(micro, Ordering::Relaxed);
+        let micro = batch::predicted_micro_batches(plan, self.kv_unified, self.n_batch) as u64;
+        p.predicted_micro_batches
+            .fetch_add(micro, Ordering::Relaxed);
     }
 
-    fn add_decode(&mut self, slot: usize) -> Result<(usize, usize), String> {
+    /// Feeds the slot's pending token; returns the tokens added.
+    fn add_decode(&mut self, slot: usize) -> Result<usize, String> {
         let idx = self.batch.n_tokens();
         let a = self.slots[slot].as_mut().ok_or("empty slot")?;
         let token = a.pending.ok_or("no pending token")?;
@@ -626,15 +478,16 @@ impl Loop<'_> {
             .add(token, pos(a.n_past), &[pos(slot)], true)
             .map_err(|e| e.to_string())?;
         a.logits_at = Some(idx);
-        Ok((slot, 1))
+        Ok(1)
     }
 
+    /// Feeds a chunk of the slot's prompt; returns the tokens added.
     fn add_prefill(
         &mut self,
         slot: usize,
         n_tokens: usize,
         finishes: bool,
-    ) -> Result<(usize, usize), String> {
+    ) -> Result<usize, String> {
         let a = self.slots[slot].as_mut().ok_or("empty slot")?;
         let start = a.n_past;
         for i in 0..n_tokens {
@@ -650,7 +503,7 @@ impl Loop<'_> {
         if !finishes {
             a.logits_at = None;
         }
-        Ok((slot, n_tokens))
+        Ok(n_tokens)
     }
 
     /// Picks the next token for `slot` if its logits are in this batch (`pick`:
@@ -658,7 +511,6 @@ impl Loop<'_> {
     /// the next step at once; its text is produced by [`Self::flush_emits`]
     /// while that step runs on the backend.
     fn sample(&mut self, slot: usize, pick: Option<LlamaToken>) {
-        let stats = &self.shared.stats;
         let Some(a) = self.slots[slot].as_mut() else {
             return;
         };
@@ -669,20 +521,10 @@ impl Loop<'_> {
             Some(t) => t,
             None => a.sampler.sample(&self.ctx, idx),
         };
-        let now = Instant::now();
-        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
-        match a.last_token {
-            None => stats.time_to_first_token.observe(now - a.job.submitted),
-            Some(prev) => stats.inter_token_latency.observe(now - prev),
-        }
-        if a.first_token.is_none() {
-            a.first_token = Some(now);
-        }
-        a.last_token = Some(now);
-        a.n_generated += 1;
+        a.note_token(Instant::now(), self.stats);
         if self.model.vocab().is_eog(token) && !a.job.sampling.ignore_eos {
             // Earlier tokens' text went out before this step's sync.
-            self.finish(slot, FinishReason::Eos);
+            self.end_request(slot, Outcome::Finished(FinishReason::Eos));
             return;
         }
         let last = a.n_generated >= a.job.max_new_tokens;
@@ -701,11 +543,10 @@ impl Loop<'_> {
     /// Turns the picked tokens into text: detokenize, stop strings, send.
     /// A stop string or a closed stream ends the request here (its next token
     /// may already be in the running step; that result is discarded).
-    fn flush_emits(&mut self) {
+    fn flush_emits(&mut self, clock: &mut StepClock) {
         if self.emits.is_empty() {
             return;
         }
-        let t0 = Instant::now();
         let vocab = self.model.vocab();
         for e in std::mem::take(&mut self.emits) {
             let Some(a) = self.slots[e.slot].as_mut().filter(|a| a.job.id == e.id) else {
@@ -719,72 +560,20 @@ impl Loop<'_> {
             let bytes = vocab.token_to_piece(e.token, false, lstrip);
             let text = a.utf8.push(&bytes);
             let outcome = a.stop.push(&text);
-            if !outcome.emit.is_empty() && a.job.tx.send(Event::Text(outcome.emit)).is_err() {
-                self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                self.free(e.slot);
-            } else if outcome.stopped {
-                self.finish(e.slot, FinishReason::Stop);
-            } else if e.last {
-                self.finish(e.slot, FinishReason::Length);
+            let end =
+                if !outcome.emit.is_empty() && a.job.tx.send(Event::Text(outcome.emit)).is_err() {
+                    Some(Outcome::Cancelled)
+                } else if outcome.stopped {
+                    Some(Outcome::Finished(FinishReason::Stop))
+                } else if e.last {
+                    Some(Outcome::Finished(FinishReason::Length))
+                } else {
+                    None
+                };
+            if let Some(end) = end {
+                self.end_request(e.slot, end);
             }
         }
-        self.shared.stats.steps.add(Phase::Emit, t0.elapsed());
-    }
-
-    fn finish(&mut self, slot: usize, reason: FinishReason) {
-        let Some(a) = self.slots[slot].as_mut() else {
-            return;
-        };
-        if reason != FinishReason::Stop {
-            let tail = a.utf8.finish();
-            let mut rest = a.stop.push(&tail).emit;
-            rest.push_str(&a.stop.finish());
-            if !rest.is_empty() {
-                let _ = a.job.tx.send(Event::Text(rest));
-            }
-        }
-        let now = Instant::now();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let first = a.first_token.unwrap_or(now);
-        let gen = now - first;
-        let timings = Timings {
-            queue_ms: ms(a.started - a.job.submitted),
-            prompt_ms: ms(first - a.started),
-            time_to_first_token_ms: ms(first - a.job.submitted),
-            generation_ms: ms(gen),
-            total_ms: ms(now - a.job.submitted),
-            tokens_per_second: if a.n_generated > 1 && gen.as_secs_f64() > 0.0 {
-                f64::from(a.n_generated - 1) / gen.as_secs_f64()
-            } else {
-                0.0
-            },
-        };
-        let usage = Usage {
-            prompt_tokens: u32::try_from(a.job.tokens.len()).unwrap_or(u32::MAX),
-            completion_tokens: a.n_generated,
-            cached_prompt_tokens: u32::try_from(a.cached).unwrap_or(u32::MAX),
-        };
-        let stats = &self.shared.stats;
-        stats.end_to_end.observe(now - a.job.submitted);
-        stats.finished.fetch_add(1, Ordering::Relaxed);
-        let done = Event::Done(Completion {
-            finish_reason: reason,
-            usage,
-            timings,
-        });
-        self.free_then_send(slot, done);
-    }
-
-    fn fail(&mut self, slot: usize, err: EngineError) {
-        if self.slots[slot].is_some() {
-            self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        self.free_then_send(slot, Event::Error(err));
-    }
-
-    fn fail_all(&mut self, err: EngineError) {
-        for slot in self.order.clone() {
-            self.fail(slot, err.clone());
-        }
+        clock.lap(Phase::Emit);
     }
 }

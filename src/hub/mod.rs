@@ -1,12 +1,20 @@
 //! Hugging Face Hub downloads (hf-hub's standard cache; `HF_ENDPOINT`,
 //! `HF_HOME` and `HF_TOKEN` honoured; interrupted downloads resume).
 
-use hf_hub::api::sync::ApiBuilder;
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Repo, RepoType};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
+    /// No answer from the hub (no network, DNS, connection refused, TLS).
+    #[error("the hub is unreachable for {repo}@{revision}: {source}")]
+    Unreachable {
+        repo: String,
+        revision: String,
+        #[source]
+        source: ApiError,
+    },
     #[error("hub request for {repo}@{revision} failed: {source}")]
     Api {
         repo: String,
@@ -60,14 +68,9 @@ pub fn looks_like_repo_id(s: &str) -> bool {
         })
 }
 
-/// Download (or find in the cache) the checkpoint files of `repo` at
-/// `revision`; returns the snapshot directory holding them.
-pub fn fetch_checkpoint(
-    repo: &str,
-    revision: &str,
-    cache_dir: Option<&Path>,
-    progress: bool,
-) -> Result<PathBuf, HubError> {
+/// The client: `HF_ENDPOINT`, `HF_HOME` and `HF_TOKEN` from the environment,
+/// `cache_dir` instead of hf-hub's cache when given.
+fn api(cache_dir: Option<&Path>, progress: bool) -> Result<Api, ApiError> {
     let mut b = ApiBuilder::from_env()
         .with_progress(progress)
         .with_retries(3);
@@ -79,12 +82,58 @@ pub fn fetch_checkpoint(
             b = b.with_token(Some(tok));
         }
     }
+    b.build()
+}
+
+/// Whether `e` means no answer came from the hub (as opposed to an answer
+/// that refuses, such as 401 or 404).
+fn is_unreachable(e: &ApiError) -> bool {
+    match e {
+        ApiError::RequestError(e) => matches!(**e, ureq::Error::Transport(_)),
+        ApiError::TooManyRetries(e) => is_unreachable(e),
+        _ => false,
+    }
+}
+
+/// The commit `revision` (a branch, tag or commit) of `repo` names on the hub
+/// now. [`HubError::Unreachable`] when the hub does not answer.
+pub fn resolve_commit(repo: &str, revision: &str) -> Result<String, HubError> {
+    let err = |source: ApiError| {
+        if is_unreachable(&source) {
+            HubError::Unreachable {
+                repo: repo.to_string(),
+                revision: revision.to_string(),
+                source,
+            }
+        } else {
+            HubError::Api {
+                repo: repo.to_string(),
+                revision: revision.to_string(),
+                source,
+            }
+        }
+    };
+    let api = api(None, false).map_err(err)?;
+    let r = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
+    Ok(api.repo(r).info().map_err(err)?.sha)
+}
+
+/// Download (or find in the cache) the checkpoint files of `repo` at
+/// `revision`; returns the snapshot directory holding them. Pass a commit
+/// (see [`resolve_commit`]) to get exactly that commit: for a branch name,
+/// hf-hub answers from its cache whatever the branch points at now.
+pub fn fetch_checkpoint(
+    repo: &str,
+    revision: &str,
+    cache_dir: Option<&Path>,
+    progress: bool,
+) -> Result<PathBuf, HubError> {
     let api_err = |source| HubError::Api {
         repo: repo.to_string(),
         revision: revision.to_string(),
         source,
     };
-    let api = b.build().map_err(api_err)?;
+    let api = api(cache_dir, progress).map_err(api_err)?;
     let r = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
     let handle = api.repo(r.clone());
     let info = handle.info().map_err(api_err)?;

@@ -137,7 +137,7 @@ pub fn render(http: &HttpMetrics, engine: &Engine) -> String {
         (
             "airavata_requests_waiting",
             "Requests waiting for a slot.",
-            s.waiting() as f64,
+            engine.waiting() as f64,
         ),
         (
             "airavata_kv_cache_usage_ratio",
@@ -228,8 +228,8 @@ fn step_profile(out: &mut String, p: &StepProfile) {
         ),
         (
             "airavata_engine_micro_batches_total",
-            "Graph evaluations llama.cpp splits the steps into.",
-            &p.micro_batches,
+            "Graph evaluations llama.cpp is predicted to split the steps into (from each step's shape).",
+            &p.predicted_micro_batches,
         ),
     ] {
         header(out, name, "counter", help);

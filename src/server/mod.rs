@@ -59,7 +59,7 @@ use tokio::task::JoinHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::engine::{Engine, EngineConfig, EngineError, FlashAttn};
+use crate::engine::{defaults, Engine, EngineConfig, EngineError, FlashAttn};
 
 /// Errors of the server boundary.
 #[derive(Debug, thiserror::Error)]
@@ -102,24 +102,24 @@ pub struct ServeOptions {
     #[arg(long)]
     pub ctx_size: Option<u32>,
     /// Concurrent sequences (slots); each gets ctx-size / parallel tokens.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = defaults::PARALLEL)]
     pub parallel: u32,
     /// CPU threads [default: all available].
     #[arg(long)]
     pub threads: Option<u32>,
     /// Most tokens per decode step (and prompt chunk size).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     pub batch_size: u32,
     /// Flash attention: auto, on or off (`--flash-attn` alone = on). `auto` is
     /// off on CPU-only runs (keeps batched greedy output equal to serial output)
     /// and llama.cpp's choice when layers are offloaded to a GPU.
-    #[arg(long, value_enum, default_value_t = FlashAttn::Auto, num_args = 0..=1, default_missing_value = "on")]
+    #[arg(long, value_enum, default_value_t = FlashAttn::default(), num_args = 0..=1, default_missing_value = "on")]
     pub flash_attn: FlashAttn,
     /// Require this API key (Authorization: Bearer KEY).
     #[arg(long, env = "AIRAVATA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Requests allowed to wait for a slot; beyond that: 429 with Retry-After.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults::MAX_QUEUE)]
     pub max_queue: usize,
     /// Per-request deadline in seconds, queueing included (0 = none).
     #[arg(long, default_value_t = 600)]
@@ -146,33 +146,29 @@ pub struct ServeOptions {
     /// serial output (up to llama.cpp's CPU kernels not being fully batch-invariant).
     #[arg(long)]
     pub kv_unified: bool,
-    /// Testing aid: sleep this many milliseconds after every decode step.
+    /// Testing aid: sleep this many milliseconds after every decode step
+    /// (`test-support` builds only).
+    #[cfg(feature = "test-support")]
     #[arg(long, hide = true)]
     pub step_delay_ms: Option<u64>,
 }
 
 impl Default for ServeOptions {
+    /// The flags' defaults, as `airavata serve` with no flags has them (the
+    /// values are defined once, in the `#[arg]` attributes and
+    /// [`crate::engine::defaults`]). The API key is not read from the
+    /// environment here: that is the command line's business.
     fn default() -> Self {
-        Self {
-            host: "0.0.0.0".into(),
-            port: 8000,
-            n_gpu_layers: None,
-            ctx_size: None,
-            parallel: 4,
-            threads: None,
-            batch_size: 512,
-            flash_attn: FlashAttn::Auto,
-            api_key: None,
-            max_queue: 64,
-            request_timeout: 600,
-            backends_dir: None,
-            max_body_bytes: 1 << 20,
-            cors_origin: Vec::new(),
-            model_name: None,
-            no_prompt_cache: false,
-            kv_unified: false,
-            step_delay_ms: None,
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            opts: ServeOptions,
         }
+        let mut opts = <Flags as clap::Parser>::try_parse_from(["serve"])
+            .map(|f| f.opts)
+            .unwrap_or_else(|e| unreachable!("the serve flags have defaults: {e}"));
+        opts.api_key = None;
+        opts
     }
 }
 
@@ -191,6 +187,7 @@ impl ServeOptions {
             backends_dir: self.backends_dir.clone(),
             cache_prompts: !self.no_prompt_cache,
             kv_unified: self.kv_unified,
+            #[cfg(feature = "test-support")]
             step_delay: self.step_delay_ms.map(Duration::from_millis),
         }
     }
@@ -374,7 +371,7 @@ pub async fn bind(opts: ServeOptions, model: PathBuf) -> Result<RunningServer, S
             })
             .await
     });
-    tracing::info!(%addr, model = %model.display(), "listening");
+    tracing::info!("listening on http://{addr}");
     Ok(RunningServer {
         addr,
         engine,

@@ -293,7 +293,7 @@ pub async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
         "model": engine.info(),
         "slots": engine.info().map(|i| i.slots),
         "active": stats.running(),
-        "waiting": stats.waiting(),
+        "waiting": engine.waiting(),
         "kv_cache_usage": stats.kv_usage(),
         "kv_cache_cached_tokens": stats.kv_cached_cells.load(std::sync::atomic::Ordering::Relaxed),
         "version": crate::version::long_version(),

@@ -267,6 +267,8 @@ fn write_json(path: &Path, v: &Value) -> Result<(), SynthError> {
 
 /// Write the tiny random checkpoint (bf16, 2 shards) into `dir/hf` and
 /// convert it to `dir/tiny-<scheme>.gguf`. Returns the GGUF path.
+/// (Test fixture: `test-support` builds only.)
+#[cfg(any(test, feature = "test-support"))]
 pub fn tiny_test_gguf_with(dir: &Path, scheme: convert::Scheme) -> Result<PathBuf, SynthError> {
     let hf = dir.join("hf");
     if !hf.join("config.json").is_file() {
@@ -305,7 +307,9 @@ pub fn tiny_test_gguf_with(dir: &Path, scheme: convert::Scheme) -> Result<PathBu
     Ok(out)
 }
 
-/// The tiny random model as an F16 GGUF (for server and engine tests).
+/// The tiny random model as an F16 GGUF (for server and engine tests;
+/// `test-support` builds only).
+#[cfg(any(test, feature = "test-support"))]
 pub fn tiny_test_gguf(dir: &Path) -> Result<PathBuf, SynthError> {
     tiny_test_gguf_with(dir, convert::Scheme::F16)
 }

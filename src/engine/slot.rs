@@ -1,0 +1,213 @@
+//! One request's life in the engine: the admitted [`Job`], the [`Active`]
+//! state while it holds a slot, and the [`Outcome`] that ends it.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc;
+
+use super::admission::Ticket;
+use super::request::{Completion, Event, FinishReason, SamplingParams, Timings, Usage};
+use super::stats::EngineStats;
+use super::stop::StopMatcher;
+use super::utf8::Utf8Accumulator;
+use super::EngineError;
+
+/// A request admitted by [`super::Engine::generate`].
+pub(super) struct Job {
+    pub id: u64,
+    pub tokens: Vec<LlamaToken>,
+    pub max_new_tokens: u32,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub deadline: Option<(Instant, Duration)>,
+    pub submitted: Instant,
+    pub strip_leading_space: bool,
+    pub tx: mpsc::UnboundedSender<Event>,
+    pub _ticket: Ticket,
+}
+
+impl Job {
+    /// Why the request must end before its next step, if it must: its client
+    /// went away or its deadline passed.
+    pub fn expired(&self, now: Instant) -> Option<Outcome> {
+        if self.tx.is_closed() {
+            return Some(Outcome::Cancelled);
+        }
+        match self.deadline {
+            Some((deadline, limit)) if now >= deadline => Some(Outcome::TimedOut(limit)),
+            _ => None,
+        }
+    }
+}
+
+/// How a request ends.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Outcome {
+    /// Generation ended normally (end of generation, stop string, length).
+    Finished(FinishReason),
+    /// The client went away.
+    Cancelled,
+    /// The deadline passed (the configured limit).
+    TimedOut(Duration),
+    /// llama.cpp failed.
+    Failed(EngineError),
+}
+
+impl Outcome {
+    /// Counts the outcome in the request counters.
+    pub fn count(&self, stats: &EngineStats) {
+        let counter = match self {
+            Outcome::Finished(_) => &stats.finished,
+            Outcome::Cancelled => &stats.cancelled,
+            Outcome::TimedOut(_) => &stats.timed_out,
+            Outcome::Failed(_) => &stats.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the slot's KV may serve as prompt cache afterwards (not after
+    /// a failed decode, whose cells are in an unknown state).
+    pub fn keeps_kv(&self) -> bool {
+        !matches!(self, Outcome::Failed(_))
+    }
+
+    /// The error event a request ended this way gets (`None`: no error).
+    pub fn error(&self) -> Option<EngineError> {
+        match self {
+            Outcome::Finished(_) | Outcome::Cancelled => None,
+            Outcome::TimedOut(limit) => Some(EngineError::Timeout(*limit)),
+            Outcome::Failed(e) => Some(e.clone()),
+        }
+    }
+}
+
+/// A request that holds a slot.
+pub(super) struct Active {
+    pub job: Box<Job>,
+    pub sampler: LlamaSampler,
+    /// Tokens of this sequence in the KV cache.
+    pub n_past: usize,
+    /// Prompt tokens served from the slot's prompt cache.
+    pub cached: usize,
+    /// Sampled token not yet fed back.
+    pub pending: Option<LlamaToken>,
+    /// Sampled tokens already fed back (in the KV cache after the prompt).
+    pub fed: Vec<LlamaToken>,
+    /// Plain greedy (argmax over the logits, no sampler state).
+    pub greedy: bool,
+    pub n_generated: u32,
+    pub utf8: Utf8Accumulator,
+    pub stop: StopMatcher,
+    /// Index in the current batch whose logits this slot samples.
+    pub logits_at: Option<i32>,
+    pub started: Instant,
+    pub first_token: Option<Instant>,
+    pub last_token: Option<Instant>,
+}
+
+impl Active {
+    pub fn prefill_remaining(&self) -> usize {
+        self.job.tokens.len().saturating_sub(self.n_past)
+    }
+
+    /// The tokens whose KV this sequence holds, in order.
+    pub fn kv_tokens(&self) -> Vec<LlamaToken> {
+        let prompt = self.n_past.min(self.job.tokens.len());
+        let mut t = Vec::with_capacity(self.n_past);
+        t.extend_from_slice(&self.job.tokens[..prompt]);
+        t.extend_from_slice(&self.fed);
+        t
+    }
+
+    /// Records a sampled token's time (TTFT or inter-token latency).
+    pub fn note_token(&mut self, now: Instant, stats: &EngineStats) {
+        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        match self.last_token {
+            None => stats.time_to_first_token.observe(now - self.job.submitted),
+            Some(prev) => stats.inter_token_latency.observe(now - prev),
+        }
+        self.first_token.get_or_insert(now);
+        self.last_token = Some(now);
+        self.n_generated += 1;
+    }
+
+    /// Text still held back (an incomplete code point, a possible stop
+    /// string's start) that a request ending for `reason` releases.
+    pub fn release_text(&mut self, reason: FinishReason) -> String {
+        if reason == FinishReason::Stop {
+            return String::new();
+        }
+        let tail = self.utf8.finish();
+        let mut rest = self.stop.push(&tail).emit;
+        rest.push_str(&self.stop.finish());
+        rest
+    }
+
+    /// The final answer of a request that finished at `now`.
+    pub fn completion(&self, reason: FinishReason, now: Instant) -> Completion {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let submitted = self.job.submitted;
+        let first = self.first_token.unwrap_or(now);
+        let gen = now - first;
+        let timings = Timings {
+            queue_ms: ms(self.started - submitted),
+            prompt_ms: ms(first - self.started),
+            time_to_first_token_ms: ms(first - submitted),
+            generation_ms: ms(gen),
+            total_ms: ms(now - submitted),
+            tokens_per_second: if self.n_generated > 1 && gen.as_secs_f64() > 0.0 {
+                f64::from(self.n_generated - 1) / gen.as_secs_f64()
+            } else {
+                0.0
+            },
+        };
+        let usage = Usage {
+            prompt_tokens: u32::try_from(self.job.tokens.len()).unwrap_or(u32::MAX),
+            completion_tokens: self.n_generated,
+            cached_prompt_tokens: u32::try_from(self.cached).unwrap_or(u32::MAX),
+        };
+        Completion {
+            finish_reason: reason,
+            usage,
+            timings,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_count_once_each_and_only_failures_drop_the_kv() {
+        let stats = EngineStats::default();
+        let all = [
+            Outcome::Finished(FinishReason::Length),
+            Outcome::Cancelled,
+            Outcome::TimedOut(Duration::from_secs(3)),
+            Outcome::Failed(EngineError::Decode("x".into())),
+        ];
+        for o in &all {
+            o.count(&stats);
+        }
+        for c in [
+            &stats.finished,
+            &stats.cancelled,
+            &stats.timed_out,
+            &stats.failed,
+        ] {
+            assert_eq!(c.load(Ordering::Relaxed), 1);
+        }
+        let keeps: Vec<bool> = all.iter().map(Outcome::keeps_kv).collect();
+        assert_eq!(keeps, [true, true, true, false]);
+        assert_eq!(
+            all[2].error(),
+            Some(EngineError::Timeout(Duration::from_secs(3)))
+        );
+        assert_eq!(all[0].error(), None);
+        assert_eq!(all[1].error(), None);
+    }
+}
