@@ -1,7 +1,11 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code)]
 
+pub mod assets;
 pub mod reference;
+
+#[allow(unused_imports)] // each test binary uses some of these
+pub use assets::{asset, assets};
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -10,7 +14,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 /// The process-wide llama.cpp backend (it may be initialised only once).
@@ -21,17 +25,6 @@ pub fn backend() -> &'static LlamaBackend {
         b.void_logs();
         b
     })
-}
-
-/// `$AIRAVATA_ASSETS`, or None after printing that the test is skipped.
-pub fn assets(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("AIRAVATA_ASSETS") {
-        Some(p) if Path::new(&p).is_dir() => Some(PathBuf::from(p)),
-        _ => {
-            eprintln!("skipped {test}: AIRAVATA_ASSETS not set (or not a directory)");
-            None
-        }
-    }
 }
 
 pub fn load_model(path: &Path) -> LlamaModel {
