@@ -63,13 +63,24 @@ async fn greedy_generate_equals_direct_engine() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// What is guaranteed about batched greedy output on CPU: each slot has its
+/// own KV stream, so a sequence reads the same cells whatever else runs, but
+/// llama.cpp's CPU kernels are not fully batch-invariant (a batch of a
+/// different size may take a different matmul path and round differently),
+/// so a near-tie in the logits can rarely flip one argmax. Measured on this
+/// test's model and prompts: 1 differing answer in 25 rounds of 16 with
+/// `--no-prompt-cache`, 0 in 12 more rounds (on a loaded 2-core machine).
+/// The test therefore asserts that the requests really were batched, and that
+/// at most 1 of the 16 batched answers differs from its serial answer; a
+/// batching bug (wrong cells, mixed-up sequences, lost tokens) changes most
+/// answers and fails it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_greedy_requests_equal_serial_results() {
+async fn concurrent_greedy_requests_match_serial_results() {
     let model = test_model();
-    // Default flags: on CPU `--flash-attn auto` resolves to off, which keeps
-    // batched greedy output identical to serial output.
+    // Default flags: on CPU `--flash-attn auto` resolves to off.
     let server = start(test_options(), model).await;
     let c = client();
+    let base = server.url();
     let prompts: Vec<String> = (0..16)
         .map(|i| match i % 4 {
             0 => format!("Tell me story number {i}."),
@@ -81,29 +92,45 @@ async fn concurrent_greedy_requests_equal_serial_results() {
     let body = |p: &str, raw: bool| json!({"prompt": p, "max_new_tokens": 96, "raw": raw});
     let mut serial = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
-        let (s, v) = post(
-            &c,
-            format!("{}/generate", server.url()),
-            body(p, i % 2 == 0),
-        )
-        .await;
+        let (s, v) = post(&c, format!("{base}/generate"), body(p, i % 2 == 0)).await;
         assert_eq!(s, 200, "{v}");
         serial.push(v["generated_text"].as_str().unwrap_or_default().to_string());
     }
+    let steps_before =
+        metric(&c, &base, &steps("decode")).await + metric(&c, &base, &steps("mixed")).await;
     let futs = prompts.iter().enumerate().map(|(i, p)| {
         let c = c.clone();
-        let url = format!("{}/generate", server.url());
+        let url = format!("{base}/generate");
         let b = body(p, i % 2 == 0);
         async move { post(&c, url, b).await }
     });
     let results = futures::future::join_all(futs).await;
+    let mut generated = 0;
+    let mut differing = Vec::new();
     for (i, (s, v)) in results.into_iter().enumerate() {
         assert_eq!(s, 200, "{v}");
-        assert_eq!(
-            v["generated_text"], serial[i],
-            "request {i} differs when batched"
-        );
+        generated += v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+        if v["generated_text"] != serial[i] {
+            differing.push(format!(
+                "request {i}: batched {} vs serial {:?}",
+                v["generated_text"], serial[i]
+            ));
+        }
     }
+    // Batched: the concurrent requests took fewer engine steps than tokens.
+    let steps_after =
+        metric(&c, &base, &steps("decode")).await + metric(&c, &base, &steps("mixed")).await;
+    let batch_steps = steps_after - steps_before;
+    assert!(
+        batch_steps < generated as f64,
+        "{batch_steps} steps for {generated} tokens: the requests were not batched"
+    );
+    assert!(
+        differing.len() <= 1,
+        "{} of 16 batched answers differ from serial:\n{}",
+        differing.len(),
+        differing.join("\n")
+    );
     server.shutdown().await.expect("shutdown");
 }
 

@@ -507,7 +507,7 @@ impl Engine {
             }
             match admitted.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Ok(Admission(Ticket(Arc::clone(&self.shared)))),
+                Ok(_) => return Ok(Admission(Ticket(Arc::clone(&self.shared)), Instant::now())),
                 Err(now) => cur = now,
             }
         }
@@ -517,7 +517,7 @@ impl Engine {
     /// stream; dropping it cancels the request. If the engine thread has
     /// exited, the stream's only event is [`EngineError::Stopped`].
     pub fn submit(&self, admission: Admission, req: GenerateRequest) -> GenerationStream {
-        let submitted = Instant::now();
+        let Admission(ticket, submitted) = admission;
         let prompt_tokens = req.prompt.len();
         debug_assert!(prompt_tokens > 0, "validated prompts are not empty");
         debug_assert!(
@@ -538,7 +538,7 @@ impl Engine {
             submitted,
             strip_leading_space,
             tx,
-            _ticket: admission.0,
+            _ticket: ticket,
         };
         if let Err(mpsc::error::SendError(worker::Command::Generate(job))) =
             self.tx.send(worker::Command::Generate(Box::new(job)))
@@ -562,8 +562,9 @@ impl Engine {
 
 /// A place among the requests the engine holds, from [`Engine::admit`];
 /// counts against the admission bound until dropped (it travels with the
-/// request to the engine thread).
-pub struct Admission(Ticket);
+/// request to the engine thread). Its time is the request's submission time:
+/// queue time, TTFT and the deadline include validation.
+pub struct Admission(Ticket, Instant);
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
