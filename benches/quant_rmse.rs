@@ -88,7 +88,9 @@ fn main() {
         }
         println!("{line}");
     }
-    let Some(path) = stories_gguf() else { return };
+    let Some(path) = stories_gguf("quant_rmse bench (stories260K part)") else {
+        return;
+    };
     let tensors = match read_gguf_f32_tensors(&path) {
         Ok(t) => t,
         Err(e) => {

@@ -239,55 +239,79 @@ fn args(url: &str, api: Api, conc: &[usize], requests: usize, max_tokens: u32) -
     }
 }
 
-fn within(what: &str, got: f64, lo: f64, hi: f64) {
+/// Percentiles of a summary are ordered and its count is as expected.
+fn ordered(what: &str, s: &Summary, count: usize) {
+    assert_eq!(s.count, count, "{what} count");
+    let chain = [s.min, s.p50, s.p90, s.p99, s.max];
     assert!(
-        (lo..=hi).contains(&got),
-        "{what} = {got:.2}, expected in [{lo}, {hi}]"
+        chain.windows(2).all(|w| w[0] <= w[1]) && s.min <= s.mean && s.mean <= s.max,
+        "{what} percentiles out of order: {s:?}"
+    );
+}
+
+/// `a` and `b` agree up to float rounding.
+fn same(what: &str, a: f64, b: f64) {
+    assert!(
+        (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0),
+        "{what}: {a} != {b}"
     );
 }
 
 /// Checks a level against the fake's timings: `events` text events per
 /// request, `tokens` output tokens per request.
+///
+/// Only what holds on a loaded machine is asserted: exact counts, ordered
+/// percentiles, lower bounds from the fake's sleeps (a response is never
+/// earlier than the sleeps before it, though it may be arbitrarily later),
+/// the upper bounds on rates those imply, and the algebra that ties the
+/// metrics together. No absolute upper bound on any latency.
 fn check_level(l: &LevelReport, cfg: &Cfg, requests: usize, events: u64, tokens: u64) {
     assert_eq!(l.requests, requests);
     assert_eq!(l.ok, requests, "errors: {:?}", l.error_samples);
     assert_eq!(l.errors, 0);
     assert_eq!(l.output_tokens, Some(tokens * requests as u64));
     let ttft = l.ttft_ms.expect("ttft");
-    assert_eq!(ttft.count, requests);
+    ordered("TTFT", &ttft, requests);
     let t = cfg.ttft_ms as f64;
-    within("TTFT p50", ttft.p50, t, t + 60.0);
+    assert!(ttft.min >= t, "TTFT {} below the fake's {t} ms", ttft.min);
     let itl = l.itl_ms.expect("itl");
-    assert_eq!(itl.count as u64, (events - 1) * requests as u64);
-    let i = cfg.itl_ms as f64;
-    within("ITL p50", itl.p50, i - 12.0, i + 25.0);
-    let e2e = l.e2e_ms.expect("e2e").p50;
-    let want = t + i * (events - 1) as f64;
-    within("e2e p50", e2e, want, want + 80.0);
-    let per_stream = l.per_stream_tokens_per_s.expect("per stream").p50;
-    within(
-        "per-stream tok/s",
-        per_stream,
-        tokens as f64 / (want + 80.0) * 1e3,
-        tokens as f64 / want * 1e3,
+    ordered("ITL", &itl, (events as usize - 1) * requests);
+    let e2e = l.e2e_ms.expect("e2e");
+    ordered("e2e", &e2e, requests);
+    let want = t + cfg.itl_ms as f64 * (events - 1) as f64;
+    assert!(
+        e2e.min >= want,
+        "e2e {} below the fake's {want} ms",
+        e2e.min
     );
-    let tpot = l.tpot_ms.expect("tpot").p50;
-    let tpot_want = i * (events - 1) as f64 / (tokens - 1) as f64;
-    within("TPOT p50", tpot, tpot_want * 0.8, tpot_want * 1.3 + 5.0);
-    // Closed loop: throughput is bounded by c streams at e2e each.
+    // Each request's first token and gaps fit inside its end-to-end time.
+    assert!(
+        ttft.mean + itl.mean * (events - 1) as f64 <= e2e.mean + 1e-6,
+        "TTFT {ttft:?} + ITL {itl:?} exceed e2e {e2e:?}"
+    );
+    let per_stream = l.per_stream_tokens_per_s.expect("per stream");
+    ordered("per-stream tok/s", &per_stream, requests);
+    assert!(per_stream.max <= tokens as f64 / want * 1e3 + 1e-6);
+    let tpot = l.tpot_ms.expect("tpot");
+    ordered("TPOT", &tpot, requests);
+    same(
+        "mean TPOT",
+        tpot.mean,
+        (e2e.mean - ttft.mean) / (tokens - 1) as f64,
+    );
+    // Closed loop: c streams of at least `want` ms each bound the rate.
     let c = l.concurrency as f64;
-    within(
-        "req/s",
-        l.requests_per_s,
-        0.5 * c / (want / 1e3),
-        1.05 * c / (want / 1e3),
+    assert!(l.requests_per_s > 0.0);
+    assert!(
+        l.requests_per_s <= c / (want / 1e3) + 1e-6,
+        "req/s {} above {c} streams of {want} ms",
+        l.requests_per_s
     );
-    let agg = l.output_tokens_per_s.expect("tok/s");
-    within(
+    same("req/s", l.requests_per_s, requests as f64 / l.duration_s);
+    same(
         "agg tok/s",
-        agg,
-        l.requests_per_s * tokens as f64 * 0.99,
-        l.requests_per_s * tokens as f64 * 1.01,
+        l.output_tokens_per_s.expect("tok/s"),
+        l.requests_per_s * tokens as f64,
     );
 }
 
@@ -309,6 +333,13 @@ async fn generate_sse_timings_and_counts() {
     }
     assert_eq!(report.levels[0].concurrency, 1);
     assert_eq!(report.levels[1].concurrency, 4);
+    // Four streams get through the same 8 requests sooner than one.
+    assert!(
+        report.levels[1].duration_s < report.levels[0].duration_s,
+        "c=4 took {} s, c=1 {} s",
+        report.levels[1].duration_s,
+        report.levels[0].duration_s
+    );
     // Warm-up + 2 levels of 8, and never more than 4 at once.
     assert_eq!(shared.count.load(Ordering::SeqCst), 1 + 16);
     assert_eq!(shared.max_in_flight.load(Ordering::SeqCst), 4);
@@ -336,8 +367,11 @@ async fn closed_loop_keeps_exactly_c_in_flight() {
     let l = &report.levels[0];
     assert_eq!((l.requests, l.ok), (24, 24));
     assert_eq!(shared.max_in_flight.load(Ordering::SeqCst), 8);
-    // 24 requests, 8 at a time, ~170 ms each: three waves.
-    within("duration", l.duration_s, 0.5, 0.9);
+    // 24 requests, 8 at a time, at least 170 ms each: at least three waves,
+    // and far less than the 24 × 170 ms a serial run would take.
+    let each = (cfg.ttft_ms + 2 * cfg.itl_ms) as f64 / 1e3;
+    assert!(l.duration_s >= 3.0 * each, "duration {}", l.duration_s);
+    assert!(l.duration_s < 24.0 * each, "duration {}", l.duration_s);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,11 +458,12 @@ async fn old_app_scenario_sequential_non_streamed() {
     assert!(l.ttft_ms.is_none() && l.itl_ms.is_none());
     assert_eq!(l.output_tokens, None);
     assert_eq!(l.output_tokens_per_s, None);
-    // 20 + 50 * 1 ms per request.
+    // At least 20 + 50 * 1 ms per request, one at a time.
     let e2e = l.e2e_ms.expect("e2e");
-    within("old-app e2e p50", e2e.p50, 70.0, 130.0);
-    within("old-app e2e mean", e2e.mean, 70.0, 130.0);
-    within("old-app req/s", l.requests_per_s, 1e3 / 140.0, 1e3 / 70.0);
+    ordered("old-app e2e", &e2e, 5);
+    assert!(e2e.min >= 70.0, "{e2e:?}");
+    assert!(l.duration_s >= 5.0 * 0.070, "duration {}", l.duration_s);
+    assert!(l.requests_per_s <= 1e3 / 70.0, "req/s {}", l.requests_per_s);
     assert_eq!(shared.max_in_flight.load(Ordering::SeqCst), 1);
     let bodies = shared.bodies.lock().expect("lock");
     assert_eq!(bodies.len(), 6);

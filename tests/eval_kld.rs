@@ -2,7 +2,10 @@
 //! independent token-by-token computation, and a perturbed model diverges.
 //!
 //! Asset tests need `AIRAVATA_ASSETS` (stories260K GGUF + wikitext-2); they
-//! print `skipped: AIRAVATA_ASSETS not set` and return when it is unset.
+//! follow the one rule in `common/assets.rs` (skip when absent, fail in CI).
+
+#[path = "common/assets.rs"]
+mod assets;
 
 use airavata::convert::Scheme;
 use airavata::eval::{self, BaseLogProbs, EvalError, EvalOptions};
@@ -26,16 +29,6 @@ fn backend() -> &'static LlamaBackend {
     })
 }
 
-fn assets() -> Option<PathBuf> {
-    match std::env::var_os("AIRAVATA_ASSETS") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            println!("skipped: AIRAVATA_ASSETS not set");
-            None
-        }
-    }
-}
-
 fn stories(a: &Path) -> PathBuf {
     a.join("stories260k-gguf/stories260K.gguf")
 }
@@ -57,7 +50,9 @@ const N_CTX: u32 = 128;
 
 #[test]
 fn eval_self_kld_is_zero_and_top1_agrees() {
-    let Some(a) = assets() else { return };
+    let Some(a) = assets::assets("eval_self_kld_is_zero_and_top1_agrees") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let text = write_text(dir.path(), &wiki_text(&a, 6000));
     let m = stories(&a);
@@ -167,7 +162,9 @@ fn direct_ppl(
 
 #[test]
 fn eval_ppl_matches_direct_computation() {
-    let Some(a) = assets() else { return };
+    let Some(a) = assets::assets("eval_ppl_matches_direct_computation") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let text = wiki_text(&a, 4000);
     let path = write_text(dir.path(), &text);
@@ -236,7 +233,9 @@ fn perturbed_copy(src: &Path, dst: &Path, amp: f32) {
 
 #[test]
 fn eval_perturbed_model_has_positive_kld() {
-    let Some(a) = assets() else { return };
+    let Some(a) = assets::assets("eval_perturbed_model_has_positive_kld") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let text = write_text(dir.path(), &wiki_text(&a, 6000));
     let base = stories(&a);
@@ -303,7 +302,9 @@ fn eval_reports_missing_inputs() {
 
 #[test]
 fn eval_rejects_too_short_text() {
-    let Some(a) = assets() else { return };
+    let Some(a) = assets::assets("eval_rejects_too_short_text") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let text = write_text(dir.path(), "Once upon a time there was a cat.");
     let m = stories(&a);

@@ -242,7 +242,9 @@ fn search_not_worse(ty: GgmlType) {
 
 #[test]
 fn reference_matches_ggml_on_stories260k() {
-    let Some(path) = stories_gguf() else { return };
+    let Some(path) = stories_gguf("reference_matches_ggml_on_stories260k") else {
+        return;
+    };
     let tensors = read_gguf_f32_tensors(&path).expect("read stories260K.gguf");
     assert!(!tensors.is_empty());
     let mut rng = Rng::new(run_seed());

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use airavata::engine::{GenerateRequest, Prompt};
@@ -9,7 +10,7 @@ use airavata::server::ServeOptions;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use common::server::{self as support, client, sse_events, start, test_model, test_options};
+use common::server::{client, sse_events, start, test_model, test_options};
 
 async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let r = c.post(url).json(&body).send().await.expect("send");
@@ -39,9 +40,15 @@ async fn greedy_generate_equals_direct_engine() {
         )
         .await;
         assert_eq!(status, 200, "{v}");
-        let direct = server
-            .engine()
-            .generate(GenerateRequest::new(Prompt::User(prompt.into()), 40))
+        let engine = server.engine();
+        let tokens = engine
+            .tokenize_prompt(&Prompt::User(prompt.into()))
+            .expect("tokens");
+        let direct = engine
+            .generate(GenerateRequest::greedy(
+                tokens,
+                NonZeroU32::new(40).expect("40"),
+            ))
             .expect("admit")
             .collect()
             .await
@@ -56,13 +63,24 @@ async fn greedy_generate_equals_direct_engine() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// What is guaranteed about batched greedy output on CPU: each slot has its
+/// own KV stream, so a sequence reads the same cells whatever else runs, but
+/// llama.cpp's CPU kernels are not fully batch-invariant (a batch of a
+/// different size may take a different matmul path and round differently),
+/// so a near-tie in the logits can rarely flip one argmax. Measured on this
+/// test's model and prompts: 1 differing answer in 25 rounds of 16 with
+/// `--no-prompt-cache`, 0 in 12 more rounds (on a loaded 2-core machine).
+/// The test therefore asserts that the requests really were batched, and that
+/// at most 1 of the 16 batched answers differs from its serial answer; a
+/// batching bug (wrong cells, mixed-up sequences, lost tokens) changes most
+/// answers and fails it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_greedy_requests_equal_serial_results() {
+async fn concurrent_greedy_requests_match_serial_results() {
     let model = test_model();
-    // Default flags: on CPU `--flash-attn auto` resolves to off, which keeps
-    // batched greedy output identical to serial output.
+    // Default flags: on CPU `--flash-attn auto` resolves to off.
     let server = start(test_options(), model).await;
     let c = client();
+    let base = server.url();
     let prompts: Vec<String> = (0..16)
         .map(|i| match i % 4 {
             0 => format!("Tell me story number {i}."),
@@ -74,29 +92,45 @@ async fn concurrent_greedy_requests_equal_serial_results() {
     let body = |p: &str, raw: bool| json!({"prompt": p, "max_new_tokens": 96, "raw": raw});
     let mut serial = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
-        let (s, v) = post(
-            &c,
-            format!("{}/generate", server.url()),
-            body(p, i % 2 == 0),
-        )
-        .await;
+        let (s, v) = post(&c, format!("{base}/generate"), body(p, i % 2 == 0)).await;
         assert_eq!(s, 200, "{v}");
         serial.push(v["generated_text"].as_str().unwrap_or_default().to_string());
     }
+    let steps_before =
+        metric(&c, &base, &steps("decode")).await + metric(&c, &base, &steps("mixed")).await;
     let futs = prompts.iter().enumerate().map(|(i, p)| {
         let c = c.clone();
-        let url = format!("{}/generate", server.url());
+        let url = format!("{base}/generate");
         let b = body(p, i % 2 == 0);
         async move { post(&c, url, b).await }
     });
     let results = futures::future::join_all(futs).await;
+    let mut generated = 0;
+    let mut differing = Vec::new();
     for (i, (s, v)) in results.into_iter().enumerate() {
         assert_eq!(s, 200, "{v}");
-        assert_eq!(
-            v["generated_text"], serial[i],
-            "request {i} differs when batched"
-        );
+        generated += v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+        if v["generated_text"] != serial[i] {
+            differing.push(format!(
+                "request {i}: batched {} vs serial {:?}",
+                v["generated_text"], serial[i]
+            ));
+        }
     }
+    // Batched: the concurrent requests took fewer engine steps than tokens.
+    let steps_after =
+        metric(&c, &base, &steps("decode")).await + metric(&c, &base, &steps("mixed")).await;
+    let batch_steps = steps_after - steps_before;
+    assert!(
+        batch_steps < generated as f64,
+        "{batch_steps} steps for {generated} tokens: the requests were not batched"
+    );
+    assert!(
+        differing.len() <= 1,
+        "{} of 16 batched answers differ from serial:\n{}",
+        differing.len(),
+        differing.join("\n")
+    );
     server.shutdown().await.expect("shutdown");
 }
 
@@ -367,11 +401,17 @@ async fn errors_use_the_envelope() {
     let msg = v["error"]["message"].as_str().unwrap_or_default();
     let prompt_tokens = server
         .engine()
-        .prompt_tokens(&Prompt::User("hello".into()))
+        .tokenize_prompt(&Prompt::User("hello".into()))
         .expect("tokens")
         .len();
-    assert!(msg.contains(&format!("{prompt_tokens} tokens")), "{msg}");
-    assert!(msg.contains(&n_ctx_slot.to_string()), "{msg}");
+    assert_eq!(
+        msg,
+        format!(
+            "the prompt has {prompt_tokens} tokens and `max_new_tokens` is {n_ctx_slot}: {} tokens exceed the per-slot context of {n_ctx_slot} tokens",
+            prompt_tokens + n_ctx_slot as usize
+        )
+    );
+    assert_eq!(v["error"]["param"], "max_new_tokens");
 
     let r = c
         .get(format!("{}/nope", server.url()))
@@ -383,6 +423,93 @@ async fn errors_use_the_envelope() {
     let r = c.get(&url).send().await.expect("send");
     assert_eq!(r.status().as_u16(), 405);
     assert_envelope(&r.json().await.expect("json"), "method_not_allowed");
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Every route names its own token-budget field, in `param` and in the
+/// message, for both a bad value (422) and a budget that does not fit (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_callers_own_fields() {
+    let server = start(test_options(), test_model()).await;
+    let c = client();
+    let base = server.url();
+    let n_ctx_slot = server.engine().info().expect("info").n_ctx_slot;
+    let chat = json!([{"role": "user", "content": "नमस्ते"}]);
+    let cases = [
+        ("/generate", json!({"prompt": "x"}), "max_new_tokens"),
+        ("/v1/completions", json!({"prompt": "x"}), "max_tokens"),
+        (
+            "/v1/chat/completions",
+            json!({"messages": chat}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": chat}),
+            "max_completion_tokens",
+        ),
+    ];
+    for (route, body, field) in cases {
+        let url = format!("{base}{route}");
+        let mut zero = body.clone();
+        zero[field] = json!(0);
+        let (s, v) = post(&c, url.clone(), zero).await;
+        assert_eq!(s, 422, "{route} {v}");
+        assert_envelope(&v, "invalid_value");
+        assert_eq!(v["error"]["param"], field, "{route}");
+        assert_eq!(
+            v["error"]["message"],
+            format!("`{field}` must be at least 1"),
+            "{route}"
+        );
+        let mut long = body;
+        long[field] = json!(n_ctx_slot);
+        let (s, v) = post(&c, url, long).await;
+        assert_eq!(s, 400, "{route} {v}");
+        assert_envelope(&v, "context_length_exceeded");
+        assert_eq!(v["error"]["param"], field, "{route}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(&format!("`{field}` is {n_ctx_slot}")), "{msg}");
+        let other = if field == "max_new_tokens" {
+            "max_tokens"
+        } else {
+            "max_new_tokens"
+        };
+        assert!(!msg.contains(other), "{route}: {msg}");
+    }
+    // OpenAI's temperature bound is 2; /generate accepts up to 100.
+    let (s, v) = post(
+        &c,
+        format!("{base}/v1/completions"),
+        json!({"prompt": "x", "temperature": 3}),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["error"]["param"]),
+        (422, &json!("temperature")),
+        "{v}"
+    );
+    let (s, v) = post(
+        &c,
+        format!("{base}/generate"),
+        json!({"prompt": "x", "temperature": 3, "max_new_tokens": 2}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = post(
+        &c,
+        format!("{base}/v1/completions"),
+        json!({"prompt": ["a", "b"]}),
+    )
+    .await;
+    assert_eq!((s, &v["error"]["param"]), (422, &json!("prompt")), "{v}");
+    let (s, v) = post(
+        &c,
+        format!("{base}/v1/chat/completions"),
+        json!({"messages": chat, "n": 2}),
+    )
+    .await;
+    assert_eq!((s, &v["error"]["param"]), (422, &json!("n")), "{v}");
     server.shutdown().await.expect("shutdown");
 }
 
@@ -709,12 +836,12 @@ async fn prompt_cache_reuses_the_longest_prefix() {
     let engine = server.engine();
     assert!(engine.info().expect("info").prompt_cache);
     let hello = engine
-        .prompt_tokens(&Prompt::User("hello there".into()))
+        .tokenize_prompt(&Prompt::User("hello there".into()))
         .expect("tokens");
     let namaste = engine
-        .prompt_tokens(&Prompt::User("नमस्ते दुनिया".into()))
+        .tokenize_prompt(&Prompt::User("नमस्ते दुनिया".into()))
         .expect("tokens");
-    let shared = common_prefix(&hello, &namaste);
+    let shared = common_prefix(hello.ids(), namaste.ids());
     assert!(shared >= 2, "chat preamble {shared}");
     let base = server.url();
     // Nothing cached yet.
@@ -766,16 +893,14 @@ async fn prompt_cache_reuses_the_longest_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stories260k_greedy_reproduces_reference() {
-    let Some(model) = support::stories260k() else {
-        eprintln!("skipped: AIRAVATA_ASSETS not set");
+    let test = "stories260k_greedy_reproduces_reference";
+    let Some(model) = common::asset(test, "stories260k-gguf/stories260K.gguf") else {
         return;
     };
-    let Some(assets) = support::assets_dir() else {
+    let Some(expected) = common::asset(test, "stories260k-llama2c/expected_greedy_200.txt") else {
         return;
     };
-    let expected =
-        std::fs::read_to_string(assets.join("stories260k-llama2c/expected_greedy_200.txt"))
-            .expect("expected_greedy_200.txt");
+    let expected = std::fs::read_to_string(expected).expect("expected_greedy_200.txt");
     let server = start(test_options(), model).await;
     let (s, v) = post(
         &client(),

@@ -2,13 +2,16 @@
 //! and runs continuous batching over a fixed number of slots.
 //!
 //! Callers (the HTTP layer, tests, benchmarks) talk to it through [`Engine`]:
-//! [`Engine::generate`] validates and admits a request and returns a
+//! [`Engine::admit`] takes a place in the bounded queue,
+//! [`Engine::tokenize_prompt`] tokenizes, and [`Engine::submit`] queues an
+//! already validated [`GenerateRequest`] and returns a
 //! [`GenerationStream`] of [`Event`]s. Dropping the stream cancels the request
 //! at the engine's next step and frees its KV cells.
 //!
 //! Design (after text-generation-inference's router and llama.cpp's server):
-//! * validation (tokenization, context budget) happens on the caller's thread,
-//!   using the shared, immutable [`LlamaModel`];
+//! * validation (tokenization, context budget) happens before submission, on
+//!   the caller's (blocking) thread, using the shared, immutable
+//!   [`LlamaModel`]; the engine does not check again;
 //! * admission is bounded ([`admission`]): at most `parallel + max_queue`
 //!   requests exist at a time, so memory does not grow with offered load;
 //! * the engine thread ([`worker`]) first loads the model and context
@@ -64,12 +67,12 @@ use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use admission::Admission;
 pub use config::{defaults, EngineConfig, FlashAttn};
 pub use load::llama_backend;
 pub use prompt::{ChatMessage, Role};
 pub use request::{
-    Completion, Event, FinishReason, GenerateRequest, Prompt, SamplingParams, Timings, Usage,
+    Completion, Event, FinishReason, GenerateRequest, Prompt, PromptTokens, SamplingParams,
+    Timings, Usage,
 };
 pub use stats::EngineStats;
 
@@ -96,16 +99,6 @@ pub enum EngineError {
     QueueFull {
         /// The configured queue bound.
         max_queue: usize,
-    },
-    /// The prompt plus the requested tokens do not fit a slot.
-    #[error("the prompt has {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}: {} tokens exceed the per-slot context of {n_ctx_slot} tokens", prompt_tokens + *max_new_tokens as usize)]
-    ContextExceeded {
-        /// Tokens in the prompt.
-        prompt_tokens: usize,
-        /// Requested new tokens.
-        max_new_tokens: u32,
-        /// Tokens one slot can hold.
-        n_ctx_slot: usize,
     },
     /// A request field has an unusable value.
     #[error("{message}")]
@@ -183,7 +176,7 @@ pub enum LoadState {
 
 struct Shared {
     stats: EngineStats,
-    admission: Arc<Admission>,
+    admission: Arc<admission::Admission>,
     model: OnceLock<Arc<LlamaModel>>,
     info: OnceLock<ModelInfo>,
     state: watch::Sender<LoadState>,
@@ -219,7 +212,7 @@ impl Engine {
         let (state, _) = watch::channel(LoadState::Loading);
         let shared = Arc::new(Shared {
             stats: EngineStats::default(),
-            admission: Arc::new(Admission::new(config.max_queue)),
+            admission: Arc::new(admission::Admission::new(config.max_queue)),
             model: OnceLock::new(),
             info: OnceLock::new(),
             state,
@@ -350,14 +343,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Tokenizes a prompt the way [`Engine::generate`] will.
-    pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<i32>, EngineError> {
+    /// Tokenizes a prompt the way the engine runs it. This is CPU work that
+    /// grows with the prompt: async callers should run it on a blocking
+    /// thread (`tokio::task::spawn_blocking`), as the server does.
+    pub fn tokenize_prompt(&self, prompt: &Prompt) -> Result<PromptTokens, EngineError> {
         let model = self.model()?;
         let vocab = model.vocab();
         let segments = match prompt {
             Prompt::Tokens(t) => {
                 self.check_tokens(t)?;
-                return Ok(t.clone());
+                return Ok(PromptTokens::new(prompt, t.clone()));
             }
             Prompt::User(text) => prompt::user_turn(text),
             Prompt::Raw(text) => vec![prompt::Segment::Bos, prompt::Segment::Text(text.clone())],
@@ -383,25 +378,24 @@ impl Engine {
         if want_bos {
             out.extend(vocab.tokenize(b"", true, false).into_iter().map(|t| t.0));
         }
-        Ok(out)
+        Ok(PromptTokens::new(prompt, out))
     }
 
-    /// Validates and admits a request. Events arrive on the returned stream;
-    /// dropping it cancels the request.
+    /// Admits and submits a validated request ([`Engine::admit`] then
+    /// [`Engine::submit`]).
     pub fn generate(&self, req: GenerateRequest) -> Result<GenerationStream, EngineError> {
-        let submitted = Instant::now();
+        let admission = self.admit()?;
+        Ok(self.submit(admission, req))
+    }
+
+    /// Takes a place among the `parallel + max_queue` requests the engine
+    /// holds at a time, before any per-request work (tokenization), so a
+    /// flood is refused cheaply. Dropping the [`Admission`] gives it back.
+    pub fn admit(&self) -> Result<Admission, EngineError> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
         let info = self.info().ok_or(EngineError::NotReady)?;
-        if req.max_new_tokens == 0 {
-            return Err(EngineError::InvalidRequest {
-                param: "max_new_tokens".into(),
-                message: "max_new_tokens must be at least 1".into(),
-            });
-        }
-        // Admission first, so a flood is refused before any tokenization work;
-        // the ticket is released if validation fails below.
         let ticket = self
             .shared
             .admission
@@ -409,32 +403,28 @@ impl Engine {
             .inspect_err(|_| {
                 self.shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
             })?;
-        let tokens = self.prompt_tokens(&req.prompt)?;
-        if tokens.is_empty() {
-            return Err(EngineError::InvalidRequest {
-                param: "prompt".into(),
-                message: "the prompt is empty and the model adds no BOS token".into(),
-            });
-        }
-        let n_ctx_slot = info.n_ctx_slot as usize;
-        if tokens.len() + req.max_new_tokens as usize > n_ctx_slot {
-            return Err(EngineError::ContextExceeded {
-                prompt_tokens: tokens.len(),
-                max_new_tokens: req.max_new_tokens,
-                n_ctx_slot,
-            });
-        }
-        let strip_leading_space = match &req.prompt {
-            Prompt::User(_) | Prompt::Chat(_) => true,
-            Prompt::Raw(t) => t.is_empty() || t.ends_with(char::is_whitespace),
-            Prompt::Tokens(_) => false,
-        };
+        Ok(Admission(ticket, Instant::now()))
+    }
+
+    /// Queues an admitted, validated request. Events arrive on the returned
+    /// stream; dropping it cancels the request. If the engine thread has
+    /// exited, the stream's only event is [`EngineError::Stopped`].
+    pub fn submit(&self, admission: Admission, req: GenerateRequest) -> GenerationStream {
+        let Admission(ticket, submitted) = admission;
+        let prompt_tokens = req.prompt.len();
+        debug_assert!(prompt_tokens > 0, "validated prompts are not empty");
+        debug_assert!(
+            self.info().is_none_or(|i| {
+                prompt_tokens + req.max_new_tokens.get() as usize <= i.n_ctx_slot as usize
+            }),
+            "validated requests fit a slot"
+        );
         let (tx, rx) = mpsc::unbounded_channel();
-        let prompt_tokens = tokens.len();
+        let strip_leading_space = req.prompt.strip_leading_space();
         let job = slot::Job {
             id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
-            tokens: tokens.into_iter().map(LlamaToken).collect(),
-            max_new_tokens: req.max_new_tokens,
+            tokens: req.prompt.into_ids().into_iter().map(LlamaToken).collect(),
+            max_new_tokens: req.max_new_tokens.get(),
             sampling: req.sampling,
             stop: req.stop,
             deadline: req.timeout.map(|t| (submitted + t, t)),
@@ -443,10 +433,12 @@ impl Engine {
             tx,
             _ticket: ticket,
         };
-        self.tx
-            .send(worker::Command::Generate(Box::new(job)))
-            .map_err(|_| EngineError::Stopped)?;
-        Ok(GenerationStream { rx, prompt_tokens })
+        if let Err(mpsc::error::SendError(worker::Command::Generate(job))) =
+            self.tx.send(worker::Command::Generate(Box::new(job)))
+        {
+            let _ = job.tx.send(Event::Error(EngineError::Stopped));
+        }
+        GenerationStream { rx, prompt_tokens }
     }
 
     /// Stops admitting, lets admitted requests finish, then ends the thread.
@@ -458,6 +450,18 @@ impl Engine {
         let _ = rx
             .wait_for(|s| matches!(s, LoadState::Stopped | LoadState::Failed(_)))
             .await;
+    }
+}
+
+/// A place among the requests the engine holds, from [`Engine::admit`];
+/// counts against the admission bound until dropped (it travels with the
+/// request to the engine thread). Its time is the request's submission time:
+/// queue time, TTFT and the deadline include validation.
+pub struct Admission(admission::Ticket, Instant);
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admission")
     }
 }
 

@@ -1,5 +1,6 @@
 //! What a caller asks the engine for, and what it gets back.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -71,13 +72,69 @@ pub enum Prompt {
     Tokens(Vec<i32>),
 }
 
-/// One generation job.
+impl Prompt {
+    /// Whether the first generated token's leading space is stripped (as
+    /// Hugging Face's `decode` does): when the prompt text ends in whitespace
+    /// (the chat format ends in `\n`) or is empty.
+    fn strips_leading_space(&self) -> bool {
+        match self {
+            Prompt::User(_) | Prompt::Chat(_) => true,
+            Prompt::Raw(t) => t.is_empty() || t.ends_with(char::is_whitespace),
+            Prompt::Tokens(_) => false,
+        }
+    }
+}
+
+/// A tokenized prompt, made by [`super::Engine::tokenize_prompt`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptTokens {
+    ids: Vec<i32>,
+    strip_leading_space: bool,
+}
+
+impl PromptTokens {
+    /// The tokens of `prompt`.
+    pub(super) fn new(prompt: &Prompt, ids: Vec<i32>) -> Self {
+        Self {
+            ids,
+            strip_leading_space: prompt.strips_leading_space(),
+        }
+    }
+
+    /// Token ids (BOS included when the model adds one).
+    pub fn ids(&self) -> &[i32] {
+        &self.ids
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// No tokens at all (an empty prompt for a model without BOS).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Whether the first generated token's leading space is stripped.
+    pub fn strip_leading_space(&self) -> bool {
+        self.strip_leading_space
+    }
+
+    pub(super) fn into_ids(self) -> Vec<i32> {
+        self.ids
+    }
+}
+
+/// One generation job, already validated: the prompt is not empty and
+/// `prompt.len() + max_new_tokens` fits a slot's context (the server's
+/// validation guarantees both; the engine only asserts them in debug builds).
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
     /// What to continue.
-    pub prompt: Prompt,
+    pub prompt: PromptTokens,
     /// Upper bound on sampled tokens (the EOS token counts).
-    pub max_new_tokens: u32,
+    pub max_new_tokens: NonZeroU32,
     /// Sampling settings.
     pub sampling: SamplingParams,
     /// Generation ends before the first occurrence of any of these.
@@ -88,7 +145,7 @@ pub struct GenerateRequest {
 
 impl GenerateRequest {
     /// A greedy request for `prompt`.
-    pub fn new(prompt: Prompt, max_new_tokens: u32) -> Self {
+    pub fn greedy(prompt: PromptTokens, max_new_tokens: NonZeroU32) -> Self {
         Self {
             prompt,
             max_new_tokens,

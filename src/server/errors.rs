@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use crate::engine::EngineError;
 
+use super::validate::ValidationError;
+
 /// An HTTP error with its envelope.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -109,9 +111,11 @@ impl ApiError {
         })
         .unwrap_or(serde_json::Value::Null)
     }
+}
 
-    /// Maps an engine error; `max_tokens_field` names the request's token-budget field.
-    pub fn from_engine(e: EngineError, max_tokens_field: &str) -> Self {
+/// The one map from engine failures to statuses.
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
         use StatusCode as S;
         let msg = e.to_string();
         match e {
@@ -143,21 +147,7 @@ impl ApiError {
                 err.retry_after = Some(1);
                 err
             }
-            EngineError::ContextExceeded { .. } => Self::new(
-                S::BAD_REQUEST,
-                "invalid_request_error",
-                "context_length_exceeded",
-                msg.replace("max_new_tokens", max_tokens_field),
-            )
-            .with_param(max_tokens_field),
-            EngineError::InvalidRequest { param, .. } => {
-                let param = if param == "max_new_tokens" {
-                    max_tokens_field.to_string()
-                } else {
-                    param
-                };
-                Self::invalid_field(&param, msg.replace("max_new_tokens", max_tokens_field))
-            }
+            EngineError::InvalidRequest { param, message } => Self::invalid_field(&param, message),
             EngineError::Timeout(_) => {
                 Self::new(S::GATEWAY_TIMEOUT, "timeout_error", "request_timeout", msg)
             }
@@ -167,6 +157,25 @@ impl ApiError {
                 "decode_failed",
                 msg,
             ),
+        }
+    }
+}
+
+/// The one map from validation failures to statuses: 400
+/// `context_length_exceeded` when the prompt and budget do not fit a slot,
+/// else 422 `invalid_value`; both name the caller's field.
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        let field = e.field();
+        match e {
+            ValidationError::ContextExceeded { .. } => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "context_length_exceeded",
+                e.to_string(),
+            )
+            .with_param(field),
+            _ => Self::invalid_field(field, e.to_string()),
         }
     }
 }

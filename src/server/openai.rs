@@ -13,13 +13,11 @@ use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::{
-    ChatMessage, Event, GenerateRequest, GenerationStream, Prompt, SamplingParams,
-};
+use crate::engine::{ChatMessage, Event, GenerationStream, Prompt};
 
 use super::errors::{ApiError, ApiJson};
 use super::routes::usage_json;
-use super::validate::{self, StopField};
+use super::validate::{self, validate, GenerationInput, RouteSpec, StopField, ValidationError};
 use super::AppState;
 
 /// `prompt` may be a string or a one-element list.
@@ -46,8 +44,9 @@ pub struct CommonFields {
     /// Echoed back; the server serves one model.
     pub model: Option<String>,
     /// Most tokens to generate (default 16 for completions, the slot's room for chat).
-    #[serde(alias = "max_completion_tokens")]
     pub max_tokens: Option<u32>,
+    /// OpenAI's newer name for `max_tokens`; wins when both are sent.
+    pub max_completion_tokens: Option<u32>,
     /// Default 1.0.
     pub temperature: Option<f32>,
     /// Default 1.0.
@@ -123,74 +122,59 @@ fn new_id(prefix: &str) -> String {
     )
 }
 
-fn build(
-    state: &AppState,
-    prompt: Prompt,
-    c: CommonFields,
-    default_max: Option<u32>,
-) -> Result<(GenerateRequest, bool, bool, String), ApiError> {
-    if let Some(n) = c.n {
-        if n != 1 {
-            return Err(ApiError::invalid_field("n", "only `n: 1` is supported"));
+/// What the OpenAI routes keep besides the validated request.
+struct Reply {
+    kind: Kind,
+    model: String,
+    include_usage: bool,
+}
+
+impl CommonFields {
+    /// The route-independent input, the route's field names (the budget
+    /// field is the one the caller used) and what the reply needs.
+    fn split(
+        self,
+        prompt: Prompt,
+        default_max: Option<u32>,
+        spec: RouteSpec,
+        kind: Kind,
+        state: &AppState,
+    ) -> Result<(GenerationInput, RouteSpec, Reply), ValidationError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ValidationError::OnlyOneChoice { field: "n" });
         }
-    }
-    validate::range_f32("temperature", c.temperature, 0.0, 2.0)?;
-    validate::range_f32_open_low("top_p", c.top_p, 0.0, 1.0)?;
-    validate::top_k("top_k", c.top_k)?;
-    validate::range_f32("min_p", c.min_p, 0.0, 1.0)?;
-    validate::range_f32_open_low("repetition_penalty", c.repetition_penalty, 0.0, 10.0)?;
-    validate::range_f32("frequency_penalty", c.frequency_penalty, -2.0, 2.0)?;
-    validate::range_f32("presence_penalty", c.presence_penalty, -2.0, 2.0)?;
-    let stop = match c.stop {
-        Some(s) => s.into_vec("stop")?,
-        None => Vec::new(),
-    };
-    let max_tokens = match c.max_tokens.or(default_max) {
-        Some(m) => {
-            validate::positive("max_tokens", m)?;
-            m
-        }
-        None => {
-            // Chat without max_tokens: whatever room the slot has left.
-            let room = state
-                .engine
-                .info()
-                .map(|i| i.n_ctx_slot as usize)
-                .unwrap_or(0);
-            let used = state
-                .engine
-                .prompt_tokens(&prompt)
-                .map_err(|e| ApiError::from_engine(e, "max_tokens"))?
-                .len();
-            u32::try_from(room.saturating_sub(used).max(1)).unwrap_or(u32::MAX)
-        }
-    };
-    let sampling = SamplingParams {
-        temperature: c.temperature.unwrap_or(1.0),
-        top_k: c.top_k.unwrap_or(0),
-        top_p: c.top_p.unwrap_or(1.0),
-        min_p: c.min_p.unwrap_or(0.0),
-        repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
-        frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
-        presence_penalty: c.presence_penalty.unwrap_or(0.0),
-        seed: c.seed,
-        ignore_eos: c.ignore_eos,
-        ..SamplingParams::default()
-    };
-    let include_usage = c.stream_options.map(|o| o.include_usage).unwrap_or(false);
-    let model = c.model.unwrap_or_else(|| state.model_name.to_string());
-    Ok((
-        GenerateRequest {
+        let (max_tokens, spec) = match self.max_completion_tokens {
+            Some(m) => (
+                Some(m),
+                RouteSpec {
+                    max_tokens: "max_completion_tokens",
+                    ..spec
+                },
+            ),
+            None => (self.max_tokens.or(default_max), spec),
+        };
+        let input = GenerationInput {
             prompt,
-            max_new_tokens: max_tokens,
-            sampling,
-            stop,
-            timeout: state.request_timeout,
-        },
-        c.stream,
-        include_usage,
-        model,
-    ))
+            max_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            seed: self.seed,
+            ignore_eos: self.ignore_eos,
+            stop: self.stop,
+            stream: self.stream,
+        };
+        let reply = Reply {
+            kind,
+            model: self.model.unwrap_or_else(|| state.model_name.to_string()),
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+        };
+        Ok((input, spec, reply))
+    }
 }
 
 /// `POST /v1/completions`.
@@ -198,19 +182,22 @@ pub async fn completions(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CompletionBody>,
 ) -> Result<Response, ApiError> {
+    let spec = validate::COMPLETIONS;
     let prompt = match body.prompt {
         PromptField::One(p) => p,
         PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
         PromptField::Many(_) => {
-            return Err(ApiError::invalid_field(
-                "prompt",
-                "only a single prompt per request is supported",
-            ))
+            return Err(ValidationError::OnePrompt { field: spec.prompt }.into())
         }
     };
-    let (req, stream, include_usage, model) =
-        build(&state, Prompt::Raw(prompt), body.common, Some(16))?;
-    run(state, req, stream, include_usage, model, Kind::Completion).await
+    let (input, spec, reply) = body.common.split(
+        Prompt::Raw(prompt),
+        Some(16),
+        spec,
+        Kind::Completion,
+        &state,
+    )?;
+    run(state, input, spec, reply).await
 }
 
 /// `POST /v1/chat/completions`.
@@ -218,40 +205,37 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Response, ApiError> {
+    let spec = validate::CHAT;
     if body.messages.is_empty() {
-        return Err(ApiError::invalid_field(
-            "messages",
-            "`messages` must contain at least one message",
-        ));
+        return Err(ValidationError::NoMessages { field: spec.prompt }.into());
     }
-    let (req, stream, include_usage, model) =
-        build(&state, Prompt::Chat(body.messages), body.common, None)?;
-    run(state, req, stream, include_usage, model, Kind::Chat).await
+    let (input, spec, reply) =
+        body.common
+            .split(Prompt::Chat(body.messages), None, spec, Kind::Chat, &state)?;
+    run(state, input, spec, reply).await
 }
 
 async fn run(
     state: AppState,
-    req: GenerateRequest,
-    stream: bool,
-    include_usage: bool,
-    model: String,
-    kind: Kind,
+    input: GenerationInput,
+    spec: RouteSpec,
+    reply: Reply,
 ) -> Result<Response, ApiError> {
-    let gen = state
-        .engine
-        .generate(req)
-        .map_err(|e| ApiError::from_engine(e, "max_tokens"))?;
+    let v = validate(&state.engine, input, spec, state.request_timeout).await?;
+    let gen = state.engine.submit(v.admission, v.request);
     let created = now_secs();
-    if stream {
+    let Reply {
+        kind,
+        model,
+        include_usage,
+    } = reply;
+    if v.stream {
         let events = chunks(gen, kind, model, created, include_usage);
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response());
     }
-    let (text, c) = gen
-        .collect()
-        .await
-        .map_err(|e| ApiError::from_engine(e, "max_tokens"))?;
+    let (text, c) = gen.collect().await?;
     let finish = c.finish_reason.openai();
     let body = match kind {
         Kind::Completion => json!({
@@ -338,7 +322,7 @@ fn chunks(
                     return;
                 }
                 Event::Error(e) => {
-                    let err = ApiError::from_engine(e, "max_tokens");
+                    let err = ApiError::from(e);
                     yield Ok(SseEvent::default().data(err.to_json().to_string()));
                     return;
                 }

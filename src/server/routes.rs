@@ -12,13 +12,10 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::engine::{
-    Completion, EngineError, Event, GenerateRequest, GenerationStream, LoadState, Prompt,
-    SamplingParams, Usage,
-};
+use crate::engine::{Completion, EngineError, Event, GenerationStream, LoadState, Prompt, Usage};
 
 use super::errors::{ApiError, ApiJson};
-use super::validate::{self, StopField};
+use super::validate::{self, validate, GenerationInput, StopField};
 use super::{metrics, AppState};
 
 /// Default `max_new_tokens` for `/generate` (the FastAPI app's value).
@@ -61,43 +58,27 @@ pub struct GenerateBody {
     pub stop: Option<StopField>,
 }
 
-impl GenerateBody {
-    fn into_request(self, state: &AppState) -> Result<(GenerateRequest, bool), ApiError> {
-        validate::positive("max_new_tokens", self.max_new_tokens)?;
-        validate::range_f32("temperature", self.temperature, 0.0, 100.0)?;
-        validate::top_k("top_k", self.top_k)?;
-        validate::range_f32_open_low("top_p", self.top_p, 0.0, 1.0)?;
-        validate::range_f32("min_p", self.min_p, 0.0, 1.0)?;
-        validate::range_f32_open_low("repetition_penalty", self.repetition_penalty, 0.0, 10.0)?;
-        let stop = match self.stop {
-            Some(s) => s.into_vec("stop")?,
-            None => Vec::new(),
-        };
-        let sampling = SamplingParams {
-            temperature: self.temperature.unwrap_or(0.0),
-            top_k: self.top_k.unwrap_or(0),
-            top_p: self.top_p.unwrap_or(0.9),
-            min_p: self.min_p.unwrap_or(0.0),
-            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
-            seed: self.seed,
-            ignore_eos: self.ignore_eos,
-            ..SamplingParams::default()
-        };
-        let prompt = if self.raw {
-            Prompt::Raw(self.prompt)
-        } else {
-            Prompt::User(self.prompt)
-        };
-        Ok((
-            GenerateRequest {
-                prompt,
-                max_new_tokens: self.max_new_tokens,
-                sampling,
-                stop,
-                timeout: state.request_timeout,
+impl From<GenerateBody> for GenerationInput {
+    fn from(b: GenerateBody) -> Self {
+        GenerationInput {
+            prompt: if b.raw {
+                Prompt::Raw(b.prompt)
+            } else {
+                Prompt::User(b.prompt)
             },
-            self.stream,
-        ))
+            max_tokens: Some(b.max_new_tokens),
+            temperature: b.temperature,
+            top_k: b.top_k,
+            top_p: b.top_p,
+            min_p: b.min_p,
+            repetition_penalty: b.repetition_penalty,
+            frequency_penalty: None,
+            presence_penalty: None,
+            seed: b.seed,
+            ignore_eos: b.ignore_eos,
+            stop: b.stop,
+            stream: b.stream,
+        }
     }
 }
 
@@ -136,20 +117,20 @@ pub async fn generate(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let (req, stream) = body.into_request(&state)?;
-    let gen = state
-        .engine
-        .generate(req)
-        .map_err(|e| ApiError::from_engine(e, "max_new_tokens"))?;
-    if stream {
+    let v = validate(
+        &state.engine,
+        body.into(),
+        validate::GENERATE,
+        state.request_timeout,
+    )
+    .await?;
+    let gen = state.engine.submit(v.admission, v.request);
+    if v.stream {
         return Ok(Sse::new(generate_events(gen))
             .keep_alive(KeepAlive::default())
             .into_response());
     }
-    let (text, c) = gen
-        .collect()
-        .await
-        .map_err(|e| ApiError::from_engine(e, "max_new_tokens"))?;
+    let (text, c) = gen.collect().await?;
     Ok(Json(GenerateResponse {
         generated_text: text,
         finish_reason: finish_name(&c),
@@ -184,7 +165,7 @@ fn generate_events(mut gen: GenerationStream) -> impl Stream<Item = Result<SseEv
                     return;
                 }
                 Event::Error(e) => {
-                    let err = ApiError::from_engine(e, "max_new_tokens");
+                    let err = ApiError::from(e);
                     yield Ok(SseEvent::default().event("error").data(err.to_json().to_string()));
                     return;
                 }
@@ -219,21 +200,28 @@ pub async fn tokenize(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<TokenizeBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let e = |e| ApiError::from_engine(e, "max_new_tokens");
-    let tokens = if body.chat {
-        state
-            .engine
-            .prompt_tokens(&Prompt::User(body.content))
-            .map_err(e)?
-    } else {
-        state
-            .engine
-            .tokenize(&body.content, body.add_special)
-            .map_err(e)?
-    };
+    let TokenizeBody {
+        content,
+        add_special,
+        chat,
+        with_pieces,
+    } = body;
+    let (tokens, pieces) = super::blocking(&state.engine, move |e| {
+        let tokens = if chat {
+            e.tokenize_prompt(&Prompt::User(content))?.ids().to_vec()
+        } else {
+            e.tokenize(&content, add_special)?
+        };
+        let pieces = if with_pieces {
+            Some(e.token_pieces(&tokens)?)
+        } else {
+            None
+        };
+        Ok((tokens, pieces))
+    })
+    .await?;
     let count = tokens.len();
-    if body.with_pieces {
-        let pieces = state.engine.token_pieces(&tokens).map_err(e)?;
+    if let Some(pieces) = pieces {
         let items: Vec<_> = tokens
             .iter()
             .zip(pieces)
@@ -256,10 +244,7 @@ pub async fn detokenize(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<DetokenizeBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let content = state
-        .engine
-        .detokenize(&body.tokens)
-        .map_err(|e| ApiError::from_engine(e, "max_new_tokens"))?;
+    let content = super::blocking(&state.engine, move |e| e.detokenize(&body.tokens)).await?;
     Ok(Json(json!({ "content": content })))
 }
 
@@ -273,7 +258,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         LoadState::Stopped => EngineError::ShuttingDown,
         LoadState::Loading | LoadState::Ready => EngineError::NotReady,
     };
-    ApiError::from_engine(err, "max_new_tokens").into_response()
+    ApiError::from(err).into_response()
 }
 
 /// `GET /info`.

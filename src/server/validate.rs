@@ -1,8 +1,185 @@
-//! Range checks for request fields (422 naming the field).
+//! The one validation stage: every generation route parses its body into its
+//! own serde struct, turns it into a [`GenerationInput`], and [`validate`]
+//! makes the single [`ValidatedRequest`] the engine runs (after TGI's router:
+//! one validated type, one error type, one error→status map in
+//! [`super::errors`]).
+//!
+//! Errors name the caller's own fields: each route passes a [`RouteSpec`]
+//! saying what it calls the token budget and the prompt (`max_new_tokens` on
+//! `/generate`, `max_tokens` or `max_completion_tokens` on the OpenAI
+//! routes), so no message is ever rewritten afterwards.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::engine::{Admission, Engine, GenerateRequest, Prompt, SamplingParams};
+
 use super::errors::ApiError;
+
+/// Most stop strings per request.
+pub const MAX_STOPS: usize = 16;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+
+/// A request field with an unusable value; each variant names the field as
+/// the caller spelled it. Mapped to a status in [`super::errors`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    /// A number outside `[min, max]` (or not finite).
+    #[error("`{field}` must be between {min} and {max}, got {got}")]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// Smallest allowed value.
+        min: f32,
+        /// Largest allowed value.
+        max: f32,
+        /// What the caller sent.
+        got: f32,
+    },
+    /// A number outside `(min, max]` (or not finite).
+    #[error("`{field}` must be greater than {min} and at most {max}, got {got}")]
+    OutOfRangeOpenLow {
+        /// The field.
+        field: &'static str,
+        /// Exclusive lower bound.
+        min: f32,
+        /// Largest allowed value.
+        max: f32,
+        /// What the caller sent.
+        got: f32,
+    },
+    /// A token budget of 0.
+    #[error("`{field}` must be at least 1")]
+    ZeroTokens {
+        /// The field.
+        field: &'static str,
+    },
+    /// A negative `top_k`.
+    #[error("`{field}` must be 0 (off) or positive, got {got}")]
+    NegativeTopK {
+        /// The field.
+        field: &'static str,
+        /// What the caller sent.
+        got: i32,
+    },
+    /// More than [`MAX_STOPS`] stop strings.
+    #[error("`{field}` has {count} entries; at most {MAX_STOPS} are allowed")]
+    TooManyStops {
+        /// The field.
+        field: &'static str,
+        /// How many the caller sent.
+        count: usize,
+    },
+    /// A stop string longer than [`MAX_STOP_BYTES`].
+    #[error("`{field}` entries must be at most {MAX_STOP_BYTES} bytes")]
+    StopTooLong {
+        /// The field.
+        field: &'static str,
+    },
+    /// More than one choice asked for.
+    #[error("only `{field}: 1` is supported")]
+    OnlyOneChoice {
+        /// The field.
+        field: &'static str,
+    },
+    /// A batch of prompts.
+    #[error("only a single `{field}` per request is supported")]
+    OnePrompt {
+        /// The field.
+        field: &'static str,
+    },
+    /// An empty conversation.
+    #[error("`{field}` must contain at least one message")]
+    NoMessages {
+        /// The field.
+        field: &'static str,
+    },
+    /// The prompt has no tokens (empty text and a model without BOS).
+    #[error("`{field}` is empty and the model adds no BOS token")]
+    EmptyPrompt {
+        /// The field.
+        field: &'static str,
+    },
+    /// The prompt plus the token budget do not fit a slot.
+    #[error(
+        "the prompt has {prompt_tokens} tokens and `{field}` is {max_tokens}: {} tokens exceed the per-slot context of {n_ctx_slot} tokens",
+        *prompt_tokens + *max_tokens as usize
+    )]
+    ContextExceeded {
+        /// The token-budget field.
+        field: &'static str,
+        /// Tokens in the prompt.
+        prompt_tokens: usize,
+        /// The requested budget.
+        max_tokens: u32,
+        /// Tokens one slot holds.
+        n_ctx_slot: usize,
+    },
+}
+
+impl ValidationError {
+    /// The field at fault, as the caller named it.
+    pub fn field(&self) -> &'static str {
+        use ValidationError as V;
+        match self {
+            V::OutOfRange { field, .. }
+            | V::OutOfRangeOpenLow { field, .. }
+            | V::ZeroTokens { field }
+            | V::NegativeTopK { field, .. }
+            | V::TooManyStops { field, .. }
+            | V::StopTooLong { field }
+            | V::OnlyOneChoice { field }
+            | V::OnePrompt { field }
+            | V::NoMessages { field }
+            | V::EmptyPrompt { field }
+            | V::ContextExceeded { field, .. } => field,
+        }
+    }
+}
+
+/// What a route calls its fields, and its bounds and defaults where the
+/// routes differ.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteSpec {
+    /// The token-budget field.
+    pub max_tokens: &'static str,
+    /// The prompt field.
+    pub prompt: &'static str,
+    /// Largest accepted `temperature`.
+    pub max_temperature: f32,
+    /// `temperature` when absent.
+    pub default_temperature: f32,
+    /// `top_p` when absent.
+    pub default_top_p: f32,
+}
+
+/// `POST /generate`: the FastAPI app's names; greedy by default, top-p 0.9
+/// (Airavata's generation_config).
+pub const GENERATE: RouteSpec = RouteSpec {
+    max_tokens: "max_new_tokens",
+    prompt: "prompt",
+    max_temperature: 100.0,
+    default_temperature: 0.0,
+    default_top_p: 0.9,
+};
+
+/// `POST /v1/completions`: OpenAI's names and bounds.
+pub const COMPLETIONS: RouteSpec = RouteSpec {
+    max_tokens: "max_tokens",
+    prompt: "prompt",
+    max_temperature: 2.0,
+    default_temperature: 1.0,
+    default_top_p: 1.0,
+};
+
+/// `POST /v1/chat/completions`: as [`COMPLETIONS`], the prompt is `messages`.
+pub const CHAT: RouteSpec = RouteSpec {
+    prompt: "messages",
+    ..COMPLETIONS
+};
 
 /// `stop` may be one string or a list.
 #[derive(Debug, Clone, Deserialize)]
@@ -14,80 +191,364 @@ pub enum StopField {
     Many(Vec<String>),
 }
 
-/// Most stop strings per request.
-pub const MAX_STOPS: usize = 16;
-
-impl StopField {
-    /// Validated list.
-    pub fn into_vec(self, param: &str) -> Result<Vec<String>, ApiError> {
-        let v = match self {
-            StopField::One(s) => vec![s],
-            StopField::Many(v) => v,
-        };
-        if v.len() > MAX_STOPS {
-            return Err(ApiError::invalid_field(
-                param,
-                format!(
-                    "`{param}` has {} entries; at most {MAX_STOPS} are allowed",
-                    v.len()
-                ),
-            ));
-        }
-        if v.iter().any(|s| s.len() > 256) {
-            return Err(ApiError::invalid_field(
-                param,
-                format!("`{param}` entries must be at most 256 bytes"),
-            ));
-        }
-        Ok(v.into_iter().filter(|s| !s.is_empty()).collect())
-    }
+/// The generation fields of any route, before validation.
+#[derive(Debug, Clone)]
+pub struct GenerationInput {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// Token budget; `None` = whatever room the slot has after the prompt.
+    pub max_tokens: Option<u32>,
+    /// Softmax temperature (0 = greedy).
+    pub temperature: Option<f32>,
+    /// Top-k (0 = off).
+    pub top_k: Option<i32>,
+    /// Nucleus mass.
+    pub top_p: Option<f32>,
+    /// Min-p (0 = off).
+    pub min_p: Option<f32>,
+    /// Repetition penalty (1 = off).
+    pub repetition_penalty: Option<f32>,
+    /// OpenAI frequency penalty (0 = off).
+    pub frequency_penalty: Option<f32>,
+    /// OpenAI presence penalty (0 = off).
+    pub presence_penalty: Option<f32>,
+    /// RNG seed.
+    pub seed: Option<u32>,
+    /// Generate past end-of-generation tokens.
+    pub ignore_eos: bool,
+    /// Stop strings.
+    pub stop: Option<StopField>,
+    /// Answer with server-sent events.
+    pub stream: bool,
 }
 
-/// `value` must be finite and within `[lo, hi]`.
-pub fn range_f32(param: &str, value: Option<f32>, lo: f32, hi: f32) -> Result<(), ApiError> {
-    match value {
-        Some(v) if !v.is_finite() || v < lo || v > hi => Err(ApiError::invalid_field(
-            param,
-            format!("`{param}` must be between {lo} and {hi}, got {v}"),
-        )),
-        _ => Ok(()),
-    }
+/// A request that passed validation and holds a place in the engine's
+/// queue: submit it with [`Engine::submit`].
+#[derive(Debug)]
+pub struct ValidatedRequest {
+    /// The place in the queue.
+    pub admission: Admission,
+    /// What the engine runs (tokenized once, here).
+    pub request: GenerateRequest,
+    /// Answer with server-sent events.
+    pub stream: bool,
 }
 
-/// `value` must be finite and within `(lo, hi]`.
-pub fn range_f32_open_low(
-    param: &str,
+/// Everything that can be checked without the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedInput {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// The budget, when the caller gave one.
+    pub max_tokens: Option<NonZeroU32>,
+    /// Sampling settings with the route's defaults filled in.
+    pub sampling: SamplingParams,
+    /// Non-empty stop strings.
+    pub stop: Vec<String>,
+    /// Answer with server-sent events.
+    pub stream: bool,
+}
+
+/// The validation stage: field checks, then (holding a queue place, so a
+/// flood is refused before any tokenization) the prompt is tokenized once on
+/// a blocking thread and the budget is checked against a slot's context.
+pub async fn validate(
+    engine: &Engine,
+    input: GenerationInput,
+    spec: RouteSpec,
+    timeout: Option<Duration>,
+) -> Result<ValidatedRequest, ApiError> {
+    let checked = check(input, spec)?;
+    let admission = engine.admit()?;
+    let tokens = super::blocking(engine, {
+        let prompt = checked.prompt.clone();
+        move |e| e.tokenize_prompt(&prompt)
+    })
+    .await?;
+    let n_ctx_slot = engine.info().map_or(0, |i| i.n_ctx_slot as usize);
+    let max_new_tokens = fit(tokens.len(), checked.max_tokens, n_ctx_slot, spec)?;
+    Ok(ValidatedRequest {
+        admission,
+        request: GenerateRequest {
+            prompt: tokens,
+            max_new_tokens,
+            sampling: checked.sampling,
+            stop: checked.stop,
+            timeout,
+        },
+        stream: checked.stream,
+    })
+}
+
+/// The checks that need no model: ranges, counts, the route's defaults.
+pub fn check(input: GenerationInput, spec: RouteSpec) -> Result<CheckedInput, ValidationError> {
+    let max_tokens = input
+        .max_tokens
+        .map(|m| {
+            NonZeroU32::new(m).ok_or(ValidationError::ZeroTokens {
+                field: spec.max_tokens,
+            })
+        })
+        .transpose()?;
+    range("temperature", input.temperature, 0.0, spec.max_temperature)?;
+    if let Some(got) = input.top_k.filter(|k| *k < 0) {
+        return Err(ValidationError::NegativeTopK {
+            field: "top_k",
+            got,
+        });
+    }
+    range_open_low("top_p", input.top_p, 0.0, 1.0)?;
+    range("min_p", input.min_p, 0.0, 1.0)?;
+    range_open_low("repetition_penalty", input.repetition_penalty, 0.0, 10.0)?;
+    range("frequency_penalty", input.frequency_penalty, -2.0, 2.0)?;
+    range("presence_penalty", input.presence_penalty, -2.0, 2.0)?;
+    let stop = stops("stop", input.stop)?;
+    Ok(CheckedInput {
+        prompt: input.prompt,
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: input.temperature.unwrap_or(spec.default_temperature),
+            top_k: input.top_k.unwrap_or(0),
+            top_p: input.top_p.unwrap_or(spec.default_top_p),
+            min_p: input.min_p.unwrap_or(0.0),
+            repetition_penalty: input.repetition_penalty.unwrap_or(1.0),
+            frequency_penalty: input.frequency_penalty.unwrap_or(0.0),
+            presence_penalty: input.presence_penalty.unwrap_or(0.0),
+            seed: input.seed,
+            ignore_eos: input.ignore_eos,
+            ..SamplingParams::default()
+        },
+        stop,
+        stream: input.stream,
+    })
+}
+
+/// The token budget for a prompt of `prompt_tokens` in a slot of
+/// `n_ctx_slot`: the caller's, when it fits, else (when the caller gave none)
+/// the slot's remaining room, at least 1.
+pub fn fit(
+    prompt_tokens: usize,
+    max_tokens: Option<NonZeroU32>,
+    n_ctx_slot: usize,
+    spec: RouteSpec,
+) -> Result<NonZeroU32, ValidationError> {
+    if prompt_tokens == 0 {
+        return Err(ValidationError::EmptyPrompt { field: spec.prompt });
+    }
+    let room = n_ctx_slot.saturating_sub(prompt_tokens);
+    let wanted = max_tokens.unwrap_or_else(|| {
+        NonZeroU32::new(u32::try_from(room).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
+    });
+    if wanted.get() as usize > room {
+        return Err(ValidationError::ContextExceeded {
+            field: spec.max_tokens,
+            prompt_tokens,
+            max_tokens: wanted.get(),
+            n_ctx_slot,
+        });
+    }
+    Ok(wanted)
+}
+
+fn range(
+    field: &'static str,
     value: Option<f32>,
-    lo: f32,
-    hi: f32,
-) -> Result<(), ApiError> {
+    min: f32,
+    max: f32,
+) -> Result<(), ValidationError> {
     match value {
-        Some(v) if !v.is_finite() || v <= lo || v > hi => Err(ApiError::invalid_field(
-            param,
-            format!("`{param}` must be greater than {lo} and at most {hi}, got {v}"),
-        )),
+        Some(got) if !got.is_finite() || got < min || got > max => {
+            Err(ValidationError::OutOfRange {
+                field,
+                min,
+                max,
+                got,
+            })
+        }
         _ => Ok(()),
     }
 }
 
-/// A token budget must be at least 1.
-pub fn positive(param: &str, value: u32) -> Result<(), ApiError> {
-    if value == 0 {
-        return Err(ApiError::invalid_field(
-            param,
-            format!("`{param}` must be at least 1"),
+fn range_open_low(
+    field: &'static str,
+    value: Option<f32>,
+    min: f32,
+    max: f32,
+) -> Result<(), ValidationError> {
+    match value {
+        Some(got) if !got.is_finite() || got <= min || got > max => {
+            Err(ValidationError::OutOfRangeOpenLow {
+                field,
+                min,
+                max,
+                got,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn stops(field: &'static str, stop: Option<StopField>) -> Result<Vec<String>, ValidationError> {
+    let v = match stop {
+        None => return Ok(Vec::new()),
+        Some(StopField::One(s)) => vec![s],
+        Some(StopField::Many(v)) => v,
+    };
+    if v.len() > MAX_STOPS {
+        return Err(ValidationError::TooManyStops {
+            field,
+            count: v.len(),
+        });
+    }
+    if v.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ValidationError::StopTooLong { field });
+    }
+    Ok(v.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> GenerationInput {
+        GenerationInput {
+            prompt: Prompt::Raw("x".into()),
+            max_tokens: Some(8),
+            temperature: None,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+            repetition_penalty: None,
+            frequency_penalty: None,
+            presence_penalty: None,
+            seed: None,
+            ignore_eos: false,
+            stop: None,
+            stream: false,
+        }
+    }
+
+    #[test]
+    fn errors_name_the_routes_own_budget_field() {
+        let zero = GenerationInput {
+            max_tokens: Some(0),
+            ..input()
+        };
+        for (spec, name) in [
+            (GENERATE, "max_new_tokens"),
+            (COMPLETIONS, "max_tokens"),
+            (CHAT, "max_tokens"),
+        ] {
+            let e = check(zero.clone(), spec).expect_err("0 tokens");
+            assert_eq!(e, ValidationError::ZeroTokens { field: name });
+            assert_eq!(e.to_string(), format!("`{name}` must be at least 1"));
+            let e = fit(10, NonZeroU32::new(7), 16, spec).expect_err("too long");
+            assert_eq!(e.field(), name);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "the prompt has 10 tokens and `{name}` is 7: 17 tokens exceed the per-slot context of 16 tokens"
+                )
+            );
+        }
+        assert_eq!(
+            fit(0, None, 16, CHAT),
+            Err(ValidationError::EmptyPrompt { field: "messages" })
+        );
+    }
+
+    #[test]
+    fn budget_defaults_to_the_slots_room() {
+        let n = |v| NonZeroU32::new(v);
+        assert_eq!(fit(10, n(6), 16, GENERATE).ok(), n(6));
+        assert_eq!(fit(10, None, 16, CHAT).ok(), n(6));
+        // A full slot still asks for one token, which then does not fit.
+        assert!(matches!(
+            fit(16, None, 16, CHAT),
+            Err(ValidationError::ContextExceeded { max_tokens: 1, .. })
         ));
     }
-    Ok(())
-}
 
-/// `top_k` must not be negative.
-pub fn top_k(param: &str, value: Option<i32>) -> Result<(), ApiError> {
-    match value {
-        Some(v) if v < 0 => Err(ApiError::invalid_field(
-            param,
-            format!("`{param}` must be 0 (off) or positive, got {v}"),
-        )),
-        _ => Ok(()),
+    #[test]
+    fn ranges_and_defaults_follow_the_route() {
+        let hot = GenerationInput {
+            temperature: Some(3.0),
+            ..input()
+        };
+        assert_eq!(
+            check(hot.clone(), GENERATE).map(|c| c.sampling.temperature),
+            Ok(3.0)
+        );
+        assert_eq!(
+            check(hot, COMPLETIONS),
+            Err(ValidationError::OutOfRange {
+                field: "temperature",
+                min: 0.0,
+                max: 2.0,
+                got: 3.0
+            })
+        );
+        let g = check(input(), GENERATE).expect("valid");
+        assert_eq!((g.sampling.temperature, g.sampling.top_p), (0.0, 0.9));
+        let o = check(input(), CHAT).expect("valid");
+        assert_eq!((o.sampling.temperature, o.sampling.top_p), (1.0, 1.0));
+        for (bad, field) in [
+            (
+                GenerationInput {
+                    top_p: Some(0.0),
+                    ..input()
+                },
+                "top_p",
+            ),
+            (
+                GenerationInput {
+                    top_k: Some(-1),
+                    ..input()
+                },
+                "top_k",
+            ),
+            (
+                GenerationInput {
+                    min_p: Some(f32::NAN),
+                    ..input()
+                },
+                "min_p",
+            ),
+            (
+                GenerationInput {
+                    presence_penalty: Some(2.5),
+                    ..input()
+                },
+                "presence_penalty",
+            ),
+        ] {
+            let e = check(bad, GENERATE).expect_err(field);
+            assert_eq!(e.field(), field);
+            assert!(e.to_string().starts_with(&format!("`{field}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn stop_strings() {
+        let with = |stop| GenerationInput {
+            stop: Some(stop),
+            ..input()
+        };
+        let c = check(with(StopField::Many(vec!["".into(), "।".into()])), GENERATE);
+        assert_eq!(c.map(|c| c.stop), Ok(vec!["।".to_string()]));
+        let many = StopField::Many(vec!["a".into(); MAX_STOPS + 1]);
+        assert_eq!(
+            check(with(many), GENERATE),
+            Err(ValidationError::TooManyStops {
+                field: "stop",
+                count: MAX_STOPS + 1
+            })
+        );
+        // 86 three-byte Devanagari letters: 258 bytes.
+        let long = StopField::One("क".repeat(86));
+        assert_eq!(
+            check(with(long), GENERATE),
+            Err(ValidationError::StopTooLong { field: "stop" })
+        );
     }
 }

@@ -1,7 +1,11 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code)]
 
+pub mod assets;
 pub mod reference;
+
+#[allow(unused_imports)] // each test binary uses some of these
+pub use assets::{asset, assets};
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -16,17 +20,6 @@ use std::path::{Path, PathBuf};
 /// library's calibration borrows the same one).
 pub fn backend() -> &'static LlamaBackend {
     airavata::engine::llama_backend(None).expect("llama backend init")
-}
-
-/// `$AIRAVATA_ASSETS`, or None after printing that the test is skipped.
-pub fn assets(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("AIRAVATA_ASSETS") {
-        Some(p) if Path::new(&p).is_dir() => Some(PathBuf::from(p)),
-        _ => {
-            eprintln!("skipped {test}: AIRAVATA_ASSETS not set (or not a directory)");
-            None
-        }
-    }
 }
 
 pub fn load_model(path: &Path) -> LlamaModel {

@@ -7,19 +7,6 @@ use std::time::Duration;
 
 use airavata::server::{bind, RunningServer, ServeOptions};
 
-/// The assets folder, from `AIRAVATA_ASSETS`.
-pub fn assets_dir() -> Option<PathBuf> {
-    std::env::var_os("AIRAVATA_ASSETS")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-}
-
-/// stories260K (needs `AIRAVATA_ASSETS`).
-pub fn stories260k() -> Option<PathBuf> {
-    let p = assets_dir()?.join("stories260k-gguf/stories260K.gguf");
-    p.is_file().then_some(p)
-}
-
 /// The one place that decides which model the core tests serve: the
 /// synthetic random-weight Llama from `airavata::synth` (F16 GGUF with a
 /// SentencePiece vocab that has byte-fallback and Devanagari pieces), built

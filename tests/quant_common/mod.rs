@@ -2,6 +2,9 @@
 //! families, the ggml FFI oracle and a minimal GGUF tensor reader.
 #![allow(dead_code)]
 
+#[path = "../common/assets.rs"]
+mod assets;
+
 use airavata::gguf::GgmlType;
 use std::ffi::c_void;
 use std::path::Path;
@@ -253,16 +256,10 @@ pub fn read_gguf_f32_tensors(path: &Path) -> Result<Vec<GgufTensor>, airavata::g
         .collect())
 }
 
-/// The stories260K GGUF under `$AIRAVATA_ASSETS`, or None (with the skip
-/// message printed) when the variable is unset.
-pub fn stories_gguf() -> Option<std::path::PathBuf> {
-    match std::env::var_os("AIRAVATA_ASSETS") {
-        Some(dir) => Some(Path::new(&dir).join("stories260k-gguf/stories260K.gguf")),
-        None => {
-            println!("skipped: AIRAVATA_ASSETS not set");
-            None
-        }
-    }
+/// The stories260K GGUF under `$AIRAVATA_ASSETS` (see `common/assets.rs`
+/// for when a missing file is a skip and when a failure).
+pub fn stories_gguf(test: &str) -> Option<std::path::PathBuf> {
+    assets::asset(test, "stories260k-gguf/stories260K.gguf")
 }
 
 pub const QUANT_TYPES: [GgmlType; 6] = [
