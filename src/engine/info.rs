@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use llama_cpp_2::model::LlamaModel;
 
-use super::{file_type_name, EngineConfig, FlashAttn, ModelInfo};
+use super::{EngineConfig, FlashAttn, ModelInfo};
+use crate::ggml_type::llama_ftype_name;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn model_info(
@@ -40,7 +41,7 @@ pub(super) fn model_info(
     let file_type = metadata
         .get("general.file_type")
         .and_then(|v| v.parse::<u32>().ok())
-        .map(file_type_name)
+        .map(llama_ftype_name)
         .unwrap_or_else(|| "unknown".into());
     let description = model_description(model, &file_type);
     ModelInfo {

@@ -1,6 +1,7 @@
 //! A validating GGUF reader over a memory map.
 
-use super::types::{GgmlType, GgufValue, GgufValueType};
+use super::types::{GgufValue, GgufValueType};
+use crate::ggml_type::GgmlType;
 use super::GgufError;
 use memmap2::Mmap;
 use std::fs::File;
