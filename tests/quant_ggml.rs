@@ -371,11 +371,18 @@ fn q4_1_tensor_reads_through_dequantize_tensor() {
         theirs.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
     );
     let e = relative_sq_err(&data, &ours);
-    assert!(e < 0.05, "Q4_1 tensor reads back far from what was written: {e}");
+    assert!(
+        e < 0.05,
+        "Q4_1 tensor reads back far from what was written: {e}"
+    );
 }
 
 /// `Σ (x - y)² / Σ x²`.
 fn relative_sq_err(x: &[f32], y: &[f32]) -> f64 {
-    let err: f64 = x.iter().zip(y).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    let err: f64 = x
+        .iter()
+        .zip(y)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
     err / x.iter().map(|&a| (a as f64).powi(2)).sum::<f64>()
 }

@@ -4,8 +4,8 @@ mod reader;
 mod types;
 mod writer;
 
-pub use reader::{GgufFile, TensorInfo};
 pub use crate::ggml_type::{llama_ftype_for, GgmlType};
+pub use reader::{GgufFile, TensorInfo};
 pub use types::{GgufValue, GgufValueType};
 pub use writer::{encode_header, GgufWriter, TensorSpec, ALIGNMENT};
 

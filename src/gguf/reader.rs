@@ -1,8 +1,8 @@
 //! A validating GGUF reader over a memory map.
 
 use super::types::{GgufValue, GgufValueType};
-use crate::ggml_type::GgmlType;
 use super::GgufError;
+use crate::ggml_type::GgmlType;
 use memmap2::Mmap;
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,8 @@
 //! into a temporary file that is renamed over the destination only on success.
 
 use super::types::GgufValue;
-use crate::ggml_type::GgmlType;
 use super::GgufError;
+use crate::ggml_type::GgmlType;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;

@@ -2,8 +2,10 @@
 //! ggml's reference block, then (search mode) the format's search proposals,
 //! keeping whichever block has the lowest weighted error.
 
+use super::rounding::sum_sq;
 use super::search::{row_weights, sq_err, Single};
 use crate::ggml_type::GgmlType;
+use std::cell::Cell;
 
 /// Largest block (weights) and block size (bytes) of a native format.
 const MAX_QK: usize = 256;
@@ -15,6 +17,35 @@ const fn layout(t: GgmlType) -> (usize, usize) {
         Some(l) => l,
         None => panic!("a block format's type has a block layout"),
     }
+}
+
+/// The whole row a block belongs to, for reference quantizers that look
+/// beyond the block (Q4_0 weighs its importance by the row's mean square).
+pub struct Row<'a> {
+    x: &'a [f32],
+    mean_sq: Cell<Option<f32>>,
+}
+
+impl Row<'_> {
+    /// Mean square of the row, summed in order as ggml does (computed once).
+    #[inline(always)]
+    pub fn mean_sq(&self) -> f32 {
+        if let Some(v) = self.mean_sq.get() {
+            return v;
+        }
+        let v = sum_sq(self.x) / self.x.len() as f32;
+        self.mean_sq.set(Some(v));
+        v
+    }
+}
+
+/// What a search proposal sees: the block's weights `x`, the search weights
+/// `w`, the best encoding so far, and which proposal (`step`) is asked for.
+pub struct Proposal<'a> {
+    pub step: usize,
+    pub x: &'a [f32],
+    pub w: &'a [f32],
+    pub best: &'a [u8],
 }
 
 /// A ggml block format with a Rust quantizer and dequantizer.
@@ -32,27 +63,14 @@ pub trait BlockFormat {
     /// How many search proposals follow the reference block (see `search_block`).
     const SEARCH_STEPS: usize = 1;
 
-    /// What the reference quantizer needs from the whole row beyond each block.
-    type Row: Copy;
-
-    /// Computes `Row` for a row and its importance vector.
-    fn row_state(x: &[f32], imatrix: Option<&[f32]>) -> Self::Row;
-
     /// ggml's reference quantizer (`ggml_quantize_chunk`) for one block;
     /// `qw` is the block's slice of the importance vector.
-    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, row: Self::Row);
+    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, row: &Row);
 
-    /// Search proposal `step` for a block whose best encoding so far is
-    /// `best`: writes a whole candidate block to `cand` and returns its
-    /// weighted error, or None to end the search. `y` is scratch of `QK` floats.
-    fn search_block(
-        step: usize,
-        x: &[f32],
-        w: &[f32],
-        best: &[u8],
-        cand: &mut [u8],
-        y: &mut [f32],
-    ) -> Option<f64>;
+    /// Search proposal `p.step` for a block: writes a whole candidate block to
+    /// `cand` and returns its weighted error, or None to end the search.
+    /// `y` is scratch of `QK` floats.
+    fn search_block(p: &Proposal, cand: &mut [u8], y: &mut [f32]) -> Option<f64>;
 
     /// Whether the search goes on after proposal `step` did not beat the best
     /// block (by default it stops).
@@ -108,13 +126,12 @@ pub fn quantize_row<F: BlockFormat, const SEARCH: bool>(
 }
 
 #[inline(always)]
-fn drive<F: BlockFormat, const SEARCH: bool>(
-    x: &[f32],
-    out: &mut [u8],
-    imatrix: Option<&[f32]>,
-) {
+fn drive<F: BlockFormat, const SEARCH: bool>(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
     const { assert!(F::QK <= MAX_QK && F::BYTES <= MAX_BYTES) };
-    let row = F::row_state(x, imatrix);
+    let row = Row {
+        x,
+        mean_sq: Cell::new(None),
+    };
     let w = if SEARCH {
         row_weights(x, imatrix)
     } else {
@@ -129,14 +146,20 @@ fn drive<F: BlockFormat, const SEARCH: bool>(
         .enumerate()
     {
         let r = F::QK * i..F::QK * (i + 1);
-        F::ref_block(xb, b, imatrix.map(|q| &q[r.clone()]), row);
+        F::ref_block(xb, b, imatrix.map(|q| &q[r.clone()]), &row);
         if !SEARCH {
             continue;
         }
         let wb = &w[r];
         let mut best = F::error(xb, wb, b, y);
         for step in 0..F::SEARCH_STEPS {
-            let Some(e) = F::search_block(step, xb, wb, b, cand, y) else {
+            let p = Proposal {
+                step,
+                x: xb,
+                w: wb,
+                best: b,
+            };
+            let Some(e) = F::search_block(&p, cand, y) else {
                 break;
             };
             if e < best {

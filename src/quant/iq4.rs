@@ -10,12 +10,12 @@
 //! of 32, packed as in IQ4_NL). Sub-block `ib` has the 6-bit scale `ls`, and
 //! its weights are `(d * (ls - 32)) * kvalues[q]`.
 
-use crate::ggml_type::GgmlType;
-use super::block::{pack_nibbles, unpack_nibbles, write_d_qs, BlockFormat};
+use super::block::{pack_nibbles, unpack_nibbles, write_d_qs, BlockFormat, Proposal, Row};
 use super::codebook::{best_index_iq4, iq4_index, iq4_level, KVALUES_IQ4NL};
 use super::rounding::{abs_max, nearest_int, read_f16, write_f16};
 use super::scale_fit::GROUP_MAX_EPS;
 use super::search::{single, Grid, TwoLevel};
+use crate::ggml_type::GgmlType;
 
 const NL_BLOCK: usize = Iq4Nl::QK;
 const XS_BYTES: usize = Iq4Xs::BYTES;
@@ -226,27 +226,15 @@ pub struct Iq4Nl;
 
 impl BlockFormat for Iq4Nl {
     const TYPE: GgmlType = GgmlType::Iq4Nl;
-    type Row = ();
-
     #[inline(always)]
-    fn row_state(_x: &[f32], _imatrix: Option<&[f32]>) {}
-
-    #[inline(always)]
-    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: ()) {
+    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: &Row) {
         nl_ref_block(x, b, qw)
     }
 
     /// Per-block scale search.
     #[inline(always)]
-    fn search_block(
-        _step: usize,
-        x: &[f32],
-        w: &[f32],
-        _best: &[u8],
-        cand: &mut [u8],
-        _y: &mut [f32],
-    ) -> Option<f64> {
-        single(x, w, &GRID).map(|s| write_d_qs(&s, cand))
+    fn search_block(p: &Proposal, cand: &mut [u8], _y: &mut [f32]) -> Option<f64> {
+        single(p.x, p.w, &GRID).map(|s| write_d_qs(&s, cand))
     }
 
     /// `dequantize_row_iq4_nl`.
@@ -264,28 +252,16 @@ pub struct Iq4Xs;
 
 impl BlockFormat for Iq4Xs {
     const TYPE: GgmlType = GgmlType::Iq4Xs;
-    type Row = ();
-
     #[inline(always)]
-    fn row_state(_x: &[f32], _imatrix: Option<&[f32]>) {}
-
-    #[inline(always)]
-    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: ()) {
+    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: &Row) {
         xs_ref_block(x, b, qw)
     }
 
     /// Per-sub-block scale search, joint choice of `d` and the sub-scales,
     /// refit of `d`.
     #[inline(always)]
-    fn search_block(
-        _step: usize,
-        x: &[f32],
-        w: &[f32],
-        _best: &[u8],
-        cand: &mut [u8],
-        _y: &mut [f32],
-    ) -> Option<f64> {
-        let s = XS_LAYOUT.search(x, w)?;
+    fn search_block(p: &Proposal, cand: &mut [u8], _y: &mut [f32]) -> Option<f64> {
+        let s = XS_LAYOUT.search(p.x, p.w)?;
         cand.iter_mut().for_each(|v| *v = 0);
         cand[..2].copy_from_slice(&s.d_bits.to_le_bytes());
         for ib in 0..8 {

@@ -4,12 +4,12 @@
 //! weight `j` in its low nibble and weight `j + 16` in its high nibble.
 //! A nibble `q` dequantizes to `(q - 8) * d`.
 
-use crate::ggml_type::GgmlType;
-use super::block::{pack_nibbles as pack, write_d_qs, BlockFormat};
+use super::block::{pack_nibbles as pack, write_d_qs, BlockFormat, Proposal, Row};
 use super::codebook::Q4_0_LEVELS;
-use super::rounding::{read_f16, sum_sq, write_f16};
+use super::rounding::{read_f16, write_f16};
 use super::scale_fit::make_qx_quants;
 use super::search::{single, Grid};
+use crate::ggml_type::GgmlType;
 
 const QK: usize = Q4_0::QK;
 
@@ -39,24 +39,14 @@ pub struct Q4_0;
 
 impl BlockFormat for Q4_0 {
     const TYPE: GgmlType = GgmlType::Q4_0;
-    /// `sigma2` of `quantize_row_q4_0_impl`: the row's mean square (with an imatrix).
-    type Row = f32;
-
-    #[inline(always)]
-    fn row_state(x: &[f32], imatrix: Option<&[f32]>) -> f32 {
-        match imatrix {
-            Some(_) => sum_sq(x) / x.len() as f32,
-            None => 0.0,
-        }
-    }
-
     /// `quantize_row_q4_0_ref` without an imatrix, `quantize_row_q4_0_impl` with one.
     #[inline(always)]
-    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, sigma2: f32) {
+    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, row: &Row) {
         let Some(qw) = qw else {
             ref_block(x, b);
             return;
         };
+        let sigma2 = row.mean_sq();
         let weight: [f32; QK] = std::array::from_fn(|j| qw[j] * (sigma2 + x[j] * x[j]).sqrt());
         let mut l = [0i8; QK];
         let d = make_qx_quants(x, 8, &mut l, Some(&weight));
@@ -67,15 +57,8 @@ impl BlockFormat for Q4_0 {
 
     /// Per-block scale search.
     #[inline(always)]
-    fn search_block(
-        _step: usize,
-        x: &[f32],
-        w: &[f32],
-        _best: &[u8],
-        cand: &mut [u8],
-        _y: &mut [f32],
-    ) -> Option<f64> {
-        single(x, w, &GRID).map(|s| write_d_qs(&s, cand))
+    fn search_block(p: &Proposal, cand: &mut [u8], _y: &mut [f32]) -> Option<f64> {
+        single(p.x, p.w, &GRID).map(|s| write_d_qs(&s, cand))
     }
 
     /// `dequantize_row_q4_0`.

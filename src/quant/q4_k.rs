@@ -7,10 +7,10 @@
 //! nibbles, the second in the high nibbles. Weight value:
 //! `d * sc[j] * q - dmin * m[j]`.
 
-use crate::ggml_type::GgmlType;
-use super::block::BlockFormat;
+use super::block::{BlockFormat, Proposal, Row};
 use super::rounding::{nearest_int, read_f16, write_f16};
 use super::scale_fit::{make_qkx_quants, make_qp_quants, Qkx, Sweep};
+use crate::ggml_type::GgmlType;
 
 const QK: usize = Q4K::QK;
 
@@ -226,14 +226,9 @@ pub struct Q4K;
 impl BlockFormat for Q4K {
     const TYPE: GgmlType = GgmlType::Q4K;
     const SEARCH_STEPS: usize = 3;
-    type Row = ();
-
-    #[inline(always)]
-    fn row_state(_x: &[f32], _imatrix: Option<&[f32]>) {}
-
     /// `quantize_row_q4_K_ref`, or `quantize_row_q4_K_impl` with an imatrix.
     #[inline(always)]
-    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: ()) {
+    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: &Row) {
         match qw {
             None => ref_block(x, b),
             Some(qw) => imatrix_block(x, b, qw),
@@ -241,25 +236,18 @@ impl BlockFormat for Q4K {
     }
 
     #[inline(always)]
-    fn search_block(
-        step: usize,
-        x: &[f32],
-        w: &[f32],
-        best: &[u8],
-        cand: &mut [u8],
-        y: &mut [f32],
-    ) -> Option<f64> {
-        if step == 0 {
+    fn search_block(p: &Proposal, cand: &mut [u8], y: &mut [f32]) -> Option<f64> {
+        if p.step == 0 {
             let weights: [[f32; 32]; 8] =
-                std::array::from_fn(|j| std::array::from_fn(|k| w[32 * j + k]));
-            fit_block(x, &weights, cand);
+                std::array::from_fn(|j| std::array::from_fn(|k| p.w[32 * j + k]));
+            fit_block(p.x, &weights, cand);
         } else {
-            cand.copy_from_slice(best);
-            if !refit(x, w, cand) {
+            cand.copy_from_slice(p.best);
+            if !refit(p.x, p.w, cand) {
                 return None;
             }
         }
-        Some(Self::error(x, w, cand, y))
+        Some(Self::error(p.x, p.w, cand, y))
     }
 
     /// The refits start from whichever of the reference block and the fit won.

@@ -7,12 +7,12 @@
 //! `l + 96`, and `qh[l]` holds the high bits of `l, l+32, l+64, l+96` in bit
 //! pairs 0, 2, 4, 6. Weight value: `d * scales[j] * (q - 32)`.
 
+use super::block::{BlockFormat, Proposal, Row};
 use super::codebook::Q6_K_LEVELS;
 use super::rounding::{nearest_int, read_f16, write_f16};
 use super::scale_fit::{make_qx_quants, GROUP_MAX_EPS};
-use crate::ggml_type::GgmlType;
-use super::block::BlockFormat;
 use super::search::{Grid, TwoLevel};
+use crate::ggml_type::GgmlType;
 
 const QK: usize = Q6K::QK;
 const BLOCK_BYTES: usize = Q6K::BYTES;
@@ -99,27 +99,15 @@ pub struct Q6K;
 
 impl BlockFormat for Q6K {
     const TYPE: GgmlType = GgmlType::Q6K;
-    type Row = ();
-
     #[inline(always)]
-    fn row_state(_x: &[f32], _imatrix: Option<&[f32]>) {}
-
-    #[inline(always)]
-    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: ()) {
+    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: &Row) {
         ref_block(x, b, qw)
     }
 
     /// Per-sub-block scale search, joint choice of `d` and the sub-scales.
     #[inline(always)]
-    fn search_block(
-        _step: usize,
-        x: &[f32],
-        w: &[f32],
-        _best: &[u8],
-        cand: &mut [u8],
-        _y: &mut [f32],
-    ) -> Option<f64> {
-        let s = LAYOUT.search(x, w)?;
+    fn search_block(p: &Proposal, cand: &mut [u8], _y: &mut [f32]) -> Option<f64> {
+        let s = LAYOUT.search(p.x, p.w)?;
         cand[D_OFF..D_OFF + 2].copy_from_slice(&s.d_bits.to_le_bytes());
         for ib in 0..16 {
             cand[SC_OFF + ib] = s.l[ib] as i8 as u8;

@@ -1,7 +1,7 @@
 //! Plain float types and Q8_0.
 
+use super::block::{BlockFormat, Proposal, Row};
 use crate::ggml_type::GgmlType;
-use super::block::BlockFormat;
 use half::{bf16, f16};
 
 pub fn row_f32(src: &[f32], dst: &mut [u8], _im: Option<&[f32]>) {
@@ -56,14 +56,9 @@ pub struct Q8_0;
 impl BlockFormat for Q8_0 {
     const TYPE: GgmlType = GgmlType::Q8_0;
     const SEARCH_STEPS: usize = 2;
-    type Row = ();
-
-    #[inline(always)]
-    fn row_state(_x: &[f32], _imatrix: Option<&[f32]>) {}
-
     /// `quantize_row_q8_0_ref` (ggml ignores the imatrix for Q8_0).
     #[inline(always)]
-    fn ref_block(x: &[f32], b: &mut [u8], _qw: Option<&[f32]>, _row: ()) {
+    fn ref_block(x: &[f32], b: &mut [u8], _qw: Option<&[f32]>, _row: &Row) {
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -74,17 +69,11 @@ impl BlockFormat for Q8_0 {
     }
 
     #[inline(always)]
-    fn search_block(
-        _step: usize,
-        x: &[f32],
-        w: &[f32],
-        best: &[u8],
-        cand: &mut [u8],
-        y: &mut [f32],
-    ) -> Option<f64> {
+    fn search_block(p: &Proposal, cand: &mut [u8], y: &mut [f32]) -> Option<f64> {
+        let (x, w) = (p.x, p.w);
         let (mut s1, mut s2) = (0.0f64, 0.0f64);
         for j in 0..32 {
-            let q = best[2 + j] as i8 as f64;
+            let q = p.best[2 + j] as i8 as f64;
             s1 += w[j] as f64 * x[j] as f64 * q;
             s2 += w[j] as f64 * q * q;
         }
