@@ -8,6 +8,7 @@ pub mod cli;
 pub mod convert;
 pub mod engine;
 pub mod eval;
+pub mod ggml_type;
 pub mod gguf;
 pub mod hub;
 pub mod model_cache;

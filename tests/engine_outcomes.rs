@@ -3,6 +3,7 @@
 //! (deadline) each count once in the engine's counters, free the slot, and
 //! keep the slot's KV as prompt cache.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,16 @@ async fn until(what: &str, f: impl Fn() -> bool) {
     }
 }
 
-fn long(prompt: &str) -> GenerateRequest {
-    let mut r = GenerateRequest::new(Prompt::Raw(prompt.into()), 400);
+/// A validated greedy request (the server's validation stage tokenizes first).
+fn request(engine: &Engine, prompt: &str, max_new_tokens: u32) -> GenerateRequest {
+    let tokens = engine
+        .tokenize_prompt(&Prompt::Raw(prompt.into()))
+        .expect("tokenize");
+    GenerateRequest::greedy(tokens, NonZeroU32::new(max_new_tokens).expect("non-zero"))
+}
+
+fn long(engine: &Engine, prompt: &str) -> GenerateRequest {
+    let mut r = request(engine, prompt, 400);
     r.sampling.ignore_eos = true;
     r
 }
@@ -41,7 +50,7 @@ async fn each_outcome_counts_once_and_frees_the_slot() {
     let stats = engine.stats();
 
     // Finished by length: the answer, counted once, the slot free, its KV kept.
-    let mut req = GenerateRequest::new(Prompt::Raw("Once upon a time".into()), 8);
+    let mut req = request(&engine, "Once upon a time", 8);
     req.sampling.ignore_eos = true;
     let (full, done) = engine.generate(req).unwrap().collect().await.unwrap();
     assert_eq!(done.finish_reason, FinishReason::Length);
@@ -55,7 +64,7 @@ async fn each_outcome_counts_once_and_frees_the_slot() {
     // Finished by a stop string: the text before it, nothing after.
     let stop: String = full.chars().skip(1).take(2).collect();
     if !stop.trim().is_empty() {
-        let mut req = GenerateRequest::new(Prompt::Raw("Once upon a time".into()), 8);
+        let mut req = request(&engine, "Once upon a time", 8);
         req.sampling.ignore_eos = true;
         req.stop = vec![stop.clone()];
         let (text, done) = engine.generate(req).unwrap().collect().await.unwrap();
@@ -67,7 +76,7 @@ async fn each_outcome_counts_once_and_frees_the_slot() {
     let finished = counts(stats)[0];
 
     // Cancelled: the stream dropped after its first text.
-    let mut s = engine.generate(long("The king said")).unwrap();
+    let mut s = engine.generate(long(&engine, "The king said")).unwrap();
     loop {
         match s.next_event().await {
             Some(Event::Text(t)) if !t.is_empty() => break,
@@ -81,7 +90,7 @@ async fn each_outcome_counts_once_and_frees_the_slot() {
     assert_eq!(counts(stats), [finished, 1, 0, 0]);
 
     // Timed out: the error names the limit; counted once.
-    let mut req = long("In a village");
+    let mut req = long(&engine, "In a village");
     req.timeout = Some(Duration::from_millis(200));
     let err = engine.generate(req).unwrap().collect().await.unwrap_err();
     assert_eq!(err, EngineError::Timeout(Duration::from_millis(200)));

@@ -274,3 +274,117 @@ fn reference_matches_ggml_on_stories260k() {
         println!("{ty}: {n_tensors} stories260K tensors, {n_rows} rows (with and without imatrix) byte-identical to ggml");
     }
 }
+
+/// Types without a native quantizer go through ggml: both modes write ggml's
+/// bytes, and `dequantize` matches ggml's `to_float` bit for bit.
+fn ggml_backed_round_trip(ty: GgmlType) {
+    reference_matches(ty, false);
+    reference_matches(ty, true);
+    let mut rng = Rng::new(run_seed() ^ 0x6a6d ^ ty.code() as u64);
+    for b in batches(ty, &mut rng) {
+        let n = b.n_per_row;
+        let im = random_imatrix(&mut rng, n);
+        for im in [None, Some(im.as_slice())] {
+            let r = quantize(ty, &b.rows, n, im, QuantMode::Reference).expect("reference");
+            let s = quantize(ty, &b.rows, n, im, QuantMode::Search).expect("search");
+            assert_eq!(r, s, "{ty}: search mode must be ggml's quantizer too");
+            // The round trip is a real reconstruction: on Gaussian rows the
+            // error is a small fraction of the signal.
+            let d = dequantize(ty, &r, b.rows.len()).expect("dequantize");
+            for (row, f) in b.families.iter().enumerate() {
+                if *f != Family::Gaussian {
+                    continue;
+                }
+                let sl = row * n..(row + 1) * n;
+                let e = relative_sq_err(&b.rows[sl.clone()], &d[sl]);
+                assert!(e < 0.2, "{ty}: row {row} relative squared error {e}");
+            }
+        }
+    }
+}
+
+mod ggml_backed {
+    use super::*;
+    #[test]
+    fn q4_1() {
+        ggml_backed_round_trip(GgmlType::Q4_1);
+    }
+    #[test]
+    fn q5_0() {
+        ggml_backed_round_trip(GgmlType::Q5_0);
+    }
+    #[test]
+    fn q5_1() {
+        ggml_backed_round_trip(GgmlType::Q5_1);
+    }
+    #[test]
+    fn q2_k() {
+        ggml_backed_round_trip(GgmlType::Q2K);
+    }
+    #[test]
+    fn q3_k() {
+        ggml_backed_round_trip(GgmlType::Q3K);
+    }
+    #[test]
+    fn q5_k() {
+        ggml_backed_round_trip(GgmlType::Q5K);
+    }
+}
+
+/// Q8_K (ggml's dot-product intermediate) is laid out but not quantizable:
+/// an error, not an abort inside ggml.
+#[test]
+fn q8_k_is_unsupported() {
+    assert_eq!(GgmlType::Q8K.block_layout(), Some((256, 292)));
+    assert!(quantize(GgmlType::Q8K, &[0.0; 256], 256, None, QuantMode::Reference).is_err());
+    assert!(dequantize(GgmlType::Q8K, &[0; 292], 256).is_err());
+}
+
+/// A Q4_1 tensor written to a GGUF file reads back through
+/// `quant::dequantize_tensor` as ggml dequantizes its bytes.
+#[test]
+fn q4_1_tensor_reads_through_dequantize_tensor() {
+    use airavata::gguf::{GgufFile, GgufWriter, TensorSpec};
+    let mut rng = Rng::new(run_seed() ^ 0x4_1);
+    let (n_per_row, rows) = (64usize, 3usize);
+    let data: Vec<f32> = (0..rows)
+        .flat_map(|_| Family::Gaussian.row(&mut rng, n_per_row))
+        .collect();
+    let bytes = quantize(GgmlType::Q4_1, &data, n_per_row, None, QuantMode::Search).expect("q4_1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("q4_1.gguf");
+    let spec = TensorSpec {
+        name: "w".into(),
+        dims: vec![n_per_row as u64, rows as u64],
+        ty: GgmlType::Q4_1,
+    };
+    let mut w = GgufWriter::create(&path, &[], &[spec]).expect("create");
+    w.write_data("w", &bytes).expect("write");
+    w.finish().expect("finish");
+    let f = GgufFile::open(&path).expect("open");
+    let t = f.tensor("w").expect("tensor w");
+    assert_eq!(t.ty, GgmlType::Q4_1);
+    assert_eq!(t.ty.name(), "Q4_1");
+    assert_eq!(f.tensor_data(t), bytes.as_slice());
+    let ours = airavata::quant::dequantize_tensor(&f, t).expect("dequantize_tensor");
+    let theirs = ggml_dequantize(GgmlType::Q4_1, &bytes, data.len());
+    assert_eq!(
+        ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        theirs.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    let e = relative_sq_err(&data, &ours);
+    assert!(
+        e < 0.05,
+        "Q4_1 tensor reads back far from what was written: {e}"
+    );
+}
+
+/// `Σ (x - y)² / Σ x²`.
+fn relative_sq_err(x: &[f32], y: &[f32]) -> f64 {
+    let err: f64 = x
+        .iter()
+        .zip(y)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
+    err / x.iter().map(|&a| (a as f64).powi(2)).sum::<f64>()
+}

@@ -168,6 +168,7 @@ fn overrides_apply() {
             "blk.*.ffn_down*=Q6_K".parse::<TypeOverride>().unwrap(),
             "blk.1.attn_v.weight=Q4_0".parse().unwrap(),
         ],
+        pure: false,
     };
     convert(&hf, &out, policy, QuantMode::Reference);
     let f = GgufFile::open(&out).unwrap();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use llama_cpp_2::model::LlamaModel;
 
 use super::{EngineConfig, FlashAttn, ModelInfo};
+use crate::ggml_type::llama_ftype_name;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn model_info(
@@ -40,7 +41,7 @@ pub(super) fn model_info(
     let file_type = metadata
         .get("general.file_type")
         .and_then(|v| v.parse::<u32>().ok())
-        .map(file_type_name)
+        .map(llama_ftype_name)
         .unwrap_or_else(|| "unknown".into());
     let description = model_description(model, &file_type);
     ModelInfo {
@@ -85,43 +86,3 @@ fn model_description(model: &LlamaModel, file_type: &str) -> String {
     format!("{arch} {size} {file_type}")
 }
 
-/// GGUF `general.file_type` as llama.cpp names it.
-fn file_type_name(ftype: u32) -> String {
-    let name = match ftype {
-        0 => "F32",
-        1 => "F16",
-        2 => "Q4_0",
-        3 => "Q4_1",
-        7 => "Q8_0",
-        8 => "Q5_0",
-        9 => "Q5_1",
-        10 => "Q2_K",
-        11 => "Q3_K_S",
-        12 => "Q3_K_M",
-        13 => "Q3_K_L",
-        14 => "Q4_K_S",
-        15 => "Q4_K_M",
-        16 => "Q5_K_S",
-        17 => "Q5_K_M",
-        18 => "Q6_K",
-        19 => "IQ2_XXS",
-        20 => "IQ2_XS",
-        21 => "Q2_K_S",
-        22 => "IQ3_XS",
-        23 => "IQ3_XXS",
-        24 => "IQ1_S",
-        25 => "IQ4_NL",
-        26 => "IQ3_S",
-        27 => "IQ3_M",
-        28 => "IQ2_S",
-        29 => "IQ2_M",
-        30 => "IQ4_XS",
-        31 => "IQ1_M",
-        32 => "BF16",
-        36 => "TQ1_0",
-        37 => "TQ2_0",
-        38 => "MXFP4_MOE",
-        _ => return format!("ftype {ftype}"),
-    };
-    name.to_string()
-}

@@ -4,8 +4,9 @@ mod reader;
 mod types;
 mod writer;
 
+pub use crate::ggml_type::{llama_ftype_for, GgmlType};
 pub use reader::{GgufFile, TensorInfo};
-pub use types::{llama_ftype_for, GgmlType, GgufValue, GgufValueType};
+pub use types::{GgufValue, GgufValueType};
 pub use writer::{encode_header, GgufWriter, TensorSpec, ALIGNMENT};
 
 use std::path::PathBuf;

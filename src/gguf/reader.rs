@@ -1,7 +1,8 @@
 //! A validating GGUF reader over a memory map.
 
-use super::types::{GgmlType, GgufValue, GgufValueType};
+use super::types::{GgufValue, GgufValueType};
 use super::GgufError;
+use crate::ggml_type::GgmlType;
 use memmap2::Mmap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -85,19 +86,6 @@ impl GgufFile {
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + t.offset) as usize;
         &self.map[start..start + t.size as usize]
-    }
-
-    /// A tensor converted to f32 (any type the quant module can dequantize).
-    pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, GgufError> {
-        let t = self
-            .tensor(name)
-            .ok_or_else(|| GgufError::MissingTensor(self.path.clone(), name.to_string()))?;
-        crate::quant::dequantize(t.ty, self.tensor_data(t), t.n_elements() as usize).map_err(|e| {
-            GgufError::Format {
-                path: self.path.clone(),
-                msg: format!("tensor {name}: {e}"),
-            }
-        })
     }
 }
 

@@ -1,8 +1,9 @@
 //! Streaming GGUF v3 writer: header first, then tensor data in table order,
 //! into a temporary file that is renamed over the destination only on success.
 
-use super::types::{GgmlType, GgufValue};
+use super::types::GgufValue;
 use super::GgufError;
+use crate::ggml_type::GgmlType;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;

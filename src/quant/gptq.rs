@@ -256,8 +256,7 @@ pub fn quantize_rows(
             n_per_row,
         });
     }
-    let row_fn = super::row_quantizer(ty, mode)?;
-    let deq = super::block_dequantizer(ty)?;
+    let (row_fn, deq) = super::native_block_codec(ty, mode).ok_or(QuantError::Unsupported(ty))?;
     let (bs, bb) = ty.block_layout().ok_or(QuantError::Unsupported(ty))?;
     let im = fb.importance.as_slice();
     let mut out = vec![0u8; row_bytes * (src.len() / n_per_row)];

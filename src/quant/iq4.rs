@@ -10,15 +10,15 @@
 //! of 32, packed as in IQ4_NL). Sub-block `ib` has the 6-bit scale `ls`, and
 //! its weights are `(d * (ls - 32)) * kvalues[q]`.
 
+use super::block::{pack_nibbles, unpack_nibbles, write_d_qs, BlockFormat, Proposal, Row};
 use super::codebook::{best_index_iq4, iq4_index, iq4_level, KVALUES_IQ4NL};
 use super::rounding::{abs_max, nearest_int, read_f16, write_f16};
 use super::scale_fit::GROUP_MAX_EPS;
-use super::search::{row_weights, single, sq_err, Grid, TwoLevel};
+use super::search::{single, Grid, TwoLevel};
+use crate::ggml_type::GgmlType;
 
-pub const NL_BLOCK: usize = 32;
-pub const NL_BYTES: usize = 18;
-pub const XS_BLOCK: usize = 256;
-pub const XS_BYTES: usize = 136;
+const NL_BLOCK: usize = Iq4Nl::QK;
+const XS_BYTES: usize = Iq4Xs::BYTES;
 
 const VALUES: &[i8; 16] = &KVALUES_IQ4NL;
 
@@ -130,26 +130,6 @@ fn block_scale_scalar(xb: &[f32], weight: &[f32], ntry: i32) -> f32 {
     d
 }
 
-/// Packs 32 indices into 16 bytes.
-#[inline]
-pub fn pack32(l: &[u8], qs: &mut [u8]) {
-    for j in 0..16 {
-        qs[j] = l[j] | (l[j + 16] << 4);
-    }
-}
-
-/// Unpacks the 32 indices of 16 bytes.
-#[inline]
-pub fn unpack32(qs: &[u8]) -> [u8; 32] {
-    std::array::from_fn(|j| {
-        if j < 16 {
-            qs[j] & 0x0f
-        } else {
-            qs[j - 16] >> 4
-        }
-    })
-}
-
 /// `quantize_iq4_nl` (ntry = 7, as `ggml_quantize_chunk` uses) for one block.
 #[inline(always)]
 pub fn nl_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
@@ -163,7 +143,7 @@ pub fn nl_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
     for j in 0..NL_BLOCK {
         l[j] = iq4_index(id * x[j]);
     }
-    pack32(&l, &mut b[2..18]);
+    pack_nibbles(&l, &mut b[2..18]);
 }
 
 /// Sets the 6-bit scale `ls` (`0..=63`) of sub-block `ib` in an IQ4_XS block.
@@ -220,77 +200,7 @@ pub fn xs_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
             l[j] = iq4_index(idl * xb[j]);
         }
         xs_set_scale(b, ib, (ls + 32) as u8);
-        pack32(&l, &mut b[8 + 16 * ib..8 + 16 * ib + 16]);
-    }
-}
-
-row_fn_avx2! {
-    /// Row quantizer for `ggml_quantize_chunk(IQ4_NL, ..)`.
-    nl_quantize_row_ref => nl_row_ref
-}
-
-#[inline(always)]
-fn nl_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    for (i, (xb, b)) in x
-        .chunks_exact(NL_BLOCK)
-        .zip(out.chunks_exact_mut(NL_BYTES))
-        .enumerate()
-    {
-        nl_ref_block(
-            xb,
-            b,
-            imatrix.map(|q| &q[NL_BLOCK * i..NL_BLOCK * i + NL_BLOCK]),
-        );
-    }
-}
-
-row_fn_avx2! {
-    /// Row quantizer for `ggml_quantize_chunk(IQ4_XS, ..)`.
-    xs_quantize_row_ref => xs_row_ref
-}
-
-#[inline(always)]
-fn xs_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    for (i, (xb, b)) in x
-        .chunks_exact(XS_BLOCK)
-        .zip(out.chunks_exact_mut(XS_BYTES))
-        .enumerate()
-    {
-        xs_ref_block(
-            xb,
-            b,
-            imatrix.map(|q| &q[XS_BLOCK * i..XS_BLOCK * i + XS_BLOCK]),
-        );
-    }
-}
-
-/// `dequantize_row_iq4_nl`.
-pub fn nl_dequantize(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src
-        .chunks_exact(NL_BYTES)
-        .zip(dst.chunks_exact_mut(NL_BLOCK))
-    {
-        let d = read_f16(b);
-        for (yi, q) in y.iter_mut().zip(unpack32(&b[2..18])) {
-            *yi = d * VALUES[q as usize] as f32;
-        }
-    }
-}
-
-/// `dequantize_row_iq4_xs`.
-pub fn xs_dequantize(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src
-        .chunks_exact(XS_BYTES)
-        .zip(dst.chunks_exact_mut(XS_BLOCK))
-    {
-        let d = read_f16(b);
-        for ib in 0..8 {
-            let dl = d * (xs_scale(b, ib) as i32 - 32) as f32;
-            let q = unpack32(&b[8 + 16 * ib..8 + 16 * ib + 16]);
-            for (yi, qi) in y[32 * ib..32 * ib + 32].iter_mut().zip(q) {
-                *yi = dl * VALUES[qi as usize] as f32;
-            }
-        }
+        pack_nibbles(&l, &mut b[8 + 16 * ib..8 + 16 * ib + 16]);
     }
 }
 
@@ -302,31 +212,6 @@ const GRID: Grid = Grid {
     hi: 1.4,
 };
 
-row_fn_avx2! {
-    /// Search row quantizer for IQ4_NL: per-block scale search, kept only
-    /// where it beats ggml's block (by weighted error).
-    nl_quantize_row_search => nl_row_search
-}
-
-#[inline(always)]
-fn nl_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    let w = row_weights(x, imatrix);
-    let mut y = [0f32; NL_BLOCK];
-    for (i, b) in out.chunks_exact_mut(NL_BYTES).enumerate() {
-        let r = NL_BLOCK * i..NL_BLOCK * (i + 1);
-        let (xb, wb) = (&x[r.clone()], &w[r.clone()]);
-        nl_ref_block(xb, b, imatrix.map(|q| &q[r]));
-        nl_dequantize(b, &mut y);
-        let e_ref = sq_err(xb, wb, &y);
-        if let Some(s) = single(xb, wb, &GRID) {
-            if s.err < e_ref {
-                b[..2].copy_from_slice(&s.d_bits.to_le_bytes());
-                pack32(&s.q, &mut b[2..18]);
-            }
-        }
-    }
-}
-
 /// IQ4_XS two-level layout: fp16 `d`, 6-bit signed sub-scales, 32 per sub-block.
 const XS_LAYOUT: TwoLevel = TwoLevel {
     grid: GRID,
@@ -336,34 +221,68 @@ const XS_LAYOUT: TwoLevel = TwoLevel {
     span: 9,
 };
 
-row_fn_avx2! {
-    /// Search row quantizer for IQ4_XS: per-sub-block scale search, joint
-    /// choice of `d` and the sub-scales, refit of `d`; kept only where it
-    /// beats ggml's super-block (by weighted error).
-    xs_quantize_row_search => xs_row_search
+/// IQ4_NL as a block format.
+pub struct Iq4Nl;
+
+impl BlockFormat for Iq4Nl {
+    const TYPE: GgmlType = GgmlType::Iq4Nl;
+    #[inline(always)]
+    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: &Row) {
+        nl_ref_block(x, b, qw)
+    }
+
+    /// Per-block scale search.
+    #[inline(always)]
+    fn search_block(p: &Proposal, cand: &mut [u8], _y: &mut [f32]) -> Option<f64> {
+        single(p.x, p.w, &GRID).map(|s| write_d_qs(&s, cand))
+    }
+
+    /// `dequantize_row_iq4_nl`.
+    #[inline(always)]
+    fn dequantize_block(b: &[u8], y: &mut [f32]) {
+        let d = read_f16(b);
+        for (yi, q) in y.iter_mut().zip(unpack_nibbles(&b[2..18])) {
+            *yi = d * VALUES[q as usize] as f32;
+        }
+    }
 }
 
-#[inline(always)]
-fn xs_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    let w = row_weights(x, imatrix);
-    let mut y = [0f32; XS_BLOCK];
-    for (i, b) in out.chunks_exact_mut(XS_BYTES).enumerate() {
-        let r = XS_BLOCK * i..XS_BLOCK * (i + 1);
-        let (xb, wb) = (&x[r.clone()], &w[r.clone()]);
-        xs_ref_block(xb, b, imatrix.map(|q| &q[r]));
-        xs_dequantize(b, &mut y);
-        let e_ref = sq_err(xb, wb, &y);
-        if let Some(s) = XS_LAYOUT.search(xb, wb) {
-            if s.err < e_ref {
-                b[..XS_BYTES].iter_mut().for_each(|v| *v = 0);
-                b[..2].copy_from_slice(&s.d_bits.to_le_bytes());
-                for ib in 0..8 {
-                    xs_set_scale(b, ib, (s.l[ib] + 32) as u8);
-                    pack32(
-                        &s.q[32 * ib..32 * ib + 32],
-                        &mut b[8 + 16 * ib..8 + 16 * ib + 16],
-                    );
-                }
+/// IQ4_XS as a block format.
+pub struct Iq4Xs;
+
+impl BlockFormat for Iq4Xs {
+    const TYPE: GgmlType = GgmlType::Iq4Xs;
+    #[inline(always)]
+    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: &Row) {
+        xs_ref_block(x, b, qw)
+    }
+
+    /// Per-sub-block scale search, joint choice of `d` and the sub-scales,
+    /// refit of `d`.
+    #[inline(always)]
+    fn search_block(p: &Proposal, cand: &mut [u8], _y: &mut [f32]) -> Option<f64> {
+        let s = XS_LAYOUT.search(p.x, p.w)?;
+        cand.iter_mut().for_each(|v| *v = 0);
+        cand[..2].copy_from_slice(&s.d_bits.to_le_bytes());
+        for ib in 0..8 {
+            xs_set_scale(cand, ib, (s.l[ib] + 32) as u8);
+            pack_nibbles(
+                &s.q[32 * ib..32 * ib + 32],
+                &mut cand[8 + 16 * ib..8 + 16 * ib + 16],
+            );
+        }
+        Some(s.err)
+    }
+
+    /// `dequantize_row_iq4_xs`.
+    #[inline(always)]
+    fn dequantize_block(b: &[u8], y: &mut [f32]) {
+        let d = read_f16(b);
+        for ib in 0..8 {
+            let dl = d * (xs_scale(b, ib) as i32 - 32) as f32;
+            let q = unpack_nibbles(&b[8 + 16 * ib..8 + 16 * ib + 16]);
+            for (yi, qi) in y[32 * ib..32 * ib + 32].iter_mut().zip(q) {
+                *yi = dl * VALUES[qi as usize] as f32;
             }
         }
     }

@@ -3,42 +3,7 @@
 //! `quantize` turns f32 rows into the bytes of a ggml tensor type; `dequantize`
 //! turns them back. Rows are processed in parallel.
 
-/// Defines the row quantizer `pub fn $name(x, out, imatrix)` running `$imp`
-/// (which, as its hot callees, must be `#[inline(always)]`), compiled for
-/// AVX-512 or AVX2 when the CPU has it. Float results are the same either way (no FMA
-/// contraction), so reference output stays byte-identical.
-macro_rules! row_fn_avx2 {
-    ($(#[$m:meta])* $name:ident => $imp:ident) => {
-        $(#[$m])*
-        pub fn $name(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq")]
-                fn avx512(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-                    $imp(x, out, imatrix)
-                }
-                #[target_feature(enable = "avx2")]
-                fn avx2(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-                    $imp(x, out, imatrix)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                {
-                    // SAFETY: the CPU supports these features.
-                    return unsafe { avx512(x, out, imatrix) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2.
-                    return unsafe { avx2(x, out, imatrix) };
-                }
-            }
-            $imp(x, out, imatrix)
-        }
-    };
-}
-
+mod block;
 mod codebook;
 mod ggml;
 pub mod gptq;
@@ -52,7 +17,8 @@ mod scale_fit;
 mod search;
 mod simple;
 
-use crate::gguf::GgmlType;
+use crate::ggml_type::GgmlType;
+use crate::gguf::{GgufFile, TensorInfo};
 pub use imatrix::Imatrix;
 use rayon::prelude::*;
 
@@ -68,6 +34,8 @@ pub enum QuantMode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
+    #[error("calibration statistics: {0}")]
+    Hessian(String),
     #[error(
         "{ty} cannot hold rows of {n_per_row} values (row length must be a multiple of {block})"
     )]
@@ -90,8 +58,6 @@ pub enum QuantError {
     },
     #[error("bad imatrix file {path}: {msg}")]
     ImatrixFile { path: String, msg: String },
-    #[error("calibration statistics: {0}")]
-    Hessian(String),
     #[error("byte length {got} does not match {expected} for {ty}")]
     Bytes {
         ty: GgmlType,
@@ -128,16 +94,21 @@ pub fn quantize(
             });
         }
     }
-    let mut out = vec![0u8; row_bytes * (src.len() / n_per_row)];
-    if ggml::quantizes(ty) {
-        // ggml's quantizer over row groups, in parallel.
-        let rows_per_job = (1 << 16) / n_per_row + 1;
-        out.par_chunks_mut(row_bytes * rows_per_job)
-            .zip(src.par_chunks(n_per_row * rows_per_job))
-            .for_each(|(dst, rows)| ggml::quantize_rows(ty, rows, dst, n_per_row, imatrix));
-        return Ok(out);
-    }
-    let row_fn = row_quantizer(ty, mode)?;
+    let rows = src.len() / n_per_row;
+    let mut out = vec![0u8; row_bytes * rows];
+    let row_fn = match codec(ty).ok_or(QuantError::Unsupported(ty))? {
+        Codec::Native {
+            reference, search, ..
+        } => match mode {
+            QuantMode::Reference => reference,
+            QuantMode::Search => search,
+        },
+        // ggml has one quantizer per type: both modes use it.
+        Codec::Ggml => {
+            ggml::quantize(ty, src, &mut out, n_per_row, imatrix);
+            return Ok(out);
+        }
+    };
     out.par_chunks_mut(row_bytes)
         .zip(src.par_chunks(n_per_row))
         .for_each(|(dst, row)| row_fn(row, dst, imatrix));
@@ -145,27 +116,75 @@ pub fn quantize(
 }
 
 type RowFn = fn(&[f32], &mut [u8], Option<&[f32]>);
+type DeqFn = fn(&[u8], &mut [f32]);
 
-fn row_quantizer(ty: GgmlType, mode: QuantMode) -> Result<RowFn, QuantError> {
-    let search = mode == QuantMode::Search;
-    Ok(match ty {
-        GgmlType::F32 => simple::row_f32,
-        GgmlType::F16 => simple::row_f16,
-        GgmlType::Bf16 => simple::row_bf16,
-        GgmlType::Q8_0 if search => simple::row_q8_0_search,
-        GgmlType::Q8_0 => simple::row_q8_0,
-        GgmlType::Q4_0 if search => q4_0::quantize_row_search,
-        GgmlType::Q4_0 => q4_0::quantize_row_ref,
-        GgmlType::Q4K if search => q4_k::quantize_row_search,
-        GgmlType::Q4K => q4_k::quantize_row_ref,
-        GgmlType::Q6K if search => q6_k::quantize_row_search,
-        GgmlType::Q6K => q6_k::quantize_row_ref,
-        GgmlType::Iq4Nl if search => iq4::nl_quantize_row_search,
-        GgmlType::Iq4Nl => iq4::nl_quantize_row_ref,
-        GgmlType::Iq4Xs if search => iq4::xs_quantize_row_search,
-        GgmlType::Iq4Xs => iq4::xs_quantize_row_ref,
-        other => return Err(QuantError::Unsupported(other)),
+/// How one type is quantized and dequantized.
+#[derive(Clone, Copy)]
+enum Codec {
+    /// Rust row quantizers (ggml's reference and the search) and dequantizer.
+    Native {
+        reference: RowFn,
+        search: RowFn,
+        dequantize: DeqFn,
+    },
+    /// ggml's own `ggml_quantize_chunk` and `to_float`.
+    Ggml,
+}
+
+/// The codec of each type we quantize: the one place that maps types to code.
+fn codec(ty: GgmlType) -> Option<Codec> {
+    use GgmlType as T;
+    Some(match ty {
+        T::F32 => plain(simple::row_f32, simple::deq_f32),
+        T::F16 => plain(simple::row_f16, simple::deq_f16),
+        T::Bf16 => plain(simple::row_bf16, simple::deq_bf16),
+        T::Q8_0 => native::<simple::Q8_0>(),
+        T::Q4_0 => native::<q4_0::Q4_0>(),
+        T::Q4K => native::<q4_k::Q4K>(),
+        T::Q6K => native::<q6_k::Q6K>(),
+        T::Iq4Nl => native::<iq4::Iq4Nl>(),
+        T::Iq4Xs => native::<iq4::Iq4Xs>(),
+        T::Q4_1 | T::Q5_0 | T::Q5_1 | T::Q2K | T::Q3K | T::Q5K => Codec::Ggml,
+        // Q8_K has neither a ggml quantizer nor a `to_float`.
+        T::Q8K | T::Other(_) => return None,
     })
+}
+
+/// The native row quantizer for `mode` and the dequantizer of `ty`, for
+/// quantizers that work one block at a time (error feedback); None for types
+/// quantized through ggml.
+fn native_block_codec(ty: GgmlType, mode: QuantMode) -> Option<(RowFn, DeqFn)> {
+    match codec(ty)? {
+        Codec::Native {
+            reference,
+            search,
+            dequantize,
+        } => Some((
+            match mode {
+                QuantMode::Reference => reference,
+                QuantMode::Search => search,
+            },
+            dequantize,
+        )),
+        Codec::Ggml => None,
+    }
+}
+
+/// A type without a search: both modes write the same rows.
+fn plain(row: RowFn, dequantize: DeqFn) -> Codec {
+    Codec::Native {
+        reference: row,
+        search: row,
+        dequantize,
+    }
+}
+
+fn native<F: block::BlockFormat>() -> Codec {
+    Codec::Native {
+        reference: block::quantize_row::<F, false>,
+        search: block::quantize_row::<F, true>,
+        dequantize: block::dequantize_blocks::<F>,
+    }
 }
 
 /// Dequantize `n` values of type `ty` from `data`.
@@ -184,16 +203,18 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>, Quant
     }
     let mut out = vec![0f32; n];
     let (bs, bb) = ty.block_layout().ok_or(QuantError::Unsupported(ty))?;
-    if ggml::dequantizes(ty) {
-        let blocks_per_chunk = (4096 / bs).max(1);
-        out.par_chunks_mut(bs * blocks_per_chunk)
-            .zip(data.par_chunks(bb * blocks_per_chunk))
-            .for_each(|(o, d)| {
-                ggml::dequantize_into(ty, d, o);
-            });
-        return Ok(out);
-    }
-    let f = block_dequantizer(ty)?;
+    let (native, via_ggml);
+    let f: &(dyn Fn(&[u8], &mut [f32]) + Sync) = match codec(ty) {
+        Some(Codec::Native { dequantize, .. }) => {
+            native = dequantize;
+            &native
+        }
+        Some(Codec::Ggml) => {
+            via_ggml = ggml::to_float(ty).ok_or(QuantError::Unsupported(ty))?;
+            &via_ggml
+        }
+        None => return Err(QuantError::Unsupported(ty)),
+    };
     // Parallel over chunks of whole blocks.
     let blocks_per_chunk = (4096 / bs).max(1);
     out.par_chunks_mut(bs * blocks_per_chunk)
@@ -202,18 +223,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>, Quant
     Ok(out)
 }
 
-/// The dequantizer of whole blocks of `ty` (natively implemented types).
-fn block_dequantizer(ty: GgmlType) -> Result<fn(&[u8], &mut [f32]), QuantError> {
-    Ok(match ty {
-        GgmlType::F32 => simple::deq_f32,
-        GgmlType::F16 => simple::deq_f16,
-        GgmlType::Bf16 => simple::deq_bf16,
-        GgmlType::Q8_0 => simple::deq_q8_0,
-        GgmlType::Q4_0 => q4_0::dequantize,
-        GgmlType::Q4K => q4_k::dequantize,
-        GgmlType::Q6K => q6_k::dequantize,
-        GgmlType::Iq4Nl => iq4::nl_dequantize,
-        GgmlType::Iq4Xs => iq4::xs_dequantize,
-        other => return Err(QuantError::Unsupported(other)),
-    })
+/// A GGUF tensor converted to f32 (any type `dequantize` reads).
+pub fn dequantize_tensor(file: &GgufFile, t: &TensorInfo) -> Result<Vec<f32>, QuantError> {
+    dequantize(t.ty, file.tensor_data(t), t.n_elements() as usize)
 }

@@ -4,21 +4,14 @@
 //! weight `j` in its low nibble and weight `j + 16` in its high nibble.
 //! A nibble `q` dequantizes to `(q - 8) * d`.
 
+use super::block::{pack_nibbles as pack, write_d_qs, BlockFormat, Proposal, Row};
 use super::codebook::Q4_0_LEVELS;
-use super::rounding::{read_f16, sum_sq, write_f16};
+use super::rounding::{read_f16, write_f16};
 use super::scale_fit::make_qx_quants;
-use super::search::{row_weights, single, sq_err, Grid};
+use super::search::{single, Grid};
+use crate::ggml_type::GgmlType;
 
-pub const QK: usize = 32;
-pub const BLOCK_BYTES: usize = 18;
-
-/// Packs 32 nibbles (already offset, `0..=15`) into `qs`.
-#[inline]
-pub fn pack(l: &[u8; QK], qs: &mut [u8]) {
-    for j in 0..16 {
-        qs[j] = l[j] | (l[j + 16] << 4);
-    }
-}
+const QK: usize = Q4_0::QK;
 
 /// `quantize_row_q4_0_ref` for one block.
 pub fn ref_block(x: &[f32], b: &mut [u8]) {
@@ -41,36 +34,36 @@ pub fn ref_block(x: &[f32], b: &mut [u8]) {
     pack(&l, &mut b[2..]);
 }
 
-/// Row quantizer for `ggml_quantize_chunk(Q4_0, ..)`: `quantize_row_q4_0_ref`
-/// without an imatrix, `quantize_row_q4_0_impl` with one.
-pub fn quantize_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    let Some(qw) = imatrix else {
-        for (xb, b) in x.chunks_exact(QK).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
-            ref_block(xb, b);
-        }
-        return;
-    };
-    let sigma2 = sum_sq(x) / x.len() as f32;
-    let mut weight = [0f32; QK];
-    let mut l = [0i8; QK];
-    for ((xb, b), qwb) in x
-        .chunks_exact(QK)
-        .zip(out.chunks_exact_mut(BLOCK_BYTES))
-        .zip(qw.chunks_exact(QK))
-    {
-        for j in 0..QK {
-            weight[j] = qwb[j] * (sigma2 + xb[j] * xb[j]).sqrt();
-        }
-        let d = make_qx_quants(xb, 8, &mut l, Some(&weight));
+/// Q4_0 as a block format.
+pub struct Q4_0;
+
+impl BlockFormat for Q4_0 {
+    const TYPE: GgmlType = GgmlType::Q4_0;
+    /// `quantize_row_q4_0_ref` without an imatrix, `quantize_row_q4_0_impl` with one.
+    #[inline(always)]
+    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, row: &Row) {
+        let Some(qw) = qw else {
+            ref_block(x, b);
+            return;
+        };
+        let sigma2 = row.mean_sq();
+        let weight: [f32; QK] = std::array::from_fn(|j| qw[j] * (sigma2 + x[j] * x[j]).sqrt());
+        let mut l = [0i8; QK];
+        let d = make_qx_quants(x, 8, &mut l, Some(&weight));
         write_f16(b, d);
         let lu: [u8; QK] = std::array::from_fn(|j| l[j] as u8);
         pack(&lu, &mut b[2..]);
     }
-}
 
-/// `dequantize_row_q4_0`.
-pub fn dequantize(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(BLOCK_BYTES).zip(dst.chunks_exact_mut(QK)) {
+    /// Per-block scale search.
+    #[inline(always)]
+    fn search_block(p: &Proposal, cand: &mut [u8], _y: &mut [f32]) -> Option<f64> {
+        single(p.x, p.w, &GRID).map(|s| write_d_qs(&s, cand))
+    }
+
+    /// `dequantize_row_q4_0`.
+    #[inline(always)]
+    fn dequantize_block(b: &[u8], y: &mut [f32]) {
         let d = read_f16(b);
         for j in 0..16 {
             let q = b[2 + j];
@@ -86,28 +79,3 @@ const GRID: Grid = Grid {
     lo: 0.4,
     hi: 1.6,
 };
-
-row_fn_avx2! {
-    /// Search row quantizer for Q4_0: per-block scale search, kept only
-    /// where it beats ggml's block (by weighted error).
-    quantize_row_search => row_search
-}
-
-#[inline(always)]
-fn row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    quantize_row_ref(x, out, imatrix);
-    let w = row_weights(x, imatrix);
-    let mut y = [0f32; QK];
-    for (i, b) in out.chunks_exact_mut(BLOCK_BYTES).enumerate() {
-        let r = QK * i..QK * (i + 1);
-        let (xb, wb) = (&x[r.clone()], &w[r]);
-        dequantize(b, &mut y);
-        let e_ref = sq_err(xb, wb, &y);
-        if let Some(s) = single(xb, wb, &GRID) {
-            if s.err < e_ref {
-                b[..2].copy_from_slice(&s.d_bits.to_le_bytes());
-                pack(&s.q, &mut b[2..]);
-            }
-        }
-    }
-}

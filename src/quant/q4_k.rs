@@ -7,12 +7,12 @@
 //! nibbles, the second in the high nibbles. Weight value:
 //! `d * sc[j] * q - dmin * m[j]`.
 
+use super::block::{BlockFormat, Proposal, Row};
 use super::rounding::{nearest_int, read_f16, write_f16};
 use super::scale_fit::{make_qkx_quants, make_qp_quants, Qkx, Sweep};
-use super::search::{row_weights, sq_err};
+use crate::ggml_type::GgmlType;
 
-pub const QK: usize = 256;
-pub const BLOCK_BYTES: usize = 144;
+const QK: usize = Q4K::QK;
 
 /// `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`.
 #[inline]
@@ -172,41 +172,6 @@ pub fn fit_block(x: &[f32], weights: &[[f32; 32]; 8], b: &mut [u8]) {
     finish(x, b, &mut l);
 }
 
-/// Row quantizer for `ggml_quantize_chunk(Q4_K, ..)`.
-pub fn quantize_row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    for (i, (xb, b)) in x
-        .chunks_exact(QK)
-        .zip(out.chunks_exact_mut(BLOCK_BYTES))
-        .enumerate()
-    {
-        match imatrix {
-            None => ref_block(xb, b),
-            Some(qw) => imatrix_block(xb, b, &qw[QK * i..QK * i + QK]),
-        }
-    }
-}
-
-/// `dequantize_row_q4_K`.
-pub fn dequantize(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(BLOCK_BYTES).zip(dst.chunks_exact_mut(QK)) {
-        let d = read_f16(&b[0..2]);
-        let min = read_f16(&b[2..4]);
-        let scales = &b[4..16];
-        for p in 0..4 {
-            let q = &b[16 + 32 * p..16 + 32 * p + 32];
-            let (sc1, m1) = scale_min(2 * p, scales);
-            let (sc2, m2) = scale_min(2 * p + 1, scales);
-            let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
-            let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
-            let y = &mut y[64 * p..64 * p + 64];
-            for l in 0..32 {
-                y[l] = d1 * (q[l] & 0xf) as f32 - m1;
-                y[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
-            }
-        }
-    }
-}
-
 /// Unpacks the 256 levels of a super-block.
 fn unpack_levels(qs: &[u8]) -> [u8; QK] {
     let mut l = [0u8; QK];
@@ -254,41 +219,59 @@ fn refit(x: &[f32], w: &[f32], b: &mut [u8]) -> bool {
     true
 }
 
-/// Search row quantizer for Q4_K: ggml's block, the imatrix-style fit run with
-/// the search weights, and least-squares refits of `d`/`dmin` of the best
-/// candidate; keeps whichever has the lowest weighted error.
-pub fn quantize_row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    quantize_row_ref(x, out, imatrix);
-    let w = row_weights(x, imatrix);
-    let mut y = [0f32; QK];
-    let mut cand = [0u8; BLOCK_BYTES];
-    for (i, b) in out.chunks_exact_mut(BLOCK_BYTES).enumerate() {
-        let r = QK * i..QK * (i + 1);
-        let (xb, wb) = (&x[r.clone()], &w[r]);
-        let mut eval = |blk: &[u8]| {
-            dequantize(blk, &mut y);
-            sq_err(xb, wb, &y)
-        };
-        let mut best = eval(b);
-        let weights: [[f32; 32]; 8] =
-            std::array::from_fn(|j| std::array::from_fn(|k| wb[32 * j + k]));
-        fit_block(xb, &weights, &mut cand);
-        let e = eval(&cand);
-        if e < best {
-            best = e;
-            b.copy_from_slice(&cand);
+/// Q4_K as a block format. Search proposals: the imatrix-style fit run with
+/// the search weights, then least-squares refits of `d`/`dmin` of the best block.
+pub struct Q4K;
+
+impl BlockFormat for Q4K {
+    const TYPE: GgmlType = GgmlType::Q4K;
+    const SEARCH_STEPS: usize = 3;
+    /// `quantize_row_q4_K_ref`, or `quantize_row_q4_K_impl` with an imatrix.
+    #[inline(always)]
+    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: &Row) {
+        match qw {
+            None => ref_block(x, b),
+            Some(qw) => imatrix_block(x, b, qw),
         }
-        for _ in 0..2 {
-            cand.copy_from_slice(b);
-            if !refit(xb, wb, &mut cand) {
-                break;
+    }
+
+    #[inline(always)]
+    fn search_block(p: &Proposal, cand: &mut [u8], y: &mut [f32]) -> Option<f64> {
+        if p.step == 0 {
+            let weights: [[f32; 32]; 8] =
+                std::array::from_fn(|j| std::array::from_fn(|k| p.w[32 * j + k]));
+            fit_block(p.x, &weights, cand);
+        } else {
+            cand.copy_from_slice(p.best);
+            if !refit(p.x, p.w, cand) {
+                return None;
             }
-            let e = eval(&cand);
-            if e < best {
-                best = e;
-                b.copy_from_slice(&cand);
-            } else {
-                break;
+        }
+        Some(Self::error(p.x, p.w, cand, y))
+    }
+
+    /// The refits start from whichever of the reference block and the fit won.
+    #[inline(always)]
+    fn continue_after_miss(step: usize) -> bool {
+        step == 0
+    }
+
+    /// `dequantize_row_q4_K`.
+    #[inline(always)]
+    fn dequantize_block(b: &[u8], y: &mut [f32]) {
+        let d = read_f16(&b[0..2]);
+        let min = read_f16(&b[2..4]);
+        let scales = &b[4..16];
+        for p in 0..4 {
+            let q = &b[16 + 32 * p..16 + 32 * p + 32];
+            let (sc1, m1) = scale_min(2 * p, scales);
+            let (sc2, m2) = scale_min(2 * p + 1, scales);
+            let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
+            let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
+            let y = &mut y[64 * p..64 * p + 64];
+            for l in 0..32 {
+                y[l] = d1 * (q[l] & 0xf) as f32 - m1;
+                y[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
             }
         }
     }

@@ -7,13 +7,15 @@
 //! `l + 96`, and `qh[l]` holds the high bits of `l, l+32, l+64, l+96` in bit
 //! pairs 0, 2, 4, 6. Weight value: `d * scales[j] * (q - 32)`.
 
+use super::block::{BlockFormat, Proposal, Row};
 use super::codebook::Q6_K_LEVELS;
 use super::rounding::{nearest_int, read_f16, write_f16};
 use super::scale_fit::{make_qx_quants, GROUP_MAX_EPS};
-use super::search::{row_weights, sq_err, Grid, TwoLevel};
+use super::search::{Grid, TwoLevel};
+use crate::ggml_type::GgmlType;
 
-pub const QK: usize = 256;
-pub const BLOCK_BYTES: usize = 210;
+const QK: usize = Q6K::QK;
+const BLOCK_BYTES: usize = Q6K::BYTES;
 const D_OFF: usize = 208;
 const SC_OFF: usize = 192;
 
@@ -92,25 +94,31 @@ pub fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
     pack_levels(&lu, b);
 }
 
-row_fn_avx2! {
-    /// Row quantizer for `ggml_quantize_chunk(Q6_K, ..)`.
-    quantize_row_ref => row_ref
-}
+/// Q6_K as a block format.
+pub struct Q6K;
 
-#[inline(always)]
-fn row_ref(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    for (i, (xb, b)) in x
-        .chunks_exact(QK)
-        .zip(out.chunks_exact_mut(BLOCK_BYTES))
-        .enumerate()
-    {
-        ref_block(xb, b, imatrix.map(|w| &w[QK * i..QK * i + QK]));
+impl BlockFormat for Q6K {
+    const TYPE: GgmlType = GgmlType::Q6K;
+    #[inline(always)]
+    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: &Row) {
+        ref_block(x, b, qw)
     }
-}
 
-/// `dequantize_row_q6_K`.
-pub fn dequantize(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(BLOCK_BYTES).zip(dst.chunks_exact_mut(QK)) {
+    /// Per-sub-block scale search, joint choice of `d` and the sub-scales.
+    #[inline(always)]
+    fn search_block(p: &Proposal, cand: &mut [u8], _y: &mut [f32]) -> Option<f64> {
+        let s = LAYOUT.search(p.x, p.w)?;
+        cand[D_OFF..D_OFF + 2].copy_from_slice(&s.d_bits.to_le_bytes());
+        for ib in 0..16 {
+            cand[SC_OFF + ib] = s.l[ib] as i8 as u8;
+        }
+        pack_levels(&s.q, cand);
+        Some(s.err)
+    }
+
+    /// `dequantize_row_q6_K`.
+    #[inline(always)]
+    fn dequantize_block(b: &[u8], y: &mut [f32]) {
         let d = read_f16(&b[D_OFF..]);
         let l = unpack_levels(b);
         for (i, (yi, li)) in y.iter_mut().zip(l).enumerate() {
@@ -133,31 +141,3 @@ const LAYOUT: TwoLevel = TwoLevel {
     lmax: 127,
     span: 12,
 };
-
-row_fn_avx2! {
-    /// Search row quantizer for Q6_K: per-sub-block scale search, joint
-    /// choice of `d` and the sub-scales; kept only where it beats ggml's block.
-    quantize_row_search => row_search
-}
-
-#[inline(always)]
-fn row_search(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    quantize_row_ref(x, out, imatrix);
-    let w = row_weights(x, imatrix);
-    let mut y = [0f32; QK];
-    for (i, b) in out.chunks_exact_mut(BLOCK_BYTES).enumerate() {
-        let r = QK * i..QK * (i + 1);
-        let (xb, wb) = (&x[r.clone()], &w[r]);
-        dequantize(b, &mut y);
-        let e_ref = sq_err(xb, wb, &y);
-        if let Some(s) = LAYOUT.search(xb, wb) {
-            if s.err < e_ref {
-                b[D_OFF..D_OFF + 2].copy_from_slice(&s.d_bits.to_le_bytes());
-                for ib in 0..16 {
-                    b[SC_OFF + ib] = s.l[ib] as i8 as u8;
-                }
-                pack_levels(&s.q, b);
-            }
-        }
-    }
-}
