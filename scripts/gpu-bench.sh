@@ -10,6 +10,9 @@
 #   scripts/gpu-bench.sh graphs    # our server with GGML_CUDA_DISABLE_GRAPHS=1 (launch cost per step)
 #   scripts/gpu-bench.sh variants  # both servers with --kv-unified, and both with --unique-prompts
 #   scripts/gpu-bench.sh oldapp    # transformers + bitsandbytes NF4 on the same checkpoint, 50 new tokens
+#   scripts/gpu-bench.sh cudaonly  # only the CUDA backend (libggml-cuda.so), when no llama.cpp tool is needed
+#   scripts/gpu-bench.sh calib7b   # default convert of the 7B: calibrated on the GPU (time, peak RSS), and the
+#                                  # same without a GPU backend (states what it did)
 #
 # Inputs (paths relative to the repository root; see BENCHMARKS.md):
 #   .carry/llama-src.tgz   the pinned llama.cpp source (scripts/fetch-llama-cpp.sh, trimmed by scripts/pack-carry.sh)
@@ -59,6 +62,37 @@ stage_build() {
   ( time cmake --build "$BUILD" -j "$JOBS" --target ggml-cuda llama-bench llama-batched-bench llama-server llama-quantize llama-perplexity ) >"$OUT/build.log" 2>&1
   tail -4 "$OUT/build.log"
   ls -la "$BUILD/bin" | grep -E "ggml|llama-" | tee -a "$OUT/log.txt"
+}
+
+stage_cudaonly() {
+  if [ ! -f "$SRC/CMakeLists.txt" ]; then
+    mkdir -p "$WORK" && tar xzf "$ROOT/.carry/llama-src.tgz" -C "$WORK"
+  fi
+  log "configure (CUDA backend only)"
+  cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_BACKEND_DL=ON -DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=ON -DBUILD_SHARED_LIBS=ON \
+    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >"$OUT/cmake.log" 2>&1
+  ( time cmake --build "$BUILD" -j "$JOBS" --target ggml-cuda ) >"$OUT/build.log" 2>&1
+  tail -4 "$OUT/build.log"
+  ls -la "$BUILD/bin" | grep -E "ggml" | tee -a "$OUT/log.txt"
+}
+
+# The default `convert` of the 7B shape: with the CUDA backend it calibrates on
+# the GPU (built-in text, error feedback); without one it says what it did.
+stage_calib7b() {
+  log "convert 7B, default (calibrated on the GPU)"
+  measure "${AIRAVATA[@]}" convert "$CKPT" -o "$WORK/airavata-cal.gguf" --force \
+    --backends-dir "$BUILD/bin" 2>&1 | grep -v "^\s*$" | tail -8 | tee -a "$OUT/log.txt"
+  log "convert 7B, default, no GPU backend loaded"
+  measure "${AIRAVATA[@]}" convert "$CKPT" -o "$WORK/airavata-nogpu.gguf" --force \
+    2>&1 | grep -v "^\s*$" | tail -4 | tee -a "$OUT/log.txt"
+  for f in airavata-cal airavata-nogpu; do
+    "${AIRAVATA[@]}" inspect "$WORK/$f.gguf" --json | python3 -c "
+import json, sys
+m = json.load(sys.stdin)['metadata']
+print('$f', {k: v for k, v in m.items() if k.startswith(('airavata.calibration', 'quantize.imatrix', 'general.file_type'))})" | tee -a "$OUT/log.txt"
+  done
 }
 
 # The same greedy tokens on CPU and CUDA, through our dynamic-backends binary.

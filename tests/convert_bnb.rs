@@ -59,8 +59,7 @@ fn bnb_nf4_checkpoint_converts_like_its_dequantized_twin() {
         let raw = f.map(e).unwrap().bytes().to_vec();
         if is_linear(name) {
             let parts =
-                bnb::quantize_nf4(name, &values, &e.shape, Nf4QuantizeOptions::default())
-                    .unwrap();
+                bnb::quantize_nf4(name, &values, &e.shape, Nf4QuantizeOptions::default()).unwrap();
             let deq = bnb::dequantize_with(name, |n| {
                 parts.iter().find(|p| p.name == n).map(|p| bnb::TensorData {
                     dtype: p.dtype.to_string(),

@@ -51,9 +51,11 @@ fn hessian(x: &[f32], n: usize, max_block: usize, align: usize) -> Hessian {
 fn check(ty: GgmlType, n: usize, max_block: usize) {
     let mut rng = Rng::new(0x5eed ^ n as u64);
     let rows = 24;
-    let w: Vec<f32> = (0..rows * n).map(|_| (rng.normal() * 0.05) as f32).collect();
+    let w: Vec<f32> = (0..rows * n)
+        .map(|_| (rng.normal() * 0.05) as f32)
+        .collect();
     let x = inputs(&mut rng, 4 * n, n);
-    let align = if n % 256 == 0 { 256 } else { 32 };
+    let align = if n.is_multiple_of(256) { 256 } else { 32 };
     let h = hessian(&x, n, max_block, align);
     let fb = Feedback::new(&h, DAMP).expect("positive definite");
     let imp = h.importance();
@@ -66,7 +68,10 @@ fn check(ty: GgmlType, n: usize, max_block: usize) {
     let q_gptq = ggml_dequantize(ty, &gptq, w.len());
     let ours = quant::dequantize(ty, &gptq, w.len()).unwrap();
     assert!(
-        q_gptq.iter().zip(&ours).all(|(a, b)| a.to_bits() == b.to_bits()),
+        q_gptq
+            .iter()
+            .zip(&ours)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
         "{ty}: ggml's to_float and ours disagree"
     );
     let q_plain = ggml_dequantize(ty, &plain, w.len());
@@ -75,7 +80,10 @@ fn check(ty: GgmlType, n: usize, max_block: usize) {
     let e_plain = output_error(&h, &w, &q_plain);
     let ratio = e_gptq / e_plain;
     println!("{ty} n={n} block={max_block}: ‖(W−Q)X‖² feedback/plain = {ratio:.3}");
-    assert!(ratio < 0.9, "{ty}: feedback {e_gptq:.4e} vs per-block {e_plain:.4e}");
+    assert!(
+        ratio < 0.9,
+        "{ty}: feedback {e_gptq:.4e} vs per-block {e_plain:.4e}"
+    );
 
     // The same with one exact check of the metric: ‖(W−Q)X‖² computed directly.
     let tokens = x.len() / n;

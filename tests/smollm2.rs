@@ -13,7 +13,12 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-fn quantize(input: &Path, output: &Path, policy: TypePolicy, calibrate: Calibrate) -> convert::ConvertReport {
+fn quantize(
+    input: &Path,
+    output: &Path,
+    policy: TypePolicy,
+    calibrate: Calibrate,
+) -> convert::ConvertReport {
     let opts = QuantizeOptions {
         input: input.to_path_buf(),
         output: output.to_path_buf(),
@@ -48,10 +53,15 @@ fn llama_quantize(src: &Path, dst: &Path, pure: bool) {
 }
 
 fn assert_same_tensors(ours: &Path, theirs: &Path) {
-    let (o, t) = (GgufFile::open(ours).unwrap(), GgufFile::open(theirs).unwrap());
+    let (o, t) = (
+        GgufFile::open(ours).unwrap(),
+        GgufFile::open(theirs).unwrap(),
+    );
     assert_eq!(o.tensors.len(), t.tensors.len());
     for tt in &t.tensors {
-        let ot = o.tensor(&tt.name).unwrap_or_else(|| panic!("missing {}", tt.name));
+        let ot = o
+            .tensor(&tt.name)
+            .unwrap_or_else(|| panic!("missing {}", tt.name));
         assert_eq!((ot.ty, &ot.dims), (tt.ty, &tt.dims), "{}", tt.name);
         assert!(
             o.tensor_data(ot) == t.tensor_data(tt),
@@ -70,7 +80,12 @@ fn f16_base_is_the_q4_1_model_dequantized_by_ggml() {
     let (a, b) = (GgufFile::open(&q4).unwrap(), GgufFile::open(&f16).unwrap());
     assert_eq!(b.get_u64("general.file_type"), Some(1));
     assert_eq!(a.tensors.len(), b.tensors.len());
-    for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.chat_template", "llama.block_count"] {
+    for key in [
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.chat_template",
+        "llama.block_count",
+    ] {
         assert_eq!(a.get(key), b.get(key), "{key} copied");
     }
     let mut checked = 0;
@@ -85,10 +100,17 @@ fn f16_base_is_the_q4_1_model_dequantized_by_ggml() {
         if t.ty == GgmlType::Q4_1 && checked < 6 {
             let n = t.n_elements() as usize;
             // SAFETY: Q4_1 is a ggml type with a to_float converter.
-            let to_float = unsafe { (*sys::ggml_get_type_traits(GgmlType::Q4_1.code())).to_float }.unwrap();
+            let to_float =
+                unsafe { (*sys::ggml_get_type_traits(GgmlType::Q4_1.code())).to_float }.unwrap();
             let mut want = vec![0f32; n];
             // SAFETY: the tensor's bytes hold exactly `n` Q4_1 values.
-            unsafe { to_float(a.tensor_data(t).as_ptr() as *const _, want.as_mut_ptr(), n as i64) };
+            unsafe {
+                to_float(
+                    a.tensor_data(t).as_ptr() as *const _,
+                    want.as_mut_ptr(),
+                    n as i64,
+                )
+            };
             let got: Vec<f32> = b
                 .tensor_data(u)
                 .chunks_exact(2)
@@ -148,7 +170,11 @@ fn uncalibrated_nf4_is_byte_identical_to_llama_quantize_iq4_xs() {
             .arg("IQ4_XS")
             .output()
             .unwrap();
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         assert_same_tensors(&ours, &cli);
     }
 }
@@ -160,7 +186,10 @@ fn eval_text(n_bytes: usize) -> Option<(String, String)> {
     let mid = t.len() / 2;
     let mid = (mid..t.len()).find(|&i| t.is_char_boundary(i)).unwrap();
     let (a, b) = t.split_at(mid);
-    Some((a[..n_bytes.min(a.len())].to_string(), b[..n_bytes.min(b.len())].to_string()))
+    Some((
+        a[..n_bytes.min(a.len())].to_string(),
+        b[..n_bytes.min(b.len())].to_string(),
+    ))
 }
 
 #[test]
@@ -184,8 +213,14 @@ fn our_imatrix_file_round_trips_and_llama_quantize_accepts_it() {
     // 30 layers × 7 weights; Q/K/V share one input, gate/up another.
     assert_eq!(stats.weight_input.len(), 210);
     assert_eq!(stats.inputs.len(), 120);
-    assert_eq!(stats.weight_input["blk.3.attn_q.weight"], stats.weight_input["blk.3.attn_v.weight"]);
-    assert_ne!(stats.weight_input["blk.3.attn_q.weight"], stats.weight_input["blk.3.attn_output.weight"]);
+    assert_eq!(
+        stats.weight_input["blk.3.attn_q.weight"],
+        stats.weight_input["blk.3.attn_v.weight"]
+    );
+    assert_ne!(
+        stats.weight_input["blk.3.attn_q.weight"],
+        stats.weight_input["blk.3.attn_output.weight"]
+    );
     let path = tmp.path().join("imatrix.gguf");
     calib::write_imatrix(&path, &stats, "wiki-first-half").unwrap();
     let back = Imatrix::load(&path).unwrap();
@@ -193,9 +228,15 @@ fn our_imatrix_file_round_trips_and_llama_quantize_accepts_it() {
     assert_eq!(back.datasets, vec!["wiki-first-half".to_string()]);
     for (name, v) in stats.importance() {
         let got = back.get(&name).unwrap();
-        assert_eq!(got.len(), if name.contains("ffn_down") { 1536 } else { 576 });
+        assert_eq!(
+            got.len(),
+            if name.contains("ffn_down") { 1536 } else { 576 }
+        );
         for (a, b) in got.iter().zip(&v) {
-            assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-6), "{name}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1e-6),
+                "{name}: {a} vs {b}"
+            );
         }
         assert!(v.iter().all(|x| *x >= 0.0) && v.iter().any(|x| *x > 0.0));
     }
@@ -213,9 +254,16 @@ fn our_imatrix_file_round_trips_and_llama_quantize_accepts_it() {
             let log = String::from_utf8_lossy(&st.stderr);
             assert!(st.status.success(), "{log}");
             let q = GgufFile::open(&out).unwrap();
-            assert_eq!(q.get_u64("quantize.imatrix.entries_count"), Some(210), "{log}");
+            assert_eq!(
+                q.get_u64("quantize.imatrix.entries_count"),
+                Some(210),
+                "{log}"
+            );
             // With an imatrix llama-quantize keeps every ffn_down at IQ4_XS.
-            assert_eq!(q.tensor("blk.0.ffn_down.weight").unwrap().ty, GgmlType::Iq4Xs);
+            assert_eq!(
+                q.tensor("blk.0.ffn_down.weight").unwrap().ty,
+                GgmlType::Iq4Xs
+            );
         }
         None if std::env::var_os("CI").is_some() => {
             panic!("llama-quantize not built (scripts/build-llama-tools.sh runs in .ci/run)")
@@ -251,17 +299,33 @@ fn calibrated_quantize_records_its_calibration_and_lowers_kld() {
         auto: false,
     };
     let r = quantize(&f16, &cal, TypePolicy::default(), how);
-    assert!(r.calibration.as_deref().unwrap_or("").contains("1024 tokens"), "{:?}", r.calibration);
+    assert!(
+        r.calibration
+            .as_deref()
+            .unwrap_or("")
+            .contains("1024 tokens"),
+        "{:?}",
+        r.calibration
+    );
     let f = GgufFile::open(&cal).unwrap();
     assert_eq!(f.get_str("airavata.calibration.method"), Some("collected"));
     assert_eq!(f.get_u64("airavata.calibration.tokens"), Some(1024));
     assert_eq!(f.get_u64("quantize.imatrix.entries_count"), Some(210));
-    assert_eq!(f.get_str("quantize.imatrix.dataset"), Some(text.to_str().unwrap()));
+    assert_eq!(
+        f.get_str("quantize.imatrix.dataset"),
+        Some(text.to_str().unwrap())
+    );
     // Calibrated: every ffn_down stays IQ4_XS (as llama-quantize with an imatrix).
-    assert_eq!(f.tensor("blk.0.ffn_down.weight").unwrap().ty, GgmlType::Iq4Xs);
+    assert_eq!(
+        f.tensor("blk.0.ffn_down.weight").unwrap().ty,
+        GgmlType::Iq4Xs
+    );
     let size_ratio = std::fs::metadata(&cal).unwrap().len() as f64
         / std::fs::metadata(&plain).unwrap().len() as f64;
-    assert!((0.99..=1.0).contains(&size_ratio), "sizes within 1 %: {size_ratio}");
+    assert!(
+        (0.99..=1.0).contains(&size_ratio),
+        "sizes within 1 %: {size_ratio}"
+    );
 
     // Fidelity on the held-out half (scored as llama-perplexity --kl-divergence).
     let kld = |m: &PathBuf| {
@@ -269,9 +333,16 @@ fn calibrated_quantize_records_its_calibration_and_lowers_kld() {
         o.n_ctx = 256;
         o.n_chunks = Some(4);
         o.threads = Some(2);
-        airavata::eval::evaluate(common::backend(), &o).unwrap().summary.kld.value
+        airavata::eval::evaluate(common::backend(), &o)
+            .unwrap()
+            .summary
+            .kld
+            .value
     };
     let (k_plain, k_cal) = (kld(&plain), kld(&cal));
     println!("mean KLD on held-out text: uncalibrated {k_plain:.4}, calibrated {k_cal:.4}");
-    assert!(k_cal < 0.9 * k_plain, "calibrated {k_cal} vs uncalibrated {k_plain}");
+    assert!(
+        k_cal < 0.9 * k_plain,
+        "calibrated {k_cal} vs uncalibrated {k_plain}"
+    );
 }

@@ -192,11 +192,14 @@ pub fn nf4_round_trip(
     };
     let tensors = quantize_nf4(NAME, values, shape, opts)?;
     let d = super::dequantize_with(NAME, |n| {
-        tensors.iter().find(|t| t.name == n).map(|t| super::TensorData {
-            dtype: t.dtype.to_string(),
-            shape: t.shape.clone(),
-            data: t.data.as_slice(),
-        })
+        tensors
+            .iter()
+            .find(|t| t.name == n)
+            .map(|t| super::TensorData {
+                dtype: t.dtype.to_string(),
+                shape: t.shape.clone(),
+                data: t.data.as_slice(),
+            })
     })?;
     Ok(d.data)
 }

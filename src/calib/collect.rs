@@ -347,7 +347,10 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
     let cpath = CString::new(model.to_string_lossy().as_bytes())
         .map_err(|_| CalibError::Llama("model path contains a NUL byte".into()))?;
     if !model.is_file() {
-        return Err(CalibError::Llama(format!("{}: no such file", model.display())));
+        return Err(CalibError::Llama(format!(
+            "{}: no such file",
+            model.display()
+        )));
     }
     let mut loaded = Loaded {
         model: std::ptr::null_mut(),
@@ -395,7 +398,9 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
         sys::llama_init_from_model(loaded.model, cp)
     };
     if loaded.ctx.is_null() {
-        return Err(CalibError::Llama("llama.cpp could not create a context".into()));
+        return Err(CalibError::Llama(
+            "llama.cpp could not create a context".into(),
+        ));
     }
     // SAFETY: the model is loaded; the vocabulary lives as long as it.
     let (vocab, add_bos) = unsafe {
@@ -405,7 +410,9 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
     // SAFETY: as above.
     let bos = unsafe { sys::llama_vocab_bos(vocab) };
     let tokens = tokenize(vocab, text)?;
-    let n_chunks = (tokens.len() / chunk).min(opts.max_tokens.div_ceil(chunk)).max(1);
+    let n_chunks = (tokens.len() / chunk)
+        .min(opts.max_tokens.div_ceil(chunk))
+        .max(1);
     if tokens.len() < chunk {
         return Err(CalibError::Text(format!(
             "calibration text has {} tokens, fewer than one chunk of {chunk}",
@@ -430,7 +437,9 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
             return Err(CalibError::Llama(e));
         }
         if rc != 0 {
-            return Err(CalibError::Llama(format!("llama_decode failed ({rc}) on chunk {i}")));
+            return Err(CalibError::Llama(format!(
+                "llama_decode failed ({rc}) on chunk {i}"
+            )));
         }
         collector.stats.tokens += chunk as u64;
         collector.stats.chunks += 1;

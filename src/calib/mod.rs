@@ -233,7 +233,10 @@ impl Calibration {
 /// `imatrix.chunk_size`. Written atomically.
 pub fn write_imatrix(path: &Path, stats: &Stats, dataset: &str) -> Result<(), CalibError> {
     let meta = vec![
-        ("general.type".to_string(), GgufValue::String("imatrix".into())),
+        (
+            "general.type".to_string(),
+            GgufValue::String("imatrix".into()),
+        ),
         (
             "imatrix.datasets".to_string(),
             GgufValue::strings([dataset.to_string()]),

@@ -199,14 +199,20 @@ pub fn run_quantize(a: QuantizeArgs) -> Result<()> {
 
 pub fn run_imatrix(a: ImatrixArgs) -> Result<()> {
     if a.output.exists() && !a.force {
-        bail!("output {} already exists (use --force to overwrite)", a.output.display());
+        bail!(
+            "output {} already exists (use --force to overwrite)",
+            a.output.display()
+        );
     }
     let (text, name) = match &a.text {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
             p.display().to_string(),
         ),
-        None => (calib::BUILTIN_TEXT.to_string(), calib::BUILTIN_NAME.to_string()),
+        None => (
+            calib::BUILTIN_TEXT.to_string(),
+            calib::BUILTIN_NAME.to_string(),
+        ),
     };
     let opts = CollectOptions {
         chunk: a.chunk,

@@ -113,7 +113,11 @@ fn collect_for(
             let m = super::load_imatrix(p)?;
             Ok(Some(Calibration::from_imatrix(&m, p)))
         }
-        Calibrate::Collect { text: t, opts, auto } => {
+        Calibrate::Collect {
+            text: t,
+            opts,
+            auto,
+        } => {
             let (txt, name) = text(t.as_deref())?;
             crate::engine::llama_backend(opts.backends_dir.as_deref())
                 .map_err(|e| calib::CalibError::Llama(e.to_string()))?;

@@ -340,4 +340,3 @@ pub fn load_imatrix(path: &Path) -> Result<crate::quant::Imatrix, ConvertError> 
         msg: e.to_string(),
     })
 }
-

@@ -190,7 +190,9 @@ fn write_job(
         Transform::None => job.input.row_unit().max(1),
     };
     let rows_per_chunk = ((CHUNK_ELEMS / row_len.max(1)) / unit).max(1) * unit;
-    let cal = enc.calibration.and_then(|c| c.for_tensor(&job.name, row_len));
+    let cal = enc
+        .calibration
+        .and_then(|c| c.for_tensor(&job.name, row_len));
     let mut row = 0;
     while row < n_rows {
         if cancel.load(Ordering::Relaxed) {

@@ -10,7 +10,9 @@
 
 use super::calibrate::{self, Calibrate};
 use super::pipeline::{self, Encoding, Job, TensorInput, Transform};
-use super::{ConvertError, ConvertReport, ModelFacts, Progress, Role, Scheme, TensorRef, TypePolicy};
+use super::{
+    ConvertError, ConvertReport, ModelFacts, Progress, Role, Scheme, TensorRef, TypePolicy,
+};
 use crate::gguf::{llama_ftype_for, GgmlType, GgufFile, GgufValue, TensorInfo};
 use crate::quant::{self, QuantMode};
 use std::collections::BTreeMap;
@@ -166,8 +168,13 @@ pub fn quantize_gguf(
             .collect()
     };
     plan(false)?;
-    let calibration =
-        calibrate::for_gguf(&opts.input, n_params, opts.policy.scheme, &opts.calibrate, !opts.progress)?;
+    let calibration = calibrate::for_gguf(
+        &opts.input,
+        n_params,
+        opts.policy.scheme,
+        &opts.calibrate,
+        !opts.progress,
+    )?;
     let chosen = plan(calibration.is_some())?;
     let requant = chosen
         .iter()
@@ -207,7 +214,10 @@ pub fn quantize_gguf(
             } else {
                 Transform::None
             };
-            let ty = if opts.policy.scheme == Scheme::BnbNf4 && t.ty == GgmlType::Bf16 && ty == GgmlType::F16 {
+            let ty = if opts.policy.scheme == Scheme::BnbNf4
+                && t.ty == GgmlType::Bf16
+                && ty == GgmlType::F16
+            {
                 GgmlType::Bf16
             } else {
                 ty

@@ -91,7 +91,10 @@ impl FromStr for Scheme {
             })
             .ok_or_else(|| {
                 let names: Vec<&str> = SCHEMES.iter().map(|s| s.name()).collect();
-                format!("unknown scheme `{s}` (expected one of {})", names.join(", "))
+                format!(
+                    "unknown scheme `{s}` (expected one of {})",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -177,7 +180,12 @@ impl<'a> TensorRef<'a> {
     }
     /// `N` of a `blk.N.…` name.
     fn layer(&self) -> Option<usize> {
-        self.name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+        self.name
+            .strip_prefix("blk.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
     }
     fn is(&self, kind: &str) -> bool {
         self.name.ends_with(&format!(".{kind}.weight"))
@@ -221,7 +229,7 @@ pub fn fallback(t: GgmlType, row_len: usize) -> GgmlType {
 
 /// llama.cpp's `use_more_bits` layer rule of the K-quant mixes.
 fn use_more_bits(i: usize, n: usize) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 impl TypePolicy {
@@ -238,7 +246,11 @@ impl TypePolicy {
         }
         let is_output =
             t.role == Role::Output || (facts.tied_embeddings && t.role == Role::Embedding);
-        if let Some(o) = self.overrides.iter().find(|o| glob_match(&o.pattern, t.name)) {
+        if let Some(o) = self
+            .overrides
+            .iter()
+            .find(|o| glob_match(&o.pattern, t.name))
+        {
             return fallback(o.ty, t.row_len);
         }
         if t.role == Role::Embedding && !facts.tied_embeddings {
@@ -276,13 +288,9 @@ impl TypePolicy {
         let n = facts.n_layer.max(1);
         match self.scheme {
             Scheme::Nf4 => {
-                if t.is("attn_v") && facts.n_gqa >= 4 {
-                    Some(GgmlType::Q5K)
-                } else if t.is("ffn_down") && layer < n / 8 && !calibrated {
-                    Some(GgmlType::Q5K)
-                } else {
-                    None
-                }
+                let bump = (t.is("attn_v") && facts.n_gqa >= 4)
+                    || (t.is("ffn_down") && layer < n / 8 && !calibrated);
+                bump.then_some(GgmlType::Q5K)
             }
             Scheme::Q4K => ((t.is("attn_v") || t.is("ffn_down")) && use_more_bits(layer, n))
                 .then_some(GgmlType::Q6K),
@@ -340,27 +348,56 @@ mod tests {
         let p = TypePolicy::default();
         let f = &AIRAVATA;
         let w = |name: &str, shape: Vec<usize>| t(name, shape, Role::Weight);
-        assert_eq!(choose(&p, &w("blk.0.attn_q.weight", vec![4096, 4096]), f, true), GgmlType::Iq4Xs);
+        assert_eq!(
+            choose(&p, &w("blk.0.attn_q.weight", vec![4096, 4096]), f, true),
+            GgmlType::Iq4Xs
+        );
         assert_eq!(
             choose(&p, &w("blk.9.ffn_down.weight", vec![4096, 11008]), f, false),
             GgmlType::Iq4Xs
         );
-        assert_eq!(choose(&p, &w("blk.1.attn_k.weight", vec![4096, 288]), f, false), GgmlType::Iq4Nl);
-        assert_eq!(choose(&p, &w("blk.1.attn_k.weight", vec![64, 172]), f, false), GgmlType::F16);
         assert_eq!(
-            choose(&p, &t("output.weight", vec![48065, 4096], Role::Output), f, false),
+            choose(&p, &w("blk.1.attn_k.weight", vec![4096, 288]), f, false),
+            GgmlType::Iq4Nl
+        );
+        assert_eq!(
+            choose(&p, &w("blk.1.attn_k.weight", vec![64, 172]), f, false),
+            GgmlType::F16
+        );
+        assert_eq!(
+            choose(
+                &p,
+                &t("output.weight", vec![48065, 4096], Role::Output),
+                f,
+                false
+            ),
             GgmlType::Q6K
         );
         assert_eq!(
-            choose(&p, &t("output.weight", vec![512, 64], Role::Output), f, false),
+            choose(
+                &p,
+                &t("output.weight", vec![512, 64], Role::Output),
+                f,
+                false
+            ),
             GgmlType::Q8_0
         );
         assert_eq!(
-            choose(&p, &t("token_embd.weight", vec![48065, 4096], Role::Embedding), f, false),
+            choose(
+                &p,
+                &t("token_embd.weight", vec![48065, 4096], Role::Embedding),
+                f,
+                false
+            ),
             GgmlType::Iq4Xs
         );
         assert_eq!(
-            choose(&p, &t("blk.0.attn_norm.weight", vec![4096], Role::Norm), f, false),
+            choose(
+                &p,
+                &t("blk.0.attn_norm.weight", vec![4096], Role::Norm),
+                f,
+                false
+            ),
             GgmlType::F32
         );
         let q8 = TypePolicy {
@@ -368,7 +405,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            choose(&q8, &t("output.weight", vec![48065, 4096], Role::Output), f, false),
+            choose(
+                &q8,
+                &t("output.weight", vec![48065, 4096], Role::Output),
+                f,
+                false
+            ),
             GgmlType::Q8_0
         );
     }
@@ -384,28 +426,69 @@ mod tests {
             tied_embeddings: true,
         };
         let embd = t("token_embd.weight", vec![49152, 576], Role::Embedding);
-        assert_eq!(choose(&p, &embd, &smol, false), GgmlType::Q8_0, "tied: output type");
-        let down = |i: usize| t(&format!("blk.{i}.ffn_down.weight"), vec![576, 1536], Role::Weight);
-        assert_eq!(choose(&p, &down(2), &smol, false), GgmlType::Q5K, "n_layer/8 = 3");
+        assert_eq!(
+            choose(&p, &embd, &smol, false),
+            GgmlType::Q8_0,
+            "tied: output type"
+        );
+        let down = |i: usize| {
+            t(
+                &format!("blk.{i}.ffn_down.weight"),
+                vec![576, 1536],
+                Role::Weight,
+            )
+        };
+        assert_eq!(
+            choose(&p, &down(2), &smol, false),
+            GgmlType::Q5K,
+            "n_layer/8 = 3"
+        );
         assert_eq!(choose(&p, &down(3), &smol, false), GgmlType::Iq4Xs);
-        assert_eq!(choose(&p, &down(0), &smol, true), GgmlType::Iq4Xs, "no bump with imatrix");
+        assert_eq!(
+            choose(&p, &down(0), &smol, true),
+            GgmlType::Iq4Xs,
+            "no bump with imatrix"
+        );
         let v = t("blk.4.attn_v.weight", vec![192, 576], Role::Weight);
         assert_eq!(choose(&p, &v, &smol, false), GgmlType::Iq4Nl);
         let gqa8 = ModelFacts { n_gqa: 8, ..smol };
-        assert_eq!(choose(&p, &v, &gqa8, false), GgmlType::Q5_1, "Q5_K falls back to Q5_1");
-        let pure = TypePolicy { pure: true, ..Default::default() };
+        assert_eq!(
+            choose(&p, &v, &gqa8, false),
+            GgmlType::Q5_1,
+            "Q5_K falls back to Q5_1"
+        );
+        let pure = TypePolicy {
+            pure: true,
+            ..Default::default()
+        };
         assert_eq!(choose(&pure, &down(0), &smol, false), GgmlType::Iq4Xs);
         assert_eq!(choose(&pure, &embd, &smol, false), GgmlType::Iq4Nl);
         // Q4_K_M: attn_v and ffn_down get Q6_K on use_more_bits layers.
-        let q4km = TypePolicy { scheme: Scheme::Q4K, ..Default::default() };
+        let q4km = TypePolicy {
+            scheme: Scheme::Q4K,
+            ..Default::default()
+        };
         let f = &AIRAVATA;
-        let down7b = |i: usize| t(&format!("blk.{i}.ffn_down.weight"), vec![4096, 11008], Role::Weight);
+        let down7b = |i: usize| {
+            t(
+                &format!("blk.{i}.ffn_down.weight"),
+                vec![4096, 11008],
+                Role::Weight,
+            )
+        };
         assert_eq!(choose(&q4km, &down7b(0), f, false), GgmlType::Q6K);
         assert_eq!(choose(&q4km, &down7b(4), f, false), GgmlType::Q4K);
-        assert_eq!(choose(&q4km, &down7b(6), f, false), GgmlType::Q6K, "(6-4)%3 == 2");
+        assert_eq!(
+            choose(&q4km, &down7b(6), f, false),
+            GgmlType::Q6K,
+            "(6-4)%3 == 2"
+        );
         assert_eq!(choose(&q4km, &down7b(31), f, false), GgmlType::Q6K);
         // bnb-nf4 keeps everything 16-bit.
-        let bnb = TypePolicy { scheme: Scheme::BnbNf4, ..Default::default() };
+        let bnb = TypePolicy {
+            scheme: Scheme::BnbNf4,
+            ..Default::default()
+        };
         assert_eq!(choose(&bnb, &down7b(0), f, false), GgmlType::F16);
     }
 

@@ -85,4 +85,3 @@ fn model_description(model: &LlamaModel, file_type: &str) -> String {
     };
     format!("{arch} {size} {file_type}")
 }
-

@@ -358,7 +358,9 @@ mod tests {
                 let mut v = 0f64;
                 for k in 0..n {
                     let uk_i = u[k * n + i] as f64;
-                    let ut_a: f64 = (0..n).map(|m| u[k * n + m] as f64 * a[m * n + j] as f64).sum();
+                    let ut_a: f64 = (0..n)
+                        .map(|m| u[k * n + m] as f64 * a[m * n + j] as f64)
+                        .sum();
                     v += uk_i * ut_a;
                 }
                 let want = if i == j { 1.0 } else { 0.0 };
@@ -368,6 +370,9 @@ mod tests {
                 assert_eq!(u[i * n + j], 0.0, "upper triangular");
             }
         }
-        assert!(inverse_cholesky_upper(&vec![0f32; 4], 2, 0.0).is_some(), "λ = 1 for zero");
+        assert!(
+            inverse_cholesky_upper(&[0f32; 4], 2, 0.0).is_some(),
+            "λ = 1 for zero"
+        );
     }
 }
