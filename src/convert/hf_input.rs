@@ -3,8 +3,8 @@
 //! order, Q/K rows permuted), or whole bitsandbytes NF4 weights dequantized
 //! exactly as bitsandbytes does.
 
-use super::pipeline::{first_non_finite, Job, TensorInput, Transform};
-use super::plan::{self, PlannedTensor, Role};
+use super::pipeline::{first_non_finite, scheme_encoding, Job, TensorInput};
+use super::plan::{self, PlannedTensor};
 use super::{ConvertError, Prepared, Scheme};
 use crate::bnb::WeightDtype;
 use crate::safetensors::{self, Checkpoint, Dtype};
@@ -23,22 +23,12 @@ pub fn jobs<'a>(p: &'a Prepared, scheme: Scheme) -> Vec<Job<'a>> {
                 .unwrap_or_else(|| p.checkpoint.dir.clone());
             let bnb = p.bnb_weights.contains(&t.hf_name);
             let dtype = p.checkpoint.get(&t.hf_name).map(|(_, e)| e.dtype);
-            let transform = if scheme == Scheme::BnbNf4 && t.role == Role::Weight {
-                Transform::BnbNf4(match dtype {
-                    Some(Dtype::BF16) => WeightDtype::Bf16,
-                    Some(Dtype::F32) => WeightDtype::F32,
-                    _ => WeightDtype::F16,
-                })
-            } else {
-                Transform::None
+            let source = match dtype {
+                Some(Dtype::BF16) => WeightDtype::Bf16,
+                Some(Dtype::F32) => WeightDtype::F32,
+                _ => WeightDtype::F16,
             };
-            // bnb-nf4 keeps bf16 checkpoints bit-exact.
-            let ty = match (scheme, dtype, *ty) {
-                (Scheme::BnbNf4, Some(Dtype::BF16), crate::gguf::GgmlType::F16) => {
-                    crate::gguf::GgmlType::Bf16
-                }
-                (_, _, ty) => ty,
-            };
+            let (transform, ty) = scheme_encoding(scheme, t.role, source, *ty);
             let input: Box<dyn TensorInput + 'a> = if bnb {
                 Box::new(BnbTensor {
                     ck: &p.checkpoint,

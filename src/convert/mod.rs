@@ -306,14 +306,7 @@ pub fn convert(
         meta.extend(c.metadata());
     }
     let jobs = hf_input::jobs(&p, opts.policy.scheme);
-    let enc = pipeline::Encoding {
-        mode: opts.quantizer.unwrap_or(if calibration.is_some() {
-            QuantMode::Search
-        } else {
-            QuantMode::Reference
-        }),
-        calibration: calibration.as_ref(),
-    };
+    let enc = pipeline::Encoding::new(opts.quantizer, calibration.as_ref());
     let w = pipeline::write_gguf(&opts.output, &meta, &jobs, &enc, progress, cancel)?;
     Ok(ConvertReport {
         output: w.output,

@@ -71,6 +71,45 @@ pub struct Encoding<'c> {
     pub calibration: Option<&'c Calibration>,
 }
 
+impl<'c> Encoding<'c> {
+    /// `quantizer` None: `search` when calibrated, else ggml's reference
+    /// rounding (what llama-quantize writes).
+    pub fn new(quantizer: Option<QuantMode>, calibration: Option<&'c Calibration>) -> Self {
+        let mode = quantizer.unwrap_or(if calibration.is_some() {
+            QuantMode::Search
+        } else {
+            QuantMode::Reference
+        });
+        Self { mode, calibration }
+    }
+}
+
+/// The transform and stored type of a tensor under `scheme`: `bnb-nf4`
+/// round-trips linear weights in their own dtype and keeps bf16 tensors
+/// BF16 (exact); other schemes store `ty` as it is.
+pub fn scheme_encoding(
+    scheme: super::Scheme,
+    role: super::Role,
+    source: crate::bnb::WeightDtype,
+    ty: GgmlType,
+) -> (Transform, GgmlType) {
+    use crate::bnb::WeightDtype;
+    if scheme != super::Scheme::BnbNf4 {
+        return (Transform::None, ty);
+    }
+    let transform = if role == super::Role::Weight {
+        Transform::BnbNf4(source)
+    } else {
+        Transform::None
+    };
+    let ty = if source == WeightDtype::Bf16 && ty == GgmlType::F16 {
+        GgmlType::Bf16
+    } else {
+        ty
+    };
+    (transform, ty)
+}
+
 /// What was written.
 #[derive(Debug, Clone)]
 pub struct Written {

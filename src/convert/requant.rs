@@ -9,10 +9,8 @@
 //! calibration record are replaced.
 
 use super::calibrate::{self, Calibrate};
-use super::pipeline::{self, Encoding, Job, TensorInput, Transform};
-use super::{
-    ConvertError, ConvertReport, ModelFacts, Progress, Role, Scheme, TensorRef, TypePolicy,
-};
+use super::pipeline::{self, Encoding, Job, TensorInput};
+use super::{ConvertError, ConvertReport, ModelFacts, Progress, Role, TensorRef, TypePolicy};
 use crate::gguf::{llama_ftype_for, GgmlType, GgufFile, GgufValue, TensorInfo};
 use crate::quant::{self, QuantMode};
 use std::collections::BTreeMap;
@@ -203,25 +201,13 @@ pub fn quantize_gguf(
         .iter()
         .map(|&(i, ty)| {
             let t = &f.tensors[i];
-            let transform = if opts.policy.scheme == Scheme::BnbNf4
-                && role_of(&t.name, t.dims.len()) == Role::Weight
-            {
-                Transform::BnbNf4(if t.ty == GgmlType::Bf16 {
-                    crate::bnb::WeightDtype::Bf16
-                } else {
-                    crate::bnb::WeightDtype::F16
-                })
+            let source = if t.ty == GgmlType::Bf16 {
+                crate::bnb::WeightDtype::Bf16
             } else {
-                Transform::None
+                crate::bnb::WeightDtype::F16
             };
-            let ty = if opts.policy.scheme == Scheme::BnbNf4
-                && t.ty == GgmlType::Bf16
-                && ty == GgmlType::F16
-            {
-                GgmlType::Bf16
-            } else {
-                ty
-            };
+            let role = role_of(&t.name, t.dims.len());
+            let (transform, ty) = pipeline::scheme_encoding(opts.policy.scheme, role, source, ty);
             Job {
                 name: t.name.clone(),
                 dims: t.dims.clone(),
@@ -231,14 +217,7 @@ pub fn quantize_gguf(
             }
         })
         .collect();
-    let enc = Encoding {
-        mode: opts.quantizer.unwrap_or(if calibration.is_some() {
-            QuantMode::Search
-        } else {
-            QuantMode::Reference
-        }),
-        calibration: calibration.as_ref(),
-    };
+    let enc = Encoding::new(opts.quantizer, calibration.as_ref());
     let w = pipeline::write_gguf(&opts.output, &meta, &jobs, &enc, progress, cancel)?;
     let mut types = BTreeMap::new();
     for (k, v) in w.types {
