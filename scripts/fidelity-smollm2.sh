@@ -18,8 +18,11 @@ BIN=target/release/airavata
 T=vendor/llama.cpp/build-cpu/bin
 BASE=vendor/models/smollm2/SmolLM2-135M-Instruct.F16.gguf
 ASSETS=${AIRAVATA_ASSETS:-../shared/assets}
-[ -x "$BIN" ] && [ -x "$T/llama-perplexity" ] && [ -f "$BASE" ] || { echo "build airavata, the llama.cpp tools and fetch SmolLM2 first"; exit 1; }
-W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+[ -x "$BIN" ] && [ -f "$BASE" ] || { echo "build airavata and fetch SmolLM2 first"; exit 1; }
+[ "${OURS_ONLY:-0}" = 1 ] || [ -x "$T/llama-perplexity" ] || { echo "run scripts/build-llama-tools.sh first"; exit 1; }
+# Work files (kept, so a rerun only does what is missing).
+W=${WORK:-/tmp/fidelity-smollm2}
+mkdir -p "$W"
 # Disjoint halves of wiki.test.raw, split at an article heading.
 python3 - "$ASSETS/eval-wikitext2/wiki.test.raw" "$W/calib.txt" "$W/eval.txt" <<'PY'
 import sys
@@ -29,19 +32,26 @@ open(sys.argv[2], "w", encoding="utf-8").write(t[:i])
 open(sys.argv[3], "w", encoding="utf-8").write(t[i:])
 PY
 log() { echo "== $*" | tee -a "$OUT/log.txt"; }
-timed() { local name=$1; shift; local t0=$(date +%s.%N); "$@" >>"$OUT/log.txt" 2>&1; echo "$name $(echo "$(date +%s.%N) - $t0" | bc)" >>"$OUT/times.txt"; }
-: >"$OUT/times.txt"
+timed() {
+  local name=$1; shift
+  if [ -f "$W/$name.gguf" ]; then return 0; fi
+  local t0; t0=$(date +%s.%N)
+  "$@" >>"$OUT/log.txt" 2>&1
+  echo "$name $(echo "$(date +%s.%N) - $t0" | bc) s" >>"$OUT/times.txt"
+}
+touch "$OUT/times.txt"
 log "quantize"
 timed ours-default        "$BIN" quantize "$BASE" "$W/ours-default.gguf" --quiet
 timed ours-nocal          "$BIN" quantize "$BASE" "$W/ours-nocal.gguf" --no-calibration --quiet
 timed ours-cal-wiki       "$BIN" quantize "$BASE" "$W/ours-cal-wiki.gguf" --calibration "$W/calib.txt" --calibration-tokens $CAL_TOKENS --quiet
 timed ours-bnb-nf4        "$BIN" quantize "$BASE" "$W/ours-bnb-nf4.gguf" --scheme bnb-nf4 --quiet
-timed llama-imatrix       "$T/llama-imatrix" -m "$BASE" -f "$W/calib.txt" -o "$W/imatrix.gguf" -c 512 --chunks $((CAL_TOKENS / 512)) -t "$(nproc)"
+if [ "${OURS_ONLY:-0}" = 1 ]; then exit 0; fi
+timed imatrix             "$T/llama-imatrix" -m "$BASE" -f "$W/calib.txt" -o "$W/imatrix.gguf" -c 512 --chunks $((CAL_TOKENS / 512)) -t "$(nproc)"
 timed lq-iq4_xs           "$T/llama-quantize" "$BASE" "$W/lq-iq4_xs.gguf" IQ4_XS
 timed lq-iq4_xs-imatrix   "$T/llama-quantize" --imatrix "$W/imatrix.gguf" "$BASE" "$W/lq-iq4_xs-imatrix.gguf" IQ4_XS
 timed lq-q4_k_m           "$T/llama-quantize" "$BASE" "$W/lq-q4_k_m.gguf" Q4_K_M
 log "base logits"
-"$T/llama-perplexity" -m "$BASE" -f "$W/eval.txt" -c $CTX --chunks "$CHUNKS" --kl-divergence-base "$W/base.kld" -t "$(nproc)" >>"$OUT/log.txt" 2>&1
+[ -f "$W/base.kld" ] || "$T/llama-perplexity" -m "$BASE" -f "$W/eval.txt" -c $CTX --chunks "$CHUNKS" --kl-divergence-base "$W/base.kld" -t "$(nproc)" >>"$OUT/log.txt" 2>&1
 for m in ours-default ours-nocal ours-cal-wiki lq-iq4_xs lq-iq4_xs-imatrix lq-q4_k_m ours-bnb-nf4; do
   log "kld $m"
   "$T/llama-perplexity" -m "$W/$m.gguf" --kl-divergence-base "$W/base.kld" --kl-divergence -c $CTX --chunks "$CHUNKS" -t "$(nproc)" >"$OUT/kld-$m.txt" 2>&1

@@ -100,6 +100,33 @@ fn budget(n_params: u64, gpu: bool, want: usize) -> Option<usize> {
     (tokens >= MIN_TOKENS).then_some(tokens)
 }
 
+/// Tokens to collect and whether a GPU runs them, or None (after saying so)
+/// when an automatic calibration does not fit the budget.
+fn plan_tokens(n_params: u64, how: &Calibrate) -> Result<Option<(usize, bool)>, ConvertError> {
+    let Calibrate::Collect { opts, auto, .. } = how else {
+        return Ok(None);
+    };
+    crate::engine::llama_backend(opts.backends_dir.as_deref())
+        .map_err(|e| calib::CalibError::Llama(e.to_string()))?;
+    let gpu = calib::gpu_available() && opts.n_gpu_layers > 0;
+    if !*auto {
+        return Ok(Some((opts.max_tokens, gpu)));
+    }
+    match budget(n_params, gpu, opts.max_tokens) {
+        Some(n) => Ok(Some((n, gpu))),
+        None => {
+            eprintln!(
+                "calibration skipped: no GPU backend, and {:.2} B parameters exceed the CPU budget \
+                 ({CPU_BUDGET_SECS:.0} s for {MIN_TOKENS} tokens); writing llama-quantize's default \
+                 mix with ggml's reference rounding (pass --calibration FILE to calibrate anyway, \
+                 or --no-calibration to silence this)",
+                n_params as f64 / 1e9
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// Collect statistics from `gguf` per `how`, or explain why not.
 fn collect_for(
     gguf: &Path,
@@ -178,9 +205,13 @@ pub fn for_checkpoint(
     if !opts.policy.scheme.is_low_bit() {
         return Ok(None);
     }
+    let n = super::total_elems(p);
     if !matches!(opts.calibrate, Calibrate::Collect { .. }) {
-        let n = super::total_elems(p);
         return collect_for(Path::new(""), n, &opts.calibrate, !opts.progress);
+    }
+    // Decide before writing the temporary model.
+    if plan_tokens(n, &opts.calibrate)?.is_none() {
+        return Ok(None);
     }
     let dir = opts
         .output
@@ -207,7 +238,6 @@ pub fn for_checkpoint(
         eprintln!("writing a temporary Q8_0 model for calibration");
     }
     pipeline::write_gguf(&q8, &meta, &jobs, &enc, &Silent as &dyn Progress, cancel)?;
-    let n = super::total_elems(p);
     let c = collect_for(&q8, n, &opts.calibrate, !opts.progress);
     drop(tmp);
     c
