@@ -49,7 +49,7 @@ sys.exit(rc)
 PY
 }
 
-stage_build() {
+configure() {
   if [ ! -f "$SRC/CMakeLists.txt" ]; then
     mkdir -p "$WORK" && tar xzf "$ROOT/.carry/llama-src.tgz" -C "$WORK"
   fi
@@ -58,6 +58,10 @@ stage_build() {
     -DGGML_BACKEND_DL=ON -DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=ON -DBUILD_SHARED_LIBS=ON \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >"$OUT/cmake.log" 2>&1
+}
+
+stage_build() {
+  configure
   log "build ggml-cuda and the tools"
   ( time cmake --build "$BUILD" -j "$JOBS" --target ggml-cuda llama-bench llama-batched-bench llama-server llama-quantize llama-perplexity ) >"$OUT/build.log" 2>&1
   tail -4 "$OUT/build.log"
@@ -65,16 +69,11 @@ stage_build() {
 }
 
 stage_cudaonly() {
-  if [ ! -f "$SRC/CMakeLists.txt" ]; then
-    mkdir -p "$WORK" && tar xzf "$ROOT/.carry/llama-src.tgz" -C "$WORK"
-  fi
-  log "configure (CUDA backend only)"
-  cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_BACKEND_DL=ON -DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=ON -DBUILD_SHARED_LIBS=ON \
-    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >"$OUT/cmake.log" 2>&1
+  configure
   ( time cmake --build "$BUILD" -j "$JOBS" --target ggml-cuda ) >"$OUT/build.log" 2>&1
   tail -4 "$OUT/build.log"
+  # The CPU backends ship with our binary; --backends-dir needs them beside the CUDA one.
+  cp "$BIN"/libggml-cpu-*.so "$BUILD/bin/"
   ls -la "$BUILD/bin" | grep -E "ggml" | tee -a "$OUT/log.txt"
 }
 
@@ -84,8 +83,8 @@ stage_calib7b() {
   log "convert 7B, default (calibrated on the GPU)"
   measure "${AIRAVATA[@]}" convert "$CKPT" -o "$WORK/airavata-cal.gguf" --force \
     --backends-dir "$BUILD/bin" 2>&1 | grep -v "^\s*$" | tail -8 | tee -a "$OUT/log.txt"
-  log "convert 7B, default, no GPU backend loaded"
-  measure "${AIRAVATA[@]}" convert "$CKPT" -o "$WORK/airavata-nogpu.gguf" --force \
+  log "convert 7B, default, no GPU backend loaded, 2 cores (as a CPU-only box)"
+  measure taskset -c 0-1 "${AIRAVATA[@]}" convert "$CKPT" -o "$WORK/airavata-nogpu.gguf" --force \
     2>&1 | grep -v "^\s*$" | tail -4 | tee -a "$OUT/log.txt"
   for f in airavata-cal airavata-nogpu; do
     "${AIRAVATA[@]}" inspect "$WORK/$f.gguf" --json | python3 -c "
