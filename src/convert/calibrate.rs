@@ -146,25 +146,8 @@ fn collect_for(
             auto,
         } => {
             let (txt, name) = text(t.as_deref())?;
-            crate::engine::llama_backend(opts.backends_dir.as_deref())
-                .map_err(|e| calib::CalibError::Llama(e.to_string()))?;
-            let gpu = calib::gpu_available() && opts.n_gpu_layers > 0;
-            let tokens = if *auto {
-                match budget(n_params, gpu, opts.max_tokens) {
-                    Some(n) => n,
-                    None => {
-                        eprintln!(
-                            "calibration skipped: no GPU backend, and {:.2} B parameters exceed the CPU budget \
-                             ({CPU_BUDGET_SECS:.0} s for {MIN_TOKENS} tokens); writing llama-quantize's default \
-                             mix with ggml's reference rounding (pass --calibration FILE to calibrate anyway, \
-                             or --no-calibration to silence this)",
-                            n_params as f64 / 1e9
-                        );
-                        return Ok(None);
-                    }
-                }
-            } else {
-                opts.max_tokens
+            let Some((tokens, gpu)) = plan_tokens(n_params, how)? else {
+                return Ok(None);
             };
             let o = CollectOptions {
                 max_tokens: tokens,

@@ -293,9 +293,7 @@ pub fn convert(
     cancel: &AtomicBool,
 ) -> Result<ConvertReport, ConvertError> {
     let t0 = Instant::now();
-    if opts.output.exists() && !opts.overwrite {
-        return Err(ConvertError::Exists(opts.output.clone()));
-    }
+    refuse_existing(&opts.output, opts.overwrite)?;
     // Validate before any (slow) calibration run.
     let probe = prepare(&opts.input, &opts.policy, false)?;
     let calibration = calibrate::for_checkpoint(opts, &probe, cancel)?;
@@ -317,6 +315,14 @@ pub fn convert(
         n_params: total_elems(&p),
         calibration: calibration.map(|c| calibrate::describe(&c.provenance)),
     })
+}
+
+/// An existing output is kept unless `overwrite` (`--force`).
+fn refuse_existing(output: &Path, overwrite: bool) -> Result<(), ConvertError> {
+    if output.exists() && !overwrite {
+        return Err(ConvertError::Exists(output.to_path_buf()));
+    }
+    Ok(())
 }
 
 fn total_elems(p: &Prepared) -> u64 {

@@ -123,9 +123,7 @@ pub fn quantize_gguf(
     cancel: &AtomicBool,
 ) -> Result<ConvertReport, ConvertError> {
     let t0 = Instant::now();
-    if opts.output.exists() && !opts.overwrite {
-        return Err(ConvertError::Exists(opts.output.clone()));
-    }
+    super::refuse_existing(&opts.output, opts.overwrite)?;
     if opts.input == opts.output {
         return Err(ConvertError::Config {
             path: opts.output.clone(),
