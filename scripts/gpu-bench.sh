@@ -11,6 +11,8 @@
 #   scripts/gpu-bench.sh variants  # both servers with --kv-unified, and both with --unique-prompts
 #   scripts/gpu-bench.sh oldapp    # transformers + bitsandbytes NF4 on the same checkpoint, 50 new tokens
 #   scripts/gpu-bench.sh cudaonly  # only the CUDA backend (libggml-cuda.so), when no llama.cpp tool is needed
+#   scripts/gpu-bench.sh soak      # 8-minute soak of our server (64 streams, mixed requests, disconnects) on
+#                                  # GPU $SOAK_GPU (default 0): RSS, VRAM, KV and slots every 10 s; checks
 #   scripts/gpu-bench.sh calib7b   # default convert of the 7B: calibrated on the GPU (time, peak RSS), and the
 #                                  # same without a GPU backend (states what it did)
 #
@@ -214,6 +216,23 @@ stage_variants() {
   BENCH_FLAGS=--unique-prompts serve_ours ours-unique
   BENCH_FLAGS=--unique-prompts serve_llama llama-server-unique
   "${AIRAVATA[@]}" bench --compare "$OUT"/bench-*.json | tee "$OUT/bench-all.md"
+}
+
+# Soak: scripts/soak.py drives our server for SOAK_SECS (default 480) at 64 streams with the
+# Airavata prompt set (.carry/prompts.jsonl); 2048 context per slot so every prompt fits.
+stage_soak() {
+  local gpu=${SOAK_GPU:-0} secs=${SOAK_SECS:-480} port=18095
+  log "soak: ${secs} s, 64 streams, GPU $gpu"
+  CUDA_VISIBLE_DEVICES=$gpu "${AIRAVATA[@]}" serve "$OURS" --port $port --parallel 64 --ctx-size $((64 * 2048)) \
+     --backends-dir "$BUILD/bin" >"$OUT/server-soak.log" 2>&1 &
+  local pid=$!
+  wait_http http://127.0.0.1:$port/health
+  local rc=0
+  python3 "$ROOT/scripts/soak.py" --url http://127.0.0.1:$port --pid $pid --gpu "$gpu" --duration "$secs" \
+     --concurrency 64 --prompts "$ROOT/.carry/prompts.jsonl" --out "$OUT" >"$OUT/soak.txt" 2>&1 || rc=$?
+  tail -12 "$OUT/soak.txt" | tee -a "$OUT/log.txt"
+  kill $pid; wait $pid 2>/dev/null || true
+  log "soak exit $rc"
 }
 
 stage_oldapp() {

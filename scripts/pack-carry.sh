@@ -4,6 +4,7 @@
 #   .carry/llama-src.tgz  pinned llama.cpp source, trimmed of docs, models and other backends
 #   .carry/bin/           airavata built with --features dynamic-backends + its shared libraries
 #   .carry/bnb-site.zip   bitsandbytes wheel contents with only the CUDA 13 library (old-app stage)
+#   .carry/prompts.jsonl  the shared Airavata prompt set (soak stage)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -25,4 +26,7 @@ if [ ! -f .carry/bnb-site.zip ]; then
      && find . -name 'libbitsandbytes_*.so' ! -name '*cuda130*' ! -name '*cpu*' -delete && zip -qr "$root/.carry/bnb-site.zip" .)
   rm -rf "$tmp"
 fi
+# The Airavata prompt set for the soak stage.
+assets=${AIRAVATA_ASSETS:-../shared/assets}
+cp "$assets/eval-airavata-prompts/prompts.jsonl" .carry/prompts.jsonl
 du -sh .carry/*
