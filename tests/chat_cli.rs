@@ -8,7 +8,6 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use rexpect::process::wait::WaitStatus;
 use rexpect::reader::{Options, ReadUntil};
 use rexpect::session::PtySession;
 use serde_json::{json, Value};
@@ -20,11 +19,7 @@ fn model(test: &str) -> Option<PathBuf> {
 }
 
 /// rexpect hands the terminal's bytes over one `char` per byte: UTF-8 text
-/// is matched in that form and read back from it.
-fn as_pty(s: &str) -> String {
-    s.bytes().map(char::from).collect()
-}
-
+/// is read back from that form.
 fn from_pty(s: &str) -> String {
     let bytes: Vec<u8> = s.chars().map(|c| c as u32 as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
@@ -49,25 +44,71 @@ fn spawn_chat(model: &PathBuf, extra: &[&str]) -> PtySession {
 
 const PROMPT: &str = ">>> ";
 
-/// Waits for a turn's statistics line; returns (completion tokens, context used).
-fn turn_stats(p: &mut PtySession) -> (u32, u32) {
-    let (_, stats) = p
+/// One turn as the terminal showed it: the answer (the text between the
+/// end of the echoed input line and the statistics line), the completion
+/// tokens and the context used.
+struct Turn {
+    answer: String,
+    tokens: u32,
+    used: u32,
+}
+
+/// Waits for a turn's statistics line and reads the turn back.
+fn turn(p: &mut PtySession) -> Turn {
+    let (before, stats) = p
         .exp_regex(r"\[\d+ tokens, [0-9.]+ tokens/s, context \d+/1024\]")
         .expect("statistics line");
     let nums: Vec<u32> = stats
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse().ok())
         .collect();
-    // [N tokens, R.R tokens/s, context U/C]: N, R's digits…, U, C.
-    let n = nums[0];
-    let used = nums[nums.len() - 2];
-    (n, used)
+    // [N tokens, R.R tokens/s, context U/C]: N, the digits of R, U, C.
+    let shown = from_pty(&before);
+    // The line editor redraws the input with bare carriage returns; the
+    // first newline ends it, and the answer's own newlines arrive as CRLF.
+    let answer = shown
+        .split_once("\r\n")
+        .map_or("", |(_, rest)| rest)
+        .strip_suffix("\r\n")
+        .unwrap_or_default()
+        .replace("\r\n", "\n");
+    Turn {
+        answer,
+        tokens: nums[0],
+        used: nums[nums.len() - 2],
+    }
 }
 
-fn exit_code(p: &mut PtySession) -> i32 {
-    match p.process_mut().wait().expect("wait") {
-        WaitStatus::Exited(_, code) => code,
-        other => panic!("chat ended with {other:?}"),
+/// The server's greedy answer to `messages` and the context it used.
+fn reference(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    messages: Value,
+    max_tokens: u32,
+) -> (String, u32) {
+    let req = common::server::client()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&json!({"messages": messages, "temperature": 0, "max_tokens": max_tokens}));
+    let v: Value = rt.block_on(async move {
+        let res = req.send().await.expect("request");
+        assert_eq!(res.status(), 200);
+        res.json().await.expect("JSON")
+    });
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content")
+        .to_string();
+    let used = v["usage"]["total_tokens"].as_u64().expect("usage") as u32;
+    (text, used)
+}
+
+/// The exit status, as nix's `WaitStatus` prints (rexpect does not re-export it).
+fn exit_status(p: &mut PtySession) -> String {
+    let status = format!("{:?}", p.process_mut().wait().expect("wait"));
+    // `Exited(Pid(1234), 0)` → `Exited(0)`.
+    match status.split_once("), ") {
+        Some((head, code)) if head.starts_with("Exited(Pid(") => format!("Exited({code}"),
+        _ => status,
     }
 }
 
@@ -76,47 +117,66 @@ fn chat_in_a_pseudo_terminal() {
     let Some(model) = model("chat_in_a_pseudo_terminal") else {
         return;
     };
-    let mut p = spawn_chat(&model, &["--max-tokens", "48", "--step-delay-ms", "25"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let server = rt.block_on(common::server::start(
+        common::server::test_options(),
+        model.clone(),
+    ));
+    let url = server.url();
+    const MAX: u32 = 32;
+    let mut p = spawn_chat(
+        &model,
+        &["--max-tokens", &MAX.to_string(), "--step-delay-ms", "25"],
+    );
     p.exp_string(PROMPT).expect("first prompt");
 
-    // A Devanagari turn streams an answer.
+    // A Devanagari turn streams the same answer the server gives the same
+    // message: the input arrived intact.
     let hindi = "नमस्ते! एक कहानी सुनाइए।";
     p.send_line(hindi).expect("send");
-    // The line editor echoes the Devanagari input intact.
-    p.exp_string(&as_pty(hindi)).expect("echoed input");
-    let (n1, used1) = turn_stats(&mut p);
-    assert!(n1 > 0);
+    let t1 = turn(&mut p);
+    let conv1 = json!([{"role": "user", "content": hindi}]);
+    let (text1, used1) = reference(&rt, &url, conv1, MAX);
+    assert_eq!((t1.answer.as_str(), t1.used), (text1.as_str(), used1));
+    assert!(t1.tokens > 0);
     p.exp_string(PROMPT).expect("prompt after turn 1");
 
     // A second turn carries the first in its context.
-    p.send_line("Tell me about the dog.").expect("send");
-    let (_, used2) = turn_stats(&mut p);
-    assert!(used2 > used1 + 5, "turn 2 used {used2}, turn 1 {used1}");
+    let english = "Tell me about the dog.";
+    p.send_line(english).expect("send");
+    let t2 = turn(&mut p);
+    let conv2 = json!([
+        {"role": "user", "content": hindi},
+        {"role": "assistant", "content": t1.answer},
+        {"role": "user", "content": english},
+    ]);
+    let (text2, used2) = reference(&rt, &url, conv2, MAX);
+    assert_eq!((t2.answer.as_str(), t2.used), (text2.as_str(), used2));
+    assert!(t2.used > t1.used + 5, "turn 2 used {}, turn 1 {}", t2.used, t1.used);
     p.exp_string(PROMPT).expect("prompt after turn 2");
 
-    // /reset forgets it: the same question uses exactly turn 1's context.
+    // /reset forgets it: the same question is turn 1 again.
     p.send_line("/reset").expect("send");
     p.exp_string("(conversation cleared)").expect("reset");
     p.exp_string(PROMPT).expect("prompt after reset");
     p.send_line(hindi).expect("send");
-    let (n3, used3) = turn_stats(&mut p);
-    assert_eq!((n3, used3), (n1, used1), "after /reset the turn is turn 1 again");
+    let t3 = turn(&mut p);
+    assert_eq!((t3.answer.as_str(), t3.used), (t1.answer.as_str(), t1.used));
     p.exp_string(PROMPT).expect("prompt after turn 3");
 
     // Ctrl-C during an answer stops it and returns to the prompt.
     p.send_line("Once upon a time").expect("send");
-    p.exp_string(as_pty("Once upon a time").as_str())
-        .expect("echoed input");
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    std::thread::sleep(std::time::Duration::from_millis(300));
     p.send_control('c').expect("Ctrl-C");
-    let (before, _) = p
+    let (before, ended) = p
         .exp_any(vec![
             ReadUntil::String("[stopped]".into()),
             ReadUntil::Regex(r"\[\d+ tokens".parse().expect("regex")),
         ])
         .expect("the answer ended");
-    assert!(
-        !before.contains("tokens/s"),
+    assert_eq!(
+        ended,
+        "[stopped]",
         "the answer finished instead of stopping: {}",
         from_pty(&before)
     );
@@ -125,7 +185,8 @@ fn chat_in_a_pseudo_terminal() {
     // Still alive, and /exit exits 0.
     p.send_line("/exit").expect("send");
     p.exp_eof().expect("exit");
-    assert_eq!(exit_code(&mut p), 0);
+    assert_eq!(exit_status(&mut p), "Exited(0)");
+    rt.block_on(server.shutdown()).expect("shutdown");
 }
 
 #[test]
@@ -140,13 +201,13 @@ fn ctrl_c_twice_or_ctrl_d_at_the_prompt_exits() {
     p.exp_string(PROMPT).expect("prompt again");
     p.send_control('c').expect("Ctrl-C");
     p.exp_eof().expect("exit");
-    assert_eq!(exit_code(&mut p), 0);
+    assert_eq!(exit_status(&mut p), "Exited(0)");
 
     let mut p = spawn_chat(&model, &[]);
     p.exp_string(PROMPT).expect("prompt");
     p.send_control('d').expect("Ctrl-D");
     p.exp_eof().expect("exit");
-    assert_eq!(exit_code(&mut p), 0);
+    assert_eq!(exit_status(&mut p), "Exited(0)");
 }
 
 /// Runs `airavata chat MODEL ARGS…` without a terminal; returns (stdout, stderr).
