@@ -75,8 +75,13 @@ impl ModelArgs {
     /// checkpoint when needed, progress on stderr); logs where it came from.
     /// `cancel` stops a conversion cleanly.
     pub fn resolve(&self, cancel: &AtomicBool) -> Result<PathBuf> {
-        let served =
-            ModelCache::from_env().resolve(&self.model, &self.revision, self.scheme, true, cancel)?;
+        let served = ModelCache::from_env().resolve(
+            &self.model,
+            &self.revision,
+            self.scheme,
+            true,
+            cancel,
+        )?;
         match &served {
             Served::Hub {
                 offline: Some(_), ..

@@ -152,7 +152,12 @@ fn chat_in_a_pseudo_terminal() {
     ]);
     let (text2, used2) = reference(&rt, &url, conv2, MAX);
     assert_eq!((t2.answer.as_str(), t2.used), (text2.as_str(), used2));
-    assert!(t2.used > t1.used + 5, "turn 2 used {}, turn 1 {}", t2.used, t1.used);
+    assert!(
+        t2.used > t1.used + 5,
+        "turn 2 used {}, turn 1 {}",
+        t2.used,
+        t1.used
+    );
     p.exp_string(PROMPT).expect("prompt after turn 2");
 
     // /reset forgets it: the same question is turn 1 again.
@@ -261,10 +266,7 @@ fn one_shot_prints_exactly_the_answer() {
 
     let hindi = "भारत की राजधानी क्या है?";
     let (stdout, stderr) = one_shot(&model, &["-p", hindi, "--max-tokens", "40"], "");
-    let generated = post(
-        "/generate",
-        json!({"prompt": hindi, "max_new_tokens": 40}),
-    );
+    let generated = post("/generate", json!({"prompt": hindi, "max_new_tokens": 40}));
     let expected = generated["generated_text"].as_str().expect("text");
     assert!(!expected.is_empty());
     assert_eq!(stdout, format!("{expected}\n"));

@@ -29,10 +29,15 @@ fn find_chromium() -> Option<PathBuf> {
         return p.is_file().then_some(p);
     }
     let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
-        .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |d| d.join(name)))
-        .find(|p| p.is_file())
+    [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ]
+    .iter()
+    .flat_map(|name| std::env::split_paths(&path).map(move |d| d.join(name)))
+    .find(|p| p.is_file())
 }
 
 fn ci() -> bool {
@@ -301,9 +306,17 @@ fn send_and_follow(b: &mut Browser, text: &str) -> String {
         "the answer did not visibly stream: partial texts {partials:?}"
     );
     for p in &partials {
-        assert!(last.1.starts_with(p.as_str()), "{p:?} is not a prefix of {:?}", last.1);
+        assert!(
+            last.1.starts_with(p.as_str()),
+            "{p:?} is not a prefix of {:?}",
+            last.1
+        );
     }
-    assert!(!last.1.contains('\u{FFFD}'), "replacement character in {:?}", last.1);
+    assert!(
+        !last.1.contains('\u{FFFD}'),
+        "replacement character in {:?}",
+        last.1
+    );
     // The user's message is shown as typed, marked with its language.
     let user = b.eval(
         "(() => { const m = [...document.querySelectorAll('.msg.user')].pop(); \
@@ -388,10 +401,15 @@ fn chat_page_in_headless_chromium() {
         "(() => { const t = document.getElementById('facts').textContent; return t.includes('ready') ? t : ''; })()",
         Duration::from_secs(10),
     );
-    assert!(facts.as_str().is_some_and(|t| t.contains("stories260K")), "{facts}");
+    assert!(
+        facts.as_str().is_some_and(|t| t.contains("stories260K")),
+        "{facts}"
+    );
     let server_facts = b.eval("document.getElementById('server').textContent");
     assert!(
-        server_facts.as_str().is_some_and(|t| t.contains("Context per chat")),
+        server_facts
+            .as_str()
+            .is_some_and(|t| t.contains("Context per chat")),
         "{server_facts}"
     );
     b.set_field("temperature", "0");
@@ -445,7 +463,10 @@ fn chat_page_in_headless_chromium() {
         Duration::from_secs(60),
     );
     assert_eq!(regenerated, a2.as_str(), "greedy regeneration differs");
-    assert_eq!(b.eval("document.querySelectorAll('.msg.assistant').length"), 2);
+    assert_eq!(
+        b.eval("document.querySelectorAll('.msg.assistant').length"),
+        2
+    );
     assert_eq!(b.eval("window.airavataChat.history.length"), 4);
     assert_eq!(rt.block_on(chat_requests(&url)), before + 1);
 
@@ -471,14 +492,21 @@ fn chat_page_in_headless_chromium() {
         if v[0] != "streaming" {
             break v;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "Stop did not stop: {v}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "Stop did not stop: {v}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(state[0], "stopped");
     let partial = state[1].as_str().unwrap_or_default().to_string();
     assert!(!partial.is_empty());
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(b.eval(LAST_ANSWER)[1], partial.as_str(), "text grew after Stop");
+    assert_eq!(
+        b.eval(LAST_ANSWER)[1],
+        partial.as_str(),
+        "text grew after Stop"
+    );
     assert_eq!(b.eval("document.getElementById('stop').disabled"), true);
     let t0 = Instant::now();
     while server.engine().stats().running() > 0 {
@@ -513,9 +541,19 @@ fn chat_page_in_headless_chromium() {
         true,
         "the page scrolls sideways on a phone"
     );
+    // Nothing overlaps the header (content overflowing upwards would).
+    let overlap = b.eval(
+        "(() => { const h = document.querySelector('header').getBoundingClientRect().bottom + window.scrollY; \
+         return [...document.querySelectorAll('.msg, aside, main')].filter((e) => e.getBoundingClientRect().top + window.scrollY < h - 1).length; })()",
+    );
+    assert_eq!(overlap, 0, "elements overlap the header on a phone");
     b.screenshot(&dir.join("chat-page-phone.png"));
 
-    assert!(b.exceptions.is_empty(), "page exceptions: {:?}", b.exceptions);
+    assert!(
+        b.exceptions.is_empty(),
+        "page exceptions: {:?}",
+        b.exceptions
+    );
     drop(b);
     rt.block_on(server.shutdown()).expect("shutdown");
 }

@@ -25,8 +25,7 @@ use rustyline::error::ReadlineError;
 
 use super::ModelArgs;
 use crate::engine::{
-    ChatMessage, Completion, Engine, EngineConfig, Event, FlashAttn, GenerationStream, Prompt,
-    Role,
+    ChatMessage, Completion, Engine, EngineConfig, Event, FlashAttn, GenerationStream, Prompt, Role,
 };
 use crate::server::validate::{self, GenerationInput};
 
@@ -172,7 +171,11 @@ impl Chat<'_> {
     /// `/v1/chat/completions` would.
     fn submit(&self, history: &[ChatMessage]) -> Result<GenerationStream> {
         let spec = validate::CHAT;
-        let checked = validate::check(self.args.input(conversation(self.args.system.as_deref(), history)), spec)?;
+        let checked = validate::check(
+            self.args
+                .input(conversation(self.args.system.as_deref(), history)),
+            spec,
+        )?;
         let admission = self.engine.admit()?;
         let tokens = self.engine.tokenize_prompt(&checked.prompt)?;
         let n_ctx_slot = self.engine.info().map_or(0, |i| i.n_ctx_slot as usize);

@@ -58,7 +58,10 @@ pub fn etag() -> &'static str {
 pub async fn page(headers: HeaderMap) -> Response {
     let tag = etag();
     let common = [
-        (header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL)),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(CACHE_CONTROL),
+        ),
         (header::ETAG, HeaderValue::from_static(tag)),
     ];
     let fresh = headers
@@ -80,7 +83,10 @@ pub async fn page(headers: HeaderMap) -> Response {
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             ),
-            (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
         ],
         PAGE,
     )
@@ -116,11 +122,7 @@ mod tests {
     #[tokio::test]
     async fn page_is_served_with_its_headers_and_revalidates() {
         let server = bind(opts(), no_model()).await.expect("bind");
-        let res = client()
-            .get(server.url())
-            .send()
-            .await
-            .expect("GET /");
+        let res = client().get(server.url()).send().await.expect("GET /");
         assert_eq!(res.status(), 200);
         let h = res.headers().clone();
         assert_eq!(h[header::CONTENT_TYPE], CONTENT_TYPE);
@@ -162,11 +164,7 @@ mod tests {
             ..opts()
         };
         let server = bind(o, no_model()).await.expect("bind");
-        let res = client()
-            .get(server.url())
-            .send()
-            .await
-            .expect("GET /");
+        let res = client().get(server.url()).send().await.expect("GET /");
         assert_eq!(res.status(), 404);
         let body: serde_json::Value = res.json().await.expect("JSON envelope");
         assert_eq!(body["error"]["code"], "not_found", "{body}");
