@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+mod chat;
 mod quant;
+pub use chat::ChatArgs;
 pub use quant::{ImatrixArgs, QuantArgs, QuantizeArgs, Quantizer};
 
 #[derive(Parser, Debug)]
@@ -34,8 +36,11 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write a random-weight HF checkpoint (default: Airavata's exact shape).
     Synth(SynthArgs),
-    /// Serve a model over HTTP (POST /generate, OpenAI routes, metrics).
+    /// Serve a model over HTTP (POST /generate, OpenAI routes, metrics, the chat page at /).
     Serve(ServeArgs),
+    /// Chat with a model in the terminal (in-process, no HTTP), or answer
+    /// one message with -p.
+    Chat(ChatArgs),
     /// Load generator for our /generate and any OpenAI-compatible server.
     Bench(crate::bench::BenchArgs),
     /// Fidelity of a quantized GGUF against a base GGUF (KL-divergence,
@@ -48,8 +53,9 @@ pub enum Command {
 /// dump is hundreds of lines; `RUST_LOG=info,llama-cpp-2=debug` shows it).
 pub const DEFAULT_LOG_FILTER: &str = "info,llama-cpp-2=warn";
 
-#[derive(Args, Debug)]
-pub struct ServeArgs {
+/// Which model `serve` and `chat` run, and how a checkpoint is converted.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
     /// A GGUF file, an HF checkpoint directory or a hub id.
     /// Checkpoints are converted once into the cache (AIRAVATA_CACHE, else
     /// ~/.cache/airavata), a hub id by the commit its revision names; a newer
@@ -62,6 +68,34 @@ pub struct ServeArgs {
     /// Scheme used when MODEL must be converted.
     #[arg(long, default_value = "nf4")]
     pub scheme: Scheme,
+}
+
+impl ModelArgs {
+    /// MODEL → the GGUF to load, through the model cache (converting a
+    /// checkpoint when needed, progress on stderr); logs where it came from.
+    /// `cancel` stops a conversion cleanly.
+    pub fn resolve(&self, cancel: &AtomicBool) -> Result<PathBuf> {
+        let served = ModelCache::from_env().resolve(
+            &self.model,
+            &self.revision,
+            self.scheme,
+            true,
+            cancel,
+        )?;
+        match &served {
+            Served::Hub {
+                offline: Some(_), ..
+            } => tracing::warn!("{served}"),
+            _ => tracing::info!("{served}"),
+        }
+        Ok(served.gguf().to_path_buf())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub opts: crate::server::ServeOptions,
 }
@@ -300,14 +334,7 @@ pub fn run_synth(a: SynthArgs) -> Result<()> {
 
 pub fn run_serve(a: ServeArgs) -> Result<()> {
     let cancel = cancel_flag();
-    let served = ModelCache::from_env().resolve(&a.model, &a.revision, a.scheme, true, &cancel)?;
-    match &served {
-        Served::Hub {
-            offline: Some(_), ..
-        } => tracing::warn!("{served}"),
-        _ => tracing::info!("{served}"),
-    }
-    let gguf = served.gguf().to_path_buf();
+    let gguf = a.model.resolve(&cancel)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let shutdown = async {
@@ -349,6 +376,7 @@ pub fn main() -> Result<()> {
         Command::Synth(a) => run_synth(a),
         Command::Eval(a) => run_eval(a),
         Command::Serve(a) => run_serve(a),
+        Command::Chat(a) => chat::run_chat(a),
         Command::Bench(a) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(crate::bench::cli_main(a))?;

@@ -1,7 +1,8 @@
 //! Optional API key (`--api-key` / `AIRAVATA_API_KEY`).
 //!
 //! Accepted as `Authorization: Bearer <key>` or `X-API-Key: <key>`.
-//! `/health` stays open so load balancers can probe without the key.
+//! `/health` stays open so load balancers can probe without the key, and so
+//! does the chat page at `/` (it holds no data; its API calls send the key).
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -12,7 +13,7 @@ use super::errors::ApiError;
 use super::AppState;
 
 /// Routes reachable without the key.
-const OPEN: &[&str] = &["/health"];
+const OPEN: &[&str] = &["/health", "/"];
 
 /// Middleware: rejects requests without the right key (401, JSON envelope).
 pub async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {

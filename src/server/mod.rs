@@ -20,6 +20,7 @@
 //!   "chat"=false, "with_pieces"=false}`), `POST /detokenize` (`{"tokens"}`).
 //! * `GET /health` (503 until the model is loaded), `GET /info`,
 //!   `GET /metrics` (Prometheus text).
+//! * `GET /` — the chat page ([`webui`]; `--no-webui` turns it off).
 //!
 //! # Errors
 //! Every error is `{"error": {"message", "type", "code", "param"}}`:
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod openai;
 pub mod routes;
 pub mod validate;
+pub mod webui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -146,6 +148,9 @@ pub struct ServeOptions {
     /// serial output (up to llama.cpp's CPU kernels not being fully batch-invariant).
     #[arg(long)]
     pub kv_unified: bool,
+    /// Do not serve the chat page at `/` (then `/` answers 404).
+    #[arg(long)]
+    pub no_webui: bool,
     /// Testing aid: sleep this many milliseconds after every decode step
     /// (`test-support` builds only).
     #[cfg(feature = "test-support")]
@@ -237,6 +242,7 @@ pub fn router(engine: Engine, opts: &ServeOptions, model: &Path) -> Result<Route
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .merge(webui::routes(!opts.no_webui))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn_with_state(
