@@ -418,6 +418,16 @@ pub async fn bind(opts: ServeOptions, model: PathBuf) -> Result<RunningServer, S
         ));
     }
     let engines = spawn_engines(&opts, &model).await?;
+    bind_engines(opts, model, engines).await
+}
+
+/// [`bind`] over engines already spawned (e.g. with placements of the
+/// caller's choosing); `opts` supplies everything but the engines.
+pub async fn bind_engines(
+    opts: ServeOptions,
+    model: PathBuf,
+    engines: Engines,
+) -> Result<RunningServer, ServerError> {
     let app = router(engines.clone(), &opts, &model)?;
     let addr_text = format!("{}:{}", opts.host, opts.port);
     let listener = TcpListener::bind(&addr_text)
