@@ -498,7 +498,7 @@ async fn quantized_kv_cache_loads_and_generates() {
     )
     .await
     .expect("serve returns");
-    let err = res.err().expect("refused");
+    let err = res.expect_err("refused");
     assert!(
         err.to_string()
             .contains("--cache-type-v q8_0 needs flash attention"),
