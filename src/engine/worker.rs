@@ -396,53 +396,15 @@ impl Loop<'_> {
         // consecutive sequence ids; ascending order keeps their number low.
         plan.sort_by_key(Work::slot);
         let pads = self.pad_slots(&plan);
-        self.batch.clear();
-        let mut fed: Vec<(usize, usize)> = Vec::with_capacity(plan.len());
-        let mut next_pad = pads.iter().peekable();
-        for work in &plan {
-            // Dummy tokens go between the real ones in slot order, as the
-            // batch is sorted by sequence id.
-            while let Some(&&(slot, at)) = next_pad.peek() {
-                if slot > work.slot() {
-                    break;
-                }
-                next_pad.next();
-                if let Err(e) = self.add_dummy(slot, at) {
-                    tracing::error!(error = %e, "building the batch failed");
-                    let order = self.order.clone();
-                    self.fail_all(&order, &EngineError::Decode(e));
-                    self.remove_dummies(&pads);
-                    return;
-                }
-            }
-            let added = match *work {
-                Work::Decode { slot } => self.add_decode(slot),
-                Work::Prefill {
-                    slot,
-                    n_tokens,
-                    finishes,
-                } => self.add_prefill(slot, n_tokens, finishes),
-            };
-            match added {
-                Ok(n) => fed.push((work.slot(), n)),
-                Err(e) => {
-                    tracing::error!(error = %e, "building the batch failed");
-                    let order = self.order.clone();
-                    self.fail_all(&order, &EngineError::Decode(e));
-                    self.remove_dummies(&pads);
-                    return;
-                }
-            }
-        }
-        for &(slot, at) in next_pad {
-            if let Err(e) = self.add_dummy(slot, at) {
+        let fed = match self.fill_batch(&plan, &pads) {
+            Ok(fed) => fed,
+            Err(e) => {
                 tracing::error!(error = %e, "building the batch failed");
                 let order = self.order.clone();
                 self.fail_all(&order, &EngineError::Decode(e));
-                self.remove_dummies(&pads);
                 return;
             }
-        }
+        };
         clock.lap(Phase::Plan);
         if self.batch.n_tokens() == 0 {
             self.flush_emits(&mut clock);
@@ -486,6 +448,36 @@ impl Loop<'_> {
         }
         self.update_kv_usage();
         clock.lap(Phase::Sample);
+    }
+
+    /// Fills the batch with the plan's work and the dummy tokens, in slot
+    /// (sequence id) order; returns each fed slot with its token count.
+    fn fill_batch(
+        &mut self,
+        plan: &[Work],
+        pads: &[(usize, i32)],
+    ) -> Result<Vec<(usize, usize)>, String> {
+        self.batch.clear();
+        let mut fed = Vec::with_capacity(plan.len());
+        let mut next_pad = pads.iter().peekable();
+        for work in plan {
+            while let Some(&(slot, at)) = next_pad.next_if(|p| p.0 < work.slot()) {
+                self.add_dummy(slot, at)?;
+            }
+            let n = match *work {
+                Work::Decode { slot } => self.add_decode(slot)?,
+                Work::Prefill {
+                    slot,
+                    n_tokens,
+                    finishes,
+                } => self.add_prefill(slot, n_tokens, finishes)?,
+            };
+            fed.push((work.slot(), n));
+        }
+        for &(slot, at) in next_pad {
+            self.add_dummy(slot, at)?;
+        }
+        Ok(fed)
     }
 
     /// The argmax of every greedy slot's logits in this step, side by side;
