@@ -259,8 +259,9 @@ PY
 # streams), same slots per engine, same GGUF; the figure is the ratio.
 stage_multigpu() {
   local slots=${MG_SLOTS:-128}
-  SLOTS=$slots CONC=${MG_CONC:-64,128} serve_ours multigpu-one --devices 0
-  SLOTS=$slots CONC=${MG_CONC:-64,128} serve_ours multigpu-all --devices all
+  # MG_ONE / MG_ALL (e.g. cpu and cpu,cpu) let the stage be dry-run without GPUs.
+  SLOTS=$slots CONC=${MG_CONC:-64,128} serve_ours multigpu-one --devices "${MG_ONE:-0}"
+  SLOTS=$slots CONC=${MG_CONC:-64,128} serve_ours multigpu-all --devices "${MG_ALL:-all}"
   python3 - "$OUT/bench-multigpu-one.json" "$OUT/bench-multigpu-all.json" "$OUT/info-multigpu-all.json" <<'PY' | tee "$OUT/multigpu.md"
 import json, sys
 def load(p):
@@ -285,7 +286,7 @@ PY
 stage_padsweep() {
   local slots=${PAD_SLOTS:-256}
   for pad in 0 16; do
-    RUST_LOG=info,llama-cpp-2=debug SLOTS=$slots CONC=${PAD_CONC:-64,128,256} serve_ours "pad$pad" --devices 0 --decode-pad $pad
+    RUST_LOG=info,llama-cpp-2=debug SLOTS=$slots CONC=${PAD_CONC:-64,128,256} serve_ours "pad$pad" --devices "${PAD_DEVICES:-0}" --decode-pad $pad
     local log=$OUT/server-pad$pad.log
     local captures resets reused steps padded
     captures=$(grep -c "CUDA graph warmup complete" "$log" || true)

@@ -9,8 +9,9 @@
 //!
 //! Routing, per request, among the engines that are ready:
 //! 1. **prefix:** the engine whose free slots' prompt cache holds the longest
-//!    prefix of the prompt, when that covers at least half of it and the
-//!    engine still has a free slot (ties: the less loaded one);
+//!    prefix of the prompt, when that covers at least half of it, the engine
+//!    still has a free slot and holds at most [`prefix_slack`] more requests
+//!    than the least loaded engine (ties: the less loaded one);
 //! 2. else the **least loaded** engine (running + waiting; ties: the lowest
 //!    index).
 //!
@@ -375,29 +376,18 @@ impl Engines {
         }
     }
 
-    /// The engine for a prompt, and why (see the module docs).
+    /// The engine for a prompt, and why (see the module docs and [`pick`]).
     pub fn choose(&self, prompt: &[i32]) -> Option<(usize, Route)> {
-        let mut by_prefix: Option<(usize, usize, usize)> = None; // (index, prefix, load)
-        let mut least: Option<(usize, usize)> = None; // (index, load)
-        for (i, e) in self.serving() {
-            let load = e.in_flight();
-            if least.is_none_or(|(_, l)| load < l) {
-                least = Some((i, load));
-            }
-            let slots = e.info().map_or(0, |info| info.slots as usize);
-            if load >= slots {
-                continue;
-            }
-            let prefix = e.cached_prefix(prompt);
-            let better = by_prefix.is_none_or(|(_, p, l)| prefix > p || (prefix == p && load < l));
-            if prefix > 0 && better {
-                by_prefix = Some((i, prefix, load));
-            }
-        }
-        match by_prefix {
-            Some((i, prefix, _)) if 2 * prefix >= prompt.len() => Some((i, Route::Prefix)),
-            _ => least.map(|(i, _)| (i, Route::LeastLoaded)),
-        }
+        let candidates: Vec<Candidate> = self
+            .serving()
+            .map(|(index, e)| Candidate {
+                index,
+                prefix: e.cached_prefix(prompt),
+                load: e.in_flight(),
+                slots: e.info().map_or(0, |info| info.slots as usize),
+            })
+            .collect();
+        pick(&candidates, prompt.len())
     }
 
     /// Hands an admitted, validated request to an engine ([`Engines::choose`]).
@@ -465,6 +455,55 @@ impl Engines {
     }
 }
 
+/// What routing knows about one serving engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// Engine index.
+    pub index: usize,
+    /// Longest prefix of the prompt in its free slots' prompt cache.
+    pub prefix: usize,
+    /// Requests running or waiting on it.
+    pub load: usize,
+    /// Its slots.
+    pub slots: usize,
+}
+
+/// How many more requests than the least loaded engine an engine may hold
+/// and still be preferred for its prompt cache: a shared system prompt must
+/// not pile every request onto the engine that served it first (after one
+/// request goes elsewhere, that engine holds the prompt too, and ties go to
+/// the less loaded).
+pub fn prefix_slack(slots: usize) -> usize {
+    (slots / 16).max(2)
+}
+
+/// The routing rule: the engine with the longest cached prefix when it covers
+/// at least half of the `prompt_len` tokens, has a free slot and is within
+/// [`prefix_slack`] requests of the least loaded engine (ties: less loaded);
+/// else the least loaded engine (ties: the lowest index).
+pub fn pick(candidates: &[Candidate], prompt_len: usize) -> Option<(usize, Route)> {
+    let least = candidates.iter().min_by_key(|c| (c.load, c.index))?;
+    let by_prefix = candidates
+        .iter()
+        .filter(|c| {
+            c.prefix > 0
+                && 2 * c.prefix >= prompt_len
+                && c.load < c.slots
+                && c.load <= least.load + prefix_slack(c.slots)
+        })
+        .max_by_key(|c| {
+            (
+                c.prefix,
+                std::cmp::Reverse(c.load),
+                std::cmp::Reverse(c.index),
+            )
+        });
+    Some(match by_prefix {
+        Some(c) => (c.index, Route::Prefix),
+        None => (least.index, Route::LeastLoaded),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +515,40 @@ mod tests {
             description: "test".into(),
             memory_total: 0,
         }
+    }
+
+    fn c(index: usize, prefix: usize, load: usize) -> Candidate {
+        Candidate {
+            index,
+            prefix,
+            load,
+            slots: 64,
+        }
+    }
+
+    #[test]
+    fn routing_prefers_a_cached_prefix_within_reason() {
+        use Route::*;
+        // No cache anywhere: least loaded, lowest index on ties.
+        assert_eq!(pick(&[c(0, 0, 3), c(1, 0, 2)], 10), Some((1, LeastLoaded)));
+        assert_eq!(pick(&[c(0, 0, 2), c(1, 0, 2)], 10), Some((0, LeastLoaded)));
+        // Half the prompt cached on a slightly busier engine: prefix wins.
+        assert_eq!(pick(&[c(0, 0, 0), c(1, 5, 2)], 10), Some((1, Prefix)));
+        // Less than half: load decides.
+        assert_eq!(pick(&[c(0, 0, 0), c(1, 4, 2)], 10), Some((0, LeastLoaded)));
+        // The longest prefix, then the less loaded among equal prefixes.
+        assert_eq!(pick(&[c(0, 6, 1), c(1, 9, 2)], 10), Some((1, Prefix)));
+        assert_eq!(pick(&[c(0, 9, 2), c(1, 9, 1)], 10), Some((1, Prefix)));
+        // Too far above the least loaded (slack 4 for 64 slots), or full: load decides.
+        assert_eq!(prefix_slack(64), 4);
+        assert_eq!(prefix_slack(4), 2);
+        assert_eq!(pick(&[c(0, 0, 1), c(1, 9, 6)], 10), Some((0, LeastLoaded)));
+        let full = Candidate {
+            slots: 2,
+            ..c(1, 9, 2)
+        };
+        assert_eq!(pick(&[c(0, 0, 2), full], 10), Some((0, LeastLoaded)));
+        assert_eq!(pick(&[], 10), None);
     }
 
     #[test]
