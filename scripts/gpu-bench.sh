@@ -15,6 +15,15 @@
 #                                  # GPU $SOAK_GPU (default 0): RSS, VRAM, KV and slots every 10 s; checks
 #   scripts/gpu-bench.sh calib7b   # default convert of the 7B: calibrated on the GPU (time, peak RSS), and the
 #                                  # same without a GPU backend (states what it did)
+#   scripts/gpu-bench.sh buildmg   # only the CUDA backend and llama-batched-bench (for multigpu/padsweep)
+#   scripts/gpu-bench.sh multigpu  # 64 and 128 streams: --devices 0 (one engine) vs --devices all (one per GPU)
+#   scripts/gpu-bench.sh padsweep  # 64/128/256 streams on one GPU, 256 slots: decode padding off vs on, CUDA
+#                                  # graph captures per step, and llama-batched-bench S_TG at the same B
+#
+# Multi-GPU round (nvidia-h200-x2), each line one command:
+#   scripts/gpu-bench.sh buildmg synth
+#   scripts/gpu-bench.sh gguf multigpu
+#   scripts/gpu-bench.sh padsweep
 #
 # Inputs (paths relative to the repository root; see BENCHMARKS.md):
 #   .carry/llama-src.tgz   the pinned llama.cpp source (scripts/fetch-llama-cpp.sh, trimmed by scripts/pack-carry.sh)
@@ -183,6 +192,8 @@ serve_ours() {
   local pid=$!
   wait_http http://127.0.0.1:18080/health
   sweep "$label" 18080 generate
+  curl -s http://127.0.0.1:18080/info >"$OUT/info-$label.json" || true
+  curl -s http://127.0.0.1:18080/metrics >"$OUT/metrics-$label.txt" || true
   if [ -n "${WITH_OLDAPP:-}" ]; then
     "${AIRAVATA[@]}" bench --url http://127.0.0.1:18080 --scenario old-app --requests 20 --json "$OUT/oldapp-$label.json" | tee "$OUT/oldapp-$label.md"
   fi
@@ -243,6 +254,97 @@ stage_oldapp() {
     export PYTHONPATH=/tmp/site
   fi
   python3 "$ROOT/scripts/old_app_bench.py" "$CKPT" --new-tokens 50 --requests 10 | tee "$OUT/oldapp-python.txt"
+}
+
+stage_buildmg() {
+  configure
+  ( time cmake --build "$BUILD" -j "$JOBS" --target ggml-cuda llama-batched-bench ) >"$OUT/build.log" 2>&1
+  tail -4 "$OUT/build.log"
+  cp "$BIN"/libggml-cpu-*.so "$BUILD/bin/"
+  nvidia-smi --query-gpu=index,name,memory.total --format=csv | tee -a "$OUT/log.txt"
+}
+
+# Output tokens/s of a bench JSON at each concurrency: "c=tok/s ...".
+levels() {
+  python3 - "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+r = r[0] if isinstance(r, list) else r
+print(" ".join(f"{l['concurrency']}={l['output_tokens_per_s'] or 0:.1f}" for l in r["levels"]))
+PY
+}
+
+# Data parallel: one engine on GPU 0 vs one engine per GPU (the router splits the
+# streams), same slots per engine, same GGUF; the figure is the ratio.
+stage_multigpu() {
+  local slots=${MG_SLOTS:-128}
+  # MG_ONE / MG_ALL (e.g. cpu and cpu,cpu) let the stage be dry-run without GPUs.
+  SLOTS=$slots CONC=${MG_CONC:-64,128} serve_ours multigpu-one --devices "${MG_ONE:-0}"
+  SLOTS=$slots CONC=${MG_CONC:-64,128} serve_ours multigpu-all --devices "${MG_ALL:-all}"
+  python3 - "$OUT/bench-multigpu-one.json" "$OUT/bench-multigpu-all.json" "$OUT/info-multigpu-all.json" <<'PY' | tee "$OUT/multigpu.md"
+import json, sys
+def load(p):
+    r = json.load(open(p)); r = r[0] if isinstance(r, list) else r
+    return {l["concurrency"]: l for l in r["levels"]}
+one, two = load(sys.argv[1]), load(sys.argv[2])
+info = json.load(open(sys.argv[3]))
+engines = [(e["engine"], e["device"], e["routed"]) for e in info.get("engines", [])]
+print(f"engines with --devices all: {engines}")
+print("| streams | 1 engine tok/s | all engines tok/s | ratio | errors 1 / all |")
+print("|--:|--:|--:|--:|--:|")
+for c in sorted(one):
+    a, b = one[c]["output_tokens_per_s"] or 0, two.get(c, {}).get("output_tokens_per_s") or 0
+    print(f"| {c} | {a:.1f} | {b:.1f} | {b / a if a else 0:.2f} | {one[c]['errors']} / {two.get(c, {}).get('errors')} |")
+PY
+}
+
+# Decode padding on one GPU with 256 slots: our server without and with padding
+# (llama.cpp's debug log counts CUDA graph captures: "CUDA graph warmup complete"
+# = a capture, "warmup reset" = a shape change), then llama-batched-bench at the
+# same B on the same GGUF (f16 KV; and q8_0 KV at 256).
+stage_padsweep() {
+  local slots=${PAD_SLOTS:-256}
+  for pad in 0 16; do
+    RUST_LOG=info,llama-cpp-2=debug SLOTS=$slots CONC=${PAD_CONC:-64,128,256} serve_ours "pad$pad" --devices "${PAD_DEVICES:-0}" --decode-pad $pad
+    local log=$OUT/server-pad$pad.log
+    local captures resets reused steps padded
+    captures=$(grep -c "CUDA graph warmup complete" "$log" || true)
+    resets=$(grep -c "CUDA graph warmup reset" "$log" || true)
+    reused=$(grep -c "reused" "$log" || true)
+    steps=$(grep -E '^airavata_decode_steps_total ' "$OUT/metrics-pad$pad.txt" | awk '{print $2}')
+    padded=$(grep -E '^airavata_engine_padded_tokens_total ' "$OUT/metrics-pad$pad.txt" | awk '{print $2}')
+    echo "pad=$pad tok/s: $(levels "$OUT/bench-pad$pad.json") | steps=$steps captures=$captures resets=$resets graph-reused=$reused padded_tokens=$padded" | tee -a "$OUT/padsweep.md"
+    python3 -c "import sys; s=float(sys.argv[1] or 0); print(f'pad=$pad captures/step={int(sys.argv[2])/s if s else 0:.4f} resets/step={int(sys.argv[3])/s if s else 0:.4f}')" "${steps:-0}" "$captures" "$resets" | tee -a "$OUT/padsweep.md"
+    # Keep the big debug logs out of \$OUT: only the counted lines and the tail.
+    grep -vE "CUDA Graph id|reusing previous graph|warmup" "$log" | tail -200 >"$log.tail"; rm -f "$log"
+  done
+  log "llama-batched-bench f16 KV, B=64,128,256"
+  "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((slots * CTX_PER_SLOT)) -b 2048 -ub 512 \
+    -npp 32 -ntg 128 -npl 64,128,256 2>&1 | grep -E "^\|" | tee "$OUT/batched-bench-256.md"
+  log "llama-batched-bench q8_0 KV (flash attention), B=256"
+  "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((slots * CTX_PER_SLOT)) -b 2048 -ub 512 \
+    -fa on -ctk q8_0 -ctv q8_0 -npp 32 -ntg 128 -npl 256 2>&1 | grep -E "^\|" | tee "$OUT/batched-bench-256-q8.md"
+  python3 - "$OUT/batched-bench-256.md" "$OUT/bench-pad0.json" "$OUT/bench-pad16.json" <<'PY' | tee -a "$OUT/padsweep.md"
+import json, sys
+stg = {}
+for line in open(sys.argv[1]):
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) >= 10 and cells[2].isdigit():
+        stg[int(cells[2])] = float(cells[7])  # PP | TG | B | N_KV | T_PP | S_PP | T_TG | S_TG
+def load(p):
+    r = json.load(open(p)); r = r[0] if isinstance(r, list) else r
+    return {l["concurrency"]: l for l in r["levels"]}
+off, on = load(sys.argv[2]), load(sys.argv[3])
+print("| streams | batched-bench S_TG | ours, no pad | ratio | ours, pad 16 | ratio | ms/step off / on | micro-batches/step off / on |")
+print("|--:|--:|--:|--:|--:|--:|--:|--:|")
+for c in sorted(off):
+    s = stg.get(c, 0)
+    a, b = off[c]["output_tokens_per_s"] or 0, on.get(c, {}).get("output_tokens_per_s") or 0
+    ea, eb = off[c].get("engine") or {}, on.get(c, {}).get("engine") or {}
+    print(f"| {c} | {s:.1f} | {a:.1f} | {a / s if s else 0:.2f} | {b:.1f} | {b / s if s else 0:.2f} | "
+          f"{ea.get('total_ms_per_step', 0):.2f} / {eb.get('total_ms_per_step', 0):.2f} | "
+          f"{ea.get('micro_batches_per_step', 0):.2f} / {eb.get('micro_batches_per_step', 0):.2f} |")
+PY
 }
 
 for s in "$@"; do "stage_$s"; done

@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod hub;
 pub mod model_cache;
 pub mod quant;
+pub mod router;
 pub mod safetensors;
 pub mod server;
 pub mod synth;

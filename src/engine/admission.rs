@@ -44,16 +44,30 @@ impl Admission {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Ok(Ticket(Arc::clone(self))),
+                Ok(_) => return Ok(Ticket(Arc::clone(self), None)),
                 Err(now) => cur = now,
             }
         }
     }
+
+    /// Admits one request whatever the count, for a caller that bounds
+    /// admission itself (the multi-engine router); `hold` is dropped with the
+    /// ticket, when the request ends.
+    pub(super) fn admit_unbounded(self: &Arc<Self>, hold: Box<dyn Send>) -> Ticket {
+        self.admitted.fetch_add(1, Ordering::AcqRel);
+        Ticket(Arc::clone(self), Some(hold))
+    }
 }
 
-/// Counts a request against the admission bound until dropped.
-#[derive(Debug)]
-pub(super) struct Ticket(Arc<Admission>);
+/// Counts a request against the admission bound until dropped, with what
+/// the caller asked to be dropped at the same time.
+pub(super) struct Ticket(Arc<Admission>, #[allow(dead_code)] Option<Box<dyn Send>>);
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ticket")
+    }
+}
 
 impl Drop for Ticket {
     fn drop(&mut self) {

@@ -15,6 +15,76 @@ pub mod defaults {
     pub const BATCH_SIZE: u32 = 512;
     /// Requests allowed to wait for a slot.
     pub const MAX_QUEUE: usize = 64;
+    /// Decode-only steps are padded up to a multiple of this many tokens when
+    /// the model runs on a GPU (`--decode-pad auto`); CPU runs are not padded.
+    pub const DECODE_PAD_GPU: u32 = 16;
+}
+
+/// Where one engine runs its model.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// llama.cpp's own choice (all GPUs it lists, or the CPU without one);
+    /// `n_gpu_layers` decides the offload.
+    #[default]
+    Auto,
+    /// The CPU only (no layer offloaded).
+    Cpu,
+    /// One GPU: the ggml backend device with this index (its registry index,
+    /// not its position among the GPUs), the whole model on it.
+    Gpu(usize),
+    /// One model over several GPUs (ggml device indices), split by llama.cpp.
+    Split {
+        /// ggml backend device indices.
+        devices: Vec<usize>,
+        /// How llama.cpp splits the model.
+        mode: SplitMode,
+    },
+}
+
+/// How a model too large for one GPU is split across several (llama.cpp's
+/// `--split-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitMode {
+    /// No split: one engine (model + context + slots) per device.
+    #[default]
+    None,
+    /// Layers (and their KV) are spread over the devices; one engine.
+    Layer,
+    /// Rows of each weight are spread over the devices; one engine.
+    Row,
+}
+
+/// KV-cache element type (llama.cpp's `--cache-type-k/v`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvType {
+    /// 16-bit floats (the default).
+    #[default]
+    F16,
+    /// 8-bit blocks: half the memory of f16.
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// 4-bit blocks: a quarter of the memory of f16.
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl KvType {
+    /// Whether this is a block-quantized type.
+    pub fn is_quantized(self) -> bool {
+        self != KvType::F16
+    }
+
+    /// The name llama.cpp's tools use.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+        }
+    }
 }
 
 /// How to use flash attention.
@@ -56,6 +126,19 @@ pub struct EngineConfig {
     pub cache_prompts: bool,
     /// One KV stream shared by all slots instead of one per slot.
     pub kv_unified: bool,
+    /// Where the model runs.
+    pub placement: Placement,
+    /// K-cache element type.
+    pub cache_type_k: KvType,
+    /// V-cache element type (a quantized V cache needs flash attention).
+    pub cache_type_v: KvType,
+    /// Pad decode-only steps to a multiple of this many tokens with dummy
+    /// tokens on free slots (0 = off); `None` = [`defaults::DECODE_PAD_GPU`]
+    /// when layers are offloaded to a GPU, else off.
+    pub decode_pad: Option<u32>,
+    /// The engine thread's name (`airavata-engine`, or `airavata-engine-N`
+    /// when a server runs several).
+    pub thread_name: String,
     /// Sleep after every step (test hook that simulates a slow model).
     #[cfg(feature = "test-support")]
     pub step_delay: Option<Duration>,
@@ -76,6 +159,11 @@ impl EngineConfig {
             backends_dir: None,
             cache_prompts: true,
             kv_unified: false,
+            placement: Placement::Auto,
+            cache_type_k: KvType::F16,
+            cache_type_v: KvType::F16,
+            decode_pad: None,
+            thread_name: "airavata-engine".into(),
             #[cfg(feature = "test-support")]
             step_delay: None,
         }

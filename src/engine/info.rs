@@ -65,6 +65,10 @@ pub(super) fn model_info(
             .into_iter()
             .map(|d| format!("{}: {}", d.name, d.description))
             .collect(),
+        device: String::new(),
+        cache_type_k: config.cache_type_k,
+        cache_type_v: config.cache_type_v,
+        decode_pad: 0,
         prompt_cache: config.cache_prompts,
         kv_unified: config.kv_unified,
         metadata,

@@ -6,14 +6,20 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use llama_cpp_2::context::params::KvCacheType;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::LlamaModel;
 
+use super::config::{defaults, KvType, Placement, SplitMode};
 use super::info::model_info;
 use super::{EngineConfig, EngineError, FlashAttn, ModelInfo};
+
+/// Engines of one process load one at a time (llama.cpp's loader and the
+/// backends' device setup are not documented as safe to run concurrently).
+pub(super) static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The process-wide llama.cpp backend. llama-cpp-2 allows one
 /// `LlamaBackend` per process, so other code in the same process that needs
@@ -69,6 +75,71 @@ pub(super) struct LoadedModel {
     pub model: Arc<LlamaModel>,
     /// Layers asked to be offloaded (`u32::MAX` = all).
     pub n_gpu_layers: u32,
+    /// Where it runs, in words (`CUDA0`, `CPU`, `CUDA0+CUDA1 (layer split)`).
+    pub device: String,
+}
+
+/// A ggml backend device's name by its registry index.
+fn device_name(index: usize) -> String {
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .find(|d| d.index == index)
+        .map(|d| d.name)
+        .unwrap_or_else(|| format!("device {index}"))
+}
+
+/// Model parameters for a placement, the offload it implies, and its name.
+fn placement_params(
+    placement: &Placement,
+    n_gpu_layers: Option<u32>,
+    gpu: bool,
+) -> Result<(LlamaModelParams, u32, String), EngineError> {
+    let all_if_gpu = if gpu { u32::MAX } else { 0 };
+    let bad = |e: llama_cpp_2::LlamaCppError| EngineError::Load(format!("device: {e}"));
+    Ok(match placement {
+        Placement::Auto => {
+            let n = n_gpu_layers.unwrap_or(all_if_gpu);
+            let name = if n > 0 && gpu { "auto" } else { "CPU" };
+            (LlamaModelParams::default(), n, name.to_string())
+        }
+        Placement::Cpu => (
+            LlamaModelParams::default().with_devices(&[]).map_err(bad)?,
+            0,
+            "CPU".to_string(),
+        ),
+        Placement::Gpu(index) => {
+            let params = LlamaModelParams::default()
+                .with_devices(&[*index])
+                .map_err(bad)?
+                .with_split_mode(LlamaSplitMode::None)
+                .with_main_gpu(0);
+            (
+                params,
+                n_gpu_layers.unwrap_or(u32::MAX),
+                device_name(*index),
+            )
+        }
+        Placement::Split { devices, mode } => {
+            let split = match mode {
+                SplitMode::None => LlamaSplitMode::None,
+                SplitMode::Layer => LlamaSplitMode::Layer,
+                SplitMode::Row => LlamaSplitMode::Row,
+            };
+            let params = LlamaModelParams::default()
+                .with_devices(devices)
+                .map_err(bad)?
+                .with_split_mode(split);
+            let names: Vec<String> = devices.iter().map(|d| device_name(*d)).collect();
+            let mode = clap::ValueEnum::to_possible_value(mode)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default();
+            (
+                params,
+                n_gpu_layers.unwrap_or(u32::MAX),
+                format!("{} ({mode} split)", names.join("+")),
+            )
+        }
+    })
 }
 
 /// A context over the model, and what `/info` says about both.
@@ -80,26 +151,25 @@ pub(super) struct Loaded<'m> {
 /// Loads the GGUF named by `config` on the process's backend.
 pub(super) fn load_model(config: &EngineConfig) -> Result<LoadedModel, EngineError> {
     let backend = llama_backend(config.backends_dir.as_deref())?;
-    let n_gpu_layers = config
-        .n_gpu_layers
-        .unwrap_or(if backend.supports_gpu_offload() {
-            u32::MAX
-        } else {
-            0
-        });
     if !config.model_path.is_file() {
         return Err(EngineError::Load(format!(
             "{} is not a file",
             config.model_path.display()
         )));
     }
-    let params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
+    let (params, n_gpu_layers, device) = placement_params(
+        &config.placement,
+        config.n_gpu_layers,
+        backend.supports_gpu_offload(),
+    )?;
+    let params = params.with_n_gpu_layers(n_gpu_layers);
     let model = LlamaModel::load_from_file(backend, &config.model_path, &params)
         .map_err(|e| EngineError::Load(format!("{}: {e}", config.model_path.display())))?;
     Ok(LoadedModel {
         backend,
         model: Arc::new(model),
         n_gpu_layers,
+        device,
     })
 }
 
@@ -114,6 +184,46 @@ pub(super) fn flash_attn_policy(asked: FlashAttn, n_gpu_layers: u32, gpu: bool) 
         FlashAttn::Auto if n_gpu_layers == 0 || !gpu => FlashAttn::Off,
         other => other,
     }
+}
+
+/// The flash-attention policy with the V-cache type: llama.cpp stores a
+/// quantized V cache only with flash attention, so `auto` turns it on and an
+/// explicit `off` is refused with a message naming both flags.
+pub(super) fn flash_attn_for_cache(
+    policy: FlashAttn,
+    asked: FlashAttn,
+    cache_type_v: KvType,
+) -> Result<FlashAttn, EngineError> {
+    if !cache_type_v.is_quantized() {
+        return Ok(policy);
+    }
+    match asked {
+        FlashAttn::Off => Err(EngineError::Load(format!(
+            "--cache-type-v {} needs flash attention; drop --flash-attn off (or use --cache-type-v f16)",
+            cache_type_v.name()
+        ))),
+        _ => Ok(FlashAttn::On),
+    }
+}
+
+fn kv_cache_type(t: KvType) -> KvCacheType {
+    match t {
+        KvType::F16 => KvCacheType::F16,
+        KvType::Q8_0 => KvCacheType::Q8_0,
+        KvType::Q4_0 => KvCacheType::Q4_0,
+    }
+}
+
+/// Tokens a decode-only step is padded to a multiple of (0 = no padding).
+pub(super) fn decode_pad(config: &EngineConfig, n_gpu_layers: u32, gpu: bool) -> u32 {
+    if config.kv_unified {
+        return 0;
+    }
+    config.decode_pad.unwrap_or(if n_gpu_layers > 0 && gpu {
+        defaults::DECODE_PAD_GPU
+    } else {
+        0
+    })
 }
 
 /// Tokens per `decode`: at least one per slot.
@@ -144,11 +254,15 @@ pub(super) fn new_context<'m>(
         .unwrap_or_else(|| model.n_ctx_train())
         .max(16);
     let n_batch = n_batch(config);
-    let flash_attn = flash_attn_policy(
+    let flash_attn = flash_attn_for_cache(
+        flash_attn_policy(
+            config.flash_attn,
+            loaded.n_gpu_layers,
+            backend.supports_gpu_offload(),
+        ),
         config.flash_attn,
-        loaded.n_gpu_layers,
-        backend.supports_gpu_offload(),
-    );
+        config.cache_type_v,
+    )?;
     let fa = match flash_attn {
         FlashAttn::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
         FlashAttn::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -162,7 +276,9 @@ pub(super) fn new_context<'m>(
         .with_kv_unified(config.kv_unified)
         .with_n_threads(threads_i32)
         .with_n_threads_batch(threads_i32)
-        .with_flash_attention_policy(fa);
+        .with_flash_attention_policy(fa)
+        .with_type_k(kv_cache_type(config.cache_type_k))
+        .with_type_v(kv_cache_type(config.cache_type_v));
     let ctx = model
         .new_context(backend, params)
         .map_err(|e| EngineError::Load(format!("creating the context: {e}")))?;
@@ -181,7 +297,7 @@ pub(super) fn new_context<'m>(
             "per-slot context exceeds the training context"
         );
     }
-    let info = model_info(
+    let mut info = model_info(
         config,
         model,
         backend.supports_gpu_offload(),
@@ -192,18 +308,20 @@ pub(super) fn new_context<'m>(
         n_batch,
         flash_attn,
     );
+    info.device = loaded.device.clone();
+    info.decode_pad = decode_pad(config, loaded.n_gpu_layers, backend.supports_gpu_offload());
     Ok(Loaded { ctx, info })
 }
 
 /// The one line `serve` prints per loaded engine.
 pub(super) fn loaded_line(info: &ModelInfo) -> String {
     let device = if info.n_gpu_layers > 0 {
-        format!("{} layers on the GPU", info.n_gpu_layers)
+        format!("{} layers on {}", info.n_gpu_layers, info.device)
     } else {
         format!("CPU, {} threads", info.threads)
     };
     format!(
-        "loaded {} ({}): {} slots × {} tokens, batch {}, {device}, flash attention {}, prompt cache {}, {} KV",
+        "loaded {} ({}): {} slots × {} tokens, batch {}, {device}, flash attention {}, prompt cache {}, {} KV {}/{}, decode pad {}",
         info.path.display(),
         info.description,
         info.slots,
@@ -214,6 +332,9 @@ pub(super) fn loaded_line(info: &ModelInfo) -> String {
             .unwrap_or_default(),
         if info.prompt_cache { "on" } else { "off" },
         if info.kv_unified { "unified" } else { "per-slot" },
+        info.cache_type_k.name(),
+        info.cache_type_v.name(),
+        info.decode_pad,
     )
 }
 
@@ -233,5 +354,28 @@ mod tests {
             FlashAttn::Auto
         );
         assert_eq!(flash_attn_policy(FlashAttn::On, 0, false), FlashAttn::On);
+    }
+
+    #[test]
+    fn a_quantized_v_cache_needs_flash_attention() {
+        let f = |policy, asked, v| flash_attn_for_cache(policy, asked, v);
+        assert_eq!(
+            f(FlashAttn::Off, FlashAttn::Auto, KvType::F16),
+            Ok(FlashAttn::Off)
+        );
+        assert_eq!(
+            f(FlashAttn::Off, FlashAttn::Auto, KvType::Q8_0),
+            Ok(FlashAttn::On)
+        );
+        assert_eq!(
+            f(FlashAttn::On, FlashAttn::On, KvType::Q4_0),
+            Ok(FlashAttn::On)
+        );
+        let err = f(FlashAttn::Off, FlashAttn::Off, KvType::Q8_0).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--cache-type-v q8_0 needs flash attention"),
+            "{err}"
+        );
     }
 }

@@ -41,6 +41,7 @@
 mod admission;
 pub mod batch;
 mod config;
+pub mod devices;
 pub mod greedy;
 mod info;
 mod load;
@@ -57,7 +58,7 @@ mod worker;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -67,7 +68,7 @@ use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-pub use config::{defaults, EngineConfig, FlashAttn};
+pub use config::{defaults, EngineConfig, FlashAttn, KvType, Placement, SplitMode};
 pub use load::llama_backend;
 pub use prompt::{ChatMessage, Role};
 pub use request::{
@@ -153,6 +154,15 @@ pub struct ModelInfo {
     pub flash_attn: FlashAttn,
     /// ggml devices (name: description).
     pub devices: Vec<String>,
+    /// The device(s) this engine runs on (`CUDA0`, `CPU`, `auto`, or
+    /// `CUDA0+CUDA1 (layer split)`).
+    pub device: String,
+    /// K-cache element type.
+    pub cache_type_k: KvType,
+    /// V-cache element type.
+    pub cache_type_v: KvType,
+    /// Decode-only steps are padded to a multiple of this many tokens (0 = off).
+    pub decode_pad: u32,
     /// Whether slots keep their KV for the next request with the same prefix.
     pub prompt_cache: bool,
     /// Whether all slots share one KV stream.
@@ -182,6 +192,9 @@ struct Shared {
     state: watch::Sender<LoadState>,
     closing: AtomicBool,
     next_id: AtomicU64,
+    /// Each free slot's cached tokens (empty for a busy slot), published by
+    /// the engine thread for [`Engine::cached_prefix`].
+    prompt_cache: RwLock<Vec<Arc<[LlamaToken]>>>,
 }
 
 /// Handle to the engine thread. Cheap to clone.
@@ -218,11 +231,12 @@ impl Engine {
             state,
             closing: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            prompt_cache: RwLock::new(Vec::new()),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let worker_shared = Arc::clone(&shared);
         std::thread::Builder::new()
-            .name("airavata-engine".into())
+            .name(config.thread_name.clone())
             .spawn(move || worker::run(config, worker_shared, rx))
             .map_err(|e| EngineError::Backend(format!("cannot spawn engine thread: {e}")))?;
         Ok(Engine { shared, tx })
@@ -268,6 +282,34 @@ impl Engine {
     /// Live counters.
     pub fn stats(&self) -> &EngineStats {
         &self.shared.stats
+    }
+
+    /// Requests admitted and not yet ended (running + waiting): the load the
+    /// multi-engine router balances.
+    pub fn in_flight(&self) -> usize {
+        self.shared.admission.in_flight()
+    }
+
+    /// The longest prefix of `prompt` that one of the engine's free slots
+    /// holds in its prompt cache (what a request routed here would not
+    /// evaluate again).
+    pub fn cached_prefix(&self, prompt: &[i32]) -> usize {
+        let cache = self
+            .shared
+            .prompt_cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        cache
+            .iter()
+            .map(|tokens| {
+                tokens
+                    .iter()
+                    .zip(prompt)
+                    .take_while(|(a, b)| a.0 == **b)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Requests admitted but not yet holding a slot.
@@ -406,6 +448,28 @@ impl Engine {
         Ok(Admission(ticket, Instant::now()))
     }
 
+    /// Takes a place without this engine's own queue bound, for a caller that
+    /// bounds admission across several engines itself (the server's router).
+    /// `submitted` is when the caller admitted the request (queue time and
+    /// the deadline count from it); `hold` is dropped when the request ends.
+    pub fn admit_unbounded(
+        &self,
+        submitted: Instant,
+        hold: Box<dyn Send>,
+    ) -> Result<Admission, EngineError> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        if let LoadState::Failed(e) = self.state() {
+            return Err(e);
+        }
+        self.info().ok_or(EngineError::NotReady)?;
+        Ok(Admission(
+            self.shared.admission.admit_unbounded(hold),
+            submitted,
+        ))
+    }
+
     /// Queues an admitted, validated request. Events arrive on the returned
     /// stream; dropping it cancels the request. If the engine thread has
     /// exited, the stream's only event is [`EngineError::Stopped`].
@@ -473,6 +537,14 @@ pub struct GenerationStream {
 }
 
 impl GenerationStream {
+    /// A stream whose only event is `err` (a request that could not be
+    /// handed to any engine).
+    pub fn failed(err: EngineError, prompt_tokens: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(Event::Error(err));
+        GenerationStream { rx, prompt_tokens }
+    }
+
     /// Tokens in the (tokenized) prompt.
     pub fn prompt_tokens(&self) -> usize {
         self.prompt_tokens

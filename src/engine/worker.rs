@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::num::NonZeroU16;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use llama_cpp_2::context::LlamaContext;
@@ -65,24 +65,33 @@ fn load_and_serve(
     shared: &Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), EngineError> {
+    let loading = load::LOADING.lock().unwrap_or_else(|p| p.into_inner());
     let model = load::load_model(config)?;
     let Loaded { ctx, info } = load::new_context(config, &model)?;
-    tracing::info!("{}", load::loaded_line(&info));
+    drop(loading);
+    tracing::info!(engine = %config.thread_name, "{}", load::loaded_line(&info));
     let stats = &shared.stats;
     stats
         .kv_total_cells
         .store(info.n_ctx as usize, Ordering::Relaxed);
     stats.kv_used_cells.store(0, Ordering::Relaxed);
     let n_batch = info.n_batch as usize;
+    let decode_pad = info.decode_pad as usize;
+    let n_ctx_slot = info.n_ctx_slot as usize;
+    let slots = config.parallel as usize;
+    *shared
+        .prompt_cache
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = vec![Arc::from(Vec::new()); slots];
     let _ = shared.model.set(Arc::clone(&model.model));
     let _ = shared.info.set(info);
     shared.state.send_replace(LoadState::Ready);
 
-    let slots = config.parallel as usize;
     let mut lp = Loop {
         model: &model.model,
         ctx,
         stats,
+        published: &shared.prompt_cache,
         slots: (0..slots).map(|_| None).collect(),
         order: Vec::new(),
         pending: VecDeque::new(),
@@ -91,6 +100,8 @@ fn load_and_serve(
         kv_unified: config.kv_unified,
         batch: LlamaBatch::new(n_batch, 1),
         n_batch,
+        decode_pad,
+        n_ctx_slot,
         emits: Vec::new(),
         rx,
         closing: false,
@@ -121,6 +132,8 @@ struct Loop<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     stats: &'m EngineStats,
+    /// Each free slot's cached tokens, for the router ([`super::Engine::cached_prefix`]).
+    published: &'m RwLock<Vec<Arc<[LlamaToken]>>>,
     slots: Vec<Option<Active>>,
     /// Occupied slots in admission order.
     order: Vec<usize>,
@@ -132,6 +145,10 @@ struct Loop<'m> {
     kv_unified: bool,
     batch: LlamaBatch<'static>,
     n_batch: usize,
+    /// Decode-only steps are padded to a multiple of this (0 = off).
+    decode_pad: usize,
+    /// KV cells of one slot's stream.
+    n_ctx_slot: usize,
     /// Tokens picked in the last step, their text not yet sent.
     emits: Vec<Emit>,
     rx: mpsc::UnboundedReceiver<Command>,
@@ -251,6 +268,7 @@ impl Loop<'_> {
             0
         };
         self.slot_tokens[slot].clear();
+        self.publish(slot, Arc::from(Vec::new()));
         let greedy = sampler::is_plain_greedy(&job.sampling);
         let mut sampler = sampler::build(&job.sampling, self.model.n_vocab());
         if sampler::uses_history(&job.sampling) {
@@ -325,10 +343,18 @@ impl Loop<'_> {
         if kept.is_empty() {
             let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
         }
+        self.publish(slot, Arc::from(kept.as_slice()));
         self.slot_tokens[slot] = kept;
         self.update_kv_usage();
         if let Some(event) = last {
             let _ = tx.send(event);
+        }
+    }
+
+    fn publish(&self, slot: usize, tokens: Arc<[LlamaToken]>) {
+        let mut p = self.published.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = p.get_mut(slot) {
+            *entry = tokens;
         }
     }
 
@@ -369,33 +395,26 @@ impl Loop<'_> {
         // llama.cpp splits a multi-stream batch into micro-batches of
         // consecutive sequence ids; ascending order keeps their number low.
         plan.sort_by_key(Work::slot);
-        self.batch.clear();
-        let mut fed: Vec<(usize, usize)> = Vec::with_capacity(plan.len());
-        for work in &plan {
-            let added = match *work {
-                Work::Decode { slot } => self.add_decode(slot),
-                Work::Prefill {
-                    slot,
-                    n_tokens,
-                    finishes,
-                } => self.add_prefill(slot, n_tokens, finishes),
-            };
-            match added {
-                Ok(n) => fed.push((work.slot(), n)),
-                Err(e) => {
-                    tracing::error!(error = %e, "building the batch failed");
-                    let order = self.order.clone();
-                    self.fail_all(&order, &EngineError::Decode(e));
-                    return;
-                }
+        let pads = self.pad_slots(&plan);
+        let fed = match self.fill_batch(&plan, &pads) {
+            Ok(fed) => fed,
+            Err(e) => {
+                tracing::error!(error = %e, "building the batch failed");
+                let order = self.order.clone();
+                self.fail_all(&order, &EngineError::Decode(e));
+                return;
             }
-        }
+        };
         clock.lap(Phase::Plan);
         if self.batch.n_tokens() == 0 {
             self.flush_emits(&mut clock);
             return;
         }
-        if let Err(e) = self.ctx.decode(&mut self.batch) {
+        let decoded = self.ctx.decode(&mut self.batch);
+        // The dummy tokens' cells are dropped at once: the next step (or a
+        // request assigned to the slot) sees the slot's cache as it was.
+        self.remove_dummies(&pads);
+        if let Err(e) = decoded {
             tracing::error!(error = %e, "decode failed");
             let slots: Vec<usize> = fed.iter().map(|&(slot, _)| slot).collect();
             self.fail_all(&slots, &EngineError::Decode(e.to_string()));
@@ -422,13 +441,43 @@ impl Loop<'_> {
         }
         // Counted before any answer goes out, so a client that has its last
         // token sees this step in /metrics.
-        self.record_step(&plan);
+        self.record_step(&plan, &pads);
         let picks = self.pick_greedy(&fed);
         for (&(slot, _), pick) in fed.iter().zip(picks) {
             self.sample(slot, pick);
         }
         self.update_kv_usage();
         clock.lap(Phase::Sample);
+    }
+
+    /// Fills the batch with the plan's work and the dummy tokens, in slot
+    /// (sequence id) order; returns each fed slot with its token count.
+    fn fill_batch(
+        &mut self,
+        plan: &[Work],
+        pads: &[(usize, i32)],
+    ) -> Result<Vec<(usize, usize)>, String> {
+        self.batch.clear();
+        let mut fed = Vec::with_capacity(plan.len());
+        let mut next_pad = pads.iter().peekable();
+        for work in plan {
+            while let Some(&(slot, at)) = next_pad.next_if(|p| p.0 < work.slot()) {
+                self.add_dummy(slot, at)?;
+            }
+            let n = match *work {
+                Work::Decode { slot } => self.add_decode(slot)?,
+                Work::Prefill {
+                    slot,
+                    n_tokens,
+                    finishes,
+                } => self.add_prefill(slot, n_tokens, finishes)?,
+            };
+            fed.push((work.slot(), n));
+        }
+        for &(slot, at) in next_pad {
+            self.add_dummy(slot, at)?;
+        }
+        Ok(fed)
     }
 
     /// The argmax of every greedy slot's logits in this step, side by side;
@@ -457,16 +506,71 @@ impl Loop<'_> {
 
     /// Counts one step's shape in the profile (its phases are timed by the
     /// step's [`StepClock`]).
-    fn record_step(&self, plan: &[Work]) {
+    fn record_step(&self, plan: &[Work], pads: &[(usize, i32)]) {
         let p = &self.stats.steps;
         let mixed = plan.iter().any(|w| matches!(w, Work::Prefill { .. }));
         let kind = if mixed { &p.mixed } else { &p.decode_only };
         kind.fetch_add(1, Ordering::Relaxed);
-        let tokens = self.batch.n_tokens().max(0) as u64;
+        let tokens = (self.batch.n_tokens().max(0) as usize).saturating_sub(pads.len()) as u64;
         p.tokens.fetch_add(tokens, Ordering::Relaxed);
-        let micro = batch::predicted_micro_batches(plan, self.kv_unified, self.n_batch) as u64;
+        p.padded_tokens
+            .fetch_add(pads.len() as u64, Ordering::Relaxed);
+        let mut shape = plan.to_vec();
+        shape.extend(pads.iter().map(|&(slot, _)| Work::Decode { slot }));
+        shape.sort_by_key(Work::slot);
+        let micro = batch::predicted_micro_batches(&shape, self.kv_unified, self.n_batch) as u64;
         p.predicted_micro_batches
             .fetch_add(micro, Ordering::Relaxed);
+    }
+
+    /// Free slots that carry one dummy token each in this step, with the
+    /// position it takes (the slot's next one), so that a decode-only step
+    /// holds a multiple of `decode_pad` tokens. ggml-cuda captures a CUDA
+    /// graph per graph shape and re-captures when the shape changes; with
+    /// padding the shape stays put while requests come and go (and a free
+    /// slot between running ones no longer splits the step in two passes,
+    /// see [`batch::predicted_micro_batches`]). The lowest free slots are
+    /// used, so gaps are filled first. Each dummy is on its own sequence
+    /// (llama.cpp's equal split takes the same number of tokens from every
+    /// sequence of a micro-batch, so one token each keeps a single pass),
+    /// requests logits (the number of outputs is part of the graph's shape;
+    /// its row is never read), and its cell is removed right after the
+    /// decode, so the slot's prompt cache is what it was. Mixed steps (with
+    /// prompt chunks) are not padded.
+    fn pad_slots(&self, plan: &[Work]) -> Vec<(usize, i32)> {
+        let n = plan.len();
+        if self.decode_pad == 0 || n == 0 || plan.iter().any(|w| !matches!(w, Work::Decode { .. }))
+        {
+            return Vec::new();
+        }
+        let target = (n.div_ceil(self.decode_pad) * self.decode_pad).min(self.slots.len());
+        let mut pads = Vec::new();
+        for (slot, active) in self.slots.iter().enumerate() {
+            if n + pads.len() >= target {
+                break;
+            }
+            if active.is_some() {
+                continue;
+            }
+            let at = self.ctx.kv_cache_seq_pos_max(pos(slot)).saturating_add(1);
+            if at >= 0 && (at as usize) < self.n_ctx_slot {
+                pads.push((slot, at));
+            }
+        }
+        pads
+    }
+
+    fn add_dummy(&mut self, slot: usize, at: i32) -> Result<(), String> {
+        self.batch
+            .add(LlamaToken(0), at, &[pos(slot)], true)
+            .map_err(|e| e.to_string())
+    }
+
+    fn remove_dummies(&mut self, pads: &[(usize, i32)]) {
+        for &(slot, at) in pads {
+            let from = u32::try_from(at).ok();
+            let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), from, None);
+        }
     }
 
     /// Feeds the slot's pending token; returns the tokens added.

@@ -13,7 +13,7 @@ use super::errors::ApiError;
 use super::AppState;
 
 /// Routes reachable without the key.
-const OPEN: &[&str] = &["/health", "/"];
+const OPEN: &[&str] = &["/health", "/livez", "/"];
 
 /// Middleware: rejects requests without the right key (401, JSON envelope).
 pub async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -11,6 +11,7 @@ use axum::response::Response;
 
 use crate::engine::stats::{HistogramSnapshot, Phase, StepProfile};
 use crate::engine::{Engine, EngineStats};
+use crate::router::Engines;
 
 use super::AppState;
 
@@ -50,9 +51,43 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     resp
 }
 
+/// One value per engine and their total: the unlabelled line is the
+/// server's total, `{engine="N"}` lines are per engine (select the total with
+/// `{engine=""}` in PromQL).
+struct Series {
+    total: f64,
+    per_engine: Vec<f64>,
+}
+
+impl Series {
+    fn of(engines: &[Engine], f: impl Fn(&Engine) -> f64) -> Series {
+        let per_engine: Vec<f64> = engines.iter().map(f).collect();
+        Series {
+            total: per_engine.iter().sum(),
+            per_engine,
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, labels: &str, s: &Series) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {}", s.total);
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {}", s.total);
+    }
+    for (i, v) in s.per_engine.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{engine=\"{i}\"{sep}{labels}}} {v}");
+    }
+}
+
+fn counter(e: &Engine, f: impl Fn(&EngineStats) -> &std::sync::atomic::AtomicU64) -> f64 {
+    f(e.stats()).load(Ordering::Relaxed) as f64
+}
+
 /// The whole exposition.
-pub fn render(http: &HttpMetrics, engine: &Engine) -> String {
-    let mut out = String::with_capacity(4096);
+pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
+    let mut out = String::with_capacity(8192);
     header(
         &mut out,
         "airavata_requests_total",
@@ -66,131 +101,195 @@ pub fn render(http: &HttpMetrics, engine: &Engine) -> String {
             escape(&route)
         );
     }
-    let s: &EngineStats = engine.stats();
-    let counters: [(&str, &str, u64); 10] = [
+    let all = engines.all();
+    type Pick = fn(&EngineStats) -> &std::sync::atomic::AtomicU64;
+    let counters: [(&str, &str, Pick); 8] = [
         (
             "airavata_prompt_tokens_total",
             "Prompt tokens evaluated (prompt-cache hits excluded).",
-            s.prompt_tokens.load(Ordering::Relaxed),
+            |s| &s.prompt_tokens,
         ),
         (
             "airavata_cached_prompt_tokens_total",
             "Prompt tokens served from the slots' prompt cache.",
-            s.cached_prompt_tokens.load(Ordering::Relaxed),
+            |s| &s.cached_prompt_tokens,
         ),
-        (
-            "airavata_generated_tokens_total",
-            "Tokens sampled.",
-            s.generated_tokens.load(Ordering::Relaxed),
-        ),
-        (
-            "airavata_decode_steps_total",
-            "llama_decode calls.",
-            s.steps.steps(),
-        ),
+        ("airavata_generated_tokens_total", "Tokens sampled.", |s| {
+            &s.generated_tokens
+        }),
         (
             "airavata_generations_finished_total",
             "Generations that ended normally.",
-            s.finished.load(Ordering::Relaxed),
+            |s| &s.finished,
         ),
         (
             "airavata_generations_cancelled_total",
             "Generations cancelled because the client went away.",
-            s.cancelled.load(Ordering::Relaxed),
+            |s| &s.cancelled,
         ),
         (
             "airavata_generations_timed_out_total",
             "Generations that hit --request-timeout.",
-            s.timed_out.load(Ordering::Relaxed),
+            |s| &s.timed_out,
         ),
         (
             "airavata_generations_failed_total",
             "Generations that failed in the engine.",
-            s.failed.load(Ordering::Relaxed),
+            |s| &s.failed,
         ),
         (
-            "airavata_requests_rejected_total",
-            "Requests refused with 429 because the queue was full.",
-            s.rejected.load(Ordering::Relaxed),
-        ),
-        (
-            "airavata_model_loaded",
-            "1 once the model is loaded.",
-            u64::from(engine.is_ready()),
+            "airavata_engine_padded_tokens_total",
+            "Dummy tokens added to decode-only steps to keep their shape (--decode-pad).",
+            |s| &s.steps.padded_tokens,
         ),
     ];
-    for (name, help, v) in counters {
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        header(&mut out, name, kind, help);
-        let _ = writeln!(out, "{name} {v}");
+    for (name, help, pick) in counters {
+        header(&mut out, name, "counter", help);
+        family(&mut out, name, "", &Series::of(all, |e| counter(e, pick)));
     }
-    let gauges: [(&str, &str, f64); 5] = [
+    let name = "airavata_decode_steps_total";
+    header(&mut out, name, "counter", "llama_decode calls.");
+    family(
+        &mut out,
+        name,
+        "",
+        &Series::of(all, |e| e.stats().steps.steps() as f64),
+    );
+    let name = "airavata_requests_rejected_total";
+    header(
+        &mut out,
+        name,
+        "counter",
+        "Requests refused with 429 because the server was at capacity.",
+    );
+    let rejected = engines.rejected()
+        + all
+            .iter()
+            .map(|e| e.stats().rejected.load(Ordering::Relaxed))
+            .sum::<u64>();
+    let _ = writeln!(out, "{name} {rejected}");
+    let name = "airavata_model_loaded";
+    header(
+        &mut out,
+        name,
+        "gauge",
+        "1 once every engine has loaded the model (per engine: that engine).",
+    );
+    let mut loaded = Series::of(all, |e| u8::from(e.is_ready()) as f64);
+    loaded.total = u8::from(engines.is_ready()) as f64;
+    family(&mut out, name, "", &loaded);
+    let name = "airavata_engines";
+    header(
+        &mut out,
+        name,
+        "gauge",
+        "Engines (model + context + slots) in this server, one per device.",
+    );
+    let _ = writeln!(out, "{name} {}", all.len());
+    let gauges: [(&str, &str, Series); 5] = [
         (
             "airavata_requests_running",
-            "Requests holding a slot.",
-            s.running() as f64,
+            "Requests holding a slot (the gateway's running requests).",
+            Series::of(all, |e| e.stats().running() as f64),
         ),
         (
             "airavata_requests_waiting",
-            "Requests waiting for a slot.",
-            engine.waiting() as f64,
+            "Requests admitted and waiting for a slot (the gateway's and autoscaler's queue depth).",
+            Series::of(all, |e| e.waiting() as f64),
         ),
         (
             "airavata_kv_cache_usage_ratio",
-            "Fraction of KV cells in use by running requests.",
-            s.kv_usage(),
+            "Fraction (0-1) of KV cells in use by running requests (the gateway's KV-cache utilisation).",
+            {
+                let mut s = Series::of(all, |e| e.stats().kv_usage());
+                s.total = super::status::kv_usage(engines);
+                s
+            },
         ),
         (
             "airavata_kv_cache_tokens",
             "KV cells in use by running requests.",
-            s.kv_used_cells.load(Ordering::Relaxed) as f64,
+            Series::of(all, |e| e.stats().kv_used_cells.load(Ordering::Relaxed) as f64),
         ),
         (
             "airavata_kv_cache_cached_tokens",
             "KV cells kept by free slots as prompt cache.",
-            s.kv_cached_cells.load(Ordering::Relaxed) as f64,
+            Series::of(all, |e| e.stats().kv_cached_cells.load(Ordering::Relaxed) as f64),
         ),
     ];
-    for (name, help, v) in gauges {
+    for (name, help, series) in gauges {
         header(&mut out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {v}");
+        family(&mut out, name, "", &series);
     }
-    let hists = [
+    type Hist = fn(&EngineStats) -> HistogramSnapshot;
+    let hists: [(&str, &str, Hist); 4] = [
         (
             "airavata_time_to_first_token_seconds",
             "Submission until the first token.",
-            s.time_to_first_token.snapshot(),
+            |s| s.time_to_first_token.snapshot(),
         ),
         (
             "airavata_inter_token_latency_seconds",
             "Time between consecutive tokens of one request.",
-            s.inter_token_latency.snapshot(),
+            |s| s.inter_token_latency.snapshot(),
         ),
         (
             "airavata_request_duration_seconds",
             "Submission until the last token.",
-            s.end_to_end.snapshot(),
+            |s| s.end_to_end.snapshot(),
         ),
         (
             "airavata_queue_time_seconds",
             "Submission until a slot took the request.",
-            s.queue_time.snapshot(),
+            |s| s.queue_time.snapshot(),
         ),
     ];
-    for (name, help, h) in hists {
+    for (name, help, snap) in hists {
         header(&mut out, name, "histogram", help);
-        histogram(&mut out, name, &h);
+        let per: Vec<HistogramSnapshot> = all.iter().map(|e| snap(e.stats())).collect();
+        if let Some(total) = merge(&per) {
+            histogram(&mut out, name, "", &total);
+        }
+        for (i, h) in per.iter().enumerate() {
+            histogram(&mut out, name, &format!("engine=\"{i}\""), h);
+        }
     }
-    step_profile(&mut out, &s.steps);
+    step_profile(&mut out, all);
+    let name = "airavata_router_requests_total";
+    header(
+        &mut out,
+        name,
+        "counter",
+        "Requests the router gave each engine, by reason (prefix cache or least loaded).",
+    );
+    for i in 0..all.len() {
+        let (routed, by_prefix) = engines.routed(i);
+        let _ = writeln!(out, "{name}{{engine=\"{i}\",route=\"prefix\"}} {by_prefix}");
+        let _ = writeln!(
+            out,
+            "{name}{{engine=\"{i}\",route=\"least_loaded\"}} {}",
+            routed - by_prefix
+        );
+    }
     out
 }
 
+/// The sum of histograms over the same buckets.
+fn merge(hs: &[HistogramSnapshot]) -> Option<HistogramSnapshot> {
+    let mut it = hs.iter();
+    let mut total = it.next()?.clone();
+    for h in it {
+        for (a, b) in total.cumulative.iter_mut().zip(&h.cumulative) {
+            *a += b;
+        }
+        total.sum += h.sum;
+        total.count += h.count;
+    }
+    Some(total)
+}
+
 /// The engine thread's time by step phase, and the steps' shape.
-fn step_profile(out: &mut String, p: &StepProfile) {
+fn step_profile(out: &mut String, all: &[Engine]) {
     let name = "airavata_engine_step_seconds_total";
     header(
         out,
@@ -199,11 +298,12 @@ fn step_profile(out: &mut String, p: &StepProfile) {
         "Engine thread time by step phase (plan, decode, sync, sample, emit).",
     );
     for phase in Phase::ALL {
-        let _ = writeln!(
+        let labels = format!("phase=\"{}\"", phase.name());
+        family(
             out,
-            "{name}{{phase=\"{}\"}} {}",
-            phase.name(),
-            p.seconds(phase)
+            name,
+            &labels,
+            &Series::of(all, |e| e.stats().steps.seconds(phase)),
         );
     }
     let name = "airavata_engine_steps_total";
@@ -213,27 +313,33 @@ fn step_profile(out: &mut String, p: &StepProfile) {
         "counter",
         "Engine steps: decode tokens only, or mixed with prompt chunks.",
     );
-    for (kind, v) in [("decode", &p.decode_only), ("mixed", &p.mixed)] {
-        let _ = writeln!(
-            out,
-            "{name}{{kind=\"{kind}\"}} {}",
-            v.load(Ordering::Relaxed)
-        );
+    type Pick = fn(&StepProfile) -> &std::sync::atomic::AtomicU64;
+    let kinds: [(&str, Pick); 2] = [("decode", |p| &p.decode_only), ("mixed", |p| &p.mixed)];
+    for (kind, pick) in kinds {
+        let labels = format!("kind=\"{kind}\"");
+        let series = Series::of(all, |e| {
+            pick(&e.stats().steps).load(Ordering::Relaxed) as f64
+        });
+        family(out, name, &labels, &series);
     }
-    for (name, help, v) in [
+    let rest: [(&str, &str, Pick); 2] = [
         (
             "airavata_engine_step_tokens_total",
-            "Tokens fed to llama_decode over all steps.",
-            &p.tokens,
+            "Tokens fed to llama_decode over all steps (padding excluded).",
+            |p| &p.tokens,
         ),
         (
             "airavata_engine_micro_batches_total",
             "Graph evaluations llama.cpp is predicted to split the steps into (from each step's shape).",
-            &p.predicted_micro_batches,
+            |p| &p.predicted_micro_batches,
         ),
-    ] {
+    ];
+    for (name, help, pick) in rest {
         header(out, name, "counter", help);
-        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        let series = Series::of(all, |e| {
+            pick(&e.stats().steps).load(Ordering::Relaxed) as f64
+        });
+        family(out, name, "", &series);
     }
 }
 
@@ -242,13 +348,18 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn histogram(out: &mut String, name: &str, h: &HistogramSnapshot) {
+fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    let (pre, braced) = if labels.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (format!("{labels},"), format!("{{{labels}}}"))
+    };
     for (bound, count) in h.bounds.iter().zip(&h.cumulative) {
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{pre}le=\"{bound}\"}} {count}");
     }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum {}", h.sum);
-    let _ = writeln!(out, "{name}_count {}", h.count);
+    let _ = writeln!(out, "{name}_bucket{{{pre}le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{braced} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{braced} {}", h.count);
 }
 
 fn escape(s: &str) -> String {

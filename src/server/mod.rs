@@ -18,9 +18,17 @@
 //!   adds a final usage chunk. Chat messages are rendered in Airavata's format.
 //! * `GET /v1/models`, `POST /tokenize` (`{"content", "add_special"=true,
 //!   "chat"=false, "with_pieces"=false}`), `POST /detokenize` (`{"tokens"}`).
-//! * `GET /health` (503 until the model is loaded), `GET /info`,
-//!   `GET /metrics` (Prometheus text).
+//! * `GET /health` (readiness: 503 until every engine is loaded; 200 with
+//!   `"status": "degraded"` and the failed engines when some failed but one
+//!   serves), `GET /livez` (liveness: 200 while the process serves),
+//!   `GET /info`, `GET /metrics` (Prometheus text, per-engine series labelled
+//!   `engine="N"` next to the totals).
 //! * `GET /` — the chat page ([`webui`]; `--no-webui` turns it off).
+//!
+//! # Engines
+//! `--devices` starts one engine per device (see [`crate::router`]); the
+//! router picks the engine for each request and admission (429) is the
+//! server's.
 //!
 //! # Errors
 //! Every error is `{"error": {"message", "type", "code", "param"}}`:
@@ -41,6 +49,7 @@ pub mod errors;
 pub mod metrics;
 pub mod openai;
 pub mod routes;
+pub mod status;
 pub mod validate;
 pub mod webui;
 
@@ -61,7 +70,10 @@ use tokio::task::JoinHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::engine::{defaults, Engine, EngineConfig, EngineError, FlashAttn};
+use crate::engine::{
+    defaults, devices, Engine, EngineConfig, EngineError, FlashAttn, KvType, Placement, SplitMode,
+};
+use crate::router::{placements, DeviceSpec, Engines};
 
 /// Errors of the server boundary.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +160,29 @@ pub struct ServeOptions {
     /// serial output (up to llama.cpp's CPU kernels not being fully batch-invariant).
     #[arg(long)]
     pub kv_unified: bool,
+    /// Devices to serve on: `all` (every GPU the loaded backends list, one
+    /// engine each; the CPU when there is none), or a comma-separated list of
+    /// GPU indices (`0,1`) and `cpu`. Each engine holds the whole model, its
+    /// own context and `--parallel` slots.
+    #[arg(long, default_value = "all")]
+    pub devices: DeviceSpec,
+    /// `none`: one engine per device (data parallel, for a model that fits one
+    /// card). `layer` / `row`: one engine whose model llama.cpp splits across
+    /// the --devices GPUs (for a model too large for one card).
+    #[arg(long, value_enum, default_value_t = SplitMode::None)]
+    pub split_mode: SplitMode,
+    /// K-cache element type (q8_0 / q4_0 halve / quarter the KV memory).
+    #[arg(long, value_enum, default_value_t = KvType::F16)]
+    pub cache_type_k: KvType,
+    /// V-cache element type; a quantized V cache needs flash attention
+    /// (`--flash-attn auto` turns it on).
+    #[arg(long, value_enum, default_value_t = KvType::F16)]
+    pub cache_type_v: KvType,
+    /// Pad decode-only steps to a multiple of N tokens with dummy tokens on
+    /// free slots, so ggml-cuda's CUDA graphs keep their shape (0 = off)
+    /// [default: 16 when layers run on a GPU, off on the CPU].
+    #[arg(long)]
+    pub decode_pad: Option<u32>,
     /// Do not serve the chat page at `/` (then `/` answers 404).
     #[arg(long)]
     pub no_webui: bool,
@@ -180,6 +215,11 @@ impl Default for ServeOptions {
 impl ServeOptions {
     /// The engine settings these flags describe.
     pub fn engine_config(&self, model: &Path) -> EngineConfig {
+        self.engine_config_on(model, Placement::Auto)
+    }
+
+    /// The engine settings for one engine at `placement`.
+    pub fn engine_config_on(&self, model: &Path, placement: Placement) -> EngineConfig {
         EngineConfig {
             model_path: model.to_path_buf(),
             n_gpu_layers: self.n_gpu_layers,
@@ -192,6 +232,11 @@ impl ServeOptions {
             backends_dir: self.backends_dir.clone(),
             cache_prompts: !self.no_prompt_cache,
             kv_unified: self.kv_unified,
+            placement,
+            cache_type_k: self.cache_type_k,
+            cache_type_v: self.cache_type_v,
+            decode_pad: self.decode_pad,
+            thread_name: "airavata-engine".into(),
             #[cfg(feature = "test-support")]
             step_delay: self.step_delay_ms.map(Duration::from_millis),
         }
@@ -201,7 +246,7 @@ impl ServeOptions {
 /// Shared by all handlers.
 #[derive(Clone)]
 pub struct AppState {
-    engine: Engine,
+    engine: Engines,
     http: Arc<metrics::HttpMetrics>,
     api_key: Option<Arc<str>>,
     model_path: Arc<PathBuf>,
@@ -211,7 +256,7 @@ pub struct AppState {
 }
 
 /// Builds the router over a (possibly still loading) engine.
-pub fn router(engine: Engine, opts: &ServeOptions, model: &Path) -> Result<Router, ServerError> {
+pub fn router(engine: Engines, opts: &ServeOptions, model: &Path) -> Result<Router, ServerError> {
     let model_name = opts.model_name.clone().unwrap_or_else(|| {
         model
             .file_stem()
@@ -236,8 +281,9 @@ pub fn router(engine: Engine, opts: &ServeOptions, model: &Path) -> Result<Route
         .route("/generate", post(routes::generate))
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))
-        .route("/health", get(routes::health))
-        .route("/info", get(routes::info))
+        .route("/health", get(status::health))
+        .route("/livez", get(status::live))
+        .route("/info", get(status::info))
         .route("/metrics", get(routes::metrics))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -279,10 +325,10 @@ fn internal_error() -> errors::ApiError {
 
 /// Runs tokenizer work (`f`) on tokio's blocking pool, off the async worker
 /// threads that serve every connection.
-async fn blocking<T, F>(engine: &Engine, f: F) -> Result<T, errors::ApiError>
+async fn blocking<T, F>(engine: &Engines, f: F) -> Result<T, errors::ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
+    F: FnOnce(&Engines) -> Result<T, EngineError> + Send + 'static,
 {
     let engine = engine.clone();
     match tokio::task::spawn_blocking(move || f(&engine)).await {
@@ -317,7 +363,7 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
 /// A server started by [`bind`].
 pub struct RunningServer {
     addr: SocketAddr,
-    engine: Engine,
+    engines: Engines,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), std::io::Error>>,
 }
@@ -333,14 +379,19 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
-    /// The engine behind the server (tests compare against it directly).
+    /// The first engine behind the server (tests compare against it directly).
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.engines.all()[0]
     }
 
-    /// Waits until the model is loaded.
+    /// Every engine behind the server, and the router over them.
+    pub fn engines(&self) -> &Engines {
+        &self.engines
+    }
+
+    /// Waits until every engine has loaded or failed; fails when none loaded.
     pub async fn wait_ready(&self) -> Result<(), ServerError> {
-        Ok(self.engine.ready().await?)
+        Ok(self.engines.ready().await?)
     }
 
     /// Stops accepting connections, lets in-flight requests finish (streams
@@ -352,7 +403,7 @@ impl RunningServer {
         let served = (&mut self.task)
             .await
             .map_err(|e| ServerError::Task(e.to_string()))?;
-        self.engine.shutdown().await;
+        self.engines.shutdown().await;
         served?;
         Ok(())
     }
@@ -372,8 +423,18 @@ pub async fn bind(opts: ServeOptions, model: PathBuf) -> Result<RunningServer, S
             "--batch-size must be at least 1".into(),
         ));
     }
-    let engine = Engine::spawn(opts.engine_config(&model))?;
-    let app = router(engine.clone(), &opts, &model)?;
+    let engines = spawn_engines(&opts, &model).await?;
+    bind_engines(opts, model, engines).await
+}
+
+/// [`bind`] over engines already spawned (e.g. with placements of the
+/// caller's choosing); `opts` supplies everything but the engines.
+pub async fn bind_engines(
+    opts: ServeOptions,
+    model: PathBuf,
+    engines: Engines,
+) -> Result<RunningServer, ServerError> {
+    let app = router(engines.clone(), &opts, &model)?;
     let addr_text = format!("{}:{}", opts.host, opts.port);
     let listener = TcpListener::bind(&addr_text)
         .await
@@ -400,10 +461,40 @@ pub async fn bind(opts: ServeOptions, model: PathBuf) -> Result<RunningServer, S
     tracing::info!("listening on http://{addr}");
     Ok(RunningServer {
         addr,
-        engine,
+        engines,
         stop: Some(stop),
         task,
     })
+}
+
+/// One engine per placement that `--devices` and `--split-mode` resolve to
+/// (listing the GPUs loads the ggml backends, on a blocking thread).
+async fn spawn_engines(opts: &ServeOptions, model: &Path) -> Result<Engines, ServerError> {
+    let needs_gpus = !matches!(&opts.devices, DeviceSpec::List(items)
+        if items.iter().all(|i| *i == crate::router::DeviceItem::Cpu));
+    let gpus = if needs_gpus {
+        let dir = opts.backends_dir.clone();
+        tokio::task::spawn_blocking(move || devices::gpus(dir.as_deref()))
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))??
+    } else {
+        Vec::new()
+    };
+    let placed = placements(&opts.devices, opts.split_mode, &gpus, opts.n_gpu_layers)
+        .map_err(|e| ServerError::InvalidOption(e.to_string()))?;
+    let several = placed.len() > 1;
+    let configs = placed
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut c = opts.engine_config_on(model, p);
+            if several {
+                c.thread_name = format!("airavata-engine-{i}");
+            }
+            c
+        })
+        .collect();
+    Ok(Engines::spawn(configs, opts.max_queue)?)
 }
 
 /// Serves `model` until `shutdown` resolves, then drains in-flight requests.
@@ -414,16 +505,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let server = bind(opts, model).await?;
-    let engine = server.engine().clone();
+    let engines = server.engines().clone();
     tokio::pin!(shutdown);
     tokio::select! {
         _ = &mut shutdown => return server.shutdown().await,
-        ready = engine.ready() => {
+        ready = engines.ready() => {
             if let Err(e) = ready {
                 let _ = server.shutdown().await;
                 return Err(ServerError::Engine(e));
             }
         }
+    }
+    let failed = engines.all().iter().filter(|e| !e.is_ready()).count();
+    if failed > 0 {
+        tracing::error!(
+            failed,
+            engines = engines.all().len(),
+            "some engines failed to load; serving on the others (see /health)"
+        );
     }
     tracing::info!("model ready");
     shutdown.await;

@@ -12,7 +12,7 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::engine::{Completion, EngineError, Event, GenerationStream, LoadState, Prompt, Usage};
+use crate::engine::{Completion, Event, GenerationStream, Prompt, Usage};
 
 use super::errors::{ApiError, ApiJson};
 use super::validate::{self, validate, GenerationInput, StopField};
@@ -246,53 +246,6 @@ pub async fn detokenize(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let content = super::blocking(&state.engine, move |e| e.detokenize(&body.tokens)).await?;
     Ok(Json(json!({ "content": content })))
-}
-
-/// `GET /health`: 503 while loading (or after a failed load), then 200.
-pub async fn health(State(state): State<AppState>) -> Response {
-    if state.engine.is_ready() {
-        return Json(json!({"status": "ok"})).into_response();
-    }
-    let err = match state.engine.state() {
-        LoadState::Failed(e) => e,
-        LoadState::Stopped => EngineError::ShuttingDown,
-        LoadState::Loading | LoadState::Ready => EngineError::NotReady,
-    };
-    ApiError::from(err).into_response()
-}
-
-/// `GET /info`.
-pub async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let engine = &state.engine;
-    let stats = engine.stats();
-    let status = match engine.state() {
-        LoadState::Loading => "loading".to_string(),
-        LoadState::Ready => "ready".to_string(),
-        LoadState::Stopped => "stopped".to_string(),
-        LoadState::Failed(e) => format!("failed: {e}"),
-    };
-    Json(json!({
-        "status": status,
-        "model_path": state.model_path.display().to_string(),
-        "model_name": &*state.model_name,
-        "model": engine.info(),
-        "slots": engine.info().map(|i| i.slots),
-        "active": stats.running(),
-        "waiting": engine.waiting(),
-        "kv_cache_usage": stats.kv_usage(),
-        "kv_cache_cached_tokens": stats.kv_cached_cells.load(std::sync::atomic::Ordering::Relaxed),
-        "version": crate::version::long_version(),
-        "llama_cpp_build": crate::version::LLAMA_CPP_BUILD,
-        "llama_cpp_sys_version": crate::version::LLAMA_CPP_SYS_VERSION,
-        "git_rev": crate::version::GIT_REV,
-        "chat_format": "<s><|user|>\\n{prompt}\\n<|assistant|>\\n",
-        "limits": {
-            "max_queue": state.opts.max_queue,
-            "request_timeout_s": state.request_timeout.map(|d| d.as_secs()),
-            "max_body_bytes": state.opts.max_body_bytes,
-            "api_key_required": state.api_key.is_some(),
-        },
-    }))
 }
 
 /// `GET /metrics` (Prometheus text).

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::engine::{Admission, Engine, GenerateRequest, Prompt, SamplingParams};
+use crate::engine::{GenerateRequest, Prompt, SamplingParams};
+use crate::router::{Admission, Engines};
 
 use super::errors::ApiError;
 
@@ -223,7 +224,7 @@ pub struct GenerationInput {
 }
 
 /// A request that passed validation and holds a place in the engine's
-/// queue: submit it with [`Engine::submit`].
+/// queue: submit it with [`Engines::submit`].
 #[derive(Debug)]
 pub struct ValidatedRequest {
     /// The place in the queue.
@@ -253,7 +254,7 @@ pub struct CheckedInput {
 /// flood is refused before any tokenization) the prompt is tokenized once on
 /// a blocking thread and the budget is checked against a slot's context.
 pub async fn validate(
-    engine: &Engine,
+    engine: &Engines,
     input: GenerationInput,
     spec: RouteSpec,
     timeout: Option<Duration>,
