@@ -40,6 +40,7 @@ pub mod errors;
 pub mod metrics;
 pub mod openai;
 pub mod routes;
+pub mod structured;
 pub mod validate;
 
 use std::future::Future;
