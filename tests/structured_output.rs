@@ -2,14 +2,13 @@
 //! end to end: a real server on 127.0.0.1:0.
 
 mod common;
+#[path = "common/oracle.rs"]
+mod oracle;
 
-use std::num::{NonZeroU16, NonZeroU32};
+use std::num::NonZeroU16;
 
 use airavata::engine::Prompt;
 use futures::StreamExt;
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use serde_json::{json, Value};
 
@@ -418,67 +417,6 @@ async fn grammar_streams_with_continuous_batching() {
     server.shutdown().await.expect("shutdown");
 }
 
-/// Follows a generation with llama.cpp directly, as the server evaluates
-/// it (prompt in one batch, then one token at a time; F16 KV cache, no flash
-/// attention, a context the size of a slot): at each position the log-softmax
-/// of the logits (f64), and the token the server reported there, identified
-/// by its bytes (the first one may have lost its leading space; among
-/// vocabulary entries with the same bytes, the one whose log-probability is
-/// the reported one).
-fn oracle_follow(
-    model: &LlamaModel,
-    prompt: &[i32],
-    reported: &[(Vec<u8>, f64)],
-    first_lstrip: bool,
-    n_ctx: u32,
-) -> (Vec<i32>, Vec<Vec<f64>>) {
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(256)
-        .with_n_threads(2)
-        .with_n_threads_batch(2)
-        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
-    let mut ctx = model
-        .new_context(common::backend(), params)
-        .expect("context");
-    let mut batch = LlamaBatch::new(prompt.len().max(1), 1);
-    for (i, t) in prompt.iter().enumerate() {
-        batch
-            .add(LlamaToken(*t), i as i32, &[0], i + 1 == prompt.len())
-            .expect("add");
-    }
-    ctx.decode(&mut batch).expect("decode");
-    let vocab = model.vocab();
-    let (mut ids, mut rows) = (Vec::new(), Vec::new());
-    for (k, (bytes, lp)) in reported.iter().enumerate() {
-        let row = ctx.get_logits_ith(batch.n_tokens() - 1);
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-        let row: Vec<f64> = row.iter().map(|&v| v as f64 - max - z.ln()).collect();
-        let lstrip = if k == 0 && first_lstrip {
-            NonZeroU16::new(1)
-        } else {
-            None
-        };
-        let id = (0..model.n_vocab())
-            .filter(|&t| vocab.token_to_piece(LlamaToken(t), false, lstrip) == *bytes)
-            .min_by(|&a, &b| {
-                (row[a as usize] - lp)
-                    .abs()
-                    .total_cmp(&(row[b as usize] - lp).abs())
-            })
-            .unwrap_or_else(|| panic!("token {k}: no vocabulary entry has the bytes {bytes:?}"));
-        ids.push(id);
-        rows.push(row);
-        batch.clear();
-        batch
-            .add(LlamaToken(id), (prompt.len() + k) as i32, &[0], true)
-            .expect("add");
-        ctx.decode(&mut batch).expect("decode");
-    }
-    (ids, rows)
-}
-
 fn bytes_of(v: &Value) -> Vec<u8> {
     v.as_array()
         .expect("bytes array")
@@ -531,7 +469,7 @@ async fn logprobs_equal_log_softmax_of_llama_cpp_logits() {
             )
         })
         .collect();
-    let (ids, oracle) = oracle_follow(&model, prompt.ids(), &reported, true, n_ctx_slot);
+    let (ids, oracle) = oracle::follow(&model, prompt.ids(), &reported, true, n_ctx_slot);
     let vocab = model.vocab();
     for (k, e) in content.iter().enumerate() {
         let want = oracle[k][ids[k] as usize];
@@ -619,7 +557,7 @@ async fn logprobs_equal_log_softmax_of_llama_cpp_logits() {
             )
         })
         .collect();
-    let (ids, oracle) = oracle_follow(&model, prompt.ids(), &reported, false, n_ctx_slot);
+    let (ids, oracle) = oracle::follow(&model, prompt.ids(), &reported, false, n_ctx_slot);
     let mut offset = 0;
     for (k, t) in tokens.iter().enumerate() {
         let got = lp["token_logprobs"][k].as_f64().expect("lp");

@@ -494,3 +494,80 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
         }],
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::TopLogprob;
+
+    fn entry(bytes: &[u8], logprob: f64, top: &[(&[u8], f64)]) -> TokenLogprob {
+        TokenLogprob {
+            token: 7,
+            bytes: bytes.to_vec(),
+            logprob,
+            top: top
+                .iter()
+                .enumerate()
+                .map(|(i, (b, lp))| TopLogprob {
+                    token: i32::try_from(i).unwrap_or(0),
+                    bytes: b.to_vec(),
+                    logprob: *lp,
+                })
+                .collect(),
+        }
+    }
+
+    /// "नम" as a whole token, then "स" split over two byte-fallback tokens.
+    fn devanagari() -> Vec<TokenLogprob> {
+        let sa = "स".as_bytes();
+        vec![
+            entry(
+                "नम".as_bytes(),
+                -0.5,
+                &[("नम".as_bytes(), -0.5), (b"x", -1.5)],
+            ),
+            entry(&sa[..1], -0.25, &[(&sa[..1], -0.25), (&sa[..1], -3.0)]),
+            entry(&sa[1..], -0.125, &[]),
+            entry(b"!", -2.0, &[]),
+        ]
+    }
+
+    #[test]
+    fn chat_shape_keeps_exact_bytes_and_lossy_text() {
+        let v = chat_logprobs(&devanagari());
+        assert_eq!(v["refusal"], Value::Null);
+        let c = v["content"].as_array().expect("content");
+        assert_eq!(c.len(), 4);
+        assert_eq!(c[0]["token"], "नम");
+        assert_eq!(c[0]["logprob"], -0.5);
+        assert_eq!(c[0]["bytes"], json!("नम".as_bytes()));
+        assert_eq!(
+            c[0]["top_logprobs"][1],
+            json!({"token": "x", "logprob": -1.5, "bytes": [120]})
+        );
+        // A partial code point: lossy text, exact bytes, valid JSON.
+        assert_eq!(c[1]["token"], "\u{FFFD}");
+        assert_eq!(c[1]["bytes"], json!([0xE0]));
+        assert_eq!(c[2]["bytes"], json!(&"स".as_bytes()[1..]));
+        assert_eq!(c[3]["top_logprobs"], json!([]));
+        let text = v.to_string();
+        assert!(serde_json::from_str::<Value>(&text).is_ok());
+    }
+
+    #[test]
+    fn completion_shape_and_text_offsets_in_characters() {
+        let mut offsets = TextOffsets::default();
+        let v = completion_logprobs(&devanagari(), &mut offsets);
+        assert_eq!(v["tokens"], json!(["नम", "\u{FFFD}", "\u{FFFD}", "!"]));
+        assert_eq!(v["token_logprobs"], json!([-0.5, -0.25, -0.125, -2.0]));
+        // "नम" is 2 characters; the two halves of "स" both start at 2; "!" at 3.
+        assert_eq!(v["text_offset"], json!([0, 2, 2, 3]));
+        // Repeated alternative texts keep the first (most likely) value.
+        assert_eq!(v["top_logprobs"][1], json!({"\u{FFFD}": -0.25}));
+        assert_eq!(v["top_logprobs"][0], json!({"नम": -0.5, "x": -1.5}));
+        assert_eq!(v["top_logprobs"][3], json!({}));
+        // Offsets continue across streamed chunks.
+        let more = completion_logprobs(&[entry(b"ab", -1.0, &[])], &mut offsets);
+        assert_eq!(more["text_offset"], json!([4]));
+    }
+}
