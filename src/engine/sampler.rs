@@ -9,6 +9,9 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::request::SamplingParams;
 
+/// Why a constrained request cannot go on.
+const DEAD_END: &str = "the grammar allows no token of the vocabulary here";
+
 /// The root rule of every grammar the engine runs.
 pub const GRAMMAR_ROOT: &str = "root";
 
@@ -65,11 +68,15 @@ impl Sampler {
             // Otherwise mask with the grammar and sample again.
             let mut cur = candidates(logits);
             cur.apply_sampler(grammar);
+            // A dead end must not reach the chain's sampling stage.
+            if cur.data.iter().all(|d| d.logit() == f32::NEG_INFINITY) {
+                return Err(DEAD_END.into());
+            }
             cur.apply_sampler(&mut self.chain);
             let selected = cur.selected.and_then(|i| cur.data.get(i));
             token = match selected {
                 Some(d) if d.logit() > f32::NEG_INFINITY => d.id(),
-                _ => return Err("the grammar allows no token of the vocabulary here".into()),
+                _ => return Err(DEAD_END.into()),
             };
         }
         grammar
