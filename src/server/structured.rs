@@ -291,7 +291,7 @@ impl Walker<'_> {
         }
         let types = self.types(obj.get("type"), at)?;
         if let Some(values) = obj.get("enum") {
-            if !values.as_array().is_some_and(|a| !a.is_empty()) {
+            if values.as_array().is_none_or(|a| a.is_empty()) {
                 return Err(invalid("enum", at, "must be a non-empty array"));
             }
         }
