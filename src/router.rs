@@ -433,6 +433,11 @@ impl Engines {
         self.any()?.token_pieces(tokens)
     }
 
+    /// Whether `gbnf` compiles for the model ([`Engine::check_grammar`]).
+    pub fn check_grammar(&self, gbnf: &str) -> Result<Result<(), String>, EngineError> {
+        self.any()?.check_grammar(gbnf)
+    }
+
     /// Token bytes ([`Engine::token_bytes`]).
     pub fn token_bytes(&self, tokens: &[i32]) -> Result<Vec<Vec<u8>>, EngineError> {
         self.any()?.token_bytes(tokens)

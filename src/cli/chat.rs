@@ -108,6 +108,9 @@ impl ChatArgs {
             presence_penalty: None,
             seed: self.seed,
             ignore_eos: false,
+            response_format: None,
+            grammar: None,
+            logprobs: None,
             stop: None,
             stream: true,
         }
@@ -186,6 +189,7 @@ impl Chat<'_> {
             sampling: checked.sampling,
             stop: checked.stop,
             timeout: None,
+            logprobs: None,
         };
         Ok(self.engine.submit(admission, request))
     }
@@ -212,6 +216,8 @@ impl Chat<'_> {
                         }
                         Some(Event::Done(c)) => return Ok((text, Ending::Done(c))),
                         Some(Event::Error(e)) => return Err(e.into()),
+                        // Not asked for (`logprobs: None`).
+                        Some(Event::Logprobs(_)) => {}
                         None => bail!("the engine stopped"),
                     },
                     // Dropping `gen` (on return) cancels the request.

@@ -45,6 +45,7 @@ pub mod devices;
 pub mod greedy;
 mod info;
 mod load;
+pub mod logprobs;
 pub mod prompt;
 mod prompt_cache;
 pub mod request;
@@ -70,6 +71,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{defaults, EngineConfig, FlashAttn, KvType, Placement, SplitMode};
 pub use load::llama_backend;
+pub use logprobs::{TokenLogprob, TopLogprob};
 pub use prompt::{ChatMessage, Role};
 pub use request::{
     Completion, Event, FinishReason, GenerateRequest, Prompt, PromptTokens, SamplingParams,
@@ -115,6 +117,9 @@ pub enum EngineError {
     /// llama.cpp failed to evaluate a batch.
     #[error("decode failed: {0}")]
     Decode(String),
+    /// No token could be sampled (e.g. a grammar that no token can continue).
+    #[error("sampling failed: {0}")]
+    Sampling(String),
 }
 
 /// Facts about the loaded model and context.
@@ -423,6 +428,14 @@ impl Engine {
         Ok(PromptTokens::new(prompt, out))
     }
 
+    /// Checks that `gbnf` is a grammar the engine can run for this model
+    /// (llama.cpp's GBNF parser against the model's vocabulary): the inner
+    /// error says why not. CPU work: async callers run it on a blocking thread.
+    pub fn check_grammar(&self, gbnf: &str) -> Result<Result<(), String>, EngineError> {
+        let model = self.model()?;
+        Ok(sampler::compile_grammar(model, gbnf).map(drop))
+    }
+
     /// Admits and submits a validated request ([`Engine::admit`] then
     /// [`Engine::submit`]).
     pub fn generate(&self, req: GenerateRequest) -> Result<GenerationStream, EngineError> {
@@ -494,6 +507,7 @@ impl Engine {
             deadline: req.timeout.map(|t| (submitted + t, t)),
             submitted,
             strip_leading_space,
+            logprobs: req.logprobs,
             tx,
             _ticket: ticket,
         };
@@ -551,12 +565,24 @@ impl GenerationStream {
     }
 
     /// Waits for the whole generation.
-    pub async fn collect(mut self) -> Result<(String, Completion), EngineError> {
+    pub async fn collect(self) -> Result<(String, Completion), EngineError> {
+        self.collect_with_logprobs()
+            .await
+            .map(|(text, _, completion)| (text, completion))
+    }
+
+    /// Waits for the whole generation, keeping the tokens' log-probabilities
+    /// (empty unless the request asked for them).
+    pub async fn collect_with_logprobs(
+        mut self,
+    ) -> Result<(String, Vec<TokenLogprob>, Completion), EngineError> {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         while let Some(ev) = self.rx.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
-                Event::Done(c) => return Ok((text, c)),
+                Event::Logprobs(l) => logprobs.extend(l),
+                Event::Done(c) => return Ok((text, logprobs, c)),
                 Event::Error(e) => return Err(e),
             }
         }

@@ -30,6 +30,11 @@ pub struct SamplingParams {
     pub seed: Option<u32>,
     /// Keep generating past end-of-generation tokens (fixed-length benchmarks).
     pub ignore_eos: bool,
+    /// A GBNF grammar (start rule `root`) the output must match, already
+    /// checked against the model's vocabulary by the caller's validation.
+    /// Generation then ends when the grammar is complete (llama.cpp's grammar
+    /// sampler allows an end-of-generation token only there).
+    pub grammar: Option<String>,
 }
 
 impl SamplingParams {
@@ -55,6 +60,7 @@ impl Default for SamplingParams {
             penalty_last_n: 64,
             seed: None,
             ignore_eos: false,
+            grammar: None,
         }
     }
 }
@@ -141,6 +147,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Wall-clock budget from submission (queue time included).
     pub timeout: Option<Duration>,
+    /// Report each sampled token's log-probability and this many of the most
+    /// likely alternatives (at most [`super::logprobs::MAX_TOP`]); `None` = off.
+    pub logprobs: Option<usize>,
 }
 
 impl GenerateRequest {
@@ -152,6 +161,7 @@ impl GenerateRequest {
             sampling: SamplingParams::greedy(),
             stop: Vec::new(),
             timeout: None,
+            logprobs: None,
         }
     }
 }
@@ -211,6 +221,10 @@ pub struct Timings {
 pub enum Event {
     /// New text (always complete UTF-8; may be empty never).
     Text(String),
+    /// Log-probabilities of the tokens whose text comes in the next
+    /// [`Event::Text`] (or, at the end, of tokens that added no text); only
+    /// when the request asked for them.
+    Logprobs(Vec<super::logprobs::TokenLogprob>),
     /// Generation finished normally.
     Done(Completion),
     /// Generation failed or was cut off (e.g. its deadline passed).

@@ -1,15 +1,135 @@
-//! Per-request sampler chains.
+//! Per-request sampler chains, and the grammar that may constrain them.
 
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use llama_cpp_2::token::LlamaToken;
 
 use super::request::SamplingParams;
+
+/// Why a constrained request cannot go on.
+const DEAD_END: &str = "the grammar allows no token of the vocabulary here";
+
+/// The root rule of every grammar the engine runs.
+pub const GRAMMAR_ROOT: &str = "root";
+
+/// Parses `gbnf` against the model's vocabulary (llama.cpp's grammar
+/// sampler); the error says why it cannot be used.
+pub fn compile_grammar(model: &LlamaModel, gbnf: &str) -> Result<LlamaSampler, String> {
+    if gbnf.trim().is_empty() {
+        return Err("the grammar is empty".into());
+    }
+    use llama_cpp_2::GrammarError as G;
+    LlamaSampler::grammar(model, gbnf, GRAMMAR_ROOT).map_err(|e| match e {
+        G::RootNotFound => format!("the grammar has no `{GRAMMAR_ROOT}` rule"),
+        G::GrammarNullBytes | G::TriggerWordNullBytes => "the grammar contains a NUL byte".into(),
+        G::NullGrammar => format!(
+            "llama.cpp's GBNF parser rejected it (a syntax error, an undefined rule, \
+             left recursion, or no `{GRAMMAR_ROOT}` rule)"
+        ),
+    })
+}
+
+/// A request's sampler: the chain, and the grammar kept apart from it so
+/// that most tokens are checked against the grammar one at a time rather
+/// than the grammar being applied to the whole vocabulary (as llama.cpp's
+/// common sampler does).
+pub struct Sampler {
+    chain: LlamaSampler,
+    grammar: Option<LlamaSampler>,
+}
+
+impl Sampler {
+    /// Feeds tokens that precede generation to the chain's history
+    /// (penalties); the grammar sees only generated tokens.
+    pub fn accept_history<'a>(&mut self, tokens: impl IntoIterator<Item = &'a LlamaToken>) {
+        self.chain.accept_many(tokens);
+    }
+
+    /// Whether a grammar constrains the output.
+    pub fn constrained(&self) -> bool {
+        self.grammar.is_some()
+    }
+
+    /// Samples the token for the logits at batch index `idx` and accepts it
+    /// into the chain and the grammar.
+    pub fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> Result<LlamaToken, String> {
+        let Some(grammar) = self.grammar.as_mut() else {
+            return Ok(self.chain.sample(ctx, idx));
+        };
+        let logits = ctx.get_logits_ith(idx);
+        // Unconstrained choice first; keep it when the grammar allows it.
+        let mut cur = candidates(logits);
+        cur.apply_sampler(&mut self.chain);
+        let mut token = cur.selected_token().ok_or("the sampler chose no token")?;
+        if !allowed(grammar, token, logits) {
+            // Otherwise mask with the grammar and sample again.
+            let mut cur = candidates(logits);
+            cur.apply_sampler(grammar);
+            // A dead end must not reach the chain's sampling stage.
+            if cur.data.iter().all(|d| d.logit() == f32::NEG_INFINITY) {
+                return Err(DEAD_END.into());
+            }
+            cur.apply_sampler(&mut self.chain);
+            let selected = cur.selected.and_then(|i| cur.data.get(i));
+            token = match selected {
+                Some(d) if d.logit() > f32::NEG_INFINITY => d.id(),
+                _ => return Err(DEAD_END.into()),
+            };
+        }
+        grammar
+            .try_accept(token)
+            .map_err(|e| format!("the grammar rejected token {}: {e}", token.0))?;
+        self.chain.accept(token);
+        Ok(token)
+    }
+}
+
+fn candidates(logits: &[f32]) -> LlamaTokenDataArray {
+    LlamaTokenDataArray::from_iter(
+        logits.iter().enumerate().map(|(i, &l)| {
+            LlamaTokenData::new(LlamaToken(i32::try_from(i).unwrap_or(i32::MAX)), l, 0.0)
+        }),
+        false,
+    )
+}
+
+/// Whether the grammar, in its current state, allows `token`.
+fn allowed(grammar: &mut LlamaSampler, token: LlamaToken, logits: &[f32]) -> bool {
+    let logit = usize::try_from(token.0)
+        .ok()
+        .and_then(|i| logits.get(i))
+        .copied()
+        .unwrap_or(0.0);
+    let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(token, logit, 0.0)], false);
+    one.apply_sampler(grammar);
+    one.data
+        .first()
+        .is_some_and(|d| d.logit() > f32::NEG_INFINITY)
+}
+
+/// The sampler for `params`: the chain of [`chain`], plus the grammar when
+/// one is set (validated by the caller; an error here fails the request).
+pub fn build(params: &SamplingParams, model: &LlamaModel) -> Result<Sampler, String> {
+    let grammar = params
+        .grammar
+        .as_deref()
+        .map(|g| compile_grammar(model, g))
+        .transpose()?;
+    Ok(Sampler {
+        chain: chain(params, model.n_vocab()),
+        grammar,
+    })
+}
 
 /// llama.cpp's "pick a random seed" value.
 const RANDOM_SEED: u32 = 0xFFFF_FFFF;
 
 /// Builds the chain llama.cpp's server uses, minus the exotic stages:
 /// penalties → (greedy | top-k → top-p → min-p → temperature → dist).
-pub fn build(params: &SamplingParams, n_vocab: i32) -> LlamaSampler {
+pub fn chain(params: &SamplingParams, n_vocab: i32) -> LlamaSampler {
     let mut stages = Vec::new();
     if applies_penalties(params) {
         stages.push(LlamaSampler::penalties(
@@ -50,10 +170,10 @@ fn applies_penalties(params: &SamplingParams) -> bool {
     uses_history(params) && params.penalty_last_n != 0
 }
 
-/// Whether the chain is greedy with no penalties: the token is then the
-/// argmax of the logits, and the chain keeps no state.
+/// Whether the chain is greedy with no penalties and no grammar: the token
+/// is then the argmax of the logits, and the sampler keeps no state.
 pub fn is_plain_greedy(params: &SamplingParams) -> bool {
-    params.temperature <= 0.0 && !applies_penalties(params)
+    params.temperature <= 0.0 && !applies_penalties(params) && params.grammar.is_none()
 }
 
 #[cfg(test)]
@@ -70,6 +190,9 @@ mod tests {
         p.repetition_penalty = 1.1;
         assert!(!is_plain_greedy(&p));
         p.repetition_penalty = 1.0;
+        p.grammar = Some("root ::= \"a\"".into());
+        assert!(!is_plain_greedy(&p), "a grammar needs the sampler");
+        p.grammar = None;
         p.temperature = 0.7;
         assert!(!is_plain_greedy(&p));
     }

@@ -4,12 +4,13 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
 use super::admission::Ticket;
+use super::logprobs::TokenLogprob;
 use super::request::{Completion, Event, FinishReason, SamplingParams, Timings, Usage};
+use super::sampler::Sampler;
 use super::stats::EngineStats;
 use super::stop::StopMatcher;
 use super::utf8::Utf8Accumulator;
@@ -25,6 +26,8 @@ pub(super) struct Job {
     pub deadline: Option<(Instant, Duration)>,
     pub submitted: Instant,
     pub strip_leading_space: bool,
+    /// Alternatives per token when log-probabilities are asked for.
+    pub logprobs: Option<usize>,
     pub tx: mpsc::UnboundedSender<Event>,
     pub _ticket: Ticket,
 }
@@ -87,7 +90,7 @@ impl Outcome {
 /// A request that holds a slot.
 pub(super) struct Active {
     pub job: Box<Job>,
-    pub sampler: LlamaSampler,
+    pub sampler: Sampler,
     /// Tokens of this sequence in the KV cache.
     pub n_past: usize,
     /// Prompt tokens served from the slot's prompt cache.
@@ -101,6 +104,8 @@ pub(super) struct Active {
     pub n_generated: u32,
     pub utf8: Utf8Accumulator,
     pub stop: StopMatcher,
+    /// Log-probabilities of tokens whose text is still held back.
+    pub logprobs: Vec<TokenLogprob>,
     /// Index in the current batch whose logits this slot samples.
     pub logits_at: Option<i32>,
     pub started: Instant,

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use super::batch::{self, SlotView, Work};
 use super::greedy;
 use super::load::{self, Loaded};
+use super::logprobs::{self, RowLogprobs, TokenLogprob, TopLogprob};
 use super::prompt_cache::{common_prefix, pick_slot};
 use super::request::{Event, FinishReason};
 use super::sampler;
@@ -126,6 +127,8 @@ struct Emit {
     first: bool,
     /// The request's last token (max_new_tokens reached).
     last: bool,
+    /// Its log-probabilities, when the request asked for them.
+    logprobs: Option<RowLogprobs>,
 }
 
 struct Loop<'m> {
@@ -240,14 +243,27 @@ impl Loop<'_> {
                 self.pending.push_front(job);
                 return;
             };
-            let active = self.start(slot, job);
+            // Validation compiled the grammar already; should it fail here
+            // anyway, the request fails and the engine goes on.
+            let sampler = match sampler::build(&job.sampling, self.model) {
+                Ok(s) => s,
+                Err(e) => {
+                    let outcome = Outcome::Failed(EngineError::Sampling(e));
+                    outcome.count(self.stats);
+                    if let Some(err) = outcome.error() {
+                        let _ = job.tx.send(Event::Error(err));
+                    }
+                    continue;
+                }
+            };
+            let active = self.start(slot, job, sampler);
             self.slots[slot] = Some(active);
             self.order.push(slot);
             self.stats.running.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn start(&mut self, slot: usize, job: Box<Job>) -> Active {
+    fn start(&mut self, slot: usize, job: Box<Job>, mut sampler: sampler::Sampler) -> Active {
         let now = Instant::now();
         // Keep the cached prefix the prompt shares with the slot's previous
         // sequence, minus at least one token: the last prompt token must be
@@ -270,9 +286,8 @@ impl Loop<'_> {
         self.slot_tokens[slot].clear();
         self.publish(slot, Arc::from(Vec::new()));
         let greedy = sampler::is_plain_greedy(&job.sampling);
-        let mut sampler = sampler::build(&job.sampling, self.model.n_vocab());
         if sampler::uses_history(&job.sampling) {
-            sampler.accept_many(job.tokens.iter());
+            sampler.accept_history(job.tokens.iter());
         }
         self.stats.queue_time.observe(now - job.submitted);
         self.stats
@@ -297,6 +312,7 @@ impl Loop<'_> {
             n_generated: 0,
             utf8: Utf8Accumulator::new(),
             stop,
+            logprobs: Vec::new(),
             logits_at: None,
             started: now,
             first_token: None,
@@ -318,6 +334,11 @@ impl Loop<'_> {
         let last = match &outcome {
             Outcome::Finished(reason) => {
                 let rest = a.release_text(*reason);
+                // A stop string's tokens are not part of the answer.
+                let logprobs = std::mem::take(&mut a.logprobs);
+                if *reason != FinishReason::Stop && !logprobs.is_empty() {
+                    let _ = a.job.tx.send(Event::Logprobs(logprobs));
+                }
                 if !rest.is_empty() {
                     let _ = a.job.tx.send(Event::Text(rest));
                 }
@@ -623,10 +644,23 @@ impl Loop<'_> {
         };
         let token = match pick {
             Some(t) => t,
-            None => a.sampler.sample(&self.ctx, idx),
+            None => match a.sampler.sample(&self.ctx, idx) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.end_request(slot, Outcome::Failed(EngineError::Sampling(e)));
+                    return;
+                }
+            },
         };
+        // From the raw logits of this position, whatever the sampler did.
+        let row_logprobs = a.job.logprobs.map(|n| {
+            let row = self.ctx.get_logits_ith(idx);
+            logprobs::row_logprobs(row, usize::try_from(token.0).unwrap_or(usize::MAX), n)
+        });
         a.note_token(Instant::now(), self.stats);
-        if self.model.vocab().is_eog(token) && !a.job.sampling.ignore_eos {
+        // A complete grammar allows nothing but end of generation.
+        let ends = !a.job.sampling.ignore_eos || a.sampler.constrained();
+        if self.model.vocab().is_eog(token) && ends {
             // Earlier tokens' text went out before this step's sync.
             self.end_request(slot, Outcome::Finished(FinishReason::Eos));
             return;
@@ -641,6 +675,7 @@ impl Loop<'_> {
             token,
             first: a.n_generated == 1,
             last,
+            logprobs: row_logprobs,
         });
     }
 
@@ -662,8 +697,30 @@ impl Loop<'_> {
                 None
             };
             let bytes = vocab.token_to_piece(e.token, false, lstrip);
+            if let Some(row) = e.logprobs {
+                a.logprobs.push(TokenLogprob {
+                    token: e.token.0,
+                    bytes: bytes.clone(),
+                    logprob: row.logprob,
+                    top: row
+                        .top
+                        .into_iter()
+                        .map(|(token, logprob)| TopLogprob {
+                            token,
+                            bytes: vocab.token_to_piece(LlamaToken(token), false, lstrip),
+                            logprob,
+                        })
+                        .collect(),
+                });
+            }
             let text = a.utf8.push(&bytes);
             let outcome = a.stop.push(&text);
+            if !outcome.emit.is_empty() && !a.logprobs.is_empty() {
+                let _ = a
+                    .job
+                    .tx
+                    .send(Event::Logprobs(std::mem::take(&mut a.logprobs)));
+            }
             let end =
                 if !outcome.emit.is_empty() && a.job.tx.send(Event::Text(outcome.emit)).is_err() {
                     Some(Outcome::Cancelled)

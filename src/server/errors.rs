@@ -157,13 +157,21 @@ impl From<EngineError> for ApiError {
                 "decode_failed",
                 msg,
             ),
+            EngineError::Sampling(_) => Self::new(
+                S::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "sampling_failed",
+                msg,
+            ),
         }
     }
 }
 
 /// The one map from validation failures to statuses: 400
 /// `context_length_exceeded` when the prompt and budget do not fit a slot,
-/// else 422 `invalid_value`; both name the caller's field.
+/// 400 `unsupported_schema` / `invalid_schema` / `invalid_grammar` for a
+/// structured-output constraint that cannot be enforced, else 422
+/// `invalid_value`; all name the caller's field.
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
         let field = e.field();
@@ -172,6 +180,24 @@ impl From<ValidationError> for ApiError {
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 "context_length_exceeded",
+                e.to_string(),
+            )
+            .with_param(field),
+            ValidationError::Schema { ref issue, .. } => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                if issue.unsupported {
+                    "unsupported_schema"
+                } else {
+                    "invalid_schema"
+                },
+                e.to_string(),
+            )
+            .with_param(field),
+            ValidationError::InvalidGrammar { .. } => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_grammar",
                 e.to_string(),
             )
             .with_param(field),

@@ -16,6 +16,9 @@
 //! * `POST /v1/completions`, `POST /v1/chat/completions` — OpenAI shapes,
 //!   streaming chunks end with `data: [DONE]`; `stream_options.include_usage`
 //!   adds a final usage chunk. Chat messages are rendered in Airavata's format.
+//! * Structured output on all three: `response_format` (`json_object`,
+//!   `json_schema`) or a GBNF `grammar` ([`structured`]); log-probabilities
+//!   on the OpenAI routes (`logprobs`, `top_logprobs`), from the raw logits.
 //! * `GET /v1/models`, `POST /tokenize` (`{"content", "add_special"=true,
 //!   "chat"=false, "with_pieces"=false}`), `POST /detokenize` (`{"tokens"}`).
 //! * `GET /health` (readiness: 503 until every engine is loaded; 200 with
@@ -32,11 +35,12 @@
 //!
 //! # Errors
 //! Every error is `{"error": {"message", "type", "code", "param"}}`:
-//! 400 `invalid_json` / `context_length_exceeded` (names both token counts),
+//! 400 `invalid_json` / `context_length_exceeded` (names both token counts) /
+//! `unsupported_schema` / `invalid_schema` / `invalid_grammar`,
 //! 401 `missing_api_key` / `invalid_api_key`, 404, 405, 413 `payload_too_large`,
 //! 415 `unsupported_media_type`, 422 `invalid_value` (with `param`),
 //! 429 `queue_full` (with `Retry-After`), 503 `model_loading`,
-//! 504 `request_timeout`.
+//! 504 `request_timeout`, 500 `sampling_failed`.
 //!
 //! # Text
 //! A SentencePiece artefact is removed: when the prompt ends in whitespace (the
@@ -50,6 +54,7 @@ pub mod metrics;
 pub mod openai;
 pub mod routes;
 pub mod status;
+pub mod structured;
 pub mod validate;
 pub mod webui;
 

@@ -13,10 +13,11 @@ use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::{ChatMessage, Event, GenerationStream, Prompt};
+use crate::engine::{ChatMessage, Event, GenerationStream, Prompt, TokenLogprob};
 
 use super::errors::{ApiError, ApiJson};
 use super::routes::usage_json;
+use super::structured::ResponseFormat;
 use super::validate::{self, validate, GenerationInput, RouteSpec, StopField, ValidationError};
 use super::AppState;
 
@@ -76,6 +77,10 @@ pub struct CommonFields {
     /// Streaming options.
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {...}}`.
+    pub response_format: Option<ResponseFormat>,
+    /// Extension: a GBNF grammar (root rule `root`) the output must match.
+    pub grammar: Option<String>,
 }
 
 /// `POST /v1/completions` body.
@@ -83,6 +88,8 @@ pub struct CommonFields {
 pub struct CompletionBody {
     /// Text to continue (used verbatim, BOS prepended).
     pub prompt: PromptField,
+    /// Log-probabilities of each token with this many alternatives (0..=5).
+    pub logprobs: Option<u32>,
     /// Shared fields.
     #[serde(flatten)]
     pub common: CommonFields,
@@ -93,6 +100,11 @@ pub struct CompletionBody {
 pub struct ChatBody {
     /// The conversation (`system`, `user`, `assistant`).
     pub messages: Vec<ChatMessage>,
+    /// Return each token's log-probability.
+    #[serde(default)]
+    pub logprobs: bool,
+    /// Alternatives per token (0..=20); needs `logprobs: true`.
+    pub top_logprobs: Option<u32>,
     /// Shared fields.
     #[serde(flatten)]
     pub common: CommonFields,
@@ -127,14 +139,17 @@ struct Reply {
     kind: Kind,
     model: String,
     include_usage: bool,
+    logprobs: bool,
 }
 
 impl CommonFields {
     /// The route-independent input, the route's field names (the budget
     /// field is the one the caller used) and what the reply needs.
+    #[allow(clippy::too_many_arguments)]
     fn split(
         self,
         prompt: Prompt,
+        logprobs: Option<u32>,
         default_max: Option<u32>,
         spec: RouteSpec,
         kind: Kind,
@@ -167,11 +182,15 @@ impl CommonFields {
             ignore_eos: self.ignore_eos,
             stop: self.stop,
             stream: self.stream,
+            response_format: self.response_format,
+            grammar: self.grammar,
+            logprobs,
         };
         let reply = Reply {
             kind,
             model: self.model.unwrap_or_else(|| state.model_name.to_string()),
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            logprobs: logprobs.is_some(),
         };
         Ok((input, spec, reply))
     }
@@ -192,6 +211,7 @@ pub async fn completions(
     };
     let (input, spec, reply) = body.common.split(
         Prompt::Raw(prompt),
+        body.logprobs,
         Some(16),
         spec,
         Kind::Completion,
@@ -209,9 +229,24 @@ pub async fn chat_completions(
     if body.messages.is_empty() {
         return Err(ValidationError::NoMessages { field: spec.prompt }.into());
     }
-    let (input, spec, reply) =
-        body.common
-            .split(Prompt::Chat(body.messages), None, spec, Kind::Chat, &state)?;
+    let logprobs = match (body.logprobs, body.top_logprobs) {
+        (true, n) => Some(n.unwrap_or(0)),
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(ValidationError::NeedsLogprobs {
+                field: spec.top_logprobs,
+            }
+            .into())
+        }
+    };
+    let (input, spec, reply) = body.common.split(
+        Prompt::Chat(body.messages),
+        logprobs,
+        None,
+        spec,
+        Kind::Chat,
+        &state,
+    )?;
     run(state, input, spec, reply).await
 }
 
@@ -228,14 +263,15 @@ async fn run(
         kind,
         model,
         include_usage,
+        logprobs,
     } = reply;
     if v.stream {
-        let events = chunks(gen, kind, model, created, include_usage);
+        let events = chunks(gen, kind, model, created, include_usage, logprobs);
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response());
     }
-    let (text, c) = gen.collect().await?;
+    let (text, lps, c) = gen.collect_with_logprobs().await?;
     let finish = c.finish_reason.openai();
     let body = match kind {
         Kind::Completion => json!({
@@ -243,7 +279,16 @@ async fn run(
             "object": "text_completion",
             "created": created,
             "model": model,
-            "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
+            "choices": [{
+                "text": text,
+                "index": 0,
+                "logprobs": if logprobs {
+                    completion_logprobs(&lps, &mut TextOffsets::default())
+                } else {
+                    Value::Null
+                },
+                "finish_reason": finish,
+            }],
             "usage": usage_json(&c.usage),
             "timings": c.timings,
         }),
@@ -255,7 +300,7 @@ async fn run(
             "choices": [{
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": null,
+                "logprobs": if logprobs { chat_logprobs(&lps) } else { Value::Null },
                 "finish_reason": finish,
             }],
             "usage": usage_json(&c.usage),
@@ -265,12 +310,98 @@ async fn run(
     Ok(Json(body).into_response())
 }
 
+/// A token's text for JSON: its bytes, lossily (a byte-fallback piece of a
+/// code point becomes U+FFFD; `bytes` keeps it exact).
+fn token_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Chat's `logprobs`: `{"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}`.
+pub fn chat_logprobs(entries: &[TokenLogprob]) -> Value {
+    let content: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let top: Vec<Value> = e
+                .top
+                .iter()
+                .map(|t| json!({"token": token_text(&t.bytes), "logprob": t.logprob, "bytes": t.bytes}))
+                .collect();
+            json!({
+                "token": token_text(&e.bytes),
+                "logprob": e.logprob,
+                "bytes": e.bytes,
+                "top_logprobs": top,
+            })
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// Where the next token starts in the completion's text, in characters
+/// (as OpenAI's `text_offset`), across streamed chunks.
+#[derive(Debug, Default, Clone)]
+pub struct TextOffsets {
+    /// Code points begun so far.
+    started: usize,
+    /// Continuation bytes the last begun code point still expects.
+    open: usize,
+}
+
+impl TextOffsets {
+    /// The offset of the next byte, then advances over `bytes`. A token that
+    /// starts inside a code point gets that code point's offset.
+    fn take(&mut self, bytes: &[u8]) -> usize {
+        let at = self.started - usize::from(self.open > 0);
+        for &b in bytes {
+            if b & 0xC0 == 0x80 {
+                self.open = self.open.saturating_sub(1);
+            } else {
+                self.started += 1;
+                self.open = match b {
+                    0xF0.. => 3,
+                    0xE0.. => 2,
+                    0xC0.. => 1,
+                    _ => 0,
+                };
+            }
+        }
+        at
+    }
+}
+
+/// Completions' `logprobs`: `{tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}`.
+/// Alternatives whose text repeats (e.g. several lossy byte tokens) keep the most likely.
+pub fn completion_logprobs(entries: &[TokenLogprob], offsets: &mut TextOffsets) -> Value {
+    let mut tokens = Vec::with_capacity(entries.len());
+    let mut token_logprobs = Vec::with_capacity(entries.len());
+    let mut top_logprobs = Vec::with_capacity(entries.len());
+    let mut text_offset = Vec::with_capacity(entries.len());
+    for e in entries {
+        tokens.push(token_text(&e.bytes));
+        token_logprobs.push(e.logprob);
+        let mut top = serde_json::Map::new();
+        for t in &e.top {
+            top.entry(token_text(&t.bytes))
+                .or_insert_with(|| json!(t.logprob));
+        }
+        top_logprobs.push(Value::Object(top));
+        text_offset.push(offsets.take(&e.bytes));
+    }
+    json!({
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top_logprobs,
+        "text_offset": text_offset,
+    })
+}
+
 fn chunks(
     mut gen: GenerationStream,
     kind: Kind,
     model: String,
     created: u64,
     include_usage: bool,
+    logprobs: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let (id, object) = match kind {
         Kind::Completion => (new_id("cmpl"), "text_completion"),
@@ -290,7 +421,17 @@ fn chunks(
         }
         SseEvent::default().data(v.to_string())
     };
-    let choice = move |text: Option<&str>, finish: Option<&str>, first: bool| -> Value {
+    let mut offsets = TextOffsets::default();
+    let mut lp_json = move |entries: &[TokenLogprob]| -> Value {
+        if !logprobs {
+            Value::Null
+        } else if is_chat {
+            chat_logprobs(entries)
+        } else {
+            completion_logprobs(entries, &mut offsets)
+        }
+    };
+    let choice = move |text: Option<&str>, finish: Option<&str>, first: bool, lp: Value| -> Value {
         if is_chat {
             let mut delta = json!({});
             if first {
@@ -299,22 +440,31 @@ fn chunks(
             if let Some(t) = text {
                 delta["content"] = json!(t);
             }
-            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            json!({"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish})
         } else {
-            json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
+            json!({"index": 0, "text": text.unwrap_or(""), "logprobs": lp, "finish_reason": finish})
         }
     };
     async_stream::stream! {
         if is_chat {
-            yield Ok(chunk(choice(Some(""), None, true), Value::Null));
+            yield Ok(chunk(choice(Some(""), None, true, Value::Null), Value::Null));
         }
+        // Log-probabilities of the tokens whose text comes next.
+        let mut pending: Vec<TokenLogprob> = Vec::new();
         while let Some(ev) = gen.next_event().await {
             match ev {
+                Event::Logprobs(l) => pending.extend(l),
                 Event::Text(t) => {
-                    yield Ok(chunk(choice(Some(&t), None, false), Value::Null));
+                    let lp = lp_json(&std::mem::take(&mut pending));
+                    yield Ok(chunk(choice(Some(&t), None, false, lp), Value::Null));
                 }
                 Event::Done(c) => {
-                    yield Ok(chunk(choice(None, Some(c.finish_reason.openai()), false), Value::Null));
+                    if !pending.is_empty() {
+                        // Tokens that added no text (e.g. a held-back byte at the end).
+                        let lp = lp_json(&std::mem::take(&mut pending));
+                        yield Ok(chunk(choice(Some(""), None, false, lp), Value::Null));
+                    }
+                    yield Ok(chunk(choice(None, Some(c.finish_reason.openai()), false, Value::Null), Value::Null));
                     if include_usage {
                         yield Ok(chunk(Value::Null, usage_json(&c.usage)));
                     }
@@ -343,4 +493,85 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
             "meta": state.engine.info(),
         }],
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::TopLogprob;
+
+    fn entry(bytes: &[u8], logprob: f64, top: &[(&[u8], f64)]) -> TokenLogprob {
+        TokenLogprob {
+            token: 7,
+            bytes: bytes.to_vec(),
+            logprob,
+            top: top
+                .iter()
+                .enumerate()
+                .map(|(i, (b, lp))| TopLogprob {
+                    token: i32::try_from(i).unwrap_or(0),
+                    bytes: b.to_vec(),
+                    logprob: *lp,
+                })
+                .collect(),
+        }
+    }
+
+    /// "नम" as a whole token, then "स" split over two byte-fallback tokens.
+    fn devanagari() -> Vec<TokenLogprob> {
+        let sa = "स".as_bytes();
+        vec![
+            entry(
+                "नम".as_bytes(),
+                -0.5,
+                &[("नम".as_bytes(), -0.5), (b"x", -1.5)],
+            ),
+            entry(&sa[..1], -0.25, &[(&sa[..1], -0.25), (&sa[..1], -3.0)]),
+            entry(&sa[1..], -0.125, &[]),
+            entry(b"!", -2.0, &[]),
+        ]
+    }
+
+    #[test]
+    fn chat_shape_keeps_exact_bytes_and_lossy_text() {
+        let v = chat_logprobs(&devanagari());
+        assert_eq!(v["refusal"], Value::Null);
+        let c = v["content"].as_array().expect("content");
+        assert_eq!(c.len(), 4);
+        assert_eq!(c[0]["token"], "नम");
+        assert_eq!(c[0]["logprob"], -0.5);
+        assert_eq!(c[0]["bytes"], json!("नम".as_bytes()));
+        assert_eq!(
+            c[0]["top_logprobs"][1],
+            json!({"token": "x", "logprob": -1.5, "bytes": [120]})
+        );
+        // A partial code point: lossy text, exact bytes, valid JSON.
+        assert_eq!(c[1]["token"], "\u{FFFD}");
+        assert_eq!(c[1]["bytes"], json!([0xE0]));
+        assert_eq!(c[2]["bytes"], json!(&"स".as_bytes()[1..]));
+        assert_eq!(c[3]["top_logprobs"], json!([]));
+        let text = v.to_string();
+        assert!(serde_json::from_str::<Value>(&text).is_ok());
+    }
+
+    #[test]
+    fn completion_shape_and_text_offsets_in_characters() {
+        let mut offsets = TextOffsets::default();
+        let v = completion_logprobs(&devanagari(), &mut offsets);
+        // Lossy text: one U+FFFD for the lead byte, one per stray continuation byte.
+        assert_eq!(
+            v["tokens"],
+            json!(["नम", "\u{FFFD}", "\u{FFFD}\u{FFFD}", "!"])
+        );
+        assert_eq!(v["token_logprobs"], json!([-0.5, -0.25, -0.125, -2.0]));
+        // "नम" is 2 characters; the two halves of "स" both start at 2; "!" at 3.
+        assert_eq!(v["text_offset"], json!([0, 2, 2, 3]));
+        // Repeated alternative texts keep the first (most likely) value.
+        assert_eq!(v["top_logprobs"][1], json!({"\u{FFFD}": -0.25}));
+        assert_eq!(v["top_logprobs"][0], json!({"नम": -0.5, "x": -1.5}));
+        assert_eq!(v["top_logprobs"][3], json!({}));
+        // Offsets continue across streamed chunks.
+        let more = completion_logprobs(&[entry(b"ab", -1.0, &[])], &mut offsets);
+        assert_eq!(more["text_offset"], json!([4]));
+    }
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::engine::{Completion, Event, GenerationStream, Prompt, Usage};
 
 use super::errors::{ApiError, ApiJson};
+use super::structured::ResponseFormat;
 use super::validate::{self, validate, GenerationInput, StopField};
 use super::{metrics, AppState};
 
@@ -56,6 +57,10 @@ pub struct GenerateBody {
     pub seed: Option<u32>,
     /// Stop strings.
     pub stop: Option<StopField>,
+    /// Constrain the output to JSON (OpenAI's `response_format`).
+    pub response_format: Option<ResponseFormat>,
+    /// Constrain the output to a GBNF grammar (root rule `root`).
+    pub grammar: Option<String>,
 }
 
 impl From<GenerateBody> for GenerationInput {
@@ -78,6 +83,9 @@ impl From<GenerateBody> for GenerationInput {
             ignore_eos: b.ignore_eos,
             stop: b.stop,
             stream: b.stream,
+            response_format: b.response_format,
+            grammar: b.grammar,
+            logprobs: None,
         }
     }
 }
@@ -148,6 +156,7 @@ fn generate_events(mut gen: GenerationStream) -> impl Stream<Item = Result<SseEv
         let mut full = String::new();
         while let Some(ev) = gen.next_event().await {
             match ev {
+                Event::Logprobs(_) => {}
                 Event::Text(t) => {
                     full.push_str(&t);
                     yield Ok(SseEvent::default().data(json!({"text": t}).to_string()));

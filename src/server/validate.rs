@@ -18,6 +18,7 @@ use crate::engine::{GenerateRequest, Prompt, SamplingParams};
 use crate::router::{Admission, Engines};
 
 use super::errors::ApiError;
+use super::structured::{self, Constraint, ResponseFormat, SchemaIssue};
 
 /// Most stop strings per request.
 pub const MAX_STOPS: usize = 16;
@@ -104,6 +105,37 @@ pub enum ValidationError {
         /// The field.
         field: &'static str,
     },
+    /// A JSON schema that cannot be enforced (an unsupported keyword) or is
+    /// not a valid schema.
+    #[error("`{field}.json_schema.schema`: {issue}")]
+    Schema {
+        /// The field (`response_format`).
+        field: &'static str,
+        /// The keyword and where it is.
+        issue: SchemaIssue,
+    },
+    /// A grammar llama.cpp cannot use (or a schema it could not convert).
+    #[error("`{field}` cannot be used: {reason}")]
+    InvalidGrammar {
+        /// `grammar` or `response_format`.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Two fields that exclude each other.
+    #[error("`{field}` cannot be combined with `{other}`")]
+    Conflict {
+        /// The field at fault.
+        field: &'static str,
+        /// The field it conflicts with.
+        other: &'static str,
+    },
+    /// `top_logprobs` without `logprobs: true`.
+    #[error("`{field}` requires `logprobs: true`")]
+    NeedsLogprobs {
+        /// The field.
+        field: &'static str,
+    },
     /// The prompt plus the token budget do not fit a slot.
     #[error(
         "the prompt has {prompt_tokens} tokens and `{field}` is {max_tokens}: {} tokens exceed the per-slot context of {n_ctx_slot} tokens",
@@ -136,6 +168,10 @@ impl ValidationError {
             | V::OnePrompt { field }
             | V::NoMessages { field }
             | V::EmptyPrompt { field }
+            | V::Schema { field, .. }
+            | V::InvalidGrammar { field, .. }
+            | V::Conflict { field, .. }
+            | V::NeedsLogprobs { field }
             | V::ContextExceeded { field, .. } => field,
         }
     }
@@ -155,6 +191,11 @@ pub struct RouteSpec {
     pub default_temperature: f32,
     /// `top_p` when absent.
     pub default_top_p: f32,
+    /// The field that asks for alternatives per token (`top_logprobs` on
+    /// chat, `logprobs` on completions).
+    pub top_logprobs: &'static str,
+    /// Most alternatives per token.
+    pub max_top_logprobs: u32,
 }
 
 /// `POST /generate`: the FastAPI app's names; greedy by default, top-p 0.9
@@ -165,20 +206,27 @@ pub const GENERATE: RouteSpec = RouteSpec {
     max_temperature: 100.0,
     default_temperature: 0.0,
     default_top_p: 0.9,
+    top_logprobs: "logprobs",
+    max_top_logprobs: 0,
 };
 
-/// `POST /v1/completions`: OpenAI's names and bounds.
+/// `POST /v1/completions`: OpenAI's names and bounds (`logprobs` up to 5).
 pub const COMPLETIONS: RouteSpec = RouteSpec {
     max_tokens: "max_tokens",
     prompt: "prompt",
     max_temperature: 2.0,
     default_temperature: 1.0,
     default_top_p: 1.0,
+    top_logprobs: "logprobs",
+    max_top_logprobs: 5,
 };
 
-/// `POST /v1/chat/completions`: as [`COMPLETIONS`], the prompt is `messages`.
+/// `POST /v1/chat/completions`: as [`COMPLETIONS`], the prompt is
+/// `messages`, alternatives are `top_logprobs` (up to 20).
 pub const CHAT: RouteSpec = RouteSpec {
     prompt: "messages",
+    top_logprobs: "top_logprobs",
+    max_top_logprobs: crate::engine::logprobs::MAX_TOP as u32,
     ..COMPLETIONS
 };
 
@@ -221,6 +269,12 @@ pub struct GenerationInput {
     pub stop: Option<StopField>,
     /// Answer with server-sent events.
     pub stream: bool,
+    /// OpenAI's `response_format`.
+    pub response_format: Option<ResponseFormat>,
+    /// A raw GBNF grammar (root rule `root`).
+    pub grammar: Option<String>,
+    /// Log-probabilities with this many alternatives per token; `None` = off.
+    pub logprobs: Option<u32>,
 }
 
 /// A request that passed validation and holds a place in the engine's
@@ -248,6 +302,11 @@ pub struct CheckedInput {
     pub stop: Vec<String>,
     /// Answer with server-sent events.
     pub stream: bool,
+    /// What constrains the output (its grammar is made and checked against
+    /// the model in [`validate`]).
+    pub constraint: Option<Constraint>,
+    /// Alternatives per token when log-probabilities are asked for.
+    pub logprobs: Option<usize>,
 }
 
 /// The validation stage: field checks, then (holding a queue place, so a
@@ -259,8 +318,21 @@ pub async fn validate(
     spec: RouteSpec,
     timeout: Option<Duration>,
 ) -> Result<ValidatedRequest, ApiError> {
-    let checked = check(input, spec)?;
+    let mut checked = check(input, spec)?;
     let admission = engine.admit()?;
+    if let Some(c) = checked.constraint.clone() {
+        let field = c.field();
+        let gbnf = super::blocking(engine, move |e| {
+            let gbnf = match c.to_gbnf() {
+                Ok(g) => g,
+                Err(reason) => return Ok(Err(reason)),
+            };
+            Ok(e.check_grammar(&gbnf)?.map(|()| gbnf))
+        })
+        .await?
+        .map_err(|reason| ValidationError::InvalidGrammar { field, reason })?;
+        checked.sampling.grammar = Some(gbnf);
+    }
     let tokens = super::blocking(engine, {
         let prompt = checked.prompt.clone();
         move |e| e.tokenize_prompt(&prompt)
@@ -276,6 +348,7 @@ pub async fn validate(
             sampling: checked.sampling,
             stop: checked.stop,
             timeout,
+            logprobs: checked.logprobs,
         },
         stream: checked.stream,
     })
@@ -304,6 +377,25 @@ pub fn check(input: GenerationInput, spec: RouteSpec) -> Result<CheckedInput, Va
     range("frequency_penalty", input.frequency_penalty, -2.0, 2.0)?;
     range("presence_penalty", input.presence_penalty, -2.0, 2.0)?;
     let stop = stops("stop", input.stop)?;
+    let constraint = constraint(input.response_format, input.grammar)?;
+    if let Some(c) = &constraint {
+        if input.ignore_eos {
+            return Err(ValidationError::Conflict {
+                field: "ignore_eos",
+                other: c.field(),
+            });
+        }
+    }
+    if let Some(n) = input.logprobs {
+        if n > spec.max_top_logprobs {
+            return Err(ValidationError::OutOfRange {
+                field: spec.top_logprobs,
+                min: 0.0,
+                max: spec.max_top_logprobs as f32,
+                got: n as f32,
+            });
+        }
+    }
     Ok(CheckedInput {
         prompt: input.prompt,
         max_tokens,
@@ -321,7 +413,58 @@ pub fn check(input: GenerationInput, spec: RouteSpec) -> Result<CheckedInput, Va
         },
         stop,
         stream: input.stream,
+        constraint,
+        logprobs: input.logprobs.map(|n| n as usize),
     })
+}
+
+/// The output constraint of `response_format` or `grammar` (not both),
+/// after the checks that need no model: a schema only with keywords
+/// llama.cpp's converter enforces, a grammar not empty and not too long.
+pub fn constraint(
+    response_format: Option<ResponseFormat>,
+    grammar: Option<String>,
+) -> Result<Option<Constraint>, ValidationError> {
+    use structured::{GRAMMAR, MAX_GRAMMAR_BYTES, RESPONSE_FORMAT};
+    let format = match response_format {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonObject) => Some(Constraint::JsonObject),
+        Some(ResponseFormat::JsonSchema { json_schema }) => match json_schema.schema {
+            None => Some(Constraint::JsonObject),
+            Some(schema) => {
+                structured::check_schema(&schema).map_err(|issue| ValidationError::Schema {
+                    field: RESPONSE_FORMAT,
+                    issue,
+                })?;
+                Some(Constraint::JsonSchema(schema))
+            }
+        },
+    };
+    let Some(g) = grammar else {
+        return Ok(format);
+    };
+    if format.is_some() {
+        return Err(ValidationError::Conflict {
+            field: GRAMMAR,
+            other: RESPONSE_FORMAT,
+        });
+    }
+    if g.trim().is_empty() {
+        return Err(ValidationError::InvalidGrammar {
+            field: GRAMMAR,
+            reason: "the grammar is empty".into(),
+        });
+    }
+    if g.len() > MAX_GRAMMAR_BYTES {
+        return Err(ValidationError::InvalidGrammar {
+            field: GRAMMAR,
+            reason: format!(
+                "it has {} bytes; at most {MAX_GRAMMAR_BYTES} are allowed",
+                g.len()
+            ),
+        });
+    }
+    Ok(Some(Constraint::Grammar(g)))
 }
 
 /// The token budget for a prompt of `prompt_tokens` in a slot of
@@ -426,6 +569,9 @@ mod tests {
             ignore_eos: false,
             stop: None,
             stream: false,
+            response_format: None,
+            grammar: None,
+            logprobs: None,
         }
     }
 
