@@ -14,7 +14,7 @@ CHUNKS=${2:-40}
 CTX=256
 CAL_TOKENS=16384
 mkdir -p "$OUT"
-BIN=target/release/airavata
+BIN=${AIRAVATA_BIN:-target/release/airavata}
 T=vendor/llama.cpp/build-cpu/bin
 BASE=vendor/models/smollm2/SmolLM2-135M-Instruct.F16.gguf
 ASSETS=${AIRAVATA_ASSETS:-../shared/assets}
@@ -49,10 +49,14 @@ if [ "${OURS_ONLY:-0}" = 1 ]; then exit 0; fi
 timed imatrix             "$T/llama-imatrix" -m "$BASE" -f "$W/calib.txt" -o "$W/imatrix.gguf" -c 512 --chunks $((CAL_TOKENS / 512)) -t "$(nproc)"
 timed lq-iq4_xs           "$T/llama-quantize" "$BASE" "$W/lq-iq4_xs.gguf" IQ4_XS
 timed lq-iq4_xs-imatrix   "$T/llama-quantize" --imatrix "$W/imatrix.gguf" "$BASE" "$W/lq-iq4_xs-imatrix.gguf" IQ4_XS
+# llama-quantize with the imatrix and our type mix (its default mix's early ffn_down Q5_K, which ours
+# keeps with collected statistics): rounding against rounding at equal types.
+n_layer=$("$BIN" inspect "$BASE" --json | python3 -c "import json,sys; m=json.load(sys.stdin)['metadata']; print(m['llama.block_count'])")
+timed lq-iq4_xs-imatrix-mix "$T/llama-quantize" --imatrix "$W/imatrix.gguf" --tensor-type "blk\.($(seq -s '|' 0 $((n_layer / 8 - 1))))\.ffn_down=q5_k" "$BASE" "$W/lq-iq4_xs-imatrix-mix.gguf" IQ4_XS
 timed lq-q4_k_m           "$T/llama-quantize" "$BASE" "$W/lq-q4_k_m.gguf" Q4_K_M
 log "base logits"
 [ -f "$W/base.kld" ] || "$T/llama-perplexity" -m "$BASE" -f "$W/eval.txt" -c $CTX --chunks "$CHUNKS" --kl-divergence-base "$W/base.kld" -t "$(nproc)" >>"$OUT/log.txt" 2>&1
-for m in ours-default ours-nocal ours-cal-wiki lq-iq4_xs lq-iq4_xs-imatrix lq-q4_k_m ours-bnb-nf4; do
+for m in ours-default ours-nocal ours-cal-wiki lq-iq4_xs lq-iq4_xs-imatrix lq-iq4_xs-imatrix-mix lq-q4_k_m ours-bnb-nf4; do
   log "kld $m"
   "$T/llama-perplexity" -m "$W/$m.gguf" --kl-divergence-base "$W/base.kld" --kl-divergence -c $CTX --chunks "$CHUNKS" -t "$(nproc)" >"$OUT/kld-$m.txt" 2>&1
   "$BIN" inspect "$W/$m.gguf" --json >"$W/$m.json"
@@ -60,7 +64,7 @@ done
 python3 - "$OUT" "$W" <<'PY'
 import json, re, sys, os
 out, w = sys.argv[1], sys.argv[2]
-rows = ["ours-default", "ours-nocal", "ours-cal-wiki", "lq-iq4_xs", "lq-iq4_xs-imatrix", "lq-q4_k_m", "ours-bnb-nf4"]
+rows = ["ours-default", "ours-nocal", "ours-cal-wiki", "lq-iq4_xs", "lq-iq4_xs-imatrix", "lq-iq4_xs-imatrix-mix", "lq-q4_k_m", "ours-bnb-nf4"]
 def grab(txt, pat):
     m = re.search(pat, txt)
     return float(m.group(1)) if m else float("nan")
@@ -89,6 +93,8 @@ with open(f"{out}/summary.md", "w") as f:
     f.write(f"default/bnb-nf4 = {d['ours-default']['kld']/d['ours-bnb-nf4']['kld']:.3f}; ")
     f.write(f"no-calibration/lq-iq4_xs = {d['ours-nocal']['kld']/d['lq-iq4_xs']['kld']:.3f}; ")
     f.write(f"calibrated-on-wiki/lq-iq4_xs-imatrix = {d['ours-cal-wiki']['kld']/d['lq-iq4_xs-imatrix']['kld']:.3f}; ")
-    f.write(f"size default/lq-iq4_xs = {d['ours-default']['bytes']/d['lq-iq4_xs']['bytes']:.4f}\n")
+    f.write(f"calibrated-on-wiki/lq-iq4_xs-imatrix-mix (same types) = {d['ours-cal-wiki']['kld']/d['lq-iq4_xs-imatrix-mix']['kld']:.3f}; ")
+    f.write(f"size default/lq-iq4_xs = {d['ours-default']['bytes']/d['lq-iq4_xs']['bytes']:.4f}; ")
+    f.write(f"size calibrated-on-wiki/lq-iq4_xs-imatrix = {d['ours-cal-wiki']['bytes']/d['lq-iq4_xs-imatrix']['bytes']:.4f}\n")
 print(open(f"{out}/summary.md").read())
 PY

@@ -210,7 +210,7 @@ pub fn for_checkpoint(
         scheme: Scheme::Q8_0,
         ..Default::default()
     };
-    let staged = super::prepare(&opts.input, &policy, false)?;
+    let staged = super::prepare(&opts.input, &policy, super::Statistics::None)?;
     let meta = super::metadata(&staged, Scheme::Q8_0.main_type());
     let jobs = super::hf_input::jobs(&staged, Scheme::Q8_0);
     let enc = Encoding {

@@ -18,7 +18,7 @@ pub use calibrate::Calibrate;
 pub use config::LlamaConfig;
 pub use plan::{PlannedTensor, Role};
 pub use requant::{quantize_gguf, QuantizeOptions};
-pub use scheme::{ModelFacts, Scheme, TensorRef, TypeOverride, TypePolicy};
+pub use scheme::{ModelFacts, Scheme, Statistics, TensorRef, TypeOverride, TypePolicy};
 
 use crate::gguf::{self, llama_ftype_for, GgmlType, GgufValue};
 use crate::quant::QuantMode;
@@ -162,12 +162,12 @@ pub struct Prepared {
     pub bnb_weights: std::collections::BTreeSet<String>,
 }
 
-/// Open `dir`, validate tensors against config.json, choose types
-/// (`calibrated`: importance statistics will be used).
+/// Open `dir`, validate tensors against config.json, choose types for the
+/// statistics quantization will use.
 pub fn prepare(
     dir: &Path,
     policy: &TypePolicy,
-    calibrated: bool,
+    stats: Statistics,
 ) -> Result<Prepared, ConvertError> {
     let config = LlamaConfig::load(dir)?;
     let checkpoint = Checkpoint::open(dir)?;
@@ -233,7 +233,7 @@ pub fn prepare(
     let plan = planned
         .into_iter()
         .map(|t| {
-            let ty = policy.choose(&TensorRef::of(&t), &facts, calibrated);
+            let ty = policy.choose(&TensorRef::of(&t), &facts, stats);
             (t, ty)
         })
         .collect();
@@ -295,10 +295,14 @@ pub fn convert(
     let t0 = Instant::now();
     refuse_existing(&opts.output, opts.overwrite)?;
     // Validate before any (slow) calibration run.
-    let probe = prepare(&opts.input, &opts.policy, false)?;
+    let probe = prepare(&opts.input, &opts.policy, Statistics::None)?;
     let calibration = calibrate::for_checkpoint(opts, &probe, cancel)?;
     drop(probe);
-    let p = prepare(&opts.input, &opts.policy, calibration.is_some())?;
+    let p = prepare(
+        &opts.input,
+        &opts.policy,
+        Statistics::of(calibration.as_ref()),
+    )?;
     let mut meta = metadata(&p, opts.policy.scheme.main_type());
     if let Some(c) = &calibration {
         meta.extend(c.metadata());

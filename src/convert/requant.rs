@@ -10,7 +10,9 @@
 
 use super::calibrate::{self, Calibrate};
 use super::pipeline::{self, Encoding, Job, TensorInput};
-use super::{ConvertError, ConvertReport, ModelFacts, Progress, Role, TensorRef, TypePolicy};
+use super::{
+    ConvertError, ConvertReport, ModelFacts, Progress, Role, Statistics, TensorRef, TypePolicy,
+};
 use crate::gguf::{llama_ftype_for, GgmlType, GgufFile, GgufValue, TensorInfo};
 use crate::quant::{self, QuantMode};
 use std::collections::BTreeMap;
@@ -135,7 +137,7 @@ pub fn quantize_gguf(
     let n_params: u64 = f.tensors.iter().map(TensorInfo::n_elements).sum();
     // Check requantization before a calibration run (types do not depend on
     // calibration except the mix's ffn_down bump, which is also a rounding).
-    let plan = |calibrated: bool| -> Result<Vec<(usize, GgmlType)>, ConvertError> {
+    let plan = |stats: Statistics| -> Result<Vec<(usize, GgmlType)>, ConvertError> {
         f.tensors
             .iter()
             .enumerate()
@@ -148,7 +150,7 @@ pub fn quantize_gguf(
                     n_dims,
                 };
                 let ty = if quantizable(&t.name, n_dims) {
-                    opts.policy.choose(&r, &facts, calibrated)
+                    opts.policy.choose(&r, &facts, stats)
                 } else {
                     t.ty
                 };
@@ -163,7 +165,7 @@ pub fn quantize_gguf(
             })
             .collect()
     };
-    plan(false)?;
+    plan(Statistics::None)?;
     let calibration = calibrate::for_gguf(
         &opts.input,
         n_params,
@@ -171,7 +173,7 @@ pub fn quantize_gguf(
         &opts.calibrate,
         !opts.progress,
     )?;
-    let chosen = plan(calibration.is_some())?;
+    let chosen = plan(Statistics::of(calibration.as_ref()))?;
     let requant = chosen
         .iter()
         .filter(|(i, ty)| *ty != f.tensors[*i].ty && !is_float(f.tensors[*i].ty))

@@ -5,12 +5,35 @@ use crate::gguf::GgmlType;
 use std::fmt;
 use std::str::FromStr;
 
+/// The importance statistics types are chosen with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statistics {
+    /// Uncalibrated.
+    None,
+    /// A llama-imatrix file (`--imatrix`): llama-quantize's mix for a
+    /// quantization with an imatrix.
+    ImatrixFile,
+    /// Statistics we collected (default calibration, `--calibration`).
+    Collected,
+}
+
+impl Statistics {
+    /// The statistics of `c`.
+    pub fn of(c: Option<&crate::calib::Calibration>) -> Self {
+        match c {
+            None => Self::None,
+            Some(c) if c.provenance.method == "imatrix" => Self::ImatrixFile,
+            Some(_) => Self::Collected,
+        }
+    }
+}
+
 /// A conversion scheme (`--scheme` / `--outtype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scheme {
     /// NF4-equivalent 4-bit: IQ4_XS (IQ4_NL where rows are not a multiple of
     /// 256) with llama-quantize's IQ4_XS mix (output Q6_K, tied embeddings
-    /// as output, early `ffn_down` Q5_K when not calibrated), norms F32.
+    /// as output, early `ffn_down` Q5_K unless an imatrix file is given), norms F32.
     #[default]
     Nf4,
     F32,
@@ -238,9 +261,8 @@ impl TypePolicy {
         t.role != Role::Norm && t.n_dims >= 2
     }
 
-    /// The type `t` is written as. `calibrated`: importance statistics are
-    /// used (llama-quantize's mix then keeps early `ffn_down` at the base type).
-    pub fn choose(&self, t: &TensorRef, facts: &ModelFacts, calibrated: bool) -> GgmlType {
+    /// The type `t` is written as, given the statistics quantization uses.
+    pub fn choose(&self, t: &TensorRef, facts: &ModelFacts, stats: Statistics) -> GgmlType {
         if !Self::quantizes(t) {
             return GgmlType::F32;
         }
@@ -277,26 +299,29 @@ impl TypePolicy {
                 GgmlType::Q8_0
             }
         } else {
-            self.mix(t, facts, calibrated).unwrap_or(base)
+            self.mix(t, facts, stats).unwrap_or(base)
         };
         fallback(want, t.row_len)
     }
 
-    /// llama-quantize's per-tensor bumps for the scheme's ftype.
-    fn mix(&self, t: &TensorRef, facts: &ModelFacts, calibrated: bool) -> Option<GgmlType> {
+    /// llama-quantize's per-tensor bumps for the scheme's ftype. With an
+    /// imatrix file llama-quantize leaves early `ffn_down` of IQ4_XS at the
+    /// base type; with statistics we collected the default mix keeps its
+    /// Q5_K bump: it measured lower KLD at the same size as llama-quantize's
+    /// default mix (SmolLM2, BENCHMARKS.md).
+    fn mix(&self, t: &TensorRef, facts: &ModelFacts, stats: Statistics) -> Option<GgmlType> {
         let layer = t.layer()?;
         let n = facts.n_layer.max(1);
         match self.scheme {
             Scheme::Nf4 => {
                 let bump = (t.is("attn_v") && facts.n_gqa >= 4)
-                    || (t.is("ffn_down") && layer < n / 8 && !calibrated);
+                    || (t.is("ffn_down") && layer < n / 8 && stats != Statistics::ImatrixFile);
                 bump.then_some(GgmlType::Q5K)
             }
             Scheme::Q4K => ((t.is("attn_v") || t.is("ffn_down")) && use_more_bits(layer, n))
                 .then_some(GgmlType::Q6K),
-            Scheme::Q4_0 => {
-                (t.is("ffn_down") && calibrated && layer < n / 8).then_some(GgmlType::Q4_1)
-            }
+            Scheme::Q4_0 => (t.is("ffn_down") && stats != Statistics::None && layer < n / 8)
+                .then_some(GgmlType::Q4_1),
             _ => None,
         }
     }
@@ -333,8 +358,14 @@ mod tests {
         assert!(glob_match("*attn_v*", "blk.0.attn_v.weight"));
     }
 
-    fn choose(p: &TypePolicy, t: &PlannedTensor, facts: &ModelFacts, cal: bool) -> GgmlType {
-        p.choose(&TensorRef::of(t), facts, cal)
+    /// `imatrix`: with a llama-imatrix file.
+    fn choose(p: &TypePolicy, t: &PlannedTensor, facts: &ModelFacts, imatrix: bool) -> GgmlType {
+        let stats = if imatrix {
+            Statistics::ImatrixFile
+        } else {
+            Statistics::None
+        };
+        p.choose(&TensorRef::of(t), facts, stats)
     }
 
     const AIRAVATA: ModelFacts = ModelFacts {
@@ -448,6 +479,11 @@ mod tests {
             choose(&p, &down(0), &smol, true),
             GgmlType::Iq4Xs,
             "no bump with imatrix"
+        );
+        assert_eq!(
+            p.choose(&TensorRef::of(&down(0)), &smol, Statistics::Collected),
+            GgmlType::Q5K,
+            "collected statistics keep the default mix"
         );
         let v = t("blk.4.attn_v.weight", vec![192, 576], Role::Weight);
         assert_eq!(choose(&p, &v, &smol, false), GgmlType::Iq4Nl);

@@ -16,8 +16,10 @@ pub mod defaults {
     /// Requests allowed to wait for a slot.
     pub const MAX_QUEUE: usize = 64;
     /// Decode-only steps are padded up to a multiple of this many tokens when
-    /// the model runs on a GPU (`--decode-pad auto`); CPU runs are not padded.
-    pub const DECODE_PAD_GPU: u32 = 16;
+    /// the model runs on a GPU and `--decode-pad` is not given (0 = off; CPU
+    /// runs are never padded by default). Off: on one H200, padding to 16 was
+    /// slower at 64/128/256 streams (benches/results/2026-11-29-h200x2/).
+    pub const DECODE_PAD_GPU: u32 = 0;
 }
 
 /// Where one engine runs its model.

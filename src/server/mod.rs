@@ -185,7 +185,7 @@ pub struct ServeOptions {
     pub cache_type_v: KvType,
     /// Pad decode-only steps to a multiple of N tokens with dummy tokens on
     /// free slots, so ggml-cuda's CUDA graphs keep their shape (0 = off)
-    /// [default: 16 when layers run on a GPU, off on the CPU].
+    /// [default: off; measured slower on the H200].
     #[arg(long)]
     pub decode_pad: Option<u32>,
     /// Do not serve the chat page at `/` (then `/` answers 404).
