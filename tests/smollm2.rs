@@ -315,16 +315,22 @@ fn calibrated_quantize_records_its_calibration_and_lowers_kld() {
         f.get_str("quantize.imatrix.dataset"),
         Some(text.to_str().unwrap())
     );
-    // Calibrated: every ffn_down stays IQ4_XS (as llama-quantize with an imatrix).
+    // Collected statistics keep llama-quantize's default mix (early ffn_down
+    // Q5_K), so the types and bytes equal the uncalibrated file's.
     assert_eq!(
         f.tensor("blk.0.ffn_down.weight").unwrap().ty,
+        GgmlType::Q5K
+    );
+    assert_eq!(
+        f.tensor("blk.3.ffn_down.weight").unwrap().ty,
         GgmlType::Iq4Xs
     );
     let size_ratio = std::fs::metadata(&cal).unwrap().len() as f64
         / std::fs::metadata(&plain).unwrap().len() as f64;
+    // Same types; the calibrated file adds its calibration metadata.
     assert!(
-        (0.99..=1.0).contains(&size_ratio),
-        "sizes within 1 %: {size_ratio}"
+        (1.0..=1.001).contains(&size_ratio),
+        "same types, so sizes within 0.1 %: {size_ratio}"
     );
 
     // Fidelity on the held-out half (scored as llama-perplexity --kl-divergence).
