@@ -316,11 +316,8 @@ fn calibrated_quantize_records_its_calibration_and_lowers_kld() {
         Some(text.to_str().unwrap())
     );
     // Collected statistics keep llama-quantize's default mix (early ffn_down
-    // Q5_K), so the types and bytes equal the uncalibrated file's.
-    assert_eq!(
-        f.tensor("blk.0.ffn_down.weight").unwrap().ty,
-        GgmlType::Q5K
-    );
+    // Q5_K), so the types equal the uncalibrated file's.
+    assert_eq!(f.tensor("blk.0.ffn_down.weight").unwrap().ty, GgmlType::Q5K);
     assert_eq!(
         f.tensor("blk.3.ffn_down.weight").unwrap().ty,
         GgmlType::Iq4Xs
