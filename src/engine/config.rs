@@ -15,11 +15,6 @@ pub mod defaults {
     pub const BATCH_SIZE: u32 = 512;
     /// Requests allowed to wait for a slot.
     pub const MAX_QUEUE: usize = 64;
-    /// Decode-only steps are padded up to a multiple of this many tokens when
-    /// the model runs on a GPU and `--decode-pad` is not given (0 = off; CPU
-    /// runs are never padded by default). Off: on one H200, padding to 16 was
-    /// slower at 64/128/256 streams (benches/results/2026-11-29-h200x2/).
-    pub const DECODE_PAD_GPU: u32 = 0;
 }
 
 /// Where one engine runs its model.
@@ -135,8 +130,7 @@ pub struct EngineConfig {
     /// V-cache element type (a quantized V cache needs flash attention).
     pub cache_type_v: KvType,
     /// Pad decode-only steps to a multiple of this many tokens with dummy
-    /// tokens on free slots (0 = off); `None` = [`defaults::DECODE_PAD_GPU`]
-    /// when layers are offloaded to a GPU, else off.
+    /// tokens on free slots (0 or `None` = off).
     pub decode_pad: Option<u32>,
     /// The engine thread's name (`airavata-engine`, or `airavata-engine-N`
     /// when a server runs several).

@@ -13,7 +13,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::LlamaModel;
 
-use super::config::{defaults, KvType, Placement, SplitMode};
+use super::config::{KvType, Placement, SplitMode};
 use super::info::model_info;
 use super::{EngineConfig, EngineError, FlashAttn, ModelInfo};
 
@@ -214,16 +214,15 @@ fn kv_cache_type(t: KvType) -> KvCacheType {
     }
 }
 
-/// Tokens a decode-only step is padded to a multiple of (0 = no padding).
-pub(super) fn decode_pad(config: &EngineConfig, n_gpu_layers: u32, gpu: bool) -> u32 {
+/// Tokens a decode-only step is padded to a multiple of (0 = no padding):
+/// only when asked for (`--decode-pad N`; on one H200 padding to 16 was slower
+/// at 64/128/256 streams, benches/results/2026-11-29-h200x2/), never with a
+/// unified KV cache.
+pub(super) fn decode_pad(config: &EngineConfig) -> u32 {
     if config.kv_unified {
         return 0;
     }
-    config.decode_pad.unwrap_or(if n_gpu_layers > 0 && gpu {
-        defaults::DECODE_PAD_GPU
-    } else {
-        0
-    })
+    config.decode_pad.unwrap_or(0)
 }
 
 /// Tokens per `decode`: at least one per slot.
@@ -309,7 +308,7 @@ pub(super) fn new_context<'m>(
         flash_attn,
     );
     info.device = loaded.device.clone();
-    info.decode_pad = decode_pad(config, loaded.n_gpu_layers, backend.supports_gpu_offload());
+    info.decode_pad = decode_pad(config);
     Ok(Loaded { ctx, info })
 }
 
