@@ -360,6 +360,9 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
     loaded.model = unsafe {
         let mut mp = sys::llama_model_default_params();
         mp.n_gpu_layers = if gpu { opts.n_gpu_layers as i32 } else { 0 };
+        // Extra buffer types are CPU-side repacking only; off where they
+        // would include AMX (see `engine::amx`).
+        mp.use_extra_bufts = !crate::engine::amx::amx_buffer_present();
         sys::llama_model_load_from_file(cpath.as_ptr(), mp)
     };
     if loaded.model.is_null() {
@@ -446,8 +449,13 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
         if let Some(budget) = opts.time_budget {
             let done = i + 1;
             let per_chunk = t0.elapsed() / done as u32;
-            if done < n_chunks && t0.elapsed() + per_chunk > budget {
-                if (collector.stats.tokens as usize) < opts.min_tokens {
+            // Chunks the minimum needs, at the pace measured so far: give up
+            // as soon as it cannot fit rather than when the budget is spent.
+            let short = (collector.stats.tokens as usize) < opts.min_tokens;
+            let need = opts.min_tokens.div_ceil(chunk);
+            let hopeless = short && per_chunk * need as u32 > budget;
+            if hopeless || (done < n_chunks && t0.elapsed() + per_chunk > budget) {
+                if short {
                     return Err(CalibError::Budget {
                         tokens: collector.stats.tokens as usize,
                         secs: t0.elapsed().as_secs_f64(),

@@ -162,7 +162,13 @@ pub(super) fn load_model(config: &EngineConfig) -> Result<LoadedModel, EngineErr
         config.n_gpu_layers,
         backend.supports_gpu_offload(),
     )?;
-    let params = params.with_n_gpu_layers(n_gpu_layers);
+    let mut params = std::pin::pin!(params.with_n_gpu_layers(n_gpu_layers));
+    let _pattern = super::amx::keep_cpu_weights_plain(
+        params.as_mut(),
+        &config.model_path,
+        n_gpu_layers,
+        backend.supports_gpu_offload(),
+    );
     let model = LlamaModel::load_from_file(backend, &config.model_path, &params)
         .map_err(|e| EngineError::Load(format!("{}: {e}", config.model_path.display())))?;
     Ok(LoadedModel {

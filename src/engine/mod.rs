@@ -39,9 +39,11 @@
 //!   to split it into.
 
 mod admission;
+pub mod amx;
 pub mod batch;
 mod config;
 pub mod devices;
+mod grammar_thread;
 pub mod greedy;
 mod info;
 mod load;

@@ -41,6 +41,15 @@ pub struct Sampler {
     grammar: Option<LlamaSampler>,
 }
 
+// SAFETY: a `Sampler` owns its llama.cpp sampler objects outright (a chain of
+// stateful stages and a grammar whose only outside reference is the model's
+// vocabulary, which is immutable after loading and shared across threads by
+// llama-cpp-2 itself). llama.cpp's samplers keep no thread-local state, so
+// moving one to another thread and using it there is sound; it is never
+// shared: the engine moves it to its grammar thread and back
+// (`super::grammar_thread`), which is joined before the model is dropped.
+unsafe impl Send for Sampler {}
+
 impl Sampler {
     /// Feeds tokens that precede generation to the chain's history
     /// (penalties); the grammar sees only generated tokens.
@@ -56,12 +65,23 @@ impl Sampler {
     /// Samples the token for the logits at batch index `idx` and accepts it
     /// into the chain and the grammar.
     pub fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> Result<LlamaToken, String> {
-        let Some(grammar) = self.grammar.as_mut() else {
+        if self.grammar.is_none() {
             return Ok(self.chain.sample(ctx, idx));
-        };
-        let logits = ctx.get_logits_ith(idx);
-        // Unconstrained choice first; keep it when the grammar allows it.
+        }
+        self.sample_row(ctx.get_logits_ith(idx))
+    }
+
+    /// Samples from one row of logits (a copy; the engine hands constrained
+    /// requests to its grammar thread with one) and accepts the token.
+    pub fn sample_row(&mut self, logits: &[f32]) -> Result<LlamaToken, String> {
         let mut cur = candidates(logits);
+        let Some(grammar) = self.grammar.as_mut() else {
+            cur.apply_sampler(&mut self.chain);
+            let token = cur.selected_token().ok_or("the sampler chose no token")?;
+            self.chain.accept(token);
+            return Ok(token);
+        };
+        // Unconstrained choice first; keep it when the grammar allows it.
         cur.apply_sampler(&mut self.chain);
         let mut token = cur.selected_token().ok_or("the sampler chose no token")?;
         if !allowed(grammar, token, logits) {

@@ -90,7 +90,8 @@ impl Outcome {
 /// A request that holds a slot.
 pub(super) struct Active {
     pub job: Box<Job>,
-    pub sampler: Sampler,
+    /// None while the grammar thread samples for it ([`super::grammar_thread`]).
+    pub sampler: Option<Sampler>,
     /// Tokens of this sequence in the KV cache.
     pub n_past: usize,
     /// Prompt tokens served from the slot's prompt cache.

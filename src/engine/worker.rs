@@ -17,6 +17,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
 use super::batch::{self, SlotView, Work};
+use super::grammar_thread::{self, GrammarThread};
 use super::greedy;
 use super::load::{self, Loaded};
 use super::logprobs::{self, RowLogprobs, TokenLogprob, TopLogprob};
@@ -104,6 +105,8 @@ fn load_and_serve(
         decode_pad,
         n_ctx_slot,
         emits: Vec::new(),
+        grammar: None,
+        name: config.thread_name.clone(),
         rx,
         closing: false,
         #[cfg(feature = "test-support")]
@@ -154,6 +157,11 @@ struct Loop<'m> {
     n_ctx_slot: usize,
     /// Tokens picked in the last step, their text not yet sent.
     emits: Vec<Emit>,
+    /// Samples grammar-constrained requests off the step's critical path
+    /// (started by the first one).
+    grammar: Option<GrammarThread>,
+    /// The engine thread's name (the grammar thread is named after it).
+    name: String,
     rx: mpsc::UnboundedReceiver<Command>,
     closing: bool,
     #[cfg(feature = "test-support")]
@@ -303,7 +311,7 @@ impl Loop<'_> {
         let stop = StopMatcher::new(job.stop.clone());
         Active {
             job,
-            sampler,
+            sampler: Some(sampler),
             n_past: cached,
             cached,
             pending: None,
@@ -401,6 +409,7 @@ impl Loop<'_> {
     fn step(&mut self) {
         let stats = self.stats;
         let mut clock = StepClock::start(&stats.steps);
+        self.collect_constrained(None);
         let views: Vec<SlotView> = self
             .order
             .iter()
@@ -429,6 +438,9 @@ impl Loop<'_> {
         clock.lap(Phase::Plan);
         if self.batch.n_tokens() == 0 {
             self.flush_emits(&mut clock);
+            // Only constrained requests waiting for their tokens: wait for
+            // one (briefly, so that new requests are still taken).
+            self.collect_constrained(Some(std::time::Duration::from_millis(5)));
             return;
         }
         let decoded = self.ctx.decode(&mut self.batch);
@@ -464,9 +476,21 @@ impl Loop<'_> {
         // token sees this step in /metrics.
         self.record_step(&plan, &pads);
         let picks = self.pick_greedy(&fed);
+        // Constrained requests first, so that the grammar thread works while
+        // the others are sampled here.
+        let constrained = |s: &Option<Active>| {
+            s.as_ref()
+                .is_some_and(|a| a.job.sampling.grammar.is_some() && a.logits_at.is_some())
+        };
+        for &(slot, _) in &fed {
+            if constrained(&self.slots[slot]) {
+                self.hand_off(slot);
+            }
+        }
         for (&(slot, _), pick) in fed.iter().zip(picks) {
             self.sample(slot, pick);
         }
+        self.collect_constrained(None);
         self.update_kv_usage();
         clock.lap(Phase::Sample);
     }
@@ -642,24 +666,98 @@ impl Loop<'_> {
         let Some(idx) = a.logits_at.take() else {
             return;
         };
-        let token = match pick {
-            Some(t) => t,
-            None => match a.sampler.sample(&self.ctx, idx) {
+        let token = match (pick, a.sampler.as_mut()) {
+            (Some(t), _) => t,
+            (None, Some(sampler)) => match sampler.sample(&self.ctx, idx) {
                 Ok(t) => t,
                 Err(e) => {
                     self.end_request(slot, Outcome::Failed(EngineError::Sampling(e)));
                     return;
                 }
             },
+            (None, None) => return,
         };
         // From the raw logits of this position, whatever the sampler did.
         let row_logprobs = a.job.logprobs.map(|n| {
             let row = self.ctx.get_logits_ith(idx);
             logprobs::row_logprobs(row, usize::try_from(token.0).unwrap_or(usize::MAX), n)
         });
+        self.take_token(slot, token, row_logprobs);
+    }
+
+    /// Hands a constrained request's sampling to the grammar thread with a
+    /// copy of its logits; it sits out the steps until the token is back.
+    fn hand_off(&mut self, slot: usize) {
+        if self.grammar.is_none() {
+            match GrammarThread::spawn(&self.name) {
+                Ok(g) => self.grammar = Some(g),
+                // No thread: sample inline, as before.
+                Err(e) => {
+                    tracing::warn!(error = %e, "no grammar thread; sampling inline");
+                    return;
+                }
+            }
+        }
+        let Some(a) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let Some(idx) = a.logits_at else {
+            return;
+        };
+        let Some(sampler) = a.sampler.take() else {
+            return;
+        };
+        a.logits_at = None;
+        let task = grammar_thread::Task {
+            slot,
+            id: a.job.id,
+            sampler,
+            logits: self.ctx.get_logits_ith(idx).to_vec(),
+            logprobs: a.job.logprobs,
+        };
+        if let Some(Err(t)) = self.grammar.as_mut().map(|g| g.submit(task)) {
+            // The thread is gone: keep the sampler, fail the request.
+            a.sampler = Some(t.sampler);
+            self.grammar = None;
+            let e = EngineError::Sampling("the grammar thread stopped".into());
+            self.end_request(slot, Outcome::Failed(e));
+        }
+    }
+
+    /// Takes the tokens the grammar thread has picked (waiting up to `wait`
+    /// for one when given and some are out).
+    fn collect_constrained(&mut self, wait: Option<std::time::Duration>) {
+        let Some(g) = self.grammar.as_mut() else {
+            return;
+        };
+        if g.in_flight() == 0 {
+            return;
+        }
+        for done in g.collect(wait) {
+            // The request may have ended meanwhile (client gone, deadline).
+            let Some(a) = self.slots[done.slot]
+                .as_mut()
+                .filter(|a| a.job.id == done.id)
+            else {
+                continue;
+            };
+            a.sampler = Some(done.sampler);
+            match done.token {
+                Ok(t) => self.take_token(done.slot, t, done.logprobs),
+                Err(e) => self.end_request(done.slot, Outcome::Failed(EngineError::Sampling(e))),
+            }
+        }
+    }
+
+    /// Records the token picked for `slot`: ends the request on end of
+    /// generation, else queues it for the next step and for its text.
+    fn take_token(&mut self, slot: usize, token: LlamaToken, row_logprobs: Option<RowLogprobs>) {
+        let Some(a) = self.slots[slot].as_mut() else {
+            return;
+        };
         a.note_token(Instant::now(), self.stats);
         // A complete grammar allows nothing but end of generation.
-        let ends = !a.job.sampling.ignore_eos || a.sampler.constrained();
+        let ends = !a.job.sampling.ignore_eos || a.job.sampling.grammar.is_some();
         if self.model.vocab().is_eog(token) && ends {
             // Earlier tokens' text went out before this step's sync.
             self.end_request(slot, Outcome::Finished(FinishReason::Eos));

@@ -21,7 +21,13 @@ pub fn load_model(
     if !path.is_file() {
         return Err(EvalError::ModelNotFound(path.to_path_buf()));
     }
-    let params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
+    let mut params = std::pin::pin!(LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers));
+    let _pattern = crate::engine::amx::keep_cpu_weights_plain(
+        params.as_mut(),
+        path,
+        n_gpu_layers,
+        backend.supports_gpu_offload(),
+    );
     LlamaModel::load_from_file(backend, path, &params).map_err(|e| EvalError::ModelLoad {
         path: path.to_path_buf(),
         message: e.to_string(),
