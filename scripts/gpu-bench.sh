@@ -7,6 +7,7 @@
 #   scripts/gpu-bench.sh convert   # ours vs convert_hf_to_gguf.py + llama-quantize IQ4_XS: time, peak RSS
 #   scripts/gpu-bench.sh ceilings  # llama-bench pp512/tg128 and llama-batched-bench on our GGUF
 #   scripts/gpu-bench.sh serve     # our server and llama-server, same GGUF and slots, swept by `airavata bench`
+#   scripts/gpu-bench.sh serveours # only our server's sweep and the old-app scenario
 #   scripts/gpu-bench.sh graphs    # our server with GGML_CUDA_DISABLE_GRAPHS=1 (launch cost per step)
 #   scripts/gpu-bench.sh variants  # both servers with --kv-unified, and both with --unique-prompts
 #   scripts/gpu-bench.sh oldapp    # transformers + bitsandbytes NF4 on the same checkpoint, 50 new tokens
@@ -213,6 +214,11 @@ stage_serve() {
   WITH_OLDAPP=1 serve_ours ours
   serve_llama llama-server
   "${AIRAVATA[@]}" bench --compare "$OUT/bench-ours.json" "$OUT/bench-llama-server.json" --svg "$OUT/bench.svg" | tee "$OUT/bench-compare.md"
+}
+
+# Only our server's sweep and the old-app scenario (a quick re-check).
+stage_serveours() {
+  WITH_OLDAPP=1 serve_ours ours
 }
 
 # Our server with ggml-cuda's CUDA graphs off: how much of a step is kernel launches.

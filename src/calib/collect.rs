@@ -361,8 +361,8 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
         let mut mp = sys::llama_model_default_params();
         mp.n_gpu_layers = if gpu { opts.n_gpu_layers as i32 } else { 0 };
         // Extra buffer types are CPU-side repacking only; off where they
-        // would include AMX (see `engine::amx`).
-        mp.use_extra_bufts = !crate::engine::amx::amx_buffer_present();
+        // would include AMX (see `engine::model_load`).
+        mp.use_extra_bufts = !crate::engine::model_load::amx_buffer_present();
         sys::llama_model_load_from_file(cpath.as_ptr(), mp)
     };
     if loaded.model.is_null() {

@@ -10,11 +10,11 @@ use llama_cpp_2::context::params::KvCacheType;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::LlamaModel;
 
 use super::config::{KvType, Placement, SplitMode};
 use super::info::model_info;
+use super::model_load::{self, DeviceList, ModelPlacement};
 use super::{EngineConfig, EngineError, FlashAttn, ModelInfo};
 
 /// Engines of one process load one at a time (llama.cpp's loader and the
@@ -88,58 +88,57 @@ fn device_name(index: usize) -> String {
         .unwrap_or_else(|| format!("device {index}"))
 }
 
-/// Model parameters for a placement, the offload it implies, and its name.
+/// Model placement for the engine's `--devices`/`--split-mode`, the offload it
+/// implies, and its name.
 fn placement_params(
     placement: &Placement,
     n_gpu_layers: Option<u32>,
     gpu: bool,
-) -> Result<(LlamaModelParams, u32, String), EngineError> {
+) -> (ModelPlacement, String) {
     let all_if_gpu = if gpu { u32::MAX } else { 0 };
-    let bad = |e: llama_cpp_2::LlamaCppError| EngineError::Load(format!("device: {e}"));
-    Ok(match placement {
+    match placement {
         Placement::Auto => {
             let n = n_gpu_layers.unwrap_or(all_if_gpu);
             let name = if n > 0 && gpu { "auto" } else { "CPU" };
-            (LlamaModelParams::default(), n, name.to_string())
+            (ModelPlacement::offload(n), name.to_string())
         }
         Placement::Cpu => (
-            LlamaModelParams::default().with_devices(&[]).map_err(bad)?,
-            0,
+            ModelPlacement {
+                devices: DeviceList::Only(Vec::new()),
+                ..ModelPlacement::offload(0)
+            },
             "CPU".to_string(),
         ),
-        Placement::Gpu(index) => {
-            let params = LlamaModelParams::default()
-                .with_devices(&[*index])
-                .map_err(bad)?
-                .with_split_mode(LlamaSplitMode::None)
-                .with_main_gpu(0);
-            (
-                params,
-                n_gpu_layers.unwrap_or(u32::MAX),
-                device_name(*index),
-            )
-        }
+        Placement::Gpu(index) => (
+            ModelPlacement {
+                devices: DeviceList::Only(vec![*index]),
+                n_gpu_layers: n_gpu_layers.unwrap_or(u32::MAX),
+                split_mode: Some(llama_cpp_sys_2::LLAMA_SPLIT_MODE_NONE),
+                main_gpu: Some(0),
+            },
+            device_name(*index),
+        ),
         Placement::Split { devices, mode } => {
             let split = match mode {
-                SplitMode::None => LlamaSplitMode::None,
-                SplitMode::Layer => LlamaSplitMode::Layer,
-                SplitMode::Row => LlamaSplitMode::Row,
+                SplitMode::None => llama_cpp_sys_2::LLAMA_SPLIT_MODE_NONE,
+                SplitMode::Layer => llama_cpp_sys_2::LLAMA_SPLIT_MODE_LAYER,
+                SplitMode::Row => llama_cpp_sys_2::LLAMA_SPLIT_MODE_ROW,
             };
-            let params = LlamaModelParams::default()
-                .with_devices(devices)
-                .map_err(bad)?
-                .with_split_mode(split);
             let names: Vec<String> = devices.iter().map(|d| device_name(*d)).collect();
             let mode = clap::ValueEnum::to_possible_value(mode)
                 .map(|v| v.get_name().to_string())
                 .unwrap_or_default();
             (
-                params,
-                n_gpu_layers.unwrap_or(u32::MAX),
+                ModelPlacement {
+                    devices: DeviceList::Only(devices.clone()),
+                    n_gpu_layers: n_gpu_layers.unwrap_or(u32::MAX),
+                    split_mode: Some(split),
+                    main_gpu: None,
+                },
                 format!("{} ({mode} split)", names.join("+")),
             )
         }
-    })
+    }
 }
 
 /// A context over the model, and what `/info` says about both.
@@ -157,19 +156,13 @@ pub(super) fn load_model(config: &EngineConfig) -> Result<LoadedModel, EngineErr
             config.model_path.display()
         )));
     }
-    let (params, n_gpu_layers, device) = placement_params(
+    let (placement, device) = placement_params(
         &config.placement,
         config.n_gpu_layers,
         backend.supports_gpu_offload(),
-    )?;
-    let mut params = std::pin::pin!(params.with_n_gpu_layers(n_gpu_layers));
-    let _pattern = super::amx::keep_cpu_weights_plain(
-        params.as_mut(),
-        &config.model_path,
-        n_gpu_layers,
-        backend.supports_gpu_offload(),
     );
-    let model = LlamaModel::load_from_file(backend, &config.model_path, &params)
+    let n_gpu_layers = placement.n_gpu_layers;
+    let model = model_load::load(&config.model_path, &placement)
         .map_err(|e| EngineError::Load(format!("{}: {e}", config.model_path.display())))?;
     Ok(LoadedModel {
         backend,

@@ -39,7 +39,6 @@
 //!   to split it into.
 
 mod admission;
-pub mod amx;
 pub mod batch;
 mod config;
 pub mod devices;
@@ -48,6 +47,7 @@ pub mod greedy;
 mod info;
 mod load;
 pub mod logprobs;
+pub mod model_load;
 pub mod prompt;
 mod prompt_cache;
 pub mod request;

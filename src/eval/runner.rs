@@ -6,7 +6,6 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
@@ -21,16 +20,14 @@ pub fn load_model(
     if !path.is_file() {
         return Err(EvalError::ModelNotFound(path.to_path_buf()));
     }
-    let mut params = std::pin::pin!(LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers));
-    let _pattern = crate::engine::amx::keep_cpu_weights_plain(
-        params.as_mut(),
+    let _ = backend; // the backends are loaded; the model loads through them
+    crate::engine::model_load::load(
         path,
-        n_gpu_layers,
-        backend.supports_gpu_offload(),
-    );
-    LlamaModel::load_from_file(backend, path, &params).map_err(|e| EvalError::ModelLoad {
+        &crate::engine::model_load::ModelPlacement::offload(n_gpu_layers),
+    )
+    .map_err(|message| EvalError::ModelLoad {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message,
     })
 }
 
