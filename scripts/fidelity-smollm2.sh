@@ -50,9 +50,10 @@ timed imatrix             "$T/llama-imatrix" -m "$BASE" -f "$W/calib.txt" -o "$W
 timed lq-iq4_xs           "$T/llama-quantize" "$BASE" "$W/lq-iq4_xs.gguf" IQ4_XS
 timed lq-iq4_xs-imatrix   "$T/llama-quantize" --imatrix "$W/imatrix.gguf" "$BASE" "$W/lq-iq4_xs-imatrix.gguf" IQ4_XS
 # llama-quantize with the imatrix and our type mix (its default mix's early ffn_down Q5_K, which ours
-# keeps with collected statistics): rounding against rounding at equal types.
+# keeps with collected statistics, and attn_v Q5_0, which ours gives a GQA model's attn_v with
+# collected statistics): rounding against rounding at equal types.
 n_layer=$("$BIN" inspect "$BASE" --json | python3 -c "import json,sys; m=json.load(sys.stdin)['metadata']; print(m['llama.block_count'])")
-timed lq-iq4_xs-imatrix-mix "$T/llama-quantize" --imatrix "$W/imatrix.gguf" --tensor-type "blk\.($(seq -s '|' 0 $((n_layer / 8 - 1))))\.ffn_down=q5_k" "$BASE" "$W/lq-iq4_xs-imatrix-mix.gguf" IQ4_XS
+timed lq-iq4_xs-imatrix-mix "$T/llama-quantize" --imatrix "$W/imatrix.gguf" --tensor-type "blk\.($(seq -s '|' 0 $((n_layer / 8 - 1))))\.ffn_down=q5_k" --tensor-type "attn_v=q5_0" "$BASE" "$W/lq-iq4_xs-imatrix-mix.gguf" IQ4_XS
 timed lq-q4_k_m           "$T/llama-quantize" "$BASE" "$W/lq-q4_k_m.gguf" Q4_K_M
 log "base logits"
 [ -f "$W/base.kld" ] || "$T/llama-perplexity" -m "$BASE" -f "$W/eval.txt" -c $CTX --chunks "$CHUNKS" --kl-divergence-base "$W/base.kld" -t "$(nproc)" >>"$OUT/log.txt" 2>&1

@@ -145,7 +145,11 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, user: *m
     // SAFETY: checked non-null above; they are nodes of the same graph.
     let (w, x) = unsafe { (&*node.src[0], &*node.src[1]) };
     let wname = name_of(w);
-    let wanted = wname.starts_with("blk.") && x.type_ == sys::GGML_TYPE_F32;
+    // The blocks' weights and the output matrix (`token_embd` when the
+    // embeddings are tied): its rounding error lands on the logits directly.
+    let wanted =
+        (wname.starts_with("blk.") || wname == "output.weight" || wname == "token_embd.weight")
+            && x.type_ == sys::GGML_TYPE_F32;
     if ask {
         return wanted;
     }

@@ -316,7 +316,21 @@ impl TypePolicy {
             Scheme::Nf4 => {
                 let bump = (t.is("attn_v") && facts.n_gqa >= 4)
                     || (t.is("ffn_down") && layer < n / 8 && stats != Statistics::ImatrixFile);
-                bump.then_some(GgmlType::Q5K)
+                if bump {
+                    return Some(GgmlType::Q5K);
+                }
+                // With statistics we collected, a GQA model's `attn_v` (at
+                // most half of `attn_q`, so a small share of the file) gets
+                // 5 bits too: on SmolLM2 (3 query heads per KV head) −6 % KLD
+                // for +0.45 % bytes (BENCHMARKS.md). Q5_0 where Q5_K's 256
+                // does not divide the row (Q5_1 would cost a third more).
+                (t.is("attn_v") && facts.n_gqa >= 2 && stats == Statistics::Collected).then(|| {
+                    if t.row_bytes_fit(GgmlType::Q5K) {
+                        GgmlType::Q5K
+                    } else {
+                        GgmlType::Q5_0
+                    }
+                })
             }
             Scheme::Q4K => ((t.is("attn_v") || t.is("ffn_down")) && use_more_bits(layer, n))
                 .then_some(GgmlType::Q6K),
@@ -487,6 +501,30 @@ mod tests {
         );
         let v = t("blk.4.attn_v.weight", vec![192, 576], Role::Weight);
         assert_eq!(choose(&p, &v, &smol, false), GgmlType::Iq4Nl);
+        assert_eq!(
+            choose(&p, &v, &smol, true),
+            GgmlType::Iq4Nl,
+            "imatrix file: llama-quantize's mix"
+        );
+        assert_eq!(
+            p.choose(&TensorRef::of(&v), &smol, Statistics::Collected),
+            GgmlType::Q5_0,
+            "collected statistics: GQA attn_v gets 5 bits (Q5_0 on 576-wide rows)"
+        );
+        let v7b = t("blk.4.attn_v.weight", vec![4096, 4096], Role::Weight);
+        assert_eq!(
+            p.choose(&TensorRef::of(&v7b), &AIRAVATA, Statistics::Collected),
+            GgmlType::Iq4Xs,
+            "no GQA (Airavata): no bump"
+        );
+        let gqa2 = ModelFacts {
+            n_gqa: 2,
+            ..AIRAVATA
+        };
+        assert_eq!(
+            p.choose(&TensorRef::of(&v7b), &gqa2, Statistics::Collected),
+            GgmlType::Q5K
+        );
         let gqa8 = ModelFacts { n_gqa: 8, ..smol };
         assert_eq!(
             choose(&p, &v, &gqa8, false),
