@@ -256,10 +256,11 @@ mod tests {
     #[test]
     fn budget_on_cpu_and_gpu() {
         assert_eq!(budget_on(7_000_000_000, true, 16384, 2), Some(16384));
-        // A 7B is not tried on CPU even with 32 cores (measured: ~50 s per
-        // 512-token chunk there).
+        // A 7B is not tried on CPU with 16 cores (the H200 host; measured
+        // ~50 s per 512-token chunk with 32); with more cores it is, and the
+        // measured pace of the first chunk decides (`collect`).
         assert_eq!(budget_on(7_000_000_000, false, 16384, 2), None);
-        assert_eq!(budget_on(7_000_000_000, false, 16384, 32), None);
+        assert_eq!(budget_on(7_000_000_000, false, 16384, 16), None);
         // SmolLM2-135M on the 2-core CI machine: the whole built-in text.
         let small = budget_on(135_000_000, false, 16384, 2).expect("small model calibrates on CPU");
         assert!((11_776..=16384).contains(&small), "{small}");
