@@ -10,11 +10,12 @@
 //! and V; gate and up) share one set of statistics.
 
 use super::CalibError;
+use crate::engine::model_load;
 use crate::quant::gptq::Hessian;
 use llama_cpp_sys_2 as sys;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{c_void, CStr, CString};
+use std::ffi::{c_void, CStr};
 use std::path::{Path, PathBuf};
 
 /// How statistics are collected.
@@ -348,8 +349,6 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
     crate::engine::llama_backend(opts.backends_dir.as_deref())
         .map_err(|e| CalibError::Llama(e.to_string()))?;
     let gpu = gpu_available() && opts.n_gpu_layers > 0;
-    let cpath = CString::new(model.to_string_lossy().as_bytes())
-        .map_err(|_| CalibError::Llama("model path contains a NUL byte".into()))?;
     if !model.is_file() {
         return Err(CalibError::Llama(format!(
             "{}: no such file",
@@ -360,21 +359,10 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
         model: std::ptr::null_mut(),
         ctx: std::ptr::null_mut(),
     };
-    // SAFETY: default parameters from llama.cpp, a valid NUL-terminated path.
-    loaded.model = unsafe {
-        let mut mp = sys::llama_model_default_params();
-        mp.n_gpu_layers = if gpu { opts.n_gpu_layers as i32 } else { 0 };
-        // Extra buffer types are CPU-side repacking only; off where they
-        // would include AMX (see `engine::model_load`).
-        mp.use_extra_bufts = !crate::engine::model_load::amx_buffer_present();
-        sys::llama_model_load_from_file(cpath.as_ptr(), mp)
-    };
-    if loaded.model.is_null() {
-        return Err(CalibError::Llama(format!(
-            "llama.cpp could not load {}",
-            model.display()
-        )));
-    }
+    let placement = model_load::ModelPlacement::offload(if gpu { opts.n_gpu_layers } else { 0 });
+    loaded.model = model_load::load_raw(model, &placement)
+        .map_err(CalibError::Llama)?
+        .as_ptr();
     let chunk = opts.chunk.max(16);
     let mut collector = Box::new(Collector {
         stats: Stats {

@@ -99,9 +99,29 @@ impl ModelPlacement {
     }
 }
 
-/// Loads `path` with `placement`, keeping CPU weights out of AMX buffers
-/// where they exist (see the module notes).
+/// Loads `path` with `placement` as llama-cpp-2's owning [`LlamaModel`].
 pub fn load(path: &Path, placement: &ModelPlacement) -> Result<LlamaModel, String> {
+    let model = load_raw(path, placement)?;
+    const _: () = assert!(
+        std::mem::size_of::<LlamaModel>() == std::mem::size_of::<NonNull<sys::llama_model>>()
+    );
+    // SAFETY: `LlamaModel` is `#[repr(transparent)]` over llama-cpp-2's
+    // `Ptr<llama_model>`, itself `#[repr(transparent)]` over
+    // `NonNull<llama_model>` (llama-cpp-2 0.1.160, pinned in Cargo.lock; the
+    // size check above catches a layout change). It owns the model and frees
+    // it with `llama_free_model` on drop, as one from `load_from_file`
+    // (which calls the same loader) does; `model` is a freshly loaded model
+    // nothing else owns.
+    Ok(unsafe { std::mem::transmute::<NonNull<sys::llama_model>, LlamaModel>(model) })
+}
+
+/// Loads `path` with `placement`, keeping CPU weights out of AMX buffers
+/// where they exist (see the module notes). The caller owns the model and
+/// frees it with `llama_model_free`.
+pub fn load_raw(
+    path: &Path,
+    placement: &ModelPlacement,
+) -> Result<NonNull<sys::llama_model>, String> {
     let cpath = CString::new(path.to_string_lossy().as_bytes())
         .map_err(|_| format!("{}: the path contains a NUL byte", path.display()))?;
     let count = {
@@ -138,17 +158,5 @@ pub fn load(path: &Path, placement: &ModelPlacement) -> Result<LlamaModel, Strin
         mp.use_extra_bufts = mp.use_extra_bufts && !amx_buffer_present();
         sys::llama_model_load_from_file(cpath.as_ptr(), mp)
     };
-    let model =
-        NonNull::new(raw).ok_or_else(|| format!("llama.cpp could not load {}", path.display()))?;
-    const _: () = assert!(
-        std::mem::size_of::<LlamaModel>() == std::mem::size_of::<NonNull<sys::llama_model>>()
-    );
-    // SAFETY: `LlamaModel` is `#[repr(transparent)]` over llama-cpp-2's
-    // `Ptr<llama_model>`, itself `#[repr(transparent)]` over
-    // `NonNull<llama_model>` (llama-cpp-2 0.1.160, pinned in Cargo.lock; the
-    // size check above catches a layout change). It owns the model and frees
-    // it with `llama_free_model` on drop, as one from `load_from_file`
-    // (which calls the same loader) does; `model` is a freshly loaded model
-    // nothing else owns.
-    Ok(unsafe { std::mem::transmute::<NonNull<sys::llama_model>, LlamaModel>(model) })
+    NonNull::new(raw).ok_or_else(|| format!("llama.cpp could not load {}", path.display()))
 }

@@ -74,16 +74,14 @@ impl Sampler {
     /// Samples from one row of logits (a copy; the engine hands constrained
     /// requests to its grammar thread with one) and accepts the token.
     pub fn sample_row(&mut self, logits: &[f32]) -> Result<LlamaToken, String> {
+        // Unconstrained choice first; a grammar keeps it when it allows it.
         let mut cur = candidates(logits);
+        cur.apply_sampler(&mut self.chain);
+        let mut token = cur.selected_token().ok_or("the sampler chose no token")?;
         let Some(grammar) = self.grammar.as_mut() else {
-            cur.apply_sampler(&mut self.chain);
-            let token = cur.selected_token().ok_or("the sampler chose no token")?;
             self.chain.accept(token);
             return Ok(token);
         };
-        // Unconstrained choice first; keep it when the grammar allows it.
-        cur.apply_sampler(&mut self.chain);
-        let mut token = cur.selected_token().ok_or("the sampler chose no token")?;
         if !allowed(grammar, token, logits) {
             // Otherwise mask with the grammar and sample again.
             let mut cur = candidates(logits);
