@@ -667,3 +667,106 @@ async fn logprobs_limits_follow_openai() {
     assert!(content.iter().all(|e| e["top_logprobs"] == json!([])));
     server.shutdown().await.expect("shutdown");
 }
+
+/// The constrained sampler passes only the tokens the grammar allows to the
+/// chain. That must choose exactly what llama.cpp's chain chooses on the
+/// whole masked vocabulary (the masked tokens at -inf), token for token with
+/// the same seed: the oracle below is that unshortened algorithm, built from
+/// llama.cpp's own samplers.
+#[test]
+fn constrained_sampling_equals_the_chain_on_the_whole_masked_vocabulary() {
+    use airavata::engine::model_load::{load, ModelPlacement};
+    use airavata::engine::sampler;
+    use airavata::engine::SamplingParams;
+    use llama_cpp_2::token::data::LlamaTokenData;
+    use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+
+    let Some(path) = stories("constrained_sampling_equals_the_chain") else {
+        return;
+    };
+    airavata::engine::llama_backend(None).expect("backend");
+    let model = load(&path, &ModelPlacement::offload(0)).expect("model");
+    let n_vocab = usize::try_from(model.n_vocab()).expect("vocab");
+    let gbnf = "root ::= (\"Once\" | \"the\" | [a-z ]){4,40} \".\"\n";
+    let full = |logits: &[f32]| {
+        LlamaTokenDataArray::from_iter(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)),
+            false,
+        )
+    };
+    let mut masked_steps = 0;
+    let mut steps = 0;
+    for (case, params) in [
+        SamplingParams {
+            temperature: 0.9,
+            top_p: 0.9,
+            min_p: 0.02,
+            seed: Some(7),
+            grammar: Some(gbnf.into()),
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 40,
+            top_p: 1.0,
+            seed: Some(11),
+            repetition_penalty: 1.2,
+            grammar: Some(gbnf.into()),
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            grammar: Some(gbnf.into()),
+            ..SamplingParams::greedy()
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut ours = sampler::build(&params, &model).expect("sampler");
+        let mut chain = sampler::chain(&params, model.n_vocab());
+        let mut grammar = sampler::compile_grammar(&model, gbnf).expect("grammar");
+        // Logits from a fixed LCG, spread wide enough that the unconstrained
+        // choice is often outside the grammar.
+        let mut state = 0x9e37_79b9_u64 + case as u64;
+        let mut row = vec![0f32; n_vocab];
+        for step in 0..60 {
+            for l in row.iter_mut() {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                *l = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 12.0;
+            }
+            let mut cur = full(&row);
+            cur.apply_sampler(&mut chain);
+            let mut want = cur.selected_token().expect("chain choice");
+            let mut one = LlamaTokenDataArray::new(
+                vec![LlamaTokenData::new(want, row[want.0 as usize], 0.0)],
+                false,
+            );
+            one.apply_sampler(&mut grammar);
+            if one.data[0].logit() == f32::NEG_INFINITY {
+                masked_steps += 1;
+                let mut cur = full(&row);
+                cur.apply_sampler(&mut grammar);
+                cur.apply_sampler(&mut chain);
+                want = cur.selected_token().expect("masked choice");
+            }
+            let got = ours.sample_row(&row).expect("our choice");
+            assert_eq!(got, want, "case {case}, step {step}");
+            steps += 1;
+            if model.vocab().is_eog(want) {
+                break;
+            }
+            grammar.accept(want);
+            chain.accept(want);
+        }
+    }
+    assert!(steps >= 30, "{steps} steps");
+    assert!(
+        masked_steps * 3 >= steps,
+        "the masked path ran in only {masked_steps} of {steps} steps"
+    );
+}

@@ -86,8 +86,15 @@ impl Sampler {
             // Otherwise mask with the grammar and sample again.
             let mut cur = candidates(logits);
             cur.apply_sampler(grammar);
+            // Only the tokens the grammar allows go on to the chain. The
+            // masked ones have probability 0 in every stage (penalties,
+            // top-k/p, min-p, temperature, dist draw once per call), so the
+            // choice is the one the chain would make on the whole masked
+            // vocabulary, without sorting tens of thousands of -inf entries.
+            cur.data.retain(|d| d.logit() > f32::NEG_INFINITY);
+            cur.selected = None;
             // A dead end must not reach the chain's sampling stage.
-            if cur.data.iter().all(|d| d.logit() == f32::NEG_INFINITY) {
+            if cur.data.is_empty() {
                 return Err(DEAD_END.into());
             }
             cur.apply_sampler(&mut self.chain);
