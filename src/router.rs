@@ -15,6 +15,9 @@
 //! 2. else the **least loaded** engine (running + waiting; ties: the lowest
 //!    index).
 //!
+//! `--routing least-loaded` ([`Routing::LeastLoaded`]) skips step 1 (to
+//! measure what the prompt cache's routing adds).
+//!
 //! Admission is the server's: at most `Σ slots + max_queue` requests are in
 //! flight over all engines, beyond that 429. A failed engine is left out of
 //! routing and of the bound; `/health` reports it.
@@ -185,6 +188,7 @@ impl std::fmt::Debug for Admission {
 
 struct Inner {
     engines: Vec<Engine>,
+    routing: Routing,
     bound: Arc<Bound>,
     max_queue: usize,
     rejected: AtomicU64,
@@ -208,6 +212,17 @@ impl std::fmt::Debug for Engines {
     }
 }
 
+/// How [`Engines::choose`] picks an engine (`serve --routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Routing {
+    /// The engine whose prompt cache holds most of the prompt, within
+    /// [`prefix_slack`] of the least loaded; else the least loaded.
+    #[default]
+    Prefix,
+    /// Always the least loaded engine (the prompt cache is not consulted).
+    LeastLoaded,
+}
+
 /// Why [`Engines::submit`] chose an engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -219,20 +234,25 @@ pub enum Route {
 
 impl Engines {
     /// Starts one engine per config (each loads on its own thread).
-    pub fn spawn(configs: Vec<EngineConfig>, max_queue: usize) -> Result<Engines, EngineError> {
+    pub fn spawn(
+        configs: Vec<EngineConfig>,
+        max_queue: usize,
+        routing: Routing,
+    ) -> Result<Engines, EngineError> {
         let engines = configs
             .into_iter()
             .map(Engine::spawn)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::from_engines(engines, max_queue))
+        Ok(Self::from_engines(engines, max_queue, routing))
     }
 
     /// Routes over already started engines.
-    pub fn from_engines(engines: Vec<Engine>, max_queue: usize) -> Engines {
+    pub fn from_engines(engines: Vec<Engine>, max_queue: usize, routing: Routing) -> Engines {
         let routed = engines.iter().map(|_| Default::default()).collect();
         Engines {
             inner: Arc::new(Inner {
                 engines,
+                routing,
                 bound: Arc::default(),
                 max_queue,
                 rejected: AtomicU64::new(0),
@@ -382,7 +402,10 @@ impl Engines {
             .serving()
             .map(|(index, e)| Candidate {
                 index,
-                prefix: e.cached_prefix(prompt),
+                prefix: match self.inner.routing {
+                    Routing::Prefix => e.cached_prefix(prompt),
+                    Routing::LeastLoaded => 0,
+                },
                 load: e.in_flight(),
                 slots: e.info().map_or(0, |info| info.slots as usize),
             })

@@ -557,6 +557,75 @@ async fn connection_refused_is_a_clear_error() {
     }
 }
 
+/// `--prefix-groups 3`: every prompt is a group tag, the common prompt, and
+/// a tag unique to the request; consecutive requests change group, and each
+/// group gets requests. `--unique-prompts`: no two prompts are equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_variations_share_what_they_promise() {
+    let (url, shared) = spawn(Cfg::default()).await;
+    let a = BenchArgs {
+        prefix_groups: Some(3),
+        ..args(&url, Api::Generate, &[2], 12, 2)
+    };
+    bench::run(a).await.expect("run");
+    let prompts: Vec<String> = shared
+        .bodies
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|b| b["prompt"].as_str().expect("prompt").to_string())
+        .collect();
+    assert_eq!(prompts.len(), 13);
+    let common = bench::synth_prompt(32);
+    // Request i (in the order the tool numbered them, which two streams may
+    // deliver out of order) -> its group tag.
+    let mut group_of = std::collections::BTreeMap::<usize, String>::new();
+    for p in &prompts {
+        let (head, rest) = p.split_once("] ").expect("group tag");
+        assert!(head.contains(" group "), "{p}");
+        let body = rest
+            .strip_prefix(common.as_str())
+            .expect("the common prompt");
+        let i: usize = body
+            .strip_prefix(" [")
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no request tag in {p}"));
+        assert!(
+            group_of.insert(i, head.to_string()).is_none(),
+            "tag {i} twice"
+        );
+    }
+    assert_eq!(
+        group_of.keys().copied().collect::<Vec<_>>(),
+        (0..13).collect::<Vec<_>>()
+    );
+    for (&i, gi) in &group_of {
+        if let Some(next) = group_of.get(&(i + 1)) {
+            assert_ne!(gi, next, "requests {i} and {} share a group", i + 1);
+        }
+        // Every third request is back in the same group.
+        if let Some(third) = group_of.get(&(i + 3)) {
+            assert_eq!(gi, third, "requests {i} and {}", i + 3);
+        }
+    }
+    let groups: std::collections::BTreeSet<&String> = group_of.values().collect();
+    assert_eq!(groups.len(), 3, "{groups:?}");
+
+    let (url, shared) = spawn(Cfg::default()).await;
+    let a = BenchArgs {
+        unique_prompts: true,
+        ..args(&url, Api::Generate, &[2], 6, 2)
+    };
+    bench::run(a).await.expect("run");
+    let bodies = shared.bodies.lock().expect("lock");
+    let unique: std::collections::HashSet<&str> = bodies
+        .iter()
+        .map(|b| b["prompt"].as_str().expect("prompt"))
+        .collect();
+    assert_eq!(unique.len(), 7);
+}
+
 #[tokio::test]
 async fn invalid_arguments_are_rejected() {
     let cases = [
@@ -578,6 +647,10 @@ async fn invalid_arguments_are_rejected() {
         },
         BenchArgs {
             timeout_s: -1.0,
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            prefix_groups: Some(0),
             ..BenchArgs::default()
         },
     ];

@@ -188,6 +188,53 @@ async fn two_cpu_engines_route_by_load_then_by_prefix() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// `--routing least-loaded`: the same sequence as above, but the repeated
+/// prompt goes to the least loaded engine (0), whose cache does not hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_loaded_routing_never_follows_the_cache() {
+    let mut opts = two_cpu_engines();
+    opts.routing = airavata::router::Routing::LeastLoaded;
+    let server = start(opts, test_model()).await;
+    let c = client();
+    let base = server.url();
+    let p = "Lily had a red ball and a blue kite";
+    let ask = json!({"prompt": p, "max_new_tokens": 12});
+    // Idle engines: the first request goes to engine 0 and leaves its prompt
+    // in engine 0's cache; so does every later one (ties: the lowest index).
+    for _ in 0..2 {
+        let (s, v) = post(&c, format!("{base}/generate"), ask.clone()).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    // Engine 0 busy with a long request: P goes to engine 1, which never saw it.
+    let long = json!({"prompt": "Once", "raw": true, "max_new_tokens": 120, "ignore_eos": true});
+    let a = tokio::spawn({
+        let (c, url) = (c.clone(), format!("{base}/generate"));
+        async move { post(&c, url, long).await }
+    });
+    wait_active(&c, &base, 0, 1).await;
+    let (s, v) = post(&c, format!("{base}/generate"), ask.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{v}"
+    );
+    assert_eq!(a.await.expect("a").0, 200);
+    let (_, info) = get(&c, format!("{base}/info")).await;
+    assert_eq!(info["engines"][0]["routed"], 3, "{info}");
+    assert_eq!(info["engines"][1]["routed"], 1, "{info}");
+    let text = metrics(&c, &base).await;
+    for e in ["0", "1"] {
+        assert_eq!(
+            value(
+                &text,
+                &format!("airavata_router_requests_total{{engine=\"{e}\",route=\"prefix\"}}")
+            ),
+            0.0
+        );
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_is_bounded_over_all_engines() {
     let mut opts = two_cpu_engines();
@@ -247,7 +294,7 @@ async fn a_failed_engine_is_reported_and_left_out() {
         opts.engine_config_on(&model, Placement::Cpu),
         opts.engine_config_on(&model, Placement::Gpu(999)),
     ];
-    let engines = Engines::spawn(configs, opts.max_queue).expect("spawn");
+    let engines = Engines::spawn(configs, opts.max_queue, opts.routing).expect("spawn");
     let server = bind_engines(opts, model, engines).await.expect("bind");
     tokio::time::timeout(Duration::from_secs(60), server.wait_ready())
         .await

@@ -125,6 +125,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub unique_prompts: bool,
 
+    /// Spread requests over N groups of prompts: each request's prompt is its
+    /// group's tag, then the prompt, then a tag unique to the request, so
+    /// requests of a group share all but their last few tokens (a shared
+    /// system prompt or document). Prefix-cache routing is measured with it.
+    #[arg(long, value_name = "N", conflicts_with = "unique_prompts")]
+    pub prefix_groups: Option<usize>,
+
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 600.0)]
     pub timeout_s: f64,
@@ -168,6 +175,7 @@ impl Default for BenchArgs {
             temperature: 0.0,
             raw: false,
             unique_prompts: false,
+            prefix_groups: None,
             timeout_s: 600.0,
             label: None,
             json: None,

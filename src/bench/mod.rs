@@ -221,7 +221,16 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let tag = Arc::new(AtomicUsize::new(0));
-    let unique = args.unique_prompts.then_some(started_unix_s);
+    let unique = if let Some(groups) = args.prefix_groups {
+        Variation::Groups {
+            run: started_unix_s,
+            groups,
+        }
+    } else if args.unique_prompts {
+        Variation::Unique(started_unix_s)
+    } else {
+        Variation::Fixed
+    };
 
     for i in 0..args.warmup {
         let s = with_tag(&spec, unique, &tag);
@@ -295,6 +304,11 @@ fn validate(args: &BenchArgs) -> Result<String, BenchError> {
             ));
         }
     }
+    if args.prefix_groups == Some(0) {
+        return Err(BenchError::InvalidArgs(
+            "--prefix-groups must be at least 1".into(),
+        ));
+    }
     if args.requests == Some(0) {
         return Err(BenchError::InvalidArgs(
             "--requests must be at least 1".into(),
@@ -316,11 +330,31 @@ fn validate(args: &BenchArgs) -> Result<String, BenchError> {
     Ok(args.url.trim_end_matches('/').to_string())
 }
 
-fn with_tag(spec: &RequestSpec, unique: Option<u64>, tag: &AtomicUsize) -> RequestSpec {
+/// How each request's prompt differs from the others.
+#[derive(Debug, Clone, Copy)]
+enum Variation {
+    /// The same prompt every time.
+    Fixed,
+    /// A unique tag first: no prefix is shared (run id).
+    Unique(u64),
+    /// A group tag first and a unique tag last (`--prefix-groups`).
+    Groups { run: u64, groups: usize },
+}
+
+fn with_tag(spec: &RequestSpec, variation: Variation, tag: &AtomicUsize) -> RequestSpec {
     let mut s = spec.clone();
-    if let Some(run) = unique {
-        let i = tag.fetch_add(1, Ordering::Relaxed);
-        s.prompt = format!("[{run}-{i}] {}", spec.prompt);
+    match variation {
+        Variation::Fixed => {}
+        Variation::Unique(run) => {
+            let i = tag.fetch_add(1, Ordering::Relaxed);
+            s.prompt = format!("[{run}-{i}] {}", spec.prompt);
+        }
+        Variation::Groups { run, groups } => {
+            let i = tag.fetch_add(1, Ordering::Relaxed);
+            // Consecutive requests land in different groups (7919 is prime).
+            let g = (i.wrapping_mul(7919)) % groups.max(1);
+            s.prompt = format!("[{run} group {g}] {} [{i}]", spec.prompt);
+        }
     }
     s
 }
@@ -331,7 +365,7 @@ async fn run_level(
     spec: &RequestSpec,
     c: usize,
     n: usize,
-    unique: Option<u64>,
+    unique: Variation,
     tag: &Arc<AtomicUsize>,
 ) -> Result<LevelReport, BenchError> {
     let next = Arc::new(AtomicUsize::new(0));

@@ -78,7 +78,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use crate::engine::{
     defaults, devices, Engine, EngineConfig, EngineError, FlashAttn, KvType, Placement, SplitMode,
 };
-use crate::router::{placements, DeviceSpec, Engines};
+use crate::router::{placements, DeviceSpec, Engines, Routing};
 
 /// Errors of the server boundary.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +171,11 @@ pub struct ServeOptions {
     /// own context and `--parallel` slots.
     #[arg(long, default_value = "all")]
     pub devices: DeviceSpec,
+    /// How a request picks among several engines: `prefix` (the engine whose
+    /// prompt cache holds at least half of the prompt, unless it is much
+    /// busier; else the least loaded) or `least-loaded` (never the cache).
+    #[arg(long, value_enum, default_value_t = Routing::default())]
+    pub routing: Routing,
     /// `none`: one engine per device (data parallel, for a model that fits one
     /// card). `layer` / `row`: one engine whose model llama.cpp splits across
     /// the --devices GPUs (for a model too large for one card).
@@ -499,7 +504,7 @@ async fn spawn_engines(opts: &ServeOptions, model: &Path) -> Result<Engines, Ser
             c
         })
         .collect();
-    Ok(Engines::spawn(configs, opts.max_queue)?)
+    Ok(Engines::spawn(configs, opts.max_queue, opts.routing)?)
 }
 
 /// Serves `model` until `shutdown` resolves, then drains in-flight requests.
