@@ -20,6 +20,12 @@
 #   scripts/gpu-bench.sh multigpu  # 64 and 128 streams: --devices 0 (one engine) vs --devices all (one per GPU)
 #   scripts/gpu-bench.sh padsweep  # 64/128/256 streams on one GPU, 256 slots: decode padding off vs on, CUDA
 #                                  # graph captures per step, and llama-batched-bench S_TG at the same B
+#   scripts/gpu-bench.sh mgproof   # issue 11's two-GPU proof: one engine at 64 streams, two engines at 128,
+#                                  # llama-server -sm layer on both GPUs at 128 (same total slots)
+#   scripts/gpu-bench.sh prefixroute # two engines, prompts in groups sharing long prefixes: --routing prefix
+#                                  # vs least-loaded (prompt-cache hit rate, TTFT)
+#   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
+#                                  # binaries), interleaved, one pinned core of the host
 #
 # Multi-GPU round (nvidia-h200-x2), each line one command:
 #   scripts/gpu-bench.sh buildmg synth
@@ -183,7 +189,7 @@ wait_http() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null 2>&1 && return 
 sweep() {
   local label=$1 port=$2 api=$3
   "${AIRAVATA[@]}" bench --url "http://127.0.0.1:$port" --api "$api" --concurrency "${CONC:-1,4,16,32,64}" \
-     --max-tokens 128 --prompt-tokens 32 ${BENCH_FLAGS:-} --label "$label" --json "$OUT/bench-$label.json" | tee "$OUT/bench-$label.md"
+     --max-tokens "${MAX_TOKENS:-128}" --prompt-tokens "${PROMPT_TOKENS:-32}" ${BENCH_FLAGS:-} --label "$label" --json "$OUT/bench-$label.json" | tee "$OUT/bench-$label.md"
 }
 serve_ours() {
   local label=$1; shift
@@ -350,6 +356,91 @@ for c in sorted(off):
     print(f"| {c} | {s:.1f} | {a:.1f} | {a / s if s else 0:.2f} | {b:.1f} | {b / s if s else 0:.2f} | "
           f"{ea.get('total_ms_per_step', 0):.2f} / {eb.get('total_ms_per_step', 0):.2f} | "
           f"{ea.get('micro_batches_per_step', 0):.2f} / {eb.get('micro_batches_per_step', 0):.2f} |")
+PY
+}
+
+# Issue 11's two-GPU figures in one stage: our server on GPU 0 at 64 streams, on both GPUs (one engine each)
+# at 128, and llama-server splitting the model over both GPUs (-sm layer) at 128 with the same total slots.
+stage_mgproof() {
+  local slots=${MG_SLOTS:-64}
+  SLOTS=$slots CONC=64 serve_ours mg-one --devices "${MG_ONE:-0}"
+  SLOTS=$slots CONC=128 serve_ours mg-all --devices "${MG_ALL:-all}"
+  SLOTS=$((2 * slots)) CONC=128 serve_llama mg-llama-layer -sm layer
+  python3 - "$OUT/bench-mg-one.json" "$OUT/bench-mg-all.json" "$OUT/bench-mg-llama-layer.json" <<'PY' | tee "$OUT/mgproof.md"
+import json, sys
+def lvl(p, c):
+    r = json.load(open(p)); r = r[0] if isinstance(r, list) else r
+    return next(l for l in r["levels"] if l["concurrency"] == c)
+one, two, ls = lvl(sys.argv[1], 64), lvl(sys.argv[2], 128), lvl(sys.argv[3], 128)
+t = lambda l: l["output_tokens_per_s"] or 0
+print("| run | streams | tok/s | TTFT p50 ms | errors |")
+print("|---|--:|--:|--:|--:|")
+for name, l in [("ours, GPU 0", one), ("ours, both GPUs (2 engines)", two), ("llama-server -sm layer, both GPUs", ls)]:
+    print(f"| {name} | {l['concurrency']} | {t(l):.1f} | {(l.get('ttft_ms') or {}).get('p50', 0):.1f} | {l['errors']} |")
+print(f"\nboth GPUs at 128 / one GPU at 64: {t(two) / t(one):.3f} (target >= 1.9)")
+print(f"both GPUs at 128 / llama-server -sm layer at 128: {t(two) / t(ls):.3f} (target >= 1.9)")
+PY
+}
+
+# Prefix-cache routing: two engines, requests in PR_GROUPS groups that share a long prompt
+# (bench --prefix-groups), routed by prefix (default) and by load alone; prompt-cache hit rate
+# from /metrics and TTFT from the bench.
+stage_prefixroute() {
+  local slots=${PR_SLOTS:-32}
+  for routing in prefix least-loaded; do
+    SLOTS=$slots CTX_PER_SLOT=2048 CONC=${PR_CONC:-48} \
+      BENCH_FLAGS="--prefix-groups ${PR_GROUPS:-48} --requests ${PR_REQUESTS:-384}" \
+      PROMPT_TOKENS=${PR_PROMPT:-1024} MAX_TOKENS=${PR_MAX:-32} \
+      serve_ours "route-$routing" --devices "${MG_ALL:-all}" --routing "$routing"
+  done
+  python3 - "$OUT" <<'PY' | tee "$OUT/prefixroute.md"
+import json, sys
+out = sys.argv[1]
+def metric(path, name):
+    for line in open(path):
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+print("| routing | streams | tok/s | TTFT p50 ms | TTFT p90 ms | prompt tokens | from cache | hit rate | errors |")
+print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+for routing in ["prefix", "least-loaded"]:
+    r = json.load(open(f"{out}/bench-route-{routing}.json")); r = r[0] if isinstance(r, list) else r
+    m = f"{out}/metrics-route-{routing}.txt"
+    pt, ct = metric(m, "airavata_prompt_tokens_total"), metric(m, "airavata_cached_prompt_tokens_total")
+    for l in r["levels"]:
+        ttft = l.get("ttft_ms") or {}
+        print(f"| {routing} | {l['concurrency']} | {l['output_tokens_per_s'] or 0:.1f} | {ttft.get('p50', 0):.1f} | "
+              f"{ttft.get('p90', 0):.1f} | {pt:.0f} | {ct:.0f} | {ct / pt if pt else 0:.3f} | {l['errors']} |")
+PY
+}
+
+# CPU quantizer speed before/after a change: two `cargo bench --bench quant --no-run` executables built on
+# the CPU machine (.carry/quant-before, .carry/quant-after), each run QUANT_ROUNDS times in alternation
+# (QUANT_QUICK: rows/s, best of 5, one thread) on one pinned core of an otherwise idle host.
+stage_quantcpu() {
+  local rounds=${QUANT_ROUNDS:-12} core=${QUANT_CORE:-3}
+  mkdir -p "$OUT/quantcpu"
+  for r in $(seq 1 "$rounds"); do
+    for v in before after; do
+      QUANT_QUICK=1 taskset -c "$core" "$ROOT/.carry/quant-$v" >"$OUT/quantcpu/$v-$r.txt"
+    done
+  done
+  python3 - "$OUT/quantcpu" "$rounds" <<'PY' | tee "$OUT/quantcpu.md"
+import statistics, sys
+d, n = sys.argv[1], int(sys.argv[2])
+runs = {}
+for v in ["before", "after"]:
+    for r in range(1, n + 1):
+        for line in open(f"{d}/{v}-{r}.txt"):
+            if ": " in line and line.rstrip().endswith("rows/s"):
+                name, val = line.rsplit(": ", 1)
+                runs.setdefault(name, {}).setdefault(v, []).append(float(val.split()[0]))
+print(f"| row | before (median of {n}) | after (median of {n}) | after / before | spread before / after |")
+print("|---|--:|--:|--:|--:|")
+for name, vs in runs.items():
+    b, a = statistics.median(vs["before"]), statistics.median(vs["after"])
+    sp = lambda x: (max(x) - min(x)) / statistics.median(x)
+    print(f"| {name} | {b:.0f} | {a:.0f} | {a / b:.3f} | {sp(vs['before']):.1%} / {sp(vs['after']):.1%} |")
 PY
 }
 
