@@ -11,7 +11,7 @@ root=$(pwd)
 mkdir -p .carry/bin
 scripts/fetch-llama-cpp.sh
 tar czf .carry/llama-src.tgz -C vendor \
-  --exclude='llama.cpp/models/*' --exclude='llama.cpp/build-cpu*' --exclude='llama.cpp/docs' --exclude='llama.cpp/media' --exclude='llama.cpp/benches' \
+  --exclude='llama.cpp/models/*' --exclude='llama.cpp/build*' --exclude='llama.cpp/docs' --exclude='llama.cpp/media' --exclude='llama.cpp/benches' \
   --exclude='llama.cpp/ggml/src/ggml-'{sycl,vulkan,opencl,hexagon,cann,musa,webgpu,zdnn,metal} \
   llama.cpp
 CARGO_TARGET_DIR=${DYN_TARGET:-target-dyn} cargo build --release --features dynamic-backends
