@@ -270,7 +270,9 @@ stage_oldapp() {
 
 stage_buildmg() {
   configure
-  ( time cmake --build "$BUILD" -j "$JOBS" --target ggml-cuda llama-batched-bench ) >"$OUT/build.log" 2>&1
+  # BUILD_TARGETS: e.g. "ggml-cuda llama-server" for mgproof.
+  # shellcheck disable=SC2086
+  ( time cmake --build "$BUILD" -j "$JOBS" --target ${BUILD_TARGETS:-ggml-cuda llama-batched-bench} ) >"$OUT/build.log" 2>&1
   tail -4 "$OUT/build.log"
   cp "$BIN"/libggml-cpu-*.so "$BUILD/bin/"
   nvidia-smi --query-gpu=index,name,memory.total --format=csv | tee -a "$OUT/log.txt"
@@ -401,16 +403,17 @@ def metric(path, name):
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
-print("| routing | streams | tok/s | TTFT p50 ms | TTFT p90 ms | prompt tokens | from cache | hit rate | errors |")
-print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+print("| routing | streams | tok/s | TTFT p50 ms | TTFT p90 ms | prompt tokens evaluated | from cache | hit rate | routed by prefix | errors |")
+print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 for routing in ["prefix", "least-loaded"]:
     r = json.load(open(f"{out}/bench-route-{routing}.json")); r = r[0] if isinstance(r, list) else r
     m = f"{out}/metrics-route-{routing}.txt"
     pt, ct = metric(m, "airavata_prompt_tokens_total"), metric(m, "airavata_cached_prompt_tokens_total")
+    by_prefix = sum(metric(m, f'airavata_router_requests_total{{engine="{e}",route="prefix"}}') for e in range(8))
     for l in r["levels"]:
         ttft = l.get("ttft_ms") or {}
         print(f"| {routing} | {l['concurrency']} | {l['output_tokens_per_s'] or 0:.1f} | {ttft.get('p50', 0):.1f} | "
-              f"{ttft.get('p90', 0):.1f} | {pt:.0f} | {ct:.0f} | {ct / pt if pt else 0:.3f} | {l['errors']} |")
+              f"{ttft.get('p90', 0):.1f} | {pt:.0f} | {ct:.0f} | {ct / (pt + ct) if pt + ct else 0:.3f} | {by_prefix:.0f} | {l['errors']} |")
 PY
 }
 
