@@ -1,15 +1,19 @@
 //! The block formats quantized natively, and the one row driver they share:
 //! ggml's reference block, then (search mode) the format's search proposals,
 //! keeping whichever block has the lowest weighted error.
+//!
+//! Each format works on its typed block (`BlockFormat::Block`, a `#[repr(C)]`
+//! struct of byte arrays laid out as ggml's `block_*`); only the driver here
+//! views the byte buffers as blocks (through `bytemuck`, in safe code).
 
 use super::rounding::sum_sq;
 use super::search::{row_weights, sq_err, Single};
 use crate::ggml_type::GgmlType;
+use bytemuck::{Pod, Zeroable};
 use std::cell::Cell;
 
-/// Largest block (weights) and block size (bytes) of a native format.
+/// Largest block (weights) of a native format.
 const MAX_QK: usize = 256;
-const MAX_BYTES: usize = 256;
 
 /// The block layout of a type that has one (checked at compile time).
 const fn layout(t: GgmlType) -> (usize, usize) {
@@ -41,11 +45,11 @@ impl Row<'_> {
 
 /// What a search proposal sees: the block's weights `x`, the search weights
 /// `w`, the best encoding so far, and which proposal (`step`) is asked for.
-pub struct Proposal<'a> {
+pub struct Proposal<'a, B> {
     pub step: usize,
     pub x: &'a [f32],
     pub w: &'a [f32],
-    pub best: &'a [u8],
+    pub best: &'a B,
 }
 
 /// A ggml block format with a Rust quantizer and dequantizer.
@@ -62,15 +66,22 @@ pub trait BlockFormat {
     const BYTES: usize = layout(Self::TYPE).1;
     /// How many search proposals follow the reference block (see `search_block`).
     const SEARCH_STEPS: usize = 1;
+    /// One block as ggml lays it out: `#[repr(C)]`, byte-array fields only
+    /// (alignment 1), `BYTES` long (checked where blocks are viewed).
+    type Block: Pod;
 
     /// ggml's reference quantizer (`ggml_quantize_chunk`) for one block;
     /// `qw` is the block's slice of the importance vector.
-    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, row: &Row);
+    fn ref_block(x: &[f32], b: &mut Self::Block, qw: Option<&[f32]>, row: &Row);
 
     /// Search proposal `p.step` for a block: writes a whole candidate block to
     /// `cand` and returns its weighted error, or None to end the search.
     /// `y` is scratch of `QK` floats.
-    fn search_block(p: &Proposal, cand: &mut [u8], y: &mut [f32]) -> Option<f64>;
+    fn search_block(
+        p: &Proposal<Self::Block>,
+        cand: &mut Self::Block,
+        y: &mut [f32],
+    ) -> Option<f64>;
 
     /// Whether the search goes on after proposal `step` did not beat the best
     /// block (by default it stops).
@@ -80,11 +91,11 @@ pub trait BlockFormat {
     }
 
     /// ggml's `to_float` for one block.
-    fn dequantize_block(b: &[u8], y: &mut [f32]);
+    fn dequantize_block(b: &Self::Block, y: &mut [f32]);
 
     /// Weighted squared error of block `b` against `x` (`y`: scratch of `QK`).
     #[inline(always)]
-    fn error(x: &[f32], w: &[f32], b: &[u8], y: &mut [f32]) -> f64 {
+    fn error(x: &[f32], w: &[f32], b: &Self::Block, y: &mut [f32]) -> f64 {
         Self::dequantize_block(b, y);
         sq_err(x, w, y)
     }
@@ -125,9 +136,26 @@ pub fn quantize_row<F: BlockFormat, const SEARCH: bool>(
     drive::<F, SEARCH>(x, out, imatrix)
 }
 
+/// `bytes` as blocks of format `F` (whole blocks; a partial tail is left out).
+/// The one place byte buffers become typed blocks.
+#[inline(always)]
+fn blocks<F: BlockFormat>(bytes: &[u8]) -> impl Iterator<Item = &F::Block> {
+    const { assert!(size_of::<F::Block>() == F::BYTES) };
+    bytes.chunks_exact(F::BYTES).map(bytemuck::from_bytes)
+}
+
+/// `blocks`, mutable.
+#[inline(always)]
+fn blocks_mut<F: BlockFormat>(bytes: &mut [u8]) -> impl Iterator<Item = &mut F::Block> {
+    const { assert!(size_of::<F::Block>() == F::BYTES) };
+    bytes
+        .chunks_exact_mut(F::BYTES)
+        .map(bytemuck::from_bytes_mut)
+}
+
 #[inline(always)]
 fn drive<F: BlockFormat, const SEARCH: bool>(x: &[f32], out: &mut [u8], imatrix: Option<&[f32]>) {
-    const { assert!(F::QK <= MAX_QK && F::BYTES <= MAX_BYTES) };
+    const { assert!(F::QK <= MAX_QK) };
     let row = Row {
         x,
         mean_sq: Cell::new(None),
@@ -138,13 +166,9 @@ fn drive<F: BlockFormat, const SEARCH: bool>(x: &[f32], out: &mut [u8], imatrix:
         Vec::new()
     };
     let mut y = [0f32; MAX_QK];
-    let mut cand = [0u8; MAX_BYTES];
-    let (y, cand) = (&mut y[..F::QK], &mut cand[..F::BYTES]);
-    for (i, (xb, b)) in x
-        .chunks_exact(F::QK)
-        .zip(out.chunks_exact_mut(F::BYTES))
-        .enumerate()
-    {
+    let y = &mut y[..F::QK];
+    let mut cand = F::Block::zeroed();
+    for (i, (xb, b)) in x.chunks_exact(F::QK).zip(blocks_mut::<F>(out)).enumerate() {
         let r = F::QK * i..F::QK * (i + 1);
         F::ref_block(xb, b, imatrix.map(|q| &q[r.clone()]), &row);
         if !SEARCH {
@@ -157,14 +181,14 @@ fn drive<F: BlockFormat, const SEARCH: bool>(x: &[f32], out: &mut [u8], imatrix:
                 step,
                 x: xb,
                 w: wb,
-                best: b,
+                best: &*b,
             };
-            let Some(e) = F::search_block(&p, cand, y) else {
+            let Some(e) = F::search_block(&p, &mut cand, y) else {
                 break;
             };
             if e < best {
                 best = e;
-                b.copy_from_slice(cand);
+                *b = cand;
             } else if !F::continue_after_miss(step) {
                 break;
             }
@@ -174,7 +198,7 @@ fn drive<F: BlockFormat, const SEARCH: bool>(x: &[f32], out: &mut [u8], imatrix:
 
 /// Dequantizes whole blocks of format `F`.
 pub fn dequantize_blocks<F: BlockFormat>(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(F::BYTES).zip(dst.chunks_exact_mut(F::QK)) {
+    for (b, y) in blocks::<F>(src).zip(dst.chunks_exact_mut(F::QK)) {
         F::dequantize_block(b, y);
     }
 }
@@ -182,7 +206,7 @@ pub fn dequantize_blocks<F: BlockFormat>(src: &[u8], dst: &mut [f32]) {
 /// Packs 32 4-bit values into 16 bytes as ggml's 32-weight blocks do: byte
 /// `j` holds value `j` in its low nibble and value `j + 16` in its high nibble.
 #[inline(always)]
-pub fn pack_nibbles(l: &[u8], qs: &mut [u8]) {
+pub fn pack_nibbles(l: &[u8; 32], qs: &mut [u8; 16]) {
     for j in 0..16 {
         qs[j] = l[j] | (l[j + 16] << 4);
     }
@@ -190,7 +214,7 @@ pub fn pack_nibbles(l: &[u8], qs: &mut [u8]) {
 
 /// The 32 values packed by `pack_nibbles`.
 #[inline(always)]
-pub fn unpack_nibbles(qs: &[u8]) -> [u8; 32] {
+pub fn unpack_nibbles(qs: &[u8; 16]) -> [u8; 32] {
     std::array::from_fn(|j| {
         if j < 16 {
             qs[j] & 0x0f
@@ -200,11 +224,11 @@ pub fn unpack_nibbles(qs: &[u8]) -> [u8; 32] {
     })
 }
 
-/// Writes a single-scale search result as a `d: f16, qs[16]` block (Q4_0,
-/// IQ4_NL) and returns its error.
+/// Writes a single-scale search result into the `d: f16, qs[16]` fields of
+/// a 32-weight block (Q4_0, IQ4_NL) and returns its error.
 #[inline(always)]
-pub fn write_d_qs(s: &Single, b: &mut [u8]) -> f64 {
-    b[..2].copy_from_slice(&s.d_bits.to_le_bytes());
-    pack_nibbles(&s.q, &mut b[2..18]);
+pub fn write_d_qs(s: &Single, d: &mut [u8; 2], qs: &mut [u8; 16]) -> f64 {
+    *d = s.d_bits.to_le_bytes();
+    pack_nibbles(&s.q, qs);
     s.err
 }

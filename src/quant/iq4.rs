@@ -1,14 +1,14 @@
 //! IQ4_NL and IQ4_XS: 4-bit indices into the non-linear grid `KVALUES_IQ4NL`.
 //!
-//! IQ4_NL block (32 weights, 18 bytes): `d: f16`, `qs[16]` (byte `j` holds
-//! weight `j` in the low nibble and `j + 16` in the high nibble). Weight value:
-//! `d * kvalues[q]`.
+//! IQ4_NL block (`BlockIq4Nl`, 32 weights, 18 bytes): `d: f16`, `qs[16]`
+//! (byte `j` holds weight `j` in the low nibble and `j + 16` in the high
+//! nibble). Weight value: `d * kvalues[q]`.
 //!
-//! IQ4_XS super-block (256 weights, 136 bytes): `d: f16`, `scales_h: u16`
-//! (2 high bits of each sub-block scale), `scales_l[4]` (4 low bits, two per
-//! byte, even sub-block in the low nibble), `qs[128]` (16 bytes per sub-block
-//! of 32, packed as in IQ4_NL). Sub-block `ib` has the 6-bit scale `ls`, and
-//! its weights are `(d * (ls - 32)) * kvalues[q]`.
+//! IQ4_XS super-block (`BlockIq4Xs`, 256 weights, 136 bytes): `d: f16`,
+//! `scales_h: u16` (2 high bits of each sub-block scale), `scales_l[4]` (4 low
+//! bits, two per byte, even sub-block in the low nibble), `qs[128]` (16 bytes
+//! per sub-block of 32, packed as in IQ4_NL). Sub-block `ib` has the 6-bit
+//! scale `ls`, and its weights are `(d * (ls - 32)) * kvalues[q]`.
 
 use super::block::{pack_nibbles, unpack_nibbles, write_d_qs, BlockFormat, Proposal, Row};
 use super::codebook::{best_index_iq4, iq4_index, iq4_level, KVALUES_IQ4NL};
@@ -16,9 +16,70 @@ use super::rounding::{abs_max, nearest_int, read_f16, write_f16};
 use super::scale_fit::GROUP_MAX_EPS;
 use super::search::{single, Grid, TwoLevel};
 use crate::ggml_type::GgmlType;
+use bytemuck::{Pod, Zeroable};
 
 const NL_BLOCK: usize = Iq4Nl::QK;
-const XS_BYTES: usize = Iq4Xs::BYTES;
+const XS_QK: usize = Iq4Xs::QK;
+
+/// ggml's `block_iq4_nl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockIq4Nl {
+    /// Scale (f16).
+    pub d: [u8; 2],
+    /// Grid indices: weight `j` low nibble, weight `j + 16` high nibble.
+    pub qs: [u8; NL_BLOCK / 2],
+}
+
+/// ggml's `block_iq4_xs`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockIq4Xs {
+    /// Super-block scale (f16).
+    pub d: [u8; 2],
+    /// High 2 bits of the 8 sub-block scales (`u16`, little-endian).
+    pub scales_h: [u8; 2],
+    /// Low 4 bits of the sub-block scales, two per byte (even sub-block low).
+    pub scales_l: [u8; XS_QK / 64],
+    /// Grid indices, 16 bytes per sub-block of 32 (packed as in IQ4_NL).
+    pub qs: [u8; XS_QK / 2],
+}
+
+impl BlockIq4Xs {
+    /// Sets the 6-bit scale `ls` (`0..=63`) of sub-block `ib`.
+    #[inline(always)]
+    pub fn set_scale(&mut self, ib: usize, ls: u8) {
+        let mut h = u16::from_le_bytes(self.scales_h);
+        h &= !(3 << (2 * ib));
+        h |= ((ls >> 4) as u16) << (2 * ib);
+        self.scales_h = h.to_le_bytes();
+        let s = &mut self.scales_l[ib / 2];
+        if ib.is_multiple_of(2) {
+            *s = (*s & 0xf0) | (ls & 0xf);
+        } else {
+            *s = (*s & 0x0f) | ((ls & 0xf) << 4);
+        }
+    }
+
+    /// The 6-bit scale of sub-block `ib`.
+    #[inline(always)]
+    pub fn scale(&self, ib: usize) -> u8 {
+        let h = u16::from_le_bytes(self.scales_h);
+        ((self.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xf) | ((((h >> (2 * ib)) & 3) as u8) << 4)
+    }
+
+    /// The packed indices as 8 sub-blocks of 16 bytes.
+    #[inline(always)]
+    pub fn sub_qs(&self) -> &[[u8; 16]; 8] {
+        bytemuck::cast_ref(&self.qs)
+    }
+
+    /// `sub_qs`, mutable.
+    #[inline(always)]
+    pub fn sub_qs_mut(&mut self) -> &mut [[u8; 16]; 8] {
+        bytemuck::cast_mut(&mut self.qs)
+    }
+}
 
 const VALUES: &[i8; 16] = &KVALUES_IQ4NL;
 
@@ -132,45 +193,23 @@ fn block_scale_scalar(xb: &[f32], weight: &[f32], ntry: i32) -> f32 {
 
 /// `quantize_iq4_nl` (ntry = 7, as `ggml_quantize_chunk` uses) for one block.
 #[inline(always)]
-pub fn nl_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
+pub fn nl_ref_block(x: &[f32], b: &mut BlockIq4Nl, qw: Option<&[f32]>) {
     let mut weight = [0f32; NL_BLOCK];
     let s2 = if qw.is_some() { sigma2(x) } else { 0.0 };
     weights_into(x, qw, s2, &mut weight);
     let mut l = [0u8; NL_BLOCK];
     let scale = block_scale(x, &weight, 7);
-    write_f16(b, scale);
+    write_f16(&mut b.d, scale);
     let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
     for j in 0..NL_BLOCK {
         l[j] = iq4_index(id * x[j]);
     }
-    pack_nibbles(&l, &mut b[2..18]);
-}
-
-/// Sets the 6-bit scale `ls` (`0..=63`) of sub-block `ib` in an IQ4_XS block.
-#[inline]
-pub fn xs_set_scale(b: &mut [u8], ib: usize, ls: u8) {
-    let mut h = u16::from_le_bytes([b[2], b[3]]);
-    h &= !(3 << (2 * ib));
-    h |= ((ls >> 4) as u16) << (2 * ib);
-    b[2..4].copy_from_slice(&h.to_le_bytes());
-    let s = &mut b[4 + ib / 2];
-    if ib.is_multiple_of(2) {
-        *s = (*s & 0xf0) | (ls & 0xf);
-    } else {
-        *s = (*s & 0x0f) | ((ls & 0xf) << 4);
-    }
-}
-
-/// The 6-bit scale of sub-block `ib` of an IQ4_XS block.
-#[inline]
-pub fn xs_scale(b: &[u8], ib: usize) -> u8 {
-    let h = u16::from_le_bytes([b[2], b[3]]);
-    ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xf) | ((((h >> (2 * ib)) & 3) as u8) << 4)
+    pack_nibbles(&l, &mut b.qs);
 }
 
 /// `quantize_iq4_xs` (ntry = 7) for one super-block.
 #[inline(always)]
-pub fn xs_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
+pub fn xs_ref_block(x: &[f32], b: &mut BlockIq4Xs, qw: Option<&[f32]>) {
     let s2 = if qw.is_some() { sigma2(x) } else { 0.0 };
     let mut weight = [0f32; 32];
     let mut l = [0u8; 32];
@@ -187,9 +226,9 @@ pub fn xs_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
             max_scale = d;
         }
     }
-    b[..XS_BYTES].iter_mut().for_each(|v| *v = 0);
+    *b = BlockIq4Xs::zeroed();
     let d = -max_scale / 32.0;
-    write_f16(b, d);
+    write_f16(&mut b.d, d);
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     for ib in 0..8 {
         let ls = nearest_int(id * scales[ib]).clamp(-32, 31);
@@ -199,8 +238,8 @@ pub fn xs_ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>) {
         for j in 0..32 {
             l[j] = iq4_index(idl * xb[j]);
         }
-        xs_set_scale(b, ib, (ls + 32) as u8);
-        pack_nibbles(&l, &mut b[8 + 16 * ib..8 + 16 * ib + 16]);
+        b.set_scale(ib, (ls + 32) as u8);
+        pack_nibbles(&l, &mut b.sub_qs_mut()[ib]);
     }
 }
 
@@ -226,22 +265,27 @@ pub struct Iq4Nl;
 
 impl BlockFormat for Iq4Nl {
     const TYPE: GgmlType = GgmlType::Iq4Nl;
+    type Block = BlockIq4Nl;
     #[inline(always)]
-    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: &Row) {
+    fn ref_block(x: &[f32], b: &mut BlockIq4Nl, qw: Option<&[f32]>, _row: &Row) {
         nl_ref_block(x, b, qw)
     }
 
     /// Per-block scale search.
     #[inline(always)]
-    fn search_block(p: &Proposal, cand: &mut [u8], _y: &mut [f32]) -> Option<f64> {
-        single(p.x, p.w, &GRID).map(|s| write_d_qs(&s, cand))
+    fn search_block(
+        p: &Proposal<BlockIq4Nl>,
+        cand: &mut BlockIq4Nl,
+        _y: &mut [f32],
+    ) -> Option<f64> {
+        single(p.x, p.w, &GRID).map(|s| write_d_qs(&s, &mut cand.d, &mut cand.qs))
     }
 
     /// `dequantize_row_iq4_nl`.
     #[inline(always)]
-    fn dequantize_block(b: &[u8], y: &mut [f32]) {
-        let d = read_f16(b);
-        for (yi, q) in y.iter_mut().zip(unpack_nibbles(&b[2..18])) {
+    fn dequantize_block(b: &BlockIq4Nl, y: &mut [f32]) {
+        let d = read_f16(&b.d);
+        for (yi, q) in y.iter_mut().zip(unpack_nibbles(&b.qs)) {
             *yi = d * VALUES[q as usize] as f32;
         }
     }
@@ -252,35 +296,38 @@ pub struct Iq4Xs;
 
 impl BlockFormat for Iq4Xs {
     const TYPE: GgmlType = GgmlType::Iq4Xs;
+    type Block = BlockIq4Xs;
     #[inline(always)]
-    fn ref_block(x: &[f32], b: &mut [u8], qw: Option<&[f32]>, _row: &Row) {
+    fn ref_block(x: &[f32], b: &mut BlockIq4Xs, qw: Option<&[f32]>, _row: &Row) {
         xs_ref_block(x, b, qw)
     }
 
     /// Per-sub-block scale search, joint choice of `d` and the sub-scales,
     /// refit of `d`.
     #[inline(always)]
-    fn search_block(p: &Proposal, cand: &mut [u8], _y: &mut [f32]) -> Option<f64> {
+    fn search_block(
+        p: &Proposal<BlockIq4Xs>,
+        cand: &mut BlockIq4Xs,
+        _y: &mut [f32],
+    ) -> Option<f64> {
         let s = XS_LAYOUT.search(p.x, p.w)?;
-        cand.iter_mut().for_each(|v| *v = 0);
-        cand[..2].copy_from_slice(&s.d_bits.to_le_bytes());
-        for ib in 0..8 {
-            xs_set_scale(cand, ib, (s.l[ib] + 32) as u8);
-            pack_nibbles(
-                &s.q[32 * ib..32 * ib + 32],
-                &mut cand[8 + 16 * ib..8 + 16 * ib + 16],
-            );
+        *cand = BlockIq4Xs::zeroed();
+        cand.d = s.d_bits.to_le_bytes();
+        let q: &[[u8; 32]; 8] = bytemuck::cast_ref(&s.q);
+        for (ib, q) in q.iter().enumerate() {
+            cand.set_scale(ib, (s.l[ib] + 32) as u8);
+            pack_nibbles(q, &mut cand.sub_qs_mut()[ib]);
         }
         Some(s.err)
     }
 
     /// `dequantize_row_iq4_xs`.
     #[inline(always)]
-    fn dequantize_block(b: &[u8], y: &mut [f32]) {
-        let d = read_f16(b);
-        for ib in 0..8 {
-            let dl = d * (xs_scale(b, ib) as i32 - 32) as f32;
-            let q = unpack_nibbles(&b[8 + 16 * ib..8 + 16 * ib + 16]);
+    fn dequantize_block(b: &BlockIq4Xs, y: &mut [f32]) {
+        let d = read_f16(&b.d);
+        for (ib, qs) in b.sub_qs().iter().enumerate() {
+            let dl = d * (b.scale(ib) as i32 - 32) as f32;
+            let q = unpack_nibbles(qs);
             for (yi, qi) in y[32 * ib..32 * ib + 32].iter_mut().zip(q) {
                 *yi = dl * VALUES[qi as usize] as f32;
             }

@@ -22,18 +22,18 @@ pub fn f16_to_f32(bits: u16) -> f32 {
     f16::from_bits(bits).to_f32()
 }
 
-/// Reads a little-endian half at `b[0..2]`.
-#[inline]
-pub fn read_f16(b: &[u8]) -> f32 {
+/// Reads a little-endian half (a block's `ggml_half` field).
+#[inline(always)]
+pub fn read_f16(b: &[u8; 2]) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[0], b[1]]))
 }
 
-/// Writes `v` as a little-endian half into `b[0..2]` and returns the value
-/// that a reader will see.
-#[inline]
-pub fn write_f16(b: &mut [u8], v: f32) -> f32 {
+/// Writes `v` as a little-endian half (a block's `ggml_half` field) and
+/// returns the value that a reader will see.
+#[inline(always)]
+pub fn write_f16(b: &mut [u8; 2], v: f32) -> f32 {
     let bits = f16_bits(v);
-    b[..2].copy_from_slice(&bits.to_le_bytes());
+    *b = bits.to_le_bytes();
     f16_to_f32(bits)
 }
 

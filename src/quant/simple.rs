@@ -1,7 +1,9 @@
 //! Plain float types and Q8_0.
 
 use super::block::{BlockFormat, Proposal, Row};
+use super::rounding::read_f16;
 use crate::ggml_type::GgmlType;
+use bytemuck::{Pod, Zeroable};
 use half::{bf16, f16};
 
 pub fn row_f32(src: &[f32], dst: &mut [u8], _im: Option<&[f32]>) {
@@ -49,6 +51,16 @@ pub fn deq_bf16(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// ggml's `block_q8_0`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ8_0 {
+    /// Scale (f16).
+    pub d: [u8; 2],
+    /// Signed 8-bit levels.
+    pub qs: [i8; 32],
+}
+
 /// Q8_0 (blocks of 32: `d: f16`, `qs: [i8; 32]`) as a block format. Search
 /// proposals: weighted least-squares refits of `d` (levels re-derived each time).
 pub struct Q8_0;
@@ -56,24 +68,25 @@ pub struct Q8_0;
 impl BlockFormat for Q8_0 {
     const TYPE: GgmlType = GgmlType::Q8_0;
     const SEARCH_STEPS: usize = 2;
+    type Block = BlockQ8_0;
     /// `quantize_row_q8_0_ref` (ggml ignores the imatrix for Q8_0).
     #[inline(always)]
-    fn ref_block(x: &[f32], b: &mut [u8], _qw: Option<&[f32]>, _row: &Row) {
+    fn ref_block(x: &[f32], b: &mut BlockQ8_0, _qw: Option<&[f32]>, _row: &Row) {
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        for (q, v) in b[2..].iter_mut().zip(x) {
-            *q = (v * id).round() as i8 as u8;
+        b.d = f16::from_f32(d).to_le_bytes();
+        for (q, v) in b.qs.iter_mut().zip(x) {
+            *q = (v * id).round() as i8;
         }
     }
 
     #[inline(always)]
-    fn search_block(p: &Proposal, cand: &mut [u8], y: &mut [f32]) -> Option<f64> {
+    fn search_block(p: &Proposal<BlockQ8_0>, cand: &mut BlockQ8_0, y: &mut [f32]) -> Option<f64> {
         let (x, w) = (p.x, p.w);
         let (mut s1, mut s2) = (0.0f64, 0.0f64);
         for j in 0..32 {
-            let q = p.best[2 + j] as i8 as f64;
+            let q = p.best.qs[j] as f64;
             s1 += w[j] as f64 * x[j] as f64 * q;
             s2 += w[j] as f64 * q * q;
         }
@@ -85,19 +98,19 @@ impl BlockFormat for Q8_0 {
         if !dv.is_finite() || dv == 0.0 {
             return None;
         }
-        cand[..2].copy_from_slice(&d.to_le_bytes());
-        for j in 0..32 {
-            cand[2 + j] = (x[j] / dv).round().clamp(-128.0, 127.0) as i8 as u8;
+        cand.d = d.to_le_bytes();
+        for (q, &xj) in cand.qs.iter_mut().zip(x) {
+            *q = (xj / dv).round().clamp(-128.0, 127.0) as i8;
         }
         Some(Self::error(x, w, cand, y))
     }
 
     /// `dequantize_row_q8_0`.
     #[inline(always)]
-    fn dequantize_block(b: &[u8], y: &mut [f32]) {
-        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-        for (o, q) in y.iter_mut().zip(&b[2..]) {
-            *o = (*q as i8) as f32 * d;
+    fn dequantize_block(b: &BlockQ8_0, y: &mut [f32]) {
+        let d = read_f16(&b.d);
+        for (o, &q) in y.iter_mut().zip(&b.qs) {
+            *o = q as f32 * d;
         }
     }
 }
