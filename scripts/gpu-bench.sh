@@ -423,8 +423,11 @@ PY
 stage_quantcpu() {
   local rounds=${QUANT_ROUNDS:-12} core=${QUANT_CORE:-3}
   mkdir -p "$OUT/quantcpu"
+  # An optional .carry/quant-mid (a commit in between) runs in the same rotation.
+  local variants=(before after)
+  [ -x "$ROOT/.carry/quant-mid" ] && variants=(before mid after)
   for r in $(seq 1 "$rounds"); do
-    for v in before after; do
+    for v in "${variants[@]}"; do
       QUANT_QUICK=1 taskset -c "$core" "$ROOT/.carry/quant-$v" >"$OUT/quantcpu/$v-$r.txt"
     done
   done
@@ -438,12 +441,15 @@ for v in ["before", "after"]:
             if ": " in line and line.rstrip().endswith("rows/s"):
                 name, val = line.rsplit(": ", 1)
                 runs.setdefault(name, {}).setdefault(v, []).append(float(val.split()[0]))
-print(f"| row | before (median of {n}) | after (median of {n}) | after / before | spread before / after |")
-print("|---|--:|--:|--:|--:|")
+vs_all = [v for v in ["before", "mid", "after"] if any(v in r for r in runs.values())]
+sp = lambda x: (max(x) - min(x)) / statistics.median(x)
+print("| row | " + " | ".join(f"{v} (median of {n})" for v in vs_all) + " | after / before | spread (max-min)/median |")
+print("|---|" + "--:|" * (len(vs_all) + 2))
 for name, vs in runs.items():
-    b, a = statistics.median(vs["before"]), statistics.median(vs["after"])
-    sp = lambda x: (max(x) - min(x)) / statistics.median(x)
-    print(f"| {name} | {b:.0f} | {a:.0f} | {a / b:.3f} | {sp(vs['before']):.1%} / {sp(vs['after']):.1%} |")
+    med = {v: statistics.median(vs[v]) for v in vs_all}
+    cells = " | ".join(f"{med[v]:.0f}" for v in vs_all)
+    spread = " / ".join(f"{sp(vs[v]):.1%}" for v in vs_all)
+    print(f"| {name} | {cells} | {med['after'] / med['before']:.3f} | {spread} |")
 PY
 }
 
