@@ -435,7 +435,7 @@ stage_quantcpu() {
 import statistics, sys
 d, n = sys.argv[1], int(sys.argv[2])
 runs = {}
-for v in ["before", "after"]:
+for v in ["before", "mid", "after"]:
     for r in range(1, n + 1):
         for line in open(f"{d}/{v}-{r}.txt"):
             if ": " in line and line.rstrip().endswith("rows/s"):
