@@ -11,6 +11,13 @@ pub const GROUP_MAX_EPS: f32 = 1e-15;
 /// to levels `-nmax..nmax-1`, weighted least squares over 19 trial scales.
 /// Writes `L[i] = level + nmax` and returns the scale.
 /// Weights are `qw` when given, else `x^2`.
+///
+/// ggml tries the first estimate, then 18 more inverse scales one after
+/// another, keeping each that beats the best so far. The sums of a trial do
+/// not depend on the others, so here all trials are summed side by side, one
+/// lane each (each lane adds in ggml's order, so every sum is bit-identical),
+/// and only the choice among them runs in ggml's sequence. The levels are
+/// written once, for the trial ggml would have kept last.
 #[inline(always)]
 pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let (amax, max) = super::rounding::abs_max(x);
@@ -18,46 +25,52 @@ pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>
         l_out.iter_mut().for_each(|l| *l = 0);
         return 0.0;
     }
-    let weight = |i: usize| match qw {
-        Some(w) => w[i],
-        None => x[i] * x[i],
-    };
     let clampl = |v: f32| nearest_int(v).clamp(-nmax, nmax - 1);
-    let mut iscale = -(nmax as f32) / max;
-    let mut sumlx = 0.0f32;
-    let mut suml2 = 0.0f32;
-    for (i, &xi) in x.iter().enumerate() {
-        let l = clampl(iscale * xi);
-        l_out[i] = (l + nmax) as i8;
-        let w = weight(i);
-        sumlx += w * xi * l as f32;
-        suml2 += w * l as f32 * l as f32;
+    let nmaxf = nmax as f32;
+    // Lane 0: the first estimate; lanes 1..=18: is = -9..=-1, 1..=9; the
+    // padding lanes (inverse scale 0) sum to 0 and are never chosen.
+    let mut iscale = [0f32; TRIAL_LANES];
+    iscale[0] = -nmaxf / max;
+    for (lane, is) in (-9..=9).filter(|&is| is != 0).enumerate() {
+        iscale[lane + 1] = -(nmaxf + 0.1f32 * is as f32) / max;
     }
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    for is in -9..=9 {
-        if is == 0 {
-            continue;
+    let mut sumlx = [0f32; TRIAL_LANES];
+    let mut suml2 = [0f32; TRIAL_LANES];
+    for (i, &xi) in x.iter().enumerate() {
+        let w = match qw {
+            Some(q) => q[i],
+            None => xi * xi,
+        };
+        for t in 0..TRIAL_LANES {
+            let l = clampl(iscale[t] * xi) as f32;
+            sumlx[t] += w * xi * l;
+            suml2[t] += w * l * l;
         }
-        iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
-        for (i, &xi) in x.iter().enumerate() {
-            let l = clampl(iscale * xi) as f32;
-            let w = weight(i);
-            sumlx += w * xi * l;
-            suml2 += w * l * l;
+    }
+    let mut scale = if suml2[0] != 0.0 {
+        sumlx[0] / suml2[0]
+    } else {
+        0.0
+    };
+    let mut best = scale * sumlx[0];
+    let mut kept = 0;
+    for t in 1..TRIALS {
+        if suml2[t] > 0.0 && sumlx[t] * sumlx[t] > best * suml2[t] {
+            scale = sumlx[t] / suml2[t];
+            best = scale * sumlx[t];
+            kept = t;
         }
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for (i, &xi) in x.iter().enumerate() {
-                l_out[i] = (nmax + clampl(iscale * xi)) as i8;
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
+    }
+    for (l, &xi) in l_out.iter_mut().zip(x) {
+        *l = (nmax + clampl(iscale[kept] * xi)) as i8;
     }
     scale
 }
+
+/// Trials of `make_qx_quants` (the first estimate and 18 more).
+const TRIALS: usize = 19;
+/// Its lanes, padded to a multiple of 8.
+const TRIAL_LANES: usize = 24;
 
 /// Parameters of the trial-scale sweep of `make_qkx2/3_quants`.
 #[derive(Clone, Copy)]
