@@ -274,6 +274,49 @@ async fn client_disconnect_frees_the_slot() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// On the CPU `decode` computes the step itself, so a picked token's text
+/// goes out at the end of the step that picked it, not after the next
+/// step's decode: with a long pause after every step (test hook), the first
+/// token arrives well before the first pause ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_engine_sends_a_token_in_the_step_that_picked_it() {
+    let pause = Duration::from_millis(1500);
+    let mut opts = test_options();
+    opts.step_delay_ms = Some(pause.as_millis() as u64);
+    let server = start(opts, test_model()).await;
+    let c = client();
+    let base = server.url();
+    let t0 = Instant::now();
+    let r = c
+        .post(format!("{base}/generate"))
+        .json(&json!({"prompt": "Once", "raw": true, "max_new_tokens": 2, "stream": true}))
+        .send()
+        .await
+        .expect("send");
+    let mut s = r.bytes_stream();
+    let mut raw = Vec::new();
+    let first = loop {
+        let chunk = s.next().await.expect("event").expect("bytes");
+        raw.extend_from_slice(&chunk);
+        if raw.windows(8).any(|w| w == b"\"text\":\"") {
+            break t0.elapsed();
+        }
+    };
+    while let Some(chunk) = s.next().await {
+        raw.extend_from_slice(&chunk.expect("bytes"));
+    }
+    let total = t0.elapsed();
+    assert!(
+        first < pause / 2,
+        "first token after {first:?}: it waited for the next step (pause {pause:?})"
+    );
+    // The second token needs the next step: one pause later.
+    assert!(total >= pause, "whole answer in {total:?}");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("\"done\":true"), "{text}");
+    server.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_429_and_keeps_serving() {
     let model = test_model();

@@ -79,6 +79,7 @@ fn load_and_serve(
     stats.kv_used_cells.store(0, Ordering::Relaxed);
     let n_batch = info.n_batch as usize;
     let decode_pad = info.decode_pad as usize;
+    let decode_is_async = info.gpu_offload && info.n_gpu_layers > 0;
     let n_ctx_slot = info.n_ctx_slot as usize;
     let slots = config.parallel as usize;
     *shared
@@ -105,6 +106,7 @@ fn load_and_serve(
         decode_pad,
         n_ctx_slot,
         emits: Vec::new(),
+        decode_is_async,
         grammar: None,
         name: config.thread_name.clone(),
         rx,
@@ -157,6 +159,11 @@ struct Loop<'m> {
     n_ctx_slot: usize,
     /// Tokens picked in the last step, their text not yet sent.
     emits: Vec<Emit>,
+    /// Whether `decode` returns before the step is computed (layers on a
+    /// GPU): the previous step's text is then produced while the device
+    /// works. On the CPU `decode` computes the step itself, so the text goes
+    /// out at the end of the step that picked it, a step sooner.
+    decode_is_async: bool,
     /// Samples grammar-constrained requests off the step's critical path
     /// (started by the first one).
     grammar: Option<GrammarThread>,
@@ -454,8 +461,9 @@ impl Loop<'_> {
             return;
         }
         clock.lap(Phase::Decode);
-        // The backend computes the step; meanwhile the previous step's tokens
-        // become text. Requests ended by a stop string leave here.
+        // A GPU computes the step; meanwhile the previous step's tokens
+        // become text (on the CPU they went out at the end of that step).
+        // Requests ended by a stop string leave here.
         self.flush_emits(&mut clock);
         self.ctx.synchronize();
         clock.lap(Phase::Sync);
@@ -493,6 +501,9 @@ impl Loop<'_> {
         self.collect_constrained(None);
         self.update_kv_usage();
         clock.lap(Phase::Sample);
+        if !self.decode_is_async {
+            self.flush_emits(&mut clock);
+        }
     }
 
     /// Fills the batch with the plan's work and the dummy tokens, in slot
