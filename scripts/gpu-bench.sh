@@ -432,10 +432,12 @@ stage_quantcpu() {
     done
   done
   python3 - "$OUT/quantcpu" "$rounds" <<'PY' | tee "$OUT/quantcpu.md"
-import statistics, sys
+import os, statistics, sys
 d, n = sys.argv[1], int(sys.argv[2])
 runs = {}
 for v in ["before", "mid", "after"]:
+    if not os.path.exists(f"{d}/{v}-1.txt"):
+        continue
     for r in range(1, n + 1):
         for line in open(f"{d}/{v}-{r}.txt"):
             if ": " in line and line.rstrip().endswith("rows/s"):
