@@ -180,9 +180,15 @@ pub(super) fn load_model(config: &EngineConfig) -> Result<LoadedModel, EngineErr
 /// llama.cpp's own choice on a GPU.
 pub(super) fn flash_attn_policy(asked: FlashAttn, n_gpu_layers: u32, gpu: bool) -> FlashAttn {
     match asked {
-        FlashAttn::Auto if n_gpu_layers == 0 || !gpu => FlashAttn::Off,
+        FlashAttn::Auto if !runs_on_gpu(n_gpu_layers, gpu) => FlashAttn::Off,
         other => other,
     }
+}
+
+/// Whether an engine's layers run on a GPU: some are offloaded and a GPU
+/// backend is loaded. Otherwise `decode` computes on the CPU before it returns.
+pub(super) fn runs_on_gpu(n_gpu_layers: u32, gpu: bool) -> bool {
+    gpu && n_gpu_layers > 0
 }
 
 /// The flash-attention policy with the V-cache type: llama.cpp stores a

@@ -79,7 +79,7 @@ fn load_and_serve(
     stats.kv_used_cells.store(0, Ordering::Relaxed);
     let n_batch = info.n_batch as usize;
     let decode_pad = info.decode_pad as usize;
-    let decode_is_async = info.gpu_offload && info.n_gpu_layers > 0;
+    let decode_is_async = load::runs_on_gpu(info.n_gpu_layers, info.gpu_offload);
     let n_ctx_slot = info.n_ctx_slot as usize;
     let slots = config.parallel as usize;
     *shared
