@@ -224,11 +224,23 @@ pub fn unpack_nibbles(qs: &[u8; 16]) -> [u8; 32] {
     })
 }
 
-/// Writes a single-scale search result into the `d: f16, qs[16]` fields of
-/// a 32-weight block (Q4_0, IQ4_NL) and returns its error.
+/// A 32-weight block of one f16 scale and 32 packed 4-bit values: the
+/// layout of ggml's `block_q4_0` (nibbles are levels around 8) and
+/// `block_iq4_nl` (nibbles index the IQ4 grid).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockNibbles32 {
+    /// Scale (f16).
+    pub d: [u8; 2],
+    /// Weight `j` in the low nibble of byte `j`, weight `j + 16` in the high one.
+    pub qs: [u8; 16],
+}
+
+/// Writes a single-scale search result into a [`BlockNibbles32`] and
+/// returns its error.
 #[inline(always)]
-pub fn write_d_qs(s: &Single, d: &mut [u8; 2], qs: &mut [u8; 16]) -> f64 {
-    *d = s.d_bits.to_le_bytes();
-    pack_nibbles(&s.q, qs);
+pub fn write_d_qs(s: &Single, b: &mut BlockNibbles32) -> f64 {
+    b.d = s.d_bits.to_le_bytes();
+    pack_nibbles(&s.q, &mut b.qs);
     s.err
 }

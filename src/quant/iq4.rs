@@ -10,7 +10,9 @@
 //! per sub-block of 32, packed as in IQ4_NL). Sub-block `ib` has the 6-bit
 //! scale `ls`, and its weights are `(d * (ls - 32)) * kvalues[q]`.
 
-use super::block::{pack_nibbles, unpack_nibbles, write_d_qs, BlockFormat, Proposal, Row};
+use super::block::{
+    pack_nibbles, unpack_nibbles, write_d_qs, BlockFormat, BlockNibbles32, Proposal, Row,
+};
 use super::codebook::{best_index_iq4, iq4_index, iq4_level, KVALUES_IQ4NL};
 use super::rounding::{abs_max, nearest_int, read_f16, write_f16};
 use super::scale_fit::GROUP_MAX_EPS;
@@ -22,14 +24,7 @@ const NL_BLOCK: usize = Iq4Nl::QK;
 const XS_QK: usize = Iq4Xs::QK;
 
 /// ggml's `block_iq4_nl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct BlockIq4Nl {
-    /// Scale (f16).
-    pub d: [u8; 2],
-    /// Grid indices: weight `j` low nibble, weight `j + 16` high nibble.
-    pub qs: [u8; NL_BLOCK / 2],
-}
+pub type BlockIq4Nl = BlockNibbles32;
 
 /// ggml's `block_iq4_xs`.
 #[repr(C)]
@@ -278,7 +273,7 @@ impl BlockFormat for Iq4Nl {
         cand: &mut BlockIq4Nl,
         _y: &mut [f32],
     ) -> Option<f64> {
-        single(p.x, p.w, &GRID).map(|s| write_d_qs(&s, &mut cand.d, &mut cand.qs))
+        single(p.x, p.w, &GRID).map(|s| write_d_qs(&s, cand))
     }
 
     /// `dequantize_row_iq4_nl`.

@@ -4,25 +4,17 @@
 //! byte `j` holds weight `j` in its low nibble and weight `j + 16` in its high
 //! nibble. A nibble `q` dequantizes to `(q - 8) * d`.
 
-use super::block::{pack_nibbles as pack, write_d_qs, BlockFormat, Proposal, Row};
+use super::block::{pack_nibbles as pack, write_d_qs, BlockFormat, BlockNibbles32, Proposal, Row};
 use super::codebook::Q4_0_LEVELS;
 use super::rounding::{read_f16, write_f16};
 use super::scale_fit::make_qx_quants;
 use super::search::{single, Grid};
 use crate::ggml_type::GgmlType;
-use bytemuck::{Pod, Zeroable};
 
 const QK: usize = Q4_0::QK;
 
 /// ggml's `block_q4_0`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct BlockQ4_0 {
-    /// Scale (f16).
-    pub d: [u8; 2],
-    /// Nibbles: weight `j` low, weight `j + 16` high.
-    pub qs: [u8; QK / 2],
-}
+pub type BlockQ4_0 = BlockNibbles32;
 
 /// `quantize_row_q4_0_ref` for one block.
 pub fn ref_block(x: &[f32], b: &mut BlockQ4_0) {
@@ -70,7 +62,7 @@ impl BlockFormat for Q4_0 {
     /// Per-block scale search.
     #[inline(always)]
     fn search_block(p: &Proposal<BlockQ4_0>, cand: &mut BlockQ4_0, _y: &mut [f32]) -> Option<f64> {
-        single(p.x, p.w, &GRID).map(|s| write_d_qs(&s, &mut cand.d, &mut cand.qs))
+        single(p.x, p.w, &GRID).map(|s| write_d_qs(&s, cand))
     }
 
     /// `dequantize_row_q4_0`.
