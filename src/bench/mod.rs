@@ -221,7 +221,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let tag = Arc::new(AtomicUsize::new(0));
-    let unique = if let Some(groups) = args.prefix_groups {
+    let variation = if let Some(groups) = args.prefix_groups {
         Variation::Groups {
             run: started_unix_s,
             groups,
@@ -233,7 +233,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     };
 
     for i in 0..args.warmup {
-        let s = with_tag(&spec, unique, &tag);
+        let s = with_tag(&spec, variation, &tag);
         match send(&client, &s).await {
             Ok(_) => {}
             Err(RequestError::Connect(reason)) => {
@@ -251,7 +251,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         let n = args.requests_for(c);
         tracing::info!("bench: concurrency {c}, {n} requests");
         let before = engine_profile::scrape(&client, &base).await;
-        let mut level = run_level(&client, &spec, c, n, unique, &tag).await?;
+        let mut level = run_level(&client, &spec, c, n, variation, &tag).await?;
         if let (Some(b), Some(a)) = (before, engine_profile::scrape(&client, &base).await) {
             level.engine = engine_profile::EngineProfile::between(&b, &a);
         }
@@ -365,7 +365,7 @@ async fn run_level(
     spec: &RequestSpec,
     c: usize,
     n: usize,
-    unique: Variation,
+    variation: Variation,
     tag: &Arc<AtomicUsize>,
 ) -> Result<LevelReport, BenchError> {
     let next = Arc::new(AtomicUsize::new(0));
@@ -376,7 +376,7 @@ async fn run_level(
         workers.push(tokio::spawn(async move {
             let mut results = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < n {
-                let s = with_tag(&spec, unique, &tag);
+                let s = with_tag(&spec, variation, &tag);
                 results.push(send(&client, &s).await);
             }
             (results, Instant::now())
