@@ -18,7 +18,10 @@ const ROWS: usize = 64;
 
 /// `QUANT_QUICK=1 cargo bench --bench quant`: a plain single-thread timing
 /// loop (rows/s, best of 5) for reference and search of IQ4_XS, IQ4_NL, Q6_K.
+/// `QUANT_ONLY=<text>` keeps the rows whose name contains it (for profiling
+/// one row, e.g. `QUANT_ONLY="IQ4_NL reference"`).
 fn quick(rows: &[f32], imatrix: &[f32]) {
+    let only = std::env::var("QUANT_ONLY").unwrap_or_default();
     use airavata::gguf::GgmlType;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -30,6 +33,10 @@ fn quick(rows: &[f32], imatrix: &[f32]) {
                 ("reference", QuantMode::Reference),
                 ("search", QuantMode::Search),
             ] {
+                let label = format!("{ty}{im_name} {name}");
+                if !label.contains(&only) {
+                    continue;
+                }
                 let mut best = f64::INFINITY;
                 for _ in 0..5 {
                     let t = std::time::Instant::now();
@@ -37,7 +44,7 @@ fn quick(rows: &[f32], imatrix: &[f32]) {
                         .expect("quantize");
                     best = best.min(t.elapsed().as_secs_f64());
                 }
-                println!("{ty}{im_name} {name}: {:.0} rows/s", ROWS as f64 / best);
+                println!("{label}: {:.0} rows/s", ROWS as f64 / best);
             }
         }
     }

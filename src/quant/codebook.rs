@@ -106,32 +106,100 @@ const IQ4_GAP: [f32; 15] = {
 /// `KVALUES_IQ4NL[best_index_iq4(x)]` as f32 for any `x`, branch-free
 /// and vectorizable: the level is `-127` plus the gaps of every midpoint at
 /// or below `x`. Near a midpoint `x - lo` and `hi - x` are exact in f32, so
-/// ggml's `x - lo < hi - x` equals `x < mid` (checked in the tests).
+/// ggml's `x - lo < hi - x` equals `x < mid` (checked in the tests). A NaN is
+/// below no midpoint, so it lands on the top level as in ggml.
 #[inline(always)]
 pub fn iq4_level(x: f32) -> f32 {
     let mut q = KVALUES_IQ4NL[0] as f32;
     for k in 0..15 {
-        q += if x >= IQ4_MID[k] { IQ4_GAP[k] } else { 0.0 };
+        q += if x < IQ4_MID[k] { 0.0 } else { IQ4_GAP[k] };
     }
-    if x.is_nan() {
-        KVALUES_IQ4NL[15] as f32
-    } else {
-        q
+    q
+}
+
+/// `IQ4_MID`, then `+inf`: any level index reads two midpoints, and the
+/// padding never compares true.
+const IQ4_MID_PAD: [f32; 17] = {
+    let mut m = [f32::INFINITY; 17];
+    let mut i = 0;
+    while i < 15 {
+        m[i] = IQ4_MID[i];
+        i += 1;
+    }
+    m
+};
+
+/// `IQ4_GAP`, then zeros (see `IQ4_MID_PAD`).
+const IQ4_GAP_PAD: [f32; 16] = {
+    let mut g = [0f32; 16];
+    let mut i = 0;
+    while i < 15 {
+        g[i] = IQ4_GAP[i];
+        i += 1;
+    }
+    g
+};
+
+/// The levels as f32.
+const IQ4_LEVEL: [f32; 16] = {
+    let mut v = [0f32; 16];
+    let mut i = 0;
+    while i < 16 {
+        v[i] = KVALUES_IQ4NL[i] as f32;
+        i += 1;
+    }
+    v
+};
+
+/// The part of the IQ4 grid that values in `[lo, hi]` can land on, when the
+/// span crosses at most one midpoint: their level is `base`, plus `gap` at
+/// or above `mid` (see [`Iq4Window::level`]).
+#[derive(Clone, Copy, Default)]
+pub struct Iq4Window {
+    base: f32,
+    mid: f32,
+    gap: f32,
+}
+
+impl Iq4Window {
+    /// The window for every value between `lo` and `hi` (`lo <= hi`, or both
+    /// NaN), given `il = iq4_index(lo)` (the caller computes it, e.g. for a
+    /// whole block at once); None when a second midpoint lies between them
+    /// or only one is NaN.
+    #[inline(always)]
+    pub fn new(il: u8, lo: f32, hi: f32) -> Option<Self> {
+        let il = il as usize;
+        // Midpoints below `il` are <= lo and midpoint `il` is above it; the
+        // window holds when the next one is above hi. For NaN, il = 15: the
+        // level is 113 as in `iq4_level`, and the +inf padding never counts.
+        let holds = if lo.is_nan() || hi.is_nan() {
+            lo.is_nan() && hi.is_nan()
+        } else {
+            hi < IQ4_MID_PAD[il + 1]
+        };
+        holds.then(|| Self {
+            base: IQ4_LEVEL[il],
+            mid: IQ4_MID_PAD[il],
+            gap: IQ4_GAP_PAD[il],
+        })
+    }
+
+    /// `iq4_level(x)` for `x` in the window's `[lo, hi]` (exact: levels and
+    /// gaps are small integers, so the sum does not depend on its order).
+    #[inline(always)]
+    pub fn level(&self, x: f32) -> f32 {
+        self.base + if x < self.mid { 0.0 } else { self.gap }
     }
 }
 
 /// `best_index_iq4(x)` for any `x`, branch-free (see `iq4_level`).
 #[inline(always)]
 pub fn iq4_index(x: f32) -> u8 {
-    let mut i = 0u8;
+    let mut i = 0u32;
     for m in IQ4_MID {
-        i += (x >= m) as u8;
+        i += if x < m { 0 } else { 1 };
     }
-    if x.is_nan() {
-        15
-    } else {
-        i
-    }
+    i as u8
 }
 
 #[cfg(test)]
@@ -179,6 +247,45 @@ mod tests {
             assert_eq!(iq4_level(x), KVALUES_IQ4NL[best_index_iq4(x)] as f32);
             assert_eq!(iq4_index(x) as usize, best_index_iq4(x), "x = {x}");
         }
+    }
+
+    #[test]
+    fn window_level_equals_full_level_inside_its_span() {
+        // Spans around every midpoint, narrow and up to two midpoints wide.
+        let mut n_some = 0;
+        for lo_i in -1300..1200 {
+            let lo = lo_i as f32 * 0.1;
+            for span in [0.0f32, 0.05, 3.0, 11.0, 14.0, 30.0] {
+                let hi = lo + span;
+                let crossed = IQ4_MID.iter().filter(|&&m| lo < m && m <= hi).count();
+                match Iq4Window::new(iq4_index(lo), lo, hi) {
+                    None => assert!(crossed > 1, "[{lo}, {hi}] crosses {crossed}"),
+                    Some(w) => {
+                        assert!(crossed <= 1, "[{lo}, {hi}] crosses {crossed}");
+                        n_some += 1;
+                        for k in 0..=16 {
+                            let x = lo + span * k as f32 / 16.0;
+                            assert_eq!(w.level(x), iq4_level(x), "x = {x} in [{lo}, {hi}]");
+                        }
+                        for x in [lo, hi] {
+                            assert_eq!(w.level(x), iq4_level(x), "x = {x}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(n_some > 10_000);
+        for m in IQ4_MID {
+            let below = f32::from_bits(m.to_bits() - 1);
+            let w = Iq4Window::new(iq4_index(below), below, m).expect("one midpoint");
+            assert_eq!(w.level(below), iq4_level(below));
+            assert_eq!(w.level(m), iq4_level(m));
+        }
+        let nan = Iq4Window::new(iq4_index(f32::NAN), f32::NAN, f32::NAN).expect("both NaN");
+        assert_eq!(nan.level(f32::NAN), iq4_level(f32::NAN));
+        assert!(Iq4Window::new(iq4_index(f32::NAN), f32::NAN, 1.0).is_none());
+        let inf = Iq4Window::new(0, f32::NEG_INFINITY, f32::NEG_INFINITY).expect("-inf");
+        assert_eq!(inf.level(f32::NEG_INFINITY), iq4_level(f32::NEG_INFINITY));
     }
 
     #[test]

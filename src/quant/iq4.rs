@@ -13,7 +13,7 @@
 use super::block::{
     pack_nibbles, unpack_nibbles, write_d_qs, BlockFormat, BlockNibbles32, Proposal, Row,
 };
-use super::codebook::{best_index_iq4, iq4_index, iq4_level, KVALUES_IQ4NL};
+use super::codebook::{best_index_iq4, iq4_index, iq4_level, Iq4Window, KVALUES_IQ4NL};
 use super::rounding::{abs_max, nearest_int, read_f16, write_f16};
 use super::scale_fit::GROUP_MAX_EPS;
 use super::search::{single, Grid, TwoLevel};
@@ -112,9 +112,15 @@ fn block_scale(xb: &[f32], weight: &[f32], ntry: i32) -> f32 {
     }
 }
 
-/// `block_scale` for `ntry = 7`: the first estimate and the 15 trials run as
-/// 16 lanes side by side, each summed in ggml's order, with the branch-free
-/// `iq4_level` (equal to the table lookup).
+/// `block_scale` for `ntry = 7`, equal to `block_scale_scalar` bit for bit:
+/// the 15 trials run as lanes side by side, each summed in ggml's order.
+///
+/// Trial `t` maps weight `x` to `ids[t] * x`, and `ids` grows with `t`, so a
+/// weight's 15 trial values lie between its first and last one, at most
+/// `14 * |x / max|` apart, around `127 * |x / max|`. Grid midpoints are 11.5
+/// or more apart, and further apart away from zero, so the span crosses at
+/// most one of them: each lane's level is one comparison in an
+/// [`Iq4Window`] instead of fifteen (the full comparison where it is not).
 #[inline(always)]
 fn block_scale7(xb: &[f32; NL_BLOCK], weight: &[f32; NL_BLOCK]) -> f32 {
     let (amax, max) = abs_max(xb);
@@ -122,25 +128,53 @@ fn block_scale7(xb: &[f32; NL_BLOCK], weight: &[f32; NL_BLOCK]) -> f32 {
         return 0.0;
     }
     let v0 = VALUES[0] as f32;
-    let d0 = -max / v0;
-    let mut ids = [0f32; 16];
-    ids[0] = 1.0 / d0;
-    for t in 0..15 {
-        ids[t + 1] = (t as i32 - 7 + VALUES[0] as i32) as f32 / max;
+    let id0 = 1.0 / (-max / v0);
+    // 15 trials and one spare lane (a copy of the last) for whole vectors.
+    let ids: [f32; 16] =
+        std::array::from_fn(|t| (t.min(14) as i32 - 7 + VALUES[0] as i32) as f32 / max);
+    // Per weight, vectorized over the block: the first estimate's level, and
+    // the grid index of the lowest trial value.
+    let q0: [f32; NL_BLOCK] = std::array::from_fn(|j| iq4_level(id0 * xb[j]));
+    let span = |j: usize| {
+        let (a, b) = (ids[0] * xb[j], ids[14] * xb[j]);
+        (a.min(b), a.max(b))
+    };
+    let il: [u8; NL_BLOCK] = std::array::from_fn(|j| iq4_index(span(j).0));
+    let mut win = [Iq4Window::default(); NL_BLOCK];
+    let mut windows = true;
+    for j in 0..NL_BLOCK {
+        let (lo, hi) = span(j);
+        match Iq4Window::new(il[j], lo, hi) {
+            Some(w) => win[j] = w,
+            None => windows = false,
+        }
     }
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
     let mut sqx = [0f32; 16];
     let mut sq2 = [0f32; 16];
     for j in 0..NL_BLOCK {
         let (xj, w) = (xb[j], weight[j]);
-        for k in 0..16 {
-            let q = iq4_level(ids[k] * xj);
-            sqx[k] += w * q * xj;
-            sq2[k] += w * q * q;
+        let q = q0[j];
+        sumqx += w * q * xj;
+        sumq2 += w * q * q;
+        if windows {
+            let win = win[j];
+            for k in 0..16 {
+                let q = win.level(ids[k] * xj);
+                sqx[k] += w * q * xj;
+                sq2[k] += w * q * q;
+            }
+        } else {
+            for k in 0..16 {
+                let q = iq4_level(ids[k] * xj);
+                sqx[k] += w * q * xj;
+                sq2[k] += w * q * q;
+            }
         }
     }
-    let mut d = if sq2[0] > 0.0 { sqx[0] / sq2[0] } else { 0.0 };
-    let mut best = d * sqx[0];
-    for t in 1..16 {
+    let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+    let mut best = d * sumqx;
+    for t in 0..15 {
         let (sumqx, sumq2) = (sqx[t], sq2[t]);
         if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
             d = sumqx / sumq2;
@@ -325,6 +359,75 @@ impl BlockFormat for Iq4Xs {
             let q = unpack_nibbles(qs);
             for (yi, qi) in y[32 * ib..32 * ib + 32].iter_mut().zip(q) {
                 *yi = dl * VALUES[qi as usize] as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64*: a few million reproducible floats without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn unit(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 24) as f32
+        }
+    }
+
+    /// Blocks from several families, including ones that put trial values on
+    /// grid midpoints, huge and tiny magnitudes, zeros, infinities and NaN.
+    fn block(rng: &mut Rng, family: u64) -> [f32; NL_BLOCK] {
+        std::array::from_fn(|_| {
+            let u = rng.unit() * 2.0 - 1.0;
+            match family % 8 {
+                0 => u,
+                1 => u * u * u * 1e4,
+                2 => (u * 16.0).round() / 16.0,
+                3 => IQ4_MID_SAMPLE[(rng.next() % 15) as usize] / 127.0 * u.signum(),
+                4 => u * 1e-30,
+                5 => {
+                    if rng.next().is_multiple_of(8) {
+                        0.0
+                    } else {
+                        u
+                    }
+                }
+                6 => [u, f32::INFINITY, -f32::INFINITY, f32::NAN, 1e38][(rng.next() % 5) as usize],
+                _ => (u * 127.0).round(),
+            }
+        })
+    }
+
+    const IQ4_MID_SAMPLE: [f32; 15] = super::super::codebook::IQ4_MID;
+
+    #[test]
+    fn lanes_with_windows_equal_ggml_scalar_search() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for n in 0..200_000u64 {
+            let x = block(&mut rng, n);
+            for imatrix in [false, true] {
+                let mut w = [0f32; NL_BLOCK];
+                if imatrix {
+                    let qw: [f32; NL_BLOCK] = std::array::from_fn(|_| rng.unit() + 0.01);
+                    weights_into(&x, Some(&qw), sigma2(&x), &mut w);
+                } else {
+                    weights_into(&x, None, 0.0, &mut w);
+                }
+                let fast = block_scale7(&x, &w);
+                let slow = block_scale_scalar(&x, &w, 7);
+                assert_eq!(
+                    fast.to_bits(),
+                    slow.to_bits(),
+                    "block {n} (imatrix {imatrix}): {x:?}"
+                );
             }
         }
     }
