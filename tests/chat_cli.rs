@@ -30,6 +30,8 @@ fn spawn_chat(model: &PathBuf, extra: &[&str]) -> PtySession {
     cmd.arg("chat")
         .arg(model)
         .args(["--threads", "2", "--ctx-size", "1024", "--temperature", "0"])
+        // As `test_options` for the server it is compared with.
+        .args(["--flash-attn", "off"])
         .args(extra)
         .env("RUST_LOG", "warn")
         .env("TERM", "xterm");
@@ -222,6 +224,8 @@ fn one_shot(model: &PathBuf, args: &[&str], stdin: &str) -> (String, String) {
         .arg("chat")
         .arg(model)
         .args(["--threads", "2", "--ctx-size", "1024", "--temperature", "0"])
+        // As `test_options` for the server it is compared with.
+        .args(["--flash-attn", "off"])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

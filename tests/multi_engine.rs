@@ -499,6 +499,7 @@ async fn quantized_kv_cache_loads_and_generates() {
     let opts = ServeOptions {
         cache_type_k: KvType::Q8_0,
         cache_type_v: KvType::Q8_0,
+        flash_attn: airavata::engine::FlashAttn::Auto,
         ..test_options()
     };
     let server = start(opts, model.clone()).await;

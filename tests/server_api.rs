@@ -77,7 +77,7 @@ async fn greedy_generate_equals_direct_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_greedy_requests_match_serial_results() {
     let model = test_model();
-    // Default flags: on CPU `--flash-attn auto` resolves to off.
+    // `test_options` turns flash attention off: the guarantee is for `--flash-attn off`.
     let server = start(test_options(), model).await;
     let c = client();
     let base = server.url();

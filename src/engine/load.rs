@@ -172,35 +172,23 @@ pub(super) fn load_model(config: &EngineConfig) -> Result<LoadedModel, EngineErr
     })
 }
 
-/// The flash-attention policy in effect. On CPU, llama.cpp's flash-attention
-/// path gives results that depend on the shape of the batch (F16
-/// accumulation, kernel choice by batch size), so a greedy answer would
-/// change with the server's load (measured: the 16-concurrent test fails with
-/// it on). `auto` therefore means off when nothing is offloaded, and
-/// llama.cpp's own choice on a GPU.
-pub(super) fn flash_attn_policy(asked: FlashAttn, n_gpu_layers: u32, gpu: bool) -> FlashAttn {
-    match asked {
-        FlashAttn::Auto if !runs_on_gpu(n_gpu_layers, gpu) => FlashAttn::Off,
-        other => other,
-    }
-}
-
 /// Whether an engine's layers run on a GPU: some are offloaded and a GPU
 /// backend is loaded. Otherwise `decode` computes on the CPU before it returns.
 pub(super) fn runs_on_gpu(n_gpu_layers: u32, gpu: bool) -> bool {
     gpu && n_gpu_layers > 0
 }
 
-/// The flash-attention policy with the V-cache type: llama.cpp stores a
+/// The flash-attention setting given the V-cache type: llama.cpp stores a
 /// quantized V cache only with flash attention, so `auto` turns it on and an
-/// explicit `off` is refused with a message naming both flags.
+/// explicit `off` is refused with a message naming both flags. Otherwise
+/// `auto` is llama.cpp's own choice (on wherever its kernels support it, CPU
+/// included, as llama-server does).
 pub(super) fn flash_attn_for_cache(
-    policy: FlashAttn,
     asked: FlashAttn,
     cache_type_v: KvType,
 ) -> Result<FlashAttn, EngineError> {
     if !cache_type_v.is_quantized() {
-        return Ok(policy);
+        return Ok(asked);
     }
     match asked {
         FlashAttn::Off => Err(EngineError::Load(format!(
@@ -258,15 +246,7 @@ pub(super) fn new_context<'m>(
         .unwrap_or_else(|| model.n_ctx_train())
         .max(16);
     let n_batch = n_batch(config);
-    let flash_attn = flash_attn_for_cache(
-        flash_attn_policy(
-            config.flash_attn,
-            loaded.n_gpu_layers,
-            backend.supports_gpu_offload(),
-        ),
-        config.flash_attn,
-        config.cache_type_v,
-    )?;
+    let flash_attn = flash_attn_for_cache(config.flash_attn, config.cache_type_v)?;
     let fa = match flash_attn {
         FlashAttn::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
         FlashAttn::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -347,35 +327,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_flash_attention_is_off_without_offload() {
-        assert_eq!(flash_attn_policy(FlashAttn::Auto, 0, true), FlashAttn::Off);
-        assert_eq!(
-            flash_attn_policy(FlashAttn::Auto, u32::MAX, false),
-            FlashAttn::Off
-        );
-        assert_eq!(
-            flash_attn_policy(FlashAttn::Auto, u32::MAX, true),
-            FlashAttn::Auto
-        );
-        assert_eq!(flash_attn_policy(FlashAttn::On, 0, false), FlashAttn::On);
-    }
-
-    #[test]
     fn a_quantized_v_cache_needs_flash_attention() {
-        let f = |policy, asked, v| flash_attn_for_cache(policy, asked, v);
-        assert_eq!(
-            f(FlashAttn::Off, FlashAttn::Auto, KvType::F16),
-            Ok(FlashAttn::Off)
-        );
-        assert_eq!(
-            f(FlashAttn::Off, FlashAttn::Auto, KvType::Q8_0),
-            Ok(FlashAttn::On)
-        );
-        assert_eq!(
-            f(FlashAttn::On, FlashAttn::On, KvType::Q4_0),
-            Ok(FlashAttn::On)
-        );
-        let err = f(FlashAttn::Off, FlashAttn::Off, KvType::Q8_0).unwrap_err();
+        let f = flash_attn_for_cache;
+        // An f16 V cache leaves the choice as asked (`auto`: llama.cpp's own).
+        for asked in [FlashAttn::Auto, FlashAttn::On, FlashAttn::Off] {
+            assert_eq!(f(asked, KvType::F16), Ok(asked));
+        }
+        assert_eq!(f(FlashAttn::Auto, KvType::Q8_0), Ok(FlashAttn::On));
+        assert_eq!(f(FlashAttn::On, KvType::Q4_0), Ok(FlashAttn::On));
+        let err = f(FlashAttn::Off, KvType::Q8_0).unwrap_err();
         assert!(
             err.to_string()
                 .contains("--cache-type-v q8_0 needs flash attention"),

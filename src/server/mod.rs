@@ -130,8 +130,9 @@ pub struct ServeOptions {
     #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     pub batch_size: u32,
     /// Flash attention: auto, on or off (`--flash-attn` alone = on). `auto` is
-    /// off on CPU-only runs (keeps batched greedy output equal to serial output)
-    /// and llama.cpp's choice when layers are offloaded to a GPU.
+    /// llama.cpp's choice: on wherever its kernels support it, CPU included
+    /// (faster, as llama-server runs). On CPU its results depend on the
+    /// batch's shape, so with `off` batched greedy answers match serial ones.
     #[arg(long, value_enum, default_value_t = FlashAttn::default(), num_args = 0..=1, default_missing_value = "on")]
     pub flash_attn: FlashAttn,
     /// Require this API key (Authorization: Bearer KEY).

@@ -31,9 +31,13 @@ pub fn test_model() -> PathBuf {
         .clone()
 }
 
-/// Options for a test server: loopback, any port, small but parallel.
+/// Options for a test server: loopback, any port, small but parallel, and
+/// flash attention off: the tests compare greedy tokens across batch shapes
+/// (batched against serial, cached prefix against full prompt), which CPU
+/// flash attention does not keep equal (its default, `auto`, turns it on).
 pub fn test_options() -> ServeOptions {
     ServeOptions {
+        flash_attn: airavata::engine::FlashAttn::Off,
         host: "127.0.0.1".into(),
         port: 0,
         ctx_size: Some(2048),
