@@ -24,6 +24,8 @@
 #                                  # llama-server -sm layer on both GPUs at 128 (same total slots)
 #   scripts/gpu-bench.sh prefixroute # two engines, prompts in groups sharing long prefixes: --routing prefix
 #                                  # vs least-loaded (prompt-cache hit rate, TTFT)
+#   scripts/gpu-bench.sh steady    # batched ceiling at steady state: 64/128/256 streams with 8 requests per
+#                                  # stream on one GPU vs llama-batched-bench S_TG (needs buildmg, synth, gguf)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
 #
@@ -358,6 +360,42 @@ for c in sorted(off):
     print(f"| {c} | {s:.1f} | {a:.1f} | {a / s if s else 0:.2f} | {b:.1f} | {b / s if s else 0:.2f} | "
           f"{ea.get('total_ms_per_step', 0):.2f} / {eb.get('total_ms_per_step', 0):.2f} | "
           f"{ea.get('micro_batches_per_step', 0):.2f} / {eb.get('micro_batches_per_step', 0):.2f} |")
+PY
+}
+
+# Issue 11's batched ceiling at steady state: one GPU, 256 slots, each level its own server run with
+# STEADY_PER_STREAM (default 8) requests per stream, so the first wave's uncached prompts are a small part
+# of the run; then llama-batched-bench S_TG at the same B, same GGUF, f16 KV. Reports generated tok/s,
+# tokens processed per step (prompt tokens included) and ms per processed token against batched-bench's.
+stage_steady() {
+  local slots=${STEADY_SLOTS:-256} per=${STEADY_PER_STREAM:-8}
+  local conc=${STEADY_CONC:-64 128 256}
+  for c in $conc; do
+    SLOTS=$slots CONC=$c BENCH_FLAGS="--requests $((c * per))" serve_ours "steady$c" --devices "${STEADY_DEVICES:-0}"
+  done
+  log "llama-batched-bench f16 KV, B=${conc// /,}"
+  "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((slots * CTX_PER_SLOT)) -b 2048 -ub 512 \
+    -npp 32 -ntg 128 -npl "${conc// /,}" 2>&1 | grep -E "^\|" | tee "$OUT/batched-bench-steady.md"
+  python3 - "$OUT" $conc <<'PY' | tee "$OUT/steady.md"
+import json, sys
+out, levels = sys.argv[1], [int(c) for c in sys.argv[2:]]
+stg = {}
+for line in open(f"{out}/batched-bench-steady.md"):
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) >= 10 and cells[2].isdigit():
+        stg[int(cells[2])] = float(cells[7])  # PP | TG | B | N_KV | T_PP | S_PP | T_TG | S_TG
+print("| streams | requests | batched-bench S_TG | ours tok/s | ratio | tokens/step | ms/step | ms per processed token, ours / batched-bench |")
+print("|--:|--:|--:|--:|--:|--:|--:|--:|")
+for c in levels:
+    r = json.load(open(f"{out}/bench-steady{c}.json"))
+    l = {x["concurrency"]: x for x in r["levels"]}[c]
+    e = l.get("engine") or {}
+    s, a = stg.get(c, 0), l["output_tokens_per_s"] or 0
+    tps, ms = e.get("tokens_per_step", 0), e.get("total_ms_per_step", 0)
+    per_ours = ms / tps if tps else 0
+    per_bb = 1000 * c / s / c if s else 0
+    print(f"| {c} | {l['ok']} | {s:.1f} | {a:.1f} | **{a / s if s else 0:.2f}** | {tps:.1f} | {ms:.2f} | "
+          f"{per_ours:.4f} / {per_bb:.4f} |")
 PY
 }
 
