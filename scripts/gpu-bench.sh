@@ -367,18 +367,21 @@ PY
 # STEADY_PER_STREAM (default 8) requests per stream, so the first wave's uncached prompts are a small part
 # of the run; then llama-batched-bench S_TG at the same B, same GGUF, f16 KV. Reports generated tok/s,
 # tokens processed per step (prompt tokens included) and ms per processed token against batched-bench's.
+# STEADY_FLAGS adds serve flags (e.g. --kv-unified) under STEADY_TAG in the file names.
 stage_steady() {
   local slots=${STEADY_SLOTS:-256} per=${STEADY_PER_STREAM:-8}
   local conc=${STEADY_CONC:-64 128 256}
   for c in $conc; do
-    SLOTS=$slots CONC=$c BENCH_FLAGS="--requests $((c * per))" serve_ours "steady$c" --devices "${STEADY_DEVICES:-0}"
+    # shellcheck disable=SC2086
+    SLOTS=$slots CONC=$c BENCH_FLAGS="--requests $((c * per))" serve_ours "steady${STEADY_TAG:-}$c" \
+      --devices "${STEADY_DEVICES:-0}" ${STEADY_FLAGS:-}
   done
   log "llama-batched-bench f16 KV, B=${conc// /,}"
   "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((slots * CTX_PER_SLOT)) -b 2048 -ub 512 \
     -npp 32 -ntg 128 -npl "${conc// /,}" 2>&1 | grep -E "^\|" | tee "$OUT/batched-bench-steady.md"
-  python3 - "$OUT" $conc <<'PY' | tee "$OUT/steady.md"
+  python3 - "$OUT" "${STEADY_TAG:-}" $conc <<'PY' | tee "$OUT/steady${STEADY_TAG:-}.md"
 import json, sys
-out, levels = sys.argv[1], [int(c) for c in sys.argv[2:]]
+out, tag, levels = sys.argv[1], sys.argv[2], [int(c) for c in sys.argv[3:]]
 stg = {}
 for line in open(f"{out}/batched-bench-steady.md"):
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -387,7 +390,7 @@ for line in open(f"{out}/batched-bench-steady.md"):
 print("| streams | requests | batched-bench S_TG | ours tok/s | ratio | tokens/step | ms/step | ms per processed token, ours / batched-bench |")
 print("|--:|--:|--:|--:|--:|--:|--:|--:|")
 for c in levels:
-    r = json.load(open(f"{out}/bench-steady{c}.json"))
+    r = json.load(open(f"{out}/bench-steady{tag}{c}.json"))
     l = {x["concurrency"]: x for x in r["levels"]}[c]
     e = l.get("engine") or {}
     s, a = stg.get(c, 0), l["output_tokens_per_s"] or 0

@@ -117,28 +117,23 @@ pub fn iq4_level(x: f32) -> f32 {
     q
 }
 
+/// `v` followed by `fill` up to `N` entries.
+const fn padded<const N: usize>(v: [f32; 15], fill: f32) -> [f32; N] {
+    let mut p = [fill; N];
+    let mut i = 0;
+    while i < 15 {
+        p[i] = v[i];
+        i += 1;
+    }
+    p
+}
+
 /// `IQ4_MID`, then `+inf`: any level index reads two midpoints, and the
 /// padding never compares true.
-const IQ4_MID_PAD: [f32; 17] = {
-    let mut m = [f32::INFINITY; 17];
-    let mut i = 0;
-    while i < 15 {
-        m[i] = IQ4_MID[i];
-        i += 1;
-    }
-    m
-};
+const IQ4_MID_PAD: [f32; 17] = padded(IQ4_MID, f32::INFINITY);
 
 /// `IQ4_GAP`, then zeros (see `IQ4_MID_PAD`).
-const IQ4_GAP_PAD: [f32; 16] = {
-    let mut g = [0f32; 16];
-    let mut i = 0;
-    while i < 15 {
-        g[i] = IQ4_GAP[i];
-        i += 1;
-    }
-    g
-};
+const IQ4_GAP_PAD: [f32; 16] = padded(IQ4_GAP, 0.0);
 
 /// The levels as f32.
 const IQ4_LEVEL: [f32; 16] = {
