@@ -104,7 +104,8 @@ impl Default for SynthOptions {
     }
 }
 
-fn splitmix(x: &mut u64) -> u64 {
+/// splitmix64: the next value of the stream whose state is `x`.
+pub(crate) fn splitmix(x: &mut u64) -> u64 {
     *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *x;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
