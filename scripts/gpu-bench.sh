@@ -365,40 +365,47 @@ PY
 
 # Issue 11's batched ceiling at steady state: one GPU, 256 slots, each level its own server run with
 # STEADY_PER_STREAM (default 8) requests per stream, so the first wave's uncached prompts are a small part
-# of the run; then llama-batched-bench S_TG at the same B, same GGUF, f16 KV. Reports generated tok/s,
-# tokens processed per step (prompt tokens included) and ms per processed token against batched-bench's.
-# STEADY_FLAGS adds serve flags (e.g. --kv-unified) under STEADY_TAG in the file names.
+# of the run; then llama-batched-bench S_TG at the same B, same GGUF, f16 KV, for each prompt length of
+# STEADY_NPP (default 32; the run's own prompt length makes the attention spans alike, e.g. "32,126" for
+# the chat-wrapped /generate prompt). batched-bench runs once per $OUT. Reports generated tok/s, tokens
+# processed per step (prompt tokens included) and ms per processed token against batched-bench's.
+# STEADY_FLAGS adds serve flags (e.g. --kv-unified, --fill-gaps off) and STEADY_BENCH_FLAGS bench flags
+# (e.g. --raw) under STEADY_TAG in the file names.
 stage_steady() {
   local slots=${STEADY_SLOTS:-256} per=${STEADY_PER_STREAM:-8}
-  local conc=${STEADY_CONC:-64 128 256}
+  local conc=${STEADY_CONC:-64 128 256} npp=${STEADY_NPP:-32}
   for c in $conc; do
     # shellcheck disable=SC2086
-    SLOTS=$slots CONC=$c BENCH_FLAGS="--requests $((c * per))" serve_ours "steady${STEADY_TAG:-}$c" \
+    SLOTS=$slots CONC=$c BENCH_FLAGS="--requests $((c * per)) ${STEADY_BENCH_FLAGS:-}" serve_ours "steady${STEADY_TAG:-}$c" \
       --devices "${STEADY_DEVICES:-0}" ${STEADY_FLAGS:-}
   done
-  log "llama-batched-bench f16 KV, B=${conc// /,}"
-  "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((slots * CTX_PER_SLOT)) -b 2048 -ub 512 \
-    -npp 32 -ntg 128 -npl "${conc// /,}" 2>&1 | grep -E "^\|" | tee "$OUT/batched-bench-steady.md"
+  if [ ! -s "$OUT/batched-bench-steady.md" ]; then
+    log "llama-batched-bench f16 KV, PP=$npp, B=${conc// /,}"
+    "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((slots * CTX_PER_SLOT)) -b 2048 -ub 512 \
+      -npp "$npp" -ntg 128 -npl "${conc// /,}" 2>&1 | grep -E "^\|" | tee "$OUT/batched-bench-steady.md"
+  fi
   python3 - "$OUT" "${STEADY_TAG:-}" $conc <<'PY' | tee "$OUT/steady${STEADY_TAG:-}.md"
 import json, sys
 out, tag, levels = sys.argv[1], sys.argv[2], [int(c) for c in sys.argv[3:]]
-stg = {}
+stg = {}  # (PP, B) -> S_TG
 for line in open(f"{out}/batched-bench-steady.md"):
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
     if len(cells) >= 10 and cells[2].isdigit():
-        stg[int(cells[2])] = float(cells[7])  # PP | TG | B | N_KV | T_PP | S_PP | T_TG | S_TG
-print("| streams | requests | batched-bench S_TG | ours tok/s | ratio | tokens/step | ms/step | ms per processed token, ours / batched-bench |")
-print("|--:|--:|--:|--:|--:|--:|--:|--:|")
+        stg[(int(cells[0]), int(cells[2]))] = float(cells[7])  # PP | TG | B | N_KV | T_PP | S_PP | T_TG | S_TG
+pps = sorted({pp for pp, _ in stg})
+print("| streams | requests | prompt tokens | ours tok/s | " + " | ".join(f"S_TG PP={pp} | ratio" for pp in pps)
+      + " | tokens/step | micro-batches/step | dummies/step | ms/step | decode / sync / sample ms |")
+print("|--:|--:|--:|--:|" + "--:|--:|" * len(pps) + "--:|--:|--:|--:|--:|")
 for c in levels:
     r = json.load(open(f"{out}/bench-steady{tag}{c}.json"))
     l = {x["concurrency"]: x for x in r["levels"]}[c]
     e = l.get("engine") or {}
-    s, a = stg.get(c, 0), l["output_tokens_per_s"] or 0
-    tps, ms = e.get("tokens_per_step", 0), e.get("total_ms_per_step", 0)
-    per_ours = ms / tps if tps else 0
-    per_bb = 1000 * c / s / c if s else 0
-    print(f"| {c} | {l['ok']} | {s:.1f} | {a:.1f} | **{a / s if s else 0:.2f}** | {tps:.1f} | {ms:.2f} | "
-          f"{per_ours:.4f} / {per_bb:.4f} |")
+    a = l["output_tokens_per_s"] or 0
+    ms, ph = e.get("total_ms_per_step", 0), e.get("ms_per_step") or {}
+    cols = " | ".join(f"{stg.get((pp, c), 0):.1f} | **{a / stg[(pp, c)] if stg.get((pp, c)) else 0:.3f}**" for pp in pps)
+    print(f"| {c} | {l['ok']} | {l.get('mean_prompt_tokens') or 0:.0f} | {a:.1f} | {cols} | {e.get('tokens_per_step', 0):.1f} | "
+          f"{e.get('micro_batches_per_step', 0):.2f} | {e.get('padded_tokens_per_step', 0):.2f} | {ms:.2f} | "
+          f"{ph.get('decode', 0):.2f} / {ph.get('sync', 0):.2f} / {ph.get('sample', 0):.2f} |")
 PY
 }
 

@@ -16,6 +16,7 @@ pub struct EngineCounters {
     steps_mixed: f64,
     tokens: f64,
     micro_batches: f64,
+    padded_tokens: f64,
 }
 
 impl EngineCounters {
@@ -43,6 +44,7 @@ impl EngineCounters {
                 "airavata_engine_steps_total{kind=\"mixed\"}" => c.steps_mixed = v,
                 "airavata_engine_step_tokens_total" => c.tokens = v,
                 "airavata_engine_micro_batches_total" => c.micro_batches = v,
+                "airavata_engine_padded_tokens_total" => c.padded_tokens = v,
                 _ => continue,
             }
             seen = true;
@@ -62,6 +64,10 @@ pub struct EngineProfile {
     pub tokens_per_step: f64,
     /// Graph evaluations per step (llama.cpp's micro-batches).
     pub micro_batches_per_step: f64,
+    /// Dummy tokens on free slots per step (gap filling, decode padding;
+    /// not in `tokens_per_step`).
+    #[serde(default)]
+    pub padded_tokens_per_step: f64,
     /// Milliseconds per step by phase (plan, decode, sync, sample, emit).
     pub ms_per_step: BTreeMap<String, f64>,
     /// Sum of the phases, ms per step.
@@ -87,6 +93,7 @@ impl EngineProfile {
             mixed_fraction: per(after.steps_mixed, before.steps_mixed),
             tokens_per_step: per(after.tokens, before.tokens),
             micro_batches_per_step: per(after.micro_batches, before.micro_batches),
+            padded_tokens_per_step: per(after.padded_tokens, before.padded_tokens),
             total_ms_per_step: ms_per_step.values().sum(),
             ms_per_step,
         })
@@ -120,6 +127,7 @@ mod tests {
              airavata_engine_steps_total{{kind=\"mixed\"}} {}\n\
              airavata_engine_step_tokens_total {tokens}\n\
              airavata_engine_micro_batches_total {micro}\n\
+             airavata_engine_padded_tokens_total {micro}\n\
              airavata_generated_tokens_total 99\n",
             steps.0, steps.1
         )
@@ -134,6 +142,7 @@ mod tests {
         assert!((p.mixed_fraction - 0.25).abs() < 1e-12);
         assert!((p.tokens_per_step - 37.5).abs() < 1e-12);
         assert!((p.micro_batches_per_step - 1.25).abs() < 1e-12);
+        assert!((p.padded_tokens_per_step - 1.25).abs() < 1e-12);
         assert!((p.phase_ms("decode") - 100.0).abs() < 1e-9);
         assert_eq!(p.phase_ms("plan"), 0.0);
         assert!((p.total_ms_per_step - 100.0).abs() < 1e-9);

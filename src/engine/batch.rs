@@ -43,6 +43,14 @@ impl Work {
             Work::Decode { slot } | Work::Prefill { slot, .. } => slot,
         }
     }
+
+    /// Tokens this work feeds.
+    pub fn n_tokens(&self) -> usize {
+        match *self {
+            Work::Decode { .. } => 1,
+            Work::Prefill { n_tokens, .. } => n_tokens,
+        }
+    }
 }
 
 /// Plans one step over `slots` (in admission order) with room for `n_batch` tokens.
@@ -89,14 +97,14 @@ pub fn plan(slots: &[SlotView], n_batch: usize) -> Vec<Work> {
 /// unified KV cache the split is "simple": `n_ubatch` tokens at a time.
 pub fn predicted_micro_batches(work: &[Work], unified: bool, n_ubatch: usize) -> usize {
     let n_ubatch = n_ubatch.max(1);
-    let tokens = |w: &Work| match *w {
-        Work::Decode { .. } => 1,
-        Work::Prefill { n_tokens, .. } => n_tokens,
-    };
     if unified {
-        return work.iter().map(tokens).sum::<usize>().div_ceil(n_ubatch);
+        return work
+            .iter()
+            .map(Work::n_tokens)
+            .sum::<usize>()
+            .div_ceil(n_ubatch);
     }
-    let mut left: Vec<(usize, usize)> = work.iter().map(|w| (w.slot(), tokens(w))).collect();
+    let mut left: Vec<(usize, usize)> = work.iter().map(|w| (w.slot(), w.n_tokens())).collect();
     let mut count = 0;
     loop {
         // The run of consecutive slot ids starting at the first unfinished one.

@@ -97,6 +97,21 @@ pub enum FlashAttn {
     Off,
 }
 
+/// Whether a free slot between running ones carries a dummy token in a step
+/// (see [`super::batch::predicted_micro_batches`]: with one KV stream per
+/// slot llama.cpp evaluates only consecutive sequence ids in one pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FillGaps {
+    /// On when the model's layers run on a GPU (and the KV is per slot).
+    #[default]
+    Auto,
+    /// Always (with per-slot KV).
+    On,
+    /// Never.
+    Off,
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -132,6 +147,8 @@ pub struct EngineConfig {
     /// Pad decode-only steps to a multiple of this many tokens with dummy
     /// tokens on free slots (0 or `None` = off).
     pub decode_pad: Option<u32>,
+    /// Dummy tokens on free slots between running ones.
+    pub fill_gaps: FillGaps,
     /// The engine thread's name (`airavata-engine`, or `airavata-engine-N`
     /// when a server runs several).
     pub thread_name: String,
@@ -159,6 +176,7 @@ impl EngineConfig {
             cache_type_k: KvType::F16,
             cache_type_v: KvType::F16,
             decode_pad: None,
+            fill_gaps: FillGaps::Auto,
             thread_name: "airavata-engine".into(),
             #[cfg(feature = "test-support")]
             step_delay: None,

@@ -12,7 +12,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 
-use super::config::{KvType, Placement, SplitMode};
+use super::config::{FillGaps, KvType, Placement, SplitMode};
 use super::info::model_info;
 use super::model_load::{self, DeviceList, ModelPlacement};
 use super::{EngineConfig, EngineError, FlashAttn, ModelInfo};
@@ -218,6 +218,19 @@ pub(super) fn decode_pad(config: &EngineConfig) -> u32 {
     config.decode_pad.unwrap_or(0)
 }
 
+/// Whether free slots between running ones carry a dummy token: `auto` is on
+/// when the layers run on a GPU, where a second micro-batch costs a weight pass
+/// and changes the step's CUDA graph; never with a unified KV cache (one
+/// micro-batch already).
+pub(super) fn fill_gaps(config: &EngineConfig, on_gpu: bool) -> bool {
+    !config.kv_unified
+        && match config.fill_gaps {
+            FillGaps::Auto => on_gpu,
+            FillGaps::On => true,
+            FillGaps::Off => false,
+        }
+}
+
 /// Tokens per `decode`: at least one per slot.
 pub(super) fn n_batch(config: &EngineConfig) -> u32 {
     config.batch_size.max(config.parallel).max(1)
@@ -294,6 +307,7 @@ pub(super) fn new_context<'m>(
     );
     info.device = loaded.device.clone();
     info.decode_pad = decode_pad(config);
+    info.fill_gaps = fill_gaps(config, runs_on_gpu(info.n_gpu_layers, info.gpu_offload));
     Ok(Loaded { ctx, info })
 }
 
@@ -305,7 +319,7 @@ pub(super) fn loaded_line(info: &ModelInfo) -> String {
         format!("CPU, {} threads", info.threads)
     };
     format!(
-        "loaded {} ({}): {} slots × {} tokens, batch {}, {device}, flash attention {}, prompt cache {}, {} KV {}/{}, decode pad {}",
+        "loaded {} ({}): {} slots × {} tokens, batch {}, {device}, flash attention {}, prompt cache {}, {} KV {}/{}, decode pad {}, gap fill {}",
         info.path.display(),
         info.description,
         info.slots,
@@ -319,6 +333,7 @@ pub(super) fn loaded_line(info: &ModelInfo) -> String {
         info.cache_type_k.name(),
         info.cache_type_v.name(),
         info.decode_pad,
+        if info.fill_gaps { "on" } else { "off" },
     )
 }
 

@@ -71,7 +71,7 @@ use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-pub use config::{defaults, EngineConfig, FlashAttn, KvType, Placement, SplitMode};
+pub use config::{defaults, EngineConfig, FillGaps, FlashAttn, KvType, Placement, SplitMode};
 pub use load::llama_backend;
 pub use logprobs::{TokenLogprob, TopLogprob};
 pub use prompt::{ChatMessage, Role};
@@ -170,6 +170,8 @@ pub struct ModelInfo {
     pub cache_type_v: KvType,
     /// Decode-only steps are padded to a multiple of this many tokens (0 = off).
     pub decode_pad: u32,
+    /// Free slots between running ones carry a dummy token in each step.
+    pub fill_gaps: bool,
     /// Whether slots keep their KV for the next request with the same prefix.
     pub prompt_cache: bool,
     /// Whether all slots share one KV stream.

@@ -188,7 +188,7 @@ pub struct StepProfile {
     /// shape; llama.cpp does not report the split). `tests/micro_batches.rs`
     /// checks the prediction against llama.cpp's graph evaluations.
     pub predicted_micro_batches: AtomicU64,
-    /// Dummy tokens added to decode-only steps to keep their shape (`--decode-pad`).
+    /// Dummy tokens on free slots: gaps between fed slots (`--fill-gaps`) and decode padding (`--decode-pad`).
     pub padded_tokens: AtomicU64,
 }
 

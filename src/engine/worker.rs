@@ -79,6 +79,7 @@ fn load_and_serve(
     stats.kv_used_cells.store(0, Ordering::Relaxed);
     let n_batch = info.n_batch as usize;
     let decode_pad = info.decode_pad as usize;
+    let fill_gaps = info.fill_gaps;
     let decode_is_async = load::runs_on_gpu(info.n_gpu_layers, info.gpu_offload);
     let n_ctx_slot = info.n_ctx_slot as usize;
     let slots = config.parallel as usize;
@@ -104,6 +105,7 @@ fn load_and_serve(
         batch: LlamaBatch::new(n_batch, 1),
         n_batch,
         decode_pad,
+        fill_gaps,
         n_ctx_slot,
         emits: Vec::new(),
         decode_is_async,
@@ -117,6 +119,10 @@ fn load_and_serve(
     lp.run();
     Ok(())
 }
+
+/// llama.cpp rounds a micro-batch's attention span (KV cells) up to a
+/// multiple of this (`llama_kv_cache::get_n_kv`), so that graphs keep their shape.
+const KV_SPAN_PAD: usize = 256;
 
 fn pos(i: usize) -> i32 {
     i32::try_from(i).unwrap_or(i32::MAX)
@@ -155,6 +161,8 @@ struct Loop<'m> {
     n_batch: usize,
     /// Decode-only steps are padded to a multiple of this (0 = off).
     decode_pad: usize,
+    /// Free slots between fed ones carry a dummy token.
+    fill_gaps: bool,
     /// KV cells of one slot's stream.
     n_ctx_slot: usize,
     /// Tokens picked in the last step, their text not yet sent.
@@ -579,37 +587,78 @@ impl Loop<'_> {
             .fetch_add(micro, Ordering::Relaxed);
     }
 
-    /// Free slots that carry one dummy token each in this step, with the
-    /// position it takes (the slot's next one), so that a decode-only step
-    /// holds a multiple of `decode_pad` tokens. ggml-cuda captures a CUDA
-    /// graph per graph shape and re-captures when the shape changes; with
-    /// padding the shape stays put while requests come and go (and a free
-    /// slot between running ones no longer splits the step in two passes,
-    /// see [`batch::predicted_micro_batches`]). The lowest free slots are
-    /// used, so gaps are filled first. Each dummy is on its own sequence
-    /// (llama.cpp's equal split takes the same number of tokens from every
-    /// sequence of a micro-batch, so one token each keeps a single pass),
-    /// requests logits (the number of outputs is part of the graph's shape;
-    /// its row is never read), and its cell is removed right after the
-    /// decode, so the slot's prompt cache is what it was. Mixed steps (with
-    /// prompt chunks) are not padded.
+    /// Slots not fed this step that carry one dummy token each, with the
+    /// position it takes (the slot's next one).
+    ///
+    /// With one KV stream per slot llama.cpp evaluates a step in one pass
+    /// only over consecutive sequence ids, so a free slot between fed ones
+    /// (a request just finished, its client's next one not yet here) splits
+    /// the step in two: a second weight pass, and on a GPU a batch shape
+    /// whose CUDA graph is not captured. With `fill_gaps` every such slot
+    /// carries a dummy. With `decode_pad` a step whose work is one token per
+    /// slot is also padded to a multiple of it with the lowest free slots
+    /// above, so its shape stays put while requests come and go.
+    ///
+    /// Each dummy is on its own sequence (llama.cpp's equal split takes the
+    /// same number of tokens from every sequence of a micro-batch, so one
+    /// token each keeps a single pass), requests logits (the number of
+    /// outputs is part of the graph's shape; its row is never read), and its
+    /// cell is removed right after the decode, so the slot's prompt cache is
+    /// what it was. A slot is skipped when its dummy would widen the step's
+    /// attention span: llama.cpp attends over the longest stream of a
+    /// micro-batch, rounded up to [`KV_SPAN_PAD`] cells, for every stream in
+    /// it, so a free slot holding a long cached conversation stays out.
     fn pad_slots(&self, plan: &[Work]) -> Vec<(usize, i32)> {
+        let Some(top) = plan.iter().map(Work::slot).max() else {
+            return Vec::new();
+        };
+        let uniform = plan.iter().all(|w| w.n_tokens() == 1);
         let n = plan.len();
-        if self.decode_pad == 0 || n == 0 || plan.iter().any(|w| !matches!(w, Work::Decode { .. }))
-        {
+        let target = if self.decode_pad > 0 && uniform {
+            (n.div_ceil(self.decode_pad) * self.decode_pad).min(self.slots.len())
+        } else {
+            n
+        };
+        if !self.fill_gaps && target == n {
             return Vec::new();
         }
-        let target = (n.div_ceil(self.decode_pad) * self.decode_pad).min(self.slots.len());
+        let span = plan
+            .iter()
+            .filter_map(|w| {
+                let a = self.slots[w.slot()].as_ref()?;
+                Some(a.n_past + w.n_tokens())
+            })
+            .max()
+            .unwrap_or(0)
+            .div_ceil(KV_SPAN_PAD)
+            .max(1)
+            * KV_SPAN_PAD;
+        let mut fed = vec![false; top + 1];
+        for w in plan {
+            fed[w.slot()] = true;
+        }
         let mut pads = Vec::new();
-        for (slot, active) in self.slots.iter().enumerate() {
-            if n + pads.len() >= target {
-                break;
+        for slot in 0..self.slots.len() {
+            let gap = self.fill_gaps && slot < top;
+            if !gap && n + pads.len() >= target {
+                if slot > top {
+                    break;
+                }
+                continue;
             }
-            if active.is_some() {
+            // A gap is any slot not fed this step: free, or holding a request
+            // that is not fed (its last token picked, its answer going out
+            // with the next emits; a prompt waiting for room in the batch).
+            // The dummy goes after its KV and is removed after the decode.
+            if fed.get(slot).copied().unwrap_or(false) || (slot > top && self.slots[slot].is_some())
+            {
                 continue;
             }
             let at = self.ctx.kv_cache_seq_pos_max(pos(slot)).saturating_add(1);
-            if at >= 0 && (at as usize) < self.n_ctx_slot {
+            let Ok(at_cell) = usize::try_from(at) else {
+                continue;
+            };
+            if at_cell < self.n_ctx_slot && at_cell < span {
                 pads.push((slot, at));
             }
         }

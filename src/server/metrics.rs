@@ -139,7 +139,7 @@ pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
         ),
         (
             "airavata_engine_padded_tokens_total",
-            "Dummy tokens added to decode-only steps to keep their shape (--decode-pad).",
+            "Dummy tokens on free slots: gaps between running slots (--fill-gaps) and decode padding (--decode-pad).",
             |s| &s.steps.padded_tokens,
         ),
     ];

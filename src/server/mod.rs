@@ -76,7 +76,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::engine::{
-    defaults, devices, Engine, EngineConfig, EngineError, FlashAttn, KvType, Placement, SplitMode,
+    defaults, devices, Engine, EngineConfig, EngineError, FillGaps, FlashAttn, KvType, Placement,
+    SplitMode,
 };
 use crate::router::{placements, DeviceSpec, Engines, Routing};
 
@@ -194,6 +195,12 @@ pub struct ServeOptions {
     /// [default: off; measured slower on the H200].
     #[arg(long)]
     pub decode_pad: Option<u32>,
+    /// A free slot between running ones carries a dummy token in each step,
+    /// so the step stays one micro-batch (llama.cpp evaluates only
+    /// consecutive per-slot KV streams together) and keeps its CUDA graph
+    /// [auto: on when the layers run on a GPU].
+    #[arg(long, value_enum, default_value_t = FillGaps::Auto)]
+    pub fill_gaps: FillGaps,
     /// Do not serve the chat page at `/` (then `/` answers 404).
     #[arg(long)]
     pub no_webui: bool,
@@ -247,6 +254,7 @@ impl ServeOptions {
             cache_type_k: self.cache_type_k,
             cache_type_v: self.cache_type_v,
             decode_pad: self.decode_pad,
+            fill_gaps: self.fill_gaps,
             thread_name: "airavata-engine".into(),
             #[cfg(feature = "test-support")]
             step_delay: self.step_delay_ms.map(Duration::from_millis),
