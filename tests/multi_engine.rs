@@ -564,3 +564,115 @@ async fn quantized_kv_cache_loads_and_generates() {
         "{err}"
     );
 }
+
+/// Concurrent requests that share a long prefix evaluate it once: a request
+/// that has not started its prompt copies the prefix's KV from the slot that
+/// holds it (here a running request, whose generated tokens must not come
+/// along), per-slot KV streams (a whole stream is
+/// copied, then trimmed) and a unified cache (cells shared) alike. Each
+/// answer must match the same prompt on a server without prompt caching (at
+/// most one of three may differ: different batch shapes, see
+/// `decode_padding_keeps_outputs_and_prompt_caches`; a wrong copy changes
+/// them all), and usage and `/metrics` count the copied tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_copy_a_shared_prefix_from_another_slot() {
+    let model = test_model();
+    let c = client();
+    let shared = "Once upon a time, there was a little girl named Lily. She loved to play \
+                  outside in the park with her big red ball and her friend Tom.";
+    let suffixes = [" One day", " लिली ने कहा", " The sun was"];
+    let body = |p: &str, n: u32| json!({"prompt": p, "max_new_tokens": n, "ignore_eos": true});
+    let mut expected = Vec::new();
+    {
+        let opts = ServeOptions {
+            no_prompt_cache: true,
+            ..test_options()
+        };
+        let server = start(opts, model.clone()).await;
+        let base = server.url();
+        for s in suffixes {
+            let (st, v) = post(
+                &c,
+                format!("{base}/generate"),
+                body(&format!("{shared}{s}"), 24),
+            )
+            .await;
+            assert_eq!(st, 200, "{v}");
+            assert_eq!(
+                v["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+                "{v}"
+            );
+            expected.push(v["generated_text"].as_str().unwrap_or_default().to_string());
+        }
+        server.shutdown().await.expect("shutdown");
+    }
+    for kv_unified in [false, true] {
+        let mut opts = ServeOptions {
+            kv_unified,
+            ..test_options()
+        };
+        opts.step_delay_ms = Some(5);
+        let server = start(opts, model.clone()).await;
+        let base = server.url();
+        let engine = server.engine();
+        let shared_tokens = engine
+            .tokenize_prompt(&Prompt::User(shared.into()))
+            .expect("tokens");
+        // The holder: the shared text alone, running while the others come.
+        let held = tokio::spawn({
+            let (c, url, b) = (c.clone(), format!("{base}/generate"), body(shared, 120));
+            async move { post(&c, url, b).await }
+        });
+        let t0 = Instant::now();
+        // Its KV then also holds generated tokens, which a copy must leave out.
+        while value(&metrics(&c, &base).await, "airavata_generated_tokens_total") < 40.0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "holder never started"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut minimum = 0;
+        let futs = suffixes.iter().map(|s| {
+            let prompt = format!("{shared}{s}");
+            let tokens = engine
+                .tokenize_prompt(&Prompt::User(prompt.clone().into()))
+                .expect("tokens");
+            let common = tokens
+                .ids()
+                .iter()
+                .zip(shared_tokens.ids())
+                .take_while(|(a, b)| a == b)
+                .count();
+            minimum += common;
+            let (c, url, b) = (c.clone(), format!("{base}/generate"), body(&prompt, 24));
+            async move { (common, post(&c, url, b).await) }
+        });
+        let results = futures::future::join_all(futs).await;
+        let mut differing = 0;
+        for ((common, (st, v)), want) in results.iter().zip(&expected) {
+            assert_eq!(*st, 200, "{v}");
+            let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0) as usize;
+            assert!(
+                cached >= *common && *common > 16,
+                "unified {kv_unified}: {cached} cached, {common} shared with the holder: {v}"
+            );
+            differing += usize::from(v["generated_text"] != want.as_str());
+        }
+        assert!(
+            differing <= 1,
+            "unified {kv_unified}: {differing} of 3 answers differ from uncached ones: {results:?} vs {expected:?}"
+        );
+        let (st, v) = held.await.expect("holder");
+        assert_eq!(st, 200, "{v}");
+        let text = metrics(&c, &base).await;
+        assert!(
+            value(&text, "airavata_shared_prompt_tokens_total") >= minimum as f64,
+            "unified {kv_unified}: shared {} < {minimum}",
+            value(&text, "airavata_shared_prompt_tokens_total")
+        );
+        server.shutdown().await.expect("shutdown");
+    }
+}

@@ -11,6 +11,27 @@ pub(super) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// Length of the common prefix of `prompt` and a sequence's KV tokens given
+/// in two parts: `head` (its prompt tokens) then `tail` (generated tokens).
+pub(super) fn common_prefix_of_parts(
+    head: &[LlamaToken],
+    tail: &[LlamaToken],
+    prompt: &[LlamaToken],
+) -> usize {
+    let c = common_prefix(head, prompt);
+    if c < head.len() {
+        return c;
+    }
+    c + common_prefix(tail, &prompt[c..])
+}
+
+/// A request that has not started its prompt copies the KV of another
+/// slot's longer common prefix when that saves at least this many prompt
+/// tokens. A copy moves a whole per-slot KV stream (on one H200 with the
+/// 7B shape and 512 cells per slot, 256 MiB device to device: well under
+/// the time to evaluate this many tokens), or shares cells in a unified cache.
+pub(super) const MIN_SHARED_PREFIX_GAIN: usize = 16;
+
 /// The free slot for a prompt. The slot whose cached tokens share the
 /// longest prefix with the prompt, when that saves at least half of the
 /// prompt (a returning conversation, a repeated prompt); otherwise the lowest
@@ -48,6 +69,25 @@ mod tests {
 
     fn toks(v: &[i32]) -> Vec<LlamaToken> {
         v.iter().copied().map(LlamaToken).collect()
+    }
+
+    #[test]
+    fn common_prefix_spans_prompt_and_generated_tokens() {
+        let prompt = toks(&[1, 2, 3, 4, 5]);
+        assert_eq!(
+            common_prefix_of_parts(&toks(&[1, 2]), &toks(&[3, 9]), &prompt),
+            3
+        );
+        assert_eq!(
+            common_prefix_of_parts(&toks(&[1, 7]), &toks(&[3]), &prompt),
+            1
+        );
+        assert_eq!(
+            common_prefix_of_parts(&toks(&[1, 2, 3, 4, 5]), &toks(&[6]), &prompt),
+            5
+        );
+        assert_eq!(common_prefix_of_parts(&[], &toks(&[1, 2]), &prompt), 2);
+        assert_eq!(common_prefix_of_parts(&[], &[], &prompt), 0);
     }
 
     #[test]

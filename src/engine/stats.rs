@@ -112,6 +112,9 @@ pub struct EngineStats {
     pub prompt_tokens: AtomicU64,
     /// Prompt tokens served from the prompt cache.
     pub cached_prompt_tokens: AtomicU64,
+    /// Of those, tokens copied from another slot's KV (a prefix shared
+    /// across slots, e.g. a system prompt).
+    pub shared_prompt_tokens: AtomicU64,
     /// Tokens sampled.
     pub generated_tokens: AtomicU64,
     /// Requests that ended normally.
@@ -244,6 +247,7 @@ impl Default for EngineStats {
             kv_total_cells: AtomicUsize::new(0),
             prompt_tokens: AtomicU64::new(0),
             cached_prompt_tokens: AtomicU64::new(0),
+            shared_prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),

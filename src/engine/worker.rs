@@ -21,7 +21,9 @@ use super::grammar_thread::{self, GrammarThread};
 use super::greedy;
 use super::load::{self, Loaded};
 use super::logprobs::{self, RowLogprobs, TokenLogprob, TopLogprob};
-use super::prompt_cache::{common_prefix, pick_slot};
+use super::prompt_cache::{
+    common_prefix, common_prefix_of_parts, pick_slot, MIN_SHARED_PREFIX_GAIN,
+};
 use super::request::{Event, FinishReason};
 use super::sampler;
 use super::slot::{Active, Job, Outcome};
@@ -106,6 +108,8 @@ fn load_and_serve(
         n_batch,
         decode_pad,
         fill_gaps,
+        share_epoch: 0,
+        share_checked: vec![None; slots],
         n_ctx_slot,
         emits: Vec::new(),
         decode_is_async,
@@ -163,6 +167,12 @@ struct Loop<'m> {
     decode_pad: usize,
     /// Free slots between fed ones carry a dummy token.
     fill_gaps: bool,
+    /// Bumped in every step that feeds prompt tokens (other slots may then
+    /// hold a longer prefix of a waiting prompt).
+    share_epoch: u64,
+    /// Per slot, the `share_epoch` at which its request last looked for a
+    /// prefix in another slot (`None`: not yet).
+    share_checked: Vec<Option<u64>>,
     /// KV cells of one slot's stream.
     n_ctx_slot: usize,
     /// Tokens picked in the last step, their text not yet sent.
@@ -307,6 +317,7 @@ impl Loop<'_> {
             0
         };
         self.slot_tokens[slot].clear();
+        self.share_checked[slot] = None;
         self.publish(slot, Arc::from(Vec::new()));
         let greedy = sampler::is_plain_greedy(&job.sampling);
         if sampler::uses_history(&job.sampling) {
@@ -425,6 +436,7 @@ impl Loop<'_> {
         let stats = self.stats;
         let mut clock = StepClock::start(&stats.steps);
         self.collect_constrained(None);
+        self.share_prefixes();
         let views: Vec<SlotView> = self
             .order
             .iter()
@@ -483,6 +495,7 @@ impl Loop<'_> {
                         self.stats
                             .prompt_tokens
                             .fetch_add(n as u64, Ordering::Relaxed);
+                        self.share_epoch += 1;
                     }
                 }
                 a.n_past += n;
@@ -512,6 +525,121 @@ impl Loop<'_> {
         if !self.decode_is_async {
             self.flush_emits(&mut clock);
         }
+    }
+
+    /// Requests that have not started their prompt take a longer common
+    /// prefix from another slot's KV (a running request or a free slot's
+    /// cache) when that saves at least [`MIN_SHARED_PREFIX_GAIN`] tokens:
+    /// concurrent requests that share a system prompt or a document evaluate
+    /// it once. A request looks again whenever a step has fed prompt tokens.
+    fn share_prefixes(&mut self) {
+        if !self.cache_prompts {
+            return;
+        }
+        let mut copied_to: Vec<usize> = Vec::new();
+        for i in 0..self.order.len() {
+            let dst = self.order[i];
+            let Some(a) = self.slots[dst].as_ref() else {
+                continue;
+            };
+            if a.n_past != a.cached
+                || a.prefill_remaining() == 0
+                || self.share_checked[dst] == Some(self.share_epoch)
+            {
+                continue;
+            }
+            self.share_checked[dst] = Some(self.share_epoch);
+            let prompt = &a.job.tokens;
+            // The last prompt token is always evaluated (its logits are sampled).
+            let cap = prompt.len().saturating_sub(1);
+            let have = a.n_past;
+            if have >= cap {
+                continue;
+            }
+            let mut best: Option<(usize, usize)> = None;
+            for (src, held) in self.slots.iter().enumerate() {
+                // A slot copied to in this round holds its prefix only once
+                // llama.cpp has applied the copy.
+                if src == dst || copied_to.contains(&src) {
+                    continue;
+                }
+                let common = match held {
+                    Some(s) => {
+                        let head = &s.job.tokens[..s.n_past.min(s.job.tokens.len())];
+                        common_prefix_of_parts(head, &s.fed, prompt)
+                    }
+                    None => common_prefix(&self.slot_tokens[src], prompt),
+                }
+                .min(cap);
+                if common > best.map_or(have, |b| b.1) {
+                    best = Some((src, common));
+                    if common == cap {
+                        break;
+                    }
+                }
+            }
+            let Some((src, common)) = best.filter(|b| b.1 >= have + MIN_SHARED_PREFIX_GAIN) else {
+                continue;
+            };
+            let kept = self.copy_prefix(src, dst, common);
+            copied_to.push(dst);
+            if let Some(a) = self.slots[dst].as_mut() {
+                let before = a.cached;
+                a.n_past = kept;
+                a.cached = kept;
+                let stats = self.stats;
+                if kept >= before {
+                    let gain = (kept - before) as u64;
+                    stats
+                        .cached_prompt_tokens
+                        .fetch_add(gain, Ordering::Relaxed);
+                    stats
+                        .shared_prompt_tokens
+                        .fetch_add(gain, Ordering::Relaxed);
+                } else {
+                    stats
+                        .cached_prompt_tokens
+                        .fetch_sub((before - kept) as u64, Ordering::Relaxed);
+                }
+                tracing::debug!(
+                    id = a.job.id,
+                    slot = dst,
+                    from = src,
+                    cached = kept,
+                    "prefix copied"
+                );
+            }
+        }
+    }
+
+    /// Makes `dst`'s KV the first `common` positions of `src`'s; returns the
+    /// positions `dst` holds afterwards (0 if llama.cpp refused the trim).
+    /// With one KV stream per slot llama.cpp copies whole streams (the
+    /// buffers move at the next `decode`), so the copy is trimmed after; in
+    /// a unified cache the prefix's cells are shared.
+    fn copy_prefix(&mut self, src: usize, dst: usize, common: usize) -> usize {
+        let (s, d) = (pos(src), pos(dst));
+        let end = u32::try_from(common).ok();
+        if self.kv_unified {
+            let _ = self.ctx.clear_kv_cache_seq(Some(d as u32), None, None);
+            if self.ctx.copy_kv_cache_seq(s, d, None, end).is_ok() {
+                return common;
+            }
+        } else if self.ctx.copy_kv_cache_seq(s, d, None, None).is_ok()
+            && matches!(
+                self.ctx.clear_kv_cache_seq(Some(d as u32), end, None),
+                Ok(true)
+            )
+        {
+            return common;
+        }
+        tracing::warn!(
+            slot = dst,
+            from = src,
+            "copying a prompt prefix failed; evaluating the prompt"
+        );
+        let _ = self.ctx.clear_kv_cache_seq(Some(d as u32), None, None);
+        0
     }
 
     /// Fills the batch with the plan's work and the dummy tokens, in slot

@@ -103,7 +103,7 @@ pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
     }
     let all = engines.all();
     type Pick = fn(&EngineStats) -> &std::sync::atomic::AtomicU64;
-    let counters: [(&str, &str, Pick); 8] = [
+    let counters: [(&str, &str, Pick); 9] = [
         (
             "airavata_prompt_tokens_total",
             "Prompt tokens evaluated (prompt-cache hits excluded).",
@@ -113,6 +113,11 @@ pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
             "airavata_cached_prompt_tokens_total",
             "Prompt tokens served from the slots' prompt cache.",
             |s| &s.cached_prompt_tokens,
+        ),
+        (
+            "airavata_shared_prompt_tokens_total",
+            "Of the cached prompt tokens, those copied from another slot's KV (a prefix shared across slots).",
+            |s| &s.shared_prompt_tokens,
         ),
         ("airavata_generated_tokens_total", "Tokens sampled.", |s| {
             &s.generated_tokens
