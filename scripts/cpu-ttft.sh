@@ -2,7 +2,8 @@
 # Issue 11, item 5: CPU serving against llama-server on this machine, same GGUF, same settings
 # (SmolLM2-135M-Instruct Q4_1, 2 threads, 4 slots, ~32-token prompts, 64 new tokens, 1 and 4 streams),
 # fixed prompts (prompt cache may serve them) and unique prompts (every prompt evaluated).
-# Usage: scripts/cpu-ttft.sh OUT_DIR LABEL=CMD...  (each CMD serves on $PORT; see the defaults below)
+# Usage: scripts/cpu-ttft.sh OUT_DIR LABEL=CMD...  (each CMD serves on $PORT; see the defaults below;
+# MODES="fixed" runs only the fixed-prompt mode)
 # Default runs: ours (target/release/airavata, the default build), ours-dyn (.carry/bin, CPU variants
 # loaded at run time), llama-server (vendor/llama.cpp/build-native, llama.cpp's default native build).
 set -euo pipefail
@@ -23,7 +24,7 @@ fi
 wait_http() { for _ in $(seq 1 120); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.5; done; return 1; }
 for run in "${runs[@]}"; do
   label=${run%%=*}; cmd=${run#*=}
-  for mode in fixed unique; do
+  for mode in ${MODES:-fixed unique}; do
     flags=(); [ "$mode" = unique ] && flags=(--unique-prompts)
     echo "[$(date +%T)] $label $mode: $cmd" | tee -a "$OUT/log.txt"
     # shellcheck disable=SC2086

@@ -636,7 +636,7 @@ async fn requests_copy_a_shared_prefix_from_another_slot() {
         let futs = suffixes.iter().map(|s| {
             let prompt = format!("{shared}{s}");
             let tokens = engine
-                .tokenize_prompt(&Prompt::User(prompt.clone().into()))
+                .tokenize_prompt(&Prompt::User(prompt.clone()))
                 .expect("tokens");
             let common = tokens
                 .ids()
