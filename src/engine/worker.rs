@@ -110,6 +110,7 @@ fn load_and_serve(
         fill_gaps,
         share_epoch: 0,
         share_checked: vec![None; slots],
+        ended: 0,
         n_ctx_slot,
         emits: Vec::new(),
         decode_is_async,
@@ -123,6 +124,11 @@ fn load_and_serve(
     lp.run();
     Ok(())
 }
+
+/// How long a CPU engine waits after a step that ended a request for the
+/// client's next one (see `Loop::linger`): a request sent on receipt of an
+/// answer reaches the engine in about a millisecond on one host.
+const LINGER_AFTER_END: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// llama.cpp rounds a micro-batch's attention span (KV cells) up to a
 /// multiple of this (`llama_kv_cache::get_n_kv`), so that graphs keep their shape.
@@ -173,6 +179,8 @@ struct Loop<'m> {
     /// Per slot, the `share_epoch` at which its request last looked for a
     /// prefix in another slot (`None`: not yet).
     share_checked: Vec<Option<u64>>,
+    /// Requests ended so far.
+    ended: u64,
     /// KV cells of one slot's stream.
     n_ctx_slot: usize,
     /// Tokens picked in the last step, their text not yet sent.
@@ -202,10 +210,47 @@ impl Loop<'_> {
             if self.order.is_empty() {
                 continue;
             }
+            let ended = self.ended;
             self.step();
+            if self.ended != ended {
+                self.linger();
+            }
             #[cfg(feature = "test-support")]
             if let Some(d) = self.step_delay {
                 std::thread::sleep(d);
+            }
+        }
+    }
+
+    /// On the CPU, after a step that ended a request while others run, waits
+    /// up to [`LINGER_AFTER_END`] for a request before the next step. `decode`
+    /// computes the step on the CPU before it returns, so a request arriving
+    /// just after the next step began would wait for all of it, then its own:
+    /// a client that sends its next request as soon as it has an answer (a
+    /// pipeline, an agent, a benchmark) would pay two steps of first-token
+    /// time where one suffices. Costs at most the linger per ended request.
+    /// On a GPU the answer goes out while the next step computes, so there is
+    /// nothing to gain.
+    fn linger(&mut self) {
+        if self.decode_is_async || self.closing || self.order.is_empty() || !self.pending.is_empty()
+        {
+            return;
+        }
+        let until = Instant::now() + LINGER_AFTER_END;
+        loop {
+            match self.rx.try_recv() {
+                Ok(cmd) => {
+                    self.handle(cmd);
+                    return;
+                }
+                Err(mpsc::error::TryRecvError::Empty) if Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.closing = true;
+                    return;
+                }
             }
         }
     }
@@ -363,6 +408,7 @@ impl Loop<'_> {
         let Some(mut a) = self.slots[slot].take() else {
             return;
         };
+        self.ended += 1;
         self.stats.running.fetch_sub(1, Ordering::Relaxed);
         outcome.count(self.stats);
         let last = match &outcome {
