@@ -64,7 +64,7 @@ pub struct EngineProfile {
     pub tokens_per_step: f64,
     /// Graph evaluations per step (llama.cpp's micro-batches).
     pub micro_batches_per_step: f64,
-    /// Dummy tokens on free slots per step (gap filling, decode padding;
+    /// Dummy tokens on unfed slots per step (gap filling, decode padding;
     /// not in `tokens_per_step`).
     #[serde(default)]
     pub padded_tokens_per_step: f64,

@@ -97,7 +97,7 @@ pub enum FlashAttn {
     Off,
 }
 
-/// Whether a free slot between running ones carries a dummy token in a step
+/// Whether a slot between fed ones that is not fed carries a dummy token in a step
 /// (see [`super::batch::predicted_micro_batches`]: with one KV stream per
 /// slot llama.cpp evaluates only consecutive sequence ids in one pass).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
@@ -147,7 +147,7 @@ pub struct EngineConfig {
     /// Pad decode-only steps to a multiple of this many tokens with dummy
     /// tokens on free slots (0 or `None` = off).
     pub decode_pad: Option<u32>,
-    /// Dummy tokens on free slots between running ones.
+    /// Dummy tokens on unfed slots between fed ones.
     pub fill_gaps: FillGaps,
     /// The engine thread's name (`airavata-engine`, or `airavata-engine-N`
     /// when a server runs several).

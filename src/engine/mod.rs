@@ -170,7 +170,7 @@ pub struct ModelInfo {
     pub cache_type_v: KvType,
     /// Decode-only steps are padded to a multiple of this many tokens (0 = off).
     pub decode_pad: u32,
-    /// Free slots between running ones carry a dummy token in each step.
+    /// Unfed slots between fed ones carry a dummy token in each step.
     pub fill_gaps: bool,
     /// Whether slots keep their KV for the next request with the same prefix.
     pub prompt_cache: bool,

@@ -191,7 +191,7 @@ pub struct StepProfile {
     /// shape; llama.cpp does not report the split). `tests/micro_batches.rs`
     /// checks the prediction against llama.cpp's graph evaluations.
     pub predicted_micro_batches: AtomicU64,
-    /// Dummy tokens on free slots: gaps between fed slots (`--fill-gaps`) and decode padding (`--decode-pad`).
+    /// Dummy tokens on unfed slots: gaps between fed slots (`--fill-gaps`) and decode padding (`--decode-pad`).
     pub padded_tokens: AtomicU64,
 }
 

@@ -171,7 +171,7 @@ struct Loop<'m> {
     n_batch: usize,
     /// Decode-only steps are padded to a multiple of this (0 = off).
     decode_pad: usize,
-    /// Free slots between fed ones carry a dummy token.
+    /// Unfed slots between fed ones carry a dummy token.
     fill_gaps: bool,
     /// Bumped in every step that feeds prompt tokens (other slots may then
     /// hold a longer prefix of a waiting prompt).
@@ -765,8 +765,9 @@ impl Loop<'_> {
     /// position it takes (the slot's next one).
     ///
     /// With one KV stream per slot llama.cpp evaluates a step in one pass
-    /// only over consecutive sequence ids, so a free slot between fed ones
-    /// (a request just finished, its client's next one not yet here) splits
+    /// only over consecutive sequence ids, so an unfed slot between fed ones
+    /// (free, or holding a request whose last token was just picked or whose
+    /// prompt waits for room) splits
     /// the step in two: a second weight pass, and on a GPU a batch shape
     /// whose CUDA graph is not captured. With `fill_gaps` every such slot
     /// carries a dummy. With `decode_pad` a step whose work is one token per

@@ -144,7 +144,7 @@ pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
         ),
         (
             "airavata_engine_padded_tokens_total",
-            "Dummy tokens on free slots: gaps between running slots (--fill-gaps) and decode padding (--decode-pad).",
+            "Dummy tokens on unfed slots: gaps between fed slots (--fill-gaps) and decode padding (--decode-pad).",
             |s| &s.steps.padded_tokens,
         ),
     ];

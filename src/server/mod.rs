@@ -195,10 +195,11 @@ pub struct ServeOptions {
     /// [default: off; measured slower on the H200].
     #[arg(long)]
     pub decode_pad: Option<u32>,
-    /// A free slot between running ones carries a dummy token in each step,
-    /// so the step stays one micro-batch (llama.cpp evaluates only
-    /// consecutive per-slot KV streams together) and keeps its CUDA graph
-    /// [auto: on when the layers run on a GPU].
+    /// A slot below the highest fed one that is not fed in a step (free, or
+    /// its request between tokens) carries a dummy token, so the step stays
+    /// one micro-batch (llama.cpp evaluates only consecutive per-slot KV
+    /// streams together) and keeps its CUDA graph [auto: on when the layers
+    /// run on a GPU].
     #[arg(long, value_enum, default_value_t = FillGaps::Auto)]
     pub fill_gaps: FillGaps,
     /// Do not serve the chat page at `/` (then `/` answers 404).
