@@ -118,7 +118,13 @@ pub async fn scrape(client: &reqwest::Client, base: &str) -> Option<EngineCounte
 mod tests {
     use super::*;
 
-    fn exposition(steps: (u32, u32), tokens: u32, micro: u32, decode_s: f64) -> String {
+    fn exposition(
+        steps: (u32, u32),
+        tokens: u32,
+        micro: u32,
+        padded: u32,
+        decode_s: f64,
+    ) -> String {
         format!(
             "# HELP airavata_engine_step_seconds_total x\n\
              airavata_engine_step_seconds_total{{phase=\"plan\"}} 0.5\n\
@@ -127,7 +133,7 @@ mod tests {
              airavata_engine_steps_total{{kind=\"mixed\"}} {}\n\
              airavata_engine_step_tokens_total {tokens}\n\
              airavata_engine_micro_batches_total {micro}\n\
-             airavata_engine_padded_tokens_total {micro}\n\
+             airavata_engine_padded_tokens_total {padded}\n\
              airavata_generated_tokens_total 99\n",
             steps.0, steps.1
         )
@@ -135,14 +141,14 @@ mod tests {
 
     #[test]
     fn profile_is_the_per_step_difference() {
-        let a = EngineCounters::parse(&exposition((10, 2), 100, 14, 1.0)).expect("ours");
-        let b = EngineCounters::parse(&exposition((16, 4), 400, 24, 1.8)).expect("ours");
+        let a = EngineCounters::parse(&exposition((10, 2), 100, 14, 3, 1.0)).expect("ours");
+        let b = EngineCounters::parse(&exposition((16, 4), 400, 24, 7, 1.8)).expect("ours");
         let p = EngineProfile::between(&a, &b).expect("steps ran");
         assert_eq!(p.steps, 8);
         assert!((p.mixed_fraction - 0.25).abs() < 1e-12);
         assert!((p.tokens_per_step - 37.5).abs() < 1e-12);
         assert!((p.micro_batches_per_step - 1.25).abs() < 1e-12);
-        assert!((p.padded_tokens_per_step - 1.25).abs() < 1e-12);
+        assert!((p.padded_tokens_per_step - 0.5).abs() < 1e-12);
         assert!((p.phase_ms("decode") - 100.0).abs() < 1e-9);
         assert_eq!(p.phase_ms("plan"), 0.0);
         assert!((p.total_ms_per_step - 100.0).abs() < 1e-9);

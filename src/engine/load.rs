@@ -218,7 +218,7 @@ pub(super) fn decode_pad(config: &EngineConfig) -> u32 {
     config.decode_pad.unwrap_or(0)
 }
 
-/// Whether free slots between running ones carry a dummy token: `auto` is on
+/// Whether unfed slots between fed ones carry a dummy token: `auto` is on
 /// when the layers run on a GPU, where a second micro-batch costs a weight pass
 /// and changes the step's CUDA graph; never with a unified KV cache (one
 /// micro-batch already).

@@ -582,7 +582,7 @@ impl Loop<'_> {
         if !self.cache_prompts {
             return;
         }
-        let mut copied_to: Vec<usize> = Vec::new();
+        let mut copied_to = vec![false; self.slots.len()];
         for i in 0..self.order.len() {
             let dst = self.order[i];
             let Some(a) = self.slots[dst].as_ref() else {
@@ -606,7 +606,7 @@ impl Loop<'_> {
             for (src, held) in self.slots.iter().enumerate() {
                 // A slot copied to in this round holds its prefix only once
                 // llama.cpp has applied the copy.
-                if src == dst || copied_to.contains(&src) {
+                if src == dst || copied_to[src] {
                     continue;
                 }
                 let common = match held {
@@ -628,7 +628,7 @@ impl Loop<'_> {
                 continue;
             };
             let kept = self.copy_prefix(src, dst, common);
-            copied_to.push(dst);
+            copied_to[dst] = true;
             if let Some(a) = self.slots[dst].as_mut() {
                 let before = a.cached;
                 a.n_past = kept;
@@ -813,7 +813,7 @@ impl Loop<'_> {
             fed[w.slot()] = true;
         }
         let mut pads = Vec::new();
-        for slot in 0..self.slots.len() {
+        for (slot, held) in self.slots.iter().enumerate() {
             let gap = self.fill_gaps && slot < top;
             if !gap && n + pads.len() >= target {
                 if slot > top {
@@ -821,12 +821,17 @@ impl Loop<'_> {
                 }
                 continue;
             }
-            // A gap is any slot not fed this step: free, or holding a request
-            // that is not fed (its last token picked, its answer going out
-            // with the next emits; a prompt waiting for room in the batch).
-            // The dummy goes after its KV and is removed after the decode.
-            if fed.get(slot).copied().unwrap_or(false) || (slot > top && self.slots[slot].is_some())
-            {
+            // Below the top, a gap is any slot not fed this step: free, or
+            // holding a request that is not fed (its last token picked, its
+            // answer going out with the next emits; a prompt waiting for room
+            // in the batch). Above it, padding takes free slots only. The
+            // dummy goes after the slot's KV and is removed after the decode.
+            let taken = if slot <= top {
+                fed[slot]
+            } else {
+                held.is_some()
+            };
+            if taken {
                 continue;
             }
             let at = self.ctx.kv_cache_seq_pos_max(pos(slot)).saturating_add(1);
