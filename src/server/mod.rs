@@ -456,7 +456,7 @@ pub async fn bind_engines(
 ) -> Result<RunningServer, ServerError> {
     let app = router(engines.clone(), &opts, &model)?;
     let addr_text = format!("{}:{}", opts.host, opts.port);
-    let listener = TcpListener::bind(&addr_text)
+    let listener = listen(&addr_text)
         .await
         .map_err(|source| ServerError::Bind {
             addr: addr_text.clone(),
@@ -485,6 +485,42 @@ pub async fn bind_engines(
         stop: Some(stop),
         task,
     })
+}
+
+/// Connections the kernel queues for `accept` (capped by
+/// `net.core.somaxconn`). `TcpListener::bind` asks for 128, like the
+/// standard library: a burst of more new connections (hundreds of clients
+/// starting at once) then loses SYNs, and each lost one waits out the
+/// client's 1 s retransmission timeout before its request even arrives.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Binds the first address `addr_text` resolves to that accepts the bind,
+/// listening with [`ACCEPT_BACKLOG`].
+async fn listen(addr_text: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr_text).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted server rebinds at once.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(ACCEPT_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
 }
 
 /// One engine per placement that `--devices` and `--split-mode` resolve to
@@ -548,4 +584,46 @@ pub async fn serve(
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
     server.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of connections larger than the standard library's backlog
+    /// (128) all complete their handshake while nothing accepts them.
+    #[tokio::test]
+    async fn the_accept_queue_holds_a_burst_of_connections() {
+        const BURST: usize = 300;
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(usize::MAX);
+        if cap < BURST {
+            eprintln!("skipped: net.core.somaxconn is {cap}, below the {BURST} this test needs");
+            return;
+        }
+        let listener = listen("127.0.0.1:0").await.expect("listen");
+        let addr = listener.local_addr().expect("address");
+        let mut held = Vec::with_capacity(BURST);
+        for i in 0..BURST {
+            let c = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await;
+            match c {
+                Ok(Ok(stream)) => held.push(stream),
+                Ok(Err(e)) => panic!("connection {i} failed: {e}"),
+                Err(_) => panic!("connection {i} got no handshake: the accept queue is full"),
+            }
+        }
+        assert_eq!(held.len(), BURST);
+        // The bound address is reported as asked, and a name resolves.
+        assert_eq!(addr.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+        let named = listen("localhost:0").await.expect("listen on a name");
+        assert!(named.local_addr().expect("address").ip().is_loopback());
+        let err = listen("127.0.0.1:99999").await.expect_err("bad port");
+        assert!(!err.to_string().is_empty());
+    }
 }
