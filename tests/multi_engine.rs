@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use airavata::engine::{FillGaps, KvType, Placement, Prompt};
+use airavata::engine::{BackendGreedy, FillGaps, KvType, Placement, Prompt};
 use airavata::router::Engines;
 use airavata::server::{bind_engines, ServeOptions};
 use serde_json::{json, Value};
@@ -501,6 +501,110 @@ async fn decode_padding_keeps_outputs_and_prompt_caches() {
             other
         );
     }
+}
+
+/// `--backend-greedy on` on the CPU: greedy tokens come from the `argmax`
+/// at the end of the step's graph, and answers equal the host's picks (one
+/// request at a time: the same batch shapes on both servers, so exactly;
+/// four at once: at most one of four may differ, as llama.cpp's CPU kernels
+/// are not batch-invariant). A sampled request and a greedy one asking for
+/// log-probabilities need the logits on the host: their slots' samplers are
+/// detached, they still work, and the slots attach again for the next
+/// greedy requests, which answer as before. The counter shows which tokens
+/// the backend picked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_greedy_picks_match_host_picks() {
+    let model = test_model();
+    let c = client();
+    let prompts = [
+        "Tell me story number 1.",
+        "कहानी संख्या 2 सुनाइए।",
+        "Lily had 3 red balls",
+        "Once upon a time there was",
+    ];
+    let body =
+        |p: &str| json!({"prompt": p, "max_tokens": 40, "temperature": 0, "ignore_eos": true});
+    let mut runs: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    for mode in [BackendGreedy::Off, BackendGreedy::On] {
+        let opts = ServeOptions {
+            backend_greedy: mode,
+            ..test_options()
+        };
+        let server = start(opts, model.clone()).await;
+        let base = server.url();
+        let url = format!("{base}/v1/completions");
+        let on = mode == BackendGreedy::On;
+        assert_eq!(server.engine().info().expect("info").backend_greedy, on);
+        let text = |v: &Value| {
+            v["choices"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let mut serial = Vec::new();
+        for p in &prompts {
+            let (s, v) = post(&c, url.clone(), body(p)).await;
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(v["usage"]["completion_tokens"], 40, "{v}");
+            serial.push(text(&v));
+        }
+        let futs = prompts.iter().map(|p| {
+            let (c, url, b) = (c.clone(), url.clone(), body(p));
+            async move { post(&c, url, b).await }
+        });
+        let mut concurrent = Vec::new();
+        for (s, v) in futures::future::join_all(futs).await {
+            assert_eq!(s, 200, "{v}");
+            concurrent.push(text(&v));
+        }
+        // Requests that need the logits on the host.
+        let sampled = json!({"prompt": prompts[0], "max_tokens": 20, "temperature": 0.9,
+            "seed": 7, "ignore_eos": true});
+        let (s, v) = post(&c, url.clone(), sampled).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["usage"]["completion_tokens"], 20, "{v}");
+        let mut with_logprobs = body(prompts[2]);
+        with_logprobs["logprobs"] = json!(2);
+        let (s, v) = post(&c, url.clone(), with_logprobs).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(text(&v), serial[2], "greedy with log-probabilities");
+        let lps = v["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .expect("token_logprobs");
+        assert_eq!(lps.len(), 40, "{v}");
+        assert!(
+            lps.iter().all(|x| x.as_f64().is_some_and(|l| l <= 0.0)),
+            "{v}"
+        );
+        // The same slots again, greedy: attached again, same answers.
+        for (i, p) in prompts.iter().enumerate() {
+            let (s, v) = post(&c, url.clone(), body(p)).await;
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(
+                text(&v),
+                serial[i],
+                "{mode:?}: prompt {i} after the detaching requests"
+            );
+        }
+        let m = metrics(&c, &base).await;
+        let generated = value(&m, "airavata_generated_tokens_total");
+        let backend = value(&m, "airavata_backend_greedy_tokens_total");
+        assert_eq!(generated, (4.0 * 3.0 + 1.0) * 40.0 + 20.0, "{mode:?}");
+        // Everything but the sampled request and the one with log-probabilities.
+        let expected = if on { generated - 20.0 - 40.0 } else { 0.0 };
+        assert_eq!(backend, expected, "{mode:?}: backend picks");
+        runs.push((serial, concurrent));
+        server.shutdown().await.expect("shutdown");
+    }
+    let (host, device) = (&runs[0], &runs[1]);
+    assert_eq!(host.0, device.0, "one at a time");
+    let differing = host.1.iter().zip(&device.1).filter(|(a, b)| a != b).count();
+    assert!(
+        differing <= 1,
+        "{differing} of 4 differ:\n{:?}\n{:?}",
+        host.1,
+        device.1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,6 +112,21 @@ pub enum FillGaps {
     Off,
 }
 
+/// Whether greedy requests take their tokens from an `argmax` in the step's
+/// own graph (see `backend_greedy`) instead of the host scanning logits
+/// copied back from the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendGreedy {
+    /// On when the model's layers run on a GPU.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -149,6 +164,8 @@ pub struct EngineConfig {
     pub decode_pad: Option<u32>,
     /// Dummy tokens on unfed slots between fed ones.
     pub fill_gaps: FillGaps,
+    /// Greedy picks computed by the backend.
+    pub backend_greedy: BackendGreedy,
     /// The engine thread's name (`airavata-engine`, or `airavata-engine-N`
     /// when a server runs several).
     pub thread_name: String,
@@ -177,6 +194,7 @@ impl EngineConfig {
             cache_type_v: KvType::F16,
             decode_pad: None,
             fill_gaps: FillGaps::Auto,
+            backend_greedy: BackendGreedy::Auto,
             thread_name: "airavata-engine".into(),
             #[cfg(feature = "test-support")]
             step_delay: None,

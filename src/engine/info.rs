@@ -70,6 +70,7 @@ pub(super) fn model_info(
         cache_type_v: config.cache_type_v,
         decode_pad: 0,
         fill_gaps: false,
+        backend_greedy: false,
         prompt_cache: config.cache_prompts,
         kv_unified: config.kv_unified,
         metadata,

@@ -12,7 +12,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 
-use super::config::{FillGaps, KvType, Placement, SplitMode};
+use super::config::{BackendGreedy, FillGaps, KvType, Placement, SplitMode};
 use super::info::model_info;
 use super::model_load::{self, DeviceList, ModelPlacement};
 use super::{EngineConfig, EngineError, FlashAttn, ModelInfo};
@@ -231,6 +231,16 @@ pub(super) fn fill_gaps(config: &EngineConfig, on_gpu: bool) -> bool {
         }
 }
 
+/// Whether greedy picks come from the backend: `auto` is on when the layers
+/// run on a GPU, where it saves copying every output row's logits to the host.
+pub(super) fn backend_greedy(config: &EngineConfig, on_gpu: bool) -> bool {
+    match config.backend_greedy {
+        BackendGreedy::Auto => on_gpu,
+        BackendGreedy::On => true,
+        BackendGreedy::Off => false,
+    }
+}
+
 /// Tokens per `decode`: at least one per slot.
 pub(super) fn n_batch(config: &EngineConfig) -> u32 {
     config.batch_size.max(config.parallel).max(1)
@@ -307,7 +317,9 @@ pub(super) fn new_context<'m>(
     );
     info.device = loaded.device.clone();
     info.decode_pad = decode_pad(config);
-    info.fill_gaps = fill_gaps(config, runs_on_gpu(info.n_gpu_layers, info.gpu_offload));
+    let on_gpu = runs_on_gpu(info.n_gpu_layers, info.gpu_offload);
+    info.fill_gaps = fill_gaps(config, on_gpu);
+    info.backend_greedy = backend_greedy(config, on_gpu);
     Ok(Loaded { ctx, info })
 }
 
@@ -319,7 +331,7 @@ pub(super) fn loaded_line(info: &ModelInfo) -> String {
         format!("CPU, {} threads", info.threads)
     };
     format!(
-        "loaded {} ({}): {} slots × {} tokens, batch {}, {device}, flash attention {}, prompt cache {}, {} KV {}/{}, decode pad {}, gap fill {}",
+        "loaded {} ({}): {} slots × {} tokens, batch {}, {device}, flash attention {}, prompt cache {}, {} KV {}/{}, decode pad {}, gap fill {}, backend greedy {}",
         info.path.display(),
         info.description,
         info.slots,
@@ -334,6 +346,7 @@ pub(super) fn loaded_line(info: &ModelInfo) -> String {
         info.cache_type_v.name(),
         info.decode_pad,
         if info.fill_gaps { "on" } else { "off" },
+        if info.backend_greedy { "on" } else { "off" },
     )
 }
 

@@ -39,6 +39,7 @@
 //!   to split it into.
 
 mod admission;
+mod backend_greedy;
 pub mod batch;
 mod config;
 pub mod devices;
@@ -71,7 +72,9 @@ use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-pub use config::{defaults, EngineConfig, FillGaps, FlashAttn, KvType, Placement, SplitMode};
+pub use config::{
+    defaults, BackendGreedy, EngineConfig, FillGaps, FlashAttn, KvType, Placement, SplitMode,
+};
 pub use load::llama_backend;
 pub use logprobs::{TokenLogprob, TopLogprob};
 pub use prompt::{ChatMessage, Role};
@@ -172,6 +175,8 @@ pub struct ModelInfo {
     pub decode_pad: u32,
     /// Unfed slots between fed ones carry a dummy token in each step.
     pub fill_gaps: bool,
+    /// Greedy requests take their tokens from an `argmax` in the step's graph.
+    pub backend_greedy: bool,
     /// Whether slots keep their KV for the next request with the same prefix.
     pub prompt_cache: bool,
     /// Whether all slots share one KV stream.

@@ -117,6 +117,9 @@ pub struct EngineStats {
     pub shared_prompt_tokens: AtomicU64,
     /// Tokens sampled.
     pub generated_tokens: AtomicU64,
+    /// Of those, greedy tokens the backend picked in the step's graph
+    /// (`--backend-greedy`).
+    pub backend_greedy_tokens: AtomicU64,
     /// Requests that ended normally.
     pub finished: AtomicU64,
     /// Requests whose client went away.
@@ -249,6 +252,7 @@ impl Default for EngineStats {
             cached_prompt_tokens: AtomicU64::new(0),
             shared_prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
+            backend_greedy_tokens: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),

@@ -16,6 +16,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
+use super::backend_greedy::GreedySamplers;
 use super::batch::{self, SlotView, Work};
 use super::grammar_thread::{self, GrammarThread};
 use super::greedy;
@@ -85,6 +86,15 @@ fn load_and_serve(
     let decode_is_async = load::runs_on_gpu(info.n_gpu_layers, info.gpu_offload);
     let n_ctx_slot = info.n_ctx_slot as usize;
     let slots = config.parallel as usize;
+    let greedy_samplers = if info.backend_greedy {
+        let g = GreedySamplers::new(&ctx, slots);
+        if g.is_none() {
+            tracing::warn!("backend greedy picks unavailable; picking on the host");
+        }
+        g
+    } else {
+        None
+    };
     *shared
         .prompt_cache
         .write()
@@ -95,6 +105,7 @@ fn load_and_serve(
 
     let mut lp = Loop {
         model: &model.model,
+        greedy_samplers,
         ctx,
         stats,
         published: &shared.prompt_cache,
@@ -138,6 +149,18 @@ fn pos(i: usize) -> i32 {
     i32::try_from(i).unwrap_or(i32::MAX)
 }
 
+/// A slot's token as chosen for the whole step before sampling.
+enum Pick {
+    /// Not chosen ahead: the slot's sampler decides (or it has no logits).
+    Sampler,
+    /// The greedy choice, made on the host.
+    Token(LlamaToken),
+    /// The greedy choice, made by the backend in the step's graph.
+    Backend(LlamaToken),
+    /// The backend sampler returned no token for the slot's row.
+    Lost,
+}
+
 /// A picked token whose text is still to be produced.
 struct Emit {
     slot: usize,
@@ -154,6 +177,9 @@ struct Emit {
 
 struct Loop<'m> {
     model: &'m LlamaModel,
+    /// Backend greedy samplers per slot (`--backend-greedy`). Declared before
+    /// `ctx` so that they are detached while the context still lives.
+    greedy_samplers: Option<GreedySamplers>,
     ctx: LlamaContext<'m>,
     stats: &'m EngineStats,
     /// Each free slot's cached tokens, for the router ([`super::Engine::cached_prefix`]).
@@ -365,6 +391,10 @@ impl Loop<'_> {
         self.share_checked[slot] = None;
         self.publish(slot, Arc::from(Vec::new()));
         let greedy = sampler::is_plain_greedy(&job.sampling);
+        // The backend picks for greedy requests that need no logits on the host.
+        if let Some(g) = self.greedy_samplers.as_mut() {
+            g.set(slot, greedy && job.logprobs.is_none());
+        }
         if sampler::uses_history(&job.sampling) {
             sampler.accept_history(job.tokens.iter());
         }
@@ -720,24 +750,45 @@ impl Loop<'_> {
 
     /// The argmax of every greedy slot's logits in this step, side by side;
     /// one entry per `fed` slot (`None`: not greedy, or no logits this step).
-    fn pick_greedy(&self, fed: &[(usize, usize)]) -> Vec<Option<LlamaToken>> {
-        let mut at = Vec::with_capacity(fed.len());
+    /// Slots with a backend sampler read the token the step's graph picked;
+    /// the others' rows are scanned here.
+    fn pick_greedy(&self, fed: &[(usize, usize)]) -> Vec<Pick> {
+        enum From {
+            Backend(Option<LlamaToken>),
+            Row(usize),
+            Nothing,
+        }
+        let mut from = Vec::with_capacity(fed.len());
         let mut rows: Vec<&[f32]> = Vec::with_capacity(fed.len());
         for &(slot, _) in fed {
             let idx = self.slots[slot]
                 .as_ref()
                 .filter(|a| a.greedy)
                 .and_then(|a| a.logits_at);
-            at.push(idx.map(|_| rows.len()));
-            if let Some(idx) = idx {
-                rows.push(self.ctx.get_logits_ith(idx));
-            }
+            let on_backend = self
+                .greedy_samplers
+                .as_ref()
+                .is_some_and(|g| g.attached(slot));
+            from.push(match idx {
+                None => From::Nothing,
+                Some(idx) if on_backend => From::Backend(self.ctx.sampled_token_ith(idx)),
+                Some(idx) => {
+                    rows.push(self.ctx.get_logits_ith(idx));
+                    From::Row(rows.len() - 1)
+                }
+            });
         }
         let best = greedy::argmax_rows(&rows);
-        at.into_iter()
-            .map(|r| {
-                let i = best[r?]?;
-                Some(LlamaToken(i32::try_from(i).unwrap_or(i32::MAX)))
+        from.into_iter()
+            .map(|f| match f {
+                From::Backend(Some(t)) => Pick::Backend(t),
+                // No logits came back for this row either: nothing to sample.
+                From::Backend(None) => Pick::Lost,
+                From::Row(r) => match best[r] {
+                    Some(i) => Pick::Token(LlamaToken(i32::try_from(i).unwrap_or(i32::MAX))),
+                    None => Pick::Sampler,
+                },
+                From::Nothing => Pick::Sampler,
             })
             .collect()
     }
@@ -899,7 +950,7 @@ impl Loop<'_> {
     /// the greedy choice already made for the whole step). The token is fed to
     /// the next step at once; its text is produced by [`Self::flush_emits`]
     /// while that step runs on the backend.
-    fn sample(&mut self, slot: usize, pick: Option<LlamaToken>) {
+    fn sample(&mut self, slot: usize, pick: Pick) {
         let Some(a) = self.slots[slot].as_mut() else {
             return;
         };
@@ -907,15 +958,26 @@ impl Loop<'_> {
             return;
         };
         let token = match (pick, a.sampler.as_mut()) {
-            (Some(t), _) => t,
-            (None, Some(sampler)) => match sampler.sample(&self.ctx, idx) {
+            (Pick::Token(t), _) => t,
+            (Pick::Backend(t), _) => {
+                self.stats
+                    .backend_greedy_tokens
+                    .fetch_add(1, Ordering::Relaxed);
+                t
+            }
+            (Pick::Lost, _) => {
+                let e = "the backend sampler returned no token".to_string();
+                self.end_request(slot, Outcome::Failed(EngineError::Sampling(e)));
+                return;
+            }
+            (Pick::Sampler, Some(sampler)) => match sampler.sample(&self.ctx, idx) {
                 Ok(t) => t,
                 Err(e) => {
                     self.end_request(slot, Outcome::Failed(EngineError::Sampling(e)));
                     return;
                 }
             },
-            (None, None) => return,
+            (Pick::Sampler, None) => return,
         };
         // From the raw logits of this position, whatever the sampler did.
         let row_logprobs = a.job.logprobs.map(|n| {

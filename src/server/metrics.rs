@@ -103,7 +103,7 @@ pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
     }
     let all = engines.all();
     type Pick = fn(&EngineStats) -> &std::sync::atomic::AtomicU64;
-    let counters: [(&str, &str, Pick); 9] = [
+    let counters: [(&str, &str, Pick); 10] = [
         (
             "airavata_prompt_tokens_total",
             "Prompt tokens evaluated (prompt-cache hits excluded).",
@@ -122,6 +122,11 @@ pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
         ("airavata_generated_tokens_total", "Tokens sampled.", |s| {
             &s.generated_tokens
         }),
+        (
+            "airavata_backend_greedy_tokens_total",
+            "Of the tokens sampled, greedy ones the backend picked in the step's graph (--backend-greedy).",
+            |s| &s.backend_greedy_tokens,
+        ),
         (
             "airavata_generations_finished_total",
             "Generations that ended normally.",

@@ -76,8 +76,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::engine::{
-    defaults, devices, Engine, EngineConfig, EngineError, FillGaps, FlashAttn, KvType, Placement,
-    SplitMode,
+    defaults, devices, BackendGreedy, Engine, EngineConfig, EngineError, FillGaps, FlashAttn,
+    KvType, Placement, SplitMode,
 };
 use crate::router::{placements, DeviceSpec, Engines, Routing};
 
@@ -202,6 +202,14 @@ pub struct ServeOptions {
     /// run on a GPU].
     #[arg(long, value_enum, default_value_t = FillGaps::Auto)]
     pub fill_gaps: FillGaps,
+    /// Greedy requests take each token from an `argmax` that the backend
+    /// computes over all of a step's output rows at the end of the step's
+    /// graph, so the logits stay on the device (49 MB per step at 256 slots)
+    /// and the host scans nothing; requests that sample, want
+    /// log-probabilities or follow a grammar still get the logits
+    /// [auto: on when the layers run on a GPU].
+    #[arg(long, value_enum, default_value_t = BackendGreedy::Auto)]
+    pub backend_greedy: BackendGreedy,
     /// Do not serve the chat page at `/` (then `/` answers 404).
     #[arg(long)]
     pub no_webui: bool,
@@ -256,6 +264,7 @@ impl ServeOptions {
             cache_type_v: self.cache_type_v,
             decode_pad: self.decode_pad,
             fill_gaps: self.fill_gaps,
+            backend_greedy: self.backend_greedy,
             thread_name: "airavata-engine".into(),
             #[cfg(feature = "test-support")]
             step_delay: self.step_delay_ms.map(Duration::from_millis),
