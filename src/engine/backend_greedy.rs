@@ -217,7 +217,7 @@ unsafe extern "C" fn backend_reset(smpl: *mut sys::llama_sampler) {
 /// Picks the row's token from one `argmax` over all output rows, created by
 /// the first row's sampler of each graph: `data.logits` is a row view of the
 /// step's output logits. Anything else (llama.cpp's probe graph) gets an
-/// `argmax` of its own.
+/// `argmax` of its own. Only the token goes back to the host.
 unsafe extern "C" fn backend_apply(
     smpl: *mut sys::llama_sampler,
     ctx: *mut sys::ggml_context,
@@ -281,6 +281,9 @@ unsafe extern "C" fn backend_apply(
         },
     };
     data.sampled = sampled;
+    // llama.cpp copies back whatever the sampler leaves in `data.logits` (a
+    // row of n_vocab floats per output): only the token is needed.
+    data.logits = null_mut();
 }
 
 /// The `GraphState` a sampler of [`IFACE`] was created with.
