@@ -239,7 +239,7 @@ impl Loop<'_> {
             let ended = self.ended;
             self.step();
             if self.ended != ended {
-                self.linger();
+                self.linger(self.ended - ended);
             }
             #[cfg(feature = "test-support")]
             if let Some(d) = self.step_delay {
@@ -248,26 +248,31 @@ impl Loop<'_> {
         }
     }
 
-    /// On the CPU, after a step that ended a request while others run, waits
-    /// up to [`LINGER_AFTER_END`] for a request before the next step. `decode`
-    /// computes the step on the CPU before it returns, so a request arriving
-    /// just after the next step began would wait for all of it, then its own:
-    /// a client that sends its next request as soon as it has an answer (a
-    /// pipeline, an agent, a benchmark) would pay two steps of first-token
-    /// time where one suffices. Costs at most the linger per ended request.
-    /// On a GPU the answer goes out while the next step computes, so there is
-    /// nothing to gain.
-    fn linger(&mut self) {
-        if self.decode_is_async || self.closing || self.order.is_empty() || !self.pending.is_empty()
-        {
+    /// On the CPU, after a step that ended `ended` requests, waits up to [`LINGER_AFTER_END`] for as many new requests before
+    /// the next step. `decode` computes the step on the CPU before it
+    /// returns, so a request arriving just after the next step began would
+    /// wait for all of it, then its own: a client that sends its next request
+    /// as soon as it has an answer (a pipeline, an agent, a benchmark) would
+    /// pay two steps of first-token time where one suffices. Waiting for all
+    /// of them, not just the first, keeps their prompts in one step: each
+    /// step that mixes prompts with decoding costs a second pass with one KV
+    /// stream per slot. Costs at most the linger per step that ended
+    /// requests. On a GPU the answer goes out while the next step computes,
+    /// so there is nothing to gain.
+    fn linger(&mut self, ended: u64) {
+        // Requests already waiting take the freed slots at once.
+        if self.decode_is_async || self.closing || !self.pending.is_empty() {
             return;
         }
+        let want = usize::try_from(ended).unwrap_or(usize::MAX);
         let until = Instant::now() + LINGER_AFTER_END;
         loop {
             match self.rx.try_recv() {
                 Ok(cmd) => {
                     self.handle(cmd);
-                    return;
+                    if self.closing || self.pending.len() >= want {
+                        return;
+                    }
                 }
                 Err(mpsc::error::TryRecvError::Empty) if Instant::now() < until => {
                     std::thread::sleep(std::time::Duration::from_micros(200));
