@@ -593,6 +593,13 @@ async fn backend_greedy_picks_match_host_picks() {
         // Everything but the sampled request and the one with log-probabilities.
         let expected = if on { generated - 20.0 - 40.0 } else { 0.0 };
         assert_eq!(backend, expected, "{mode:?}: backend picks");
+        // A first attach, the two detaches, the re-attaches.
+        let switches = value(&m, "airavata_backend_greedy_switches_total");
+        if on {
+            assert!(switches >= 3.0, "switches {switches}");
+        } else {
+            assert_eq!(switches, 0.0);
+        }
         runs.push((serial, concurrent));
         server.shutdown().await.expect("shutdown");
     }

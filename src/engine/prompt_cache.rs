@@ -40,32 +40,45 @@ pub(super) const MIN_SHARED_PREFIX_GAIN: usize = 16;
 /// sequence ids, so a gap between running slots costs a second pass (see
 /// [`super::batch::predicted_micro_batches`]). The lowest slot still reuses whatever prefix it
 /// shares with the prompt, e.g. the chat preamble.
+///
+/// Between slots that are otherwise equal (the same prefix; any slot, for
+/// the lowest) one that `suits` the request wins: one whose backend greedy
+/// sampler is already as the request needs it, as attaching or detaching one
+/// makes llama.cpp re-plan its graph memory.
 pub(super) fn pick_slot(
     free: impl Iterator<Item = bool>,
     cached: &[Vec<LlamaToken>],
     prompt: &[LlamaToken],
+    suits: impl Fn(usize) -> bool,
 ) -> Option<usize> {
-    let mut lowest = None;
-    let mut best: Option<(usize, usize)> = None;
+    let mut lowest: Option<(usize, bool)> = None;
+    let mut best: Option<(usize, usize, bool)> = None;
     for (i, (is_free, tokens)) in free.zip(cached).enumerate() {
         if !is_free {
             continue;
         }
-        lowest.get_or_insert(i);
+        let fits = suits(i);
+        if lowest.is_none_or(|(_, f)| fits && !f) {
+            lowest = Some((i, fits));
+        }
         let common = common_prefix(tokens, prompt);
-        if best.is_none_or(|(_, c)| common > c) {
-            best = Some((i, common));
+        if best.is_none_or(|(_, c, f)| common > c || (common == c && fits && !f)) {
+            best = Some((i, common, fits));
         }
     }
     match best {
-        Some((i, common)) if common > 0 && 2 * common >= prompt.len() => Some(i),
-        _ => lowest,
+        Some((i, common, _)) if common > 0 && 2 * common >= prompt.len() => Some(i),
+        _ => lowest.map(|(i, _)| i),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn any(_: usize) -> bool {
+        true
+    }
 
     fn toks(v: &[i32]) -> Vec<LlamaToken> {
         v.iter().copied().map(LlamaToken).collect()
@@ -101,30 +114,50 @@ mod tests {
         let all_free = || [true; 4].into_iter();
         // The longest prefix, when it covers at least half the prompt.
         assert_eq!(
-            pick_slot(all_free(), &cached, &toks(&[1, 2, 3, 7])),
+            pick_slot(all_free(), &cached, &toks(&[1, 2, 3, 7]), any),
             Some(1)
         );
         assert_eq!(
-            pick_slot(all_free(), &cached, &toks(&[1, 2, 9, 9, 8])),
+            pick_slot(all_free(), &cached, &toks(&[1, 2, 9, 9, 8]), any),
             Some(2)
         );
         // A short shared prefix: the lowest free slot, whatever it holds.
         assert_eq!(
-            pick_slot(all_free(), &cached, &toks(&[1, 2, 7, 7, 7, 7])),
+            pick_slot(all_free(), &cached, &toks(&[1, 2, 7, 7, 7, 7]), any),
             Some(0)
         );
         let free = [false, false, true, true].into_iter();
-        assert_eq!(pick_slot(free, &cached, &toks(&[8, 8])), Some(2));
+        assert_eq!(pick_slot(free, &cached, &toks(&[8, 8]), any), Some(2));
         // Busy slots are skipped; nothing free gives None.
         let free = [true, false, true, true].into_iter();
-        assert_eq!(pick_slot(free, &cached, &toks(&[1, 2, 3, 4])), Some(2));
+        assert_eq!(pick_slot(free, &cached, &toks(&[1, 2, 3, 4]), any), Some(2));
         assert_eq!(
-            pick_slot([false; 4].into_iter(), &cached, &toks(&[1])),
+            pick_slot([false; 4].into_iter(), &cached, &toks(&[1]), any),
             None
         );
         // Equal caches: the lowest free index.
         let same = vec![toks(&[1, 2]); 3];
         let free = [false, true, true].into_iter();
-        assert_eq!(pick_slot(free, &same, &toks(&[1, 2, 3])), Some(1));
+        assert_eq!(pick_slot(free, &same, &toks(&[1, 2, 3]), any), Some(1));
+        // Between equals, a slot that suits the request; a longer prefix
+        // still wins over suiting.
+        let odd = |i: usize| i % 2 == 1;
+        let free = [true, true, true].into_iter();
+        assert_eq!(pick_slot(free, &same, &toks(&[1, 2, 3]), odd), Some(1));
+        assert_eq!(
+            pick_slot(all_free(), &cached, &toks(&[1, 2, 9, 9, 8]), odd),
+            Some(2)
+        );
+        // The lowest free slot that suits, else the lowest.
+        let unrelated = toks(&[8, 8, 8]);
+        assert_eq!(pick_slot(all_free(), &cached, &unrelated, odd), Some(1));
+        assert_eq!(
+            pick_slot(all_free(), &cached, &unrelated, |i| i == 3),
+            Some(3)
+        );
+        assert_eq!(
+            pick_slot(all_free(), &cached, &unrelated, |_| false),
+            Some(0)
+        );
     }
 }

@@ -33,6 +33,12 @@ pub(super) struct Job {
 }
 
 impl Job {
+    /// Whether the backend may pick this request's tokens (`--backend-greedy`):
+    /// plain greedy, and no log-probabilities (those need the logits here).
+    pub fn picks_on_backend(&self) -> bool {
+        super::sampler::is_plain_greedy(&self.sampling) && self.logprobs.is_none()
+    }
+
     /// Why the request must end before its next step, if it must: its client
     /// went away or its deadline passed.
     pub fn expired(&self, now: Instant) -> Option<Outcome> {

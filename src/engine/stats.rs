@@ -120,6 +120,9 @@ pub struct EngineStats {
     /// Of those, greedy tokens the backend picked in the step's graph
     /// (`--backend-greedy`).
     pub backend_greedy_tokens: AtomicU64,
+    /// Slots whose backend greedy sampler was attached or detached for a
+    /// request (each makes llama.cpp re-plan its graph memory).
+    pub backend_greedy_switches: AtomicU64,
     /// Requests that ended normally.
     pub finished: AtomicU64,
     /// Requests whose client went away.
@@ -253,6 +256,7 @@ impl Default for EngineStats {
             shared_prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             backend_greedy_tokens: AtomicU64::new(0),
+            backend_greedy_switches: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),

@@ -348,7 +348,10 @@ impl Loop<'_> {
     fn assign_slots(&mut self) {
         while let Some(job) = self.pending.pop_front() {
             let free = self.slots.iter().map(Option::is_none);
-            let Some(slot) = pick_slot(free, &self.slot_tokens, &job.tokens) else {
+            let on_backend = job.picks_on_backend();
+            let g = self.greedy_samplers.as_ref();
+            let suits = |slot| g.is_none_or(|g| g.attached(slot) == on_backend);
+            let Some(slot) = pick_slot(free, &self.slot_tokens, &job.tokens, suits) else {
                 self.pending.push_front(job);
                 return;
             };
@@ -396,9 +399,13 @@ impl Loop<'_> {
         self.share_checked[slot] = None;
         self.publish(slot, Arc::from(Vec::new()));
         let greedy = sampler::is_plain_greedy(&job.sampling);
-        // The backend picks for greedy requests that need no logits on the host.
         if let Some(g) = self.greedy_samplers.as_mut() {
-            g.set(slot, greedy && job.logprobs.is_none());
+            let before = g.attached(slot);
+            if g.set(slot, job.picks_on_backend()) != before {
+                self.stats
+                    .backend_greedy_switches
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
         if sampler::uses_history(&job.sampling) {
             sampler.accept_history(job.tokens.iter());

@@ -103,7 +103,7 @@ pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
     }
     let all = engines.all();
     type Pick = fn(&EngineStats) -> &std::sync::atomic::AtomicU64;
-    let counters: [(&str, &str, Pick); 10] = [
+    let counters: [(&str, &str, Pick); 11] = [
         (
             "airavata_prompt_tokens_total",
             "Prompt tokens evaluated (prompt-cache hits excluded).",
@@ -126,6 +126,11 @@ pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
             "airavata_backend_greedy_tokens_total",
             "Of the tokens sampled, greedy ones the backend picked in the step's graph (--backend-greedy).",
             |s| &s.backend_greedy_tokens,
+        ),
+        (
+            "airavata_backend_greedy_switches_total",
+            "Slots whose backend greedy sampler was attached or detached for a request (each makes llama.cpp re-plan its graph memory).",
+            |s| &s.backend_greedy_switches,
         ),
         (
             "airavata_generations_finished_total",
