@@ -385,6 +385,15 @@ async fn devices_that_do_not_exist_are_refused() {
     assert!(err.to_string().contains("GPU 0 does not exist"), "{err}");
 }
 
+/// Prompts for the tests that compare answers across servers (Devanagari included).
+const SHORT_PROMPTS: [&str; 3] = [
+    "Tell me story number 1.",
+    "कहानी संख्या 2 सुनाइए।",
+    "Lily had 3 red balls",
+];
+/// A prompt that starts a long story.
+const LONG_PROMPT: &str = "Once upon a time there was";
+
 /// Decode-step padding adds dummy tokens on free slots; it must not change
 /// what the real sequences compute nor what free slots keep as prompt cache.
 /// A long request holds slot 0 while three prompts take slots 1-3; then the
@@ -404,12 +413,8 @@ async fn devices_that_do_not_exist_are_refused() {
 async fn decode_padding_keeps_outputs_and_prompt_caches() {
     let model = test_model();
     let c = client();
-    let prompts = [
-        "Tell me story number 1.",
-        "कहानी संख्या 2 सुनाइए।",
-        "Lily had 3 red balls",
-    ];
-    let long = "Once upon a time there was";
+    let prompts = SHORT_PROMPTS;
+    let long = LONG_PROMPT;
     let mut answers: Vec<Vec<String>> = Vec::new();
     let mut padded_seen = Vec::new();
     for (pad, fill_gaps) in [(0u32, FillGaps::Off), (4, FillGaps::Off), (0, FillGaps::On)] {
@@ -518,12 +523,8 @@ async fn decode_padding_keeps_outputs_and_prompt_caches() {
 async fn backend_greedy_picks_match_host_picks() {
     let model = test_model();
     let c = client();
-    let prompts = [
-        "Tell me story number 1.",
-        "कहानी संख्या 2 सुनाइए।",
-        "Lily had 3 red balls",
-        "Once upon a time there was",
-    ];
+    let [a, b, c3] = SHORT_PROMPTS;
+    let prompts = [a, b, c3, LONG_PROMPT];
     let body =
         |p: &str| json!({"prompt": p, "max_tokens": 40, "temperature": 0, "ignore_eos": true});
     let mut runs: Vec<(Vec<String>, Vec<String>, Vec<String>)> = Vec::new();
