@@ -62,13 +62,13 @@ impl GreedySamplers {
         if self.attached(slot) == on || slot >= self.chains.len() {
             return self.attached(slot);
         }
+        if !on {
+            self.detach(slot);
+            return false;
+        }
         let Ok(seq) = i32::try_from(slot) else {
             return false;
         };
-        if !on {
-            self.detach(slot, seq);
-            return false;
-        }
         // A chain is initialised for the backend once: a new one per attach.
         let Some(chain) = self.new_chain() else {
             return false;
@@ -87,8 +87,9 @@ impl GreedySamplers {
         ok
     }
 
-    fn detach(&mut self, slot: usize, seq: i32) {
-        let Some(chain) = self.chains[slot].take() else {
+    fn detach(&mut self, slot: usize) {
+        // Attached only when the slot is a valid sequence id.
+        let (Some(chain), Ok(seq)) = (self.chains[slot].take(), i32::try_from(slot)) else {
             return;
         };
         // SAFETY: as in `set`; after the call the context no longer refers to
@@ -127,9 +128,7 @@ impl GreedySamplers {
 impl Drop for GreedySamplers {
     fn drop(&mut self) {
         for slot in 0..self.chains.len() {
-            if let Ok(seq) = i32::try_from(slot) {
-                self.detach(slot, seq);
-            }
+            self.detach(slot);
         }
     }
 }

@@ -248,9 +248,9 @@ impl Loop<'_> {
         }
     }
 
-    /// On the CPU, after a step that ended `ended` requests, waits up to [`LINGER_AFTER_END`] for as many new requests before
-    /// the next step. `decode` computes the step on the CPU before it
-    /// returns, so a request arriving just after the next step began would
+    /// On the CPU, after a step that ended `ended` requests, waits up to
+    /// [`LINGER_AFTER_END`] for as many new requests before the next step.
+    /// `decode` computes the step on the CPU before it returns, so a request arriving just after the next step began would
     /// wait for all of it, then its own: a client that sends its next request
     /// as soon as it has an answer (a pipeline, an agent, a benchmark) would
     /// pay two steps of first-token time where one suffices. Waiting for all
@@ -760,18 +760,15 @@ impl Loop<'_> {
         Ok(fed)
     }
 
-    /// The argmax of every greedy slot's logits in this step, side by side;
-    /// one entry per `fed` slot (`None`: not greedy, or no logits this step).
+    /// The greedy choice of every greedy slot with logits in this step, one
+    /// entry per `fed` slot ([`Pick::Sampler`]: not greedy, or no logits).
     /// Slots with a backend sampler read the token the step's graph picked;
-    /// the others' rows are scanned here.
+    /// the others' rows are scanned here, side by side.
     fn pick_greedy(&self, fed: &[(usize, usize)]) -> Vec<Pick> {
-        enum From {
-            Backend(Option<LlamaToken>),
-            Row(usize),
-            Nothing,
-        }
-        let mut from = Vec::with_capacity(fed.len());
+        let mut picks = Vec::with_capacity(fed.len());
+        // Rows scanned on the host, and the entry of `picks` each decides.
         let mut rows: Vec<&[f32]> = Vec::with_capacity(fed.len());
+        let mut row_pick = Vec::with_capacity(fed.len());
         for &(slot, _) in fed {
             let idx = self.slots[slot]
                 .as_ref()
@@ -781,28 +778,26 @@ impl Loop<'_> {
                 .greedy_samplers
                 .as_ref()
                 .is_some_and(|g| g.attached(slot));
-            from.push(match idx {
-                None => From::Nothing,
-                Some(idx) if on_backend => From::Backend(self.ctx.sampled_token_ith(idx)),
+            picks.push(match idx {
+                None => Pick::Sampler,
+                Some(idx) if on_backend => match self.ctx.sampled_token_ith(idx) {
+                    Some(t) => Pick::Backend(t),
+                    // No logits came back for this row either: nothing to sample.
+                    None => Pick::Lost,
+                },
                 Some(idx) => {
                     rows.push(self.ctx.get_logits_ith(idx));
-                    From::Row(rows.len() - 1)
+                    row_pick.push(picks.len());
+                    Pick::Sampler
                 }
             });
         }
-        let best = greedy::argmax_rows(&rows);
-        from.into_iter()
-            .map(|f| match f {
-                From::Backend(Some(t)) => Pick::Backend(t),
-                // No logits came back for this row either: nothing to sample.
-                From::Backend(None) => Pick::Lost,
-                From::Row(r) => match best[r] {
-                    Some(i) => Pick::Token(LlamaToken(i32::try_from(i).unwrap_or(i32::MAX))),
-                    None => Pick::Sampler,
-                },
-                From::Nothing => Pick::Sampler,
-            })
-            .collect()
+        for (at, best) in row_pick.into_iter().zip(greedy::argmax_rows(&rows)) {
+            if let Some(i) = best {
+                picks[at] = Pick::Token(LlamaToken(i32::try_from(i).unwrap_or(i32::MAX)));
+            }
+        }
+        picks
     }
 
     /// Counts one step's shape in the profile (its phases are timed by the
