@@ -394,8 +394,8 @@ for line in open(f"{out}/batched-bench-steady.md"):
         stg[(int(cells[0]), int(cells[2]))] = float(cells[7])  # PP | TG | B | N_KV | T_PP | S_PP | T_TG | S_TG
 pps = sorted({pp for pp, _ in stg})
 print("| streams | requests | prompt tokens | ours tok/s | " + " | ".join(f"S_TG PP={pp} | ratio" for pp in pps)
-      + " | tokens/step | micro-batches/step | dummies/step | ms/step | decode / sync / sample ms |")
-print("|--:|--:|--:|--:|" + "--:|--:|" * len(pps) + "--:|--:|--:|--:|--:|")
+      + " | tokens/step | micro-batches/step | dummies/step | graphs reused/step | ms/step | decode / sync / sample ms |")
+print("|--:|--:|--:|--:|" + "--:|--:|" * len(pps) + "--:|--:|--:|--:|--:|--:|")
 for c in levels:
     r = json.load(open(f"{out}/bench-steady{tag}{c}.json"))
     l = {x["concurrency"]: x for x in r["levels"]}[c]
@@ -404,7 +404,8 @@ for c in levels:
     ms, ph = e.get("total_ms_per_step", 0), e.get("ms_per_step") or {}
     cols = " | ".join(f"{stg.get((pp, c), 0):.1f} | **{a / stg[(pp, c)] if stg.get((pp, c)) else 0:.3f}**" for pp in pps)
     print(f"| {c} | {l['ok']} | {l.get('mean_prompt_tokens') or 0:.0f} | {a:.1f} | {cols} | {e.get('tokens_per_step', 0):.1f} | "
-          f"{e.get('micro_batches_per_step', 0):.2f} | {e.get('padded_tokens_per_step', 0):.2f} | {ms:.2f} | "
+          f"{e.get('micro_batches_per_step', 0):.2f} | {e.get('padded_tokens_per_step', 0):.2f} | "
+          f"{e.get('reused_graphs_per_step', 0):.2f} | {ms:.2f} | "
           f"{ph.get('decode', 0):.2f} / {ph.get('sync', 0):.2f} / {ph.get('sample', 0):.2f} |")
 PY
 }

@@ -656,6 +656,12 @@ async fn metrics_info_and_health_move() {
         metric(&c, &base, "airavata_engine_step_tokens_total").await,
         prompt + 7.0
     );
+    // llama.cpp builds a graph for the prompt and for the first one-token
+    // step; the six one-token steps after it reuse that graph.
+    assert_eq!(
+        metric(&c, &base, "airavata_engine_graphs_reused_total").await,
+        6.0
+    );
     for phase in ["plan", "decode", "sync", "sample", "emit"] {
         let name = format!("airavata_engine_step_seconds_total{{phase=\"{phase}\"}}");
         assert!(metric(&c, &base, &name).await > 0.0, "{phase}");

@@ -17,6 +17,7 @@ pub struct EngineCounters {
     tokens: f64,
     micro_batches: f64,
     padded_tokens: f64,
+    graphs_reused: f64,
 }
 
 impl EngineCounters {
@@ -45,6 +46,7 @@ impl EngineCounters {
                 "airavata_engine_step_tokens_total" => c.tokens = v,
                 "airavata_engine_micro_batches_total" => c.micro_batches = v,
                 "airavata_engine_padded_tokens_total" => c.padded_tokens = v,
+                "airavata_engine_graphs_reused_total" => c.graphs_reused = v,
                 _ => continue,
             }
             seen = true;
@@ -68,6 +70,10 @@ pub struct EngineProfile {
     /// not in `tokens_per_step`).
     #[serde(default)]
     pub padded_tokens_per_step: f64,
+    /// Graph evaluations per step that reused the previous graph (llama.cpp
+    /// built and allocated a new one for the rest).
+    #[serde(default)]
+    pub reused_graphs_per_step: f64,
     /// Milliseconds per step by phase (plan, decode, sync, sample, emit).
     pub ms_per_step: BTreeMap<String, f64>,
     /// Sum of the phases, ms per step.
@@ -94,6 +100,7 @@ impl EngineProfile {
             tokens_per_step: per(after.tokens, before.tokens),
             micro_batches_per_step: per(after.micro_batches, before.micro_batches),
             padded_tokens_per_step: per(after.padded_tokens, before.padded_tokens),
+            reused_graphs_per_step: per(after.graphs_reused, before.graphs_reused),
             total_ms_per_step: ms_per_step.values().sum(),
             ms_per_step,
         })
@@ -123,6 +130,7 @@ mod tests {
         tokens: u32,
         micro: u32,
         padded: u32,
+        reused: u32,
         decode_s: f64,
     ) -> String {
         format!(
@@ -134,6 +142,7 @@ mod tests {
              airavata_engine_step_tokens_total {tokens}\n\
              airavata_engine_micro_batches_total {micro}\n\
              airavata_engine_padded_tokens_total {padded}\n\
+             airavata_engine_graphs_reused_total {reused}\n\
              airavata_generated_tokens_total 99\n",
             steps.0, steps.1
         )
@@ -141,14 +150,15 @@ mod tests {
 
     #[test]
     fn profile_is_the_per_step_difference() {
-        let a = EngineCounters::parse(&exposition((10, 2), 100, 14, 3, 1.0)).expect("ours");
-        let b = EngineCounters::parse(&exposition((16, 4), 400, 24, 7, 1.8)).expect("ours");
+        let a = EngineCounters::parse(&exposition((10, 2), 100, 14, 3, 5, 1.0)).expect("ours");
+        let b = EngineCounters::parse(&exposition((16, 4), 400, 24, 7, 11, 1.8)).expect("ours");
         let p = EngineProfile::between(&a, &b).expect("steps ran");
         assert_eq!(p.steps, 8);
         assert!((p.mixed_fraction - 0.25).abs() < 1e-12);
         assert!((p.tokens_per_step - 37.5).abs() < 1e-12);
         assert!((p.micro_batches_per_step - 1.25).abs() < 1e-12);
         assert!((p.padded_tokens_per_step - 0.5).abs() < 1e-12);
+        assert!((p.reused_graphs_per_step - 0.75).abs() < 1e-12);
         assert!((p.phase_ms("decode") - 100.0).abs() < 1e-9);
         assert_eq!(p.phase_ms("plan"), 0.0);
         assert!((p.total_ms_per_step - 100.0).abs() < 1e-9);

@@ -118,8 +118,8 @@ fn engine_table(s: &mut String, reports: &[BenchReport]) {
     s.push_str(
         "\nEngine steps (server side, from /metrics; ms per step):\n\n\
          | run | conc | steps | mixed % | tokens/step | micro-batches/step | dummies/step \
-         | plan | decode | sync | sample | emit | total |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         | graphs reused/step | plan | decode | sync | sample | emit | total |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in reports {
         for l in &r.levels {
@@ -132,7 +132,7 @@ fn engine_table(s: &mut String, reports: &[BenchReport]) {
                 .collect();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {} | {:.2} |",
+                "| {} | {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {:.2} |",
                 md_escape(&r.label),
                 l.concurrency,
                 e.steps,
@@ -140,6 +140,7 @@ fn engine_table(s: &mut String, reports: &[BenchReport]) {
                 e.tokens_per_step,
                 e.micro_batches_per_step,
                 e.padded_tokens_per_step,
+                e.reused_graphs_per_step,
                 phases.join(" | "),
                 e.total_ms_per_step
             );

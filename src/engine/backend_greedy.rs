@@ -21,6 +21,8 @@ use std::ptr::{null_mut, NonNull};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_sys_2 as sys;
 
+use super::raw_context::raw_context;
+
 /// The tensors of the graph being built that the slots' samplers share.
 #[derive(Default)]
 struct GraphState {
@@ -131,24 +133,6 @@ impl Drop for GreedySamplers {
             self.detach(slot);
         }
     }
-}
-
-/// The raw `llama_context` behind `ctx`. llama-cpp-2 keeps it private but
-/// prints it in its `Debug` output (`LlamaContext { context: 0x… }`); the
-/// result is checked against the context's size.
-fn raw_context(ctx: &LlamaContext<'_>) -> Option<NonNull<sys::llama_context>> {
-    let text = format!("{ctx:?}");
-    let hex = text
-        .strip_prefix("LlamaContext { context: 0x")?
-        .strip_suffix(" }")?;
-    let addr = usize::from_str_radix(hex, 16).ok()?;
-    let raw = NonNull::new(std::ptr::with_exposed_provenance_mut::<sys::llama_context>(
-        addr,
-    ))?;
-    // SAFETY: `addr` is the address llama-cpp-2 holds for this live context
-    // (its `Debug` prints exactly that pointer), so it is a valid context.
-    let n_ctx = unsafe { sys::llama_n_ctx(raw.as_ptr()) };
-    (n_ctx == ctx.n_ctx()).then_some(raw)
 }
 
 static IFACE: sys::llama_sampler_i = sys::llama_sampler_i {

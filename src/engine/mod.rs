@@ -51,6 +51,7 @@ pub mod logprobs;
 pub mod model_load;
 pub mod prompt;
 mod prompt_cache;
+mod raw_context;
 pub mod request;
 pub mod sampler;
 mod slot;

@@ -199,6 +199,9 @@ pub struct StepProfile {
     pub predicted_micro_batches: AtomicU64,
     /// Dummy tokens on unfed slots: gaps between fed slots (`--fill-gaps`) and decode padding (`--decode-pad`).
     pub padded_tokens: AtomicU64,
+    /// Graph evaluations that reused the previous one's graph (llama.cpp's
+    /// own counter; the rest built and allocated a new graph).
+    pub graphs_reused: AtomicU64,
 }
 
 impl StepProfile {

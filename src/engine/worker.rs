@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroU16;
+use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -25,6 +26,7 @@ use super::logprobs::{self, RowLogprobs, TokenLogprob, TopLogprob};
 use super::prompt_cache::{
     common_prefix, common_prefix_of_parts, pick_slot, MIN_SHARED_PREFIX_GAIN,
 };
+use super::raw_context;
 use super::request::{Event, FinishReason};
 use super::sampler;
 use super::slot::{Active, Job, Outcome};
@@ -86,6 +88,7 @@ fn load_and_serve(
     let decode_is_async = load::runs_on_gpu(info.n_gpu_layers, info.gpu_offload);
     let n_ctx_slot = info.n_ctx_slot as usize;
     let slots = config.parallel as usize;
+    let raw_ctx = raw_context::raw_context(&ctx);
     let greedy_samplers = if info.backend_greedy {
         let g = GreedySamplers::new(&ctx, slots);
         if g.is_none() {
@@ -106,6 +109,7 @@ fn load_and_serve(
     let mut lp = Loop {
         model: &model.model,
         greedy_samplers,
+        raw_ctx,
         ctx,
         stats,
         published: &shared.prompt_cache,
@@ -180,6 +184,9 @@ struct Loop<'m> {
     /// Backend greedy samplers per slot (`--backend-greedy`). Declared before
     /// `ctx` so that they are detached while the context still lives.
     greedy_samplers: Option<GreedySamplers>,
+    /// `ctx`'s raw handle, for llama.cpp's graph-reuse counter (`None`: not
+    /// to be had; the counter stays 0).
+    raw_ctx: Option<NonNull<llama_cpp_sys_2::llama_context>>,
     ctx: LlamaContext<'m>,
     stats: &'m EngineStats,
     /// Each free slot's cached tokens, for the router ([`super::Engine::cached_prefix`]).
@@ -569,6 +576,13 @@ impl Loop<'_> {
             return;
         }
         clock.lap(Phase::Decode);
+        if let Some(raw) = self.raw_ctx {
+            let reused = raw_context::graphs_reused(raw);
+            self.stats
+                .steps
+                .graphs_reused
+                .store(reused, Ordering::Relaxed);
+        }
         // A GPU computes the step; meanwhile the previous step's tokens
         // become text (on the CPU they went out at the end of that step).
         // Requests ended by a stop string leave here.

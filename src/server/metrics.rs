@@ -337,7 +337,7 @@ fn step_profile(out: &mut String, all: &[Engine]) {
         });
         family(out, name, &labels, &series);
     }
-    let rest: [(&str, &str, Pick); 2] = [
+    let rest: [(&str, &str, Pick); 3] = [
         (
             "airavata_engine_step_tokens_total",
             "Tokens fed to llama_decode over all steps (padding excluded).",
@@ -347,6 +347,11 @@ fn step_profile(out: &mut String, all: &[Engine]) {
             "airavata_engine_micro_batches_total",
             "Graph evaluations llama.cpp is predicted to split the steps into (from each step's shape).",
             |p| &p.predicted_micro_batches,
+        ),
+        (
+            "airavata_engine_graphs_reused_total",
+            "Graph evaluations that reused the previous one's graph instead of building a new one (llama.cpp's counter).",
+            |p| &p.graphs_reused,
         ),
     ];
     for (name, help, pick) in rest {
