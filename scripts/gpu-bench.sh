@@ -26,6 +26,8 @@
 #                                  # vs least-loaded (prompt-cache hit rate, TTFT)
 #   scripts/gpu-bench.sh steady    # batched ceiling at steady state: 64/128/256 streams with 8 requests per
 #                                  # stream on one GPU vs llama-batched-bench S_TG (needs buildmg, synth, gguf)
+#   scripts/gpu-bench.sh mixed     # 48 greedy + 16 sampled streams on GPU 0, --backend-greedy on vs off
+#                                  # (cost of attaching/detaching backend samplers as requests alternate)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
 #
@@ -463,6 +465,53 @@ for routing in ["prefix", "least-loaded"]:
         ttft = l.get("ttft_ms") or {}
         print(f"| {routing} | {l['concurrency']} | {l['output_tokens_per_s'] or 0:.1f} | {ttft.get('p50', 0):.1f} | "
               f"{ttft.get('p90', 0):.1f} | {pt:.0f} | {ct:.0f} | {ct / (pt + ct) if pt + ct else 0:.3f} | {by_prefix:.0f} | {l['errors']} |")
+PY
+}
+
+# Greedy and sampled requests on one server at once (GPU 0, 64 slots): 48 greedy streams and 16 sampled
+# ones (temperature 0.8), with --backend-greedy on and off. A slot that switches between the two detaches
+# or attaches its backend sampler, and llama.cpp re-plans its graph at the next step: this measures what
+# that costs. Reports each bench's tok/s, their sum, and the switch and backend-pick counters.
+stage_mixed() {
+  local slots=${MIX_SLOTS:-64} bg label pid
+  for bg in on off; do
+    label=mix-$bg
+    log "our server: $label (48 greedy + 16 sampled streams)"
+    "${AIRAVATA[@]}" serve "$OURS" --port 18080 --parallel "$slots" --ctx-size $((slots * CTX_PER_SLOT)) \
+       --backends-dir "$BUILD/bin" --devices 0 --backend-greedy "$bg" >"$OUT/server-$label.log" 2>&1 &
+    pid=$!
+    wait_http http://127.0.0.1:18080/health
+    "${AIRAVATA[@]}" bench --url http://127.0.0.1:18080 --concurrency 48 --requests 384 --max-tokens 128 \
+      --prompt-tokens 32 --label "$label-greedy" --json "$OUT/bench-$label-greedy.json" >"$OUT/bench-$label-greedy.md" &
+    local greedy=$!
+    "${AIRAVATA[@]}" bench --url http://127.0.0.1:18080 --concurrency 16 --requests 128 --max-tokens 128 \
+      --prompt-tokens 32 --temperature 0.8 --label "$label-sampled" --json "$OUT/bench-$label-sampled.json" \
+      >"$OUT/bench-$label-sampled.md"
+    wait $greedy
+    curl -s http://127.0.0.1:18080/metrics >"$OUT/metrics-$label.txt" || true
+    kill $pid; wait $pid 2>/dev/null || true
+  done
+  python3 - "$OUT" <<'PY' | tee "$OUT/mixed.md"
+import json, sys
+out = sys.argv[1]
+def metric(path, name):
+    for line in open(path):
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+def level(path):
+    r = json.load(open(path)); r = r[0] if isinstance(r, list) else r
+    return r["levels"][0]
+print("| backend greedy | greedy tok/s (48) | sampled tok/s (16) | sum | switches | backend picks / generated | ms/step | errors |")
+print("|---|--:|--:|--:|--:|--:|--:|--:|")
+for bg in ["on", "off"]:
+    g, s = level(f"{out}/bench-mix-{bg}-greedy.json"), level(f"{out}/bench-mix-{bg}-sampled.json")
+    m = f"{out}/metrics-mix-{bg}.txt"
+    tg, ts = g["output_tokens_per_s"] or 0, s["output_tokens_per_s"] or 0
+    e = g.get("engine") or {}
+    print(f"| {bg} | {tg:.1f} | {ts:.1f} | {tg + ts:.1f} | {metric(m, 'airavata_backend_greedy_switches_total'):.0f} | "
+          f"{metric(m, 'airavata_backend_greedy_tokens_total'):.0f} / {metric(m, 'airavata_generated_tokens_total'):.0f} | "
+          f"{e.get('total_ms_per_step', 0):.2f} | {g['errors'] + s['errors']} |")
 PY
 }
 
