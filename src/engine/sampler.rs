@@ -1,6 +1,5 @@
 //! Per-request sampler chains, and the grammar that may constrain them.
 
-use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::data::LlamaTokenData;
@@ -62,17 +61,9 @@ impl Sampler {
         self.grammar.is_some()
     }
 
-    /// Samples the token for the logits at batch index `idx` and accepts it
-    /// into the chain and the grammar.
-    pub fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> Result<LlamaToken, String> {
-        if self.grammar.is_none() {
-            return Ok(self.chain.sample(ctx, idx));
-        }
-        self.sample_row(ctx.get_logits_ith(idx))
-    }
-
-    /// Samples from one row of logits (a copy; the engine hands constrained
-    /// requests to its grammar thread with one) and accepts the token.
+    /// Samples from one row of logits and accepts the token. The engine draws
+    /// the step's rows side by side on its own threads, and hands constrained
+    /// requests to its grammar thread with a copy of theirs.
     pub fn sample_row(&mut self, logits: &[f32]) -> Result<LlamaToken, String> {
         // Unconstrained choice first; a grammar keeps it when it allows it.
         let mut cur = candidates(logits);

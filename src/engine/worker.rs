@@ -15,6 +15,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+use rayon::prelude::*;
 use tokio::sync::mpsc;
 
 use super::backend_greedy::GreedySamplers;
@@ -163,6 +164,20 @@ enum Pick {
     Backend(LlamaToken),
     /// The backend sampler returned no token for the slot's row.
     Lost,
+    /// Drawn on the host by the slot's own sampler, with the row's
+    /// log-probabilities when the request asked for them
+    /// ([`Loop::draw_on_host`]).
+    Drawn(Result<LlamaToken, String>, Option<RowLogprobs>),
+}
+
+/// One slot's host work in [`Loop::draw_on_host`]: its pick (replaced by the
+/// result), its sampler when the sampler decides, its logits row, and how
+/// many top log-probabilities it wants.
+struct HostDraw<'a> {
+    pick: &'a mut Pick,
+    sampler: Option<&'a mut sampler::Sampler>,
+    row: &'a [f32],
+    logprobs: Option<usize>,
 }
 
 /// A picked token whose text is still to be produced.
@@ -606,7 +621,7 @@ impl Loop<'_> {
         // Counted before any answer goes out, so a client that has its last
         // token sees this step in /metrics.
         self.record_step(&plan, &pads);
-        let picks = self.pick_greedy(&fed);
+        let mut picks = self.pick_greedy(&fed);
         // Constrained requests first, so that the grammar thread works while
         // the others are sampled here.
         let constrained = |s: &Option<Active>| {
@@ -618,6 +633,7 @@ impl Loop<'_> {
                 self.hand_off(slot);
             }
         }
+        self.draw_on_host(&fed, &mut picks);
         for (&(slot, _), pick) in fed.iter().zip(picks) {
             self.sample(slot, pick);
         }
@@ -967,44 +983,100 @@ impl Loop<'_> {
         Ok(n_tokens)
     }
 
-    /// Picks the next token for `slot` if its logits are in this batch (`pick`:
-    /// the greedy choice already made for the whole step). The token is fed to
-    /// the next step at once; its text is produced by [`Self::flush_emits`]
-    /// while that step runs on the backend.
+    /// Draws on the host, side by side on the rayon pool, every token of this
+    /// step that needs a slot's own sampler (temperature, top-p, penalties:
+    /// a softmax over the vocabulary and a sort each) and every row whose
+    /// log-probabilities were asked for. Done one slot after another, these
+    /// cost milliseconds per sampled slot while the device waits for the next
+    /// step. Each slot's `pick` becomes [`Pick::Drawn`]; constrained slots
+    /// (handed to the grammar thread) and backend picks without
+    /// log-probabilities are left as they are.
+    fn draw_on_host(&mut self, fed: &[(usize, usize)], picks: &mut [Pick]) {
+        let ctx = &self.ctx;
+        let mut draws: Vec<HostDraw<'_>> = Vec::new();
+        let mut fed_picks = fed
+            .iter()
+            .map(|&(slot, _)| slot)
+            .zip(picks.iter_mut())
+            .peekable();
+        for (slot, held) in self.slots.iter_mut().enumerate() {
+            let Some((_, pick)) = fed_picks.next_if(|&(s, _)| s == slot) else {
+                continue;
+            };
+            let Some(a) = held.as_mut() else {
+                continue;
+            };
+            let Some(idx) = a.logits_at else {
+                continue;
+            };
+            let by_sampler = matches!(pick, Pick::Sampler) && a.sampler.is_some();
+            let logprobs = a.job.logprobs;
+            if !by_sampler && (logprobs.is_none() || matches!(pick, Pick::Lost)) {
+                continue;
+            }
+            draws.push(HostDraw {
+                pick,
+                sampler: if by_sampler { a.sampler.as_mut() } else { None },
+                row: ctx.get_logits_ith(idx),
+                logprobs,
+            });
+        }
+        let draw = |d: &mut HostDraw<'_>| {
+            let token = match (d.sampler.as_deref_mut(), &*d.pick) {
+                (Some(sampler), _) => sampler.sample_row(d.row),
+                (None, Pick::Token(t) | Pick::Backend(t)) => Ok(*t),
+                (None, _) => return,
+            };
+            let row_logprobs = match (&token, d.logprobs) {
+                (Ok(t), Some(n)) => Some(logprobs::row_logprobs(
+                    d.row,
+                    usize::try_from(t.0).unwrap_or(usize::MAX),
+                    n,
+                )),
+                _ => None,
+            };
+            *d.pick = Pick::Drawn(token, row_logprobs);
+        };
+        if draws.len() > 1 {
+            draws.par_iter_mut().for_each(draw);
+        } else {
+            draws.iter_mut().for_each(draw);
+        }
+    }
+
+    /// Takes the token picked for `slot` if its logits are in this batch
+    /// (`pick`: made for the whole step by [`Self::pick_greedy`] and
+    /// [`Self::draw_on_host`]). The token is fed to the next step at once; its
+    /// text is produced by [`Self::flush_emits`] while that step runs on the
+    /// backend.
     fn sample(&mut self, slot: usize, pick: Pick) {
         let Some(a) = self.slots[slot].as_mut() else {
             return;
         };
-        let Some(idx) = a.logits_at.take() else {
+        if a.logits_at.take().is_none() {
             return;
-        };
-        let token = match (pick, a.sampler.as_mut()) {
-            (Pick::Token(t), _) => t,
-            (Pick::Backend(t), _) => {
+        }
+        let (token, row_logprobs) = match pick {
+            Pick::Token(t) => (t, None),
+            Pick::Backend(t) => {
                 self.stats
                     .backend_greedy_tokens
                     .fetch_add(1, Ordering::Relaxed);
-                t
+                (t, None)
             }
-            (Pick::Lost, _) => {
+            Pick::Drawn(Ok(t), row_logprobs) => (t, row_logprobs),
+            Pick::Drawn(Err(e), _) => {
+                self.end_request(slot, Outcome::Failed(EngineError::Sampling(e)));
+                return;
+            }
+            Pick::Lost => {
                 let e = "the backend sampler returned no token".to_string();
                 self.end_request(slot, Outcome::Failed(EngineError::Sampling(e)));
                 return;
             }
-            (Pick::Sampler, Some(sampler)) => match sampler.sample(&self.ctx, idx) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.end_request(slot, Outcome::Failed(EngineError::Sampling(e)));
-                    return;
-                }
-            },
-            (Pick::Sampler, None) => return,
+            // Constrained: the grammar thread picks it.
+            Pick::Sampler => return,
         };
-        // From the raw logits of this position, whatever the sampler did.
-        let row_logprobs = a.job.logprobs.map(|n| {
-            let row = self.ctx.get_logits_ith(idx);
-            logprobs::row_logprobs(row, usize::try_from(token.0).unwrap_or(usize::MAX), n)
-        });
         self.take_token(slot, token, row_logprobs);
     }
 
