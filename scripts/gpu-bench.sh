@@ -443,8 +443,8 @@ stage_prefixroute() {
   for routing in prefix least-loaded; do
     SLOTS=$slots CTX_PER_SLOT=2048 CONC=${PR_CONC:-48} \
       BENCH_FLAGS="--prefix-groups ${PR_GROUPS:-48} --requests ${PR_REQUESTS:-384}" \
-      PROMPT_TOKENS=${PR_PROMPT:-1024} MAX_TOKENS=${PR_MAX:-32} \
-      serve_ours "route-$routing" --devices "${MG_ALL:-all}" --routing "$routing"
+      PROMPT_TOKENS=${PR_PROMPT:-512} MAX_TOKENS=${PR_MAX:-32} \
+      serve_ours "route-$routing" --devices "${MG_ALL:-all}" --routing "$routing" ${PR_FLAGS:-}
   done
   python3 - "$OUT" <<'PY' | tee "$OUT/prefixroute.md"
 import json, sys

@@ -508,6 +508,57 @@ async fn decode_padding_keeps_outputs_and_prompt_caches() {
     }
 }
 
+/// Gap dummies only take room the plan left in the batch. A long request
+/// holds slot 0, a short one slot 1, and a long prompt is prefilled in slot 2
+/// in chunks that fill the batch (16 tokens with slot 0's decode token). When
+/// the short request ends, slot 1 is a gap between fed slots: with no room
+/// left, its dummy would overflow the batch and fail every running request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gap_dummies_never_overflow_a_full_batch() {
+    let mut opts = ServeOptions {
+        fill_gaps: FillGaps::On,
+        batch_size: 16,
+        ..test_options()
+    };
+    opts.step_delay_ms = Some(20);
+    let server = start(opts, test_model()).await;
+    let base = server.url();
+    let c = client();
+    let body = |p: &str, n: u32| json!({"prompt": p, "max_new_tokens": n, "ignore_eos": true});
+    let send = |b: Value| {
+        let (c, url) = (c.clone(), format!("{base}/generate"));
+        tokio::spawn(async move { post(&c, url, b).await })
+    };
+    let held = send(body(LONG_PROMPT, 60));
+    wait_active(&c, &base, 0, 1).await;
+    let short = send(body(SHORT_PROMPTS[1], 3));
+    wait_active(&c, &base, 0, 2).await;
+    let long_prompt = "Lily had a red ball and a blue kite. ".repeat(16);
+    let n_long = server
+        .engine()
+        .tokenize_prompt(&Prompt::User(long_prompt.clone()))
+        .expect("tokens")
+        .len();
+    assert!(
+        n_long > 8 * 16,
+        "the prompt takes several full chunks: {n_long}"
+    );
+    let (s, v) = post(&c, format!("{base}/generate"), body(&long_prompt, 4)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
+    for (what, task, n) in [("short", short, 3), ("held", held, 60)] {
+        let (s, v) = task.await.expect(what);
+        assert_eq!(s, 200, "{what}: {v}");
+        assert_eq!(v["usage"]["completion_tokens"], n, "{what}: {v}");
+    }
+    let text = metrics(&c, &base).await;
+    assert_eq!(value(&text, "airavata_generations_failed_total"), 0.0);
+    // Once the prompt is in, slot 1 is a gap between slots 0 and 2 and its
+    // decode steps do carry a dummy.
+    assert!(value(&text, "airavata_engine_padded_tokens_total") >= 1.0);
+    server.shutdown().await.expect("shutdown");
+}
+
 /// `--backend-greedy on` on the CPU: greedy tokens come from the `argmax`
 /// at the end of the step's graph, and answers equal the host's picks (one
 /// request at a time: the same batch shapes on both servers, so exactly;

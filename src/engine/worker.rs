@@ -871,18 +871,23 @@ impl Loop<'_> {
     /// attention span: llama.cpp attends over the longest stream of a
     /// micro-batch, rounded up to [`KV_SPAN_PAD`] cells, for every stream in
     /// it, so a free slot holding a long cached conversation stays out.
+    /// Dummies only take room the plan left in the batch: a step whose
+    /// prompt chunk fills it gets none (and may cost a second pass).
     fn pad_slots(&self, plan: &[Work]) -> Vec<(usize, i32)> {
         let Some(top) = plan.iter().map(Work::slot).max() else {
             return Vec::new();
         };
         let uniform = plan.iter().all(|w| w.n_tokens() == 1);
         let n = plan.len();
+        let room = self
+            .n_batch
+            .saturating_sub(plan.iter().map(Work::n_tokens).sum());
         let target = if self.decode_pad > 0 && uniform {
             (n.div_ceil(self.decode_pad) * self.decode_pad).min(self.slots.len())
         } else {
             n
         };
-        if !self.fill_gaps && target == n {
+        if room == 0 || (!self.fill_gaps && target == n) {
             return Vec::new();
         }
         let span = plan
@@ -902,6 +907,9 @@ impl Loop<'_> {
         }
         let mut pads = Vec::new();
         for (slot, held) in self.slots.iter().enumerate() {
+            if pads.len() == room {
+                break;
+            }
             let gap = self.fill_gaps && slot < top;
             if !gap && n + pads.len() >= target {
                 if slot > top {
