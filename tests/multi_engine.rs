@@ -508,6 +508,102 @@ async fn decode_padding_keeps_outputs_and_prompt_caches() {
     }
 }
 
+/// A step draws its host-sampled rows in parallel, each with its own slot's
+/// sampler and logits row. Sampling with `top_k` 1 always draws the most
+/// likely token, so four such requests side by side (next to two freely
+/// sampled ones) must give the greedy answers of their prompts alone: a row
+/// given to the wrong slot's sampler would change them all. llama.cpp's CPU
+/// kernels are not batch-invariant, so a near-tie may flip one answer of
+/// four. One of them also asks for log-probabilities, computed in the same
+/// parallel pass: each drawn token's is the best of its top two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_host_draws_keep_each_slot_on_its_own_row() {
+    let opts = ServeOptions {
+        parallel: 6,
+        ..test_options()
+    };
+    let server = start(opts, test_model()).await;
+    let url = format!("{}/v1/completions", server.url());
+    let c = client();
+    let prompts = [
+        SHORT_PROMPTS[0],
+        SHORT_PROMPTS[1],
+        SHORT_PROMPTS[2],
+        LONG_PROMPT,
+    ];
+    let body = |p: &str| json!({"prompt": p, "max_tokens": 24, "ignore_eos": true});
+    let text = |v: &Value| {
+        v["choices"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut greedy = Vec::new();
+    for p in prompts {
+        let mut b = body(p);
+        b["temperature"] = json!(0.0);
+        let (s, v) = post(&c, url.clone(), b).await;
+        assert_eq!(s, 200, "{v}");
+        greedy.push(text(&v));
+    }
+    let mut bodies: Vec<Value> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut b = body(p);
+            b["temperature"] = json!(0.9);
+            b["top_k"] = json!(1);
+            b["seed"] = json!(i);
+            b
+        })
+        .collect();
+    bodies[2]["logprobs"] = json!(2);
+    for seed in [5, 6] {
+        let mut b = body(LONG_PROMPT);
+        b["temperature"] = json!(0.9);
+        b["seed"] = json!(seed);
+        bodies.push(b);
+    }
+    let futs = bodies.into_iter().map(|b| {
+        let (c, url) = (c.clone(), url.clone());
+        async move { post(&c, url, b).await }
+    });
+    let together: Vec<Value> = futures::future::join_all(futs)
+        .await
+        .into_iter()
+        .map(|(s, v)| {
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(v["usage"]["completion_tokens"], 24, "{v}");
+            v
+        })
+        .collect();
+    let differing = greedy
+        .iter()
+        .zip(&together)
+        .filter(|(g, v)| **g != text(v))
+        .count();
+    assert!(
+        differing <= 1,
+        "{differing} of 4 changed:\n{greedy:?}\n{together:?}"
+    );
+    let lp = &together[2]["choices"][0]["logprobs"];
+    let token_lps = lp["token_logprobs"].as_array().expect("token_logprobs");
+    let tops = lp["top_logprobs"].as_array().expect("top_logprobs");
+    assert_eq!(token_lps.len(), 24, "{lp}");
+    assert_eq!(tops.len(), 24, "{lp}");
+    for (x, top) in token_lps.iter().zip(tops) {
+        let x = x.as_f64().expect("logprob");
+        let best = top
+            .as_object()
+            .expect("top map")
+            .values()
+            .filter_map(Value::as_f64)
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!((x - best).abs() < 1e-9 && x < 0.0, "{x} vs {top}");
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
 /// Gap dummies only take room the plan left in the batch. A long request
 /// holds slot 0, a short one slot 1, and a long prompt is prefilled in slot 2
 /// in chunks that fill the batch (16 tokens with slot 0's decode token). When
