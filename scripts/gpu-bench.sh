@@ -58,6 +58,17 @@ SLOTS=${SLOTS:-64}
 CTX_PER_SLOT=${CTX_PER_SLOT:-512}
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
 
+# A summary script (on stdin) run with the helpers the summaries share: json, sys, and
+# metric(path, name), one unlabelled series of a saved /metrics page (0 when absent).
+PY_HELPERS='import json, sys
+def metric(path, name):
+    for line in open(path):
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+'
+summarize() { python3 -c "$PY_HELPERS$(cat)" "$@"; }
+
 # Peak RSS (KiB) and wall time of a command, without /usr/bin/time.
 measure() {
   python3 - "$@" <<'PY'
@@ -446,14 +457,8 @@ stage_prefixroute() {
       PROMPT_TOKENS=${PR_PROMPT:-512} MAX_TOKENS=${PR_MAX:-32} \
       serve_ours "route-$routing" --devices "${MG_ALL:-all}" --routing "$routing" ${PR_FLAGS:-}
   done
-  python3 - "$OUT" <<'PY' | tee "$OUT/prefixroute.md"
-import json, sys
+  summarize "$OUT" <<'PY' | tee "$OUT/prefixroute.md"
 out = sys.argv[1]
-def metric(path, name):
-    for line in open(path):
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 print("| routing | streams | tok/s | TTFT p50 ms | TTFT p90 ms | prompt tokens evaluated | from cache | hit rate | routed by prefix | errors |")
 print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 for routing in ["prefix", "least-loaded"]:
@@ -491,14 +496,8 @@ stage_mixed() {
     curl -s http://127.0.0.1:18080/metrics >"$OUT/metrics-$label.txt" || true
     kill $pid; wait $pid 2>/dev/null || true
   done
-  python3 - "$OUT" <<'PY' | tee "$OUT/mixed.md"
-import json, sys
+  summarize "$OUT" <<'PY' | tee "$OUT/mixed.md"
 out = sys.argv[1]
-def metric(path, name):
-    for line in open(path):
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 def level(path):
     r = json.load(open(path)); r = r[0] if isinstance(r, list) else r
     return r["levels"][0]

@@ -46,6 +46,14 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{text}"))
 }
 
+/// The text of a `/v1/completions` answer.
+fn completion_text(v: &Value) -> String {
+    v["choices"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn two_cpu_engines() -> ServeOptions {
     ServeOptions {
         devices: "cpu,cpu".parse().expect("devices"),
@@ -532,19 +540,13 @@ async fn parallel_host_draws_keep_each_slot_on_its_own_row() {
         LONG_PROMPT,
     ];
     let body = |p: &str| json!({"prompt": p, "max_tokens": 24, "ignore_eos": true});
-    let text = |v: &Value| {
-        v["choices"][0]["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
     let mut greedy = Vec::new();
     for p in prompts {
         let mut b = body(p);
         b["temperature"] = json!(0.0);
         let (s, v) = post(&c, url.clone(), b).await;
         assert_eq!(s, 200, "{v}");
-        greedy.push(text(&v));
+        greedy.push(completion_text(&v));
     }
     let mut bodies: Vec<Value> = prompts
         .iter()
@@ -580,7 +582,7 @@ async fn parallel_host_draws_keep_each_slot_on_its_own_row() {
     let differing = greedy
         .iter()
         .zip(&together)
-        .filter(|(g, v)| **g != text(v))
+        .filter(|(g, v)| **g != completion_text(v))
         .count();
     assert!(
         differing <= 1,
@@ -685,18 +687,12 @@ async fn backend_greedy_picks_match_host_picks() {
         let url = format!("{base}/v1/completions");
         let on = mode == BackendGreedy::On;
         assert_eq!(server.engine().info().expect("info").backend_greedy, on);
-        let text = |v: &Value| {
-            v["choices"][0]["text"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        };
         let mut serial = Vec::new();
         for p in &prompts {
             let (s, v) = post(&c, url.clone(), body(p)).await;
             assert_eq!(s, 200, "{v}");
             assert_eq!(v["usage"]["completion_tokens"], 40, "{v}");
-            serial.push(text(&v));
+            serial.push(completion_text(&v));
         }
         let futs = prompts.iter().map(|p| {
             let (c, url, b) = (c.clone(), url.clone(), body(p));
@@ -705,7 +701,7 @@ async fn backend_greedy_picks_match_host_picks() {
         let mut concurrent = Vec::new();
         for (s, v) in futures::future::join_all(futs).await {
             assert_eq!(s, 200, "{v}");
-            concurrent.push(text(&v));
+            concurrent.push(completion_text(&v));
         }
         // Requests that need the logits on the host.
         let sampled = json!({"prompt": prompts[0], "max_tokens": 20, "temperature": 0.9,
@@ -717,7 +713,7 @@ async fn backend_greedy_picks_match_host_picks() {
         with_logprobs["logprobs"] = json!(2);
         let (s, v) = post(&c, url.clone(), with_logprobs).await;
         assert_eq!(s, 200, "{v}");
-        let mut again = vec![text(&v)];
+        let mut again = vec![completion_text(&v)];
         let lps = v["choices"][0]["logprobs"]["token_logprobs"]
             .as_array()
             .expect("token_logprobs");
@@ -730,7 +726,7 @@ async fn backend_greedy_picks_match_host_picks() {
         for p in &prompts {
             let (s, v) = post(&c, url.clone(), body(p)).await;
             assert_eq!(s, 200, "{v}");
-            again.push(text(&v));
+            again.push(completion_text(&v));
         }
         let m = metrics(&c, &base).await;
         let generated = value(&m, "airavata_generated_tokens_total");
