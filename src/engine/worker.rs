@@ -180,6 +180,21 @@ struct HostDraw<'a> {
     logprobs: Option<usize>,
 }
 
+/// [`Pick::Drawn`] for `token` drawn from `row`, with the row's top
+/// `logprobs` log-probabilities when asked (from the raw logits, whatever
+/// the sampler did).
+fn drawn(token: Result<LlamaToken, String>, row: &[f32], logprobs: Option<usize>) -> Pick {
+    let row_logprobs = match (&token, logprobs) {
+        (Ok(t), Some(n)) => Some(logprobs::row_logprobs(
+            row,
+            usize::try_from(t.0).unwrap_or(usize::MAX),
+            n,
+        )),
+        _ => None,
+    };
+    Pick::Drawn(token, row_logprobs)
+}
+
 /// A picked token whose text is still to be produced.
 struct Emit {
     slot: usize,
@@ -1002,16 +1017,14 @@ impl Loop<'_> {
     fn draw_on_host(&mut self, fed: &[(usize, usize)], picks: &mut [Pick]) {
         let ctx = &self.ctx;
         let mut draws: Vec<HostDraw<'_>> = Vec::new();
-        let mut fed_picks = fed
-            .iter()
-            .map(|&(slot, _)| slot)
-            .zip(picks.iter_mut())
-            .peekable();
-        for (slot, held) in self.slots.iter_mut().enumerate() {
-            let Some((_, pick)) = fed_picks.next_if(|&(s, _)| s == slot) else {
-                continue;
-            };
-            let Some(a) = held.as_mut() else {
+        let mut pick_of: Vec<Option<&mut Pick>> = self.slots.iter().map(|_| None).collect();
+        for (&(slot, _), pick) in fed.iter().zip(picks.iter_mut()) {
+            if let Some(entry) = pick_of.get_mut(slot) {
+                *entry = Some(pick);
+            }
+        }
+        for (held, pick) in self.slots.iter_mut().zip(pick_of) {
+            let (Some(a), Some(pick)) = (held.as_mut(), pick) else {
                 continue;
             };
             let Some(idx) = a.logits_at else {
@@ -1035,15 +1048,7 @@ impl Loop<'_> {
                 (None, Pick::Token(t) | Pick::Backend(t)) => Ok(*t),
                 (None, _) => return,
             };
-            let row_logprobs = match (&token, d.logprobs) {
-                (Ok(t), Some(n)) => Some(logprobs::row_logprobs(
-                    d.row,
-                    usize::try_from(t.0).unwrap_or(usize::MAX),
-                    n,
-                )),
-                _ => None,
-            };
-            *d.pick = Pick::Drawn(token, row_logprobs);
+            *d.pick = drawn(token, d.row, d.logprobs);
         };
         if draws.len() > 1 {
             draws.par_iter_mut().for_each(draw);
@@ -1061,9 +1066,18 @@ impl Loop<'_> {
         let Some(a) = self.slots[slot].as_mut() else {
             return;
         };
-        if a.logits_at.take().is_none() {
+        let Some(idx) = a.logits_at.take() else {
             return;
-        }
+        };
+        let pick = match (pick, a.sampler.as_mut()) {
+            // Drawn by `draw_on_host`; drawn here should a step ever leave
+            // one undrawn.
+            (Pick::Sampler, Some(sampler)) => {
+                let row = self.ctx.get_logits_ith(idx);
+                drawn(sampler.sample_row(row), row, a.job.logprobs)
+            }
+            (pick, _) => pick,
+        };
         let (token, row_logprobs) = match pick {
             Pick::Token(t) => (t, None),
             Pick::Backend(t) => {
