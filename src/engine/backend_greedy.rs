@@ -18,10 +18,7 @@ use std::cell::Cell;
 use std::ffi::{c_char, CStr};
 use std::ptr::{null_mut, NonNull};
 
-use llama_cpp_2::context::LlamaContext;
 use llama_cpp_sys_2 as sys;
-
-use super::raw_context::raw_context;
 
 /// The tensors of the graph being built that the slots' samplers share.
 #[derive(Default)]
@@ -42,15 +39,14 @@ pub(super) struct GreedySamplers {
 }
 
 impl GreedySamplers {
-    /// Samplers for `slots` sequences of `ctx`, none attached yet; `None`
-    /// when the context's raw handle cannot be had.
-    pub fn new(ctx: &LlamaContext<'_>, slots: usize) -> Option<Self> {
-        let raw = raw_context(ctx)?;
-        Some(Self {
-            ctx: raw,
+    /// Samplers for `slots` sequences of the context `ctx` (its raw handle,
+    /// [`super::raw_context::raw_context`]), none attached yet.
+    pub fn new(ctx: NonNull<sys::llama_context>, slots: usize) -> Self {
+        Self {
+            ctx,
             chains: vec![None; slots],
             state: Box::default(),
-        })
+        }
     }
 
     /// Whether `slot`'s greedy picks come from the backend.

@@ -91,7 +91,7 @@ fn load_and_serve(
     let slots = config.parallel as usize;
     let raw_ctx = raw_context::raw_context(&ctx);
     let greedy_samplers = if info.backend_greedy {
-        let g = GreedySamplers::new(&ctx, slots);
+        let g = raw_ctx.map(|raw| GreedySamplers::new(raw, slots));
         if g.is_none() {
             tracing::warn!("backend greedy picks unavailable; picking on the host");
         }
@@ -902,7 +902,7 @@ impl Loop<'_> {
         } else {
             n
         };
-        if room == 0 || (!self.fill_gaps && target == n) {
+        if !self.fill_gaps && target == n {
             return Vec::new();
         }
         let span = plan
