@@ -57,6 +57,17 @@ OURS=$WORK/airavata-nf4.gguf
 SLOTS=${SLOTS:-64}
 CTX_PER_SLOT=${CTX_PER_SLOT:-512}
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
+# SERVER_CPUS / CLIENT_CPUS (taskset lists, e.g. "0-15" / "16-31"): our server, llama-server and
+# llama-batched-bench run on SERVER_CPUS, the bench client on CLIENT_CPUS, so that the client's 64-256
+# streams do not share cores with the engine thread (in production the clients are elsewhere). Unset: no
+# pinning. `gpu_cpus N` prints the CPUs local to GPU N (its NUMA node).
+# (A prefix array, not a function: a server started in the background keeps the pid that `kill` gets.)
+PIN_SERVER=(); [ -n "${SERVER_CPUS:-}" ] && PIN_SERVER=(taskset -c "$SERVER_CPUS")
+PIN_CLIENT=(); [ -n "${CLIENT_CPUS:-}" ] && PIN_CLIENT=(taskset -c "$CLIENT_CPUS")
+gpu_cpus() {
+  local bus; bus=$(nvidia-smi --query-gpu=pci.bus_id --format=csv,noheader -i "$1" | tr 'A-F' 'a-f')
+  cat "/sys/bus/pci/devices/${bus#0000}/local_cpulist" 2>/dev/null || cat "/sys/bus/pci/devices/${bus:4}/local_cpulist"
+}
 
 # A summary script (on stdin) run with the helpers the summaries share: json, sys, and
 # metric(path, name), one unlabelled series of a saved /metrics page (0 when absent).
@@ -203,13 +214,13 @@ wait_http() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null 2>&1 && return 
 # Extra bench flags (e.g. --unique-prompts) come from BENCH_FLAGS.
 sweep() {
   local label=$1 port=$2 api=$3
-  "${AIRAVATA[@]}" bench --url "http://127.0.0.1:$port" --api "$api" --concurrency "${CONC:-1,4,16,32,64}" \
+  "${PIN_CLIENT[@]}" "${AIRAVATA[@]}" bench --url "http://127.0.0.1:$port" --api "$api" --concurrency "${CONC:-1,4,16,32,64}" \
      --max-tokens "${MAX_TOKENS:-128}" --prompt-tokens "${PROMPT_TOKENS:-32}" ${BENCH_FLAGS:-} --label "$label" --json "$OUT/bench-$label.json" | tee "$OUT/bench-$label.md"
 }
 serve_ours() {
   local label=$1; shift
   log "our server: $label ($*)"
-  "${AIRAVATA[@]}" serve "$OURS" --port 18080 --parallel "$SLOTS" --ctx-size $((SLOTS * CTX_PER_SLOT)) \
+  "${PIN_SERVER[@]}" "${AIRAVATA[@]}" serve "$OURS" --port 18080 --parallel "$SLOTS" --ctx-size $((SLOTS * CTX_PER_SLOT)) \
      --backends-dir "$BUILD/bin" "$@" >"$OUT/server-$label.log" 2>&1 &
   local pid=$!
   wait_http http://127.0.0.1:18080/health
@@ -224,7 +235,7 @@ serve_ours() {
 serve_llama() {
   local label=$1; shift
   log "llama-server: $label ($*)"
-  "$BUILD/bin/llama-server" -m "$OURS" -ngl 99 --port 18081 -np "$SLOTS" -c $((SLOTS * CTX_PER_SLOT)) "$@" >"$OUT/server-$label.log" 2>&1 &
+  "${PIN_SERVER[@]}" "$BUILD/bin/llama-server" -m "$OURS" -ngl 99 --port 18081 -np "$SLOTS" -c $((SLOTS * CTX_PER_SLOT)) "$@" >"$OUT/server-$label.log" 2>&1 &
   local pid=$!
   wait_http http://127.0.0.1:18081/health
   sweep "$label" 18081 openai-completions
@@ -394,7 +405,7 @@ stage_steady() {
   done
   if [ ! -s "$OUT/batched-bench-steady.md" ]; then
     log "llama-batched-bench f16 KV, PP=$npp, B=${conc// /,}"
-    "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((slots * CTX_PER_SLOT)) -b 2048 -ub 512 \
+    "${PIN_SERVER[@]}" "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((slots * CTX_PER_SLOT)) -b 2048 -ub 512 \
       -npp "$npp" -ntg 128 -npl "${conc// /,}" 2>&1 | grep -E "^\|" | tee "$OUT/batched-bench-steady.md"
   fi
   python3 - "$OUT" "${STEADY_TAG:-}" $conc <<'PY' | tee "$OUT/steady${STEADY_TAG:-}.md"

@@ -666,6 +666,15 @@ async fn metrics_info_and_health_move() {
         let name = format!("airavata_engine_step_seconds_total{{phase=\"{phase}\"}}");
         assert!(metric(&c, &base, &name).await > 0.0, "{phase}");
     }
+    // The request's end makes the CPU engine wait (in vain, up to 5 ms) for a
+    // successor; the wait is counted when it ends, after the answer went out.
+    let linger = "airavata_engine_step_seconds_total{phase=\"linger\"}";
+    let t0 = Instant::now();
+    while metric(&c, &base, linger).await == 0.0 {
+        assert!(t0.elapsed() < Duration::from_secs(2), "no linger counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(metric(&c, &base, linger).await >= 0.004);
     let v = info(&c, &base).await;
     assert_eq!(v["status"], "ready");
     assert_eq!(v["slots"], 4);

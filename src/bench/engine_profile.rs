@@ -74,7 +74,7 @@ pub struct EngineProfile {
     /// built and allocated a new one for the rest).
     #[serde(default)]
     pub reused_graphs_per_step: f64,
-    /// Milliseconds per step by phase (plan, decode, sync, sample, emit).
+    /// Milliseconds per step by phase (plan, decode, sync, sample, emit, linger).
     pub ms_per_step: BTreeMap<String, f64>,
     /// Sum of the phases, ms per step.
     pub total_ms_per_step: f64,

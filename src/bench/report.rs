@@ -118,8 +118,8 @@ fn engine_table(s: &mut String, reports: &[BenchReport]) {
     s.push_str(
         "\nEngine steps (server side, from /metrics; ms per step):\n\n\
          | run | conc | steps | mixed % | tokens/step | micro-batches/step | dummies/step \
-         | graphs reused/step | plan | decode | sync | sample | emit | total |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         | graphs reused/step | plan | decode | sync | sample | emit | linger | total |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in reports {
         for l in &r.levels {

@@ -15,6 +15,11 @@ pub mod defaults {
     pub const BATCH_SIZE: u32 = 512;
     /// Requests allowed to wait for a slot.
     pub const MAX_QUEUE: usize = 64;
+    /// Longest wait, in milliseconds, after a step that ended requests for
+    /// their successors on the CPU (`--linger-ms`; on a GPU the default is
+    /// not to wait): a request sent on receipt of an answer reaches the
+    /// engine in about a millisecond on one host.
+    pub const LINGER_MS_CPU: u64 = 5;
 }
 
 /// Where one engine runs its model.
@@ -169,9 +174,19 @@ pub struct EngineConfig {
     /// The engine thread's name (`airavata-engine`, or `airavata-engine-N`
     /// when a server runs several).
     pub thread_name: String,
+    /// Longest wait after a step that ended requests for as many new ones
+    /// before the next step (zero: none; `None`: [`defaults::LINGER_MS_CPU`]
+    /// on the CPU, none on a GPU). See `--linger-ms`.
+    pub linger: Option<std::time::Duration>,
     /// Sleep after every step (test hook that simulates a slow model).
     #[cfg(feature = "test-support")]
     pub step_delay: Option<Duration>,
+    /// Handle text as a GPU engine does although `decode` computes on the
+    /// CPU: a step's tokens go out after the next step's `decode`, a
+    /// request's last token at the end of its step (test hook for the GPU
+    /// path).
+    #[cfg(feature = "test-support")]
+    pub defer_emits: bool,
 }
 
 impl EngineConfig {
@@ -196,8 +211,11 @@ impl EngineConfig {
             fill_gaps: FillGaps::Auto,
             backend_greedy: BackendGreedy::Auto,
             thread_name: "airavata-engine".into(),
+            linger: None,
             #[cfg(feature = "test-support")]
             step_delay: None,
+            #[cfg(feature = "test-support")]
+            defer_emits: false,
         }
     }
 }

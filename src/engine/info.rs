@@ -71,6 +71,7 @@ pub(super) fn model_info(
         decode_pad: 0,
         fill_gaps: false,
         backend_greedy: false,
+        linger_ms: 0,
         prompt_cache: config.cache_prompts,
         kv_unified: config.kv_unified,
         metadata,

@@ -12,7 +12,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 
-use super::config::{BackendGreedy, FillGaps, KvType, Placement, SplitMode};
+use super::config::{defaults, BackendGreedy, FillGaps, KvType, Placement, SplitMode};
 use super::info::model_info;
 use super::model_load::{self, DeviceList, ModelPlacement};
 use super::{EngineConfig, EngineError, FlashAttn, ModelInfo};
@@ -241,6 +241,18 @@ pub(super) fn backend_greedy(config: &EngineConfig, on_gpu: bool) -> bool {
     }
 }
 
+/// The longest wait for the successors of requests that just ended, in
+/// milliseconds: as asked, else [`defaults::LINGER_MS_CPU`] on the CPU and
+/// none on a GPU (where the device idles meanwhile; measured to cost more
+/// tokens/s than the steps it saves, BENCHMARKS.md).
+pub(super) fn linger_ms(config: &EngineConfig, on_gpu: bool) -> u64 {
+    match config.linger {
+        Some(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        None if on_gpu => 0,
+        None => defaults::LINGER_MS_CPU,
+    }
+}
+
 /// Tokens per `decode`: at least one per slot.
 pub(super) fn n_batch(config: &EngineConfig) -> u32 {
     config.batch_size.max(config.parallel).max(1)
@@ -320,6 +332,7 @@ pub(super) fn new_context<'m>(
     let on_gpu = runs_on_gpu(info.n_gpu_layers, info.gpu_offload);
     info.fill_gaps = fill_gaps(config, on_gpu);
     info.backend_greedy = backend_greedy(config, on_gpu);
+    info.linger_ms = linger_ms(config, on_gpu);
     Ok(Loaded { ctx, info })
 }
 
@@ -331,7 +344,7 @@ pub(super) fn loaded_line(info: &ModelInfo) -> String {
         format!("CPU, {} threads", info.threads)
     };
     format!(
-        "loaded {} ({}): {} slots × {} tokens, batch {}, {device}, flash attention {}, prompt cache {}, {} KV {}/{}, decode pad {}, gap fill {}, backend greedy {}",
+        "loaded {} ({}): {} slots × {} tokens, batch {}, {device}, flash attention {}, prompt cache {}, {} KV {}/{}, decode pad {}, gap fill {}, backend greedy {}, linger {} ms",
         info.path.display(),
         info.description,
         info.slots,
@@ -347,6 +360,7 @@ pub(super) fn loaded_line(info: &ModelInfo) -> String {
         info.decode_pad,
         if info.fill_gaps { "on" } else { "off" },
         if info.backend_greedy { "on" } else { "off" },
+        info.linger_ms,
     )
 }
 

@@ -34,7 +34,7 @@
 //!   shared tokens (`usage.prompt_tokens_details.cached_tokens`). Chat turns and
 //!   repeated system prompts reuse their KV, and so does the chat preamble in
 //!   any slot that last served a chat-wrapped request;
-//! * every step's time is split into phases (plan, decode, sync, sample, emit)
+//! * every step's time is split into phases (plan, decode, sync, sample, emit, and the linger between steps)
 //!   and counted in `/metrics`, with the micro-batches llama.cpp is predicted
 //!   to split it into.
 
@@ -178,6 +178,9 @@ pub struct ModelInfo {
     pub fill_gaps: bool,
     /// Greedy requests take their tokens from an `argmax` in the step's graph.
     pub backend_greedy: bool,
+    /// Longest wait for the successors of requests that just ended, in
+    /// milliseconds (0 = none).
+    pub linger_ms: u64,
     /// Whether slots keep their KV for the next request with the same prefix.
     pub prompt_cache: bool,
     /// Whether all slots share one KV stream.

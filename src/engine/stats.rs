@@ -158,16 +158,20 @@ pub enum Phase {
     Sample,
     /// Detokenizing, stop strings and handing text to the HTTP tasks.
     Emit,
+    /// Between steps: waiting for the successors of requests that just
+    /// ended (`--linger-ms`).
+    Linger,
 }
 
 impl Phase {
     /// Every phase.
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::Plan,
         Phase::Decode,
         Phase::Sync,
         Phase::Sample,
         Phase::Emit,
+        Phase::Linger,
     ];
 
     /// Label used in `/metrics`.
@@ -178,6 +182,7 @@ impl Phase {
             Phase::Sync => "sync",
             Phase::Sample => "sample",
             Phase::Emit => "emit",
+            Phase::Linger => "linger",
         }
     }
 }
@@ -185,7 +190,7 @@ impl Phase {
 /// Cumulative step accounting (cheap enough to keep on in production).
 #[derive(Debug, Default)]
 pub struct StepProfile {
-    nanos: [AtomicU64; 5],
+    nanos: [AtomicU64; Phase::ALL.len()],
     /// Steps that held only decode tokens.
     pub decode_only: AtomicU64,
     /// Steps that also held prompt tokens.

@@ -87,6 +87,9 @@ fn load_and_serve(
     let decode_pad = info.decode_pad as usize;
     let fill_gaps = info.fill_gaps;
     let decode_is_async = load::runs_on_gpu(info.n_gpu_layers, info.gpu_offload);
+    let linger = std::time::Duration::from_millis(info.linger_ms);
+    #[cfg(feature = "test-support")]
+    let decode_is_async = decode_is_async || config.defer_emits;
     let n_ctx_slot = info.n_ctx_slot as usize;
     let slots = config.parallel as usize;
     let raw_ctx = raw_context::raw_context(&ctx);
@@ -130,6 +133,7 @@ fn load_and_serve(
         n_ctx_slot,
         emits: Vec::new(),
         decode_is_async,
+        linger_max: linger,
         grammar: None,
         name: config.thread_name.clone(),
         rx,
@@ -141,10 +145,8 @@ fn load_and_serve(
     Ok(())
 }
 
-/// How long a CPU engine waits after a step that ended a request for the
-/// client's next one (see `Loop::linger`): a request sent on receipt of an
-/// answer reaches the engine in about a millisecond on one host.
-const LINGER_AFTER_END: std::time::Duration = std::time::Duration::from_millis(5);
+/// How often a lingering engine looks for new requests.
+const LINGER_POLL: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// llama.cpp rounds a micro-batch's attention span (KV cells) up to a
 /// multiple of this (`llama_kv_cache::get_n_kv`), so that graphs keep their shape.
@@ -209,6 +211,41 @@ struct Emit {
     logprobs: Option<RowLogprobs>,
 }
 
+/// Which picked tokens [`Loop::flush_emits`] turns into text.
+#[derive(Clone, Copy)]
+enum Flush {
+    All,
+    /// Only requests' last tokens (the rest wait for the next step's launch).
+    Ending,
+}
+
+/// How many requests should be waiting before the next step, after a step
+/// that ended `ended` requests with `running` still running, `pending`
+/// waiting and `free` slots; `None`: start it at once.
+///
+/// * On the CPU (`decode` computes the step before it returns, and a step is
+///   long next to the wait) the engine waits for as many requests as ended,
+///   unless requests are already waiting to take the freed slots.
+/// * On a GPU the device idles while the engine waits, and so do the running
+///   requests: it waits only when at least as many requests ended as still
+///   run, and only for as many as the free slots can take.
+fn linger_target(
+    decode_is_async: bool,
+    ended: usize,
+    running: usize,
+    pending: usize,
+    free: usize,
+) -> Option<usize> {
+    if ended == 0 {
+        return None;
+    }
+    if !decode_is_async {
+        return (pending == 0).then_some(ended);
+    }
+    let want = pending.saturating_add(ended).min(free);
+    (ended >= running && pending < want).then_some(want)
+}
+
 struct Loop<'m> {
     model: &'m LlamaModel,
     /// Backend greedy samplers per slot (`--backend-greedy`). Declared before
@@ -253,6 +290,8 @@ struct Loop<'m> {
     /// works. On the CPU `decode` computes the step itself, so the text goes
     /// out at the end of the step that picked it, a step sooner.
     decode_is_async: bool,
+    /// Longest wait for the successors of requests that just ended ([`Loop::linger`]).
+    linger_max: std::time::Duration,
     /// Samples grammar-constrained requests off the step's critical path
     /// (started by the first one).
     grammar: Option<GrammarThread>,
@@ -260,6 +299,8 @@ struct Loop<'m> {
     name: String,
     rx: mpsc::UnboundedReceiver<Command>,
     closing: bool,
+    /// Test hook: a pause per step, after the step on the CPU, between the
+    /// launch and the sync (where a GPU computes) when `decode_is_async`.
     #[cfg(feature = "test-support")]
     step_delay: Option<std::time::Duration>,
 }
@@ -279,48 +320,64 @@ impl Loop<'_> {
                 self.linger(self.ended - ended);
             }
             #[cfg(feature = "test-support")]
-            if let Some(d) = self.step_delay {
+            if let Some(d) = self.step_delay.filter(|_| !self.decode_is_async) {
                 std::thread::sleep(d);
             }
         }
     }
 
-    /// On the CPU, after a step that ended `ended` requests, waits up to
-    /// [`LINGER_AFTER_END`] for as many new requests before the next step.
-    /// `decode` computes the step on the CPU before it returns, so a request arriving just after the next step began would
-    /// wait for all of it, then its own: a client that sends its next request
-    /// as soon as it has an answer (a pipeline, an agent, a benchmark) would
-    /// pay two steps of first-token time where one suffices. Waiting for all
-    /// of them, not just the first, keeps their prompts in one step: each
-    /// step that mixes prompts with decoding costs a second pass with one KV
-    /// stream per slot. Costs at most the linger per step that ended
-    /// requests. On a GPU the answer goes out while the next step computes,
-    /// so there is nothing to gain.
+    /// After a step that ended `ended` requests, waits up to the linger for
+    /// new requests before the next step ([`linger_target`] says how many and
+    /// whether at all), returning as soon as they are there. A client that
+    /// sends its next request as soon as it has an answer (a pipeline, an
+    /// agent, a benchmark) would otherwise miss the next step, which began
+    /// before its request arrived, and its slot would idle for that step;
+    /// waiting for all of the step's successors, not just the first, keeps
+    /// their prompts in one step (each step that mixes prompts with decoding
+    /// can cost a second pass with one KV stream per slot).
     fn linger(&mut self, ended: u64) {
-        // Requests already waiting take the freed slots at once.
-        if self.decode_is_async || self.closing || !self.pending.is_empty() {
+        if self.closing || self.linger_max.is_zero() {
             return;
         }
-        let want = usize::try_from(ended).unwrap_or(usize::MAX);
-        let until = Instant::now() + LINGER_AFTER_END;
+        let free = self.slots.iter().filter(|s| s.is_none()).count();
+        let Some(want) = linger_target(
+            self.decode_is_async,
+            usize::try_from(ended).unwrap_or(usize::MAX),
+            self.order.len(),
+            self.pending.len(),
+            free,
+        ) else {
+            return;
+        };
+        let start = Instant::now();
+        let until = start + self.linger_max;
         loop {
             match self.rx.try_recv() {
                 Ok(cmd) => {
                     self.handle(cmd);
                     if self.closing || self.pending.len() >= want {
-                        return;
+                        break;
                     }
                 }
                 Err(mpsc::error::TryRecvError::Empty) if Instant::now() < until => {
-                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    std::thread::sleep(LINGER_POLL);
                 }
-                Err(mpsc::error::TryRecvError::Empty) => return,
+                Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     self.closing = true;
-                    return;
+                    break;
                 }
             }
         }
+        self.stats.steps.add(Phase::Linger, start.elapsed());
+        tracing::debug!(
+            ended,
+            running = self.order.len(),
+            want,
+            got = self.pending.len(),
+            waited_us = start.elapsed().as_micros() as u64,
+            "linger"
+        );
     }
 
     /// Pulls commands; blocks when idle. Returns false when the loop should end.
@@ -589,7 +646,7 @@ impl Loop<'_> {
         };
         clock.lap(Phase::Plan);
         if self.batch.n_tokens() == 0 {
-            self.flush_emits(&mut clock);
+            self.flush_emits(&mut clock, Flush::All);
             // Only constrained requests waiting for their tokens: wait for
             // one (briefly, so that new requests are still taken).
             self.collect_constrained(Some(std::time::Duration::from_millis(5)));
@@ -616,7 +673,11 @@ impl Loop<'_> {
         // A GPU computes the step; meanwhile the previous step's tokens
         // become text (on the CPU they went out at the end of that step).
         // Requests ended by a stop string leave here.
-        self.flush_emits(&mut clock);
+        self.flush_emits(&mut clock, Flush::All);
+        #[cfg(feature = "test-support")]
+        if let Some(d) = self.step_delay.filter(|_| self.decode_is_async) {
+            std::thread::sleep(d);
+        }
         self.ctx.synchronize();
         clock.lap(Phase::Sync);
         for &(slot, n) in &fed {
@@ -656,7 +717,12 @@ impl Loop<'_> {
         self.update_kv_usage();
         clock.lap(Phase::Sample);
         if !self.decode_is_async {
-            self.flush_emits(&mut clock);
+            self.flush_emits(&mut clock, Flush::All);
+        } else if self.emits.iter().any(|e| e.last) {
+            // A request that took its last token answers now, not after the
+            // next step's launch: its slot is free for that step, and a
+            // successor sent on the answer can still join it (`linger`).
+            self.flush_emits(&mut clock, Flush::Ending);
         }
     }
 
@@ -1197,12 +1263,22 @@ impl Loop<'_> {
     /// Turns the picked tokens into text: detokenize, stop strings, send.
     /// A stop string or a closed stream ends the request here (its next token
     /// may already be in the running step; that result is discarded).
-    fn flush_emits(&mut self, clock: &mut StepClock) {
+    fn flush_emits(&mut self, clock: &mut StepClock, which: Flush) {
         if self.emits.is_empty() {
             return;
         }
+        let emits = match which {
+            Flush::All => std::mem::take(&mut self.emits),
+            Flush::Ending => {
+                let (ending, later) = std::mem::take(&mut self.emits)
+                    .into_iter()
+                    .partition(|e| e.last);
+                self.emits = later;
+                ending
+            }
+        };
         let vocab = self.model.vocab();
-        for e in std::mem::take(&mut self.emits) {
+        for e in emits {
             let Some(a) = self.slots[e.slot].as_mut().filter(|a| a.job.id == e.id) else {
                 continue;
             };
@@ -1251,5 +1327,36 @@ impl Loop<'_> {
             }
         }
         clock.lap(Phase::Emit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::linger_target;
+
+    #[test]
+    fn cpu_waits_for_each_ended_request_unless_some_are_waiting() {
+        assert_eq!(linger_target(false, 0, 3, 0, 1), None);
+        assert_eq!(linger_target(false, 1, 3, 0, 1), Some(1));
+        assert_eq!(linger_target(false, 4, 0, 0, 4), Some(4));
+        // Waiting requests take the freed slots at once.
+        assert_eq!(linger_target(false, 2, 0, 1, 2), None);
+    }
+
+    #[test]
+    fn gpu_waits_only_when_as_many_ended_as_still_run() {
+        // One of 64 ended: the 63 running would wait for one slot's gain.
+        assert_eq!(linger_target(true, 1, 63, 0, 1), None);
+        assert_eq!(linger_target(true, 0, 0, 0, 64), None);
+        // All ended (the device would idle anyway), or most of them.
+        assert_eq!(linger_target(true, 64, 0, 0, 64), Some(64));
+        assert_eq!(linger_target(true, 63, 1, 0, 63), Some(63));
+        assert_eq!(linger_target(true, 2, 2, 0, 2), Some(2));
+        // A successor already waiting counts, and is joined by the others.
+        assert_eq!(linger_target(true, 63, 0, 1, 64), Some(64));
+        // No more than the free slots can take; none when they are taken.
+        assert_eq!(linger_target(true, 4, 0, 3, 5), Some(5));
+        assert_eq!(linger_target(true, 4, 0, 6, 5), None);
+        assert_eq!(linger_target(true, 4, 0, 5, 5), None);
     }
 }

@@ -310,7 +310,7 @@ fn step_profile(out: &mut String, all: &[Engine]) {
         out,
         name,
         "counter",
-        "Engine thread time by step phase (plan, decode, sync, sample, emit).",
+        "Engine thread time by step phase (plan, decode, sync, sample, emit, linger).",
     );
     for phase in Phase::ALL {
         let labels = format!("phase=\"{}\"", phase.name());
