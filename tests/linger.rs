@@ -42,6 +42,15 @@ async fn an_answer_frees_its_slot_before_the_next_step() {
     let server = start(opts, test_model()).await;
     let base = server.url();
     let c = client();
+    let info: Value = c
+        .get(format!("{base}/info"))
+        .send()
+        .await
+        .expect("info")
+        .json()
+        .await
+        .expect("info json");
+    assert_eq!(info["model"]["linger_ms"], 3000, "{info}");
     let b = tokio::spawn({
         let (c, base) = (c.clone(), base.clone());
         async move { generate(&c, &base, 6).await }

@@ -677,6 +677,8 @@ async fn metrics_info_and_health_move() {
     assert!(metric(&c, &base, linger).await >= 0.004);
     let v = info(&c, &base).await;
     assert_eq!(v["status"], "ready");
+    // The CPU default.
+    assert_eq!(v["model"]["linger_ms"], 5, "{v}");
     assert_eq!(v["slots"], 4);
     assert_eq!(v["active"], 0);
     assert_eq!(v["waiting"], 0);
