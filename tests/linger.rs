@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::server::{client, start, test_model, test_options};
+use common::server::{client, info, start, test_model, test_options};
 
 async fn generate(c: &reqwest::Client, base: &str, max_new_tokens: u32) -> Value {
     let r = c
@@ -42,15 +42,8 @@ async fn an_answer_frees_its_slot_before_the_next_step() {
     let server = start(opts, test_model()).await;
     let base = server.url();
     let c = client();
-    let info: Value = c
-        .get(format!("{base}/info"))
-        .send()
-        .await
-        .expect("info")
-        .json()
-        .await
-        .expect("info json");
-    assert_eq!(info["model"]["linger_ms"], 3000, "{info}");
+    let v = info(&c, &base).await;
+    assert_eq!(v["model"]["linger_ms"], 3000, "{v}");
     let b = tokio::spawn({
         let (c, base) = (c.clone(), base.clone());
         async move { generate(&c, &base, 6).await }
@@ -79,15 +72,7 @@ async fn an_answer_frees_its_slot_before_the_next_step() {
 async fn wait_active(c: &reqwest::Client, base: &str, n: u64) {
     let t0 = Instant::now();
     loop {
-        let info: Value = c
-            .get(format!("{base}/info"))
-            .send()
-            .await
-            .expect("info")
-            .json()
-            .await
-            .expect("info json");
-        if info["active"] == n {
+        if info(c, base).await["active"] == n {
             return;
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "never {n} active");

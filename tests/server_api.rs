@@ -10,7 +10,7 @@ use airavata::server::ServeOptions;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use common::server::{client, sse_events, start, test_model, test_options};
+use common::server::{client, info, sse_events, start, test_model, test_options};
 
 async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let r = c.post(url).json(&body).send().await.expect("send");
@@ -200,16 +200,6 @@ async fn streamed_text_concatenates_to_non_streamed_text() {
         );
     }
     server.shutdown().await.expect("shutdown");
-}
-
-async fn info(c: &reqwest::Client, base: &str) -> Value {
-    c.get(format!("{base}/info"))
-        .send()
-        .await
-        .expect("info")
-        .json()
-        .await
-        .expect("info json")
 }
 
 /// The `/metrics` series of engine steps of one kind (`decode` or `mixed`).

@@ -69,6 +69,17 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// `GET /info` as JSON.
+pub async fn info(c: &reqwest::Client, base: &str) -> serde_json::Value {
+    c.get(format!("{base}/info"))
+        .send()
+        .await
+        .expect("info")
+        .json()
+        .await
+        .expect("info json")
+}
+
 /// Splits an SSE body into the `data:` payloads of its events (with the event name).
 pub fn sse_events(body: &[u8]) -> Vec<(Option<String>, String)> {
     let text = std::str::from_utf8(body).expect("SSE body is UTF-8");
