@@ -60,14 +60,10 @@ log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
 # SERVER_CPUS / CLIENT_CPUS (taskset lists, e.g. "0-15" / "16-31"): our server, llama-server and
 # llama-batched-bench run on SERVER_CPUS, the bench client on CLIENT_CPUS, so that the client's 64-256
 # streams do not share cores with the engine thread (in production the clients are elsewhere). Unset: no
-# pinning. `gpu_cpus N` prints the CPUs local to GPU N (its NUMA node).
+# pinning.
 # (A prefix array, not a function: a server started in the background keeps the pid that `kill` gets.)
 PIN_SERVER=(); [ -n "${SERVER_CPUS:-}" ] && PIN_SERVER=(taskset -c "$SERVER_CPUS")
 PIN_CLIENT=(); [ -n "${CLIENT_CPUS:-}" ] && PIN_CLIENT=(taskset -c "$CLIENT_CPUS")
-gpu_cpus() {
-  local bus; bus=$(nvidia-smi --query-gpu=pci.bus_id --format=csv,noheader -i "$1" | tr 'A-F' 'a-f')
-  cat "/sys/bus/pci/devices/${bus#0000}/local_cpulist" 2>/dev/null || cat "/sys/bus/pci/devices/${bus:4}/local_cpulist"
-}
 
 # A summary script (on stdin) run with the helpers the summaries share: json, sys, and
 # metric(path, name), one unlabelled series of a saved /metrics page (0 when absent).

@@ -369,13 +369,14 @@ impl Loop<'_> {
                 }
             }
         }
-        self.stats.steps.add(Phase::Linger, start.elapsed());
+        let waited = start.elapsed();
+        self.stats.steps.add(Phase::Linger, waited);
         tracing::debug!(
             ended,
             running = self.order.len(),
             want,
             got = self.pending.len(),
-            waited_us = start.elapsed().as_micros() as u64,
+            waited_us = waited.as_micros() as u64,
             "linger"
         );
     }
