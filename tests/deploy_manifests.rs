@@ -4,7 +4,9 @@
 //! against the JSON schemas in `deploy/k8s/schemas/` (`deploy/validate.py`).
 //! The validator is installed into a venv under the target directory on the
 //! first run; without network access the test prints `skipped: …`, except
-//! under CI (`CI` set), where that fails it.
+//! under CI (`common::in_ci`), where that fails it.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,40 +17,9 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The venv's python with the validator installed, or why not.
-fn validator() -> Result<PathBuf, String> {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deploy-venv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(".installed");
-    if ready.is_file() {
-        return Ok(python);
-    }
-    let run = |cmd: &mut Command| -> Result<(), String> {
-        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{cmd:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(&python).args(["-m", "pip", "install", "-q", VALIDATOR]))?;
-    std::fs::write(&ready, VALIDATOR).map_err(|e| e.to_string())?;
-    Ok(python)
-}
-
-fn validator_or_skip() -> Option<PathBuf> {
-    match validator() {
-        Ok(p) => Some(p),
-        Err(e) if std::env::var_os("CI").is_some() => panic!("installing {VALIDATOR}: {e}"),
-        Err(e) => {
-            eprintln!("skipped: cannot install {VALIDATOR}: {e}");
-            None
-        }
-    }
+/// The venv's python with the validator installed, or `None` (skip).
+fn validator_or_skip(test: &str) -> Option<PathBuf> {
+    common::pyenv::python_venv(test, "deploy-venv", &[VALIDATOR], "kubernetes_validate")
 }
 
 fn validate(python: &Path, files: &[PathBuf]) -> (bool, String) {
@@ -77,7 +48,7 @@ fn manifests() -> Vec<PathBuf> {
 
 #[test]
 fn every_manifest_validates_offline() {
-    let Some(python) = validator_or_skip() else {
+    let Some(python) = validator_or_skip("every_manifest_validates_offline") else {
         return;
     };
     let files = manifests();
@@ -103,7 +74,7 @@ fn every_manifest_validates_offline() {
 
 #[test]
 fn broken_manifests_fail_validation() {
-    let Some(python) = validator_or_skip() else {
+    let Some(python) = validator_or_skip("broken_manifests_fail_validation") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

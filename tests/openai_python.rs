@@ -21,51 +21,12 @@ use common::server::{start, test_options};
 
 /// A virtual environment with `openai` and `jsonschema`, or `None` (skip).
 fn python_env(test: &str) -> Option<PathBuf> {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("py-openai-venv");
-    let python = venv.join("bin/python");
-    let ready = || {
-        Command::new(&python)
-            .args(["-c", "import openai, jsonschema"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ready() {
-        return Some(python);
-    }
-    let steps: [(&str, Vec<&str>); 2] = [
-        ("python3", vec!["-m", "venv", venv.to_str()?]),
-        (
-            python.to_str()?,
-            vec!["-m", "pip", "install", "-q", "openai", "jsonschema"],
-        ),
-    ];
-    for (prog, args) in steps {
-        let out = Command::new(prog).args(&args).output();
-        let failed = match &out {
-            Ok(o) if o.status.success() => None,
-            Ok(o) => Some(String::from_utf8_lossy(&o.stderr).into_owned()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(why) = failed {
-            let ci =
-                std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "0" && v != "false");
-            assert!(
-                !ci,
-                "{test}: `{prog} {}` failed in CI: {why}",
-                args.join(" ")
-            );
-            eprintln!(
-                "skipped: {test}: `{prog} {}` failed (PyPI unreachable?): {why}",
-                args.join(" ")
-            );
-            return None;
-        }
-    }
-    assert!(
-        ready(),
-        "{test}: openai/jsonschema not importable after installing"
-    );
-    Some(python)
+    common::pyenv::python_venv(
+        test,
+        "py-openai-venv",
+        &["openai", "jsonschema"],
+        "openai, jsonschema",
+    )
 }
 
 const SCRIPT: &str = r#"

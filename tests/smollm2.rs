@@ -268,7 +268,7 @@ fn our_imatrix_file_round_trips_and_llama_quantize_accepts_it() {
                 GgmlType::Iq4Xs
             );
         }
-        None if std::env::var_os("CI").is_some() => {
+        None if common::in_ci() => {
             panic!("llama-quantize not built (scripts/build-llama-tools.sh runs in .ci/run)")
         }
         None => eprintln!("skipped llama-quantize --imatrix: run scripts/build-llama-tools.sh"),

@@ -40,10 +40,6 @@ fn find_chromium() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
 /// A headless Chromium and one page of it, over a flattened CDP session.
 struct Browser {
     child: Child,
@@ -365,7 +361,7 @@ async fn chat_requests(url: &str) -> u64 {
 fn chat_page_in_headless_chromium() {
     let Some(chrome) = find_chromium() else {
         assert!(
-            !ci(),
+            !common::in_ci(),
             "{TEST}: chromium not found and CI is set (.ci/run installs Debian's chromium)"
         );
         eprintln!("skipped: {TEST}: chromium not found (apt-get install chromium)");

@@ -21,9 +21,15 @@ pub enum Missing {
     Fail,
 }
 
+/// Whether a value of `CI` means CI: set to something other than empty, `0`
+/// or `false` (`common::in_ci` reads the variable).
+pub fn ci_value_means_ci(ci: Option<&OsStr>) -> bool {
+    ci.is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
 /// The rule, from the values of `CI` and `AIRAVATA_ASSETS`.
 pub fn missing_means(ci: Option<&OsStr>, assets: Option<&OsStr>) -> Missing {
-    let ci = ci.is_some_and(|v| !v.is_empty() && v != "0" && v != "false");
+    let ci = ci_value_means_ci(ci);
     let named = assets.is_some_and(|v| !v.is_empty());
     if ci && named {
         Missing::Fail

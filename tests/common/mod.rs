@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod assets;
+pub mod pyenv;
 pub mod reference;
 
 #[allow(unused_imports)] // each test binary uses some of these
@@ -15,6 +16,13 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+
+/// Whether this run is CI (`CI` set to something other than empty, `0` or
+/// `false`): there a missing tool or download fails a test instead of
+/// skipping it.
+pub fn in_ci() -> bool {
+    assets::ci_value_means_ci(std::env::var_os("CI").as_deref())
+}
 
 /// The process-wide llama.cpp backend (it may be initialised only once; the
 /// library's calibration borrows the same one).
