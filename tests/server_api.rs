@@ -65,15 +65,17 @@ async fn greedy_generate_equals_direct_engine() {
 
 /// What is guaranteed about batched greedy output on CPU: each slot has its
 /// own KV stream, so a sequence reads the same cells whatever else runs, but
-/// llama.cpp's CPU kernels are not fully batch-invariant (a batch of a
-/// different size may take a different matmul path and round differently),
-/// so a near-tie in the logits can rarely flip one argmax. Measured on this
-/// test's model and prompts: 1 differing answer in 25 rounds of 16 with
-/// `--no-prompt-cache`, 0 in 12 more rounds (on a loaded 2-core machine).
-/// The test therefore asserts that the requests really were batched, and that
-/// at most 1 of the 16 batched answers differs from its serial answer; a
-/// batching bug (wrong cells, mixed-up sequences, lost tokens) changes most
-/// answers and fails it.
+/// llama.cpp's CPU kernels are not batch-invariant (a batch of another size
+/// may take another matmul path and round differently), so where the two
+/// best tokens are nearly tied a batched answer can take the other one. How
+/// often depends on the build: on the random-weight test model, at most 1 of
+/// these 16 answers with the default (AVX2) build, 2–3 with a native AVX-512
+/// one. The test asserts that the requests really were batched and that every
+/// batched answer equals its serial answer up to the first token where the
+/// serial run's two best candidates are within [`NEAR_TIE`] nats of each
+/// other (the batched run's too). A batching bug (wrong cells, mixed-up
+/// sequences, lost tokens) changes answers where one candidate clearly leads
+/// and fails it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_greedy_requests_match_serial_results() {
     let model = test_model();
@@ -89,19 +91,19 @@ async fn concurrent_greedy_requests_match_serial_results() {
             _ => format!("भारत की राजधानी {i}"),
         })
         .collect();
-    let body = |p: &str, raw: bool| json!({"prompt": p, "max_new_tokens": 96, "raw": raw});
+    let body = |p: &str| json!({"prompt": p, "max_tokens": 96, "temperature": 0, "logprobs": 5});
+    let url = format!("{base}/v1/completions");
     let mut serial = Vec::new();
-    for (i, p) in prompts.iter().enumerate() {
-        let (s, v) = post(&c, format!("{base}/generate"), body(p, i % 2 == 0)).await;
+    for p in &prompts {
+        let (s, v) = post(&c, url.clone(), body(p)).await;
         assert_eq!(s, 200, "{v}");
-        serial.push(v["generated_text"].as_str().unwrap_or_default().to_string());
+        serial.push(Greedy::from(&v));
     }
     let steps_before =
         metric(&c, &base, &steps("decode")).await + metric(&c, &base, &steps("mixed")).await;
-    let futs = prompts.iter().enumerate().map(|(i, p)| {
+    let futs = prompts.iter().map(|p| {
         let c = c.clone();
-        let url = format!("{base}/generate");
-        let b = body(p, i % 2 == 0);
+        let (url, b) = (url.clone(), body(p));
         async move { post(&c, url, b).await }
     });
     let results = futures::future::join_all(futs).await;
@@ -110,12 +112,49 @@ async fn concurrent_greedy_requests_match_serial_results() {
     for (i, (s, v)) in results.into_iter().enumerate() {
         assert_eq!(s, 200, "{v}");
         generated += v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
-        if v["generated_text"] != serial[i] {
-            differing.push(format!(
-                "request {i}: batched {} vs serial {:?}",
-                v["generated_text"], serial[i]
-            ));
-        }
+        let batched = Greedy::from(&v);
+        let serial = &serial[i];
+        let Some(k) = (0..serial.tokens.len().max(batched.tokens.len()))
+            .find(|&k| serial.tokens.get(k) != batched.tokens.get(k))
+        else {
+            continue;
+        };
+        // Where one run ended (its end-of-generation token is not listed),
+        // the other run's candidates at that position tell the margin.
+        let gaps = [serial.gap(k), batched.gap(k)];
+        let near_tie =
+            gaps.iter().flatten().count() > 0 && gaps.iter().flatten().all(|&g| g < NEAR_TIE);
+        differing.push(format!(
+            "request {i}: first difference at token {k} (serial {:?} vs batched {:?}), \
+             top-2 gaps {gaps:?}",
+            serial.tokens.get(k),
+            batched.tokens.get(k)
+        ));
+        assert!(
+            near_tie,
+            "request {i}: the batched answer leaves the serial one where no two tokens are \
+             within {NEAR_TIE} nats:\n{}\nbatched {:?}\nserial  {:?}",
+            differing.join("\n"),
+            batched.tokens,
+            serial.tokens
+        );
+    }
+    // How much a chance difference could hide behind near-ties: few positions have one.
+    let (ties, positions) = serial.iter().fold((0, 0), |(t, n), g| {
+        let near = (0..g.tokens.len()).filter(|&k| g.gap(k).is_some_and(|x| x < NEAR_TIE));
+        (t + near.count(), n + g.tokens.len())
+    });
+    assert!(
+        ties * 10 < positions,
+        "{ties} of {positions} positions are near-ties"
+    );
+    eprintln!(
+        "{} of 16 batched answers took the other side of a near-tie \
+         ({ties} of {positions} serial positions are near-ties)",
+        differing.len()
+    );
+    for d in &differing {
+        eprintln!("  {d}");
     }
     // Batched: the concurrent requests took fewer engine steps than tokens.
     let steps_after =
@@ -125,13 +164,54 @@ async fn concurrent_greedy_requests_match_serial_results() {
         batch_steps < generated as f64,
         "{batch_steps} steps for {generated} tokens: the requests were not batched"
     );
-    assert!(
-        differing.len() <= 1,
-        "{} of 16 batched answers differ from serial:\n{}",
-        differing.len(),
-        differing.join("\n")
-    );
     server.shutdown().await.expect("shutdown");
+}
+
+/// Two candidates closer than this (in log-probability) are a near-tie that
+/// kernel rounding may decide either way.
+const NEAR_TIE: f64 = 0.01;
+
+/// A greedy completion's tokens and, per position, its candidates'
+/// log-probabilities (`"logprobs": N` of `/v1/completions`).
+struct Greedy {
+    tokens: Vec<String>,
+    top: Vec<Vec<f64>>,
+}
+
+impl Greedy {
+    fn from(v: &Value) -> Self {
+        let lp = &v["choices"][0]["logprobs"];
+        let tokens: Vec<String> = lp["tokens"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no logprobs.tokens in {v}"))
+            .iter()
+            .map(|t| t.as_str().unwrap_or_default().to_string())
+            .collect();
+        let top: Vec<Vec<f64>> = lp["top_logprobs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no logprobs.top_logprobs in {v}"))
+            .iter()
+            .map(|m| {
+                let mut l: Vec<f64> = m
+                    .as_object()
+                    .map(|o| o.values().filter_map(Value::as_f64).collect())
+                    .unwrap_or_default();
+                l.sort_by(|a, b| b.total_cmp(a));
+                l
+            })
+            .collect();
+        assert_eq!(tokens.len(), top.len(), "{v}");
+        Greedy { tokens, top }
+    }
+
+    /// How far the best candidate at `k` leads the second (None past the end).
+    fn gap(&self, k: usize) -> Option<f64> {
+        let l = self.top.get(k)?;
+        Some(match l.as_slice() {
+            [a, b, ..] => a - b,
+            _ => f64::INFINITY,
+        })
+    }
 }
 
 async fn stream_body(
