@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::server::{client, info, start, test_model, test_options};
+use common::server::{client, info, start, test_model, test_options, wait_info};
 
 async fn generate(c: &reqwest::Client, base: &str, max_new_tokens: u32) -> Value {
     let r = c
@@ -70,14 +70,7 @@ async fn an_answer_frees_its_slot_before_the_next_step() {
 }
 
 async fn wait_active(c: &reqwest::Client, base: &str, n: u64) {
-    let t0 = Instant::now();
-    loop {
-        if info(c, base).await["active"] == n {
-            return;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "never {n} active");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_info(c, base, "/active", n.into(), Duration::from_secs(10)).await;
 }
 
 /// Three requests end in one step and their clients send the next ones, one

@@ -12,7 +12,7 @@ use airavata::router::Engines;
 use airavata::server::{bind_engines, ServeOptions};
 use serde_json::{json, Value};
 
-use common::server::{client, start, test_model, test_options};
+use common::server::{client, start, test_model, test_options, wait_info};
 
 async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let r = c.post(url).json(&body).send().await.expect("send");
@@ -64,18 +64,8 @@ fn two_cpu_engines() -> ServeOptions {
 
 /// Waits until engine `i` (per `/info`) has `active` running requests.
 async fn wait_active(c: &reqwest::Client, base: &str, i: usize, active: u64) {
-    let t0 = Instant::now();
-    loop {
-        let (_, v) = get(c, format!("{base}/info")).await;
-        if v["engines"][i]["active"] == active {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "engine {i} never had {active} running: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let pointer = format!("/engines/{i}/active");
+    wait_info(c, base, &pointer, active.into(), Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

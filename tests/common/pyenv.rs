@@ -2,7 +2,7 @@
 //! official `openai` client, the Kubernetes schema validator), installed from
 //! PyPI under the target directory and reused by later runs.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
@@ -16,10 +16,9 @@ use std::sync::Mutex;
 /// folder fail ("File exists"), so each venv is made once per process, under
 /// a lock; `--clear` rebuilds one left half-made by an interrupted run.
 pub fn python_venv(test: &str, name: &str, packages: &[&str], import: &str) -> Option<PathBuf> {
-    static MADE: Mutex<Option<HashMap<String, Result<PathBuf, String>>>> = Mutex::new(None);
+    static MADE: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
     let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
     let result = made
-        .get_or_insert_with(HashMap::new)
         .entry(name.to_string())
         .or_insert_with(|| install(name, packages, import))
         .clone();

@@ -80,6 +80,29 @@ pub async fn info(c: &reqwest::Client, base: &str) -> serde_json::Value {
         .expect("info json")
 }
 
+/// Polls `GET /info` every 5 ms until the value at JSON `pointer` (e.g.
+/// `/active`, `/engines/0/active`) equals `want`; panics after `within`.
+pub async fn wait_info(
+    c: &reqwest::Client,
+    base: &str,
+    pointer: &str,
+    want: serde_json::Value,
+    within: Duration,
+) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let v = info(c, base).await;
+        if v.pointer(pointer) == Some(&want) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "/info {pointer} never became {want} within {within:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Splits an SSE body into the `data:` payloads of its events (with the event name).
 pub fn sse_events(body: &[u8]) -> Vec<(Option<String>, String)> {
     let text = std::str::from_utf8(body).expect("SSE body is UTF-8");
