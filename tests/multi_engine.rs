@@ -12,7 +12,7 @@ use airavata::router::Engines;
 use airavata::server::{bind_engines, ServeOptions};
 use serde_json::{json, Value};
 
-use common::server::{client, start, test_model, test_options, wait_info};
+use common::server::{client, metric_value, metrics, start, test_model, test_options, wait_info};
 
 async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let r = c.post(url).json(&body).send().await.expect("send");
@@ -26,24 +26,6 @@ async fn get(c: &reqwest::Client, url: String) -> (u16, Value) {
     let status = r.status().as_u16();
     let v: Value = r.json().await.expect("json body");
     (status, v)
-}
-
-async fn metrics(c: &reqwest::Client, base: &str) -> String {
-    c.get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
-/// The value of the series written exactly as `series` (name and labels).
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{text}"))
 }
 
 /// The text of a `/v1/completions` answer.
@@ -131,21 +113,21 @@ async fn two_cpu_engines_route_by_load_then_by_prefix() {
     assert_eq!(s, 200);
     let text = metrics(&c, &base).await;
     assert_eq!(
-        value(
+        metric_value(
             &text,
             "airavata_router_requests_total{engine=\"1\",route=\"prefix\"}"
         ),
         1.0
     );
     assert_eq!(
-        value(
+        metric_value(
             &text,
             "airavata_router_requests_total{engine=\"0\",route=\"least_loaded\"}"
         ),
         2.0
     );
     assert_eq!(
-        value(
+        metric_value(
             &text,
             "airavata_router_requests_total{engine=\"1\",route=\"least_loaded\"}"
         ),
@@ -161,28 +143,37 @@ async fn two_cpu_engines_route_by_load_then_by_prefix() {
         "airavata_time_to_first_token_seconds_count",
         "airavata_engine_step_tokens_total",
     ] {
-        let e0 = value(&text, &format!("{name}{{engine=\"0\"}}"));
-        let e1 = value(&text, &format!("{name}{{engine=\"1\"}}"));
+        let e0 = metric_value(&text, &format!("{name}{{engine=\"0\"}}"));
+        let e1 = metric_value(&text, &format!("{name}{{engine=\"1\"}}"));
         assert!(e0 > 0.0 && e1 > 0.0, "{name}: {e0} {e1}");
-        assert_eq!(value(&text, name), e0 + e1, "{name}");
+        assert_eq!(metric_value(&text, name), e0 + e1, "{name}");
     }
-    assert_eq!(value(&text, "airavata_generations_finished_total"), 4.0);
     assert_eq!(
-        value(
+        metric_value(&text, "airavata_generations_finished_total"),
+        4.0
+    );
+    assert_eq!(
+        metric_value(
             &text,
             "airavata_engine_steps_total{engine=\"1\",kind=\"decode\"}"
-        ) + value(
+        ) + metric_value(
             &text,
             "airavata_engine_steps_total{engine=\"0\",kind=\"decode\"}"
         ),
-        value(&text, "airavata_engine_steps_total{kind=\"decode\"}")
+        metric_value(&text, "airavata_engine_steps_total{kind=\"decode\"}")
     );
-    assert_eq!(value(&text, "airavata_engines"), 2.0);
-    assert_eq!(value(&text, "airavata_model_loaded"), 1.0);
-    assert_eq!(value(&text, "airavata_model_loaded{engine=\"1\"}"), 1.0);
-    assert_eq!(value(&text, "airavata_requests_running"), 0.0);
-    assert_eq!(value(&text, "airavata_requests_waiting{engine=\"0\"}"), 0.0);
-    assert_eq!(value(&text, "airavata_kv_cache_usage_ratio"), 0.0);
+    assert_eq!(metric_value(&text, "airavata_engines"), 2.0);
+    assert_eq!(metric_value(&text, "airavata_model_loaded"), 1.0);
+    assert_eq!(
+        metric_value(&text, "airavata_model_loaded{engine=\"1\"}"),
+        1.0
+    );
+    assert_eq!(metric_value(&text, "airavata_requests_running"), 0.0);
+    assert_eq!(
+        metric_value(&text, "airavata_requests_waiting{engine=\"0\"}"),
+        0.0
+    );
+    assert_eq!(metric_value(&text, "airavata_kv_cache_usage_ratio"), 0.0);
     server.shutdown().await.expect("shutdown");
 }
 
@@ -223,7 +214,7 @@ async fn least_loaded_routing_never_follows_the_cache() {
     let text = metrics(&c, &base).await;
     for e in ["0", "1"] {
         assert_eq!(
-            value(
+            metric_value(
                 &text,
                 &format!("airavata_router_requests_total{{engine=\"{e}\",route=\"prefix\"}}")
             ),
@@ -269,12 +260,20 @@ async fn admission_is_bounded_over_all_engines() {
     assert_eq!(s, 429, "{v}");
     assert_eq!(v["error"]["code"], "queue_full");
     let text = metrics(&c, &base).await;
-    assert_eq!(value(&text, "airavata_requests_rejected_total"), 1.0);
-    assert_eq!(value(&text, "airavata_requests_running"), 2.0);
-    assert_eq!(value(&text, "airavata_requests_waiting"), 1.0);
+    assert_eq!(metric_value(&text, "airavata_requests_rejected_total"), 1.0);
+    assert_eq!(metric_value(&text, "airavata_requests_running"), 2.0);
+    assert_eq!(metric_value(&text, "airavata_requests_waiting"), 1.0);
+    // vLLM's names (scraped by inference gateways) carry the same values.
+    assert_eq!(metric_value(&text, "vllm:num_requests_running"), 2.0);
+    assert_eq!(metric_value(&text, "vllm:num_requests_waiting"), 1.0);
     assert_eq!(
-        value(&text, "airavata_requests_running{engine=\"0\"}")
-            + value(&text, "airavata_requests_running{engine=\"1\"}"),
+        metric_value(&text, "vllm:kv_cache_usage_perc"),
+        metric_value(&text, "airavata_kv_cache_usage_ratio")
+    );
+    assert!(metric_value(&text, "vllm:kv_cache_usage_perc") > 0.0);
+    assert_eq!(
+        metric_value(&text, "airavata_requests_running{engine=\"0\"}")
+            + metric_value(&text, "airavata_requests_running{engine=\"1\"}"),
         2.0
     );
     for h in held {
@@ -331,9 +330,15 @@ async fn a_failed_engine_is_reported_and_left_out() {
         .is_some_and(|s| s.starts_with("failed")));
     assert_eq!(info["slots"], 4, "only the serving engine's slots: {info}");
     let text = metrics(&c, &base).await;
-    assert_eq!(value(&text, "airavata_model_loaded{engine=\"0\"}"), 1.0);
-    assert_eq!(value(&text, "airavata_model_loaded{engine=\"1\"}"), 0.0);
-    assert_eq!(value(&text, "airavata_model_loaded"), 0.0);
+    assert_eq!(
+        metric_value(&text, "airavata_model_loaded{engine=\"0\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&text, "airavata_model_loaded{engine=\"1\"}"),
+        0.0
+    );
+    assert_eq!(metric_value(&text, "airavata_model_loaded"), 0.0);
     server.shutdown().await.expect("shutdown");
 }
 
@@ -480,7 +485,7 @@ async fn decode_padding_keeps_outputs_and_prompt_caches() {
             out.push(v["generated_text"].as_str().unwrap_or_default().to_string());
         }
         let text = metrics(&c, &base).await;
-        padded_seen.push(value(&text, "airavata_engine_padded_tokens_total"));
+        padded_seen.push(metric_value(&text, "airavata_engine_padded_tokens_total"));
         answers.push(out);
         server.shutdown().await.expect("shutdown");
     }
@@ -640,10 +645,13 @@ async fn gap_dummies_never_overflow_a_full_batch() {
         assert_eq!(v["usage"]["completion_tokens"], n, "{what}: {v}");
     }
     let text = metrics(&c, &base).await;
-    assert_eq!(value(&text, "airavata_generations_failed_total"), 0.0);
+    assert_eq!(
+        metric_value(&text, "airavata_generations_failed_total"),
+        0.0
+    );
     // Once the prompt is in, slot 1 is a gap between slots 0 and 2 and its
     // decode steps do carry a dummy.
-    assert!(value(&text, "airavata_engine_padded_tokens_total") >= 1.0);
+    assert!(metric_value(&text, "airavata_engine_padded_tokens_total") >= 1.0);
     server.shutdown().await.expect("shutdown");
 }
 
@@ -719,14 +727,14 @@ async fn backend_greedy_picks_match_host_picks() {
             again.push(completion_text(&v));
         }
         let m = metrics(&c, &base).await;
-        let generated = value(&m, "airavata_generated_tokens_total");
-        let backend = value(&m, "airavata_backend_greedy_tokens_total");
+        let generated = metric_value(&m, "airavata_generated_tokens_total");
+        let backend = metric_value(&m, "airavata_backend_greedy_tokens_total");
         assert_eq!(generated, (4.0 * 3.0 + 1.0) * 40.0 + 20.0, "{mode:?}");
         // Everything but the sampled request and the one with log-probabilities.
         let expected = if on { generated - 20.0 - 40.0 } else { 0.0 };
         assert_eq!(backend, expected, "{mode:?}: backend picks");
         // A first attach, the two detaches, the re-attaches.
-        let switches = value(&m, "airavata_backend_greedy_switches_total");
+        let switches = metric_value(&m, "airavata_backend_greedy_switches_total");
         if on {
             assert!(switches >= 3.0, "switches {switches}");
         } else {
@@ -872,7 +880,7 @@ async fn requests_copy_a_shared_prefix_from_another_slot() {
         });
         let t0 = Instant::now();
         // Its KV then also holds generated tokens, which a copy must leave out.
-        while value(&metrics(&c, &base).await, "airavata_generated_tokens_total") < 40.0 {
+        while metric_value(&metrics(&c, &base).await, "airavata_generated_tokens_total") < 40.0 {
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
                 "holder never started"
@@ -916,9 +924,9 @@ async fn requests_copy_a_shared_prefix_from_another_slot() {
         assert_eq!(st, 200, "{v}");
         let text = metrics(&c, &base).await;
         assert!(
-            value(&text, "airavata_shared_prompt_tokens_total") >= minimum as f64,
+            metric_value(&text, "airavata_shared_prompt_tokens_total") >= minimum as f64,
             "unified {kv_unified}: shared {} < {minimum}",
-            value(&text, "airavata_shared_prompt_tokens_total")
+            metric_value(&text, "airavata_shared_prompt_tokens_total")
         );
         server.shutdown().await.expect("shutdown");
     }

@@ -10,7 +10,9 @@ use airavata::server::ServeOptions;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use common::server::{client, info, sse_events, start, test_model, test_options, wait_info};
+use common::server::{
+    client, info, metric, sse_events, start, test_model, test_options, wait_info,
+};
 
 async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let r = c.post(url).json(&body).send().await.expect("send");
@@ -287,21 +289,6 @@ fn steps(kind: &str) -> String {
     format!("airavata_engine_steps_total{{kind=\"{kind}\"}}")
 }
 
-async fn metric(c: &reqwest::Client, base: &str, name: &str) -> f64 {
-    let text = c
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_frees_the_slot() {
     let model = test_model();
@@ -535,6 +522,15 @@ async fn errors_use_the_envelope() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// A small valid body for a generation route (two new tokens).
+fn body_with(route: &str, chat: &Value) -> Value {
+    match route {
+        "/generate" => json!({"prompt": "x", "max_new_tokens": 2}),
+        "/v1/completions" => json!({"prompt": "x", "max_tokens": 2}),
+        _ => json!({"messages": chat, "max_tokens": 2}),
+    }
+}
+
 /// Every route names its own token-budget field, in `param` and in the
 /// message, for both a bad value (422) and a budget that does not fit (400).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,6 +581,61 @@ async fn errors_name_the_callers_own_fields() {
             "max_new_tokens"
         };
         assert!(!msg.contains(other), "{route}: {msg}");
+        // A value of the wrong type (a negative budget) names the field too,
+        // although the body flattens its shared fields.
+        let mut negative = body_with(route, &chat);
+        negative[field] = json!(-1);
+        let (s, v) = post(&c, format!("{base}{route}"), negative).await;
+        assert_eq!(s, 422, "{route} {v}");
+        assert_eq!(v["error"]["param"], field, "{route} {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.starts_with(&format!("field `{field}`: invalid value")),
+            "{msg}"
+        );
+        // A field the server does not implement is refused, never ignored.
+        let mut unknown = body_with(route, &chat);
+        unknown["echo_all_the_things"] = json!(true);
+        let (s, v) = post(&c, format!("{base}{route}"), unknown).await;
+        assert_eq!(s, 400, "{route} {v}");
+        assert_envelope(&v, "unsupported_field");
+        assert_eq!(v["error"]["param"], "echo_all_the_things", "{route}");
+        assert_eq!(
+            v["error"]["message"],
+            "`echo_all_the_things` is not supported by this server"
+        );
+    }
+    for (route, body) in [
+        ("/tokenize", json!({"content": "x", "frobnicate": 1})),
+        ("/detokenize", json!({"tokens": [1], "frobnicate": 1})),
+    ] {
+        let (s, v) = post(&c, format!("{base}{route}"), body).await;
+        assert_eq!(
+            (s, &v["error"]["param"]),
+            (400, &json!("frobnicate")),
+            "{route} {v}"
+        );
+    }
+    // Every shared sampling field is accepted on every route (one struct).
+    for route in ["/generate", "/v1/completions", "/v1/chat/completions"] {
+        let mut body = body_with(route, &chat);
+        for (k, v) in [
+            ("temperature", json!(0)),
+            ("top_k", json!(1)),
+            ("top_p", json!(0.5)),
+            ("min_p", json!(0.1)),
+            ("repetition_penalty", json!(1.1)),
+            ("frequency_penalty", json!(0.1)),
+            ("presence_penalty", json!(0.1)),
+            ("seed", json!(3)),
+            ("ignore_eos", json!(true)),
+            ("stop", json!(["\n\n"])),
+            ("stream", json!(false)),
+        ] {
+            body[k] = v;
+        }
+        let (s, v) = post(&c, format!("{base}{route}"), body).await;
+        assert_eq!(s, 200, "{route} {v}");
     }
     // OpenAI's temperature bound is 2; /generate accepts up to 100.
     let (s, v) = post(

@@ -27,7 +27,10 @@ use super::ModelArgs;
 use crate::engine::{
     ChatMessage, Completion, Engine, EngineConfig, Event, FlashAttn, GenerationStream, Prompt, Role,
 };
-use crate::server::validate::{self, GenerationInput};
+use crate::router::{Engines, Routing};
+use crate::server::validate::{
+    self, GenerationInput, RequestError, SamplingFields, ValidationError,
+};
 
 /// `airavata chat` flags.
 #[derive(Args, Debug)]
@@ -99,20 +102,15 @@ impl ChatArgs {
         GenerationInput {
             prompt: Prompt::Chat(messages),
             max_tokens: self.max_tokens,
-            temperature: Some(self.temperature),
-            top_k: None,
-            top_p: Some(self.top_p),
-            min_p: None,
-            repetition_penalty: None,
-            frequency_penalty: None,
-            presence_penalty: None,
-            seed: self.seed,
-            ignore_eos: false,
-            response_format: None,
-            grammar: None,
             logprobs: None,
-            stop: None,
-            stream: true,
+            fields: SamplingFields {
+                temperature: Some(self.temperature),
+                top_p: Some(self.top_p),
+                seed: self.seed,
+                stream: true,
+                ..SamplingFields::default()
+            },
+            unknown: Default::default(),
         }
     }
 }
@@ -147,6 +145,9 @@ pub fn run_chat(a: ChatArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted while loading the model")),
         }
     })?;
+    // One engine behind the server's router, so turns go through the very
+    // `validate` the HTTP routes use.
+    let engine = Engines::from_engines(vec![engine], 1, Routing::LeastLoaded);
     let chat = Chat { args: &a, engine };
     let result = match one_shot {
         Some(text) => chat.one_shot(&rt, text),
@@ -158,7 +159,7 @@ pub fn run_chat(a: ChatArgs) -> Result<()> {
 
 struct Chat<'a> {
     args: &'a ChatArgs,
-    engine: Engine,
+    engine: Engines,
 }
 
 /// How an answer ended.
@@ -170,28 +171,23 @@ enum Ending {
 }
 
 impl Chat<'_> {
-    /// Validates and submits the conversation, exactly as
-    /// `/v1/chat/completions` would.
-    fn submit(&self, history: &[ChatMessage]) -> Result<GenerationStream> {
-        let spec = validate::CHAT;
-        let checked = validate::check(
-            self.args
-                .input(conversation(self.args.system.as_deref(), history)),
-            spec,
-        )?;
-        let admission = self.engine.admit()?;
-        let tokens = self.engine.tokenize_prompt(&checked.prompt)?;
-        let n_ctx_slot = self.engine.info().map_or(0, |i| i.n_ctx_slot as usize);
-        let max_new_tokens = validate::fit(tokens.len(), checked.max_tokens, n_ctx_slot, spec)?;
-        let request = crate::engine::GenerateRequest {
-            prompt: tokens,
-            max_new_tokens,
-            sampling: checked.sampling,
-            stop: checked.stop,
-            timeout: None,
-            logprobs: None,
-        };
-        Ok(self.engine.submit(admission, request))
+    /// Validates and submits the conversation through
+    /// `/v1/chat/completions`' own [`validate::validate`].
+    fn submit(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        history: &[ChatMessage],
+    ) -> Result<GenerationStream, RequestError> {
+        let input = self
+            .args
+            .input(conversation(self.args.system.as_deref(), history));
+        let v = rt.block_on(validate::validate(
+            &self.engine,
+            input,
+            validate::CHAT,
+            None,
+        ))?;
+        Ok(self.engine.submit(v.admission, v.request))
     }
 
     /// Streams one answer to stdout; Ctrl-C cancels it.
@@ -200,7 +196,7 @@ impl Chat<'_> {
         rt: &tokio::runtime::Runtime,
         history: &[ChatMessage],
     ) -> Result<(String, Ending)> {
-        let mut gen = self.submit(history)?;
+        let mut gen = self.submit(rt, history)?;
         rt.block_on(async move {
             let mut out = std::io::stdout().lock();
             let mut text = String::new();
@@ -320,8 +316,10 @@ impl Chat<'_> {
                     history.pop();
                     eprintln!("error: {e:#}");
                     if matches!(
-                        e.downcast_ref::<validate::ValidationError>(),
-                        Some(validate::ValidationError::ContextExceeded { .. })
+                        e.downcast_ref::<RequestError>(),
+                        Some(RequestError::Invalid(
+                            ValidationError::ContextExceeded { .. }
+                        ))
                     ) {
                         eprintln!("(the conversation no longer fits the context: /reset starts a new one)");
                     }
@@ -366,15 +364,10 @@ mod tests {
     fn sampling_defaults_are_the_chat_routes() {
         let a = Cli::try_parse_from(["chat", "m.gguf"]).expect("parse").chat;
         let c = validate::check(a.input(Vec::new()), validate::CHAT).expect("valid");
-        let http = validate::check(
-            GenerationInput {
-                temperature: None,
-                top_p: None,
-                ..a.input(Vec::new())
-            },
-            validate::CHAT,
-        )
-        .expect("valid");
+        let mut defaults = a.input(Vec::new());
+        defaults.fields.temperature = None;
+        defaults.fields.top_p = None;
+        let http = validate::check(defaults, validate::CHAT).expect("valid");
         assert_eq!(c.sampling, http.sampling);
         assert_eq!(a.max_tokens, None);
         assert_eq!(a.model.model, "m.gguf");

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::engine::EngineError;
 
-use super::validate::ValidationError;
+use super::validate::{RequestError, ValidationError};
 
 /// An HTTP error with its envelope.
 #[derive(Debug, Clone)]
@@ -77,6 +77,16 @@ impl ApiError {
             message,
         )
         .with_param(param)
+    }
+
+    /// 500 `internal_error` (details go to the log, not the caller).
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            "internal server error",
+        )
     }
 
     /// 404.
@@ -174,7 +184,7 @@ impl From<EngineError> for ApiError {
 /// `invalid_value`; all name the caller's field.
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
-        let field = e.field();
+        let field = e.field().to_string();
         match e {
             ValidationError::ContextExceeded { .. } => Self::new(
                 StatusCode::BAD_REQUEST,
@@ -201,7 +211,28 @@ impl From<ValidationError> for ApiError {
                 e.to_string(),
             )
             .with_param(field),
-            _ => Self::invalid_field(field, e.to_string()),
+            ValidationError::Unsupported { .. } => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unsupported_field",
+                e.to_string(),
+            )
+            .with_param(field),
+            _ => Self::invalid_field(&field, e.to_string()),
+        }
+    }
+}
+
+/// A request that was not run: the caller's field, or the engine.
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Invalid(e) => e.into(),
+            RequestError::Engine(e) => e.into(),
+            RequestError::Task(why) => {
+                tracing::error!(error = %why, "tokenizer task failed");
+                Self::internal()
+            }
         }
     }
 }
@@ -290,20 +321,60 @@ fn is_json(ct: Option<&HeaderValue>) -> bool {
 }
 
 /// Parses JSON, classifying failures as 400 (syntax) or 422 (shape, with the field).
+///
+/// Bodies flatten shared fields (`#[serde(flatten)]`), which hides the path of
+/// a wrong-typed field from serde; such an error is traced back to the
+/// top-level key whose removal changes it, so `param` still names the
+/// caller's field (`max_tokens`, not `.`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| classify(&e, "."))?;
+    serde_path_to_error::deserialize::<_, T>(&value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        let path = if path == "." && !inner.to_string().starts_with("missing field `") {
+            culprit::<T>(&value, &inner.to_string()).unwrap_or(path)
+        } else {
+            path
+        };
         classify(&inner, &path)
-    })?;
-    de.end().map_err(|e| classify(&e, "."))?;
-    Ok(value)
+    })
+}
+
+/// The top-level key of `value` that causes the error `msg`: the first whose
+/// removal removes the error or changes it into another one than that key
+/// missing (removing a valid required key only makes that key missing).
+fn culprit<T: DeserializeOwned>(value: &serde_json::Value, msg: &str) -> Option<String> {
+    let obj = value.as_object()?;
+    obj.keys()
+        .find(|key| {
+            let rest: serde_json::Map<String, serde_json::Value> = obj
+                .iter()
+                .filter(|(k, _)| k != key)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            match serde_json::from_value::<T>(serde_json::Value::Object(rest)) {
+                Ok(_) => true,
+                Err(e) => {
+                    let m = e.to_string();
+                    m != msg && m != format!("missing field `{key}`")
+                }
+            }
+        })
+        .cloned()
 }
 
 fn classify(e: &serde_json::Error, path: &str) -> ApiError {
     use serde_json::error::Category;
     match e.classify() {
+        Category::Data if e.to_string().starts_with("unknown field `") => {
+            let msg = e.to_string();
+            let field = msg
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+                .unwrap_or_default()
+                .to_string();
+            ApiError::from(ValidationError::Unsupported { field })
+        }
         Category::Data => {
             let msg = e.to_string();
             // Missing fields are reported at the parent path.
@@ -361,6 +432,44 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("max_new_tokens"));
         let e = parse_json::<T>(b"{\"prompt\": \"x\"} x").unwrap_err();
         assert_eq!(e.status.as_u16(), 400);
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Outer {
+        prompt: String,
+        #[serde(flatten)]
+        inner: Inner,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Inner {
+        max_tokens: Option<u32>,
+        temperature: Option<f32>,
+    }
+
+    #[test]
+    fn flattened_fields_are_named_in_type_errors() {
+        let e = parse_json::<Outer>(br#"{"prompt": "x", "temperature": 1, "max_tokens": -1}"#)
+            .unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.param.as_deref()),
+            (422, Some("max_tokens"))
+        );
+        assert!(
+            e.message.starts_with("field `max_tokens`: invalid value"),
+            "{}",
+            e.message
+        );
+        let e = parse_json::<Outer>(br#"{"temperature": "hot", "prompt": "x"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        // A wrong type in a field of the outer struct, before a flattened one.
+        let e = parse_json::<Outer>(br#"{"prompt": 5, "max_tokens": 3}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("prompt"));
+        let e = parse_json::<Outer>(br#"{"max_tokens": 3}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("prompt"));
+        assert!(parse_json::<Outer>(br#"{"prompt": "x", "max_tokens": 3}"#).is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -81,8 +81,201 @@ fn family(out: &mut String, name: &str, labels: &str, s: &Series) {
     }
 }
 
-fn counter(e: &Engine, f: impl Fn(&EngineStats) -> &std::sync::atomic::AtomicU64) -> f64 {
+fn counter(e: &Engine, f: impl Fn(&EngineStats) -> &AtomicU64) -> f64 {
     f(e.stats()).load(Ordering::Relaxed) as f64
+}
+
+impl Series {
+    /// A server-wide value with no per-engine lines.
+    fn total(total: f64) -> Series {
+        Series {
+            total,
+            per_engine: Vec::new(),
+        }
+    }
+
+    /// An engine counter, per engine and summed.
+    fn counter(engines: &Engines, pick: fn(&EngineStats) -> &AtomicU64) -> Series {
+        Series::of(engines.all(), |e| counter(e, pick))
+    }
+}
+
+/// `(name, type, help, value)`: every counter and gauge family with one
+/// value per engine (or only a total). A new metric is one row.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Engines) -> Series,
+);
+
+const FAMILIES: [Family; 23] = [
+    (
+        "airavata_prompt_tokens_total",
+        "counter",
+        "Prompt tokens evaluated (prompt-cache hits excluded).",
+        |en| Series::counter(en, |s| &s.prompt_tokens),
+    ),
+    (
+        "airavata_cached_prompt_tokens_total",
+        "counter",
+        "Prompt tokens served from the slots' prompt cache.",
+        |en| Series::counter(en, |s| &s.cached_prompt_tokens),
+    ),
+    (
+        "airavata_shared_prompt_tokens_total",
+        "counter",
+        "Of the cached prompt tokens, those copied from another slot's KV (a prefix shared across slots).",
+        |en| Series::counter(en, |s| &s.shared_prompt_tokens),
+    ),
+    (
+        "airavata_generated_tokens_total",
+        "counter",
+        "Tokens sampled.",
+        |en| Series::counter(en, |s| &s.generated_tokens),
+    ),
+    (
+        "airavata_backend_greedy_tokens_total",
+        "counter",
+        "Of the tokens sampled, greedy ones the backend picked in the step's graph (--backend-greedy).",
+        |en| Series::counter(en, |s| &s.backend_greedy_tokens),
+    ),
+    (
+        "airavata_backend_greedy_switches_total",
+        "counter",
+        "Slots whose backend greedy sampler was attached or detached for a request (each makes llama.cpp re-plan its graph memory).",
+        |en| Series::counter(en, |s| &s.backend_greedy_switches),
+    ),
+    (
+        "airavata_generations_finished_total",
+        "counter",
+        "Generations that ended normally.",
+        |en| Series::counter(en, |s| &s.finished),
+    ),
+    (
+        "airavata_generations_cancelled_total",
+        "counter",
+        "Generations cancelled because the client went away.",
+        |en| Series::counter(en, |s| &s.cancelled),
+    ),
+    (
+        "airavata_generations_timed_out_total",
+        "counter",
+        "Generations that hit --request-timeout.",
+        |en| Series::counter(en, |s| &s.timed_out),
+    ),
+    (
+        "airavata_generations_failed_total",
+        "counter",
+        "Generations that failed in the engine.",
+        |en| Series::counter(en, |s| &s.failed),
+    ),
+    (
+        "airavata_engine_padded_tokens_total",
+        "counter",
+        "Dummy tokens on unfed slots: gaps between fed slots (--fill-gaps) and decode padding (--decode-pad).",
+        |en| Series::counter(en, |s| &s.steps.padded_tokens),
+    ),
+    (
+        "airavata_decode_steps_total",
+        "counter",
+        "llama_decode calls.",
+        |en| Series::of(en.all(), |e| e.stats().steps.steps() as f64),
+    ),
+    (
+        "airavata_requests_rejected_total",
+        "counter",
+        "Requests refused with 429 because the server was at capacity.",
+        |en| {
+            let engines: u64 = en
+                .all()
+                .iter()
+                .map(|e| e.stats().rejected.load(Ordering::Relaxed))
+                .sum();
+            Series::total((en.rejected() + engines) as f64)
+        },
+    ),
+    (
+        "airavata_model_loaded",
+        "gauge",
+        "1 once every engine has loaded the model (per engine: that engine).",
+        |en| Series {
+            total: u8::from(en.is_ready()) as f64,
+            ..Series::of(en.all(), |e| u8::from(e.is_ready()) as f64)
+        },
+    ),
+    (
+        "airavata_engines",
+        "gauge",
+        "Engines (model + context + slots) in this server, one per device.",
+        |en| Series::total(en.all().len() as f64),
+    ),
+    (
+        "airavata_requests_running",
+        "gauge",
+        "Requests holding a slot (the gateway's running requests).",
+        running,
+    ),
+    (
+        "airavata_requests_waiting",
+        "gauge",
+        "Requests admitted and waiting for a slot (the gateway's and autoscaler's queue depth).",
+        waiting,
+    ),
+    (
+        "airavata_kv_cache_usage_ratio",
+        "gauge",
+        "Fraction (0-1) of KV cells in use by running requests (the gateway's KV-cache utilisation).",
+        kv_usage,
+    ),
+    (
+        "airavata_kv_cache_tokens",
+        "gauge",
+        "KV cells in use by running requests.",
+        |en| Series::of(en.all(), |e| e.stats().kv_used_cells.load(Ordering::Relaxed) as f64),
+    ),
+    (
+        "airavata_kv_cache_cached_tokens",
+        "gauge",
+        "KV cells kept by free slots as prompt cache.",
+        |en| Series::of(en.all(), |e| e.stats().kv_cached_cells.load(Ordering::Relaxed) as f64),
+    ),
+    // vLLM's names for the three gauges an inference gateway (llm-d / the
+    // Gateway API Inference Extension) scrapes by default, so its vLLM
+    // mapping needs no flags. The same values as the airavata_ rows above.
+    (
+        "vllm:num_requests_running",
+        "gauge",
+        "Requests holding a slot (vLLM's name for airavata_requests_running).",
+        running,
+    ),
+    (
+        "vllm:num_requests_waiting",
+        "gauge",
+        "Requests waiting for a slot (vLLM's name for airavata_requests_waiting).",
+        waiting,
+    ),
+    (
+        "vllm:kv_cache_usage_perc",
+        "gauge",
+        "Fraction (0-1) of KV cells in use (vLLM's name for airavata_kv_cache_usage_ratio).",
+        kv_usage,
+    ),
+];
+
+fn running(en: &Engines) -> Series {
+    Series::of(en.all(), |e| e.stats().running() as f64)
+}
+
+fn waiting(en: &Engines) -> Series {
+    Series::of(en.all(), |e| e.waiting() as f64)
+}
+
+fn kv_usage(en: &Engines) -> Series {
+    Series {
+        total: super::status::kv_usage(en),
+        ..Series::of(en.all(), |e| e.stats().kv_usage())
+    }
 }
 
 /// The whole exposition.
@@ -102,139 +295,9 @@ pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
         );
     }
     let all = engines.all();
-    type Pick = fn(&EngineStats) -> &std::sync::atomic::AtomicU64;
-    let counters: [(&str, &str, Pick); 11] = [
-        (
-            "airavata_prompt_tokens_total",
-            "Prompt tokens evaluated (prompt-cache hits excluded).",
-            |s| &s.prompt_tokens,
-        ),
-        (
-            "airavata_cached_prompt_tokens_total",
-            "Prompt tokens served from the slots' prompt cache.",
-            |s| &s.cached_prompt_tokens,
-        ),
-        (
-            "airavata_shared_prompt_tokens_total",
-            "Of the cached prompt tokens, those copied from another slot's KV (a prefix shared across slots).",
-            |s| &s.shared_prompt_tokens,
-        ),
-        ("airavata_generated_tokens_total", "Tokens sampled.", |s| {
-            &s.generated_tokens
-        }),
-        (
-            "airavata_backend_greedy_tokens_total",
-            "Of the tokens sampled, greedy ones the backend picked in the step's graph (--backend-greedy).",
-            |s| &s.backend_greedy_tokens,
-        ),
-        (
-            "airavata_backend_greedy_switches_total",
-            "Slots whose backend greedy sampler was attached or detached for a request (each makes llama.cpp re-plan its graph memory).",
-            |s| &s.backend_greedy_switches,
-        ),
-        (
-            "airavata_generations_finished_total",
-            "Generations that ended normally.",
-            |s| &s.finished,
-        ),
-        (
-            "airavata_generations_cancelled_total",
-            "Generations cancelled because the client went away.",
-            |s| &s.cancelled,
-        ),
-        (
-            "airavata_generations_timed_out_total",
-            "Generations that hit --request-timeout.",
-            |s| &s.timed_out,
-        ),
-        (
-            "airavata_generations_failed_total",
-            "Generations that failed in the engine.",
-            |s| &s.failed,
-        ),
-        (
-            "airavata_engine_padded_tokens_total",
-            "Dummy tokens on unfed slots: gaps between fed slots (--fill-gaps) and decode padding (--decode-pad).",
-            |s| &s.steps.padded_tokens,
-        ),
-    ];
-    for (name, help, pick) in counters {
-        header(&mut out, name, "counter", help);
-        family(&mut out, name, "", &Series::of(all, |e| counter(e, pick)));
-    }
-    let name = "airavata_decode_steps_total";
-    header(&mut out, name, "counter", "llama_decode calls.");
-    family(
-        &mut out,
-        name,
-        "",
-        &Series::of(all, |e| e.stats().steps.steps() as f64),
-    );
-    let name = "airavata_requests_rejected_total";
-    header(
-        &mut out,
-        name,
-        "counter",
-        "Requests refused with 429 because the server was at capacity.",
-    );
-    let rejected = engines.rejected()
-        + all
-            .iter()
-            .map(|e| e.stats().rejected.load(Ordering::Relaxed))
-            .sum::<u64>();
-    let _ = writeln!(out, "{name} {rejected}");
-    let name = "airavata_model_loaded";
-    header(
-        &mut out,
-        name,
-        "gauge",
-        "1 once every engine has loaded the model (per engine: that engine).",
-    );
-    let mut loaded = Series::of(all, |e| u8::from(e.is_ready()) as f64);
-    loaded.total = u8::from(engines.is_ready()) as f64;
-    family(&mut out, name, "", &loaded);
-    let name = "airavata_engines";
-    header(
-        &mut out,
-        name,
-        "gauge",
-        "Engines (model + context + slots) in this server, one per device.",
-    );
-    let _ = writeln!(out, "{name} {}", all.len());
-    let gauges: [(&str, &str, Series); 5] = [
-        (
-            "airavata_requests_running",
-            "Requests holding a slot (the gateway's running requests).",
-            Series::of(all, |e| e.stats().running() as f64),
-        ),
-        (
-            "airavata_requests_waiting",
-            "Requests admitted and waiting for a slot (the gateway's and autoscaler's queue depth).",
-            Series::of(all, |e| e.waiting() as f64),
-        ),
-        (
-            "airavata_kv_cache_usage_ratio",
-            "Fraction (0-1) of KV cells in use by running requests (the gateway's KV-cache utilisation).",
-            {
-                let mut s = Series::of(all, |e| e.stats().kv_usage());
-                s.total = super::status::kv_usage(engines);
-                s
-            },
-        ),
-        (
-            "airavata_kv_cache_tokens",
-            "KV cells in use by running requests.",
-            Series::of(all, |e| e.stats().kv_used_cells.load(Ordering::Relaxed) as f64),
-        ),
-        (
-            "airavata_kv_cache_cached_tokens",
-            "KV cells kept by free slots as prompt cache.",
-            Series::of(all, |e| e.stats().kv_cached_cells.load(Ordering::Relaxed) as f64),
-        ),
-    ];
-    for (name, help, series) in gauges {
-        header(&mut out, name, "gauge", help);
-        family(&mut out, name, "", &series);
+    for (name, kind, help, series) in FAMILIES {
+        header(&mut out, name, kind, help);
+        family(&mut out, name, "", &series(engines));
     }
     type Hist = fn(&EngineStats) -> HistogramSnapshot;
     let hists: [(&str, &str, Hist); 4] = [

@@ -357,33 +357,7 @@ pub fn router(engine: Engines, opts: &ServeOptions, model: &Path) -> Result<Rout
 /// A handler panic becomes a 500 with the usual envelope.
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    internal_error().into_response()
-}
-
-fn internal_error() -> errors::ApiError {
-    errors::ApiError::new(
-        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        "internal_error",
-        "internal server error",
-    )
-}
-
-/// Runs tokenizer work (`f`) on tokio's blocking pool, off the async worker
-/// threads that serve every connection.
-async fn blocking<T, F>(engine: &Engines, f: F) -> Result<T, errors::ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&Engines) -> Result<T, EngineError> + Send + 'static,
-{
-    let engine = engine.clone();
-    match tokio::task::spawn_blocking(move || f(&engine)).await {
-        Ok(res) => Ok(res?),
-        Err(e) => {
-            tracing::error!(error = %e, "tokenizer task failed");
-            Err(internal_error())
-        }
-    }
+    errors::ApiError::internal().into_response()
 }
 
 fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {

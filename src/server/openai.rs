@@ -17,8 +17,9 @@ use crate::engine::{ChatMessage, Event, GenerationStream, Prompt, TokenLogprob};
 
 use super::errors::{ApiError, ApiJson};
 use super::routes::usage_json;
-use super::structured::ResponseFormat;
-use super::validate::{self, validate, GenerationInput, RouteSpec, StopField, ValidationError};
+use super::validate::{
+    self, validate, GenerationInput, RouteSpec, SamplingFields, UnknownFields, ValidationError,
+};
 use super::AppState;
 
 /// `prompt` may be a string or a one-element list.
@@ -39,7 +40,10 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// Fields shared by both endpoints.
+/// Fields shared by both endpoints besides [`SamplingFields`] (both structs
+/// are flattened into each body, beside each other: serde hands every
+/// flattened struct only its own keys, and leaves the rest for the body's
+/// [`UnknownFields`]).
 #[derive(Debug, Deserialize)]
 pub struct CommonFields {
     /// Echoed back; the server serves one model.
@@ -48,39 +52,11 @@ pub struct CommonFields {
     pub max_tokens: Option<u32>,
     /// OpenAI's newer name for `max_tokens`; wins when both are sent.
     pub max_completion_tokens: Option<u32>,
-    /// Default 1.0.
-    pub temperature: Option<f32>,
-    /// Default 1.0.
-    pub top_p: Option<f32>,
-    /// Extension (default off).
-    pub top_k: Option<i32>,
-    /// Extension (default off).
-    pub min_p: Option<f32>,
-    /// Extension (default 1.0).
-    pub repetition_penalty: Option<f32>,
-    /// Generate past end-of-generation tokens (for fixed-length benchmarks).
-    #[serde(default)]
-    pub ignore_eos: bool,
-    /// -2..2.
-    pub frequency_penalty: Option<f32>,
-    /// -2..2.
-    pub presence_penalty: Option<f32>,
-    /// RNG seed.
-    pub seed: Option<u32>,
-    /// Stop strings.
-    pub stop: Option<StopField>,
     /// Only 1 is supported.
     pub n: Option<u32>,
-    /// Stream chunks.
-    #[serde(default)]
-    pub stream: bool,
     /// Streaming options.
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
-    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {...}}`.
-    pub response_format: Option<ResponseFormat>,
-    /// Extension: a GBNF grammar (root rule `root`) the output must match.
-    pub grammar: Option<String>,
 }
 
 /// `POST /v1/completions` body.
@@ -93,6 +69,14 @@ pub struct CompletionBody {
     /// Shared fields.
     #[serde(flatten)]
     pub common: CommonFields,
+    /// Sampling and output settings (`temperature` and `top_p` default to
+    /// 1.0; `top_k`, `min_p`, `repetition_penalty`, `ignore_eos` and
+    /// `grammar` are extensions).
+    #[serde(flatten)]
+    pub fields: SamplingFields,
+    /// Anything else: refused with 400 naming the field.
+    #[serde(flatten)]
+    pub unknown: UnknownFields,
 }
 
 /// `POST /v1/chat/completions` body.
@@ -108,6 +92,14 @@ pub struct ChatBody {
     /// Shared fields.
     #[serde(flatten)]
     pub common: CommonFields,
+    /// Sampling and output settings (`temperature` and `top_p` default to
+    /// 1.0; `top_k`, `min_p`, `repetition_penalty`, `ignore_eos` and
+    /// `grammar` are extensions).
+    #[serde(flatten)]
+    pub fields: SamplingFields,
+    /// Anything else: refused with 400 naming the field.
+    #[serde(flatten)]
+    pub unknown: UnknownFields,
 }
 
 enum Kind {
@@ -148,6 +140,8 @@ impl CommonFields {
     #[allow(clippy::too_many_arguments)]
     fn split(
         self,
+        fields: SamplingFields,
+        unknown: UnknownFields,
         prompt: Prompt,
         logprobs: Option<u32>,
         default_max: Option<u32>,
@@ -171,20 +165,9 @@ impl CommonFields {
         let input = GenerationInput {
             prompt,
             max_tokens,
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repetition_penalty: self.repetition_penalty,
-            frequency_penalty: self.frequency_penalty,
-            presence_penalty: self.presence_penalty,
-            seed: self.seed,
-            ignore_eos: self.ignore_eos,
-            stop: self.stop,
-            stream: self.stream,
-            response_format: self.response_format,
-            grammar: self.grammar,
             logprobs,
+            fields,
+            unknown,
         };
         let reply = Reply {
             kind,
@@ -210,6 +193,8 @@ pub async fn completions(
         }
     };
     let (input, spec, reply) = body.common.split(
+        body.fields,
+        body.unknown,
         Prompt::Raw(prompt),
         body.logprobs,
         Some(16),
@@ -240,6 +225,8 @@ pub async fn chat_completions(
         }
     };
     let (input, spec, reply) = body.common.split(
+        body.fields,
+        body.unknown,
         Prompt::Chat(body.messages),
         logprobs,
         None,

@@ -15,8 +15,7 @@ use serde_json::json;
 use crate::engine::{Completion, Event, GenerationStream, Prompt, Usage};
 
 use super::errors::{ApiError, ApiJson};
-use super::structured::ResponseFormat;
-use super::validate::{self, validate, GenerationInput, StopField};
+use super::validate::{self, validate, GenerationInput, SamplingFields, UnknownFields};
 use super::{metrics, AppState};
 
 /// Default `max_new_tokens` for `/generate` (the FastAPI app's value).
@@ -37,30 +36,13 @@ pub struct GenerateBody {
     /// Use the prompt verbatim instead of wrapping it.
     #[serde(default)]
     pub raw: bool,
-    /// Answer with server-sent events.
-    #[serde(default)]
-    pub stream: bool,
-    /// 0 (default) = greedy.
-    pub temperature: Option<f32>,
-    /// Top-k (0 = off, default).
-    pub top_k: Option<i32>,
-    /// Nucleus mass (default 0.9, Airavata's generation_config).
-    pub top_p: Option<f32>,
-    /// Min-p (default 0 = off).
-    pub min_p: Option<f32>,
-    /// Repetition penalty (default 1 = off).
-    pub repetition_penalty: Option<f32>,
-    /// Generate past end-of-generation tokens (for fixed-length benchmarks).
-    #[serde(default)]
-    pub ignore_eos: bool,
-    /// RNG seed.
-    pub seed: Option<u32>,
-    /// Stop strings.
-    pub stop: Option<StopField>,
-    /// Constrain the output to JSON (OpenAI's `response_format`).
-    pub response_format: Option<ResponseFormat>,
-    /// Constrain the output to a GBNF grammar (root rule `root`).
-    pub grammar: Option<String>,
+    /// Sampling and output settings (`temperature` 0 = greedy by default,
+    /// `top_p` 0.9 as Airavata's generation_config; the rest off).
+    #[serde(flatten)]
+    pub fields: SamplingFields,
+    /// Anything else: refused with 400 naming the field.
+    #[serde(flatten)]
+    pub unknown: UnknownFields,
 }
 
 impl From<GenerateBody> for GenerationInput {
@@ -72,20 +54,9 @@ impl From<GenerateBody> for GenerationInput {
                 Prompt::User(b.prompt)
             },
             max_tokens: Some(b.max_new_tokens),
-            temperature: b.temperature,
-            top_k: b.top_k,
-            top_p: b.top_p,
-            min_p: b.min_p,
-            repetition_penalty: b.repetition_penalty,
-            frequency_penalty: None,
-            presence_penalty: None,
-            seed: b.seed,
-            ignore_eos: b.ignore_eos,
-            stop: b.stop,
-            stream: b.stream,
-            response_format: b.response_format,
-            grammar: b.grammar,
             logprobs: None,
+            fields: b.fields,
+            unknown: b.unknown,
         }
     }
 }
@@ -185,6 +156,7 @@ fn generate_events(mut gen: GenerationStream) -> impl Stream<Item = Result<SseEv
 
 /// `POST /tokenize` body.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenizeBody {
     /// Text to tokenize.
     #[serde(alias = "prompt")]
@@ -215,7 +187,7 @@ pub async fn tokenize(
         chat,
         with_pieces,
     } = body;
-    let (tokens, pieces) = super::blocking(&state.engine, move |e| {
+    let (tokens, pieces) = validate::blocking(&state.engine, move |e| {
         let tokens = if chat {
             e.tokenize_prompt(&Prompt::User(content))?.ids().to_vec()
         } else {
@@ -243,6 +215,7 @@ pub async fn tokenize(
 
 /// `POST /detokenize` body.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DetokenizeBody {
     /// Token ids.
     pub tokens: Vec<i32>,
@@ -253,7 +226,7 @@ pub async fn detokenize(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<DetokenizeBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let content = super::blocking(&state.engine, move |e| e.detokenize(&body.tokens)).await?;
+    let content = validate::blocking(&state.engine, move |e| e.detokenize(&body.tokens)).await?;
     Ok(Json(json!({ "content": content })))
 }
 

@@ -8,17 +8,38 @@
 //! saying what it calls the token budget and the prompt (`max_new_tokens` on
 //! `/generate`, `max_tokens` or `max_completion_tokens` on the OpenAI
 //! routes), so no message is ever rewritten afterwards.
+//!
+//! The sampling and generation fields every body shares are declared once,
+//! in [`SamplingFields`], which each body flattens: a new setting is one field
+//! there (and its check in [`check`]). `airavata chat` runs the same
+//! [`validate`]. Failures are a [`RequestError`]; [`super::errors`] alone
+//! maps them to HTTP.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::engine::{GenerateRequest, Prompt, SamplingParams};
+use crate::engine::{EngineError, GenerateRequest, Prompt, SamplingParams};
 use crate::router::{Admission, Engines};
 
-use super::errors::ApiError;
 use super::structured::{self, Constraint, ResponseFormat, SchemaIssue};
+
+/// Why a request was not run: a field the caller got wrong, or the engine
+/// (not ready, queue full, tokenizer failure, ...). Mapped to HTTP in
+/// [`super::errors`] only.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A field with an unusable value.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A blocking tokenizer task panicked or was cancelled.
+    #[error("a tokenizer task failed: {0}")]
+    Task(String),
+}
 
 /// Most stop strings per request.
 pub const MAX_STOPS: usize = 16;
@@ -136,6 +157,13 @@ pub enum ValidationError {
         /// The field.
         field: &'static str,
     },
+    /// A field this server does not implement: refused rather than ignored,
+    /// so a client never believes it got what it asked for.
+    #[error("`{field}` is not supported by this server")]
+    Unsupported {
+        /// The field as the caller spelled it.
+        field: String,
+    },
     /// The prompt plus the token budget do not fit a slot.
     #[error(
         "the prompt has {prompt_tokens} tokens and `{field}` is {max_tokens}: {} tokens exceed the per-slot context of {n_ctx_slot} tokens",
@@ -155,9 +183,10 @@ pub enum ValidationError {
 
 impl ValidationError {
     /// The field at fault, as the caller named it.
-    pub fn field(&self) -> &'static str {
+    pub fn field(&self) -> &str {
         use ValidationError as V;
         match self {
+            V::Unsupported { field } => field,
             V::OutOfRange { field, .. }
             | V::OutOfRangeOpenLow { field, .. }
             | V::ZeroTokens { field }
@@ -240,14 +269,13 @@ pub enum StopField {
     Many(Vec<String>),
 }
 
-/// The generation fields of any route, before validation.
-#[derive(Debug, Clone)]
-pub struct GenerationInput {
-    /// What to continue.
-    pub prompt: Prompt,
-    /// Token budget; `None` = whatever room the slot has after the prompt.
-    pub max_tokens: Option<u32>,
-    /// Softmax temperature (0 = greedy).
+/// The sampling and generation fields of every route's body, declared once
+/// and `#[serde(flatten)]`ed into each body (and filled by `airavata chat`).
+/// Route-specific fields (the prompt, the budget's name, log-probabilities)
+/// stay in the bodies.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SamplingFields {
+    /// Softmax temperature (0 = greedy); the default is the route's.
     pub temperature: Option<f32>,
     /// Top-k (0 = off).
     pub top_k: Option<i32>,
@@ -263,18 +291,37 @@ pub struct GenerationInput {
     pub presence_penalty: Option<f32>,
     /// RNG seed.
     pub seed: Option<u32>,
-    /// Generate past end-of-generation tokens.
+    /// Generate past end-of-generation tokens (for fixed-length benchmarks).
+    #[serde(default)]
     pub ignore_eos: bool,
-    /// Stop strings.
+    /// Stop strings (one or a list).
     pub stop: Option<StopField>,
     /// Answer with server-sent events.
+    #[serde(default)]
     pub stream: bool,
     /// OpenAI's `response_format`.
     pub response_format: Option<ResponseFormat>,
     /// A raw GBNF grammar (root rule `root`).
     pub grammar: Option<String>,
+}
+
+/// The fields of a body that no struct claimed (each body flattens one of
+/// these last, after its own fields and [`SamplingFields`]).
+pub type UnknownFields = serde_json::Map<String, serde_json::Value>;
+
+/// The generation fields of any route, before validation.
+#[derive(Debug, Clone)]
+pub struct GenerationInput {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// Token budget; `None` = whatever room the slot has after the prompt.
+    pub max_tokens: Option<u32>,
     /// Log-probabilities with this many alternatives per token; `None` = off.
     pub logprobs: Option<u32>,
+    /// Sampling and output settings.
+    pub fields: SamplingFields,
+    /// Fields of the body that nothing claimed (refused by [`check`]).
+    pub unknown: UnknownFields,
 }
 
 /// A request that passed validation and holds a place in the engine's
@@ -312,17 +359,18 @@ pub struct CheckedInput {
 /// The validation stage: field checks, then (holding a queue place, so a
 /// flood is refused before any tokenization) the prompt is tokenized once on
 /// a blocking thread and the budget is checked against a slot's context.
+/// The HTTP routes and `airavata chat` both call it.
 pub async fn validate(
     engine: &Engines,
     input: GenerationInput,
     spec: RouteSpec,
     timeout: Option<Duration>,
-) -> Result<ValidatedRequest, ApiError> {
+) -> Result<ValidatedRequest, RequestError> {
     let mut checked = check(input, spec)?;
     let admission = engine.admit()?;
     if let Some(c) = checked.constraint.clone() {
         let field = c.field();
-        let gbnf = super::blocking(engine, move |e| {
+        let gbnf = blocking(engine, move |e| {
             let gbnf = match c.to_gbnf() {
                 Ok(g) => g,
                 Err(reason) => return Ok(Err(reason)),
@@ -333,7 +381,7 @@ pub async fn validate(
         .map_err(|reason| ValidationError::InvalidGrammar { field, reason })?;
         checked.sampling.grammar = Some(gbnf);
     }
-    let tokens = super::blocking(engine, {
+    let tokens = blocking(engine, {
         let prompt = checked.prompt.clone();
         move |e| e.tokenize_prompt(&prompt)
     })
@@ -354,10 +402,35 @@ pub async fn validate(
     })
 }
 
+/// Runs tokenizer work (`f`) on tokio's blocking pool, off the async worker
+/// threads that serve every connection.
+pub async fn blocking<T, F>(engine: &Engines, f: F) -> Result<T, RequestError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Engines) -> Result<T, EngineError> + Send + 'static,
+{
+    let engine = engine.clone();
+    match tokio::task::spawn_blocking(move || f(&engine)).await {
+        Ok(res) => Ok(res?),
+        Err(e) => Err(RequestError::Task(e.to_string())),
+    }
+}
+
 /// The checks that need no model: ranges, counts, the route's defaults.
 pub fn check(input: GenerationInput, spec: RouteSpec) -> Result<CheckedInput, ValidationError> {
-    let max_tokens = input
-        .max_tokens
+    let GenerationInput {
+        prompt,
+        max_tokens,
+        logprobs,
+        fields: input,
+        unknown,
+    } = input;
+    if let Some(field) = unknown.keys().next() {
+        return Err(ValidationError::Unsupported {
+            field: field.clone(),
+        });
+    }
+    let max_tokens = max_tokens
         .map(|m| {
             NonZeroU32::new(m).ok_or(ValidationError::ZeroTokens {
                 field: spec.max_tokens,
@@ -386,7 +459,7 @@ pub fn check(input: GenerationInput, spec: RouteSpec) -> Result<CheckedInput, Va
             });
         }
     }
-    if let Some(n) = input.logprobs {
+    if let Some(n) = logprobs {
         if n > spec.max_top_logprobs {
             return Err(ValidationError::OutOfRange {
                 field: spec.top_logprobs,
@@ -397,7 +470,7 @@ pub fn check(input: GenerationInput, spec: RouteSpec) -> Result<CheckedInput, Va
         }
     }
     Ok(CheckedInput {
-        prompt: input.prompt,
+        prompt,
         max_tokens,
         sampling: SamplingParams {
             temperature: input.temperature.unwrap_or(spec.default_temperature),
@@ -414,7 +487,7 @@ pub fn check(input: GenerationInput, spec: RouteSpec) -> Result<CheckedInput, Va
         stop,
         stream: input.stream,
         constraint,
-        logprobs: input.logprobs.map(|n| n as usize),
+        logprobs: logprobs.map(|n| n as usize),
     })
 }
 
@@ -558,21 +631,14 @@ mod tests {
         GenerationInput {
             prompt: Prompt::Raw("x".into()),
             max_tokens: Some(8),
-            temperature: None,
-            top_k: None,
-            top_p: None,
-            min_p: None,
-            repetition_penalty: None,
-            frequency_penalty: None,
-            presence_penalty: None,
-            seed: None,
-            ignore_eos: false,
-            stop: None,
-            stream: false,
-            response_format: None,
-            grammar: None,
             logprobs: None,
+            fields: SamplingFields::default(),
+            unknown: UnknownFields::new(),
         }
+    }
+
+    fn with(fields: SamplingFields) -> GenerationInput {
+        GenerationInput { fields, ..input() }
     }
 
     #[test]
@@ -618,10 +684,10 @@ mod tests {
 
     #[test]
     fn ranges_and_defaults_follow_the_route() {
-        let hot = GenerationInput {
+        let hot = with(SamplingFields {
             temperature: Some(3.0),
-            ..input()
-        };
+            ..Default::default()
+        });
         assert_eq!(
             check(hot.clone(), GENERATE).map(|c| c.sampling.temperature),
             Ok(3.0)
@@ -641,31 +707,31 @@ mod tests {
         assert_eq!((o.sampling.temperature, o.sampling.top_p), (1.0, 1.0));
         for (bad, field) in [
             (
-                GenerationInput {
+                with(SamplingFields {
                     top_p: Some(0.0),
-                    ..input()
-                },
+                    ..Default::default()
+                }),
                 "top_p",
             ),
             (
-                GenerationInput {
+                with(SamplingFields {
                     top_k: Some(-1),
-                    ..input()
-                },
+                    ..Default::default()
+                }),
                 "top_k",
             ),
             (
-                GenerationInput {
+                with(SamplingFields {
                     min_p: Some(f32::NAN),
-                    ..input()
-                },
+                    ..Default::default()
+                }),
                 "min_p",
             ),
             (
-                GenerationInput {
+                with(SamplingFields {
                     presence_penalty: Some(2.5),
-                    ..input()
-                },
+                    ..Default::default()
+                }),
                 "presence_penalty",
             ),
         ] {
@@ -677,9 +743,11 @@ mod tests {
 
     #[test]
     fn stop_strings() {
-        let with = |stop| GenerationInput {
-            stop: Some(stop),
-            ..input()
+        let with = |stop| {
+            with(SamplingFields {
+                stop: Some(stop),
+                ..Default::default()
+            })
         };
         let c = check(with(StopField::Many(vec!["".into(), "।".into()])), GENERATE);
         assert_eq!(c.map(|c| c.stop), Ok(vec!["।".to_string()]));
