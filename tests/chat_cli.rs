@@ -173,7 +173,10 @@ fn chat_in_a_pseudo_terminal() {
 
     // Ctrl-C during an answer stops it and returns to the prompt.
     p.send_line("Once upon a time").expect("send");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The echoed input ends at the first newline; Ctrl-C goes once the
+    // answer's first visible text has arrived.
+    p.exp_string("\r\n").expect("echoed input");
+    p.exp_regex(r"\S").expect("the answer's first token");
     p.send_control('c').expect("Ctrl-C");
     let (before, ended) = p
         .exp_any(vec![

@@ -1,29 +1,17 @@
 //! Bad input gets a clear error naming the file and tensor, and no output
 //! file (nor a partial one) is left behind.
 
+mod common;
+
 use airavata::convert::{self, ConvertError, ConvertOptions, Scheme, TypePolicy};
 use airavata::quant::QuantMode;
 use airavata::safetensors::{self, Dtype, SafetensorsFile, TensorHeader};
-use airavata::synth::{self, SynthOptions};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 fn fresh(dir: &Path) -> PathBuf {
-    let hf = dir.join("hf");
-    synth::write_checkpoint(
-        &hf,
-        &SynthOptions {
-            config: synth::tiny_config(),
-            dtype: Dtype::BF16,
-            shards: 2,
-            seed: 5,
-            std: 0.05,
-            sp_pieces: None,
-        },
-    )
-    .unwrap();
-    hf
+    common::tiny_checkpoint(dir, Dtype::BF16, 2, 5, 0.05)
 }
 
 fn run(hf: &Path, out_dir: &Path) -> Result<(), ConvertError> {

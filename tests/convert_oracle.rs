@@ -7,7 +7,6 @@ use airavata::convert::Scheme;
 use airavata::gguf::{GgmlType, GgufFile};
 use airavata::quant::QuantMode;
 use airavata::safetensors::Dtype;
-use airavata::synth::{self, SynthOptions};
 
 fn convert_to(dir: &std::path::Path, out: &std::path::Path, scheme: Scheme) {
     common::convert(dir, out, common::scheme(scheme), QuantMode::Reference);
@@ -16,19 +15,7 @@ fn convert_to(dir: &std::path::Path, out: &std::path::Path, scheme: Scheme) {
 #[test]
 fn f32_logits_match_plain_rust_reference() {
     let tmp = tempfile::tempdir().unwrap();
-    let hf = tmp.path().join("hf");
-    synth::write_checkpoint(
-        &hf,
-        &SynthOptions {
-            config: synth::tiny_config(),
-            dtype: Dtype::BF16,
-            shards: 2,
-            seed: 42,
-            std: 0.08,
-            sp_pieces: None,
-        },
-    )
-    .unwrap();
+    let hf = common::tiny_checkpoint(tmp.path(), Dtype::BF16, 2, 42, 0.08);
     assert!(hf.join("model-00001-of-00002.safetensors").is_file());
     assert!(hf.join("model-00002-of-00002.safetensors").is_file());
     let out = tmp.path().join("tiny-f32.gguf");
@@ -68,19 +55,7 @@ fn f32_logits_match_plain_rust_reference() {
 #[test]
 fn f16_bf16_q8_outputs_load_and_track_reference() {
     let tmp = tempfile::tempdir().unwrap();
-    let hf = tmp.path().join("hf");
-    synth::write_checkpoint(
-        &hf,
-        &SynthOptions {
-            config: synth::tiny_config(),
-            dtype: Dtype::F32,
-            shards: 1,
-            seed: 3,
-            std: 0.08,
-            sp_pieces: None,
-        },
-    )
-    .unwrap();
+    let hf = common::tiny_checkpoint(tmp.path(), Dtype::F32, 1, 3, 0.08);
     assert!(hf.join("model.safetensors").is_file());
     let ids = [1, 300, 301, 302, 400, 401, 402, 403];
     let reference = common::reference::forward(&hf, &ids);

@@ -9,25 +9,11 @@ use airavata::bnb::{self, WeightDtype};
 use airavata::convert::{self, Calibrate, ConvertError, QuantizeOptions, Scheme, TypePolicy};
 use airavata::gguf::{GgmlType, GgufFile};
 use airavata::safetensors::{Checkpoint, Dtype};
-use airavata::synth::{self, SynthOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 fn hf(dir: &Path) -> PathBuf {
-    let hf = dir.join("hf");
-    synth::write_checkpoint(
-        &hf,
-        &SynthOptions {
-            config: synth::tiny_config(),
-            dtype: Dtype::BF16,
-            shards: 2,
-            seed: 11,
-            std: 0.08,
-            sp_pieces: None,
-        },
-    )
-    .unwrap();
-    hf
+    common::tiny_checkpoint(dir, Dtype::BF16, 2, 11, 0.08)
 }
 
 fn scheme(s: Scheme) -> TypePolicy {

@@ -144,6 +144,31 @@ pub fn convert(
 }
 
 /// The type policy of a plain scheme.
+/// A tiny random-weight checkpoint (`synth::tiny_config`, its SentencePiece
+/// vocab) written to `dir/hf`: the input of the conversion tests.
+pub fn tiny_checkpoint(
+    dir: &Path,
+    dtype: airavata::safetensors::Dtype,
+    shards: usize,
+    seed: u64,
+    std: f32,
+) -> PathBuf {
+    let hf = dir.join("hf");
+    airavata::synth::write_checkpoint(
+        &hf,
+        &airavata::synth::SynthOptions {
+            config: airavata::synth::tiny_config(),
+            dtype,
+            shards,
+            seed,
+            std,
+            sp_pieces: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("synthesize a checkpoint in {}: {e}", hf.display()));
+    hf
+}
+
 pub fn scheme(s: airavata::convert::Scheme) -> airavata::convert::TypePolicy {
     airavata::convert::TypePolicy {
         scheme: s,

@@ -123,3 +123,28 @@ pub fn sse_events(body: &[u8]) -> Vec<(Option<String>, String)> {
     }
     out
 }
+
+/// The server's `/metrics` text.
+pub async fn metrics(c: &reqwest::Client, base: &str) -> String {
+    c.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of the series written exactly as `series` (name and labels) in
+/// a `/metrics` text.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{text}"))
+}
+
+/// One series' current value from the server's `/metrics`.
+pub async fn metric(c: &reqwest::Client, base: &str, series: &str) -> f64 {
+    metric_value(&metrics(c, base).await, series)
+}
