@@ -526,12 +526,33 @@ fn chat_page_in_headless_chromium() {
     );
     assert_eq!(split, json!(["{\"t\":\"नमस्ते दुनिया\"}", "[DONE]"]));
 
-    // Readable on a phone: no sideways scrolling at 390 px.
+    // A new visitor starts at llama.cpp's sampling, shown in the fields.
+    assert_eq!(
+        b.eval("['temperature','top_k','top_p','min_p'].map((id) => document.getElementById(id).value)"),
+        json!(["0", "40", "0.95", "0.05"]),
+        "the sampling fields (temperature was set to 0 above)"
+    );
+
+    // Usable on a phone: no sideways scrolling at 400 px, the settings fold
+    // above the conversation, and the message box and Send stay on screen
+    // after a long conversation.
     b.call(
         "Emulation.setDeviceMetricsOverride",
-        json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}),
+        json!({"width": 400, "height": 850, "deviceScaleFactor": 2, "mobile": true}),
     );
-    b.wait_for("window.innerWidth === 390", Duration::from_secs(5));
+    b.wait_for("window.innerWidth === 400", Duration::from_secs(5));
+    assert_eq!(
+        b.eval("document.getElementById('settings').open"),
+        false,
+        "the settings stay open at phone width"
+    );
+    b.eval("window.scrollTo(0, 0)");
+    for id in ["prompt", "send"] {
+        let inside = b.eval(&format!(
+            "(() => {{ const r = document.getElementById('{id}').getBoundingClientRect();              return r.top >= 0 && r.bottom <= window.innerHeight && r.left >= 0 && r.right <= window.innerWidth; }})()"
+        ));
+        assert_eq!(inside, true, "#{id} is off-screen at 400x850");
+    }
     assert_eq!(
         b.eval("document.documentElement.scrollWidth <= window.innerWidth"),
         true,
@@ -543,7 +564,7 @@ fn chat_page_in_headless_chromium() {
          return [...document.querySelectorAll('.msg, aside, main')].filter((e) => e.getBoundingClientRect().top + window.scrollY < h - 1).length; })()",
     );
     assert_eq!(overlap, 0, "elements overlap the header on a phone");
-    b.screenshot(&dir.join("chat-page-phone.png"));
+    b.screenshot(&dir.join("chat-page-phone-400x850.png"));
 
     assert!(
         b.exceptions.is_empty(),

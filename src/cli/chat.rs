@@ -32,6 +32,28 @@ use crate::server::validate::{
     self, GenerationInput, RequestError, SamplingFields, ValidationError,
 };
 
+/// `airavata chat`'s sampling defaults: llama.cpp's (`llama-cli`,
+/// `llama-server`'s page), which suit small models better than the OpenAI
+/// route's (temperature 1, no top-k or min-p).
+pub struct ChatSampling {
+    /// Softmax temperature.
+    pub temperature: f32,
+    /// Top-k.
+    pub top_k: i32,
+    /// Nucleus mass.
+    pub top_p: f32,
+    /// Min-p.
+    pub min_p: f32,
+}
+
+/// The values of [`ChatSampling`].
+pub const CHAT_SAMPLING: ChatSampling = ChatSampling {
+    temperature: 0.8,
+    top_k: 40,
+    top_p: 0.95,
+    min_p: 0.05,
+};
+
 /// `airavata chat` flags.
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -44,12 +66,19 @@ pub struct ChatArgs {
     /// System prompt for the conversation.
     #[arg(long)]
     pub system: Option<String>,
-    /// Softmax temperature (0 = greedy); the default is /v1/chat/completions'.
-    #[arg(long, default_value_t = validate::CHAT.default_temperature)]
+    /// Softmax temperature (0 = greedy). The sampling defaults are
+    /// llama.cpp's, which keep small models from rambling.
+    #[arg(long, default_value_t = CHAT_SAMPLING.temperature)]
     pub temperature: f32,
-    /// Nucleus mass; the default is /v1/chat/completions'.
-    #[arg(long, default_value_t = validate::CHAT.default_top_p)]
+    /// Top-k (0 = off).
+    #[arg(long, default_value_t = CHAT_SAMPLING.top_k)]
+    pub top_k: i32,
+    /// Nucleus mass.
+    #[arg(long, default_value_t = CHAT_SAMPLING.top_p)]
     pub top_p: f32,
+    /// Min-p (0 = off).
+    #[arg(long, default_value_t = CHAT_SAMPLING.min_p)]
+    pub min_p: f32,
     /// Most tokens per answer [default: the room left in the context].
     #[arg(long)]
     pub max_tokens: Option<u32>,
@@ -98,6 +127,14 @@ impl ChatArgs {
         }
     }
 
+    /// The sampling settings as the startup line shows them.
+    fn sampling_line(&self) -> String {
+        format!(
+            "temperature {}, top-k {}, top-p {}, min-p {}",
+            self.temperature, self.top_k, self.top_p, self.min_p
+        )
+    }
+
     fn input(&self, messages: Vec<ChatMessage>) -> GenerationInput {
         GenerationInput {
             prompt: Prompt::Chat(messages),
@@ -105,7 +142,9 @@ impl ChatArgs {
             logprobs: None,
             fields: SamplingFields {
                 temperature: Some(self.temperature),
+                top_k: Some(self.top_k),
                 top_p: Some(self.top_p),
+                min_p: Some(self.min_p),
                 seed: self.seed,
                 stream: true,
                 ..SamplingFields::default()
@@ -249,12 +288,13 @@ impl Chat<'_> {
         let mut editor = rustyline::DefaultEditor::new()?;
         let n_ctx = self.engine.info().map(|i| i.n_ctx_slot);
         eprintln!(
-            "chat with {} (context {} tokens). /reset forgets the conversation, /exit quits; \
-             Ctrl-C stops an answer.",
+            "chat with {} (context {} tokens; {}). /reset forgets the conversation, /exit \
+             quits; Ctrl-C stops an answer.",
             self.engine
                 .info()
                 .map_or_else(String::new, |i| i.path.display().to_string()),
             n_ctx.map_or_else(|| "?".into(), |n| n.to_string()),
+            self.args.sampling_line(),
         );
         let mut history: Vec<ChatMessage> = Vec::new();
         let mut interrupts = 0;
@@ -361,14 +401,33 @@ mod tests {
     }
 
     #[test]
-    fn sampling_defaults_are_the_chat_routes() {
+    fn sampling_defaults_are_llama_cpps() {
         let a = Cli::try_parse_from(["chat", "m.gguf"]).expect("parse").chat;
         let c = validate::check(a.input(Vec::new()), validate::CHAT).expect("valid");
-        let mut defaults = a.input(Vec::new());
-        defaults.fields.temperature = None;
-        defaults.fields.top_p = None;
-        let http = validate::check(defaults, validate::CHAT).expect("valid");
-        assert_eq!(c.sampling, http.sampling);
+        assert_eq!(
+            (
+                c.sampling.temperature,
+                c.sampling.top_k,
+                c.sampling.top_p,
+                c.sampling.min_p
+            ),
+            (0.8, 40, 0.95, 0.05)
+        );
+        assert_eq!(
+            a.sampling_line(),
+            "temperature 0.8, top-k 40, top-p 0.95, min-p 0.05"
+        );
+        // Flags override them, through the same checks as HTTP.
+        let greedy = Cli::try_parse_from(["chat", "m.gguf", "--temperature", "0", "--top-k", "0"])
+            .expect("parse")
+            .chat;
+        let g = validate::check(greedy.input(Vec::new()), validate::CHAT).expect("valid");
+        assert_eq!((g.sampling.temperature, g.sampling.top_k), (0.0, 0));
+        let bad = Cli::try_parse_from(["chat", "m.gguf", "--min-p", "2"])
+            .expect("parse")
+            .chat;
+        let e = validate::check(bad.input(Vec::new()), validate::CHAT).expect_err("min-p 2");
+        assert_eq!(e.field(), "min_p");
         assert_eq!(a.max_tokens, None);
         assert_eq!(a.model.model, "m.gguf");
         assert_eq!(a.model.revision, "main");
