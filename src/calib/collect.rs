@@ -453,16 +453,18 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
                         secs: t0.elapsed().as_secs_f64(),
                         min_tokens: opts.min_tokens,
                         budget: budget.as_secs_f64(),
+                        needed: (per_chunk * need as u32).as_secs_f64(),
                     });
                 }
                 break;
             }
         }
         if opts.progress {
+            let done = i + 1;
+            let elapsed = t0.elapsed().as_secs_f64();
+            let eta = elapsed / done as f64 * (n_chunks - done) as f64;
             eprint!(
-                "\rcalibrating: chunk {}/{n_chunks} ({:.1} s)",
-                i + 1,
-                t0.elapsed().as_secs_f64()
+                "\rcalibrating: chunk {done}/{n_chunks} ({elapsed:.1} s, about {eta:.0} s left)"
             );
         }
     }

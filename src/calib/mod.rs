@@ -34,12 +34,14 @@ pub enum CalibError {
     Llama(String),
     #[error("calibration text: {0}")]
     Text(String),
-    #[error("calibration too slow here: {tokens} tokens in {secs:.0} s, fewer than {min_tokens} fit the {budget:.0} s budget")]
+    #[error("calibration too slow here: {tokens} tokens in {secs:.0} s; {min_tokens} tokens would take about {needed:.0} s, more than the {budget:.0} s budget")]
     Budget {
         tokens: usize,
         secs: f64,
         min_tokens: usize,
         budget: f64,
+        /// Seconds the minimum would take at the measured pace.
+        needed: f64,
     },
     #[error(transparent)]
     Quant(#[from] QuantError),

@@ -48,6 +48,10 @@ pub struct QuantArgs {
     /// Calibrate on this UTF-8 text instead of the built-in Hindi/English set.
     #[arg(long, conflicts_with_all = ["imatrix", "no_calibration"])]
     pub calibration: Option<PathBuf>,
+    /// Calibrate on the built-in text even when it exceeds the CPU time
+    /// budget (15 min; without a GPU a 7B takes hours on a few cores).
+    #[arg(long, conflicts_with_all = ["imatrix", "no_calibration", "calibration"])]
+    pub calibrate: bool,
     /// Use a llama-imatrix file (GGUF or legacy .dat) for importance only.
     #[arg(long, conflicts_with = "no_calibration")]
     pub imatrix: Option<PathBuf>,
@@ -101,7 +105,7 @@ impl QuantArgs {
             return Calibrate::Imatrix(p.clone());
         }
         Calibrate::Collect {
-            auto: self.calibration.is_none(),
+            auto: self.calibration.is_none() && !self.calibrate,
             text: self.calibration.clone(),
             opts: CollectOptions {
                 max_tokens: self.calibration_tokens,
