@@ -180,7 +180,7 @@ pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
     let rejected = engines.rejected()
         + all
             .iter()
-            .map(|e| e.stats().rejected.load(Ordering::Relaxed))
+            .map(|e| e.rejected())
             .sum::<u64>();
     let _ = writeln!(out, "{name} {rejected}");
     let name = "airavata_model_loaded";
