@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::engine::{
-    devices, Bound, Engine, EngineConfig, EngineError, GenerateRequest, GenerationStream, LoadState,
-    ModelInfo, Placement, Prompt, PromptTokens, SplitMode,
+    devices, Bound, Engine, EngineConfig, EngineError, GenerateRequest, GenerationStream,
+    LoadState, ModelInfo, Placement, Prompt, PromptTokens, SplitMode,
 };
 
 /// Errors of choosing devices.

@@ -25,8 +25,8 @@ use rustyline::error::ReadlineError;
 
 use super::ModelArgs;
 use crate::engine::{
-    ChatMessage, Completion, Engine, EngineConfig, Event, FlashAttn, GenerationStream, Prompt, Role,
-    ToggleHelp,
+    ChatMessage, Completion, Engine, EngineConfig, Event, FlashAttn, GenerationStream, Prompt,
+    Role, ToggleHelp,
 };
 use crate::server::validate::{self, GenerationInput};
 

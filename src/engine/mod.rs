@@ -13,10 +13,12 @@
 //!   the caller's (blocking) thread, using the shared, immutable
 //!   [`LlamaModel`]; the engine does not check again;
 //! * admission is bounded ([`admission`]): at most `parallel + max_queue`
-//!   requests exist at a time, so memory does not grow with offered load;
+//!   requests exist at a time, so memory does not grow with offered load
+//!   (with several engines, one [`Bound`] over all of them, the router's);
 //! * the engine thread ([`worker`]) first loads the model and context
 //!   ([`load`]), then runs the step loop; every request ends through one
-//!   `end_request(slot, outcome)` (finished, cancelled, timed out, failed);
+//!   `end_request` (finished, cancelled, timed out, failed, expired while
+//!   waiting);
 //! * the engine thread assigns queued requests to free slots between steps;
 //!   each step is one `decode` holding one token per generating slot plus
 //!   prompt chunks (see [`batch`]);
@@ -37,6 +39,10 @@
 //! * every step's time is split into phases (plan, decode, sync, sample, emit, and the linger between steps)
 //!   and counted in `/metrics`, with the micro-batches llama.cpp is predicted
 //!   to split it into.
+//!
+//! This module is the facade: the handle is in [`handle`], errors in
+//! [`error`], the `/info` report ([`ModelInfo`]) and the resolved settings
+//! the worker reads in [`info`].
 
 mod admission;
 mod backend_greedy;
@@ -63,8 +69,8 @@ mod worker;
 
 pub use admission::{Admission, Bound};
 pub use config::{
-    defaults, BackendGreedy, EngineConfig, FillGaps, FlashAttn, KvType, Placement, SplitMode, Toggle,
-    ToggleHelp,
+    defaults, BackendGreedy, EngineConfig, FillGaps, FlashAttn, KvType, Placement, SplitMode,
+    Toggle, ToggleHelp,
 };
 pub use error::EngineError;
 pub use handle::{Engine, GenerationStream, LoadState};

@@ -177,11 +177,7 @@ pub fn render(http: &HttpMetrics, engines: &Engines) -> String {
         "counter",
         "Requests refused with 429 because the server was at capacity.",
     );
-    let rejected = engines.rejected()
-        + all
-            .iter()
-            .map(|e| e.rejected())
-            .sum::<u64>();
+    let rejected = engines.rejected() + all.iter().map(|e| e.rejected()).sum::<u64>();
     let _ = writeln!(out, "{name} {rejected}");
     let name = "airavata_model_loaded";
     header(
