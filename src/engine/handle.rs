@@ -1,6 +1,6 @@
 //! The handle to one engine ([`Engine`]): admission, tokenization,
 //! submission and the engine's facts, over the state it shares with the
-//! engine thread ([`Shared`]); and the events of one request
+//! engine thread ([`super::shared`]); and the events of one request
 //! ([`GenerationStream`]).
 
 use std::pin::Pin;
@@ -16,37 +16,9 @@ use tokio::sync::{mpsc, watch};
 use super::admission::{Admission, Bound};
 use super::info::ModelInfo;
 use super::request::{Completion, Event, GenerateRequest, Prompt, PromptTokens};
+use super::shared::{LoadState, Shared};
 use super::worker::{self, kv::common_prefix, Command};
 use super::{prompt, sampler, slot, EngineConfig, EngineError, EngineStats, TokenLogprob};
-
-/// Lifecycle of the engine.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LoadState {
-    /// The model is loading.
-    Loading,
-    /// Serving.
-    Ready,
-    /// Loading (or the engine) failed.
-    Failed(EngineError),
-    /// The engine thread has exited after a shutdown.
-    Stopped,
-}
-
-/// What the handles and the engine thread share.
-pub(super) struct Shared {
-    pub(super) stats: EngineStats,
-    /// This engine's requests (its own bound when used without the router;
-    /// with it, the load the router balances).
-    bound: Arc<Bound>,
-    pub(super) model: OnceLock<Arc<LlamaModel>>,
-    pub(super) info: OnceLock<ModelInfo>,
-    pub(super) state: watch::Sender<LoadState>,
-    closing: AtomicBool,
-    next_id: AtomicU64,
-    /// Each free slot's cached tokens (empty for a busy slot), published by
-    /// the engine thread for [`Engine::cached_prefix`].
-    pub(super) prompt_cache: RwLock<Vec<Arc<[LlamaToken]>>>,
-}
 
 /// Handle to the engine thread. Cheap to clone.
 #[derive(Clone)]

@@ -40,8 +40,8 @@
 //!   and counted in `/metrics`, with the micro-batches llama.cpp is predicted
 //!   to split it into.
 //!
-//! This module is the facade: the handle is in [`handle`], errors in
-//! [`error`], the `/info` report ([`ModelInfo`]) and the resolved settings
+//! This module is the facade: the handle is in [`handle`], the state it
+//! shares with the engine thread in [`shared`], errors in [`error`], the `/info` report ([`ModelInfo`]) and the resolved settings
 //! the worker reads in [`info`].
 
 mod admission;
@@ -61,6 +61,7 @@ pub mod prompt;
 mod raw_context;
 pub mod request;
 pub mod sampler;
+mod shared;
 mod slot;
 pub mod stats;
 pub mod stop;
@@ -73,7 +74,7 @@ pub use config::{
     Toggle, ToggleHelp,
 };
 pub use error::EngineError;
-pub use handle::{Engine, GenerationStream, LoadState};
+pub use handle::{Engine, GenerationStream};
 pub use info::ModelInfo;
 pub use load::llama_backend;
 pub use logprobs::{TokenLogprob, TopLogprob};
@@ -82,4 +83,5 @@ pub use request::{
     Completion, Event, FinishReason, GenerateRequest, Prompt, PromptTokens, SamplingParams,
     Timings, Usage,
 };
+pub use shared::LoadState;
 pub use stats::EngineStats;

@@ -12,7 +12,6 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
-use super::pos;
 use crate::engine::batch::{self as planner, SlotView, Work};
 use crate::engine::info::Settings;
 use crate::engine::raw_context;
@@ -22,6 +21,11 @@ use crate::engine::stats::EngineStats;
 /// llama.cpp rounds a micro-batch's attention span (KV cells) up to a
 /// multiple of this (`llama_kv_cache::get_n_kv`), so that graphs keep their shape.
 const KV_SPAN_PAD: usize = 256;
+
+/// A slot index as llama.cpp's sequence id (or a position as its `llama_pos`).
+pub(super) fn pos(i: usize) -> i32 {
+    i32::try_from(i).unwrap_or(i32::MAX)
+}
 
 /// A dummy token: the slot it goes on and the position it takes.
 pub(super) type Pad = (usize, i32);

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::token::LlamaToken;
 
-use super::pos;
+use super::batch::pos;
 use crate::engine::slot::{Active, Outcome, Slots};
 use crate::engine::stats::EngineStats;
 

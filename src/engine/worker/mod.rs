@@ -40,10 +40,10 @@ use self::pick::{Picked, Picker};
 pub(super) use self::schedule::Command;
 use self::schedule::Schedule;
 use super::backend_greedy::GreedySamplers;
-use super::handle::{LoadState, Shared};
 use super::load::{self, Loaded};
 use super::raw_context;
 use super::sampler;
+use super::shared::{LoadState, Shared};
 use super::slot::{Outcome, Slots};
 use super::stats::{EngineStats, Phase, StepClock};
 use super::{EngineConfig, EngineError};
@@ -131,10 +131,6 @@ fn load_and_serve(
     };
     lp.run();
     Ok(())
-}
-
-fn pos(i: usize) -> i32 {
-    i32::try_from(i).unwrap_or(i32::MAX)
 }
 
 /// The step loop: the parts' states, the slots and the context.
