@@ -22,13 +22,12 @@
 //! flight over all engines, beyond that 429. A failed engine is left out of
 //! routing and of the bound; `/health` reports it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::engine::{
-    devices, Engine, EngineConfig, EngineError, GenerateRequest, GenerationStream, LoadState,
-    ModelInfo, Placement, Prompt, PromptTokens, SplitMode,
+    devices, Bound, Engine, EngineConfig, EngineError, GenerateRequest, GenerationStream,
+    LoadState, ModelInfo, Placement, Prompt, PromptTokens, SplitMode,
 };
 
 /// Errors of choosing devices.
@@ -158,40 +157,13 @@ pub fn placements(
         .collect()
 }
 
-/// Counts the requests in flight over all engines.
-#[derive(Debug, Default)]
-struct Bound {
-    in_flight: AtomicUsize,
-}
-
-/// A place among the requests the server holds; released when dropped (it
-/// travels with the request into the engine and ends with it).
-struct Place(Arc<Bound>);
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A request admitted by [`Engines::admit`], not yet given to an engine.
-pub struct Admission {
-    place: Place,
-    at: Instant,
-}
-
-impl std::fmt::Debug for Admission {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Admission")
-    }
-}
+pub use crate::engine::Admission;
 
 struct Inner {
     engines: Vec<Engine>,
     routing: Routing,
+    /// The one admission bound over all engines (`Σ slots + max_queue`).
     bound: Arc<Bound>,
-    max_queue: usize,
-    rejected: AtomicU64,
     closing: AtomicBool,
     /// Requests routed to each engine, and how many of them by prefix.
     routed: Vec<(AtomicU64, AtomicU64)>,
@@ -253,9 +225,7 @@ impl Engines {
             inner: Arc::new(Inner {
                 engines,
                 routing,
-                bound: Arc::default(),
-                max_queue,
-                rejected: AtomicU64::new(0),
+                bound: Bound::new(max_queue),
                 closing: AtomicBool::new(false),
                 routed,
             }),
@@ -269,7 +239,7 @@ impl Engines {
 
     /// Requests refused with 429.
     pub fn rejected(&self) -> u64 {
-        self.inner.rejected.load(Ordering::Relaxed)
+        self.inner.bound.rejected()
     }
 
     /// Requests routed to engine `i`: (all, by prefix).
@@ -369,31 +339,7 @@ impl Engines {
             .filter_map(|(_, e)| e.info())
             .map(|i| i.slots as usize)
             .sum();
-        let capacity = slots + self.inner.max_queue;
-        let bound = &self.inner.bound;
-        let mut cur = bound.in_flight.load(Ordering::Acquire);
-        loop {
-            if cur >= capacity {
-                self.inner.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(EngineError::QueueFull {
-                    max_queue: self.inner.max_queue,
-                });
-            }
-            match bound.in_flight.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Ok(Admission {
-                        place: Place(Arc::clone(bound)),
-                        at: Instant::now(),
-                    })
-                }
-                Err(now) => cur = now,
-            }
-        }
+        self.inner.bound.admit(slots)
     }
 
     /// The engine for a prompt, and why (see the module docs and [`pick`]).
@@ -424,8 +370,7 @@ impl Engines {
             );
         };
         let engine = &self.inner.engines[i];
-        let Admission { place, at } = admission;
-        match engine.admit_unbounded(at, Box::new(place)) {
+        match engine.accept(admission) {
             Ok(adm) => {
                 if let Some((all, prefix)) = self.inner.routed.get(i) {
                     all.fetch_add(1, Ordering::Relaxed);

@@ -25,7 +25,8 @@ use rustyline::error::ReadlineError;
 
 use super::ModelArgs;
 use crate::engine::{
-    ChatMessage, Completion, Engine, EngineConfig, Event, FlashAttn, GenerationStream, Prompt, Role,
+    ChatMessage, Completion, Engine, EngineConfig, Event, FlashAttn, GenerationStream, Prompt,
+    Role, ToggleHelp,
 };
 use crate::router::{Engines, Routing};
 use crate::server::validate::{
@@ -96,7 +97,7 @@ pub struct ChatArgs {
     #[arg(long)]
     pub threads: Option<u32>,
     /// Flash attention: auto, on or off.
-    #[arg(long, value_enum, default_value_t = FlashAttn::default())]
+    #[arg(long, value_parser = FlashAttn::parser(ToggleHelp::FLASH_ATTN), default_value_t = FlashAttn::default())]
     pub flash_attn: FlashAttn,
     /// Directory to load ggml backend libraries from (dynamic-backends builds).
     #[arg(long)]

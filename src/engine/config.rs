@@ -89,11 +89,15 @@ impl KvType {
     }
 }
 
-/// How to use flash attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+/// An `auto` / `on` / `off` setting (`--flash-attn`, `--fill-gaps`,
+/// `--backend-greedy`): `auto` leaves the choice to the engine (or to
+/// llama.cpp), resolved when the model loads. Each flag parses it with
+/// [`Toggle::parser`] and its own [`ToggleHelp`], so `--help` says what `auto`
+/// means for that flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FlashAttn {
-    /// Let llama.cpp decide.
+pub enum Toggle {
+    /// The engine (or llama.cpp) decides.
     #[default]
     Auto,
     /// Always.
@@ -101,35 +105,101 @@ pub enum FlashAttn {
     /// Never.
     Off,
 }
+
+/// How to use flash attention.
+pub type FlashAttn = Toggle;
 
 /// Whether a slot between fed ones that is not fed carries a dummy token in a step
 /// (see [`super::batch::predicted_micro_batches`]: with one KV stream per
 /// slot llama.cpp evaluates only consecutive sequence ids in one pass).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FillGaps {
-    /// On when the model's layers run on a GPU (and the KV is per slot).
-    #[default]
-    Auto,
-    /// Always (with per-slot KV).
-    On,
-    /// Never.
-    Off,
-}
+pub type FillGaps = Toggle;
 
 /// Whether greedy requests take their tokens from an `argmax` in the step's
 /// own graph (see `backend_greedy`) instead of the host scanning logits
 /// copied back from the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendGreedy {
-    /// On when the model's layers run on a GPU.
-    #[default]
-    Auto,
-    /// Always.
-    On,
-    /// Never.
-    Off,
+pub type BackendGreedy = Toggle;
+
+/// What each value of one [`Toggle`] flag means (its `--help` lines).
+#[derive(Debug, Clone, Copy)]
+pub struct ToggleHelp {
+    /// `auto`.
+    pub auto: &'static str,
+    /// `on`.
+    pub on: &'static str,
+    /// `off`.
+    pub off: &'static str,
+}
+
+impl ToggleHelp {
+    /// `--flash-attn`.
+    pub const FLASH_ATTN: ToggleHelp = ToggleHelp {
+        auto: "Let llama.cpp decide",
+        on: "Always",
+        off: "Never",
+    };
+    /// `--fill-gaps`.
+    pub const FILL_GAPS: ToggleHelp = ToggleHelp {
+        auto: "On when the model's layers run on a GPU (and the KV is per slot)",
+        on: "Always (with per-slot KV)",
+        off: "Never",
+    };
+    /// `--backend-greedy`.
+    pub const BACKEND_GREEDY: ToggleHelp = ToggleHelp {
+        auto: "On when the model's layers run on a GPU",
+        on: "Always",
+        off: "Never",
+    };
+}
+
+impl Toggle {
+    /// The spelling on the command line and in `/info`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Toggle::Auto => "auto",
+            Toggle::On => "on",
+            Toggle::Off => "off",
+        }
+    }
+
+    /// The value, `auto` resolved to `auto_means`.
+    pub fn resolve(self, auto_means: bool) -> bool {
+        match self {
+            Toggle::Auto => auto_means,
+            Toggle::On => true,
+            Toggle::Off => false,
+        }
+    }
+
+    /// A clap parser for a flag of this type whose values `help` explains
+    /// (`#[arg(value_parser = Toggle::parser(ToggleHelp::FILL_GAPS))]`).
+    pub fn parser(help: ToggleHelp) -> impl clap::builder::TypedValueParser<Value = Toggle> {
+        use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+        PossibleValuesParser::new([
+            PossibleValue::new("auto").help(help.auto),
+            PossibleValue::new("on").help(help.on),
+            PossibleValue::new("off").help(help.off),
+        ])
+        .try_map(|s: String| s.parse::<Toggle>())
+    }
+}
+
+impl std::fmt::Display for Toggle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Toggle {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Toggle::Auto),
+            "on" => Ok(Toggle::On),
+            "off" => Ok(Toggle::Off),
+            _ => Err(format!("expected auto, on or off, got {s:?}")),
+        }
+    }
 }
 
 /// Engine settings.

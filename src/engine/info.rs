@@ -1,11 +1,98 @@
-//! What `/info` says about the loaded model and context.
+//! What `/info` says about the loaded model and context ([`ModelInfo`]),
+//! and the resolved settings the step loop reads ([`Settings`]): the report
+//! is built from the settings, never read back by the engine.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use llama_cpp_2::model::LlamaModel;
+use serde::Serialize;
 
-use super::{EngineConfig, FlashAttn, ModelInfo};
+use super::config::{FlashAttn, KvType};
+use super::EngineConfig;
 use crate::ggml_type::llama_ftype_name;
+
+/// Facts about the loaded model and context.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// The GGUF path.
+    pub path: PathBuf,
+    /// llama.cpp's one-line description (architecture, size, type).
+    pub description: String,
+    /// GGUF `general.file_type` as a name (e.g. `Q4_K_M`).
+    pub file_type: String,
+    /// Parameter count.
+    pub n_params: u64,
+    /// Tensor bytes.
+    pub size_bytes: u64,
+    /// Vocabulary size.
+    pub n_vocab: i32,
+    /// Context the model was trained with.
+    pub n_ctx_train: u32,
+    /// KV cells in the context (all slots).
+    pub n_ctx: u32,
+    /// Tokens one request may use (prompt + new tokens).
+    pub n_ctx_slot: u32,
+    /// Concurrent sequences.
+    pub slots: u32,
+    /// Tokens per decode.
+    pub n_batch: u32,
+    /// Requests allowed to wait.
+    pub max_queue: usize,
+    /// Layers offloaded to a GPU.
+    pub n_gpu_layers: u32,
+    /// Whether llama.cpp has a GPU backend.
+    pub gpu_offload: bool,
+    /// CPU threads.
+    pub threads: u32,
+    /// Flash attention policy in effect (`auto` = llama.cpp decides).
+    pub flash_attn: FlashAttn,
+    /// ggml devices (name: description).
+    pub devices: Vec<String>,
+    /// The device(s) this engine runs on (`CUDA0`, `CPU`, `auto`, or
+    /// `CUDA0+CUDA1 (layer split)`).
+    pub device: String,
+    /// K-cache element type.
+    pub cache_type_k: KvType,
+    /// V-cache element type.
+    pub cache_type_v: KvType,
+    /// Decode-only steps are padded to a multiple of this many tokens (0 = off).
+    pub decode_pad: u32,
+    /// Unfed slots between fed ones carry a dummy token in each step.
+    pub fill_gaps: bool,
+    /// Greedy requests take their tokens from an `argmax` in the step's graph.
+    pub backend_greedy: bool,
+    /// Longest wait for the successors of requests that just ended, in
+    /// milliseconds (0 = none).
+    pub linger_ms: u64,
+    /// Whether slots keep their KV for the next request with the same prefix.
+    pub prompt_cache: bool,
+    /// Whether all slots share one KV stream.
+    pub kv_unified: bool,
+    /// Selected GGUF metadata (`general.name`, `airavata.*`, ...).
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// The engine's settings once the model and context are loaded (`auto` and
+/// unset values resolved): what the step loop runs with.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    /// Tokens per `decode` (also the prefill chunk size).
+    pub n_batch: usize,
+    /// KV cells of one slot's stream.
+    pub n_ctx_slot: usize,
+    /// Decode-only steps are padded to a multiple of this (0 = off).
+    pub decode_pad: usize,
+    /// Unfed slots between fed ones carry a dummy token.
+    pub fill_gaps: bool,
+    /// Greedy picks come from the backend.
+    pub backend_greedy: bool,
+    /// Longest wait for the successors of requests that just ended.
+    pub linger: Duration,
+    /// Whether `decode` returns before the step is computed (layers on a GPU).
+    pub decode_is_async: bool,
+}
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn model_info(

@@ -12,10 +12,10 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 
-use super::config::{defaults, BackendGreedy, FillGaps, KvType, Placement, SplitMode};
-use super::info::model_info;
+use super::config::{defaults, KvType, Placement, SplitMode};
+use super::info::{model_info, ModelInfo, Settings};
 use super::model_load::{self, DeviceList, ModelPlacement};
-use super::{EngineConfig, EngineError, FlashAttn, ModelInfo};
+use super::{EngineConfig, EngineError, FlashAttn};
 
 /// Engines of one process load one at a time (llama.cpp's loader and the
 /// backends' device setup are not documented as safe to run concurrently).
@@ -145,6 +145,7 @@ fn placement_params(
 pub(super) struct Loaded<'m> {
     pub ctx: LlamaContext<'m>,
     pub info: ModelInfo,
+    pub settings: Settings,
 }
 
 /// Loads the GGUF named by `config` on the process's backend.
@@ -223,22 +224,13 @@ pub(super) fn decode_pad(config: &EngineConfig) -> u32 {
 /// and changes the step's CUDA graph; never with a unified KV cache (one
 /// micro-batch already).
 pub(super) fn fill_gaps(config: &EngineConfig, on_gpu: bool) -> bool {
-    !config.kv_unified
-        && match config.fill_gaps {
-            FillGaps::Auto => on_gpu,
-            FillGaps::On => true,
-            FillGaps::Off => false,
-        }
+    !config.kv_unified && config.fill_gaps.resolve(on_gpu)
 }
 
 /// Whether greedy picks come from the backend: `auto` is on when the layers
 /// run on a GPU, where it saves copying every output row's logits to the host.
 pub(super) fn backend_greedy(config: &EngineConfig, on_gpu: bool) -> bool {
-    match config.backend_greedy {
-        BackendGreedy::Auto => on_gpu,
-        BackendGreedy::On => true,
-        BackendGreedy::Off => false,
-    }
+    config.backend_greedy.resolve(on_gpu)
 }
 
 /// The longest wait for the successors of requests that just ended, in
@@ -327,13 +319,29 @@ pub(super) fn new_context<'m>(
         n_batch,
         flash_attn,
     );
+    let on_gpu = runs_on_gpu(info.n_gpu_layers, info.gpu_offload);
+    let settings = Settings {
+        n_batch: n_batch as usize,
+        n_ctx_slot,
+        decode_pad: decode_pad(config) as usize,
+        fill_gaps: fill_gaps(config, on_gpu),
+        backend_greedy: backend_greedy(config, on_gpu),
+        linger: std::time::Duration::from_millis(linger_ms(config, on_gpu)),
+        #[cfg(not(feature = "test-support"))]
+        decode_is_async: on_gpu,
+        #[cfg(feature = "test-support")]
+        decode_is_async: on_gpu || config.defer_emits,
+    };
     info.device = loaded.device.clone();
     info.decode_pad = decode_pad(config);
-    let on_gpu = runs_on_gpu(info.n_gpu_layers, info.gpu_offload);
-    info.fill_gaps = fill_gaps(config, on_gpu);
-    info.backend_greedy = backend_greedy(config, on_gpu);
+    info.fill_gaps = settings.fill_gaps;
+    info.backend_greedy = settings.backend_greedy;
     info.linger_ms = linger_ms(config, on_gpu);
-    Ok(Loaded { ctx, info })
+    Ok(Loaded {
+        ctx,
+        info,
+        settings,
+    })
 }
 
 /// The one line `serve` prints per loaded engine.
@@ -350,9 +358,7 @@ pub(super) fn loaded_line(info: &ModelInfo) -> String {
         info.slots,
         info.n_ctx_slot,
         info.n_batch,
-        clap::ValueEnum::to_possible_value(&info.flash_attn)
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_default(),
+        info.flash_attn.name(),
         if info.prompt_cache { "on" } else { "off" },
         if info.kv_unified { "unified" } else { "per-slot" },
         info.cache_type_k.name(),

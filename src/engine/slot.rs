@@ -1,5 +1,6 @@
 //! One request's life in the engine: the admitted [`Job`], the [`Active`]
-//! state while it holds a slot, and the [`Outcome`] that ends it.
+//! state while it holds a slot, the [`Outcome`] that ends it, and the table
+//! of slots ([`Slots`]) the engine thread's parts share.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
-use super::admission::Ticket;
+use super::admission::Admission;
 use super::logprobs::TokenLogprob;
 use super::request::{Completion, Event, FinishReason, SamplingParams, Timings, Usage};
 use super::sampler::Sampler;
@@ -29,7 +30,8 @@ pub(super) struct Job {
     /// Alternatives per token when log-probabilities are asked for.
     pub logprobs: Option<usize>,
     pub tx: mpsc::UnboundedSender<Event>,
-    pub _ticket: Ticket,
+    /// Its place among the admitted requests, given back when it drops.
+    pub _admission: Admission,
 }
 
 impl Job {
@@ -186,6 +188,76 @@ impl Active {
             usage,
             timings,
         }
+    }
+}
+
+/// The slots: the request each holds, and the occupied ones in admission
+/// order. Owned by the step loop and lent to its parts.
+pub(super) struct Slots {
+    held: Vec<Option<Active>>,
+    /// Occupied slots in admission order.
+    order: Vec<usize>,
+}
+
+impl Slots {
+    pub fn new(n: usize) -> Self {
+        Self {
+            held: (0..n).map(|_| None).collect(),
+            order: Vec::new(),
+        }
+    }
+
+    /// Slots in all.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Occupied slots in admission order.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// Requests holding a slot.
+    pub fn running(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Free slots.
+    pub fn free(&self) -> usize {
+        self.held.len() - self.order.len()
+    }
+
+    pub fn get(&self, slot: usize) -> Option<&Active> {
+        self.held.get(slot)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Active> {
+        self.held.get_mut(slot)?.as_mut()
+    }
+
+    /// Every slot's request (`None`: free), by slot index.
+    pub fn iter(&self) -> std::slice::Iter<'_, Option<Active>> {
+        self.held.iter()
+    }
+
+    /// Every slot's request, mutably, by slot index.
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, Option<Active>> {
+        self.held.iter_mut()
+    }
+
+    /// Puts a request in a free slot (last in admission order).
+    pub fn insert(&mut self, slot: usize, active: Active) {
+        if let Some(entry) = self.held.get_mut(slot) {
+            *entry = Some(active);
+            self.order.push(slot);
+        }
+    }
+
+    /// Frees a slot, returning its request.
+    pub fn take(&mut self, slot: usize) -> Option<Active> {
+        let a = self.held.get_mut(slot)?.take()?;
+        self.order.retain(|s| *s != slot);
+        Some(a)
     }
 }
 

@@ -129,8 +129,6 @@ pub struct EngineStats {
     pub cancelled: AtomicU64,
     /// Requests that hit their deadline.
     pub timed_out: AtomicU64,
-    /// Requests refused because the queue was full.
-    pub rejected: AtomicU64,
     /// Requests that failed inside the engine.
     pub failed: AtomicU64,
     /// Submission until the first token.
@@ -268,7 +266,6 @@ impl Default for EngineStats {
             finished: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             time_to_first_token: Histogram::new(TOKEN_BUCKETS_TTFT),
             inter_token_latency: Histogram::new(TOKEN_BUCKETS),

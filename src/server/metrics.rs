@@ -187,11 +187,7 @@ const FAMILIES: [Family; 23] = [
         "counter",
         "Requests refused with 429 because the server was at capacity.",
         |en| {
-            let engines: u64 = en
-                .all()
-                .iter()
-                .map(|e| e.stats().rejected.load(Ordering::Relaxed))
-                .sum();
+            let engines: u64 = en.all().iter().map(|e| e.rejected()).sum();
             Series::total((en.rejected() + engines) as f64)
         },
     ),

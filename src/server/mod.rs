@@ -77,7 +77,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::engine::{
     defaults, devices, BackendGreedy, Engine, EngineConfig, EngineError, FillGaps, FlashAttn,
-    KvType, Placement, SplitMode,
+    KvType, Placement, SplitMode, ToggleHelp,
 };
 use crate::router::{placements, DeviceSpec, Engines, Routing};
 
@@ -134,7 +134,7 @@ pub struct ServeOptions {
     /// llama.cpp's choice: on wherever its kernels support it, CPU included
     /// (faster, as llama-server runs). On CPU its results depend on the
     /// batch's shape, so with `off` batched greedy answers match serial ones.
-    #[arg(long, value_enum, default_value_t = FlashAttn::default(), num_args = 0..=1, default_missing_value = "on")]
+    #[arg(long, value_parser = FlashAttn::parser(ToggleHelp::FLASH_ATTN), default_value_t = FlashAttn::default(), num_args = 0..=1, default_missing_value = "on")]
     pub flash_attn: FlashAttn,
     /// Require this API key (Authorization: Bearer KEY).
     #[arg(long, env = "AIRAVATA_API_KEY", hide_env_values = true)]
@@ -200,7 +200,7 @@ pub struct ServeOptions {
     /// one micro-batch (llama.cpp evaluates only consecutive per-slot KV
     /// streams together) and keeps its CUDA graph [auto: on when the layers
     /// run on a GPU].
-    #[arg(long, value_enum, default_value_t = FillGaps::Auto)]
+    #[arg(long, value_parser = FillGaps::parser(ToggleHelp::FILL_GAPS), default_value_t = FillGaps::Auto)]
     pub fill_gaps: FillGaps,
     /// Greedy requests take each token from an `argmax` that the backend
     /// computes over all of a step's output rows at the end of the step's
@@ -208,7 +208,7 @@ pub struct ServeOptions {
     /// and the host scans nothing; requests that sample, want
     /// log-probabilities or follow a grammar still get the logits
     /// [auto: on when the layers run on a GPU].
-    #[arg(long, value_enum, default_value_t = BackendGreedy::Auto)]
+    #[arg(long, value_parser = BackendGreedy::parser(ToggleHelp::BACKEND_GREEDY), default_value_t = BackendGreedy::Auto)]
     pub backend_greedy: BackendGreedy,
     /// After a step that ended requests, wait up to this many milliseconds
     /// for as many new ones before the next step, so that clients that send
