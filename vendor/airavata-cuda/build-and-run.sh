@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Build the IQ4_XS matrix-vector harness and run compute-sanitizer, checks and timing.
+#
+#   bash build-and-run.sh              build, sanitizer (small shapes), full checks, timing
+#   bash build-and-run.sh --no-timing  build, sanitizer, full checks (no timing)
+#   bash build-and-run.sh --build-only
+# env: OUT (results folder, default ./out), NVCC, ARCHS (gencode flags),
+#      NO_BASELINE=1 (skip llama.cpp's mmvq baseline), PREBUILT=path (skip the build),
+#      NO_SANITIZER=1
+set -euo pipefail
+cd "$(dirname "$0")"
+MODE=${1:-full}
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT" build
+NVCC=${NVCC:-nvcc}
+ARCHS=${ARCHS:-"-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=sm_90"}
+FLAGS="-O3 -std=c++17 $ARCHS"
+LINK="-Xcompiler -static-libstdc++ -Xcompiler -static-libgcc"
+G=../llama.cpp/ggml
+
+BIN=${PREBUILT:-}
+if [ -z "$BIN" ]; then
+    t0=$(date +%s)
+    defs="" objs=""
+    if [ "${NO_BASELINE:-0}" != 1 ] && [ -f "$G/src/ggml-cuda/mmvq.cu" ]; then
+        # llama.cpp's own mul_mat_vec_q<IQ4_XS> from the pinned source, for a same-card baseline
+        $NVCC $FLAGS -I$G/include -I$G/src -I$G/src/ggml-cuda -c baseline_ggml.cu -o build/baseline_ggml.o &
+        bpid=$!
+        defs="-DWITH_GGML_BASELINE" objs="build/baseline_ggml.o"
+    fi
+    $NVCC $FLAGS -Xptxas -v $defs -c mmv_iq4xs.cu -o build/mmv_iq4xs.o 2> build/ptxas.log || { cat build/ptxas.log; exit 1; }
+    if [ -n "$objs" ]; then wait $bpid; fi
+    $NVCC $FLAGS $LINK build/mmv_iq4xs.o $objs -o build/mmv_iq4xs
+    BIN=build/mmv_iq4xs
+    cp build/ptxas.log "$OUT/" 2>/dev/null || true
+    echo "build: $(( $(date +%s) - t0 )) s"
+fi
+[ "$MODE" = "--build-only" ] && exit 0
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt" || true
+
+if [ "${NO_SANITIZER:-0}" != 1 ]; then
+    # small shapes, every variant and N = 1..8, no timing
+    compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN" --check > "$OUT/memcheck.log" 2>&1 \
+        && echo "memcheck: clean" || { echo "memcheck: FAILED (rc=$?)"; tail -30 "$OUT/memcheck.log"; }
+    compute-sanitizer --tool racecheck --error-exitcode 9 "$BIN" --check > "$OUT/racecheck.log" 2>&1 \
+        && echo "racecheck: clean" || { echo "racecheck: FAILED (rc=$?)"; tail -30 "$OUT/racecheck.log"; }
+fi
+
+if [ "$MODE" = "--no-timing" ]; then
+    "$BIN" --quick 2>&1 | tee "$OUT/run.log"
+    exit 0
+fi
+"$BIN" 2>&1 | tee "$OUT/run.log"
+
+# hardware counters for the best variant on 11008x4096, N=1 and N=8 (and ggml's kernel)
+if [ "${NO_NCU:-0}" != 1 ] && command -v ncu > /dev/null; then
+    for n in 1 8; do
+        cfg=$(awk -v n=$n '$1=="11008x4096" && $3==n {print $4}' "$OUT/run.log" | tail -1)
+        [ -z "$cfg" ] && continue
+        set -- $(echo "$cfg" | sed -E 's/T([0-9]+)\.W([0-9]+)\.U([0-9]+)\.S([0-9]+)/\1 \2 \3 \4/')
+        timeout 60 ncu --clock-control none --section SpeedOfLight --section Occupancy --section SchedulerStats \
+            --section WarpStateStats --kernel-name regex:'mmv_iq4xs_kernel|mul_mat_vec_q' \
+            "$BIN" --profile "$1" "$2" "$3" "$4" 11008 4096 $n > "$OUT/ncu_N$n.txt" 2>&1 || true
+        grep -E "mmv_iq4xs_kernel|mul_mat_vec_q|DRAM Throughput|Memory Throughput|Duration|Achieved Occupancy|Issue Slots Busy|No Eligible|Registers Per|Theoretical Occ|Stall" "$OUT/ncu_N$n.txt" | head -30
+    done
+fi

@@ -1,0 +1,296 @@
+// mmv_iq4xs.cuh -- batch 1..8 matrix-vector product for ggml's IQ4_XS weights on Hopper.
+//
+//   y[n][r] = sum_k W[r][k] * x[n][k],  r < nrows, n < N <= 8, k < K (K % 256 == 0)
+//
+// Weights: exactly ggml's block_iq4_xs (136 bytes / 256 weights, rows contiguous,
+// row r at W + r*K/256*136).  The base pointer must be 16-byte aligned.
+//
+// Activations are quantized ONCE per distinct input by quantize_x_q8 (int8 per 32
+// values with an f32 scale, same rounding as ggml's quantize_q8_1), into a layout
+// that is directly the B fragment of mma.m16n8k32.s8 (see below).  The matvec
+// kernel then:
+//   * streams the weight bytes of a 16*T-row x 512-column unit into a per-warp
+//     shared-memory ring with 16-byte cp.async.cg (several units in flight per warp);
+//     since 136-byte blocks are only 8-byte aligned, each row segment is copied from
+//     its 16-byte-aligned start and the reader adds the 0/8-byte offset;
+//   * decodes the 4-bit codebook with 4 PRMT per 8 weights: the "low" lookup
+//     (table bytes kv[0..7], all negative) uses PRMT's sign-replicate mode to give
+//     -1 where the index is >= 8, the "high" lookup (table bytes kv[8..15]+1, all
+//     positive) with the index's bit 3 flipped gives 0 where the index is < 8, so
+//     lo + hi == kv[idx] exactly; the sum is taken by the tensor core: two
+//     accumulating int8 mma per (16 rows x 32 k) tile;
+//   * scales the int32 tile by d*(ls-32) (row, 32-block) and the activation scale.
+// The CTA's warps split K; partial sums are reduced in shared memory, so every
+// output is written exactly once (no atomics, no zero-init, deterministic).
+#pragma once
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace airavata {
+
+constexpr int QK_K = 256;
+constexpr int IQ4XS_BYTES = 136;  // sizeof(block_iq4_xs)
+
+// ggml's block layout (ggml-common.h), written out here for the harness.
+struct block_iq4_xs {
+    uint16_t d;          // ggml_half
+    uint16_t scales_h;
+    uint8_t  scales_l[QK_K / 64];
+    uint8_t  qs[QK_K / 2];
+};
+static_assert(sizeof(block_iq4_xs) == IQ4XS_BYTES, "block_iq4_xs size");
+
+// kvalues_iq4nl
+__host__ __device__ constexpr int8_t kv_iq4nl(int i) {
+    constexpr int8_t t[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+    return t[i];
+}
+__host__ __device__ constexpr uint32_t pack4(int a, int b, int c, int d) {
+    return (uint32_t)(uint8_t)a | ((uint32_t)(uint8_t)b << 8) | ((uint32_t)(uint8_t)c << 16) | ((uint32_t)(uint8_t)d << 24);
+}
+// low table: kv[0..7] (all negative -> PRMT sign mode yields 0xFF = -1)
+constexpr uint32_t KT0 = pack4(kv_iq4nl(0), kv_iq4nl(1), kv_iq4nl(2), kv_iq4nl(3));
+constexpr uint32_t KT1 = pack4(kv_iq4nl(4), kv_iq4nl(5), kv_iq4nl(6), kv_iq4nl(7));
+// high table: kv[8..15]+1 (all in 2..114, msb clear -> PRMT sign mode yields 0)
+constexpr uint32_t KT2 = pack4(kv_iq4nl(8) + 1, kv_iq4nl(9) + 1, kv_iq4nl(10) + 1, kv_iq4nl(11) + 1);
+constexpr uint32_t KT3 = pack4(kv_iq4nl(12) + 1, kv_iq4nl(13) + 1, kv_iq4nl(14) + 1, kv_iq4nl(15) + 1);
+
+// Position of physical element i (0..31) of a 32-group inside the 32 quantized
+// bytes of one (group, column) in xq.  Thread t (= lane%4) of the mma reads bytes
+// 8t..8t+7 = B fragment {b0, b1}; they must hold x at the k positions that the
+// weight decode puts in A: {4t, 4t+16, 4t+1, 4t+17 | 4t+2, 4t+18, 4t+3, 4t+19}.
+__host__ __device__ constexpr int xq_pos(int i) { return 8 * ((i & 15) >> 2) + 2 * (i & 3) + (i >> 4); }
+
+#ifdef __CUDACC__
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+}
+
+__device__ __forceinline__ void mma_s8_16832(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                             uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int PF>
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes) {
+    if constexpr (PF == 0) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+    } else {
+        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+    }
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_dyn(int n) {
+    switch (n) {
+        case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+        case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+        case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+        default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Activation quantization: x f32, column n at x + n*ldx, K values.
+// Out: xq int8 [K/32][8][32] (mma order, columns >= N not written),
+//      xd f32  [K/32][8]     (columns >= N set to 0).
+// One warp per (32-group, column); block = 8 warps = the 8 columns of one group.
+// Same arithmetic as ggml's quantize_q8_1: d = amax/127, q = round(x/d).
+// (ggml then stores d as fp16; we keep f32.)
+__global__ void __launch_bounds__(256) quantize_x_q8(const float *__restrict__ x, int K, int ldx, int N,
+                                                     int8_t *__restrict__ xq, float *__restrict__ xd) {
+    const int grp = blockIdx.x;
+    const int n = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (n >= N) {
+        if (lane == 0) xd[grp * 8 + n] = 0.0f;
+        return;
+    }
+    const float v = x[(size_t)n * ldx + (size_t)grp * 32 + lane];
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f;
+    const int q = amax == 0.0f ? 0 : (int)roundf(v / d);
+    xq[((size_t)grp * 8 + n) * 32 + xq_pos(lane)] = (int8_t)q;
+    if (lane == 0) xd[grp * 8 + n] = d;
+}
+
+// ---------------------------------------------------------------------------------
+// Matrix-vector kernel.
+//   NCOLS: number of activation columns (1..8)
+//   T:     16-row tiles per CTA (each warp computes all T tiles of its K slice,
+//          reusing its activation fragments T times)
+//   WARPS: warps per CTA; they split the K units (512 columns each) round-robin
+//   PF:    1 = add the L2::256B prefetch hint to the weight copies
+// Dynamic shared memory: smem_bytes(T, WARPS, S); S = ring stages per warp (1..4).
+constexpr int MMV_RS = 304;  // smem bytes per row per stage (>= 288; 19*16 -> no bank conflicts for 8 rows)
+
+__host__ __device__ constexpr int mmv_slot_bytes(int T) { return 16 * T * MMV_RS; }
+__host__ __device__ constexpr int mmv_dwt_bytes(int T) { return 2 * 8 * T * 8 * 2 * 4; }
+__host__ __device__ constexpr int mmv_smem_bytes(int T, int WARPS, int S) {
+    return WARPS * (S * mmv_slot_bytes(T) + mmv_dwt_bytes(T));
+}
+
+template <int NCOLS, int T, int WARPS, int PF>
+__global__ void __launch_bounds__(WARPS * 32)
+    mmv_iq4xs_kernel(const uint8_t *__restrict__ W, const int8_t *__restrict__ xq, const float *__restrict__ xd,
+                     float *__restrict__ y, const int nrows, const int nb, const int S) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    constexpr int ROWS = 16 * T;
+    constexpr int SLOT = mmv_slot_bytes(T);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+    const size_t rowbytes = (size_t)nb * IQ4XS_BYTES;
+    const size_t total = (size_t)nrows * rowbytes;
+    const int row0 = blockIdx.x * ROWS;
+    const int nu = (nb + 1) >> 1;  // units of 2 blocks along K
+
+    uint8_t *wsm = smem + warp * (S * SLOT + mmv_dwt_bytes(T));
+    float2 *dwt = reinterpret_cast<float2 *>(wsm + S * SLOT);  // [blk 2][sb 8][t T][g 8] (row g, row g+8)
+    const uint32_t wsm_s = (uint32_t)__cvta_generic_to_shared(wsm);
+
+    // row offsets inside a slot for this thread's A rows: row r data starts at r*RS + off_r
+    // (off_r = 8 iff R*rowbytes is 8 mod 16); + 8 skips the block header, + 4*tq its word.
+    int rb[T][2];
+#pragma unroll
+    for (int t = 0; t < T; ++t)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = 16 * t + 8 * h + g;
+            const int off = (int)(((long long)(row0 + r) * nb) & 1) * 8;
+            rb[t][h] = r * MMV_RS + off + 8 + 4 * tq;
+        }
+
+    // issue the copies of unit u into slot s: rows r = 4i + lane/8, 16B chunks j = lane%8 + 8m
+    auto issue = [&](int u, int s) {
+        const int cu = min(2, nb - 2 * u);
+        const uint32_t sbase = wsm_s + s * SLOT;
+#pragma unroll
+        for (int i = 0; i < 4 * T; ++i) {
+            const int r = 4 * i + (lane >> 3);
+            const int R = row0 + r;
+            if (R < nrows) {
+                const int off = (int)(((long long)R * nb) & 1) * 8;
+                const size_t A = (size_t)R * rowbytes - off + (size_t)u * (2 * IQ4XS_BYTES);
+                const int nch = (off + IQ4XS_BYTES * cu + 15) >> 4;
+#pragma unroll
+                for (int m = 0; m < 3; ++m) {
+                    const int j = (lane & 7) + 8 * m;
+                    if (j < nch) {
+                        const size_t pos = A + 16 * j;
+                        const size_t left = total - pos;
+                        cp_async16<PF>(sbase + r * MMV_RS + 16 * j, W + pos, left < 16 ? (int)left : 16);
+                    }
+                }
+            }
+        }
+    };
+
+    float acc[T][4];
+#pragma unroll
+    for (int t = 0; t < T; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+
+    const int nk = warp < nu ? (nu - warp + WARPS - 1) / WARPS : 0;
+    for (int s = 0; s < S; ++s) {
+        if (s < nk) issue(warp + s * WARPS, s);
+        cp_async_commit();
+    }
+
+    for (int k = 0; k < nk; ++k) {
+        const int u = warp + k * WARPS;
+        const int s = k % S;
+        const int cu = min(2, nb - 2 * u);
+        cp_async_wait_dyn(S - 1);
+        __syncwarp();
+        const uint8_t *slot = wsm + s * SLOT;
+
+        // per-(row, block) scales d*(ls-32) for the 8 sub-blocks -> dwt
+#pragma unroll
+        for (int t = 0; t < T; ++t) {
+            const int r = (lane & 15) + 16 * t;
+            const int blk = lane >> 4;
+            if (blk < cu) {
+                const int off = (int)(((long long)(row0 + r) * nb) & 1) * 8;
+                const uint2 h = *reinterpret_cast<const uint2 *>(slot + r * MMV_RS + off + IQ4XS_BYTES * blk);
+                const float d = __half2float(__ushort_as_half((unsigned short)(h.x & 0xffffu)));
+                const uint32_t sh = h.x >> 16, sl = h.y;
+                float *dst = reinterpret_cast<float *>(dwt) + ((blk * 8 * T + t) * 8 + (r & 7)) * 2 + ((r >> 3) & 1);
+#pragma unroll
+                for (int sb = 0; sb < 8; ++sb) {
+                    const int ls = (int)(((sl >> (4 * sb)) & 15u) | (((sh >> (2 * sb)) & 3u) << 4));
+                    dst[sb * T * 16] = d * (float)(ls - 32);
+                }
+            }
+        }
+        __syncwarp();
+
+#pragma unroll
+        for (int blk = 0; blk < 2; ++blk) {
+            if (blk < cu) {
+                const int gsb0 = (2 * u + blk) * 8;
+#pragma unroll
+                for (int sb = 0; sb < 8; ++sb) {
+                    const int gsb = gsb0 + sb;
+                    uint2 b = make_uint2(0u, 0u);
+                    if (g < NCOLS) b = __ldg(reinterpret_cast<const uint2 *>(xq + ((size_t)gsb * 8 + g) * 32 + tq * 8));
+                    const float2 dx = __ldg(reinterpret_cast<const float2 *>(xd + (size_t)gsb * 8 + 2 * tq));
+#pragma unroll
+                    for (int t = 0; t < T; ++t) {
+                        const uint32_t w0 =
+                            *reinterpret_cast<const uint32_t *>(slot + rb[t][0] + blk * IQ4XS_BYTES + 16 * sb);
+                        const uint32_t w1 =
+                            *reinterpret_cast<const uint32_t *>(slot + rb[t][1] + blk * IQ4XS_BYTES + 16 * sb);
+                        const uint32_t f0 = w0 ^ 0x88888888u, f1 = w1 ^ 0x88888888u;
+                        int c[4] = {0, 0, 0, 0};
+                        // a0: row g, k 0..3 (low half of the word); a1: row g+8; a2/a3: high halves
+                        mma_s8_16832(c, prmt(KT0, KT1, w0), prmt(KT0, KT1, w1), prmt(KT0, KT1, w0 >> 16),
+                                     prmt(KT0, KT1, w1 >> 16), b.x, b.y);
+                        mma_s8_16832(c, prmt(KT2, KT3, f0), prmt(KT2, KT3, f1), prmt(KT2, KT3, f0 >> 16),
+                                     prmt(KT2, KT3, f1 >> 16), b.x, b.y);
+                        const float2 dw = dwt[((blk * 8 + sb) * T + t) * 8 + g];
+                        acc[t][0] = fmaf((float)c[0], dw.x * dx.x, acc[t][0]);
+                        acc[t][1] = fmaf((float)c[1], dw.x * dx.y, acc[t][1]);
+                        acc[t][2] = fmaf((float)c[2], dw.y * dx.x, acc[t][2]);
+                        acc[t][3] = fmaf((float)c[3], dw.y * dx.y, acc[t][3]);
+                    }
+                }
+            }
+        }
+        __syncwarp();
+        if (k + S < nk) issue(warp + (k + S) * WARPS, s);
+        cp_async_commit();
+    }
+    cp_async_wait_dyn(0);
+
+    // reduce the warps' partial sums (split K) and write each output once
+    __syncthreads();
+    float *red = reinterpret_cast<float *>(smem);  // [WARPS][ROWS][8]
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+        float *p = red + (warp * ROWS + 16 * t + g) * 8 + 2 * tq;
+        p[0] = acc[t][0];
+        p[1] = acc[t][1];
+        p[64] = acc[t][2];
+        p[65] = acc[t][3];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < ROWS * NCOLS; i += WARPS * 32) {
+        const int r = i % ROWS, col = i / ROWS;
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) sum += red[(w * ROWS + r) * 8 + col];
+        if (row0 + r < nrows) y[(size_t)col * nrows + row0 + r] = sum;
+    }
+}
+
+#endif  // __CUDACC__
+
+}  // namespace airavata
