@@ -812,10 +812,13 @@ async fn metrics_info_and_health_move() {
 async fn health_is_503_until_loaded() {
     let model = test_model();
     let mut opts = test_options();
-    opts.host = "127.0.0.1".into();
+    // The engine waits before loading, so the loading window is certain to
+    // be seen (not a race with a fast load).
+    opts.load_delay_ms = Some(400);
     let server = airavata::server::bind(opts, model).await.expect("bind");
     let c = client();
     let mut saw = Vec::new();
+    let t0 = std::time::Instant::now();
     loop {
         let r = c
             .get(format!("{}/health", server.url()))
@@ -824,15 +827,31 @@ async fn health_is_503_until_loaded() {
             .expect("health");
         let s = r.status().as_u16();
         if s == 503 {
+            assert!(
+                r.headers().contains_key("retry-after"),
+                "503 without Retry-After"
+            );
             assert_envelope(&r.json().await.expect("json"), "model_loading");
         }
         saw.push(s);
         if s == 200 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the model did not load within 30 s: {saw:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(saw.iter().all(|s| *s == 503 || *s == 200));
+    assert_eq!(
+        saw.first(),
+        Some(&503),
+        "the first answer, while loading: {saw:?}"
+    );
+    assert!(
+        saw[..saw.len() - 1].iter().all(|s| *s == 503),
+        "only 503 before the 200: {saw:?}"
+    );
     server.shutdown().await.expect("shutdown");
 }
 

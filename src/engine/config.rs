@@ -251,6 +251,10 @@ pub struct EngineConfig {
     /// Sleep after every step (test hook that simulates a slow model).
     #[cfg(feature = "test-support")]
     pub step_delay: Option<Duration>,
+    /// Sleep before loading the model (test hook that makes the loading
+    /// window observable).
+    #[cfg(feature = "test-support")]
+    pub load_delay: Option<Duration>,
     /// Handle text as a GPU engine does although `decode` computes on the
     /// CPU: a step's tokens go out after the next step's `decode`, a
     /// request's last token at the end of its step (test hook for the GPU
@@ -284,6 +288,8 @@ impl EngineConfig {
             linger: None,
             #[cfg(feature = "test-support")]
             step_delay: None,
+            #[cfg(feature = "test-support")]
+            load_delay: None,
             #[cfg(feature = "test-support")]
             defer_emits: false,
         }

@@ -227,6 +227,11 @@ pub struct ServeOptions {
     #[cfg(feature = "test-support")]
     #[arg(long, hide = true)]
     pub step_delay_ms: Option<u64>,
+    /// Testing aid: sleep this many milliseconds before loading the model
+    /// (`test-support` builds only).
+    #[cfg(feature = "test-support")]
+    #[arg(long, hide = true)]
+    pub load_delay_ms: Option<u64>,
     /// Testing aid: a CPU engine sends text as a GPU engine does
     /// (`test-support` builds only).
     #[cfg(feature = "test-support")]
@@ -285,6 +290,8 @@ impl ServeOptions {
             step_delay: self.step_delay_ms.map(Duration::from_millis),
             #[cfg(feature = "test-support")]
             defer_emits: self.defer_emits,
+            #[cfg(feature = "test-support")]
+            load_delay: self.load_delay_ms.map(Duration::from_millis),
         }
     }
 }

@@ -49,6 +49,10 @@ use super::stats::{EngineStats, Phase, StepClock};
 use super::{EngineConfig, EngineError};
 
 pub(super) fn run(config: EngineConfig, shared: Arc<Shared>, rx: Receiver<Command>) {
+    #[cfg(feature = "test-support")]
+    if let Some(d) = config.load_delay {
+        std::thread::sleep(d);
+    }
     // A panic inside llama-cpp-2 must not leave /health saying "ok".
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         load_and_serve(&config, &shared, rx)
