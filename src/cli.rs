@@ -249,7 +249,10 @@ pub fn run_inspect(a: InspectArgs) -> Result<()> {
             .iter()
             .map(|t| serde_json::json!({"name": t.name, "type": t.ty.name(), "dims": t.dims, "offset": t.offset, "bytes": t.size}))
             .collect();
-        let j = serde_json::json!({"version": f.version, "alignment": f.alignment, "data_offset": f.data_offset, "metadata": meta, "tensors": tensors});
+        let file_type = f
+            .get("general.file_type")
+            .and_then(|v| file_type_name("general.file_type", v));
+        let j = serde_json::json!({"version": f.version, "alignment": f.alignment, "data_offset": f.data_offset, "file_type": file_type, "metadata": meta, "tensors": tensors});
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
@@ -263,11 +266,14 @@ pub fn run_inspect(a: InspectArgs) -> Result<()> {
     );
     println!("\nmetadata:");
     for (k, v) in &f.metadata {
-        let s = if a.full {
+        let mut s = if a.full {
             format!("{v:?}")
         } else {
             v.display_short()
         };
+        if let Some(name) = file_type_name(k, v) {
+            s = format!("{s} ({name})");
+        }
         println!("  {k:<45} {s}");
     }
     println!("\ntensors:");
@@ -296,6 +302,15 @@ pub fn run_inspect(a: InspectArgs) -> Result<()> {
         total as f64 * 8.0 / n.max(1) as f64
     );
     Ok(())
+}
+
+/// The llama.cpp name of a `general.file_type` value (`30` → `IQ4_XS`).
+fn file_type_name(key: &str, v: &crate::gguf::GgufValue) -> Option<String> {
+    let code = v.as_u64()?;
+    (key == "general.file_type")
+        .then(|| u32::try_from(code).ok())
+        .flatten()
+        .map(crate::ggml_type::llama_ftype_name)
 }
 
 pub fn run_synth(a: SynthArgs) -> Result<()> {

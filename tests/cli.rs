@@ -65,6 +65,12 @@ fn synth_convert_inspect() {
     ] {
         assert!(text.contains(want), "inspect output lacks {want}:\n{text}");
     }
+    // The file type by number and by llama.cpp's name.
+    let ftype = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("general.file_type "))
+        .unwrap_or_else(|| panic!("no general.file_type line:\n{text}"));
+    assert!(ftype.ends_with(" 30 (IQ4_XS)"), "{ftype:?}");
     let st = airavata()
         .args(["inspect", "--json"])
         .arg(&out)
@@ -72,6 +78,7 @@ fn synth_convert_inspect() {
         .unwrap();
     let j: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(j["metadata"]["general.file_type"], 30);
+    assert_eq!(j["file_type"], "IQ4_XS");
     assert_eq!(j["tensors"].as_array().unwrap().len(), 21);
 
     // Refuses to overwrite without --force, with a non-zero exit.
