@@ -115,3 +115,49 @@ fn bad_inputs_exit_nonzero_with_messages() {
     assert!(!st.status.success());
     assert!(String::from_utf8_lossy(&st.stderr).contains("unknown scheme"));
 }
+
+/// `serve` with stderr in a file (not a terminal): the log has its levels but
+/// no ANSI colour codes.
+#[test]
+fn serve_log_file_has_no_ansi_colours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = airavata::synth::tiny_test_gguf(tmp.path()).expect("tiny gguf");
+    let log_path = tmp.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = airavata()
+        .arg("serve")
+        .arg(&gguf)
+        .args([
+            "--port",
+            "0",
+            "--threads",
+            "2",
+            "--ctx-size",
+            "256",
+            "--no-webui",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("listening on http://") && text.contains("model ready") {
+            break text;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("serve did not start and load:\n{text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(text.contains(" INFO "), "{text}");
+    assert!(
+        !text.contains("\x1b["),
+        "ANSI escape in a log file:\n{text:?}"
+    );
+}
