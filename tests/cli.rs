@@ -156,6 +156,11 @@ fn serve_log_file_has_no_ansi_colours() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(text.contains(" INFO "), "{text}");
+    // No --host: loopback only.
+    assert!(
+        text.contains("listening on http://127.0.0.1:"),
+        "serve's default host is not 127.0.0.1:\n{text}"
+    );
     assert!(
         !text.contains("\x1b["),
         "ANSI escape in a log file:\n{text:?}"

@@ -109,8 +109,10 @@ pub enum ServerError {
 /// `airavata serve` flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeOptions {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to listen on: loopback unless asked (as llama-server and
+    /// Ollama); `--host 0.0.0.0` serves other machines (the Docker image and
+    /// the Kubernetes manifests pass it).
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0 = any free port).
     #[arg(long, default_value_t = 8000)]
