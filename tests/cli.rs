@@ -166,3 +166,45 @@ fn serve_log_file_has_no_ansi_colours() {
         "ANSI escape in a log file:\n{text:?}"
     );
 }
+
+/// `eval` with stderr not a terminal: plain progress lines (chunks, tokens,
+/// ETA) for the first and the last chunk, no bar's carriage returns.
+#[test]
+fn eval_prints_progress_lines_when_not_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = airavata::synth::tiny_test_gguf(tmp.path()).expect("tiny gguf");
+    let text = tmp.path().join("text.txt");
+    let para = "भारत एक विशाल देश है। The quick brown fox jumps over the lazy dog. ";
+    std::fs::write(&text, para.repeat(40)).unwrap();
+    let out = airavata()
+        .arg("eval")
+        .arg("--base")
+        .arg(&gguf)
+        .arg("--model")
+        .arg(&gguf)
+        .arg("--text")
+        .arg(&text)
+        .args(["--ctx", "32", "--chunks", "3", "--threads", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("eval: ")).collect();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.starts_with("eval: 1/3 chunks, 32/96 tokens,")),
+        "{err}"
+    );
+    assert!(
+        lines.last().is_some_and(
+            |l| l.starts_with("eval: 3/3 chunks, 96/96 tokens,") && l.ends_with("ETA 0.0 s")
+        ),
+        "{err}"
+    );
+    assert!(
+        lines.iter().all(|l| l.contains(" s elapsed, ETA ")),
+        "{err}"
+    );
+    assert!(!err.contains('\r') && !err.contains("\x1b["), "{err:?}");
+}
