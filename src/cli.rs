@@ -349,6 +349,10 @@ pub fn run_synth(a: SynthArgs) -> Result<()> {
 }
 
 pub fn run_serve(a: ServeArgs) -> Result<()> {
+    // A bad --chat-template fails before any model is fetched or converted.
+    if let Some(spec) = &a.opts.chat_template {
+        crate::chat_template::resolve(spec)?;
+    }
     let cancel = cancel_flag();
     let gguf = a.model.resolve(&cancel)?;
     let rt = tokio::runtime::Runtime::new()?;

@@ -92,6 +92,45 @@ fn synth_convert_inspect() {
     assert!(String::from_utf8_lossy(&st.stderr).contains("--force"));
 }
 
+/// `serve --chat-template` is resolved before the model: a name that is
+/// neither built in nor a file, or a file that is not Jinja, exits non-zero
+/// naming the problem.
+#[test]
+fn serve_checks_chat_template_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = airavata()
+        .args(["serve", "./no/such/model.gguf", "--chat-template", "nosuch"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(
+        err.contains("--chat-template nosuch: not a built-in template (airavata, chatml) and not a readable file"),
+        "{err}"
+    );
+    let bad = tmp.path().join("bad.jinja");
+    std::fs::write(&bad, "{% for m in messages %}{{ m.content }}").unwrap();
+    let st = airavata()
+        .args(["serve", "./no/such/model.gguf", "--chat-template"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(
+        err.contains("chat template (line 1) does not compile: syntax error"),
+        "{err}"
+    );
+    // A valid one gets past the check to the model (which does not exist).
+    let st = airavata()
+        .args(["serve", "./no/such/model.gguf", "--chat-template", "chatml"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!err.contains("chat template"), "{err}");
+}
+
 #[test]
 fn bad_inputs_exit_nonzero_with_messages() {
     let tmp = tempfile::tempdir().unwrap();

@@ -159,6 +159,12 @@ pub struct ServeOptions {
     /// Model name reported by the OpenAI routes [default: the GGUF file stem].
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Chat template for chat requests: a built-in name (`airavata`,
+    /// `chatml`) or a file of Jinja text [default: the model's
+    /// `tokenizer.chat_template`, else `airavata`]. Checked at startup
+    /// ([`crate::chat_template::resolve`]).
+    #[arg(long, value_name = "FILE|NAME")]
+    pub chat_template: Option<String>,
     /// Do not keep a finished request's KV in its slot for the next request
     /// that starts with the same tokens (chat preamble, system prompt, earlier turns).
     #[arg(long, alias = "no-preamble-cache")]
