@@ -65,3 +65,54 @@ fn smollm2_chatml_template_renders_exact_bytes() {
         vec!["<|im_end|>".to_string()]
     );
 }
+
+/// A Qwen2.5-style template (tools in the system turn, `tool_call.arguments |
+/// tojson`, consecutive tool turns merged, `{%- %}` whitespace control) with
+/// an OpenAI tool conversation in Hindi renders exactly what Python's Jinja2
+/// renders in transformers' environment (trim_blocks, lstrip_blocks,
+/// `tojson` = `json.dumps(ensure_ascii=False)`); the expected bytes were
+/// produced by jinja2 3.1.6 from the same template and messages.
+#[test]
+fn qwen_style_tool_conversation_matches_jinja2() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_templates");
+    let source = std::fs::read_to_string(dir.join("qwen2.5-style.jinja")).expect("template");
+    let want = std::fs::read_to_string(dir.join("qwen2.5-style.tools.expected")).expect("expected");
+    let t = airavata::chat_template::resolve(
+        dir.join("qwen2.5-style.jinja")
+            .to_str()
+            .expect("utf-8 path"),
+    )
+    .expect("compiles");
+    assert_eq!(t.source(), source);
+    let tools = [serde_json::json!({
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "आज का मौसम",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        }
+    })];
+    let messages: Vec<Message> = serde_json::from_value(serde_json::json!([
+        {"role": "user", "content": "दिल्ली में मौसम कैसा है?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"दिल्ली\", \"unit\": \"C\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "{\"temp\": 35}"},
+        {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "धूप"}]}
+    ]))
+    .expect("OpenAI messages");
+    let got = t
+        .render(&RenderInput {
+            messages: &messages,
+            tools: Some(&tools),
+            add_generation_prompt: true,
+            bos_token: "",
+            eos_token: "<|im_end|>",
+        })
+        .expect("render");
+    assert_eq!(got, want);
+    assert_eq!(
+        t.end_of_turn("", "<|im_end|>").stops,
+        vec!["<|im_end|>".to_string()]
+    );
+}
