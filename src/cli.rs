@@ -6,6 +6,7 @@ use crate::model_cache::{ModelCache, Served, DEFAULT_MODEL};
 use crate::{hub, synth};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -249,7 +250,10 @@ pub fn run_inspect(a: InspectArgs) -> Result<()> {
             .iter()
             .map(|t| serde_json::json!({"name": t.name, "type": t.ty.name(), "dims": t.dims, "offset": t.offset, "bytes": t.size}))
             .collect();
-        let j = serde_json::json!({"version": f.version, "alignment": f.alignment, "data_offset": f.data_offset, "metadata": meta, "tensors": tensors});
+        let file_type = f
+            .get("general.file_type")
+            .and_then(|v| file_type_name("general.file_type", v));
+        let j = serde_json::json!({"version": f.version, "alignment": f.alignment, "data_offset": f.data_offset, "file_type": file_type, "metadata": meta, "tensors": tensors});
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
@@ -263,11 +267,14 @@ pub fn run_inspect(a: InspectArgs) -> Result<()> {
     );
     println!("\nmetadata:");
     for (k, v) in &f.metadata {
-        let s = if a.full {
+        let mut s = if a.full {
             format!("{v:?}")
         } else {
             v.display_short()
         };
+        if let Some(name) = file_type_name(k, v) {
+            s = format!("{s} ({name})");
+        }
         println!("  {k:<45} {s}");
     }
     println!("\ntensors:");
@@ -296,6 +303,15 @@ pub fn run_inspect(a: InspectArgs) -> Result<()> {
         total as f64 * 8.0 / n.max(1) as f64
     );
     Ok(())
+}
+
+/// The llama.cpp name of a `general.file_type` value (`30` → `IQ4_XS`).
+fn file_type_name(key: &str, v: &crate::gguf::GgufValue) -> Option<String> {
+    let code = v.as_u64()?;
+    (key == "general.file_type")
+        .then(|| u32::try_from(code).ok())
+        .flatten()
+        .map(crate::ggml_type::llama_ftype_name)
 }
 
 pub fn run_synth(a: SynthArgs) -> Result<()> {
@@ -333,6 +349,10 @@ pub fn run_synth(a: SynthArgs) -> Result<()> {
 }
 
 pub fn run_serve(a: ServeArgs) -> Result<()> {
+    // A bad --chat-template fails before any model is fetched or converted.
+    if let Some(spec) = &a.opts.chat_template {
+        crate::chat_template::resolve(spec)?;
+    }
     let cancel = cancel_flag();
     let gguf = a.model.resolve(&cancel)?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -357,13 +377,79 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     if a.u16_base {
         o.base_logprobs = crate::eval::BaseLogProbs::U16;
     }
-    let report = crate::eval::evaluate(&backend, &o)?;
+    let text = crate::eval::read_text(&o.text)?;
+    let mut progress = EvalProgress::new(std::io::stderr().is_terminal());
+    let report = crate::eval::evaluate_text(&backend, &o, &text, |p| progress.update(p));
+    progress.finish();
+    let report = report?;
     if a.json {
         println!("{}", report.to_json());
     } else {
         println!("{report}");
     }
     Ok(())
+}
+
+/// `airavata eval`'s progress on stderr: a bar on a terminal; elsewhere (a
+/// log file, CI) a plain line after the first and the last chunk and at
+/// most every [`EvalProgress::LINE_EVERY`] in between.
+struct EvalProgress {
+    bar: Option<indicatif::ProgressBar>,
+    last_line: Option<std::time::Instant>,
+}
+
+impl EvalProgress {
+    const LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn new(terminal: bool) -> Self {
+        let bar = terminal.then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "eval [{bar:30}] {pos}/{len} chunks, {msg} (ETA {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Self {
+            bar,
+            last_line: None,
+        }
+    }
+
+    fn update(&mut self, p: &crate::eval::Progress<'_>) {
+        let msg = format!(
+            "{}/{} tokens, KLD {:.4} this chunk",
+            p.tokens_done, p.tokens_total, p.stats.kld
+        );
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.chunks_total as u64);
+            bar.set_position(p.chunks_done as u64);
+            bar.set_message(msg);
+            return;
+        }
+        let due = self
+            .last_line
+            .is_none_or(|t| t.elapsed() >= Self::LINE_EVERY);
+        if due || p.chunks_done == p.chunks_total {
+            eprintln!(
+                "eval: {}/{} chunks, {msg}, {:.1} s elapsed, ETA {:.1} s",
+                p.chunks_done,
+                p.chunks_total,
+                p.elapsed.as_secs_f64(),
+                p.eta().as_secs_f64()
+            );
+            self.last_line = Some(std::time::Instant::now());
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 pub fn main() -> Result<()> {

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bnb;
 pub mod calib;
+pub mod chat_template;
 pub mod cli;
 pub mod convert;
 pub mod engine;

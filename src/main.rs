@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -6,6 +8,9 @@ fn main() -> anyhow::Result<()> {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: logs piped to a file or a
+        // collector stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     airavata::cli::main()
 }

@@ -65,6 +65,12 @@ fn synth_convert_inspect() {
     ] {
         assert!(text.contains(want), "inspect output lacks {want}:\n{text}");
     }
+    // The file type by number and by llama.cpp's name.
+    let ftype = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("general.file_type "))
+        .unwrap_or_else(|| panic!("no general.file_type line:\n{text}"));
+    assert!(ftype.ends_with(" 30 (IQ4_XS)"), "{ftype:?}");
     let st = airavata()
         .args(["inspect", "--json"])
         .arg(&out)
@@ -72,6 +78,7 @@ fn synth_convert_inspect() {
         .unwrap();
     let j: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(j["metadata"]["general.file_type"], 30);
+    assert_eq!(j["file_type"], "IQ4_XS");
     assert_eq!(j["tensors"].as_array().unwrap().len(), 21);
 
     // Refuses to overwrite without --force, with a non-zero exit.
@@ -83,6 +90,45 @@ fn synth_convert_inspect() {
         .unwrap();
     assert!(!st.status.success());
     assert!(String::from_utf8_lossy(&st.stderr).contains("--force"));
+}
+
+/// `serve --chat-template` is resolved before the model: a name that is
+/// neither built in nor a file, or a file that is not Jinja, exits non-zero
+/// naming the problem.
+#[test]
+fn serve_checks_chat_template_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = airavata()
+        .args(["serve", "./no/such/model.gguf", "--chat-template", "nosuch"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(
+        err.contains("--chat-template nosuch: not a built-in template (airavata, chatml) and not a readable file"),
+        "{err}"
+    );
+    let bad = tmp.path().join("bad.jinja");
+    std::fs::write(&bad, "{% for m in messages %}{{ m.content }}").unwrap();
+    let st = airavata()
+        .args(["serve", "./no/such/model.gguf", "--chat-template"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(
+        err.contains("chat template (line 1) does not compile: syntax error"),
+        "{err}"
+    );
+    // A valid one gets past the check to the model (which does not exist).
+    let st = airavata()
+        .args(["serve", "./no/such/model.gguf", "--chat-template", "chatml"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!err.contains("chat template"), "{err}");
 }
 
 #[test]
@@ -107,4 +153,97 @@ fn bad_inputs_exit_nonzero_with_messages() {
         .unwrap();
     assert!(!st.status.success());
     assert!(String::from_utf8_lossy(&st.stderr).contains("unknown scheme"));
+}
+
+/// `serve` with stderr in a file (not a terminal): the log has its levels but
+/// no ANSI colour codes.
+#[test]
+fn serve_log_file_has_no_ansi_colours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = airavata::synth::tiny_test_gguf(tmp.path()).expect("tiny gguf");
+    let log_path = tmp.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = airavata()
+        .arg("serve")
+        .arg(&gguf)
+        .args([
+            "--port",
+            "0",
+            "--threads",
+            "2",
+            "--ctx-size",
+            "256",
+            "--no-webui",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("listening on http://") && text.contains("model ready") {
+            break text;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("serve did not start and load:\n{text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(text.contains(" INFO "), "{text}");
+    // No --host: loopback only.
+    assert!(
+        text.contains("listening on http://127.0.0.1:"),
+        "serve's default host is not 127.0.0.1:\n{text}"
+    );
+    assert!(
+        !text.contains("\x1b["),
+        "ANSI escape in a log file:\n{text:?}"
+    );
+}
+
+/// `eval` with stderr not a terminal: plain progress lines (chunks, tokens,
+/// ETA) for the first and the last chunk, no bar's carriage returns.
+#[test]
+fn eval_prints_progress_lines_when_not_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = airavata::synth::tiny_test_gguf(tmp.path()).expect("tiny gguf");
+    let text = tmp.path().join("text.txt");
+    let para = "भारत एक विशाल देश है। The quick brown fox jumps over the lazy dog. ";
+    std::fs::write(&text, para.repeat(40)).unwrap();
+    let out = airavata()
+        .arg("eval")
+        .arg("--base")
+        .arg(&gguf)
+        .arg("--model")
+        .arg(&gguf)
+        .arg("--text")
+        .arg(&text)
+        .args(["--ctx", "32", "--chunks", "3", "--threads", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("eval: ")).collect();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.starts_with("eval: 1/3 chunks, 32/96 tokens,")),
+        "{err}"
+    );
+    assert!(
+        lines.last().is_some_and(
+            |l| l.starts_with("eval: 3/3 chunks, 96/96 tokens,") && l.ends_with("ETA 0.0 s")
+        ),
+        "{err}"
+    );
+    assert!(
+        lines.iter().all(|l| l.contains(" s elapsed, ETA ")),
+        "{err}"
+    );
+    assert!(!err.contains('\r') && !err.contains("\x1b["), "{err:?}");
 }

@@ -176,6 +176,74 @@ async fn json_schema_output_parses_and_validates_on_every_route() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// A reasoning-first schema: the model writes `reasoning` before `answer`,
+/// on every route, because the property order survives from the request to
+/// the grammar (serde_json `preserve_order`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_schema_property_order_is_kept() {
+    let Some(model) = stories("json_schema_property_order_is_kept") else {
+        return;
+    };
+    let server = start(test_options(), model).await;
+    let c = client();
+    let base = server.url();
+    // Sent as text, so nothing on the client side can reorder it.
+    let schema_text = r#"{"type": "object", "properties": {"reasoning": {"type": "string", "maxLength": 24}, "answer": {"enum": ["yes", "no"]}}, "required": ["reasoning", "answer"], "additionalProperties": false}"#;
+    let format = format!(
+        r#"{{"type": "json_schema", "json_schema": {{"name": "r", "strict": true, "schema": {schema_text}}}}}"#
+    );
+    let bodies = [
+        (
+            "generate",
+            format!(r#"{{"prompt": "Lily", "max_new_tokens": 120, "response_format": {format}}}"#),
+        ),
+        (
+            "v1/completions",
+            format!(
+                r#"{{"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0.8, "seed": 5, "response_format": {format}}}"#
+            ),
+        ),
+        (
+            "v1/chat/completions",
+            format!(
+                r#"{{"messages": [{{"role": "user", "content": "Is the sky blue?"}}], "max_tokens": 120, "temperature": 0, "response_format": {format}}}"#
+            ),
+        ),
+    ];
+    for (route, body) in bodies {
+        let r = c
+            .post(format!("{base}/{route}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), 200, "{route}");
+        let v: Value = r.json().await.expect("json");
+        let out = v
+            .pointer("/generated_text")
+            .or_else(|| v.pointer("/choices/0/text"))
+            .or_else(|| v.pointer("/choices/0/message/content"))
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{route}: no text in {v}"));
+        let parsed: Value =
+            serde_json::from_str(out).unwrap_or_else(|e| panic!("{route}: {out:?}: {e}"));
+        let keys: Vec<&str> = parsed
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["reasoning", "answer"], "{route}: {out}");
+        let (r, a) = (out.find("\"reasoning\""), out.find("\"answer\""));
+        assert!(
+            matches!((r, a), (Some(r), Some(a)) if r < a),
+            "{route}: {out}"
+        );
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_schema_features_are_400_naming_the_feature() {
     let server = start(test_options(), test_model()).await;
@@ -572,6 +640,14 @@ async fn logprobs_equal_log_softmax_of_llama_cpp_logits() {
         assert!(top
             .values()
             .all(|x| x.as_f64().unwrap_or(0.0) <= got + 1e-9));
+        // Most likely first, as the server built the map (key order kept by
+        // serde_json's preserve_order, on the wire and in parsing here).
+        let lps: Vec<f64> = top.values().filter_map(Value::as_f64).collect();
+        assert!(
+            lps.windows(2).all(|w| w[0] >= w[1]),
+            "token {k}: top_logprobs not most-likely-first: {top:?}"
+        );
+        assert!((lps[0] - got).abs() < 1e-9, "token {k}: greedy pick first");
         assert_eq!(lp["text_offset"][k], offset, "token {k}");
         offset += t.chars().count();
     }

@@ -142,13 +142,41 @@ pub fn evaluate(backend: &LlamaBackend, opts: &EvalOptions) -> Result<EvalReport
     evaluate_text(backend, opts, &text, |_| {})
 }
 
+/// Where an evaluation stands after a chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// The chunk just scored.
+    pub stats: &'a ChunkStats,
+    /// Chunks scored so far, and in all.
+    pub chunks_done: usize,
+    pub chunks_total: usize,
+    /// Text tokens evaluated so far (both models), and in all.
+    pub tokens_done: usize,
+    pub tokens_total: usize,
+    /// Since the models started loading.
+    pub elapsed: std::time::Duration,
+    /// Since the first chunk started (the pace the ETA is taken from).
+    pub scoring: std::time::Duration,
+}
+
+impl Progress<'_> {
+    /// Remaining time at the pace of the chunks so far.
+    pub fn eta(&self) -> std::time::Duration {
+        let left = self.chunks_total.saturating_sub(self.chunks_done) as u32;
+        match self.chunks_done {
+            0 => std::time::Duration::ZERO,
+            d => self.scoring / d as u32 * left,
+        }
+    }
+}
+
 /// Like [`evaluate`] but on `text` given in memory (`opts.text` is only used
 /// as a label), calling `on_chunk` after each chunk (progress reporting).
 pub fn evaluate_text(
     backend: &LlamaBackend,
     opts: &EvalOptions,
     text: &str,
-    mut on_chunk: impl FnMut(&ChunkStats),
+    mut on_chunk: impl FnMut(&Progress<'_>),
 ) -> Result<EvalReport, EvalError> {
     let t0 = Instant::now();
     if opts.n_ctx < 4 {
@@ -191,6 +219,7 @@ pub fn evaluate_text(
 
     let mut acc = Accumulator::default();
     let mut chunks = Vec::with_capacity(n_chunks);
+    let scoring = Instant::now();
     for i in 0..n_chunks {
         let chunk = &tokens[i * n_ctx..(i + 1) * n_ctx];
         let lb = base.chunk_logits(chunk, first)?;
@@ -216,7 +245,15 @@ pub fn evaluate_text(
             kld: cs.kld.value,
             same_top: cs.same_top.value,
         };
-        on_chunk(&stats);
+        on_chunk(&Progress {
+            stats: &stats,
+            chunks_done: i + 1,
+            chunks_total: n_chunks,
+            tokens_done: (i + 1) * n_ctx,
+            tokens_total: n_chunks * n_ctx,
+            elapsed: t0.elapsed(),
+            scoring: scoring.elapsed(),
+        });
         chunks.push(stats);
     }
 

@@ -109,8 +109,10 @@ pub enum ServerError {
 /// `airavata serve` flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeOptions {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to listen on: loopback unless asked (as llama-server and
+    /// Ollama); `--host 0.0.0.0` serves other machines (the Docker image and
+    /// the Kubernetes manifests pass it).
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0 = any free port).
     #[arg(long, default_value_t = 8000)]
@@ -157,6 +159,12 @@ pub struct ServeOptions {
     /// Model name reported by the OpenAI routes [default: the GGUF file stem].
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Chat template for chat requests: a built-in name (`airavata`,
+    /// `chatml`) or a file of Jinja text [default: the model's
+    /// `tokenizer.chat_template`, else `airavata`]. Checked at startup
+    /// ([`crate::chat_template::resolve`]).
+    #[arg(long, value_name = "FILE|NAME")]
+    pub chat_template: Option<String>,
     /// Do not keep a finished request's KV in its slot for the next request
     /// that starts with the same tokens (chat preamble, system prompt, earlier turns).
     #[arg(long, alias = "no-preamble-cache")]

@@ -649,6 +649,34 @@ mod tests {
         check_schema(&schema).expect_err("should be refused")
     }
 
+    /// Properties keep the schema's order from the request text to the
+    /// grammar (serde_json's `preserve_order`; llama.cpp's converter keeps
+    /// the order it is given): a reasoning-first schema makes the model
+    /// write its reasoning before its answer.
+    #[test]
+    fn grammar_follows_the_schemas_property_order() {
+        for (first, second) in [("reasoning", "answer"), ("answer", "reasoning")] {
+            let text = format!(
+                r#"{{"type": "object", "properties": {{"{first}": {{"type": "string"}}, "{second}": {{"type": "string"}}}}, "required": ["{first}", "{second}"], "additionalProperties": false}}"#
+            );
+            let schema: Value = serde_json::from_str(&text).expect("schema");
+            assert_eq!(schema.to_string().replace(' ', ""), text.replace(' ', ""));
+            let gbnf = Constraint::JsonSchema(schema).to_gbnf().expect("gbnf");
+            let root = gbnf
+                .lines()
+                .find(|l| l.starts_with("root ::="))
+                .unwrap_or_else(|| panic!("no root rule:\n{gbnf}"));
+            let (a, b) = (
+                root.find(&format!("{first}-kv")),
+                root.find(&format!("{second}-kv")),
+            );
+            assert!(
+                matches!((a, b), (Some(a), Some(b)) if a < b),
+                "{first} must come before {second}: {root}"
+            );
+        }
+    }
+
     #[test]
     fn supported_schemas_pass() {
         for s in [

@@ -14,8 +14,10 @@ pub use sentencepiece::{Piece, PieceType, SpModel};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// Airavata's chat format as a Jinja template (used when the checkpoint has none).
-pub const AIRAVATA_CHAT_TEMPLATE: &str = "{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}{% if not loop.last %}{{ '<|assistant|>\\n' + message['content'] + eos_token + '\\n' }}{% else %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}";
+/// Airavata's chat format as a Jinja template (written into GGUFs whose
+/// checkpoint has none): the built-in `airavata` template, which renders what
+/// [`crate::engine::prompt`] builds.
+pub const AIRAVATA_CHAT_TEMPLATE: &str = crate::chat_template::AIRAVATA_TEMPLATE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
