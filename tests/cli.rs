@@ -176,6 +176,7 @@ fn serve_log_file_has_no_ansi_colours() {
             "--no-webui",
         ])
         .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR") // colours off by our check, not by the environment
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
