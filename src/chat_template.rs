@@ -6,9 +6,10 @@
 //! `strftime_now(fmt)`, and a `tojson` that writes what Python's
 //! `json.dumps(ensure_ascii=False)` writes.
 //!
-//! Built-in templates ([`BUILTIN_NAMES`]): `airavata`, the format of
-//! [`crate::engine::prompt`] (the default for checkpoints without a template),
-//! and `chatml`. [`resolve`] turns a `--chat-template FILE|NAME` argument into
+//! Built-in templates ([`BUILTIN_NAMES`]): `airavata`, the format of the
+//! Airavata model card (the default for checkpoints without a template), and
+//! `chatml`. The engine applies a model's template in
+//! [`crate::engine::prompt`]. [`resolve`] turns a `--chat-template FILE|NAME` argument into
 //! a template; [`ChatTemplate::end_of_turn`] says what ends an assistant turn.
 
 use serde::{Deserialize, Serialize};
@@ -195,6 +196,7 @@ fn function_type() -> String {
 
 /// One turn of a conversation, as OpenAI's chat API carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: MessageRole,
     #[serde(default)]
@@ -624,7 +626,6 @@ impl serde_json::ser::Formatter for PyCompact {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::prompt;
 
     fn render(t: &ChatTemplate, msgs: &[Message], gen: bool) -> Result<String, TemplateError> {
         t.render(&RenderInput {
@@ -640,27 +641,25 @@ mod tests {
         ChatTemplate::builtin("airavata").expect("built-in")
     }
 
-    /// The same conversation for prompt.rs and for templates.
-    fn both(turns: &[(prompt::Role, &str)]) -> (Vec<prompt::ChatMessage>, Vec<Message>) {
-        let old = turns
-            .iter()
-            .map(|(role, c)| prompt::ChatMessage {
-                role: *role,
-                content: c.to_string(),
-            })
-            .collect();
-        let new = turns
-            .iter()
-            .map(|(role, c)| {
-                let r = match role {
-                    prompt::Role::System => MessageRole::System,
-                    prompt::Role::User => MessageRole::User,
-                    prompt::Role::Assistant => MessageRole::Assistant,
-                };
-                Message::text(r, *c)
-            })
-            .collect();
-        (old, new)
+    /// The model card's `create_prompt_with_chat_format` (Python), the
+    /// oracle for the built-in `airavata` template.
+    fn model_card_format(turns: &[(MessageRole, &str)]) -> String {
+        let mut text = String::from("<s>");
+        for (role, content) in turns {
+            match role {
+                MessageRole::System => text += &format!("<|system|>\n{content}\n"),
+                MessageRole::User => text += &format!("<|user|>\n{content}\n"),
+                MessageRole::Assistant => {
+                    text += &format!("<|assistant|>\n{}</s>\n", content.trim())
+                }
+                other => panic!("no {other:?} turns in the model card's format"),
+            }
+        }
+        text + "<|assistant|>\n"
+    }
+
+    fn messages(turns: &[(MessageRole, &str)]) -> Vec<Message> {
+        turns.iter().map(|(r, c)| Message::text(*r, *c)).collect()
     }
 
     #[test]
@@ -673,9 +672,9 @@ mod tests {
     }
 
     #[test]
-    fn airavata_builtin_is_byte_identical_to_engine_prompt() {
-        use prompt::Role::{Assistant as A, System as S, User as U};
-        let conversations: Vec<Vec<(prompt::Role, &str)>> = vec![
+    fn airavata_builtin_is_byte_identical_to_the_model_card() {
+        use MessageRole::{Assistant as A, System as S, User as U};
+        let conversations: Vec<Vec<(MessageRole, &str)>> = vec![
             vec![(U, "नमस्ते")],
             vec![(S, "Be brief."), (U, "Hi"), (A, " Hello! "), (U, "भारत?")],
             vec![
@@ -692,15 +691,26 @@ mod tests {
         ];
         let t = airavata();
         for turns in conversations {
-            let (old, new) = both(&turns);
-            let want = prompt::render(&prompt::chat(&old));
-            assert_eq!(render(&t, &new, true).expect("render"), want, "{turns:?}");
+            let want = model_card_format(&turns);
+            assert_eq!(
+                render(&t, &messages(&turns), true).expect("render"),
+                want,
+                "{turns:?}"
+            );
         }
-        // user_turn is the one-message case
-        let (_, new) = both(&[(prompt::Role::User, "क्या हाल है?")]);
+        // The model card's own examples.
         assert_eq!(
-            render(&t, &new, true).expect("render"),
-            prompt::render(&prompt::user_turn("क्या हाल है?"))
+            render(&t, &messages(&[(U, "नमस्ते")]), true).expect("render"),
+            "<s><|user|>\nनमस्ते\n<|assistant|>\n"
+        );
+        assert_eq!(
+            render(
+                &t,
+                &messages(&[(S, "Be brief."), (U, "Hi"), (A, " Hello! "), (U, "भारत?")]),
+                true
+            )
+            .expect("render"),
+            "<s><|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello!</s>\n<|user|>\nभारत?\n<|assistant|>\n"
         );
     }
 

@@ -421,6 +421,11 @@ impl Engines {
         self.any()?.tokenize_prompt(prompt)
     }
 
+    /// Strings that end an assistant turn in the model's chat template.
+    pub fn turn_stops(&self) -> Result<Vec<String>, EngineError> {
+        self.any()?.turn_stops()
+    }
+
     /// Stops admitting, drains and stops every engine.
     pub async fn shutdown(&self) {
         self.inner.closing.store(true, Ordering::Release);

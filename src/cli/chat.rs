@@ -96,6 +96,11 @@ pub struct ChatArgs {
     /// CPU threads [default: all available].
     #[arg(long)]
     pub threads: Option<u32>,
+    /// Chat template: a built-in name (`airavata`, `chatml`) or a file of
+    /// Jinja text [default: the model's `tokenizer.chat_template`, else
+    /// `airavata`].
+    #[arg(long, value_name = "FILE|NAME")]
+    pub chat_template: Option<String>,
     /// Flash attention: auto, on or off.
     #[arg(long, value_parser = FlashAttn::parser(ToggleHelp::FLASH_ATTN), default_value_t = FlashAttn::default())]
     pub flash_attn: FlashAttn,
@@ -122,6 +127,7 @@ impl ChatArgs {
             max_queue: 1,
             backends_dir: self.backends_dir.clone(),
             cache_prompts: true,
+            chat_template: self.chat_template.clone(),
             #[cfg(feature = "test-support")]
             step_delay: self.step_delay_ms.map(std::time::Duration::from_millis),
             ..EngineConfig::new(model)
@@ -264,10 +270,7 @@ impl Chat<'_> {
     }
 
     fn one_shot(&self, rt: &tokio::runtime::Runtime, text: String) -> Result<()> {
-        let history = [ChatMessage {
-            role: Role::User,
-            content: text,
-        }];
+        let history = [ChatMessage::text(Role::User, text)];
         let (_, ending) = self.answer(rt, &history)?;
         let mut out = std::io::stdout().lock();
         out.write_all(b"\n")?;
@@ -336,10 +339,7 @@ impl Chat<'_> {
                 }
                 _ => {}
             }
-            history.push(ChatMessage {
-                role: Role::User,
-                content: line,
-            });
+            history.push(ChatMessage::text(Role::User, line));
             match self.answer(rt, &history) {
                 Ok((answer, ending)) => {
                     println!();
@@ -347,10 +347,7 @@ impl Chat<'_> {
                         Ending::Done(c) => stats_line(&c, n_ctx),
                         Ending::Interrupted => eprintln!("[stopped]"),
                     }
-                    history.push(ChatMessage {
-                        role: Role::Assistant,
-                        content: answer,
-                    });
+                    history.push(ChatMessage::text(Role::Assistant, answer));
                 }
                 Err(e) => {
                     // The turn is dropped; the conversation stays as it was.
@@ -372,10 +369,7 @@ impl Chat<'_> {
 
 /// The messages sent for a turn: the system prompt (if any), then the history.
 fn conversation(system: Option<&str>, history: &[ChatMessage]) -> Vec<ChatMessage> {
-    let system = system.map(|s| ChatMessage {
-        role: Role::System,
-        content: s.to_string(),
-    });
+    let system = system.map(|s| ChatMessage::text(Role::System, s.to_string()));
     system.into_iter().chain(history.iter().cloned()).collect()
 }
 
@@ -447,14 +441,10 @@ mod tests {
 
     #[test]
     fn system_prompt_comes_first() {
-        let user = ChatMessage {
-            role: Role::User,
-            content: "भारत की राजधानी?".into(),
-        };
+        let user = ChatMessage::text(Role::User, "भारत की राजधानी?");
         let msgs = conversation(Some("संक्षेप में"), std::slice::from_ref(&user));
         assert_eq!(msgs.len(), 2);
-        assert_eq!(msgs[0].role, Role::System);
-        assert_eq!(msgs[0].content, "संक्षेप में");
+        assert_eq!(msgs[0], ChatMessage::text(Role::System, "संक्षेप में"));
         assert_eq!(msgs[1], user);
         assert_eq!(conversation(None, std::slice::from_ref(&user)), vec![user]);
     }

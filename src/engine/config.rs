@@ -248,6 +248,9 @@ pub struct EngineConfig {
     /// before the next step (zero: none; `None`: [`defaults::LINGER_MS_CPU`]
     /// on the CPU, none on a GPU). See `--linger-ms`.
     pub linger: Option<std::time::Duration>,
+    /// `--chat-template FILE|NAME`; `None`: the GGUF's own template, else
+    /// the built-in `airavata`.
+    pub chat_template: Option<String>,
     /// Sleep after every step (test hook that simulates a slow model).
     #[cfg(feature = "test-support")]
     pub step_delay: Option<Duration>,
@@ -286,6 +289,7 @@ impl EngineConfig {
             backend_greedy: BackendGreedy::Auto,
             thread_name: "airavata-engine".into(),
             linger: None,
+            chat_template: None,
             #[cfg(feature = "test-support")]
             step_delay: None,
             #[cfg(feature = "test-support")]

@@ -40,6 +40,10 @@ pub enum EngineError {
     /// llama.cpp failed to evaluate a batch.
     #[error("decode failed: {0}")]
     Decode(String),
+    /// The chat template could not render the conversation (it raised an
+    /// exception, or a message does not fit it).
+    #[error("{0}")]
+    Template(String),
     /// No token could be sampled (e.g. a grammar that no token can continue).
     #[error("sampling failed: {0}")]
     Sampling(String),

@@ -15,10 +15,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::admission::{Admission, Bound};
 use super::info::ModelInfo;
+use super::prompt::{ChatMessage, PromptFormat, Role};
 use super::request::{Completion, Event, GenerateRequest, Prompt, PromptTokens};
 use super::shared::{LoadState, Shared};
 use super::worker::{self, kv::common_prefix, Command};
-use super::{prompt, sampler, slot, EngineConfig, EngineError, EngineStats, TokenLogprob};
+use super::{sampler, slot, EngineConfig, EngineError, EngineStats, TokenLogprob};
 
 /// Handle to the engine thread. Cheap to clone.
 #[derive(Clone)]
@@ -51,6 +52,7 @@ impl Engine {
             bound: Bound::new(config.max_queue),
             model: OnceLock::new(),
             info: OnceLock::new(),
+            format: OnceLock::new(),
             state,
             closing: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
@@ -215,36 +217,40 @@ impl Engine {
     pub fn tokenize_prompt(&self, prompt: &Prompt) -> Result<PromptTokens, EngineError> {
         let model = self.model()?;
         let vocab = model.vocab();
-        let segments = match prompt {
+        let (text, add_bos, parse_special) = match prompt {
             Prompt::Tokens(t) => {
                 self.check_tokens(t)?;
                 return Ok(PromptTokens::new(prompt, t.clone()));
             }
-            Prompt::User(text) => prompt::user_turn(text),
-            Prompt::Raw(text) => vec![prompt::Segment::Bos, prompt::Segment::Text(text.clone())],
-            Prompt::Chat(messages) => prompt::chat(messages),
-        };
-        let mut out = Vec::new();
-        let mut want_bos = false;
-        for seg in segments {
-            match seg {
-                prompt::Segment::Bos => want_bos = true,
-                prompt::Segment::Eos => out.push(vocab.eos().0),
-                prompt::Segment::Text(t) => {
-                    out.extend(
-                        vocab
-                            .tokenize(t.as_bytes(), want_bos, false)
-                            .into_iter()
-                            .map(|t| t.0),
-                    );
-                    want_bos = false;
-                }
+            Prompt::Raw(text) => (text.clone(), true, false),
+            Prompt::User(text) => {
+                let user = [ChatMessage::text(Role::User, text.as_str())];
+                let (text, add_bos) = self.format()?.render(&user, None)?;
+                (text, add_bos, true)
             }
-        }
-        if want_bos {
-            out.extend(vocab.tokenize(b"", true, false).into_iter().map(|t| t.0));
-        }
-        Ok(PromptTokens::new(prompt, out))
+            Prompt::Chat(messages) => {
+                let (text, add_bos) = self.format()?.render(messages, None)?;
+                (text, add_bos, true)
+            }
+        };
+        let ids = vocab
+            .tokenize(text.as_bytes(), add_bos, parse_special)
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
+        Ok(PromptTokens::new(prompt, ids))
+    }
+
+    /// The loaded model's prompt format (chat template).
+    fn format(&self) -> Result<&PromptFormat, EngineError> {
+        self.model()?;
+        self.shared.format.get().ok_or(EngineError::NotReady)
+    }
+
+    /// Strings that end an assistant turn in the model's chat template: chat
+    /// prompts stop at them.
+    pub fn turn_stops(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self.format()?.stops().to_vec())
     }
 
     /// Checks that `gbnf` is a grammar the engine can run for this model

@@ -1,137 +1,106 @@
-//! Airavata's chat format.
+//! How this engine turns a prompt into text: the model's own chat template
+//! (`tokenizer.chat_template` in the GGUF, or `--chat-template`), rendered by
+//! [`crate::chat_template`] with the model's BOS/EOS text, and the strings
+//! that end an assistant turn in that template.
 //!
-//! From the model card (`create_prompt_with_chat_format`):
-//! ```text
-//! <s><|system|>\n{system}\n<|user|>\n{user}\n<|assistant|>\n{answer}</s>\n<|user|>\n...<|assistant|>\n
-//! ```
-//! The role tags are plain text in Airavata's vocabulary; `<s>`/`</s>` are the
-//! BOS/EOS tokens. User text is tokenized without parsing special tokens, so a
-//! prompt cannot inject control tokens.
+//! A GGUF without a template gets Airavata's format (the built-in
+//! `airavata`, from the model card's `create_prompt_with_chat_format`). The
+//! rendered text is tokenized as llama.cpp's server does: special-token text
+//! is parsed (the template writes the model's control tokens as text), and a
+//! BOS the template wrote is not added twice.
 
-use serde::{Deserialize, Serialize};
+use llama_cpp_2::model::LlamaModel;
 
-/// Who said it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Instructions for the assistant.
-    System,
-    /// The human turn.
-    User,
-    /// An earlier model answer.
-    Assistant,
+use crate::chat_template::{self as template, ChatTemplate, RenderInput, TemplateError};
+pub use crate::chat_template::{Message as ChatMessage, MessageRole as Role};
+
+use super::EngineError;
+
+/// The GGUF key that holds a model's chat template.
+pub const TEMPLATE_KEY: &str = "tokenizer.chat_template";
+
+/// A loaded model's prompt format.
+#[derive(Debug)]
+pub struct PromptFormat {
+    template: ChatTemplate,
+    /// Where the template came from, for `/info` and the startup line.
+    origin: String,
+    bos: String,
+    eos: String,
+    add_bos: bool,
+    stops: Vec<String>,
 }
 
-/// One turn of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// Speaker.
-    pub role: Role,
-    /// Text of the turn.
-    pub content: String,
-}
+impl PromptFormat {
+    /// The format of `model`: `spec` (`--chat-template FILE|NAME`) when
+    /// given, else the GGUF's template, else the built-in `airavata`.
+    pub fn load(model: &LlamaModel, spec: Option<&str>) -> Result<Self, EngineError> {
+        let bad = |e: TemplateError| {
+            EngineError::Load(format!(
+                "{e} (pass --chat-template with a built-in name or a Jinja file to override it)"
+            ))
+        };
+        let (template, origin) = match spec {
+            Some(spec) => (template::resolve(spec).map_err(bad)?, spec.to_string()),
+            None => match model.meta_val_str(TEMPLATE_KEY) {
+                Ok(src) if !src.trim().is_empty() => {
+                    (ChatTemplate::new(src).map_err(bad)?, "the GGUF".into())
+                }
+                _ => (
+                    ChatTemplate::for_model(None).map_err(bad)?,
+                    template::DEFAULT_BUILTIN.into(),
+                ),
+            },
+        };
+        let vocab = model.vocab();
+        let text = |t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
+        let (bos, eos) = (text(vocab.bos()), text(vocab.eos()));
+        // Whether llama.cpp prepends BOS: what tokenizing nothing with
+        // specials on gives.
+        let add_bos = !vocab.tokenize(b"", true, false).is_empty();
+        let stops = template.end_of_turn(&bos, &eos).stops;
+        Ok(Self {
+            template,
+            origin,
+            bos,
+            eos,
+            add_bos,
+            stops,
+        })
+    }
 
-/// A piece of a prompt: text to tokenize, or a special token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Segment {
-    /// The model's BOS token, when its vocabulary asks for one.
-    Bos,
-    /// The model's EOS token.
-    Eos,
-    /// Plain text (special tokens are not parsed).
-    Text(String),
-}
-
-/// Text before a single user prompt.
-pub const USER_PREFIX: &str = "<|user|>\n";
-/// Text between the user prompt and the answer.
-pub const ASSISTANT_PREFIX: &str = "\n<|assistant|>\n";
-
-/// `<|user|>\n{prompt}\n<|assistant|>\n` with BOS.
-pub fn user_turn(prompt: &str) -> Vec<Segment> {
-    vec![
-        Segment::Bos,
-        Segment::Text(format!("{USER_PREFIX}{prompt}{ASSISTANT_PREFIX}")),
-    ]
-}
-
-/// A whole conversation, ending with the assistant tag.
-pub fn chat(messages: &[ChatMessage]) -> Vec<Segment> {
-    let mut segs = vec![Segment::Bos];
-    let mut text = String::new();
-    for m in messages {
-        match m.role {
-            Role::System => {
-                text.push_str("<|system|>\n");
-                text.push_str(&m.content);
-                text.push('\n');
-            }
-            Role::User => {
-                text.push_str("<|user|>\n");
-                text.push_str(&m.content);
-                text.push('\n');
-            }
-            Role::Assistant => {
-                text.push_str("<|assistant|>\n");
-                text.push_str(m.content.trim());
-                segs.push(Segment::Text(std::mem::take(&mut text)));
-                segs.push(Segment::Eos);
-                text.push('\n');
-            }
+    /// The conversation as the model reads it, ending where the assistant's
+    /// answer starts; and whether llama.cpp should still prepend BOS.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<(String, bool), EngineError> {
+        let text = self
+            .template
+            .render(&RenderInput {
+                messages,
+                tools,
+                add_generation_prompt: true,
+                bos_token: &self.bos,
+                eos_token: &self.eos,
+            })
+            .map_err(|e| EngineError::Template(e.to_string()))?;
+        // A template that writes BOS itself (Llama-2 style) gets it once.
+        match text.strip_prefix(self.bos.as_str()) {
+            Some(rest) if self.add_bos && !self.bos.is_empty() => Ok((rest.to_string(), true)),
+            _ => Ok((text, self.add_bos)),
         }
     }
-    text.push_str("<|assistant|>\n");
-    segs.push(Segment::Text(text));
-    segs
-}
 
-/// The same conversation as one display string (for logs and tests).
-pub fn render(segments: &[Segment]) -> String {
-    segments
-        .iter()
-        .map(|s| match s {
-            Segment::Bos => "<s>",
-            Segment::Eos => "</s>",
-            Segment::Text(t) => t.as_str(),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn single_user_turn_matches_model_card() {
-        assert_eq!(
-            render(&user_turn("नमस्ते")),
-            "<s><|user|>\nनमस्ते\n<|assistant|>\n"
-        );
+    /// Strings that end an assistant turn in this template (its end-of-turn
+    /// marker and the model's EOS text).
+    pub fn stops(&self) -> &[String] {
+        &self.stops
     }
 
-    #[test]
-    fn conversation_matches_model_card() {
-        let msgs = vec![
-            ChatMessage {
-                role: Role::System,
-                content: "Be brief.".into(),
-            },
-            ChatMessage {
-                role: Role::User,
-                content: "Hi".into(),
-            },
-            ChatMessage {
-                role: Role::Assistant,
-                content: " Hello! ".into(),
-            },
-            ChatMessage {
-                role: Role::User,
-                content: "भारत?".into(),
-            },
-        ];
-        assert_eq!(
-            render(&chat(&msgs)),
-            "<s><|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello!</s>\n<|user|>\nभारत?\n<|assistant|>\n"
-        );
+    /// `GGUF`, a built-in name or the `--chat-template` argument.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 }

@@ -68,11 +68,12 @@ impl Default for SamplingParams {
 /// The prompt, before tokenization.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
-    /// Wrapped as one Airavata user turn: `<|user|>\n{text}\n<|assistant|>\n`.
+    /// One user turn, rendered by the model's chat template (Airavata's:
+    /// `<s><|user|>\n{text}\n<|assistant|>\n`).
     User(String),
     /// Used verbatim (the model's BOS is still prepended).
     Raw(String),
-    /// A conversation rendered in Airavata's chat format.
+    /// A conversation rendered by the model's chat template.
     Chat(Vec<ChatMessage>),
     /// Already tokenized; used as is.
     Tokens(Vec<i32>),

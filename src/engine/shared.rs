@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::admission::Bound;
 use super::info::ModelInfo;
+use super::prompt::PromptFormat;
 use super::{EngineError, EngineStats};
 
 /// Lifecycle of the engine.
@@ -34,6 +35,8 @@ pub(super) struct Shared {
     pub(super) bound: Arc<Bound>,
     pub(super) model: OnceLock<Arc<LlamaModel>>,
     pub(super) info: OnceLock<ModelInfo>,
+    /// The loaded model's chat template and end-of-turn strings.
+    pub(super) format: OnceLock<PromptFormat>,
     pub(super) state: watch::Sender<LoadState>,
     pub(super) closing: AtomicBool,
     pub(super) next_id: AtomicU64,

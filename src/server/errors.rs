@@ -158,6 +158,15 @@ impl From<EngineError> for ApiError {
                 err
             }
             EngineError::InvalidRequest { param, message } => Self::invalid_field(&param, message),
+            // The conversation does not fit the model's template (e.g. its
+            // raise_exception): the caller's messages, named by the template.
+            EngineError::Template(_) => Self::new(
+                S::BAD_REQUEST,
+                "invalid_request_error",
+                "chat_template_error",
+                msg,
+            )
+            .with_param("messages"),
             EngineError::Timeout(_) => {
                 Self::new(S::GATEWAY_TIMEOUT, "timeout_error", "request_timeout", msg)
             }

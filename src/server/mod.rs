@@ -294,6 +294,7 @@ impl ServeOptions {
             backend_greedy: self.backend_greedy,
             thread_name: "airavata-engine".into(),
             linger: self.linger_ms.map(Duration::from_millis),
+            chat_template: self.chat_template.clone(),
             #[cfg(feature = "test-support")]
             step_delay: self.step_delay_ms.map(Duration::from_millis),
             #[cfg(feature = "test-support")]

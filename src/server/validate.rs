@@ -386,6 +386,14 @@ pub async fn validate(
         move |e| e.tokenize_prompt(&prompt)
     })
     .await?;
+    // A chat answer ends where the template ends an assistant turn.
+    if matches!(checked.prompt, Prompt::User(_) | Prompt::Chat(_)) {
+        for s in engine.turn_stops()? {
+            if !checked.stop.contains(&s) {
+                checked.stop.push(s);
+            }
+        }
+    }
     let n_ctx_slot = engine.info().map_or(0, |i| i.n_ctx_slot as usize);
     let max_new_tokens = fit(tokens.len(), checked.max_tokens, n_ctx_slot, spec)?;
     Ok(ValidatedRequest {

@@ -15,8 +15,8 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// Airavata's chat format as a Jinja template (written into GGUFs whose
-/// checkpoint has none): the built-in `airavata` template, which renders what
-/// [`crate::engine::prompt`] builds.
+/// checkpoint has none): the built-in `airavata` template, which the engine
+/// renders for a GGUF without one.
 pub const AIRAVATA_CHAT_TEMPLATE: &str = crate::chat_template::AIRAVATA_TEMPLATE;
 
 #[derive(Debug, thiserror::Error)]

@@ -115,6 +115,9 @@ fn load_and_serve(
         config.kv_unified,
         &shared.prompt_cache,
     );
+    let format = super::prompt::PromptFormat::load(&model.model, config.chat_template.as_deref())?;
+    tracing::info!(engine = %config.thread_name, "chat template: {}", format.origin());
+    let _ = shared.format.set(format);
     let _ = shared.model.set(Arc::clone(&model.model));
     let _ = shared.info.set(info);
     shared.state.send_replace(LoadState::Ready);
