@@ -154,3 +154,115 @@ async fn openai_python_client_structured_output_and_logprobs() {
     }
     server.shutdown().await.expect("shutdown");
 }
+
+const TOOL_SCRIPT: &str = r#"
+import json, os
+import jsonschema
+from openai import OpenAI
+
+client = OpenAI(base_url=os.environ["BASE_URL"] + "/v1", api_key="unused")
+params = json.loads(os.environ["PARAMS"])
+tools = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city", "parameters": params}}]
+messages = [{"role": "user", "content": "पुणे में मौसम कैसा है?"}]
+out = {"turns": []}
+for seed in range(3):
+    # Turn 1: the model must call the tool; its arguments follow the schema.
+    r = client.chat.completions.create(model="m", messages=messages, tools=tools,
+                                       tool_choice="required", temperature=1.0, seed=seed,
+                                       max_tokens=120)
+    choice = r.choices[0]
+    call = choice.message.tool_calls[0]
+    args = json.loads(call.function.arguments)
+    jsonschema.validate(args, params)
+    # Streamed, the same request delivers the call as delta.tool_calls.
+    stream = client.chat.completions.create(model="m", messages=messages, tools=tools,
+                                            tool_choice="required", temperature=1.0, seed=seed,
+                                            max_tokens=120, stream=True)
+    streamed, finish = None, None
+    for chunk in stream:
+        for c in chunk.choices:
+            if c.delta.tool_calls:
+                streamed = c.delta.tool_calls[0].function.arguments
+            if c.finish_reason:
+                finish = c.finish_reason
+    # Turn 2: the tool's result goes back; with tool_choice none the model answers in text.
+    history = messages + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp_c": 31})},
+    ]
+    r2 = client.chat.completions.create(model="m", messages=history, tools=tools,
+                                        tool_choice="none", temperature=0, max_tokens=8)
+    out["turns"].append({
+        "finish": choice.finish_reason, "name": call.function.name, "args": args,
+        "streamed_args": streamed, "streamed_finish": finish,
+        "answer": r2.choices[0].message.content, "answer_finish": r2.choices[0].finish_reason,
+        "answer_calls": r2.choices[0].message.tool_calls,
+    })
+print(json.dumps(out))
+"#;
+
+/// A two-turn weather-tool loop with the official client: the call is
+/// generated under the function's schema (`tool_choice: required`), comes
+/// back as `message.tool_calls` and streamed as `delta.tool_calls` with
+/// `finish_reason: tool_calls`, and the tool's result goes back into the
+/// history (`tool` role, `tool_call_id`) for a text answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client_tool_call_loop() {
+    let test = "openai_python_client_tool_call_loop";
+    let Some(python) = python_env(test) else {
+        return;
+    };
+    let mut opts = test_options();
+    // The built-in Airavata format has no tool role; ChatML renders one.
+    opts.chat_template = Some("chatml".into());
+    let server = start(opts, common::server::test_model()).await;
+    let params = json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "minLength": 1, "maxLength": 20},
+            "unit": {"enum": ["celsius", "fahrenheit"]}
+        },
+        "required": ["city", "unit"],
+        "additionalProperties": false
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("tools.py");
+    std::fs::write(&script, TOOL_SCRIPT).expect("script");
+    let out = tokio::task::spawn_blocking({
+        let url = server.url();
+        move || {
+            Command::new(python)
+                .arg(script)
+                .env("BASE_URL", url)
+                .env("PARAMS", params.to_string())
+                .output()
+                .expect("run python")
+        }
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("script output");
+    let turns = v["turns"].as_array().expect("turns");
+    assert_eq!(turns.len(), 3, "{v}");
+    for t in turns {
+        assert_eq!(t["finish"], "tool_calls", "{t}");
+        assert_eq!(t["name"], "get_weather", "{t}");
+        assert!(t["args"]["city"].is_string(), "{t}");
+        // The streamed call is the same call (same seed, same request).
+        let streamed: Value =
+            serde_json::from_str(t["streamed_args"].as_str().expect("streamed arguments"))
+                .expect("streamed JSON");
+        assert_eq!(streamed, t["args"], "{t}");
+        assert_eq!(t["streamed_finish"], "tool_calls", "{t}");
+        assert!(t["answer"].is_string(), "{t}");
+        assert!(t["answer_calls"].is_null(), "{t}");
+        assert_ne!(t["answer_finish"], "tool_calls", "{t}");
+    }
+    server.shutdown().await.expect("shutdown");
+}

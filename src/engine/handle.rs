@@ -232,6 +232,10 @@ impl Engine {
                 let (text, add_bos) = self.format()?.render(messages, None)?;
                 (text, add_bos, true)
             }
+            Prompt::ChatTools { messages, tools } => {
+                let (text, add_bos) = self.format()?.render(messages, Some(tools))?;
+                (text, add_bos, true)
+            }
         };
         let ids = vocab
             .tokenize(text.as_bytes(), add_bos, parse_special)

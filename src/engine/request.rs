@@ -75,6 +75,14 @@ pub enum Prompt {
     Raw(String),
     /// A conversation rendered by the model's chat template.
     Chat(Vec<ChatMessage>),
+    /// A conversation with the functions the model may call (OpenAI
+    /// `tools` entries), handed to the template as its `tools`.
+    ChatTools {
+        /// The conversation.
+        messages: Vec<ChatMessage>,
+        /// The `tools` entries.
+        tools: Vec<serde_json::Value>,
+    },
     /// Already tokenized; used as is.
     Tokens(Vec<i32>),
 }
@@ -85,7 +93,7 @@ impl Prompt {
     /// (the chat format ends in `\n`) or is empty.
     fn strips_leading_space(&self) -> bool {
         match self {
-            Prompt::User(_) | Prompt::Chat(_) => true,
+            Prompt::User(_) | Prompt::Chat(_) | Prompt::ChatTools { .. } => true,
             Prompt::Raw(t) => t.is_empty() || t.ends_with(char::is_whitespace),
             Prompt::Tokens(_) => false,
         }

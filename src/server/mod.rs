@@ -55,6 +55,7 @@ pub mod openai;
 pub mod routes;
 pub mod status;
 pub mod structured;
+pub mod tools;
 pub mod validate;
 pub mod webui;
 

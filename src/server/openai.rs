@@ -17,6 +17,7 @@ use crate::engine::{ChatMessage, Event, GenerationStream, Prompt, TokenLogprob};
 
 use super::errors::{ApiError, ApiJson};
 use super::routes::usage_json;
+use super::tools::{self, Tool, ToolChoice, ToolPlan};
 use super::validate::{
     self, validate, GenerationInput, RouteSpec, SamplingFields, UnknownFields, ValidationError,
 };
@@ -89,6 +90,12 @@ pub struct ChatBody {
     pub logprobs: bool,
     /// Alternatives per token (0..=20); needs `logprobs: true`.
     pub top_logprobs: Option<u32>,
+    /// Functions the model may call.
+    pub tools: Option<Vec<Tool>>,
+    /// `none`, `auto` (the default with tools), `required` or a named function.
+    pub tool_choice: Option<ToolChoice>,
+    /// Accepted: an answer holds at most one call, which any value allows.
+    pub parallel_tool_calls: Option<bool>,
     /// Shared fields.
     #[serde(flatten)]
     pub common: CommonFields,
@@ -132,6 +139,8 @@ struct Reply {
     model: String,
     include_usage: bool,
     logprobs: bool,
+    /// Tools whose call the answer may be (read back as `tool_calls`).
+    tools: Option<ToolPlan>,
 }
 
 impl CommonFields {
@@ -174,6 +183,7 @@ impl CommonFields {
             model: self.model.unwrap_or_else(|| state.model_name.to_string()),
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             logprobs: logprobs.is_some(),
+            tools: None,
         };
         Ok((input, spec, reply))
     }
@@ -224,16 +234,41 @@ pub async fn chat_completions(
             .into())
         }
     };
-    let (input, spec, reply) = body.common.split(
-        body.fields,
+    let plan = tools::plan(body.tools, body.tool_choice)?;
+    let mut fields = body.fields;
+    if let Some(gbnf) = plan.as_ref().and_then(|p| p.gbnf.clone()) {
+        if fields.grammar.is_some() || fields.response_format.is_some() {
+            let other = if fields.grammar.is_some() {
+                "grammar"
+            } else {
+                "response_format"
+            };
+            return Err(ValidationError::Conflict {
+                field: tools::TOOL_CHOICE,
+                other,
+            }
+            .into());
+        }
+        fields.grammar = Some(gbnf);
+    }
+    let prompt = match &plan {
+        Some(p) => Prompt::ChatTools {
+            messages: body.messages,
+            tools: p.for_template.clone(),
+        },
+        None => Prompt::Chat(body.messages),
+    };
+    let (input, spec, mut reply) = body.common.split(
+        fields,
         body.unknown,
-        Prompt::Chat(body.messages),
+        prompt,
         logprobs,
         None,
         spec,
         Kind::Chat,
         &state,
     )?;
+    reply.tools = plan.filter(ToolPlan::may_call);
     run(state, input, spec, reply).await
 }
 
@@ -251,15 +286,17 @@ async fn run(
         model,
         include_usage,
         logprobs,
+        tools,
     } = reply;
     if v.stream {
-        let events = chunks(gen, kind, model, created, include_usage, logprobs);
+        let events = chunks(gen, kind, model, created, include_usage, logprobs, tools);
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response());
     }
     let (text, lps, c) = gen.collect_with_logprobs().await?;
     let finish = c.finish_reason.openai();
+    let call = tools.as_ref().and_then(|p| tools::read_call(&text, p));
     let body = match kind {
         Kind::Completion => json!({
             "id": new_id("cmpl"),
@@ -286,9 +323,16 @@ async fn run(
             "model": model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": match &call {
+                    Some(call) => json!({
+                        "role": "assistant",
+                        "content": Value::Null,
+                        "tool_calls": tools::tool_calls_json(call, &new_id("call"), false),
+                    }),
+                    None => json!({"role": "assistant", "content": text}),
+                },
                 "logprobs": if logprobs { chat_logprobs(&lps) } else { Value::Null },
-                "finish_reason": finish,
+                "finish_reason": if call.is_some() { "tool_calls" } else { finish },
             }],
             "usage": usage_json(&c.usage),
             "timings": c.timings,
@@ -389,6 +433,7 @@ fn chunks(
     created: u64,
     include_usage: bool,
     logprobs: bool,
+    tools: Option<ToolPlan>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let (id, object) = match kind {
         Kind::Completion => (new_id("cmpl"), "text_completion"),
@@ -438,20 +483,37 @@ fn chunks(
         }
         // Log-probabilities of the tokens whose text comes next.
         let mut pending: Vec<TokenLogprob> = Vec::new();
+        // An answer that may be a tool call is held and sent whole at the
+        // end: as `delta.tool_calls` when it is a call, else as text.
+        let mut held = String::new();
         while let Some(ev) = gen.next_event().await {
             match ev {
                 Event::Logprobs(l) => pending.extend(l),
+                Event::Text(t) if tools.is_some() => held.push_str(&t),
                 Event::Text(t) => {
                     let lp = lp_json(&std::mem::take(&mut pending));
                     yield Ok(chunk(choice(Some(&t), None, false, lp), Value::Null));
                 }
                 Event::Done(c) => {
-                    if !pending.is_empty() {
+                    let mut finish = c.finish_reason.openai();
+                    if let Some(plan) = &tools {
+                        let lp = lp_json(&std::mem::take(&mut pending));
+                        match tools::read_call(&held, plan) {
+                            Some(call) => {
+                                let mut delta = choice(None, None, false, lp);
+                                delta["delta"]["tool_calls"] =
+                                    tools::tool_calls_json(&call, &new_id("call"), true);
+                                yield Ok(chunk(delta, Value::Null));
+                                finish = "tool_calls";
+                            }
+                            None => yield Ok(chunk(choice(Some(&held), None, false, lp), Value::Null)),
+                        }
+                    } else if !pending.is_empty() {
                         // Tokens that added no text (e.g. a held-back byte at the end).
                         let lp = lp_json(&std::mem::take(&mut pending));
                         yield Ok(chunk(choice(Some(""), None, false, lp), Value::Null));
                     }
-                    yield Ok(chunk(choice(None, Some(c.finish_reason.openai()), false, Value::Null), Value::Null));
+                    yield Ok(chunk(choice(None, Some(finish), false, Value::Null), Value::Null));
                     if include_usage {
                         yield Ok(chunk(Value::Null, usage_json(&c.usage)));
                     }

@@ -387,7 +387,10 @@ pub async fn validate(
     })
     .await?;
     // A chat answer ends where the template ends an assistant turn.
-    if matches!(checked.prompt, Prompt::User(_) | Prompt::Chat(_)) {
+    if matches!(
+        checked.prompt,
+        Prompt::User(_) | Prompt::Chat(_) | Prompt::ChatTools { .. }
+    ) {
         for s in engine.turn_stops()? {
             if !checked.stop.contains(&s) {
                 checked.stop.push(s);
