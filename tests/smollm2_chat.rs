@@ -162,3 +162,72 @@ async fn a_template_exception_is_a_400_naming_it() {
     assert_eq!(s, 200, "{v}");
     server.shutdown().await.expect("shutdown");
 }
+
+/// `tool_choice: auto`: the grammar lets the model answer in text or call;
+/// either way the answer is well formed (a call has arguments that follow the
+/// schema, text has no call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_tool_choice_answers_in_text_or_a_valid_call() {
+    let Some((q4, _)) = common::smollm2("auto_tool_choice_answers_in_text_or_a_valid_call") else {
+        return;
+    };
+    let server = start(test_options(), q4).await;
+    let c = client();
+    let tools = json!([{"type": "function", "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"], "additionalProperties": false}}}]);
+    for (question, choice) in [
+        ("What is the weather in Pune?", json!("auto")),
+        ("Say hello.", json!("auto")),
+        (
+            "What is the weather in Pune?",
+            json!({"type": "function", "function": {"name": "get_weather"}}),
+        ),
+    ] {
+        let (s, v) = post(
+            &c,
+            format!("{}/v1/chat/completions", server.url()),
+            json!({"messages": [{"role": "user", "content": question}], "tools": tools,
+                   "tool_choice": choice, "temperature": 0, "max_tokens": 150}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let msg = &v["choices"][0]["message"];
+        match msg["tool_calls"].as_array() {
+            Some(calls) => {
+                assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+                assert_eq!(calls[0]["function"]["name"], "get_weather");
+                let args: Value = serde_json::from_str(
+                    calls[0]["function"]["arguments"]
+                        .as_str()
+                        .expect("arguments"),
+                )
+                .expect("JSON arguments");
+                assert!(args["city"].is_string(), "{args}");
+                assert!(msg["content"].is_null(), "{v}");
+            }
+            None => {
+                assert!(
+                    choice == json!("auto"),
+                    "a named function must be called: {v}"
+                );
+                let text = msg["content"].as_str().expect("text");
+                assert!(!text.starts_with('{'), "{text}");
+            }
+        }
+    }
+    let (s, v) = post(
+        &c,
+        format!("{}/v1/chat/completions", server.url()),
+        json!({"messages": [{"role": "user", "content": "hi"}], "tools": tools,
+               "tool_choice": "required", "grammar": "root ::= \"x\""}),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["error"]["param"]),
+        (422, &json!("tool_choice")),
+        "{v}"
+    );
+    server.shutdown().await.expect("shutdown");
+}
