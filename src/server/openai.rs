@@ -41,10 +41,7 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// Fields shared by both endpoints besides [`SamplingFields`] (both structs
-/// are flattened into each body, beside each other: serde hands every
-/// flattened struct only its own keys, and leaves the rest for the body's
-/// [`UnknownFields`]).
+/// Fields shared by both endpoints besides [`SamplingFields`].
 #[derive(Debug, Deserialize)]
 pub struct CommonFields {
     /// Echoed back; the server serves one model.
@@ -60,14 +57,13 @@ pub struct CommonFields {
     pub stream_options: Option<StreamOptions>,
 }
 
-/// `POST /v1/completions` body.
+/// What both OpenAI bodies flatten: their common fields, the sampling fields
+/// of every route, and the rest (refused with 400 naming the field). Serde
+/// hands each flat struct only its own keys, so `unknown` gets exactly the
+/// keys nothing claimed.
 #[derive(Debug, Deserialize)]
-pub struct CompletionBody {
-    /// Text to continue (used verbatim, BOS prepended).
-    pub prompt: PromptField,
-    /// Log-probabilities of each token with this many alternatives (0..=5).
-    pub logprobs: Option<u32>,
-    /// Shared fields.
+pub struct OpenAiFields {
+    /// `model`, the budget, `n`, `stream_options`.
     #[serde(flatten)]
     pub common: CommonFields,
     /// Sampling and output settings (`temperature` and `top_p` default to
@@ -75,9 +71,21 @@ pub struct CompletionBody {
     /// `grammar` are extensions).
     #[serde(flatten)]
     pub fields: SamplingFields,
-    /// Anything else: refused with 400 naming the field.
+    /// Anything else.
     #[serde(flatten)]
     pub unknown: UnknownFields,
+}
+
+/// `POST /v1/completions` body.
+#[derive(Debug, Deserialize)]
+pub struct CompletionBody {
+    /// Text to continue (used verbatim, BOS prepended).
+    pub prompt: PromptField,
+    /// Log-probabilities of each token with this many alternatives (0..=5).
+    pub logprobs: Option<u32>,
+    /// The fields both routes share.
+    #[serde(flatten)]
+    pub shared: OpenAiFields,
 }
 
 /// `POST /v1/chat/completions` body.
@@ -96,17 +104,9 @@ pub struct ChatBody {
     pub tool_choice: Option<ToolChoice>,
     /// Accepted: an answer holds at most one call, which any value allows.
     pub parallel_tool_calls: Option<bool>,
-    /// Shared fields.
+    /// The fields both routes share.
     #[serde(flatten)]
-    pub common: CommonFields,
-    /// Sampling and output settings (`temperature` and `top_p` default to
-    /// 1.0; `top_k`, `min_p`, `repetition_penalty`, `ignore_eos` and
-    /// `grammar` are extensions).
-    #[serde(flatten)]
-    pub fields: SamplingFields,
-    /// Anything else: refused with 400 naming the field.
-    #[serde(flatten)]
-    pub unknown: UnknownFields,
+    pub shared: OpenAiFields,
 }
 
 enum Kind {
@@ -143,14 +143,11 @@ struct Reply {
     tools: Option<ToolPlan>,
 }
 
-impl CommonFields {
+impl OpenAiFields {
     /// The route-independent input, the route's field names (the budget
     /// field is the one the caller used) and what the reply needs.
-    #[allow(clippy::too_many_arguments)]
     fn split(
         self,
-        fields: SamplingFields,
-        unknown: UnknownFields,
         prompt: Prompt,
         logprobs: Option<u32>,
         default_max: Option<u32>,
@@ -158,10 +155,10 @@ impl CommonFields {
         kind: Kind,
         state: &AppState,
     ) -> Result<(GenerationInput, RouteSpec, Reply), ValidationError> {
-        if self.n.is_some_and(|n| n != 1) {
+        if self.common.n.is_some_and(|n| n != 1) {
             return Err(ValidationError::OnlyOneChoice { field: "n" });
         }
-        let (max_tokens, spec) = match self.max_completion_tokens {
+        let (max_tokens, spec) = match self.common.max_completion_tokens {
             Some(m) => (
                 Some(m),
                 RouteSpec {
@@ -169,19 +166,22 @@ impl CommonFields {
                     ..spec
                 },
             ),
-            None => (self.max_tokens.or(default_max), spec),
+            None => (self.common.max_tokens.or(default_max), spec),
         };
         let input = GenerationInput {
             prompt,
             max_tokens,
             logprobs,
-            fields,
-            unknown,
+            fields: self.fields,
+            unknown: self.unknown,
         };
         let reply = Reply {
             kind,
-            model: self.model.unwrap_or_else(|| state.model_name.to_string()),
-            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            model: self
+                .common
+                .model
+                .unwrap_or_else(|| state.model_name.to_string()),
+            include_usage: self.common.stream_options.is_some_and(|o| o.include_usage),
             logprobs: logprobs.is_some(),
             tools: None,
         };
@@ -202,9 +202,7 @@ pub async fn completions(
             return Err(ValidationError::OnePrompt { field: spec.prompt }.into())
         }
     };
-    let (input, spec, reply) = body.common.split(
-        body.fields,
-        body.unknown,
+    let (input, spec, reply) = body.shared.split(
         Prompt::Raw(prompt),
         body.logprobs,
         Some(16),
@@ -235,7 +233,8 @@ pub async fn chat_completions(
         }
     };
     let plan = tools::plan(body.tools, body.tool_choice)?;
-    let mut fields = body.fields;
+    let mut shared = body.shared;
+    let fields = &mut shared.fields;
     if let Some(gbnf) = plan.as_ref().and_then(|p| p.gbnf.clone()) {
         if fields.grammar.is_some() || fields.response_format.is_some() {
             let other = if fields.grammar.is_some() {
@@ -258,16 +257,8 @@ pub async fn chat_completions(
         },
         None => Prompt::Chat(body.messages),
     };
-    let (input, spec, mut reply) = body.common.split(
-        fields,
-        body.unknown,
-        prompt,
-        logprobs,
-        None,
-        spec,
-        Kind::Chat,
-        &state,
-    )?;
+    let (input, spec, mut reply) =
+        shared.split(prompt, logprobs, None, spec, Kind::Chat, &state)?;
     reply.tools = plan.filter(ToolPlan::may_call);
     run(state, input, spec, reply).await
 }

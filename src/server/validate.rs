@@ -578,23 +578,44 @@ pub fn fit(
     Ok(wanted)
 }
 
+/// `[min, max]` (or `(min, max]` when `open_low`), finite.
+fn bounded(
+    field: &'static str,
+    value: Option<f32>,
+    (min, max): (f32, f32),
+    open_low: bool,
+) -> Result<(), ValidationError> {
+    let Some(got) = value else {
+        return Ok(());
+    };
+    let below = if open_low { got <= min } else { got < min };
+    if got.is_finite() && !below && got <= max {
+        return Ok(());
+    }
+    Err(if open_low {
+        ValidationError::OutOfRangeOpenLow {
+            field,
+            min,
+            max,
+            got,
+        }
+    } else {
+        ValidationError::OutOfRange {
+            field,
+            min,
+            max,
+            got,
+        }
+    })
+}
+
 fn range(
     field: &'static str,
     value: Option<f32>,
     min: f32,
     max: f32,
 ) -> Result<(), ValidationError> {
-    match value {
-        Some(got) if !got.is_finite() || got < min || got > max => {
-            Err(ValidationError::OutOfRange {
-                field,
-                min,
-                max,
-                got,
-            })
-        }
-        _ => Ok(()),
-    }
+    bounded(field, value, (min, max), false)
 }
 
 fn range_open_low(
@@ -603,17 +624,7 @@ fn range_open_low(
     min: f32,
     max: f32,
 ) -> Result<(), ValidationError> {
-    match value {
-        Some(got) if !got.is_finite() || got <= min || got > max => {
-            Err(ValidationError::OutOfRangeOpenLow {
-                field,
-                min,
-                max,
-                got,
-            })
-        }
-        _ => Ok(()),
-    }
+    bounded(field, value, (min, max), true)
 }
 
 fn stops(field: &'static str, stop: Option<StopField>) -> Result<Vec<String>, ValidationError> {
