@@ -29,6 +29,31 @@ fn python_env(test: &str) -> Option<PathBuf> {
     )
 }
 
+/// Runs a client `script` against the server at `url` (as `BASE_URL`, with
+/// one more variable `var`) on a blocking thread; its stdout is one JSON value.
+async fn run_client(python: PathBuf, script: &str, url: String, var: (&str, String)) -> Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("client.py");
+    std::fs::write(&path, script).expect("script");
+    let (name, value) = (var.0.to_string(), var.1);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(path)
+            .env("BASE_URL", url)
+            .env(name, value)
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("script output")
+}
+
 const SCRIPT: &str = r#"
 import json, os, sys
 import jsonschema
@@ -80,28 +105,7 @@ async fn openai_python_client_structured_output_and_logprobs() {
         "required": ["name", "price", "kind", "new", "colors"],
         "additionalProperties": false
     });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let script = dir.path().join("client.py");
-    std::fs::write(&script, SCRIPT).expect("script");
-    let out = tokio::task::spawn_blocking({
-        let url = server.url();
-        move || {
-            Command::new(python)
-                .arg(script)
-                .env("BASE_URL", url)
-                .env("SCHEMA", schema.to_string())
-                .output()
-                .expect("run python")
-        }
-    })
-    .await
-    .expect("join");
-    assert!(
-        out.status.success(),
-        "python client failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("script output");
+    let v = run_client(python, SCRIPT, server.url(), ("SCHEMA", schema.to_string())).await;
     let answers = v["answers"].as_array().expect("answers");
     assert_eq!(answers.len(), 20, "every answer parsed and validated: {v}");
     assert!(answers.iter().all(|a| a["finish"] == "stop"), "{v}");
@@ -226,28 +230,13 @@ async fn openai_python_client_tool_call_loop() {
         "required": ["city", "unit"],
         "additionalProperties": false
     });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let script = dir.path().join("tools.py");
-    std::fs::write(&script, TOOL_SCRIPT).expect("script");
-    let out = tokio::task::spawn_blocking({
-        let url = server.url();
-        move || {
-            Command::new(python)
-                .arg(script)
-                .env("BASE_URL", url)
-                .env("PARAMS", params.to_string())
-                .output()
-                .expect("run python")
-        }
-    })
-    .await
-    .expect("join");
-    assert!(
-        out.status.success(),
-        "python client failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("script output");
+    let v = run_client(
+        python,
+        TOOL_SCRIPT,
+        server.url(),
+        ("PARAMS", params.to_string()),
+    )
+    .await;
     let turns = v["turns"].as_array().expect("turns");
     assert_eq!(turns.len(), 3, "{v}");
     for t in turns {

@@ -96,12 +96,8 @@ fn text(path: Option<&Path>) -> Result<(String, String), ConvertError> {
     }
 }
 
-/// Tokens to use, or None when calibration does not fit the budget.
-fn budget(n_params: u64, gpu: bool, want: usize) -> Option<usize> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    budget_on(n_params, gpu, want, cores)
-}
-
+/// Tokens to use on `cores` CPU cores (or a GPU), or None when calibration
+/// does not fit the budget.
 fn budget_on(n_params: u64, gpu: bool, want: usize, cores: usize) -> Option<usize> {
     if gpu {
         return Some(want);
@@ -144,10 +140,10 @@ fn plan_tokens(n_params: u64, how: &Calibrate) -> Result<Option<(usize, bool)>, 
     if !*auto {
         return Ok(Some((opts.max_tokens, gpu)));
     }
-    match budget(n_params, gpu, opts.max_tokens) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match budget_on(n_params, gpu, opts.max_tokens, cores) {
         Some(n) => Ok(Some((n, gpu))),
         None => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let secs = cpu_secs_per_token(n_params, cores) * MIN_TOKENS as f64;
             eprintln!(
                 "calibration skipped: no GPU backend, and {MIN_TOKENS} tokens of a {:.2} B-parameter \

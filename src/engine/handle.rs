@@ -217,25 +217,21 @@ impl Engine {
     pub fn tokenize_prompt(&self, prompt: &Prompt) -> Result<PromptTokens, EngineError> {
         let model = self.model()?;
         let vocab = model.vocab();
+        // Chat prompts: the template's text, whose special tokens are parsed.
+        let chat = |messages: &[ChatMessage], tools: Option<&[serde_json::Value]>| {
+            self.format()?
+                .render(messages, tools)
+                .map(|(text, add_bos)| (text, add_bos, true))
+        };
         let (text, add_bos, parse_special) = match prompt {
             Prompt::Tokens(t) => {
                 self.check_tokens(t)?;
                 return Ok(PromptTokens::new(prompt, t.clone()));
             }
             Prompt::Raw(text) => (text.clone(), true, false),
-            Prompt::User(text) => {
-                let user = [ChatMessage::text(Role::User, text.as_str())];
-                let (text, add_bos) = self.format()?.render(&user, None)?;
-                (text, add_bos, true)
-            }
-            Prompt::Chat(messages) => {
-                let (text, add_bos) = self.format()?.render(messages, None)?;
-                (text, add_bos, true)
-            }
-            Prompt::ChatTools { messages, tools } => {
-                let (text, add_bos) = self.format()?.render(messages, Some(tools))?;
-                (text, add_bos, true)
-            }
+            Prompt::User(text) => chat(&[ChatMessage::text(Role::User, text.as_str())], None)?,
+            Prompt::Chat(messages) => chat(messages, None)?,
+            Prompt::ChatTools { messages, tools } => chat(messages, Some(tools))?,
         };
         let ids = vocab
             .tokenize(text.as_bytes(), add_bos, parse_special)
