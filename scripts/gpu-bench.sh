@@ -169,7 +169,9 @@ stage_synth() {
 stage_gguf() {
   if [ ! -f "$OURS" ]; then
     log "ours: airavata convert (nf4, reference) for serving"
-    measure "${AIRAVATA[@]}" convert "$CKPT" -o "$OURS" --quantizer reference -q | tee "$OUT/convert-ours-ref.txt"
+    # --no-calibration: the serving stages need the default types, not the calibrated rounding (a CPU-only
+    # convert of the 7B now calibrates within a 15-minute budget, which this stage must not spend).
+    measure "${AIRAVATA[@]}" convert "$CKPT" -o "$OURS" --quantizer reference --no-calibration -q | tee "$OUT/convert-ours-ref.txt"
   fi
 }
 
