@@ -421,6 +421,11 @@ impl Engines {
         self.any()?.tokenize_prompt(prompt)
     }
 
+    /// The model's tokenizer facts ([`Engine::tokenizer_info`]).
+    pub fn tokenizer_info(&self) -> Result<crate::engine::TokenizerInfo, EngineError> {
+        self.any()?.tokenizer_info()
+    }
+
     /// Strings that end an assistant turn in the model's chat template.
     pub fn turn_stops(&self) -> Result<Vec<String>, EngineError> {
         self.any()?.turn_stops()

@@ -969,6 +969,69 @@ async fn tokenize_round_trips_devanagari() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// The names lm-evaluation-harness's remote tokenizer uses (vLLM's): `prompt`
+/// and `add_special_tokens` on `/tokenize`, `prompt` from `/detokenize`, and
+/// `GET /tokenizer_info`; the ids equal the llama-server-style request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenizer_routes_answer_vllm_names() {
+    let model = test_model();
+    let server = start(test_options(), model).await;
+    let c = client();
+    let base = server.url();
+    let text = "कहानी: once upon a time";
+    let (s, ours) = post(
+        &c,
+        format!("{base}/tokenize"),
+        json!({"content": text, "add_special": false}),
+    )
+    .await;
+    assert_eq!(s, 200, "{ours}");
+    let (s, vllm) = post(
+        &c,
+        format!("{base}/tokenize"),
+        json!({"prompt": text, "add_special_tokens": false}),
+    )
+    .await;
+    assert_eq!(s, 200, "{vllm}");
+    assert_eq!(vllm["tokens"], ours["tokens"]);
+    let (_, with_bos) = post(
+        &c,
+        format!("{base}/tokenize"),
+        json!({"prompt": text, "add_special_tokens": true}),
+    )
+    .await;
+    let n = |v: &Value| v["tokens"].as_array().map(Vec::len).unwrap_or(0);
+    // The stories260K test model prepends BOS.
+    assert_eq!(n(&with_bos), n(&vllm) + 1, "{with_bos} vs {vllm}");
+    let (s, back) = post(
+        &c,
+        format!("{base}/detokenize"),
+        json!({"tokens": vllm["tokens"].clone()}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(back["prompt"].as_str().map(str::trim_start), Some(text));
+    assert_eq!(back["prompt"], back["content"]);
+    let info: Value = c
+        .get(format!("{base}/tokenizer_info"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(info["bos_token"], "<s>", "{info}");
+    assert_eq!(info["eos_token"], "</s>", "{info}");
+    assert_eq!(info["add_bos_token"], true, "{info}");
+    assert!(
+        info["chat_template"]
+            .as_str()
+            .is_some_and(|t| t.contains("<|assistant|>")),
+        "{info}"
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_strings_cut_the_output() {
     let model = test_model();

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::admission::{Admission, Bound};
 use super::info::ModelInfo;
-use super::prompt::{ChatMessage, PromptFormat, Role};
+use super::prompt::{ChatMessage, PromptFormat, Role, TokenizerInfo};
 use super::request::{Completion, Event, GenerateRequest, Prompt, PromptTokens};
 use super::shared::{LoadState, Shared};
 use super::worker::{self, kv::common_prefix, Command};
@@ -245,6 +245,11 @@ impl Engine {
     fn format(&self) -> Result<&PromptFormat, EngineError> {
         self.model()?;
         self.shared.format.get().ok_or(EngineError::NotReady)
+    }
+
+    /// The tokenizer facts of the loaded model (`GET /tokenizer_info`).
+    pub fn tokenizer_info(&self) -> Result<TokenizerInfo, EngineError> {
+        Ok(self.format()?.tokenizer_info())
     }
 
     /// Strings that end an assistant turn in the model's chat template: chat

@@ -78,7 +78,7 @@ pub use handle::{Engine, GenerationStream};
 pub use info::ModelInfo;
 pub use load::llama_backend;
 pub use logprobs::{TokenLogprob, TopLogprob};
-pub use prompt::{ChatMessage, Role};
+pub use prompt::{ChatMessage, Role, TokenizerInfo};
 pub use request::{
     Completion, Event, FinishReason, GenerateRequest, Prompt, PromptTokens, SamplingParams,
     Timings, Usage,

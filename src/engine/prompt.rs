@@ -103,4 +103,29 @@ impl PromptFormat {
     pub fn origin(&self) -> &str {
         &self.origin
     }
+
+    /// What a client needs to tokenize as this engine does: the model's
+    /// BOS/EOS text, whether BOS is prepended, the template's source.
+    pub fn tokenizer_info(&self) -> TokenizerInfo {
+        TokenizerInfo {
+            bos_token: self.bos.clone(),
+            eos_token: self.eos.clone(),
+            add_bos_token: self.add_bos,
+            chat_template: self.template.source().to_string(),
+        }
+    }
+}
+
+/// The tokenizer facts `GET /tokenizer_info` reports (the names vLLM's route
+/// uses, which lm-evaluation-harness's remote tokenizer reads).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenizerInfo {
+    /// The model's BOS token text.
+    pub bos_token: String,
+    /// The model's EOS token text.
+    pub eos_token: String,
+    /// Whether tokenizing with specials prepends BOS.
+    pub add_bos_token: bool,
+    /// The chat template's Jinja source.
+    pub chat_template: String,
 }

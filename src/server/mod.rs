@@ -19,8 +19,9 @@
 //! * Structured output on all three: `response_format` (`json_object`,
 //!   `json_schema`) or a GBNF `grammar` ([`structured`]); log-probabilities
 //!   on the OpenAI routes (`logprobs`, `top_logprobs`), from the raw logits.
-//! * `GET /v1/models`, `POST /tokenize` (`{"content", "add_special"=true,
-//!   "chat"=false, "with_pieces"=false}`), `POST /detokenize` (`{"tokens"}`).
+//! * `GET /v1/models`, `POST /tokenize` (`{"content"|"prompt",
+//!   "add_special"|"add_special_tokens"=true, "chat"=false, "with_pieces"=false}`),
+//!   `POST /detokenize` (`{"tokens"}` → `{"content", "prompt"}`), `GET /tokenizer_info`.
 //! * `GET /health` (readiness: 503 until every engine is loaded; 200 with
 //!   `"status": "degraded"` and the failed engines when some failed but one
 //!   serves), `GET /livez` (liveness: 200 while the process serves),
@@ -344,6 +345,7 @@ pub fn router(engine: Engines, opts: &ServeOptions, model: &Path) -> Result<Rout
         .route("/generate", post(routes::generate))
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))
+        .route("/tokenizer_info", get(routes::tokenizer_info))
         .route("/health", get(status::health))
         .route("/livez", get(status::live))
         .route("/info", get(status::info))

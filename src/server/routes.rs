@@ -161,8 +161,9 @@ pub struct TokenizeBody {
     /// Text to tokenize.
     #[serde(alias = "prompt")]
     pub content: String,
-    /// Prepend BOS as the model asks (default true).
-    #[serde(default = "yes")]
+    /// Prepend BOS as the model asks (default true); `add_special_tokens` is
+    /// vLLM's name for it.
+    #[serde(default = "yes", alias = "add_special_tokens")]
     pub add_special: bool,
     /// Wrap in the chat format first, as `/generate` does.
     #[serde(default)]
@@ -227,7 +228,19 @@ pub async fn detokenize(
     ApiJson(body): ApiJson<DetokenizeBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let content = validate::blocking(&state.engine, move |e| e.detokenize(&body.tokens)).await?;
-    Ok(Json(json!({ "content": content })))
+    // `content` is llama-server's key, `prompt` vLLM's (lm-evaluation-harness
+    // reads it): the same text under both names.
+    Ok(Json(json!({ "content": content, "prompt": content })))
+}
+
+/// `GET /tokenizer_info`: BOS/EOS text, whether BOS is prepended, and the
+/// chat template, under vLLM's names (lm-evaluation-harness's remote
+/// tokenizer reads them).
+pub async fn tokenizer_info(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let info = state.engine.tokenizer_info()?;
+    Ok(Json(json!(info)))
 }
 
 /// `GET /metrics` (Prometheus text).
