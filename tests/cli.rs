@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+mod common;
+
 fn airavata() -> Command {
     Command::new(env!("CARGO_BIN_EXE_airavata"))
 }
@@ -205,6 +207,100 @@ fn serve_log_file_has_no_ansi_colours() {
         !text.contains("\x1b["),
         "ANSI escape in a log file:\n{text:?}"
     );
+}
+
+/// Runs `serve MODEL ARGS` with llama.cpp's log on until the model is ready;
+/// returns the log.
+fn serve_log(model: &std::path::Path, args: &[&str]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let log_path = tmp.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = airavata()
+        .arg("serve")
+        .arg(model)
+        .args(["--port", "0", "--threads", "2", "--no-webui"])
+        .args(args)
+        .env("RUST_LOG", "info,llama-cpp-2=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("model ready") {
+            break text;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("serve did not load:\n{text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    text
+}
+
+/// The last number before `unit` in the first line containing `marker`.
+fn number_before(text: &str, marker: &str, unit: &str) -> f64 {
+    let at = text
+        .lines()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no line with {marker:?}:\n{text}"));
+    let end = at
+        .find(unit)
+        .unwrap_or_else(|| panic!("no {unit:?} in {at:?}"));
+    at[..end]
+        .rsplit(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find(|w| !w.is_empty())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {unit:?} in {at:?}"))
+}
+
+/// The startup line states the KV cache's bytes per token and in all, and
+/// they are what llama.cpp allocates (its own `llama_kv_cache: size = … MiB`
+/// line): the tiny model with an f16 cache, and SmolLM2 (GQA) with q8_0.
+#[test]
+fn serve_states_the_kv_bytes_llama_cpp_allocates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = airavata::synth::tiny_test_gguf(tmp.path()).expect("tiny gguf");
+    let mut cases = vec![(tiny, vec!["--ctx-size", "8192", "--parallel", "2"])];
+    if let Some((q4, _)) = common::smollm2("serve_states_the_kv_bytes_llama_cpp_allocates") {
+        cases.push((
+            q4,
+            vec![
+                "--ctx-size",
+                "4096",
+                "--parallel",
+                "2",
+                "--cache-type-k",
+                "q8_0",
+                "--cache-type-v",
+                "q8_0",
+            ],
+        ));
+    }
+    for (model, args) in cases {
+        let text = serve_log(&model, &args);
+        let llama_mib = number_before(&text, " cells,", " MiB (");
+        let ours_mib = number_before(&text, "/token, ", " MiB for");
+        let n_ctx: f64 = args[1].parse().unwrap();
+        assert!(
+            (llama_mib - ours_mib).abs() <= 0.051,
+            "llama.cpp allocates {llama_mib} MiB, we state {ours_mib} MiB:\n{text}"
+        );
+        let per_token = number_before(&text, "/token, ", "/token");
+        let unit = if text.contains(" B/token") {
+            1.0
+        } else {
+            1024.0
+        };
+        assert!(
+            (per_token * unit * n_ctx / 1048576.0 - llama_mib).abs() <= 0.01 * llama_mib + 0.01,
+            "{per_token} per token × {n_ctx} is not {llama_mib} MiB:\n{text}"
+        );
+    }
 }
 
 /// `eval` with stderr not a terminal: plain progress lines (chunks, tokens,

@@ -80,6 +80,16 @@ impl KvType {
     }
 
     /// The name llama.cpp's tools use.
+    /// The ggml type of the cache's rows.
+    pub fn ggml_type(self) -> crate::ggml_type::GgmlType {
+        use crate::ggml_type::GgmlType;
+        match self {
+            KvType::F16 => GgmlType::F16,
+            KvType::Q8_0 => GgmlType::Q8_0,
+            KvType::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             KvType::F16 => "f16",

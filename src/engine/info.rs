@@ -70,8 +70,101 @@ pub struct ModelInfo {
     pub prompt_cache: bool,
     /// Whether all slots share one KV stream.
     pub kv_unified: bool,
+    /// What the KV cache costs per token and in all, and what would fit.
+    pub kv: KvFootprint,
     /// Selected GGUF metadata (`general.name`, `airavata.*`, ...).
     pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// The KV cache's size: bytes per token of context (K and V rows of every
+/// layer at the cache types), the bytes the context's tokens take, and how
+/// many more tokens the free memory of the engine's GPUs would hold.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct KvFootprint {
+    /// K and V bytes one token of context takes over all layers.
+    pub bytes_per_token: u64,
+    /// `bytes_per_token` × the context's tokens (all slots).
+    pub bytes: u64,
+    /// The sliding window of a model with sliding-window layers (0 = none):
+    /// those layers keep at most this many tokens, so the figures above are
+    /// upper bounds.
+    pub sliding_window: u32,
+    /// Tokens of context that would still fit in the free memory of the
+    /// engine's GPUs after loading (absent on the CPU).
+    pub more_tokens_fit: Option<u64>,
+}
+
+impl KvFootprint {
+    /// The footprint of `model`'s cache at these types over `n_ctx` tokens.
+    /// Head sizes come from `{arch}.attention.key_length`/`value_length`
+    /// when the GGUF has them (Gemma's differ from n_embd / n_head).
+    pub fn of(model: &LlamaModel, k: KvType, v: KvType, n_ctx: u32) -> Self {
+        let arch = model
+            .meta_val_str("general.architecture")
+            .unwrap_or_default();
+        let n_head = model.n_head().max(1);
+        let fallback = u64::try_from(model.n_embd()).unwrap_or(0) / u64::from(n_head);
+        let head = |key: &str| {
+            model
+                .meta_val_str(&format!("{arch}.attention.{key}"))
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(fallback)
+        };
+        let n_head_kv = u64::from(model.n_head_kv());
+        let row = |t: KvType, n: u64| {
+            let n = usize::try_from(n * n_head_kv).unwrap_or(usize::MAX);
+            t.ggml_type().row_bytes(n).unwrap_or(0) as u64
+        };
+        let bytes_per_token = u64::from(model.n_layer())
+            * (row(k, head("key_length")) + row(v, head("value_length")));
+        let sliding_window = model
+            .meta_val_str(&format!("{arch}.attention.sliding_window"))
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
+        Self {
+            bytes_per_token,
+            bytes: bytes_per_token * u64::from(n_ctx),
+            sliding_window,
+            more_tokens_fit: None,
+        }
+    }
+
+    /// "512 KiB/token, 16.0 GiB for 32768 tokens, 120000 more fit in free GPU memory".
+    pub fn describe(&self, n_ctx: u32) -> String {
+        let mut s = format!(
+            "{}/token, {} for {n_ctx} tokens",
+            human_bytes(self.bytes_per_token),
+            human_bytes(self.bytes)
+        );
+        if self.sliding_window > 0 {
+            s += &format!(
+                " (at most: sliding-window layers keep {} tokens)",
+                self.sliding_window
+            );
+        }
+        if let Some(n) = self.more_tokens_fit {
+            s += &format!(", {n} more fit in free GPU memory");
+        }
+        s
+    }
+}
+
+/// Bytes in binary units with one decimal (`512.0 KiB`, `16.0 GiB`).
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// The engine's settings once the model and context are loaded (`auto` and
@@ -161,6 +254,7 @@ pub(super) fn model_info(
         linger_ms: 0,
         prompt_cache: config.cache_prompts,
         kv_unified: config.kv_unified,
+        kv: KvFootprint::of(model, config.cache_type_k, config.cache_type_v, n_ctx),
         metadata,
     }
 }
@@ -178,4 +272,39 @@ fn model_description(model: &LlamaModel, file_type: &str) -> String {
         format!("{:.0}K", params / 1e3)
     };
     format!("{arch} {size} {file_type}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_uses_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(512 * 1024), "512.0 KiB");
+        assert_eq!(human_bytes(16 << 30), "16.0 GiB");
+    }
+
+    #[test]
+    fn describe_states_window_and_fit() {
+        let k = KvFootprint {
+            bytes_per_token: 512 * 1024,
+            bytes: 16 << 30,
+            sliding_window: 0,
+            more_tokens_fit: Some(1000),
+        };
+        assert_eq!(
+            k.describe(32768),
+            "512.0 KiB/token, 16.0 GiB for 32768 tokens, 1000 more fit in free GPU memory"
+        );
+        let swa = KvFootprint {
+            sliding_window: 512,
+            more_tokens_fit: None,
+            ..k
+        };
+        assert!(swa
+            .describe(32768)
+            .contains("sliding-window layers keep 512 tokens"));
+    }
 }

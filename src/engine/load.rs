@@ -79,6 +79,18 @@ pub(super) struct LoadedModel {
     pub device: String,
 }
 
+/// Free bytes on the GPUs an engine runs on (`device` as in
+/// [`LoadedModel::device`]: named GPUs, or every GPU for `auto`).
+fn free_gpu_memory(device: &str) -> Option<u64> {
+    use llama_cpp_2::LlamaBackendDeviceType as T;
+    let gpus: Vec<_> = llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| matches!(d.device_type, T::Gpu | T::IntegratedGpu))
+        .filter(|d| device == "auto" || device.split(['+', ' ']).any(|n| n == d.name))
+        .collect();
+    (!gpus.is_empty()).then(|| gpus.iter().map(|d| d.memory_free as u64).sum())
+}
+
 /// A ggml backend device's name by its registry index.
 fn device_name(index: usize) -> String {
     llama_cpp_2::list_llama_ggml_backend_devices()
@@ -333,6 +345,10 @@ pub(super) fn new_context<'m>(
         decode_is_async: on_gpu || config.defer_emits,
     };
     info.device = loaded.device.clone();
+    if on_gpu && info.kv.bytes_per_token > 0 {
+        info.kv.more_tokens_fit =
+            free_gpu_memory(&info.device).map(|free| free / info.kv.bytes_per_token);
+    }
     info.decode_pad = decode_pad(config);
     info.fill_gaps = settings.fill_gaps;
     info.backend_greedy = settings.backend_greedy;
@@ -352,7 +368,7 @@ pub(super) fn loaded_line(info: &ModelInfo) -> String {
         format!("CPU, {} threads", info.threads)
     };
     format!(
-        "loaded {} ({}): {} slots × {} tokens, batch {}, {device}, flash attention {}, prompt cache {}, {} KV {}/{}, decode pad {}, gap fill {}, backend greedy {}, linger {} ms",
+        "loaded {} ({}): {} slots × {} tokens, batch {}, {device}, flash attention {}, prompt cache {}, {} KV {}/{} ({}), decode pad {}, gap fill {}, backend greedy {}, linger {} ms",
         info.path.display(),
         info.description,
         info.slots,
@@ -363,6 +379,7 @@ pub(super) fn loaded_line(info: &ModelInfo) -> String {
         if info.kv_unified { "unified" } else { "per-slot" },
         info.cache_type_k.name(),
         info.cache_type_v.name(),
+        info.kv.describe(info.n_ctx),
         info.decode_pad,
         if info.fill_gaps { "on" } else { "off" },
         if info.backend_greedy { "on" } else { "off" },
