@@ -562,9 +562,15 @@ async fn errors_name_the_callers_own_fields() {
         assert_eq!(s, 422, "{route} {v}");
         assert_envelope(&v, "invalid_value");
         assert_eq!(v["error"]["param"], field, "{route}");
+        // Completions allow 0 with `echo` (tests/prompt_logprobs.rs).
+        let unless = if route == "/v1/completions" {
+            " (0 only with `echo: true`)"
+        } else {
+            ""
+        };
         assert_eq!(
             v["error"]["message"],
-            format!("`{field}` must be at least 1"),
+            format!("`{field}` must be at least 1{unless}"),
             "{route}"
         );
         let mut long = body;
@@ -656,12 +662,7 @@ async fn errors_name_the_callers_own_fields() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = post(
-        &c,
-        format!("{base}/v1/completions"),
-        json!({"prompt": ["a", "b"]}),
-    )
-    .await;
+    let (s, v) = post(&c, format!("{base}/v1/completions"), json!({"prompt": []})).await;
     assert_eq!((s, &v["error"]["param"]), (422, &json!("prompt")), "{v}");
     let (s, v) = post(
         &c,

@@ -147,6 +147,7 @@ impl ChatArgs {
             prompt: Prompt::Chat(messages),
             max_tokens: self.max_tokens,
             logprobs: None,
+            echo: false,
             fields: SamplingFields {
                 temperature: Some(self.temperature),
                 top_k: Some(self.top_k),
@@ -259,7 +260,7 @@ impl Chat<'_> {
                         Some(Event::Done(c)) => return Ok((text, Ending::Done(c))),
                         Some(Event::Error(e)) => return Err(e.into()),
                         // Not asked for (`logprobs: None`).
-                        Some(Event::Logprobs(_)) => {}
+                        Some(Event::Logprobs(_) | Event::PromptLogprobs(_)) => {}
                         None => bail!("the engine stopped"),
                     },
                     // Dropping `gen` (on return) cancels the request.

@@ -19,7 +19,7 @@ use super::prompt::{ChatMessage, PromptFormat, Role, TokenizerInfo};
 use super::request::{Completion, Event, GenerateRequest, Prompt, PromptTokens};
 use super::shared::{LoadState, Shared};
 use super::worker::{self, kv::common_prefix, Command};
-use super::{sampler, slot, EngineConfig, EngineError, EngineStats, TokenLogprob};
+use super::{sampler, slot, EngineConfig, EngineError, EngineStats, PromptLogprobs, TokenLogprob};
 
 /// Handle to the engine thread. Cheap to clone.
 #[derive(Clone)]
@@ -308,7 +308,7 @@ impl Engine {
         debug_assert!(prompt_tokens > 0, "validated prompts are not empty");
         debug_assert!(
             self.info().is_none_or(|i| {
-                prompt_tokens + req.max_new_tokens.get() as usize <= i.n_ctx_slot as usize
+                prompt_tokens + req.max_new_tokens as usize <= i.n_ctx_slot as usize
             }),
             "validated requests fit a slot"
         );
@@ -317,13 +317,14 @@ impl Engine {
         let job = slot::Job {
             id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
             tokens: req.prompt.into_ids().into_iter().map(LlamaToken).collect(),
-            max_new_tokens: req.max_new_tokens.get(),
+            max_new_tokens: req.max_new_tokens,
             sampling: req.sampling,
             stop: req.stop,
             deadline: req.timeout.map(|t| (submitted + t, t)),
             submitted,
             strip_leading_space,
             logprobs: req.logprobs,
+            prompt_logprobs: req.prompt_logprobs,
             tx,
             _admission: admission,
         };
@@ -345,6 +346,19 @@ impl Engine {
             .wait_for(|s| matches!(s, LoadState::Stopped | LoadState::Failed(_)))
             .await;
     }
+}
+
+/// A whole generation ([`GenerationStream::collect_all`]).
+#[derive(Debug, Clone)]
+pub struct Collected {
+    /// The generated text.
+    pub text: String,
+    /// The generated tokens' log-probabilities (when asked for).
+    pub logprobs: Vec<TokenLogprob>,
+    /// The prompt's log-probabilities (when asked for).
+    pub prompt_logprobs: Option<PromptLogprobs>,
+    /// How it ended.
+    pub completion: Completion,
 }
 
 /// The events of one request. Dropping it cancels the request.
@@ -378,15 +392,31 @@ impl GenerationStream {
     /// Waits for the whole generation, keeping the tokens' log-probabilities
     /// (empty unless the request asked for them).
     pub async fn collect_with_logprobs(
-        mut self,
+        self,
     ) -> Result<(String, Vec<TokenLogprob>, Completion), EngineError> {
+        self.collect_all()
+            .await
+            .map(|c| (c.text, c.logprobs, c.completion))
+    }
+
+    /// Waits for the whole generation, keeping everything it reported.
+    pub async fn collect_all(mut self) -> Result<Collected, EngineError> {
         let mut text = String::new();
         let mut logprobs = Vec::new();
+        let mut prompt_logprobs = None;
         while let Some(ev) = self.rx.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
                 Event::Logprobs(l) => logprobs.extend(l),
-                Event::Done(c) => return Ok((text, logprobs, c)),
+                Event::PromptLogprobs(p) => prompt_logprobs = Some(p),
+                Event::Done(completion) => {
+                    return Ok(Collected {
+                        text,
+                        logprobs,
+                        prompt_logprobs,
+                        completion,
+                    })
+                }
                 Event::Error(e) => return Err(e),
             }
         }

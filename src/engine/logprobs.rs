@@ -35,6 +35,18 @@ pub struct TokenLogprob {
     pub top: Vec<TopLogprob>,
 }
 
+/// A prompt's tokens with the log-probability the model gives each one
+/// after the tokens before it: `log_softmax(logits after tokens[..i])[tokens[i]]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PromptLogprobs {
+    /// The first prompt token (nothing precedes it, so it has no log-probability).
+    pub first_token: i32,
+    /// Its bytes (empty for a control token such as BOS).
+    pub first_bytes: Vec<u8>,
+    /// Every later prompt token, in order.
+    pub rest: Vec<TokenLogprob>,
+}
+
 /// Log-probabilities read from one row of logits, before token bytes are
 /// attached (that happens off the sampling phase).
 #[derive(Debug, Clone, PartialEq)]

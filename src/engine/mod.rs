@@ -74,10 +74,10 @@ pub use config::{
     Toggle, ToggleHelp,
 };
 pub use error::EngineError;
-pub use handle::{Engine, GenerationStream};
+pub use handle::{Collected, Engine, GenerationStream};
 pub use info::ModelInfo;
 pub use load::llama_backend;
-pub use logprobs::{TokenLogprob, TopLogprob};
+pub use logprobs::{PromptLogprobs, TokenLogprob, TopLogprob};
 pub use prompt::{ChatMessage, Role, TokenizerInfo};
 pub use request::{
     Completion, Event, FinishReason, GenerateRequest, Prompt, PromptTokens, SamplingParams,

@@ -148,8 +148,10 @@ impl PromptTokens {
 pub struct GenerateRequest {
     /// What to continue.
     pub prompt: PromptTokens,
-    /// Upper bound on sampled tokens (the EOS token counts).
-    pub max_new_tokens: NonZeroU32,
+    /// Upper bound on sampled tokens (the EOS token counts). 0: the prompt
+    /// is evaluated (for its log-probabilities) and the request ends
+    /// (`length`) without sampling a token.
+    pub max_new_tokens: u32,
     /// Sampling settings.
     pub sampling: SamplingParams,
     /// Generation ends before the first occurrence of any of these.
@@ -159,6 +161,12 @@ pub struct GenerateRequest {
     /// Report each sampled token's log-probability and this many of the most
     /// likely alternatives (at most [`super::logprobs::MAX_TOP`]); `None` = off.
     pub logprobs: Option<usize>,
+    /// Report the log-probability of every prompt token after the first,
+    /// given the tokens before it, with this many of the most likely
+    /// alternatives ([`Event::PromptLogprobs`]); `None` = off. Such a request
+    /// evaluates its whole prompt (no prompt cache) with logits for every
+    /// position.
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl GenerateRequest {
@@ -166,11 +174,12 @@ impl GenerateRequest {
     pub fn greedy(prompt: PromptTokens, max_new_tokens: NonZeroU32) -> Self {
         Self {
             prompt,
-            max_new_tokens,
+            max_new_tokens: max_new_tokens.get(),
             sampling: SamplingParams::greedy(),
             stop: Vec::new(),
             timeout: None,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -230,6 +239,10 @@ pub struct Timings {
 pub enum Event {
     /// New text (always complete UTF-8; may be empty never).
     Text(String),
+    /// The prompt's tokens and their log-probabilities, once the prompt is
+    /// evaluated and before any generated token's event; only when the
+    /// request asked for them ([`GenerateRequest::prompt_logprobs`]).
+    PromptLogprobs(super::logprobs::PromptLogprobs),
     /// Log-probabilities of the tokens whose text comes in the next
     /// [`Event::Text`] (or, at the end, of tokens that added no text); only
     /// when the request asked for them.

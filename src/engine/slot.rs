@@ -9,7 +9,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
 use super::admission::Admission;
-use super::logprobs::TokenLogprob;
+use super::logprobs::{RowLogprobs, TokenLogprob};
 use super::request::{Completion, Event, FinishReason, SamplingParams, Timings, Usage};
 use super::sampler::Sampler;
 use super::stats::EngineStats;
@@ -29,6 +29,10 @@ pub(super) struct Job {
     pub strip_leading_space: bool,
     /// Alternatives per token when log-probabilities are asked for.
     pub logprobs: Option<usize>,
+    /// Alternatives per prompt token when the prompt's log-probabilities
+    /// are asked for (the whole prompt is then evaluated, with logits for
+    /// every position).
+    pub prompt_logprobs: Option<usize>,
     pub tx: mpsc::UnboundedSender<Event>,
     /// Its place among the admitted requests, given back when it drops.
     pub _admission: Admission,
@@ -38,7 +42,9 @@ impl Job {
     /// Whether the backend may pick this request's tokens (`--backend-greedy`):
     /// plain greedy, and no log-probabilities (those need the logits here).
     pub fn picks_on_backend(&self) -> bool {
-        super::sampler::is_plain_greedy(&self.sampling) && self.logprobs.is_none()
+        super::sampler::is_plain_greedy(&self.sampling)
+            && self.logprobs.is_none()
+            && self.prompt_logprobs.is_none()
     }
 
     /// Why the request must end before its next step, if it must: its client
@@ -117,6 +123,12 @@ pub(super) struct Active {
     pub logprobs: Vec<TokenLogprob>,
     /// Index in the current batch whose logits this slot samples.
     pub logits_at: Option<i32>,
+    /// This step's prompt chunk when the prompt's log-probabilities are
+    /// wanted: its first token's index in the batch, its first position,
+    /// its length (every token of it has logits).
+    pub prompt_rows: Option<(i32, usize, usize)>,
+    /// Log-probabilities of prompt tokens `1..` read so far.
+    pub prompt_logprobs: Vec<RowLogprobs>,
     pub started: Instant,
     pub first_token: Option<Instant>,
     pub last_token: Option<Instant>,

@@ -13,7 +13,10 @@ use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::{ChatMessage, Event, GenerationStream, Prompt, TokenLogprob};
+use crate::engine::{
+    ChatMessage, Collected, EngineError, Event, GenerationStream, Prompt, PromptLogprobs,
+    TokenLogprob, Usage,
+};
 
 use super::errors::{ApiError, ApiJson};
 use super::routes::usage_json;
@@ -23,14 +26,19 @@ use super::validate::{
 };
 use super::AppState;
 
-/// `prompt` may be a string or a one-element list.
+/// `prompt`: a string, a list of strings, a list of token ids, or a list of
+/// token-id lists; each prompt is one choice (`n` each).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum PromptField {
     /// One prompt.
     One(String),
-    /// A batch of prompts (only one is supported).
+    /// Several prompts.
     Many(Vec<String>),
+    /// One prompt as token ids (used as is: no BOS is added).
+    Tokens(Vec<i64>),
+    /// Several prompts as token ids.
+    TokenLists(Vec<Vec<i64>>),
 }
 
 /// `stream_options`.
@@ -50,7 +58,7 @@ pub struct CommonFields {
     pub max_tokens: Option<u32>,
     /// OpenAI's newer name for `max_tokens`; wins when both are sent.
     pub max_completion_tokens: Option<u32>,
-    /// Only 1 is supported.
+    /// Choices per prompt (completions; chat supports only 1).
     pub n: Option<u32>,
     /// Streaming options.
     #[serde(default)]
@@ -81,8 +89,12 @@ pub struct OpenAiFields {
 pub struct CompletionBody {
     /// Text to continue (used verbatim, BOS prepended).
     pub prompt: PromptField,
-    /// Log-probabilities of each token with this many alternatives (0..=5).
+    /// Log-probabilities of each token with this many alternatives (0..=5);
+    /// with `echo`, the prompt's tokens too.
     pub logprobs: Option<u32>,
+    /// Answer with the prompt ahead of the completion.
+    #[serde(default)]
+    pub echo: bool,
     /// The fields both routes share.
     #[serde(flatten)]
     pub shared: OpenAiFields,
@@ -139,6 +151,10 @@ struct Reply {
     model: String,
     include_usage: bool,
     logprobs: bool,
+    /// The prompt's text goes ahead of the completion's (completions' `echo`).
+    echo: bool,
+    /// Choices per prompt.
+    n: usize,
     /// Tools whose call the answer may be (read back as `tool_calls`).
     tools: Option<ToolPlan>,
 }
@@ -146,18 +162,17 @@ struct Reply {
 impl OpenAiFields {
     /// The route-independent input, the route's field names (the budget
     /// field is the one the caller used) and what the reply needs.
+    #[allow(clippy::too_many_arguments)]
     fn split(
         self,
         prompt: Prompt,
         logprobs: Option<u32>,
+        echo: bool,
         default_max: Option<u32>,
         spec: RouteSpec,
         kind: Kind,
         state: &AppState,
     ) -> Result<(GenerationInput, RouteSpec, Reply), ValidationError> {
-        if self.common.n.is_some_and(|n| n != 1) {
-            return Err(ValidationError::OnlyOneChoice { field: "n" });
-        }
         let (max_tokens, spec) = match self.common.max_completion_tokens {
             Some(m) => (
                 Some(m),
@@ -172,6 +187,7 @@ impl OpenAiFields {
             prompt,
             max_tokens,
             logprobs,
+            echo,
             fields: self.fields,
             unknown: self.unknown,
         };
@@ -183,6 +199,8 @@ impl OpenAiFields {
                 .unwrap_or_else(|| state.model_name.to_string()),
             include_usage: self.common.stream_options.is_some_and(|o| o.include_usage),
             logprobs: logprobs.is_some(),
+            echo,
+            n: self.common.n.map_or(1, |n| n as usize),
             tools: None,
         };
         Ok((input, spec, reply))
@@ -195,22 +213,85 @@ pub async fn completions(
     ApiJson(body): ApiJson<CompletionBody>,
 ) -> Result<Response, ApiError> {
     let spec = validate::COMPLETIONS;
-    let prompt = match body.prompt {
-        PromptField::One(p) => p,
-        PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
-        PromptField::Many(_) => {
-            return Err(ValidationError::OnePrompt { field: spec.prompt }.into())
+    let mut prompts = prompts(body.prompt, &state, spec)?;
+    let n = body.shared.common.n.unwrap_or(1) as usize;
+    if !(1..=validate::MAX_CHOICES).contains(&n) {
+        return Err(ValidationError::OutOfRange {
+            field: "n",
+            min: 1.0,
+            max: validate::MAX_CHOICES as f32,
+            got: n as f32,
         }
-    };
+        .into());
+    }
+    let choices = prompts.len().saturating_mul(n);
+    if choices > validate::MAX_CHOICES {
+        return Err(ValidationError::TooManyChoices {
+            field: spec.prompt,
+            choices,
+        }
+        .into());
+    }
+    if body.shared.fields.stream && choices > 1 {
+        return Err(ValidationError::StreamChoices {
+            field: "stream",
+            choices,
+        }
+        .into());
+    }
+    let last = prompts
+        .pop()
+        .ok_or(ValidationError::NoPrompts { field: spec.prompt })?;
     let (input, spec, reply) = body.shared.split(
-        Prompt::Raw(prompt),
+        last,
         body.logprobs,
+        body.echo,
         Some(16),
         spec,
         Kind::Completion,
         &state,
     )?;
-    run(state, input, spec, reply).await
+    let mut inputs: Vec<GenerationInput> = prompts
+        .into_iter()
+        .map(|prompt| GenerationInput {
+            prompt,
+            ..input.clone()
+        })
+        .collect();
+    inputs.push(input);
+    run(state, inputs, spec, reply).await
+}
+
+/// The prompts of a completions body, in order; token ids are checked
+/// against the vocabulary here (400 naming `prompt`).
+fn prompts(field: PromptField, state: &AppState, spec: RouteSpec) -> Result<Vec<Prompt>, ApiError> {
+    let ids = |ids: Vec<i64>| -> Result<Prompt, ApiError> {
+        let n_vocab = state.engine.info().ok_or(EngineError::NotReady)?.n_vocab;
+        let tokens = ids
+            .iter()
+            .map(|&token| {
+                i32::try_from(token)
+                    .ok()
+                    .filter(|t| (0..n_vocab).contains(t))
+                    .ok_or(ValidationError::TokenOutOfVocab {
+                        field: spec.prompt,
+                        token,
+                        n_vocab,
+                    })
+            })
+            .collect::<Result<Vec<i32>, _>>()?;
+        Ok(Prompt::Tokens(tokens))
+    };
+    let prompts = match field {
+        PromptField::One(p) => vec![Prompt::Raw(p)],
+        PromptField::Many(v) => v.into_iter().map(Prompt::Raw).collect(),
+        PromptField::Tokens(t) => vec![ids(t)?],
+        PromptField::TokenLists(v) => v.into_iter().map(ids).collect::<Result<_, _>>()?,
+    };
+    if prompts.is_empty() {
+        return Err(ValidationError::NoPrompts { field: spec.prompt }.into());
+    }
+    Ok(prompts)
 }
 
 /// `POST /v1/chat/completions`.
@@ -232,6 +313,9 @@ pub async fn chat_completions(
             .into())
         }
     };
+    if body.shared.common.n.is_some_and(|n| n != 1) {
+        return Err(ValidationError::OnlyOneChoice { field: "n" }.into());
+    }
     let plan = tools::plan(body.tools, body.tool_choice)?;
     let mut shared = body.shared;
     let fields = &mut shared.fields;
@@ -258,19 +342,47 @@ pub async fn chat_completions(
         None => Prompt::Chat(body.messages),
     };
     let (input, spec, mut reply) =
-        shared.split(prompt, logprobs, None, spec, Kind::Chat, &state)?;
+        shared.split(prompt, logprobs, false, None, spec, Kind::Chat, &state)?;
     reply.tools = plan.filter(ToolPlan::may_call);
-    run(state, input, spec, reply).await
+    run(state, vec![input], spec, reply).await
 }
 
+/// The text `echo` puts ahead of the completion: a text prompt as sent,
+/// token ids as their pieces' bytes (lossy where they split a code point).
+fn echo_text(state: &AppState, prompt: &Prompt) -> Result<String, ApiError> {
+    Ok(match prompt {
+        Prompt::Raw(text) => text.clone(),
+        Prompt::Tokens(ids) => {
+            String::from_utf8_lossy(&state.engine.token_bytes(ids)?.concat()).into_owned()
+        }
+        _ => String::new(),
+    })
+}
+
+/// Validates every input (one per prompt; each choice holds its own place
+/// in the queue), then runs all of them; the answer lists the choices in
+/// order, `index` = prompt × `n` + j.
 async fn run(
     state: AppState,
-    input: GenerationInput,
+    inputs: Vec<GenerationInput>,
     spec: RouteSpec,
     reply: Reply,
 ) -> Result<Response, ApiError> {
-    let v = validate(&state.engine, input, spec, state.request_timeout).await?;
-    let gen = state.engine.submit(v.admission, v.request);
+    let mut runs = Vec::with_capacity(inputs.len() * reply.n);
+    let mut stream = false;
+    for input in inputs {
+        let echo = if reply.echo {
+            Some(echo_text(&state, &input.prompt)?)
+        } else {
+            None
+        };
+        let v = validate(&state.engine, input, spec, state.request_timeout).await?;
+        stream = v.stream;
+        for _ in 1..reply.n {
+            runs.push((state.engine.admit()?, v.request.clone(), echo.clone()));
+        }
+        runs.push((v.admission, v.request, echo));
+    }
     let created = now_secs();
     let Reply {
         kind,
@@ -278,58 +390,115 @@ async fn run(
         include_usage,
         logprobs,
         tools,
+        ..
     } = reply;
-    if v.stream {
-        let events = chunks(gen, kind, model, created, include_usage, logprobs, tools);
+    let mut gens: Vec<(GenerationStream, Option<String>)> = runs
+        .into_iter()
+        .map(|(admission, request, echo)| (state.engine.submit(admission, request), echo))
+        .collect();
+    if stream {
+        let Some((gen, echo)) = gens.pop() else {
+            return Err(ApiError::internal());
+        };
+        let events = chunks(
+            gen,
+            kind,
+            model,
+            created,
+            include_usage,
+            logprobs,
+            echo,
+            tools,
+        );
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response());
     }
-    let (text, lps, c) = gen.collect_with_logprobs().await?;
-    let finish = c.finish_reason.openai();
-    let call = tools.as_ref().and_then(|p| tools::read_call(&text, p));
+    let echoes: Vec<Option<String>> = gens.iter_mut().map(|(_, e)| e.take()).collect();
+    let done =
+        futures::future::try_join_all(gens.into_iter().map(|(g, _)| g.collect_all())).await?;
+    let mut usage = Usage::default();
+    for d in &done {
+        let u = &d.completion.usage;
+        usage.prompt_tokens += u.prompt_tokens;
+        usage.completion_tokens += u.completion_tokens;
+        usage.cached_prompt_tokens += u.cached_prompt_tokens;
+    }
+    let timings = done.first().map(|d| d.completion.timings);
     let body = match kind {
-        Kind::Completion => json!({
-            "id": new_id("cmpl"),
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "text": text,
-                "index": 0,
-                "logprobs": if logprobs {
-                    completion_logprobs(&lps, &mut TextOffsets::default())
-                } else {
-                    Value::Null
-                },
-                "finish_reason": finish,
-            }],
-            "usage": usage_json(&c.usage),
-            "timings": c.timings,
-        }),
-        Kind::Chat => json!({
-            "id": new_id("chatcmpl"),
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": match &call {
-                    Some(call) => json!({
-                        "role": "assistant",
-                        "content": Value::Null,
-                        "tool_calls": tools::tool_calls_json(call, &new_id("call"), false),
-                    }),
-                    None => json!({"role": "assistant", "content": text}),
-                },
-                "logprobs": if logprobs { chat_logprobs(&lps) } else { Value::Null },
-                "finish_reason": if call.is_some() { "tool_calls" } else { finish },
-            }],
-            "usage": usage_json(&c.usage),
-            "timings": c.timings,
-        }),
+        Kind::Completion => {
+            let choices: Vec<Value> = done
+                .iter()
+                .zip(echoes)
+                .enumerate()
+                .map(|(index, (d, echo))| completion_choice(index, d, echo.as_deref(), logprobs))
+                .collect();
+            json!({
+                "id": new_id("cmpl"),
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": choices,
+                "usage": usage_json(&usage),
+                "timings": timings,
+            })
+        }
+        Kind::Chat => {
+            let Some(d) = done.first() else {
+                return Err(ApiError::internal());
+            };
+            let text = &d.text;
+            let finish = d.completion.finish_reason.openai();
+            let call = tools.as_ref().and_then(|p| tools::read_call(text, p));
+            json!({
+                "id": new_id("chatcmpl"),
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": match &call {
+                        Some(call) => json!({
+                            "role": "assistant",
+                            "content": Value::Null,
+                            "tool_calls": tools::tool_calls_json(call, &new_id("call"), false),
+                        }),
+                        None => json!({"role": "assistant", "content": text}),
+                    },
+                    "logprobs": if logprobs { chat_logprobs(&d.logprobs) } else { Value::Null },
+                    "finish_reason": if call.is_some() { "tool_calls" } else { finish },
+                }],
+                "usage": usage_json(&usage),
+                "timings": timings,
+            })
+        }
     };
     Ok(Json(body).into_response())
+}
+
+/// One completions choice: the text (after the prompt's with `echo`) and,
+/// when asked, its log-probabilities (the prompt's first with `echo`).
+fn completion_choice(index: usize, d: &Collected, echo: Option<&str>, logprobs: bool) -> Value {
+    let text = match echo {
+        Some(prompt) => format!("{prompt}{}", d.text),
+        None => d.text.clone(),
+    };
+    let lp = if logprobs {
+        let mut lp = CompletionLogprobs::default();
+        if let (Some(prompt), Some(p)) = (echo, &d.prompt_logprobs) {
+            lp.push_prompt(p, prompt);
+        }
+        lp.extend(&d.logprobs);
+        lp.into_json()
+    } else {
+        Value::Null
+    };
+    json!({
+        "text": text,
+        "index": index,
+        "logprobs": lp,
+        "finish_reason": d.completion.finish_reason.openai(),
+    })
 }
 
 /// A token's text for JSON: its bytes, lossily (a byte-fallback piece of a
@@ -391,32 +560,101 @@ impl TextOffsets {
     }
 }
 
-/// Completions' `logprobs`: `{tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}`.
-/// Alternatives whose text repeats (e.g. several lossy byte tokens) keep the most likely.
-pub fn completion_logprobs(entries: &[TokenLogprob], offsets: &mut TextOffsets) -> Value {
-    let mut tokens = Vec::with_capacity(entries.len());
-    let mut token_logprobs = Vec::with_capacity(entries.len());
-    let mut top_logprobs = Vec::with_capacity(entries.len());
-    let mut text_offset = Vec::with_capacity(entries.len());
-    for e in entries {
-        tokens.push(token_text(&e.bytes));
-        token_logprobs.push(e.logprob);
-        let mut top = serde_json::Map::new();
-        for t in &e.top {
-            top.entry(token_text(&t.bytes))
-                .or_insert_with(|| json!(t.logprob));
-        }
-        top_logprobs.push(Value::Object(top));
-        text_offset.push(offsets.take(&e.bytes));
-    }
-    json!({
-        "tokens": tokens,
-        "token_logprobs": token_logprobs,
-        "top_logprobs": top_logprobs,
-        "text_offset": text_offset,
-    })
+/// Completions' `logprobs` being built: `{tokens, token_logprobs,
+/// top_logprobs: [{token: logprob}], text_offset}`, with `text_offset`
+/// running on across the prompt (with `echo`) and streamed chunks.
+/// Alternatives whose text repeats (e.g. several lossy byte tokens) keep the
+/// most likely.
+#[derive(Debug, Default)]
+pub struct CompletionLogprobs {
+    tokens: Vec<String>,
+    token_logprobs: Vec<Value>,
+    top_logprobs: Vec<Value>,
+    text_offset: Vec<usize>,
+    offsets: TextOffsets,
 }
 
+impl CompletionLogprobs {
+    fn push_bytes(&mut self, bytes: &[u8], logprob: Value, top: Value) {
+        self.tokens.push(token_text(bytes));
+        self.token_logprobs.push(logprob);
+        self.top_logprobs.push(top);
+        self.text_offset.push(self.offsets.take(bytes));
+    }
+
+    /// The entries of generated tokens.
+    pub fn extend(&mut self, entries: &[TokenLogprob]) {
+        for e in entries {
+            let mut top = serde_json::Map::new();
+            for t in &e.top {
+                top.entry(token_text(&t.bytes))
+                    .or_insert_with(|| json!(t.logprob));
+            }
+            self.push_bytes(&e.bytes, json!(e.logprob), Value::Object(top));
+        }
+    }
+
+    /// The prompt's entries, the first with `null` log-probabilities
+    /// (nothing precedes it). When the tokenizer put a space ahead of the
+    /// prompt's text (SentencePiece's prefix space), the first piece loses
+    /// it, so that the tokens spell the echoed `text` and the offsets point
+    /// into it.
+    pub fn push_prompt(&mut self, p: &PromptLogprobs, text: &str) {
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(p.rest.len() + 1);
+        pieces.push(&p.first_bytes);
+        pieces.extend(p.rest.iter().map(|e| e.bytes.as_slice()));
+        let spelled = pieces.concat();
+        let prefix_space = spelled.first() == Some(&b' ') && &spelled[1..] == text.as_bytes();
+        let mut strip = prefix_space;
+        let mut piece = |bytes: &[u8]| -> Vec<u8> {
+            match bytes.split_first() {
+                Some((b' ', rest)) if strip => {
+                    strip = false;
+                    rest.to_vec()
+                }
+                _ => bytes.to_vec(),
+            }
+        };
+        let first = piece(&p.first_bytes);
+        self.push_bytes(&first, Value::Null, Value::Null);
+        for e in &p.rest {
+            let bytes = piece(&e.bytes);
+            let mut top = serde_json::Map::new();
+            for t in &e.top {
+                top.entry(token_text(&t.bytes))
+                    .or_insert_with(|| json!(t.logprob));
+            }
+            self.push_bytes(&bytes, json!(e.logprob), Value::Object(top));
+        }
+    }
+
+    /// The JSON of the entries so far; later entries start a new list (a
+    /// stream's next chunk) while the offsets run on.
+    pub fn take_json(&mut self) -> Value {
+        json!({
+            "tokens": std::mem::take(&mut self.tokens),
+            "token_logprobs": std::mem::take(&mut self.token_logprobs),
+            "top_logprobs": std::mem::take(&mut self.top_logprobs),
+            "text_offset": std::mem::take(&mut self.text_offset),
+        })
+    }
+
+    /// The JSON of all entries.
+    pub fn into_json(mut self) -> Value {
+        self.take_json()
+    }
+}
+
+/// Completions' `logprobs` of generated tokens (see [`CompletionLogprobs`]).
+pub fn completion_logprobs(entries: &[TokenLogprob], lp: &mut CompletionLogprobs) -> Value {
+    lp.extend(entries);
+    lp.take_json()
+}
+
+/// The server-sent events of one choice. With `echo` (completions) the
+/// prompt's text goes first, in a chunk of its own that carries the
+/// prompt's log-probabilities when they are asked for.
+#[allow(clippy::too_many_arguments)]
 fn chunks(
     mut gen: GenerationStream,
     kind: Kind,
@@ -424,6 +662,7 @@ fn chunks(
     created: u64,
     include_usage: bool,
     logprobs: bool,
+    echo: Option<String>,
     tools: Option<ToolPlan>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let (id, object) = match kind {
@@ -444,14 +683,13 @@ fn chunks(
         }
         SseEvent::default().data(v.to_string())
     };
-    let mut offsets = TextOffsets::default();
-    let mut lp_json = move |entries: &[TokenLogprob]| -> Value {
+    let lp_json = move |entries: &[TokenLogprob], lp: &mut CompletionLogprobs| -> Value {
         if !logprobs {
             Value::Null
         } else if is_chat {
             chat_logprobs(entries)
         } else {
-            completion_logprobs(entries, &mut offsets)
+            completion_logprobs(entries, lp)
         }
     };
     let choice = move |text: Option<&str>, finish: Option<&str>, first: bool, lp: Value| -> Value {
@@ -472,6 +710,16 @@ fn chunks(
         if is_chat {
             yield Ok(chunk(choice(Some(""), None, true, Value::Null), Value::Null));
         }
+        // Completions' log-probabilities, their text offsets running on.
+        let mut clp = CompletionLogprobs::default();
+        // The prompt's text, sent at once, or (when its log-probabilities
+        // are asked for) with them, before any generated text.
+        let mut echo = echo;
+        if !logprobs {
+            if let Some(text) = echo.take() {
+                yield Ok(chunk(choice(Some(&text), None, false, Value::Null), Value::Null));
+            }
+        }
         // Log-probabilities of the tokens whose text comes next.
         let mut pending: Vec<TokenLogprob> = Vec::new();
         // An answer that may be a tool call is held and sent whole at the
@@ -480,15 +728,22 @@ fn chunks(
         while let Some(ev) = gen.next_event().await {
             match ev {
                 Event::Logprobs(l) => pending.extend(l),
+                Event::PromptLogprobs(p) => {
+                    if let Some(text) = echo.take() {
+                        clp.push_prompt(&p, &text);
+                        let lp = clp.take_json();
+                        yield Ok(chunk(choice(Some(&text), None, false, lp), Value::Null));
+                    }
+                }
                 Event::Text(t) if tools.is_some() => held.push_str(&t),
                 Event::Text(t) => {
-                    let lp = lp_json(&std::mem::take(&mut pending));
+                    let lp = lp_json(&std::mem::take(&mut pending), &mut clp);
                     yield Ok(chunk(choice(Some(&t), None, false, lp), Value::Null));
                 }
                 Event::Done(c) => {
                     let mut finish = c.finish_reason.openai();
                     if let Some(plan) = &tools {
-                        let lp = lp_json(&std::mem::take(&mut pending));
+                        let lp = lp_json(&std::mem::take(&mut pending), &mut clp);
                         match tools::read_call(&held, plan) {
                             Some(call) => {
                                 let mut delta = choice(None, None, false, lp);
@@ -501,7 +756,7 @@ fn chunks(
                         }
                     } else if !pending.is_empty() {
                         // Tokens that added no text (e.g. a held-back byte at the end).
-                        let lp = lp_json(&std::mem::take(&mut pending));
+                        let lp = lp_json(&std::mem::take(&mut pending), &mut clp);
                         yield Ok(chunk(choice(Some(""), None, false, lp), Value::Null));
                     }
                     yield Ok(chunk(choice(None, Some(finish), false, Value::Null), Value::Null));
@@ -596,7 +851,7 @@ mod tests {
 
     #[test]
     fn completion_shape_and_text_offsets_in_characters() {
-        let mut offsets = TextOffsets::default();
+        let mut offsets = CompletionLogprobs::default();
         let v = completion_logprobs(&devanagari(), &mut offsets);
         // Lossy text: one U+FFFD for the lead byte, one per stray continuation byte.
         assert_eq!(
@@ -613,5 +868,42 @@ mod tests {
         // Offsets continue across streamed chunks.
         let more = completion_logprobs(&[entry(b"ab", -1.0, &[])], &mut offsets);
         assert_eq!(more["text_offset"], json!([4]));
+    }
+
+    #[test]
+    fn echoed_prompt_entries_come_first_with_null_and_spell_the_text() {
+        // SentencePiece puts a space ahead of the text: the first piece
+        // loses it, so the tokens spell the echoed text.
+        let prompt = PromptLogprobs {
+            first_token: 1,
+            first_bytes: Vec::new(),
+            rest: vec![
+                entry(
+                    " नम".as_bytes(),
+                    -3.0,
+                    &[(b" x", -0.5), (" नम".as_bytes(), -3.0)],
+                ),
+                entry(b"!", -1.0, &[(b"!", -1.0)]),
+            ],
+        };
+        let mut lp = CompletionLogprobs::default();
+        lp.push_prompt(&prompt, "नम!");
+        lp.extend(&[entry(b" ok", -0.25, &[(b" ok", -0.25)])]);
+        let v = lp.into_json();
+        assert_eq!(v["tokens"], json!(["", "नम", "!", " ok"]));
+        assert_eq!(v["token_logprobs"], json!([null, -3.0, -1.0, -0.25]));
+        assert_eq!(v["top_logprobs"][0], Value::Null);
+        // Alternatives keep the model's pieces, most likely first.
+        let top: Vec<&String> = v["top_logprobs"][1]
+            .as_object()
+            .expect("map")
+            .keys()
+            .collect();
+        assert_eq!(top, [" x", " नम"]);
+        assert_eq!(v["text_offset"], json!([0, 0, 2, 3]));
+        // Without the prefix space nothing is stripped.
+        let mut lp = CompletionLogprobs::default();
+        lp.push_prompt(&prompt, " नम!");
+        assert_eq!(lp.into_json()["tokens"], json!(["", " नम", "!"]));
     }
 }

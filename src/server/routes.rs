@@ -55,6 +55,7 @@ impl From<GenerateBody> for GenerationInput {
             },
             max_tokens: Some(b.max_new_tokens),
             logprobs: None,
+            echo: false,
             fields: b.fields,
             unknown: b.unknown,
         }
@@ -127,7 +128,7 @@ fn generate_events(mut gen: GenerationStream) -> impl Stream<Item = Result<SseEv
         let mut full = String::new();
         while let Some(ev) = gen.next_event().await {
             match ev {
-                Event::Logprobs(_) => {}
+                Event::Logprobs(_) | Event::PromptLogprobs(_) => {}
                 Event::Text(t) => {
                     full.push_str(&t);
                     yield Ok(SseEvent::default().data(json!({"text": t}).to_string()));

@@ -15,7 +15,6 @@
 //! [`validate`]. Failures are a [`RequestError`]; [`super::errors`] alone
 //! maps them to HTTP.
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -40,6 +39,9 @@ pub enum RequestError {
     #[error("a tokenizer task failed: {0}")]
     Task(String),
 }
+
+/// Most choices (prompts × `n`) one completions request may ask for.
+pub const MAX_CHOICES: usize = 128;
 
 /// Most stop strings per request.
 pub const MAX_STOPS: usize = 16;
@@ -74,11 +76,17 @@ pub enum ValidationError {
         /// What the caller sent.
         got: f32,
     },
-    /// A token budget of 0.
-    #[error("`{field}` must be at least 1")]
+    /// A token budget of 0 (allowed only with `unless: true`, the route's
+    /// echo field, when it has one).
+    #[error(
+        "`{field}` must be at least 1{}",
+        unless.map(|u| format!(" (0 only with `{u}: true`)")).unwrap_or_default()
+    )]
     ZeroTokens {
         /// The field.
         field: &'static str,
+        /// The field that allows 0 (`echo` on completions).
+        unless: Option<&'static str>,
     },
     /// A negative `top_k`.
     #[error("`{field}` must be 0 (off) or positive, got {got}")]
@@ -108,11 +116,39 @@ pub enum ValidationError {
         /// The field.
         field: &'static str,
     },
-    /// A batch of prompts.
-    #[error("only a single `{field}` per request is supported")]
-    OnePrompt {
+    /// An empty list of prompts.
+    #[error("`{field}` must hold at least one prompt")]
+    NoPrompts {
         /// The field.
         field: &'static str,
+    },
+    /// More choices (prompts × `n`) than one request may ask for.
+    #[error(
+        "the request asks for {choices} choices (prompts × `n`); at most {MAX_CHOICES} are allowed"
+    )]
+    TooManyChoices {
+        /// The field (`prompt` or `n`).
+        field: &'static str,
+        /// Prompts × `n`.
+        choices: usize,
+    },
+    /// A stream asked for several choices.
+    #[error("`{field}: true` answers one choice; this request asks for {choices} (prompts × `n`): send them without `{field}`, or one request each")]
+    StreamChoices {
+        /// The field (`stream`).
+        field: &'static str,
+        /// Prompts × `n`.
+        choices: usize,
+    },
+    /// A token id in a prompt that is outside the vocabulary.
+    #[error("`{field}` holds token id {token}, outside the vocabulary (0..{n_vocab})")]
+    TokenOutOfVocab {
+        /// The field.
+        field: &'static str,
+        /// The id.
+        token: i64,
+        /// Tokens in the vocabulary.
+        n_vocab: i32,
     },
     /// An empty conversation.
     #[error("`{field}` must contain at least one message")]
@@ -189,12 +225,15 @@ impl ValidationError {
             V::Unsupported { field } => field,
             V::OutOfRange { field, .. }
             | V::OutOfRangeOpenLow { field, .. }
-            | V::ZeroTokens { field }
+            | V::ZeroTokens { field, .. }
             | V::NegativeTopK { field, .. }
             | V::TooManyStops { field, .. }
             | V::StopTooLong { field }
             | V::OnlyOneChoice { field }
-            | V::OnePrompt { field }
+            | V::NoPrompts { field }
+            | V::TooManyChoices { field, .. }
+            | V::StreamChoices { field, .. }
+            | V::TokenOutOfVocab { field, .. }
             | V::NoMessages { field }
             | V::EmptyPrompt { field }
             | V::Schema { field, .. }
@@ -225,6 +264,9 @@ pub struct RouteSpec {
     pub top_logprobs: &'static str,
     /// Most alternatives per token.
     pub max_top_logprobs: u32,
+    /// The field that echoes the prompt back (`echo` on completions): with
+    /// it the budget may be 0 and `logprobs` covers the prompt too.
+    pub echo: Option<&'static str>,
 }
 
 /// `POST /generate`: the FastAPI app's names; greedy by default, top-p 0.9
@@ -237,6 +279,7 @@ pub const GENERATE: RouteSpec = RouteSpec {
     default_top_p: 0.9,
     top_logprobs: "logprobs",
     max_top_logprobs: 0,
+    echo: None,
 };
 
 /// `POST /v1/completions`: OpenAI's names and bounds (`logprobs` up to 5).
@@ -248,6 +291,7 @@ pub const COMPLETIONS: RouteSpec = RouteSpec {
     default_top_p: 1.0,
     top_logprobs: "logprobs",
     max_top_logprobs: 5,
+    echo: Some("echo"),
 };
 
 /// `POST /v1/chat/completions`: as [`COMPLETIONS`], the prompt is
@@ -256,6 +300,7 @@ pub const CHAT: RouteSpec = RouteSpec {
     prompt: "messages",
     top_logprobs: "top_logprobs",
     max_top_logprobs: crate::engine::logprobs::MAX_TOP as u32,
+    echo: None,
     ..COMPLETIONS
 };
 
@@ -318,6 +363,9 @@ pub struct GenerationInput {
     pub max_tokens: Option<u32>,
     /// Log-probabilities with this many alternatives per token; `None` = off.
     pub logprobs: Option<u32>,
+    /// The answer repeats the prompt (the route's `echo`): the budget may be
+    /// 0, and `logprobs` covers the prompt's tokens too.
+    pub echo: bool,
     /// Sampling and output settings.
     pub fields: SamplingFields,
     /// Fields of the body that nothing claimed (refused by [`check`]).
@@ -341,8 +389,8 @@ pub struct ValidatedRequest {
 pub struct CheckedInput {
     /// What to continue.
     pub prompt: Prompt,
-    /// The budget, when the caller gave one.
-    pub max_tokens: Option<NonZeroU32>,
+    /// The budget, when the caller gave one (0 only with `echo`).
+    pub max_tokens: Option<u32>,
     /// Sampling settings with the route's defaults filled in.
     pub sampling: SamplingParams,
     /// Non-empty stop strings.
@@ -354,6 +402,9 @@ pub struct CheckedInput {
     pub constraint: Option<Constraint>,
     /// Alternatives per token when log-probabilities are asked for.
     pub logprobs: Option<usize>,
+    /// Alternatives per prompt token when the prompt's log-probabilities
+    /// are asked for (`echo` with `logprobs`).
+    pub prompt_logprobs: Option<usize>,
 }
 
 /// The validation stage: field checks, then (holding a queue place, so a
@@ -408,6 +459,7 @@ pub async fn validate(
             stop: checked.stop,
             timeout,
             logprobs: checked.logprobs,
+            prompt_logprobs: checked.prompt_logprobs,
         },
         stream: checked.stream,
     })
@@ -433,6 +485,7 @@ pub fn check(input: GenerationInput, spec: RouteSpec) -> Result<CheckedInput, Va
         prompt,
         max_tokens,
         logprobs,
+        echo,
         fields: input,
         unknown,
     } = input;
@@ -441,13 +494,12 @@ pub fn check(input: GenerationInput, spec: RouteSpec) -> Result<CheckedInput, Va
             field: field.clone(),
         });
     }
-    let max_tokens = max_tokens
-        .map(|m| {
-            NonZeroU32::new(m).ok_or(ValidationError::ZeroTokens {
-                field: spec.max_tokens,
-            })
-        })
-        .transpose()?;
+    if max_tokens == Some(0) && !(echo && spec.echo.is_some()) {
+        return Err(ValidationError::ZeroTokens {
+            field: spec.max_tokens,
+            unless: spec.echo,
+        });
+    }
     range("temperature", input.temperature, 0.0, spec.max_temperature)?;
     if let Some(got) = input.top_k.filter(|k| *k < 0) {
         return Err(ValidationError::NegativeTopK {
@@ -499,6 +551,7 @@ pub fn check(input: GenerationInput, spec: RouteSpec) -> Result<CheckedInput, Va
         stream: input.stream,
         constraint,
         logprobs: logprobs.map(|n| n as usize),
+        prompt_logprobs: logprobs.filter(|_| echo).map(|n| n as usize),
     })
 }
 
@@ -552,26 +605,24 @@ pub fn constraint(
 }
 
 /// The token budget for a prompt of `prompt_tokens` in a slot of
-/// `n_ctx_slot`: the caller's, when it fits, else (when the caller gave none)
-/// the slot's remaining room, at least 1.
+/// `n_ctx_slot`: the caller's (0 = the prompt only), when it fits, else (when
+/// the caller gave none) the slot's remaining room, at least 1.
 pub fn fit(
     prompt_tokens: usize,
-    max_tokens: Option<NonZeroU32>,
+    max_tokens: Option<u32>,
     n_ctx_slot: usize,
     spec: RouteSpec,
-) -> Result<NonZeroU32, ValidationError> {
+) -> Result<u32, ValidationError> {
     if prompt_tokens == 0 {
         return Err(ValidationError::EmptyPrompt { field: spec.prompt });
     }
     let room = n_ctx_slot.saturating_sub(prompt_tokens);
-    let wanted = max_tokens.unwrap_or_else(|| {
-        NonZeroU32::new(u32::try_from(room).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
-    });
-    if wanted.get() as usize > room {
+    let wanted = max_tokens.unwrap_or_else(|| u32::try_from(room).unwrap_or(u32::MAX).max(1));
+    if prompt_tokens.saturating_add(wanted as usize) > n_ctx_slot {
         return Err(ValidationError::ContextExceeded {
             field: spec.max_tokens,
             prompt_tokens,
-            max_tokens: wanted.get(),
+            max_tokens: wanted,
             n_ctx_slot,
         });
     }
@@ -654,6 +705,7 @@ mod tests {
             prompt: Prompt::Raw("x".into()),
             max_tokens: Some(8),
             logprobs: None,
+            echo: false,
             fields: SamplingFields::default(),
             unknown: UnknownFields::new(),
         }
@@ -675,9 +727,17 @@ mod tests {
             (CHAT, "max_tokens"),
         ] {
             let e = check(zero.clone(), spec).expect_err("0 tokens");
-            assert_eq!(e, ValidationError::ZeroTokens { field: name });
-            assert_eq!(e.to_string(), format!("`{name}` must be at least 1"));
-            let e = fit(10, NonZeroU32::new(7), 16, spec).expect_err("too long");
+            assert_eq!(e.field(), name);
+            let unless = if spec == COMPLETIONS {
+                " (0 only with `echo: true`)"
+            } else {
+                ""
+            };
+            assert_eq!(
+                e.to_string(),
+                format!("`{name}` must be at least 1{unless}")
+            );
+            let e = fit(10, Some(7), 16, spec).expect_err("too long");
             assert_eq!(e.field(), name);
             assert_eq!(
                 e.to_string(),
@@ -693,8 +753,31 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_of_zero_only_with_echo() {
+        let zero = GenerationInput {
+            max_tokens: Some(0),
+            logprobs: Some(2),
+            echo: true,
+            ..input()
+        };
+        let c = check(zero.clone(), COMPLETIONS).expect("echo allows 0");
+        assert_eq!(
+            (c.max_tokens, c.logprobs, c.prompt_logprobs),
+            (Some(0), Some(2), Some(2))
+        );
+        // Routes without an echo field never allow it.
+        assert!(check(zero, CHAT).is_err());
+        // The prompt alone must still fit the slot.
+        assert_eq!(fit(16, Some(0), 16, COMPLETIONS), Ok(0));
+        assert!(matches!(
+            fit(17, Some(0), 16, COMPLETIONS),
+            Err(ValidationError::ContextExceeded { max_tokens: 0, .. })
+        ));
+    }
+
+    #[test]
     fn budget_defaults_to_the_slots_room() {
-        let n = |v| NonZeroU32::new(v);
+        let n = Some;
         assert_eq!(fit(10, n(6), 16, GENERATE).ok(), n(6));
         assert_eq!(fit(10, None, 16, CHAT).ok(), n(6));
         // A full slot still asks for one token, which then does not fit.

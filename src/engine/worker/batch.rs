@@ -240,6 +240,12 @@ impl Batcher {
     ) -> Result<usize, String> {
         let a = slots.get_mut(slot).ok_or("empty slot")?;
         let start = a.n_past;
+        // A request that wants the prompt's log-probabilities reads a row
+        // for every token (the batch bounds the rows of a step).
+        let every_row = a.job.prompt_logprobs.is_some();
+        if every_row {
+            a.prompt_rows = Some((self.batch.n_tokens(), start, n_tokens));
+        }
         for i in 0..n_tokens {
             let last = finishes && i + 1 == n_tokens;
             let token = *a.job.tokens.get(start + i).ok_or("prompt index")?;
@@ -247,7 +253,7 @@ impl Batcher {
                 a.logits_at = Some(self.batch.n_tokens());
             }
             self.batch
-                .add(token, pos(start + i), &[pos(slot)], last)
+                .add(token, pos(start + i), &[pos(slot)], last || every_row)
                 .map_err(|e| e.to_string())?;
         }
         if !finishes {

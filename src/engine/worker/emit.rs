@@ -13,7 +13,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use super::kv::Kv;
-use crate::engine::logprobs::{RowLogprobs, TokenLogprob, TopLogprob};
+use crate::engine::logprobs::{PromptLogprobs, RowLogprobs, TokenLogprob, TopLogprob};
 use crate::engine::request::{Event, FinishReason};
 use crate::engine::slot::{Job, Outcome, Slots};
 use crate::engine::stats::EngineStats;
@@ -99,6 +99,45 @@ impl Output {
             logprobs,
         });
         None
+    }
+
+    /// Sends the prompt's log-probabilities of `slot`'s request (read over
+    /// its prefill, [`super::pick::read_prompt_rows`]) with each token's
+    /// bytes and its alternatives' ([`Event::PromptLogprobs`]), before any
+    /// generated token's event.
+    pub fn send_prompt_logprobs(slots: &mut Slots, model: &LlamaModel, slot: usize) {
+        let Some(a) = slots.get_mut(slot) else {
+            return;
+        };
+        let vocab = model.vocab();
+        let piece = |t: LlamaToken| vocab.token_to_piece(t, false, None);
+        let rows = std::mem::take(&mut a.prompt_logprobs);
+        let Some(&first) = a.job.tokens.first() else {
+            return;
+        };
+        let rest = a.job.tokens[1..]
+            .iter()
+            .zip(rows)
+            .map(|(&token, row)| TokenLogprob {
+                token: token.0,
+                bytes: piece(token),
+                logprob: row.logprob,
+                top: row
+                    .top
+                    .into_iter()
+                    .map(|(token, logprob)| TopLogprob {
+                        token,
+                        bytes: piece(LlamaToken(token)),
+                        logprob,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let _ = a.job.tx.send(Event::PromptLogprobs(PromptLogprobs {
+            first_token: first.0,
+            first_bytes: piece(first),
+            rest,
+        }));
     }
 
     /// Turns the picked tokens into text: detokenize, stop strings, send.

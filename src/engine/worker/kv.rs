@@ -69,14 +69,20 @@ impl<'m> Kv<'m> {
     /// Readies `slot`'s KV for `prompt`: keeps the cached prefix the prompt
     /// shares with the slot's previous sequence, minus at least one token
     /// (the last prompt token must be evaluated to have logits to sample
-    /// from), and drops the rest. Returns the prompt tokens kept.
+    /// from), and drops the rest. Returns the prompt tokens kept. A request
+    /// that wants every prompt position's logits (`evaluate_all`) keeps none.
     pub fn reuse(
         &mut self,
         ctx: &mut LlamaContext<'_>,
         slot: usize,
         prompt: &[LlamaToken],
+        evaluate_all: bool,
     ) -> usize {
-        let common = common_prefix(&self.tokens[slot], prompt).min(prompt.len().saturating_sub(1));
+        let common = if evaluate_all {
+            0
+        } else {
+            common_prefix(&self.tokens[slot], prompt).min(prompt.len().saturating_sub(1))
+        };
         let seq = Some(slot as u32);
         let trimmed = common > 0
             && matches!(
@@ -162,7 +168,10 @@ impl<'m> Kv<'m> {
             let Some(a) = slots.get(dst) else {
                 continue;
             };
+            // A request that reads the prompt's log-probabilities evaluates
+            // all of it.
             if a.n_past != a.cached
+                || a.job.prompt_logprobs.is_some()
                 || a.prefill_remaining() == 0
                 || self.share_checked[dst] == Some(self.share_epoch)
             {

@@ -42,6 +42,7 @@ use self::schedule::Schedule;
 use super::backend_greedy::GreedySamplers;
 use super::load::{self, Loaded};
 use super::raw_context;
+use super::request::FinishReason;
 use super::sampler;
 use super::shared::{LoadState, Shared};
 use super::slot::{Outcome, Slots};
@@ -203,7 +204,10 @@ impl Loop<'_> {
                     continue;
                 }
             };
-            let cached = self.kv.reuse(&mut self.ctx, slot, &job.tokens);
+            let evaluate_all = job.prompt_logprobs.is_some();
+            let cached = self
+                .kv
+                .reuse(&mut self.ctx, slot, &job.tokens, evaluate_all);
             self.picker.attach(slot, job.picks_on_backend(), self.stats);
             schedule::start(&mut self.slots, self.stats, slot, job, sampler, cached);
         }
@@ -252,6 +256,33 @@ impl Loop<'_> {
             .flush(slots, kv, ctx, self.model, self.stats, which)
         {
             clock.lap(Phase::Emit);
+        }
+    }
+
+    /// Reads this step's prompt rows for the requests that want the
+    /// prompt's log-probabilities; a request whose prompt this step finished
+    /// gets them sent, and one with no token to generate (`max_new_tokens`
+    /// 0) ends here, before any pick.
+    fn finish_prompts(&mut self, fed: &[(usize, usize)]) {
+        pick::read_prompt_rows(&mut self.slots, &self.ctx, fed);
+        for &(slot, _) in fed {
+            let Some(a) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            // The step that finished the prompt: its last row is to be sampled.
+            if a.n_generated > 0 || a.logits_at.is_none() || a.prefill_remaining() > 0 {
+                continue;
+            }
+            if a.job.prompt_logprobs.is_some() {
+                Output::send_prompt_logprobs(&mut self.slots, self.model, slot);
+            }
+            let Some(a) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            if a.job.max_new_tokens == 0 {
+                a.logits_at = None;
+                self.end(Ending::Slot(slot), Outcome::Finished(FinishReason::Length));
+            }
         }
     }
 
@@ -304,6 +335,7 @@ impl Loop<'_> {
         // Counted before any answer goes out, so a client that has its last
         // token sees this step in /metrics.
         self.batch.record(stats, &plan, &pads);
+        self.finish_prompts(&fed);
         let mut picks = self.picker.pick_greedy(&self.slots, &self.ctx, &fed);
         // Constrained requests first, so that the grammar thread works while
         // the others are sampled here.

@@ -314,3 +314,39 @@ pub(super) fn resolve(
         Pick::Sampler => return None,
     })
 }
+
+/// Reads the log-probabilities of the prompt tokens this step's chunks
+/// predict, for the requests that asked for them (`prompt_logprobs`): the
+/// row of position `p` gives token `p + 1`'s log-probability, so a chunk of
+/// positions `from..from + n` covers tokens `from + 1 ..= from + n` (the
+/// last prompt position's row predicts the first generated token, not a
+/// prompt token). Rows are read side by side on the rayon pool, a slot at a
+/// time, every chunk as it is computed, so a long prompt's rows never have
+/// to be held at once.
+pub(super) fn read_prompt_rows(slots: &mut Slots, ctx: &LlamaContext<'_>, fed: &[(usize, usize)]) {
+    for &(slot, _) in fed {
+        let Some(a) = slots.get_mut(slot) else {
+            continue;
+        };
+        let (Some((at, from, n)), Some(n_top)) = (a.prompt_rows.take(), a.job.prompt_logprobs)
+        else {
+            continue;
+        };
+        let tokens = &a.job.tokens;
+        let rows: Vec<(&[f32], usize)> = (0..n)
+            .filter_map(|i| {
+                let target = tokens.get(from + i + 1)?;
+                let idx = at.checked_add(i32::try_from(i).ok()?)?;
+                Some((
+                    ctx.get_logits_ith(idx),
+                    usize::try_from(target.0).unwrap_or(usize::MAX),
+                ))
+            })
+            .collect();
+        let read: Vec<RowLogprobs> = rows
+            .par_iter()
+            .map(|&(row, target)| logprobs::row_logprobs(row, target, n_top))
+            .collect();
+        a.prompt_logprobs.extend(read);
+    }
+}

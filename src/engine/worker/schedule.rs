@@ -258,6 +258,8 @@ pub(super) fn start(
             stop,
             logprobs: Vec::new(),
             logits_at: None,
+            prompt_rows: None,
+            prompt_logprobs: Vec::new(),
             started: now,
             first_token: None,
             last_token: None,
