@@ -189,7 +189,8 @@ impl From<EngineError> for ApiError {
 /// The one map from validation failures to statuses: 400
 /// `context_length_exceeded` when the prompt and budget do not fit a slot,
 /// 400 `unsupported_schema` / `invalid_schema` / `invalid_grammar` for a
-/// structured-output constraint that cannot be enforced, 400
+/// structured-output constraint that cannot be enforced, 400 `invalid_tools`
+/// for `tools`/`tool_choice` that cannot be served, 400
 /// `invalid_token_id` for a prompt token outside the vocabulary, 400
 /// `unsupported_stream` for a stream of several choices, else 422
 /// `invalid_value`; all name the caller's field.
@@ -219,6 +220,13 @@ impl From<ValidationError> for ApiError {
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 "invalid_grammar",
+                e.to_string(),
+            )
+            .with_param(field),
+            ValidationError::InvalidTools { .. } => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_tools",
                 e.to_string(),
             )
             .with_param(field),

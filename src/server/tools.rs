@@ -97,7 +97,7 @@ impl ToolPlan {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ValidationError {
-    ValidationError::InvalidGrammar {
+    ValidationError::InvalidTools {
         field,
         reason: reason.into(),
     }
@@ -313,6 +313,10 @@ mod tests {
         );
         let e = plan(None, Some(ToolChoice::Mode("required".into()))).expect_err("no tools");
         assert_eq!(e.field(), TOOL_CHOICE);
+        assert!(
+            matches!(e, ValidationError::InvalidTools { .. }),
+            "tool mistakes are not grammar errors: {e:?}"
+        );
     }
 
     #[test]

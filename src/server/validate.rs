@@ -179,6 +179,15 @@ pub enum ValidationError {
         /// Why.
         reason: String,
     },
+    /// `tools` or `tool_choice` that cannot be served (no tools to choose
+    /// from, an unknown function name, a bad parameter schema).
+    #[error("`{field}`: {reason}")]
+    InvalidTools {
+        /// `tools` or `tool_choice`.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// Two fields that exclude each other.
     #[error("`{field}` cannot be combined with `{other}`")]
     Conflict {
@@ -238,6 +247,7 @@ impl ValidationError {
             | V::EmptyPrompt { field }
             | V::Schema { field, .. }
             | V::InvalidGrammar { field, .. }
+            | V::InvalidTools { field, .. }
             | V::Conflict { field, .. }
             | V::NeedsLogprobs { field }
             | V::ContextExceeded { field, .. } => field,
