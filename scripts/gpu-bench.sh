@@ -93,6 +93,8 @@ configure() {
   if [ ! -f "$SRC/CMakeLists.txt" ]; then
     mkdir -p "$WORK" && tar xzf "$ROOT/.carry/llama-src.tgz" -C "$WORK"
   fi
+  # Our CUDA kernels over the pinned source (AIRAVATA_CUDA_KERNELS=stock switches back at run time).
+  "$ROOT/scripts/apply-cuda-patches.sh" "$SRC" | tee -a "$OUT/log.txt"
   log "configure"
   cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DGGML_BACKEND_DL=ON -DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=ON -DBUILD_SHARED_LIBS=ON \

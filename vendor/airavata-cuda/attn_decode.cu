@@ -130,35 +130,10 @@ static Params params(const Buffers & bf, const char * k, const char * v) {
     return p;
 }
 
-template <int D, int G, KvType KT, KvType VT>
-static void launch_t(const Params & p, int B, int Hkv, cudaStream_t st) {
-    const size_t sm = smem_bytes(G, D, p.chunk);
-    static bool attr = false;
-    if (!attr) {
-        CK(cudaFuncSetAttribute(attn_split_kernel<D, G, KT, VT>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024));
-        attr = true;
-    }
-    attn_split_kernel<D, G, KT, VT><<<dim3(p.n_splits, Hkv, B), NWARPS * 32, sm, st>>>(p);
-    if (p.n_splits > 1) attn_combine_kernel<D><<<dim3(p.n_head, B), D, 0, st>>>(p);
-}
-
-template <int D, int G>
-static bool launch_dg(const Params & p, const Shape & s, cudaStream_t st) {
-    if (s.kt == KV_F16 && s.vt == KV_F16) { launch_t<D, G, KV_F16, KV_F16>(p, s.B, s.Hkv, st); return true; }
-    if (s.kt == KV_Q8_0 && s.vt == KV_Q8_0) { launch_t<D, G, KV_Q8_0, KV_Q8_0>(p, s.B, s.Hkv, st); return true; }
-    if (s.kt == KV_Q4_0 && s.vt == KV_Q4_0) { launch_t<D, G, KV_Q4_0, KV_Q4_0>(p, s.B, s.Hkv, st); return true; }
-    return false;
-}
-
 // Shapes outside the instantiated set are refused (the integration falls back to stock kernels).
 static bool launch(const Params & p, const Shape & s, cudaStream_t st) {
     if (s.H % s.Hkv != 0) return false;
-    const int G = s.H / s.Hkv;
-    if (s.D == 128 && G == 1) return launch_dg<128, 1>(p, s, st);
-    if (s.D == 128 && G == 4) return launch_dg<128, 4>(p, s, st);
-    if (s.D == 64 && G == 1) return launch_dg<64, 1>(p, s, st);
-    if (s.D == 64 && G == 3) return launch_dg<64, 3>(p, s, st);
-    return false;
+    return airavata_attn::launch(p, s.D, s.H / s.Hkv, s.kt, s.vt, s.B, s.Hkv, st);
 }
 
 static void alloc(Buffers & bf, int copies) {

@@ -301,4 +301,39 @@ inline size_t smem_bytes(int G, int D, int chunk) {
     return sizeof(float) * ((size_t) G * chunk + (size_t) NWARPS * G * D);
 }
 
+// At most 4 * 1024 + 4 * 4 * 128 floats = 24 KiB of dynamic shared memory: under the 48 KiB every
+// launch may use without opting in.
+static_assert(sizeof(float) * (4 * MAX_CHUNK + NWARPS * 4 * 128) <= 48 * 1024, "shared memory");
+
+template <int D, int G, KvType KT, KvType VT>
+inline void launch_typed(const Params & p, int n_seq, int n_head_kv, cudaStream_t st) {
+    attn_split_kernel<D, G, KT, VT><<<dim3(p.n_splits, n_head_kv, n_seq), NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
+    if (p.n_splits > 1) attn_combine_kernel<D><<<dim3(p.n_head, n_seq), D, 0, st>>>(p);
+}
+
+template <int D, int G>
+inline bool launch_dg(const Params & p, KvType kt, KvType vt, int n_seq, int n_head_kv, cudaStream_t st) {
+    if (kt != vt) return false;
+    switch (kt) {
+        case KV_F16:  launch_typed<D, G, KV_F16, KV_F16>(p, n_seq, n_head_kv, st); return true;
+        case KV_Q8_0: launch_typed<D, G, KV_Q8_0, KV_Q8_0>(p, n_seq, n_head_kv, st); return true;
+        case KV_Q4_0: launch_typed<D, G, KV_Q4_0, KV_Q4_0>(p, n_seq, n_head_kv, st); return true;
+    }
+    return false;
+}
+
+// Whether a shape has an instance: head size 128 with 1 or 4 query heads per KV head (Airavata; a
+// 4:1 GQA model), head size 64 with 1 or 3 (SmolLM2's 9 / 3), equal K and V types.
+inline bool supported(int D, int G, KvType kt, KvType vt) {
+    return kt == vt && ((D == 128 && (G == 1 || G == 4)) || (D == 64 && (G == 1 || G == 3)));
+}
+
+// Launches the split kernel and, when a sequence is split, the combine (p.chunk and p.n_splits from
+// plan_splits); false, launching nothing, for a shape without an instance.
+inline bool launch(const Params & p, int D, int G, KvType kt, KvType vt, int n_seq, int n_head_kv, cudaStream_t st) {
+    if (!supported(D, G, kt, vt)) return false;
+    if (D == 128) return G == 1 ? launch_dg<128, 1>(p, kt, vt, n_seq, n_head_kv, st) : launch_dg<128, 4>(p, kt, vt, n_seq, n_head_kv, st);
+    return G == 1 ? launch_dg<64, 1>(p, kt, vt, n_seq, n_head_kv, st) : launch_dg<64, 3>(p, kt, vt, n_seq, n_head_kv, st);
+}
+
 }  // namespace airavata_attn
