@@ -699,6 +699,7 @@ fn summarise_known_outcomes() {
             usage_prompt_tokens: None,
             text_bytes: 10,
             server_ttft_ms: Some(ttft as f64 / 2.0),
+            text: None,
         })
     };
     let results = vec![
@@ -751,6 +752,8 @@ fn sample(label: &str, scale: f64) -> BenchReport {
                 output_tokens: Some(100 * c as u64),
                 output_tokens_per_s: Some(scale * 25.0 * c as f64),
                 mean_prompt_tokens: Some(128.0),
+                prompt_tokens: None,
+                turns: vec![],
                 ttft_ms: Some(s(50.0 * c as f64)),
                 server_ttft_ms: None,
                 itl_ms: Some(s(20.0)),
@@ -770,6 +773,9 @@ fn sample(label: &str, scale: f64) -> BenchReport {
         stream: true,
         prompt_chars: 600,
         prompt_tokens_requested: Some(128),
+        prompt_lengths: Some("fixed:128".into()),
+        prompt_set: None,
+        seed: None,
         max_tokens: 128,
         warmup: 2,
         started_unix_s: 0,
