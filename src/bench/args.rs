@@ -92,7 +92,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 4, 16, 32, 64])]
     pub concurrency: Vec<usize>,
 
-    /// Measured requests per level [default: max(2*c, 8); old-app: 20].
+    /// Measured requests per level [default: max(2*c, 8); old-app: 20];
+    /// `chat:TURNS` runs ceil(N / TURNS) conversations, at least c.
     #[arg(long)]
     pub requests: Option<usize>,
 
