@@ -30,6 +30,20 @@
 #                                  # (cost of attaching/detaching backend samplers as requests alternate)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
+#   scripts/gpu-bench.sh attnsweep # attention at the lengths users have: KV f16/q8_0/q4_0 x B 1/16/64/128 x
+#                                  # prompt 32/512/1024/2048/4096 tokens, llama-batched-bench (-fa on -ctk/-ctv)
+#                                  # and our server (--cache-type-k/-v, bench --prompt-lengths fixed:N) in the
+#                                  # same lease; B x context that doesn't fit ATTN_KV_GIB (60) of KV is skipped
+#                                  # and said so. Subsets, each one command under 10 minutes: ATTN_KV="f16 q8_0"
+#                                  # ATTN_B="1 64" ATTN_NPP="1024" (also ATTN_NTG=64, ATTN_DEVICES=0,
+#                                  # ATTN_KV_F16_BYTES=524288 per token, ATTN_DRY=1 prints the plan only).
+#                                  # Every call prints the table of all results in $OUT so far
+#   scripts/gpu-bench.sh attntable # only that table, from $OUT/attnsweep and $OUT/bench-attn-*.json
+#
+# Attention sweep, one lease (needs build or buildmg, synth, gguf), e.g.:
+#   ATTN_KV=f16 ATTN_NPP="32 512 1024" scripts/gpu-bench.sh attnsweep
+#   ATTN_KV=f16 ATTN_NPP="2048 4096" scripts/gpu-bench.sh attnsweep
+#   ATTN_KV="q8_0" scripts/gpu-bench.sh attnsweep; ATTN_KV="q4_0" scripts/gpu-bench.sh attnsweep
 #
 # Multi-GPU round (nvidia-h200-x2), each line one command:
 #   scripts/gpu-bench.sh buildmg synth
@@ -212,10 +226,14 @@ wait_http() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null 2>&1 && return 
 
 # One server run swept by `airavata bench`: serve_ours LABEL [serve flags...] / serve_llama LABEL [flags...].
 # Extra bench flags (e.g. --unique-prompts) come from BENCH_FLAGS.
+# PROMPT_LENGTHS (a --prompt-lengths spec, e.g. fixed:512 or mix:128-2048) replaces PROMPT_TOKENS.
 sweep() {
   local label=$1 port=$2 api=$3
+  local lengths=(--prompt-tokens "${PROMPT_TOKENS:-32}")
+  [ -n "${PROMPT_LENGTHS:-}" ] && lengths=(--prompt-lengths "$PROMPT_LENGTHS")
+  # shellcheck disable=SC2086
   "${PIN_CLIENT[@]}" "${AIRAVATA[@]}" bench --url "http://127.0.0.1:$port" --api "$api" --concurrency "${CONC:-1,4,16,32,64}" \
-     --max-tokens "${MAX_TOKENS:-128}" --prompt-tokens "${PROMPT_TOKENS:-32}" ${BENCH_FLAGS:-} --label "$label" --json "$OUT/bench-$label.json" | tee "$OUT/bench-$label.md"
+     --max-tokens "${MAX_TOKENS:-128}" "${lengths[@]}" ${BENCH_FLAGS:-} --label "$label" --json "$OUT/bench-$label.json" | tee "$OUT/bench-$label.md"
 }
 serve_ours() {
   local label=$1; shift
@@ -560,6 +578,111 @@ for name, vs in runs.items():
     cells = " | ".join(f"{med[v]:.0f}" for v in vs_all)
     spread = " / ".join(f"{sp(vs[v]):.1%}" for v in vs_all)
     print(f"| {name} | {cells} | {med['after'] / med['before']:.3f} | {spread} |")
+PY
+}
+
+# Issue 24's attention sweep (see the header). For each KV type and prompt length N: the B of ATTN_B whose KV
+# cache fits the budget (B x (N + NTG + 64) tokens; 64 tokens of slack for the estimated prompt length), then
+# llama-batched-bench once per B (its KV is -c = B x (N + NTG): -npl B alone, so no larger B sizes it), then
+# our server once with slots = the largest of them, swept at each B by `airavata bench --prompt-lengths
+# fixed:N --raw --unique-prompts` (~N tokens, no chat wrapping, nothing served from the prompt cache; 2 x B
+# requests a level, at least 8). KV bytes per token: ATTN_KV_F16_BYTES (default 524288 = 32 layers x 4096 x
+# K and V x 2 bytes, the 7B shape) for f16; q8_0 34/64 of it, q4_0 18/64 (ggml's block sizes).
+stage_attnsweep() {
+  local kvs=${ATTN_KV:-f16 q8_0 q4_0} bs=${ATTN_B:-1 16 64 128} npps=${ATTN_NPP:-32 512 1024 2048 4096}
+  local ntg=${ATTN_NTG:-64} gib=${ATTN_KV_GIB:-60} f16=${ATTN_KV_F16_BYTES:-524288} margin=64
+  local dir=$OUT/attnsweep kv npp b tok_bytes need
+  mkdir -p "$dir"
+  for kv in $kvs; do
+    case $kv in
+      f16) tok_bytes=$f16 ;;
+      q8_0) tok_bytes=$((f16 * 34 / 64)) ;;
+      q4_0) tok_bytes=$((f16 * 18 / 64)) ;;
+      *) echo "attnsweep: unknown KV type $kv (f16, q8_0, q4_0)" >&2; return 1 ;;
+    esac
+    for npp in $npps; do
+      local fit=() max=0
+      for b in $bs; do
+        need=$((b * (npp + ntg + margin) * tok_bytes))
+        if (( need <= gib * 1073741824 )); then
+          fit+=("$b"); (( b > max )) && max=$b
+        else
+          # One line per skipped combination; the table reads them back.
+          echo "skip $kv $npp $b $(python3 -c "print(f'{$need / 2**30:.1f}')") $gib" | tee -a "$dir/skips.txt"
+        fi
+      done
+      [ ${#fit[@]} -eq 0 ] && continue
+      local conc; conc=$(IFS=,; echo "${fit[*]}")
+      if [ -n "${ATTN_DRY:-}" ]; then
+        for b in "${fit[@]}"; do echo "plan llama-batched-bench -c $((b * (npp + ntg))) -fa on -ctk $kv -ctv $kv -npp $npp -ntg $ntg -npl $b"; done
+        echo "plan ours --parallel $max --ctx-size $((max * (npp + ntg + margin))) --cache-type-k $kv --cache-type-v $kv, bench --concurrency $conc --prompt-lengths fixed:$npp --max-tokens $ntg"
+        continue
+      fi
+      for b in "${fit[@]}"; do
+        log "llama-batched-bench kv=$kv npp=$npp B=$b"
+        "${PIN_SERVER[@]}" "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((b * (npp + ntg))) -b 2048 -ub 512 \
+          -fa on -ctk "$kv" -ctv "$kv" -npp "$npp" -ntg "$ntg" -npl "$b" 2>&1 | grep -E "^\|" >"$dir/bb-$kv-$npp-$b.md" || true
+        cat "$dir/bb-$kv-$npp-$b.md"
+      done
+      SLOTS=$max CTX_PER_SLOT=$((npp + ntg + margin)) CONC=$conc MAX_TOKENS=$ntg PROMPT_LENGTHS=fixed:$npp \
+        BENCH_FLAGS="--raw --unique-prompts" serve_ours "attn-$kv-$npp" --devices "${ATTN_DEVICES:-0}" \
+        --flash-attn on --cache-type-k "$kv" --cache-type-v "$kv"
+    done
+  done
+  [ -n "${ATTN_DRY:-}" ] || stage_attntable
+}
+
+# The attention sweep's table: KV type x B x prompt length -> ours, llama-batched-bench, ratios; every
+# result in $OUT so far (several attnsweep calls of one lease), skipped combinations named.
+stage_attntable() {
+  summarize "$OUT" <<'PY' | tee "$OUT/attnsweep.md"
+import glob, os, re
+out = sys.argv[1]
+bb, ours, skipped = {}, {}, {}
+for p in glob.glob(f"{out}/attnsweep/bb-*.md"):
+    m = re.search(r"bb-([a-z0-9_]+)-(\d+)-(\d+)\.md$", p)
+    if not m:
+        continue
+    for line in open(p):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 10 and cells[0].isdigit() and cells[2].isdigit():
+            # PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s
+            bb[(m.group(1), int(cells[0]), int(cells[2]))] = (float(cells[5]), float(cells[7]))
+for p in glob.glob(f"{out}/bench-attn-*.json"):
+    m = re.search(r"bench-attn-([a-z0-9_]+)-(\d+)\.json$", p)
+    if not m:
+        continue
+    r = json.load(open(p)); r = r[0] if isinstance(r, list) else r
+    for l in r["levels"]:
+        ours[(m.group(1), int(m.group(2)), l["concurrency"])] = l
+if os.path.exists(f"{out}/attnsweep/skips.txt"):
+    for line in open(f"{out}/attnsweep/skips.txt"):
+        f = line.split()
+        if len(f) == 6 and f[0] == "skip":
+            skipped[(f[1], int(f[2]), int(f[3]))] = f"skipped: KV {f[4]} GiB > {f[5]} GiB"
+order = {"f16": 0, "q8_0": 1, "q4_0": 2}
+keys = sorted(set(bb) | set(ours) | set(skipped), key=lambda k: (order.get(k[0], 9), k[0], k[2], k[1]))
+fmt = lambda x, d=1: "-" if x is None else f"{x:.{d}f}"
+print("| KV | B | prompt | ours prompt tokens p50 | ours tok/s | ours decode tok/s (B / TPOT p50) | ours TTFT p50 ms "
+      "| S_PP | S_TG | tok/s / S_TG | decode / S_TG | errors | note |")
+print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
+for k in keys:
+    kv, npp, b = k
+    l, s = ours.get(k), bb.get(k)
+    note = skipped.get(k, "") if l is None and s is None else ""
+    if not note and s is None:
+        note = "no batched-bench row"
+    if not note and l is None:
+        note = "no run of ours"
+    tps = l.get("output_tokens_per_s") if l else None
+    tpot = ((l or {}).get("tpot_ms") or {}).get("p50")
+    dec = b * 1000.0 / tpot if tpot else None
+    ttft = ((l or {}).get("ttft_ms") or {}).get("p50")
+    pt = ((l or {}).get("prompt_tokens") or {}).get("p50")
+    spp, stg = s if s else (None, None)
+    ratio = lambda a: f"**{a / stg:.3f}**" if a and stg else "-"
+    print(f"| {kv} | {b} | {npp} | {fmt(pt, 0)} | {fmt(tps)} | {fmt(dec)} | {fmt(ttft)} | {fmt(spp)} | {fmt(stg)} "
+          f"| {ratio(tps)} | {ratio(dec)} | {l['errors'] if l else '-'} | {note} |")
 PY
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use airavata::bench::{
     self, load_reports, percentile, render_comparison, render_svg, summarise, to_json, Api,
-    BenchArgs, BenchError, BenchReport, LevelReport, Outcome, RequestError, Scenario, Summary,
+    BenchArgs, BenchError, BenchReport, LevelReport, Outcome, PromptLengths, RequestError,
+    Scenario, Summary,
 };
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -626,6 +627,139 @@ async fn prompt_variations_share_what_they_promise() {
     assert_eq!(unique.len(), 7);
 }
 
+/// `chat:3`: every later turn's request holds an earlier turn's request and
+/// the answer it streamed, then a new user message; conversations start
+/// with different (tagged) messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_requests_carry_the_history() {
+    let cfg = Cfg {
+        ttft_ms: 1,
+        itl_ms: 1,
+        ..Cfg::default()
+    };
+    let chat = |api| BenchArgs {
+        prompt_tokens: None,
+        prompt_lengths: Some(PromptLengths::Chat { turns: 3 }),
+        warmup: 0,
+        ..args("", api, &[2], 6, 3)
+    };
+
+    // openai-chat: a `messages` list, user and assistant in turn.
+    let (url, shared) = spawn(cfg).await;
+    let report = bench::run(BenchArgs {
+        url: url.clone(),
+        ..chat(Api::OpenaiChat)
+    })
+    .await
+    .expect("run");
+    let level = &report.levels[0];
+    assert_eq!((level.requests, level.ok), (6, 6));
+    let turns: Vec<(usize, usize, usize)> = level
+        .turns
+        .iter()
+        .map(|t| (t.turn, t.requests, t.ok))
+        .collect();
+    assert_eq!(turns, vec![(1, 2, 2), (2, 2, 2), (3, 2, 2)]);
+    match std::env::var_os("AIRAVATA_ASSETS") {
+        None => assert!(
+            report
+                .prompt_set
+                .as_deref()
+                .is_some_and(|o| o.starts_with("synthetic text")),
+            "{:?}",
+            report.prompt_set
+        ),
+        Some(_) => assert!(report.prompt_set.is_some()),
+    }
+    let bodies = shared.bodies.lock().expect("lock").clone();
+    let convs: Vec<Vec<(String, String)>> = bodies
+        .iter()
+        .map(|b| {
+            b["messages"]
+                .as_array()
+                .expect("messages")
+                .iter()
+                .map(|m| {
+                    let s = |k: &str| m[k].as_str().expect("string").to_string();
+                    (s("role"), s("content"))
+                })
+                .collect()
+        })
+        .collect();
+    let mut sizes: Vec<usize> = convs.iter().map(Vec::len).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, vec![1, 1, 3, 3, 5, 5]);
+    for c in &convs {
+        for (i, (role, content)) in c.iter().enumerate() {
+            if i % 2 == 0 {
+                assert_eq!(role, "user");
+            } else {
+                assert_eq!(
+                    (role.as_str(), content.as_str()),
+                    ("assistant", "toktoktok")
+                );
+            }
+        }
+        assert!(c[0].1.contains("-chat-"), "{c:?}");
+        if c.len() > 1 {
+            let earlier = &c[..c.len() - 2];
+            assert!(
+                convs.iter().any(|o| o == earlier),
+                "no earlier turn of {c:?}"
+            );
+        }
+    }
+    let firsts: std::collections::HashSet<&str> = convs
+        .iter()
+        .filter(|c| c.len() == 1)
+        .map(|c| c[0].1.as_str())
+        .collect();
+    assert_eq!(firsts.len(), 2);
+
+    // generate: the history as Airavata-format text, sent raw.
+    let (url, shared) = spawn(cfg).await;
+    bench::run(BenchArgs {
+        url,
+        ..chat(Api::Generate)
+    })
+    .await
+    .expect("run");
+    let bodies = shared.bodies.lock().expect("lock").clone();
+    let prompts: Vec<&str> = bodies
+        .iter()
+        .map(|b| {
+            assert_eq!(b["raw"], true);
+            b["prompt"].as_str().expect("prompt")
+        })
+        .collect();
+    let mut users: Vec<usize> = prompts
+        .iter()
+        .map(|p| p.matches("<|user|>\n").count())
+        .collect();
+    users.sort_unstable();
+    assert_eq!(users, vec![1, 1, 2, 2, 3, 3]);
+    for p in &prompts {
+        assert!(
+            p.starts_with("<|user|>\n[") && p.ends_with("\n<|assistant|>\n"),
+            "{p}"
+        );
+        let turns = p.matches("<|user|>\n").count();
+        assert_eq!(
+            p.matches("\n<|assistant|>\nababab</s>\n").count(),
+            turns - 1,
+            "{p}"
+        );
+        if turns > 1 {
+            assert!(
+                prompts
+                    .iter()
+                    .any(|o| o.matches("<|user|>\n").count() == turns - 1 && p.starts_with(o)),
+                "no earlier turn of {p}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn invalid_arguments_are_rejected() {
     let cases = [
@@ -651,6 +785,34 @@ async fn invalid_arguments_are_rejected() {
         },
         BenchArgs {
             prefix_groups: Some(0),
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            prompt_lengths: Some(PromptLengths::Mix { lo: 0, hi: 8 }),
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            prompt_lengths: Some(PromptLengths::Mix { lo: 9, hi: 8 }),
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            prompt_lengths: Some(PromptLengths::Fixed(8)),
+            prompt_tokens: Some(8),
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            prompt_lengths: Some(PromptLengths::Chat { turns: 2 }),
+            scenario: Scenario::OldApp,
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            prompt_lengths: Some(PromptLengths::Chat { turns: 2 }),
+            prefix_groups: Some(2),
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            prompt_lengths: Some(PromptLengths::Mix { lo: 8, hi: 64 }),
+            prompt_file: Some("/nonexistent/prompts.jsonl".into()),
             ..BenchArgs::default()
         },
     ];
@@ -699,6 +861,7 @@ fn summarise_known_outcomes() {
             usage_prompt_tokens: None,
             text_bytes: 10,
             server_ttft_ms: Some(ttft as f64 / 2.0),
+            text: None,
         })
     };
     let results = vec![
@@ -751,6 +914,8 @@ fn sample(label: &str, scale: f64) -> BenchReport {
                 output_tokens: Some(100 * c as u64),
                 output_tokens_per_s: Some(scale * 25.0 * c as f64),
                 mean_prompt_tokens: Some(128.0),
+                prompt_tokens: None,
+                turns: vec![],
                 ttft_ms: Some(s(50.0 * c as f64)),
                 server_ttft_ms: None,
                 itl_ms: Some(s(20.0)),
@@ -770,6 +935,9 @@ fn sample(label: &str, scale: f64) -> BenchReport {
         stream: true,
         prompt_chars: 600,
         prompt_tokens_requested: Some(128),
+        prompt_lengths: Some("fixed:128".into()),
+        prompt_set: None,
+        seed: None,
         max_tokens: 128,
         warmup: 2,
         started_unix_s: 0,
@@ -960,6 +1128,49 @@ fn cli_args_parse() {
     assert_eq!(old.max_tokens(), 50);
     assert_eq!(old.prompt_text(), "how to manage time effectively?");
     assert!(Cli::try_parse_from(["bench", "--prompt", "x", "--prompt-tokens", "3"]).is_err());
+    // Prompt lengths.
+    let m = Cli::try_parse_from([
+        "bench",
+        "--prompt-lengths",
+        "mix:128-2048",
+        "--prompt-file",
+        ".carry/prompts.jsonl",
+        "--seed",
+        "9",
+    ])
+    .expect("mix")
+    .bench;
+    assert_eq!(m.lengths(), Some(PromptLengths::Mix { lo: 128, hi: 2048 }));
+    assert_eq!(m.seed, 9);
+    assert_eq!(d.lengths(), Some(PromptLengths::Fixed(128)));
+    assert_eq!(old.lengths(), None);
+    let f = Cli::try_parse_from(["bench", "--prompt-lengths", "fixed:512"])
+        .expect("fixed")
+        .bench;
+    let t = Cli::try_parse_from(["bench", "--prompt-tokens", "512"])
+        .expect("tokens")
+        .bench;
+    assert_eq!(
+        (f.lengths(), f.prompt_text()),
+        (t.lengths(), t.prompt_text())
+    );
+    for bad in [
+        &[
+            "bench",
+            "--prompt-lengths",
+            "fixed:8",
+            "--prompt-tokens",
+            "8",
+        ][..],
+        &["bench", "--prompt-lengths", "chat:2", "--prompt", "x"],
+        &["bench", "--prompt-file", "p.jsonl"],
+    ] {
+        assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+    }
+    let err = Cli::try_parse_from(["bench", "--prompt-lengths", "mix:2048-128"])
+        .expect_err("bad spec")
+        .to_string();
+    assert!(err.contains("LO (2048) must not exceed HI (128)"), "{err}");
     // The synthetic prompt grows with the token target (~1 word per token).
     let p = bench::synth_prompt(200);
     let words = p.split_whitespace().count();

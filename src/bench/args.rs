@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use super::prompts::{PromptLengths, DEFAULT_SEED};
+
 /// Which HTTP API the target speaks.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -90,7 +92,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 4, 16, 32, 64])]
     pub concurrency: Vec<usize>,
 
-    /// Measured requests per level [default: max(2*c, 8); old-app: 20].
+    /// Measured requests per level [default: max(2*c, 8); old-app: 20];
+    /// `chat:TURNS` runs ceil(N / TURNS) conversations, at least c.
     #[arg(long)]
     pub requests: Option<usize>,
 
@@ -102,9 +105,28 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "prompt_tokens")]
     pub prompt: Option<String>,
 
-    /// Synthesize a prompt of roughly N (Llama) tokens [default: 128 unless --prompt].
+    /// Synthesize a prompt of roughly N (Llama) tokens [default: 128 unless
+    /// --prompt or --prompt-lengths]; the same as `--prompt-lengths fixed:N`.
     #[arg(long)]
     pub prompt_tokens: Option<usize>,
+
+    /// Prompt lengths: `fixed:N` (every prompt ~N tokens), `mix:LO-HI` (a
+    /// long-tail mix: each request's length drawn log-uniformly from
+    /// [LO, HI], a prompt of the set padded to it) or `chat:TURNS`
+    /// (conversations of TURNS requests, each sending the history so far and
+    /// a new message, so contexts grow).
+    #[arg(long, value_name = "SPEC", conflicts_with_all = ["prompt", "prompt_tokens"])]
+    pub prompt_lengths: Option<PromptLengths>,
+
+    /// JSON Lines prompt set for `mix` and `chat` (`messages` with a user
+    /// turn, or `prompt`) [default: $AIRAVATA_ASSETS/eval-airavata-prompts/
+    /// prompts.jsonl when present, else synthetic text].
+    #[arg(long, value_name = "PATH", requires = "prompt_lengths")]
+    pub prompt_file: Option<PathBuf>,
+
+    /// Seed of the `mix` lengths and of which prompts of the set are sent.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
 
     /// Tokens to generate per request; EOS is ignored where the server allows
     /// [default: 128; old-app: 50].
@@ -171,6 +193,9 @@ impl Default for BenchArgs {
             warmup: 2,
             prompt: None,
             prompt_tokens: None,
+            prompt_lengths: None,
+            prompt_file: None,
+            seed: DEFAULT_SEED,
             max_tokens: None,
             temperature: 0.0,
             raw: false,
@@ -204,15 +229,31 @@ impl BenchArgs {
         })
     }
 
-    /// Effective prompt text.
+    /// The prompt-length spec in effect: `--prompt-lengths`, or
+    /// `fixed:N` for `--prompt-tokens N`; `None` for `--prompt` text and the
+    /// old-app scenario's default prompt.
+    pub fn lengths(&self) -> Option<PromptLengths> {
+        if self.prompt.is_some() {
+            return None;
+        }
+        self.prompt_lengths
+            .or(match (self.prompt_tokens, self.scenario) {
+                (Some(n), _) => Some(PromptLengths::Fixed(n)),
+                (None, Scenario::OldApp) => None,
+                (None, Scenario::Sweep) => Some(PromptLengths::Fixed(DEFAULT_PROMPT_TOKENS)),
+            })
+    }
+
+    /// Effective prompt text (of `fixed:N`, `--prompt` or the old app; the
+    /// first of a `mix` or `chat` run is built per request).
     pub fn prompt_text(&self) -> String {
         if let Some(p) = &self.prompt {
             return p.clone();
         }
-        match (self.prompt_tokens, self.scenario) {
-            (Some(n), _) => synth_prompt(n),
+        match (self.lengths(), self.scenario) {
+            (Some(PromptLengths::Fixed(n)), _) => synth_prompt(n),
             (None, Scenario::OldApp) => OLD_APP_PROMPT.to_string(),
-            (None, Scenario::Sweep) => synth_prompt(DEFAULT_PROMPT_TOKENS),
+            _ => synth_prompt(DEFAULT_PROMPT_TOKENS),
         }
     }
 
@@ -238,7 +279,7 @@ impl BenchArgs {
 /// Common English words that are single tokens in the Llama-2 vocabulary
 /// (with their leading space), so `n` of them make a prompt of about `n`
 /// tokens (plus BOS / chat wrapping).
-const WORDS: &[&str] = &[
+pub(crate) const WORDS: &[&str] = &[
     "the", "time", "people", "water", "world", "day", "house", "city", "work", "light", "music",
     "river", "school", "family", "story", "road", "market", "garden", "book", "night", "power",
     "game", "money", "letter", "door", "voice", "paper", "field", "table", "window", "friend",

@@ -30,6 +30,11 @@ pub struct RequestSpec {
     pub stream: bool,
     /// Send exactly the old FastAPI contract `{"prompt", "max_new_tokens"}`.
     pub old_app: bool,
+    /// `openai-chat`: the whole conversation as (role, content) pairs, sent
+    /// instead of one user message holding `prompt` (when not empty).
+    pub messages: Vec<(String, String)>,
+    /// Keep the generated text in [`Outcome::text`] (multi-turn chats).
+    pub keep_text: bool,
 }
 
 impl RequestSpec {
@@ -46,6 +51,12 @@ impl RequestSpec {
             }),
             Api::OpenaiCompletions => json!({
                 "prompt": self.prompt,
+                "max_tokens": self.max_tokens,
+            }),
+            Api::OpenaiChat if !self.messages.is_empty() => json!({
+                "messages": self.messages.iter()
+                    .map(|(role, content)| json!({"role": role, "content": content}))
+                    .collect::<Vec<_>>(),
                 "max_tokens": self.max_tokens,
             }),
             Api::OpenaiChat => json!({
@@ -88,6 +99,8 @@ pub struct Outcome {
     /// The server's own time to first token, ms (`timings` of the last event
     /// or of the JSON answer), when it reports one.
     pub server_ttft_ms: Option<f64>,
+    /// The generated text, when the request asked to keep it.
+    pub text: Option<String>,
 }
 
 impl Outcome {
@@ -170,13 +183,17 @@ pub async fn send(client: &reqwest::Client, spec: &RequestSpec) -> Result<Outcom
         });
     }
     if spec.stream {
-        read_stream(resp, start).await
+        read_stream(resp, start, spec.keep_text).await
     } else {
-        read_json(resp, start).await
+        read_json(resp, start, spec.keep_text).await
     }
 }
 
-async fn read_json(resp: reqwest::Response, start: Instant) -> Result<Outcome, RequestError> {
+async fn read_json(
+    resp: reqwest::Response,
+    start: Instant,
+    keep_text: bool,
+) -> Result<Outcome, RequestError> {
     let bytes = resp.bytes().await?;
     let e2e = start.elapsed();
     let v: Value = serde_json::from_slice(&bytes)
@@ -196,12 +213,20 @@ async fn read_json(resp: reqwest::Response, start: Instant) -> Result<Outcome, R
         usage_completion_tokens: completion,
         usage_prompt_tokens: prompt,
         server_ttft_ms: server_ttft_of(&v),
+        text: keep_text.then(|| text.to_string()),
         ..Outcome::default()
     })
 }
 
-async fn read_stream(resp: reqwest::Response, start: Instant) -> Result<Outcome, RequestError> {
-    let mut out = Outcome::default();
+async fn read_stream(
+    resp: reqwest::Response,
+    start: Instant,
+    keep_text: bool,
+) -> Result<Outcome, RequestError> {
+    let mut out = Outcome {
+        text: keep_text.then(String::new),
+        ..Outcome::default()
+    };
     let mut parser = SseParser::default();
     let mut last: Option<Instant> = None;
     let mut body = resp.bytes_stream();
@@ -218,10 +243,14 @@ async fn read_stream(resp: reqwest::Response, start: Instant) -> Result<Outcome,
                 Parsed::Other => {}
                 Parsed::Data {
                     text,
+                    content,
                     usage,
                     done,
                     server_ttft_ms,
                 } => {
+                    if let Some(t) = out.text.as_mut() {
+                        t.push_str(&content);
+                    }
                     if server_ttft_ms.is_some() {
                         out.server_ttft_ms = server_ttft_ms;
                     }
@@ -337,6 +366,8 @@ pub enum Parsed {
     Data {
         /// Bytes of generated text it carries (0 = not a token event).
         text: usize,
+        /// That text.
+        content: String,
         /// (`completion_tokens`, `prompt_tokens`) from `usage`.
         usage: (Option<u64>, Option<u64>),
         /// Final event of our `/generate` stream (`"done": true`) or
@@ -372,9 +403,10 @@ pub fn interpret(ev: &SseEvent) -> Result<Parsed, RequestError> {
         .any(|k| v.get(*k).and_then(Value::as_bool).unwrap_or(false));
     // Our final `/generate` event repeats the whole text in `generated_text`
     // but carries `"text": ""`, so it is not a token event.
-    let text = text_of(&v).map_or(0, str::len);
+    let content = text_of(&v).unwrap_or_default().to_string();
     Ok(Parsed::Data {
-        text,
+        text: content.len(),
+        content,
         usage: usage_of(&v),
         done,
         server_ttft_ms: server_ttft_of(&v),

@@ -18,6 +18,7 @@
 mod args;
 mod client;
 pub mod engine_profile;
+pub mod prompts;
 mod report;
 mod stats;
 mod svg;
@@ -34,6 +35,7 @@ pub use args::{synth_prompt, Api, BenchArgs, Scenario, OLD_APP_MAX_NEW_TOKENS, O
 pub use client::{
     interpret, send, Outcome, Parsed, RequestError, RequestSpec, SseEvent, SseParser,
 };
+pub use prompts::{PromptLengths, PromptSet};
 pub use report::{load_reports, render_comparison, render_markdown, to_json, write_outputs};
 pub use stats::{percentile, Summary};
 pub use svg::render_svg;
@@ -112,6 +114,13 @@ pub struct LevelReport {
     pub output_tokens_per_s: Option<f64>,
     /// Mean `usage.prompt_tokens`, when reported.
     pub mean_prompt_tokens: Option<f64>,
+    /// The distribution of `usage.prompt_tokens` (mean, p50, p90, max, ...),
+    /// when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<Summary>,
+    /// `chat:TURNS`: one entry per turn (1 = a conversation's first request).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<TurnReport>,
     /// Time to first token, ms (streaming only): the first event with text.
     /// A token that ends mid-character (byte-fallback Devanagari) shows no
     /// text yet, so this can exceed the server's own first-token time.
@@ -133,6 +142,21 @@ pub struct LevelReport {
     pub engine: Option<engine_profile::EngineProfile>,
 }
 
+/// The requests of one turn of a level's conversations (`chat:TURNS`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TurnReport {
+    /// Turn number, from 1.
+    pub turn: usize,
+    /// Requests sent at this turn (a conversation stops at its first failure).
+    pub requests: usize,
+    /// Of which succeeded.
+    pub ok: usize,
+    /// `usage.prompt_tokens` of this turn's requests, when reported.
+    pub prompt_tokens: Option<Summary>,
+    /// Time to first token, ms.
+    pub ttft_ms: Option<Summary>,
+}
+
 /// A benchmark run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
@@ -148,10 +172,22 @@ pub struct BenchReport {
     pub model: Option<String>,
     /// Whether requests were streamed.
     pub stream: bool,
-    /// Prompt length in characters.
+    /// Prompt length in characters (`mix` and `chat`: the mean over the
+    /// requests sent; for `openai-chat`, of all the messages).
     pub prompt_chars: usize,
-    /// `--prompt-tokens` asked for, if any.
+    /// `--prompt-tokens` (or `fixed:N`) asked for, if any.
     pub prompt_tokens_requested: Option<usize>,
+    /// The prompt-length spec (`fixed:N`, `mix:LO-HI`, `chat:TURNS`); absent
+    /// for `--prompt` text and the old app's prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_lengths: Option<String>,
+    /// `mix` / `chat`: where the prompts came from (a file, or synthetic text
+    /// when none was available).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_set: Option<String>,
+    /// `mix` / `chat`: the seed of the lengths and of the prompts picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// Tokens asked for per request.
     pub max_tokens: u32,
     /// Warm-up requests sent before measuring.
@@ -204,6 +240,14 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         .build()
         .map_err(|e| BenchError::Client(e.to_string()))?;
     let prompt = args.prompt_text();
+    let lengths = args.lengths();
+    let set = match lengths {
+        Some(PromptLengths::Mix { .. } | PromptLengths::Chat { .. }) => Some(
+            prompts::resolve_set(args.prompt_file.as_deref())
+                .map_err(|e| BenchError::InvalidArgs(format!("prompt set: {e}")))?,
+        ),
+        _ => None,
+    };
     let spec = RequestSpec {
         api,
         url: format!("{base}{}", api.path()),
@@ -215,12 +259,13 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         raw: args.raw,
         stream: !old_app,
         old_app,
+        messages: Vec::new(),
+        keep_text: false,
     };
     let started_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let tag = Arc::new(AtomicUsize::new(0));
     let variation = if let Some(groups) = args.prefix_groups {
         Variation::Groups {
             run: started_unix_s,
@@ -231,9 +276,24 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     } else {
         Variation::Fixed
     };
+    let prompter = Arc::new(Prompter {
+        kind: match lengths {
+            Some(PromptLengths::Mix { lo, hi }) => Kind::Mix { lo, hi },
+            Some(PromptLengths::Chat { turns }) => Kind::Chat { turns },
+            _ => Kind::Same,
+        },
+        variation,
+        seed: args.seed,
+        run: started_unix_s,
+        set: set.as_ref().map(|s| s.texts.clone()).unwrap_or_default(),
+        tag: AtomicUsize::new(0),
+        conversations: AtomicUsize::new(0),
+        chars: AtomicUsize::new(0),
+        sent: AtomicUsize::new(0),
+    });
 
     for i in 0..args.warmup {
-        let s = with_tag(&spec, variation, &tag);
+        let s = prompter.request(&spec);
         match send(&client, &s).await {
             Ok(_) => {}
             Err(RequestError::Connect(reason)) => {
@@ -251,7 +311,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         let n = args.requests_for(c);
         tracing::info!("bench: concurrency {c}, {n} requests");
         let before = engine_profile::scrape(&client, &base).await;
-        let mut level = run_level(&client, &spec, c, n, variation, &tag).await?;
+        let mut level = run_level(&client, &spec, c, n, &prompter).await?;
         if let (Some(b), Some(a)) = (before, engine_profile::scrape(&client, &base).await) {
             level.engine = engine_profile::EngineProfile::between(&b, &a);
         }
@@ -270,11 +330,23 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
         url: base,
         model: args.model.clone(),
         stream: spec.stream,
-        prompt_chars: prompt.chars().count(),
-        prompt_tokens_requested: if args.prompt.is_some() {
-            None
-        } else {
-            args.prompt_tokens
+        prompt_chars: match prompter.kind {
+            Kind::Same => prompt.chars().count(),
+            _ => prompter.mean_chars(),
+        },
+        prompt_tokens_requested: match lengths {
+            Some(PromptLengths::Fixed(n))
+                if args.prompt_tokens.is_some() || args.prompt_lengths.is_some() =>
+            {
+                Some(n)
+            }
+            _ => None,
+        },
+        prompt_lengths: lengths.map(|l| l.to_string()),
+        prompt_set: set.map(|s| s.origin),
+        seed: match prompter.kind {
+            Kind::Same => None,
+            _ => Some(args.seed),
         },
         max_tokens: spec.max_tokens,
         warmup: args.warmup,
@@ -302,6 +374,29 @@ fn validate(args: &BenchArgs) -> Result<String, BenchError> {
             return Err(BenchError::InvalidArgs(
                 "--concurrency levels must be at least 1".into(),
             ));
+        }
+    }
+    if let Some(l) = args.prompt_lengths {
+        l.to_string()
+            .parse::<PromptLengths>()
+            .map_err(|e| BenchError::InvalidArgs(format!("--prompt-lengths {e}")))?;
+        if args.prompt.is_some() || args.prompt_tokens.is_some() {
+            return Err(BenchError::InvalidArgs(
+                "--prompt-lengths replaces --prompt and --prompt-tokens; give one".into(),
+            ));
+        }
+        if let PromptLengths::Chat { .. } = l {
+            if args.scenario == Scenario::OldApp {
+                return Err(BenchError::InvalidArgs(
+                    "chat:TURNS needs the sweep scenario (old-app sends one fixed prompt)".into(),
+                ));
+            }
+            if args.prefix_groups.is_some() {
+                return Err(BenchError::InvalidArgs(
+                    "--prefix-groups does not apply to chat:TURNS (each conversation is its own prefix)"
+                        .into(),
+                ));
+            }
         }
     }
     if args.prefix_groups == Some(0) {
@@ -341,22 +436,162 @@ enum Variation {
     Groups { run: u64, groups: usize },
 }
 
-fn with_tag(spec: &RequestSpec, variation: Variation, tag: &AtomicUsize) -> RequestSpec {
-    let mut s = spec.clone();
+/// `prompt` as request `i` sends it under `variation`.
+fn tag_prompt(prompt: &str, variation: Variation, i: usize) -> String {
     match variation {
-        Variation::Fixed => {}
-        Variation::Unique(run) => {
-            let i = tag.fetch_add(1, Ordering::Relaxed);
-            s.prompt = format!("[{run}-{i}] {}", spec.prompt);
-        }
+        Variation::Fixed => prompt.to_string(),
+        Variation::Unique(run) => format!("[{run}-{i}] {prompt}"),
         Variation::Groups { run, groups } => {
-            let i = tag.fetch_add(1, Ordering::Relaxed);
             // Consecutive requests land in different groups (7919 is prime).
             let g = (i.wrapping_mul(7919)) % groups.max(1);
-            s.prompt = format!("[{run} group {g}] {} [{i}]", spec.prompt);
+            format!("[{run} group {g}] {prompt} [{i}]")
         }
     }
+}
+
+fn with_tag(spec: &RequestSpec, variation: Variation, tag: &AtomicUsize) -> RequestSpec {
+    let mut s = spec.clone();
+    if !matches!(variation, Variation::Fixed) {
+        let i = tag.fetch_add(1, Ordering::Relaxed);
+        s.prompt = tag_prompt(&spec.prompt, variation, i);
+    }
     s
+}
+
+/// How prompts are built.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// One prompt (`--prompt`, `fixed:N`), varied by [`Variation`].
+    Same,
+    /// `mix:LO-HI`: a prompt of the set padded to a drawn length.
+    Mix { lo: usize, hi: usize },
+    /// `chat:TURNS`: growing conversations.
+    Chat { turns: usize },
+}
+
+/// Builds each request's prompt (see [`prompts`]).
+struct Prompter {
+    kind: Kind,
+    variation: Variation,
+    seed: u64,
+    /// Run id (start time) in tags.
+    run: u64,
+    /// The prompt set (`mix`, `chat`).
+    set: Vec<String>,
+    /// Requests numbered so far.
+    tag: AtomicUsize,
+    /// Conversations started so far.
+    conversations: AtomicUsize,
+    /// Prompt characters sent, and requests built, for the mean.
+    chars: AtomicUsize,
+    sent: AtomicUsize,
+}
+
+impl Prompter {
+    /// The next single request: `fixed`/`--prompt` (tagged as `variation`
+    /// says), a `mix` request, or the first turn of a new conversation.
+    fn request(&self, spec: &RequestSpec) -> RequestSpec {
+        let s = match self.kind {
+            Kind::Same => with_tag(spec, self.variation, &self.tag),
+            Kind::Mix { lo, hi } => {
+                let i = self.tag.fetch_add(1, Ordering::Relaxed);
+                let n = i as u64;
+                let target = prompts::mix_length(self.seed, n, lo, hi);
+                let base = self
+                    .set
+                    .get(prompts::pick(self.seed, n, self.set.len()))
+                    .map_or("", String::as_str);
+                let mut s = spec.clone();
+                s.prompt = tag_prompt(
+                    &prompts::pad_prompt(base, target, self.seed, n),
+                    self.variation,
+                    i,
+                );
+                s
+            }
+            Kind::Chat { .. } => {
+                let c = self.conversations.fetch_add(1, Ordering::Relaxed);
+                return self.turn(spec, c, &[], 0).0;
+            }
+        };
+        self.count(&s);
+        s
+    }
+
+    /// Turn `k` of conversation `conv` after `history` (user message,
+    /// answer): the request, and the new user message it carries.
+    fn turn(
+        &self,
+        spec: &RequestSpec,
+        conv: usize,
+        history: &[(String, String)],
+        k: usize,
+    ) -> (RequestSpec, String) {
+        let turns = match self.kind {
+            Kind::Chat { turns } => turns,
+            _ => 1,
+        };
+        let m = (conv as u64).wrapping_mul(turns as u64) + k as u64;
+        let text = self
+            .set
+            .get(prompts::pick(self.seed, m, self.set.len()))
+            .map_or("", String::as_str);
+        // The first message is unique to the conversation: conversations
+        // share no prefix, while each turn extends the previous one's.
+        let msg = if k == 0 {
+            format!("[{}-chat-{conv}] {text}", self.run)
+        } else {
+            text.to_string()
+        };
+        let mut s = spec.clone();
+        s.keep_text = true;
+        match s.api {
+            Api::OpenaiChat => {
+                s.messages = history
+                    .iter()
+                    .flat_map(|(u, a)| {
+                        [
+                            ("user".to_string(), u.clone()),
+                            ("assistant".to_string(), a.clone()),
+                        ]
+                    })
+                    .chain(std::iter::once(("user".to_string(), msg.clone())))
+                    .collect();
+                s.prompt = msg.clone();
+            }
+            Api::Generate => {
+                s.prompt = prompts::render_transcript(history, &msg);
+                s.raw = true;
+            }
+            Api::OpenaiCompletions => s.prompt = prompts::render_transcript(history, &msg),
+        }
+        self.count(&s);
+        (s, msg)
+    }
+
+    fn count(&self, s: &RequestSpec) {
+        let chars = if s.messages.is_empty() {
+            s.prompt.chars().count()
+        } else {
+            s.messages.iter().map(|(_, c)| c.chars().count()).sum()
+        };
+        self.chars.fetch_add(chars, Ordering::Relaxed);
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn mean_chars(&self) -> usize {
+        let n = self.sent.load(Ordering::Relaxed);
+        self.chars
+            .load(Ordering::Relaxed)
+            .checked_div(n)
+            .unwrap_or(0)
+    }
+}
+
+/// Conversations a `chat:TURNS` level runs for `n` requests at concurrency
+/// `c`: `n / TURNS` rounded up, and at least one per stream.
+pub fn chat_conversations(n: usize, c: usize, turns: usize) -> usize {
+    n.div_ceil(turns.max(1)).max(c)
 }
 
 /// Runs `n` requests with `c` in flight and summarises them.
@@ -365,24 +600,50 @@ async fn run_level(
     spec: &RequestSpec,
     c: usize,
     n: usize,
-    variation: Variation,
-    tag: &Arc<AtomicUsize>,
+    prompter: &Arc<Prompter>,
 ) -> Result<LevelReport, BenchError> {
+    // Work items: requests, or whole conversations for `chat`.
+    let (items, turns) = match prompter.kind {
+        Kind::Chat { turns } => (chat_conversations(n, c, turns), turns),
+        _ => (n, 1),
+    };
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let mut workers = Vec::with_capacity(c.min(n));
-    for _ in 0..c.min(n) {
-        let (client, spec, next, tag) = (client.clone(), spec.clone(), next.clone(), tag.clone());
+    let mut workers = Vec::with_capacity(c.min(items));
+    for _ in 0..c.min(items) {
+        let (client, spec, next, prompter) =
+            (client.clone(), spec.clone(), next.clone(), prompter.clone());
         workers.push(tokio::spawn(async move {
+            // (turn, result)
             let mut results = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < n {
-                let s = with_tag(&spec, variation, &tag);
-                results.push(send(&client, &s).await);
+            while next.fetch_add(1, Ordering::Relaxed) < items {
+                if let Kind::Chat { .. } = prompter.kind {
+                    let conv = prompter.conversations.fetch_add(1, Ordering::Relaxed);
+                    let mut history: Vec<(String, String)> = Vec::with_capacity(turns);
+                    for k in 0..turns {
+                        let (s, msg) = prompter.turn(&spec, conv, &history, k);
+                        let r = send(&client, &s).await;
+                        let answer = match &r {
+                            Ok(o) => o.text.clone().unwrap_or_default(),
+                            Err(_) => String::new(),
+                        };
+                        let failed = r.is_err();
+                        results.push((k, r));
+                        if failed {
+                            // The rest would build on a broken history.
+                            break;
+                        }
+                        history.push((msg, answer));
+                    }
+                } else {
+                    let s = prompter.request(&spec);
+                    results.push((0, send(&client, &s).await));
+                }
             }
             (results, Instant::now())
         }));
     }
-    let mut results = Vec::with_capacity(n);
+    let mut results = Vec::with_capacity(items * turns);
     let mut end = start;
     for w in workers {
         match w.await {
@@ -390,11 +651,18 @@ async fn run_level(
                 results.extend(r);
                 end = end.max(t);
             }
-            Err(e) => results.push(Err(RequestError::Protocol(format!("worker failed: {e}")))),
+            Err(e) => results.push((
+                0,
+                Err(RequestError::Protocol(format!("worker failed: {e}"))),
+            )),
         }
     }
     let duration = end.duration_since(start);
-    let level = summarise(c, &results, duration);
+    let (turn_of, results): (Vec<usize>, Vec<_>) = results.into_iter().unzip();
+    let mut level = summarise(c, &results, duration);
+    if let Kind::Chat { .. } = prompter.kind {
+        level.turns = turn_reports(&turn_of, &results, turns);
+    }
     if level.ok == 0 {
         if let Some(Err(RequestError::Connect(reason))) = results
             .iter()
@@ -407,6 +675,38 @@ async fn run_level(
         }
     }
     Ok(level)
+}
+
+/// Per-turn summaries of a `chat` level's results (`turn_of[i]` is result
+/// `i`'s turn, from 0).
+fn turn_reports(
+    turn_of: &[usize],
+    results: &[Result<Outcome, RequestError>],
+    turns: usize,
+) -> Vec<TurnReport> {
+    (0..turns)
+        .map(|k| {
+            let mine: Vec<&Result<Outcome, RequestError>> = turn_of
+                .iter()
+                .zip(results)
+                .filter(|(t, _)| **t == k)
+                .map(|(_, r)| r)
+                .collect();
+            let ok: Vec<&Outcome> = mine.iter().filter_map(|r| r.as_ref().ok()).collect();
+            let prompt: Vec<f64> = ok
+                .iter()
+                .filter_map(|o| o.usage_prompt_tokens.map(|p| p as f64))
+                .collect();
+            let ttft: Vec<f64> = ok.iter().filter_map(|o| o.ttft.map(ms)).collect();
+            TurnReport {
+                turn: k + 1,
+                requests: mine.len(),
+                ok: ok.len(),
+                prompt_tokens: Summary::of(&prompt),
+                ttft_ms: Summary::of(&ttft),
+            }
+        })
+        .collect()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -480,6 +780,8 @@ pub fn summarise(
         output_tokens: tokens,
         output_tokens_per_s: tokens.map(|t| rate(t as f64)),
         mean_prompt_tokens: Summary::of(&prompt_tokens).map(|s| s.mean),
+        prompt_tokens: Summary::of(&prompt_tokens),
+        turns: Vec::new(),
         ttft_ms: Summary::of(&ttft),
         server_ttft_ms: Summary::of(&server_ttft),
         itl_ms: Summary::of(&itl),

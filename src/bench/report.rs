@@ -18,9 +18,19 @@ pub fn render_markdown(report: &BenchReport) -> String {
 pub fn render_comparison(reports: &[BenchReport]) -> String {
     let mut s = String::from("## airavata bench\n\n");
     for r in reports {
-        let prompt = match r.prompt_tokens_requested {
-            Some(n) => format!("~{n} tokens ({} chars)", r.prompt_chars),
-            None => format!("{} chars", r.prompt_chars),
+        let prompt = match (&r.prompt_lengths, r.prompt_tokens_requested) {
+            (Some(spec), _) if !spec.starts_with("fixed:") => format!(
+                "lengths `{}` (mean {} chars{}{})",
+                md_escape(spec),
+                r.prompt_chars,
+                r.prompt_set
+                    .as_deref()
+                    .map(|o| format!("; {}", md_escape(o)))
+                    .unwrap_or_default(),
+                r.seed.map(|s| format!("; seed {s}")).unwrap_or_default(),
+            ),
+            (_, Some(n)) => format!("~{n} tokens ({} chars)", r.prompt_chars),
+            _ => format!("{} chars", r.prompt_chars),
         };
         let scenario = match r.scenario {
             Scenario::Sweep => "sweep",
@@ -73,6 +83,8 @@ pub fn render_comparison(reports: &[BenchReport]) -> String {
             );
         }
     }
+    prompt_table(&mut s, reports);
+    turn_table(&mut s, reports);
     engine_table(&mut s, reports);
     let errors: Vec<String> = reports
         .iter()
@@ -105,6 +117,76 @@ pub fn render_comparison(reports: &[BenchReport]) -> String {
         }
     }
     s
+}
+
+/// The prompt lengths each level sent, as the server counted them.
+fn prompt_table(s: &mut String, reports: &[BenchReport]) {
+    if !reports
+        .iter()
+        .any(|r| r.levels.iter().any(|l| l.prompt_tokens.is_some()))
+    {
+        return;
+    }
+    s.push_str(
+        "\nPrompt tokens (the server's `usage.prompt_tokens`):\n\n\
+         | run | conc | lengths | requests | mean | p50 | p90 | max |\n\
+         |---|--:|---|--:|--:|--:|--:|--:|\n",
+    );
+    for r in reports {
+        for l in &r.levels {
+            let Some(p) = &l.prompt_tokens else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} |",
+                md_escape(&r.label),
+                l.concurrency,
+                md_escape(r.prompt_lengths.as_deref().unwrap_or("-")),
+                p.count,
+                p.mean,
+                p.p50,
+                p.p90,
+                p.max
+            );
+        }
+    }
+}
+
+/// `chat:TURNS`: prompt tokens and TTFT per turn.
+fn turn_table(s: &mut String, reports: &[BenchReport]) {
+    if !reports
+        .iter()
+        .any(|r| r.levels.iter().any(|l| !l.turns.is_empty()))
+    {
+        return;
+    }
+    s.push_str(
+        "\nChat turns (each sends the history so far):\n\n\
+         | run | conc | turn | requests | ok | prompt tokens mean | p50 | max | TTFT p50 | TTFT p90 |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for r in reports {
+        for l in &r.levels {
+            for t in &l.turns {
+                let p = |x: &Option<Summary>, f: fn(&Summary) -> f64| x.as_ref().map(f);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    md_escape(&r.label),
+                    l.concurrency,
+                    t.turn,
+                    t.requests,
+                    t.ok,
+                    num(p(&t.prompt_tokens, |s| s.mean), 1),
+                    num(p(&t.prompt_tokens, |s| s.p50), 0),
+                    num(p(&t.prompt_tokens, |s| s.max), 0),
+                    num(p(&t.ttft_ms, |s| s.p50), 1),
+                    num(p(&t.ttft_ms, |s| s.p90), 1),
+                );
+            }
+        }
+    }
 }
 
 /// Our server's step profile per level, when the runs have one.
