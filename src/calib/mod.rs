@@ -23,7 +23,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// The built-in calibration text: original Hindi and English prose, chat
-/// exchanges in Airavata's format, code and arithmetic (about 80 KB).
+/// exchanges in Airavata's format, code, arithmetic, expository and news-style
+/// prose (about 116 KB).
 pub const BUILTIN_TEXT: &str = include_str!("../../data/calibration/hi-en.txt");
 /// Its name in metadata.
 pub const BUILTIN_NAME: &str = "airavata-builtin-hi-en";
