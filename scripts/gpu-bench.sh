@@ -28,6 +28,8 @@
 #                                  # stream on one GPU vs llama-batched-bench S_TG (needs buildmg, synth, gguf)
 #   scripts/gpu-bench.sh mixed     # 48 greedy + 16 sampled streams on GPU 0, --backend-greedy on vs off
 #                                  # (cost of attaching/detaching backend samplers as requests alternate)
+#   scripts/gpu-bench.sh profile   # issue 23: ncu per-kernel time, bytes and FLOP/s of a decode step at B = 1..256
+#                                  # (PROFILE_B, AIRAVATA_CUDA_KERNELS=stock for llama.cpp's kernels)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
 #   scripts/gpu-bench.sh attnsweep # attention at the lengths users have: KV f16/q8_0/q4_0 x B 1/16/64/128 x
@@ -450,6 +452,42 @@ for c in levels:
           f"{e.get('reused_graphs_per_step', 0):.2f} | {ms:.2f} | "
           f"{ph.get('decode', 0):.2f} / {ph.get('sync', 0):.2f} / {ph.get('sample', 0):.2f} |")
 PY
+}
+
+# Issue 23's per-kernel profile of a decode step, for the kernels of this build (AIRAVATA_CUDA_KERNELS=stock
+# for llama.cpp's own; PROFILE_TAG names the run, default "ours" or "stock"): ncu over llama-batched-bench at
+# B = PROFILE_B (default "1 8 16 64 256"), prompt 32, with 4 and 12 generated tokens, CUDA graphs off,
+# clocks and caches as in production (--clock-control none --cache-control none); the difference of the two
+# reports is 8 decode steps (prompt processing and setup cancel). scripts/profile-table.py prints per kernel
+# family: µs per step, share, launches, DRAM MB per step, GB/s and % of PEAK_GBS (default 3350, H100 SXM),
+# the matmul kernels' TFLOP/s against PEAK_TFLOPS (default 990, dense fp16/bf16), and the wall step time of
+# batched-bench with graphs on beside it. Needs buildmg, synth, gguf. ncu replays every kernel: split B over
+# calls (e.g. PROFILE_B="1 8 16", then "64", then "256") to stay under 10 minutes each.
+stage_profile() {
+  local tag=${PROFILE_TAG:-$([ "${AIRAVATA_CUDA_KERNELS:-}" = stock ] && echo stock || echo ours)}
+  local bs=${PROFILE_B:-1 8 16 64 256} lo=4 hi=12
+  local params
+  params=$("${AIRAVATA[@]}" inspect "$OURS" --json | python3 -c "
+import json, math, sys
+t = json.load(sys.stdin)['tensors']
+print(sum(math.prod(x['dims']) for x in t if len(x['dims']) == 2 and x['name'] != 'token_embd.weight'))")
+  for b in $bs; do
+    local ctx=$((b * 160))
+    for ntg in $lo $hi; do
+      local rep="$WORK/profile-$tag-B$b-tg$ntg"
+      log "ncu: $tag B=$b TG=$ntg"
+      GGML_CUDA_DISABLE_GRAPHS=1 ncu --clock-control none --cache-control none -f -o "$rep" \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+        "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c "$ctx" -b 2048 -ub 512 -npp 32 -ntg "$ntg" -npl "$b" \
+        >"$OUT/profile-$tag-B$b-tg$ntg.log" 2>&1
+      ncu -i "$rep.ncu-rep" --csv --page raw >"$OUT/profile-$tag-B$b-tg$ntg.csv"
+    done
+    "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c "$ctx" -b 2048 -ub 512 -npp 32 -ntg 128 -npl "$b" 2>&1 \
+      | grep -E "^\|" >"$OUT/profile-$tag-B$b-wall.md"
+  done
+  # shellcheck disable=SC2086
+  python3 "$ROOT/scripts/profile-table.py" "$OUT" "$tag" $lo $hi "$params" "${PEAK_GBS:-3350}" "${PEAK_TFLOPS:-990}" $bs \
+    | tee "$OUT/profile-$tag.md"
 }
 
 # Issue 11's two-GPU figures in one stage: our server on GPU 0 at 64 streams, on both GPUs (one engine each)
