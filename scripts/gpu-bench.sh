@@ -30,6 +30,7 @@
 #                                  # (cost of attaching/detaching backend samplers as requests alternate)
 #   scripts/gpu-bench.sh profile   # issue 23: ncu per-kernel time, bytes and FLOP/s of a decode step at B = 1..256
 #                                  # (PROFILE_B, AIRAVATA_CUDA_KERNELS=stock for llama.cpp's kernels)
+#   scripts/gpu-bench.sh attncheck # issue 24: same greedy answers with our decode attention and with stock (q8_0 KV, 32 seqs)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
 #   scripts/gpu-bench.sh attnsweep # attention at the lengths users have: KV f16/q8_0/q4_0 x B 1/16/64/128 x
@@ -488,6 +489,28 @@ print(sum(math.prod(x['dims']) for x in t if len(x['dims']) == 2 and x['name'] !
   # shellcheck disable=SC2086
   python3 "$ROOT/scripts/profile-table.py" "$OUT" "$tag" $lo $hi "$params" "${PEAK_GBS:-3350}" "${PEAK_TFLOPS:-990}" $bs \
     | tee "$OUT/profile-$tag.md"
+}
+
+# Issue 24's end-to-end check of our decode attention inside llama.cpp: the same greedy answers with our
+# kernels and with AIRAVATA_CUDA_KERNELS=stock, up to near-ties (scripts/greedy-compare.py). CHECK_MODEL
+# (default our 7B-shape GGUF: head size 128, full multi-head) served with 32 slots and a q8_0 cache, where our
+# kernel runs (one query per sequence, >= 16 sequences); each round is one request of 32 copies of a prompt,
+# so both runs decode the same steps; a fresh server per run. Needs buildmg, synth, gguf.
+stage_attncheck() {
+  local model=${CHECK_MODEL:-$OURS} n=${CHECK_N:-32}
+  for k in stock ours; do
+    log "attncheck: $k kernels"
+    AIRAVATA_CUDA_KERNELS=$([ $k = stock ] && echo stock || echo ours) "${AIRAVATA[@]}" serve "$model" --port 18097 \
+      --parallel "$n" --ctx-size $((n * 512)) --cache-type-k q8_0 --cache-type-v q8_0 --backends-dir "$BUILD/bin" \
+      >"$OUT/attncheck-$k.log" 2>&1 &
+    local pid=$!
+    wait_http http://127.0.0.1:18097/health
+    python3 "$ROOT/scripts/greedy-compare.py" fetch --url http://127.0.0.1:18097 --prompts "$ROOT/.carry/prompts.jsonl" \
+      --n "$n" --rounds "${CHECK_ROUNDS:-4}" --max-tokens 64 --out "$OUT/attncheck-$k.json" | tee -a "$OUT/log.txt"
+    kill $pid; wait $pid 2>/dev/null || true
+  done
+  python3 "$ROOT/scripts/greedy-compare.py" compare "$OUT/attncheck-stock.json" "$OUT/attncheck-ours.json" \
+    | tee "$OUT/attncheck.txt"
 }
 
 # Issue 11's two-GPU figures in one stage: our server on GPU 0 at 64 streams, on both GPUs (one engine each)
