@@ -2,8 +2,8 @@
 # Applies airavata's CUDA kernels to a pinned llama.cpp source tree (the one step every CUDA-backend build
 # takes: scripts/gpu-bench.sh's configure, deploy/Dockerfile): copies vendor/airavata-cuda's kernel headers
 # and ggml-cuda sources into SRC/ggml/src/ggml-cuda/ and applies vendor/airavata-cuda/patches/*.patch (the
-# dispatch hooks). Idempotent: an already patched tree is left as it is. At run time AIRAVATA_CUDA_KERNELS=stock
-# switches back to llama.cpp's kernels.
+# dispatch hooks). Idempotent: an already patched tree is left as it is. At run time AIRAVATA_CUDA_KERNELS=ours
+# turns our kernels on (opt-in until verified end to end on a GPU); unset or `stock`, llama.cpp's kernels run.
 #   scripts/apply-cuda-patches.sh SRC            apply
 #   scripts/apply-cuda-patches.sh --check SRC    only check that every patch applies cleanly (CI)
 set -euo pipefail
@@ -27,4 +27,4 @@ done
 [ $check = 1 ] && exit 0
 cp "$K/attn_decode.cuh" "$dst/airavata-attn-decode.cuh"
 cp "$K"/ggml/*.cu "$K"/ggml/*.cuh "$dst/"
-echo "airavata CUDA kernels in $dst (AIRAVATA_CUDA_KERNELS=stock turns them off)"
+echo "airavata CUDA kernels in $dst (on with AIRAVATA_CUDA_KERNELS=ours)"

@@ -29,7 +29,7 @@
 #   scripts/gpu-bench.sh mixed     # 48 greedy + 16 sampled streams on GPU 0, --backend-greedy on vs off
 #                                  # (cost of attaching/detaching backend samplers as requests alternate)
 #   scripts/gpu-bench.sh profile   # issue 23: ncu per-kernel time, bytes and FLOP/s of a decode step at B = 1..256
-#                                  # (PROFILE_B, AIRAVATA_CUDA_KERNELS=stock for llama.cpp's kernels)
+#                                  # (PROFILE_B; AIRAVATA_CUDA_KERNELS=ours for our kernels, else llama.cpp's)
 #   scripts/gpu-bench.sh attncheck # issue 24: same greedy answers with our decode attention and with stock (q8_0 KV, 32 seqs)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
@@ -110,7 +110,7 @@ configure() {
   if [ ! -f "$SRC/CMakeLists.txt" ]; then
     mkdir -p "$WORK" && tar xzf "$ROOT/.carry/llama-src.tgz" -C "$WORK"
   fi
-  # Our CUDA kernels over the pinned source (AIRAVATA_CUDA_KERNELS=stock switches back at run time).
+  # Our CUDA kernels over the pinned source (on at run time with AIRAVATA_CUDA_KERNELS=ours).
   "$ROOT/scripts/apply-cuda-patches.sh" "$SRC" | tee -a "$OUT/log.txt"
   log "configure"
   cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
@@ -455,8 +455,8 @@ for c in levels:
 PY
 }
 
-# Issue 23's per-kernel profile of a decode step, for the kernels of this build (AIRAVATA_CUDA_KERNELS=stock
-# for llama.cpp's own; PROFILE_TAG names the run, default "ours" or "stock"): ncu over llama-batched-bench at
+# Issue 23's per-kernel profile of a decode step, for the kernels the environment selects
+# (AIRAVATA_CUDA_KERNELS=ours for ours, else llama.cpp's; PROFILE_TAG names the run, default "ours" or "stock"): ncu over llama-batched-bench at
 # B = PROFILE_B (default "1 8 16 64 256"), prompt 32, with 4 and 12 generated tokens, CUDA graphs off,
 # clocks and caches as in production (--clock-control none --cache-control none); the difference of the two
 # reports is 8 decode steps (prompt processing and setup cancel). scripts/profile-table.py prints per kernel
@@ -465,7 +465,7 @@ PY
 # batched-bench with graphs on beside it. Needs buildmg, synth, gguf. ncu replays every kernel: split B over
 # calls (e.g. PROFILE_B="1 8 16", then "64", then "256") to stay under 10 minutes each.
 stage_profile() {
-  local tag=${PROFILE_TAG:-$([ "${AIRAVATA_CUDA_KERNELS:-}" = stock ] && echo stock || echo ours)}
+  local tag=${PROFILE_TAG:-$([ "${AIRAVATA_CUDA_KERNELS:-}" = ours ] && echo ours || echo stock)}
   local bs=${PROFILE_B:-1 8 16 64 256} lo=4 hi=12
   local params
   params=$("${AIRAVATA[@]}" inspect "$OURS" --json | python3 -c "
@@ -491,8 +491,8 @@ print(sum(math.prod(x['dims']) for x in t if len(x['dims']) == 2 and x['name'] !
     | tee "$OUT/profile-$tag.md"
 }
 
-# Issue 24's end-to-end check of our decode attention inside llama.cpp: the same greedy answers with our
-# kernels and with AIRAVATA_CUDA_KERNELS=stock, up to near-ties (scripts/greedy-compare.py). CHECK_MODEL
+# Issue 24's end-to-end check of our decode attention inside llama.cpp: the same greedy answers with
+# AIRAVATA_CUDA_KERNELS=ours and =stock, up to near-ties (scripts/greedy-compare.py). CHECK_MODEL
 # (default our 7B-shape GGUF: head size 128, full multi-head) served with 32 slots and a q8_0 cache, where our
 # kernel runs (one query per sequence, >= 16 sequences); each round is one request of 32 copies of a prompt,
 # so both runs decode the same steps; a fresh server per run. Needs buildmg, synth, gguf.

@@ -4,7 +4,8 @@
 // at B = 1 fattn-vec is faster, so those stay stock). Copied into ggml/src/ggml-cuda/ with
 // airavata-attn-decode.cuh by scripts/apply-cuda-patches.sh; fattn.cu calls airavata_fattn_decode first.
 //
-// AIRAVATA_CUDA_KERNELS=stock (read once per process) turns it off: llama.cpp's kernels for every shape.
+// Opt-in until verified end to end on a GPU (scripts/gpu-bench.sh attncheck): AIRAVATA_CUDA_KERNELS=ours (read
+// once per process) turns it on; unset or `stock`, llama.cpp's kernels run for every shape.
 #include "common.cuh"
 #include "fattn-airavata.cuh"
 #include "airavata-attn-decode.cuh"
@@ -15,7 +16,7 @@
 static bool airavata_kernels_on() {
     static const bool on = [] {
         const char * e = getenv("AIRAVATA_CUDA_KERNELS");
-        return e == nullptr || strcmp(e, "stock") != 0;
+        return e != nullptr && strcmp(e, "ours") == 0;
     }();
     return on;
 }
