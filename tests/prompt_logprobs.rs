@@ -20,7 +20,9 @@ use airavata::engine::{GenerateRequest, Prompt, TokenLogprob};
 use airavata::server::RunningServer;
 use futures::StreamExt;
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use serde_json::{json, Value};
 
@@ -94,6 +96,21 @@ async fn generate(server: &RunningServer, prompt: &[i32], n: u32) -> Vec<TokenLo
     lps
 }
 
+/// A context holding `n` tokens in one batch, configured as the test server
+/// (F16 KV cache, no flash attention, 2 threads).
+fn context_for(model: &LlamaModel, n: u32) -> LlamaContext<'_> {
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n.max(64)))
+        .with_n_batch(n)
+        .with_n_ubatch(n)
+        .with_n_threads(2)
+        .with_n_threads_batch(2)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
+    model
+        .new_context(common::backend(), params)
+        .expect("context")
+}
+
 /// Each token's log-probability after the tokens before it (`None` for the
 /// first), from llama.cpp's logits for the whole sequence in one batch
 /// (F16 KV cache and no flash attention, as the test server), scored by
@@ -101,17 +118,7 @@ async fn generate(server: &RunningServer, prompt: &[i32], n: u32) -> Vec<TokenLo
 fn reference_logprobs(model_path: &Path, tokens: &[i32]) -> Vec<Option<f64>> {
     let model = common::load_model(model_path);
     let n = tokens.len();
-    let n32 = u32::try_from(n).expect("short");
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n32.max(64)))
-        .with_n_batch(n32)
-        .with_n_ubatch(n32)
-        .with_n_threads(2)
-        .with_n_threads_batch(2)
-        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
-    let mut ctx = model
-        .new_context(common::backend(), params)
-        .expect("context");
+    let mut ctx = context_for(&model, u32::try_from(n).expect("short"));
     let mut batch = LlamaBatch::new(n, 1);
     for (i, &t) in tokens.iter().enumerate() {
         let pos = i32::try_from(i).expect("pos");
@@ -134,17 +141,10 @@ fn reference_logprobs(model_path: &Path, tokens: &[i32]) -> Vec<Option<f64>> {
 /// from the row it was sampled from, scored as [`reference_logprobs`].
 fn sequential_logprobs(model_path: &Path, prompt: &[i32], gen: &[i32]) -> Vec<Option<f64>> {
     let model = common::load_model(model_path);
-    let n = u32::try_from(prompt.len() + gen.len()).expect("short");
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n.max(64)))
-        .with_n_batch(n)
-        .with_n_ubatch(n)
-        .with_n_threads(2)
-        .with_n_threads_batch(2)
-        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
-    let mut ctx = model
-        .new_context(common::backend(), params)
-        .expect("context");
+    let mut ctx = context_for(
+        &model,
+        u32::try_from(prompt.len() + gen.len()).expect("short"),
+    );
     let mut batch = LlamaBatch::new(prompt.len(), 1);
     for (i, &t) in prompt.iter().enumerate() {
         let pos = i32::try_from(i).expect("pos");

@@ -57,6 +57,32 @@ pub struct RowLogprobs {
     pub top: Vec<(i32, f64)>,
 }
 
+impl RowLogprobs {
+    /// The entry of `token` (whose bytes are `bytes`), each alternative's
+    /// bytes from `piece`.
+    pub fn with_bytes(
+        self,
+        token: i32,
+        bytes: Vec<u8>,
+        piece: impl Fn(i32) -> Vec<u8>,
+    ) -> TokenLogprob {
+        TokenLogprob {
+            token,
+            bytes,
+            logprob: self.logprob,
+            top: self
+                .top
+                .into_iter()
+                .map(|(token, logprob)| TopLogprob {
+                    token,
+                    bytes: piece(token),
+                    logprob,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// `log Σ exp(row)`, computed stably in f64. `-inf` for an empty row or one
 /// that is all `-inf`; NaN when the row holds a NaN.
 pub fn log_sum_exp(row: &[f32]) -> f64 {

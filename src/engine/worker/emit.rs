@@ -13,7 +13,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use super::kv::Kv;
-use crate::engine::logprobs::{PromptLogprobs, RowLogprobs, TokenLogprob, TopLogprob};
+use crate::engine::logprobs::{PromptLogprobs, RowLogprobs};
 use crate::engine::request::{Event, FinishReason};
 use crate::engine::slot::{Job, Outcome, Slots};
 use crate::engine::stats::EngineStats;
@@ -118,20 +118,7 @@ impl Output {
         let rest = a.job.tokens[1..]
             .iter()
             .zip(rows)
-            .map(|(&token, row)| TokenLogprob {
-                token: token.0,
-                bytes: piece(token),
-                logprob: row.logprob,
-                top: row
-                    .top
-                    .into_iter()
-                    .map(|(token, logprob)| TopLogprob {
-                        token,
-                        bytes: piece(LlamaToken(token)),
-                        logprob,
-                    })
-                    .collect(),
-            })
+            .map(|(&token, row)| row.with_bytes(token.0, piece(token), |t| piece(LlamaToken(t))))
             .collect();
         let _ = a.job.tx.send(Event::PromptLogprobs(PromptLogprobs {
             first_token: first.0,
@@ -178,20 +165,10 @@ impl Output {
             };
             let bytes = vocab.token_to_piece(e.token, false, lstrip);
             if let Some(row) = e.logprobs {
-                a.logprobs.push(TokenLogprob {
-                    token: e.token.0,
-                    bytes: bytes.clone(),
-                    logprob: row.logprob,
-                    top: row
-                        .top
-                        .into_iter()
-                        .map(|(token, logprob)| TopLogprob {
-                            token,
-                            bytes: vocab.token_to_piece(LlamaToken(token), false, lstrip),
-                            logprob,
-                        })
-                        .collect(),
-                });
+                a.logprobs
+                    .push(row.with_bytes(e.token.0, bytes.clone(), |t| {
+                        vocab.token_to_piece(LlamaToken(t), false, lstrip)
+                    }));
             }
             let text = a.utf8.push(&bytes);
             let outcome = a.stop.push(&text);
