@@ -29,14 +29,16 @@
 #   scripts/gpu-bench.sh mixed     # 48 greedy + 16 sampled streams on GPU 0, --backend-greedy on vs off
 #                                  # (cost of attaching/detaching backend samplers as requests alternate)
 #   scripts/gpu-bench.sh profile   # issue 23: ncu per-kernel time, bytes and FLOP/s of a decode step at B = 1..256
-#                                  # (PROFILE_B; AIRAVATA_CUDA_KERNELS=ours for our kernels, else llama.cpp's)
+#                                  # (PROFILE_B; AIRAVATA_CUDA_KERNELS=ours for our kernels, else llama.cpp's;
+#                                  # PROFILE_NPP/PROFILE_KV prompt and cache, PROFILE_KERNELS a name regex)
 #   scripts/gpu-bench.sh attncheck # issue 24: same greedy answers with our decode attention and with stock (q8_0 KV, 32 seqs)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
 #   scripts/gpu-bench.sh attnsweep # attention at the lengths users have: KV f16/q8_0/q4_0 x B 1/16/64/128 x
 #                                  # prompt 32/512/1024/2048/4096 tokens, llama-batched-bench (-fa on -ctk/-ctv)
-#                                  # and our server (--cache-type-k/-v, bench --prompt-lengths fixed:N) in the
-#                                  # same lease; B x context that doesn't fit ATTN_KV_GIB (60) of KV is skipped
+#                                  # with llama.cpp's kernels and with ours (ATTN_KERNELS="stock ours", one
+#                                  # build) and our server (ATTN_SERVE_KERNELS, default ours; --cache-type-k/-v,
+#                                  # bench --prompt-lengths fixed:N) in the same lease; B x context that doesn't fit ATTN_KV_GIB (60) of KV is skipped
 #                                  # and said so. Subsets, each one command under 10 minutes: ATTN_KV="f16 q8_0"
 #                                  # ATTN_B="1 64" ATTN_NPP="1024" (also ATTN_NTG=64, ATTN_DEVICES=0,
 #                                  # ATTN_KV_F16_BYTES=524288 per token, ATTN_DRY=1 prints the plan only).
@@ -465,25 +467,32 @@ PY
 # batched-bench with graphs on beside it. Needs buildmg, synth, gguf. ncu replays every kernel: split B over
 # calls (e.g. PROFILE_B="1 8 16", then "64", then "256") to stay under 10 minutes each.
 stage_profile() {
+  local bs=${PROFILE_B:-1 8 16 64 256} lo=4 hi=12 npp=${PROFILE_NPP:-32} kv=${PROFILE_KV:-f16}
+  # A longer prompt or a quantized cache (issue 24's attention shares): PROFILE_NPP=1024 PROFILE_KV=q8_0;
+  # the tag (file names, table) then says so.
   local tag=${PROFILE_TAG:-$([ "${AIRAVATA_CUDA_KERNELS:-}" = ours ] && echo ours || echo stock)}
-  local bs=${PROFILE_B:-1 8 16 64 256} lo=4 hi=12
+  [ -n "${PROFILE_TAG:-}" ] || [ "$npp-$kv" = 32-f16 ] || tag=$tag-p$npp-$kv
+  local kvflags=(-fa on -ctk "$kv" -ctv "$kv")
+  # PROFILE_KERNELS (a regex, e.g. "flash_attn|airavata"): ncu times only those kernels, the rest run at
+  # full speed, so a long prompt's prefill does not take minutes under ncu.
+  local filter=(); [ -n "${PROFILE_KERNELS:-}" ] && filter=(-k "regex:$PROFILE_KERNELS")
   local params
   params=$("${AIRAVATA[@]}" inspect "$OURS" --json | python3 -c "
 import json, math, sys
 t = json.load(sys.stdin)['tensors']
 print(sum(math.prod(x['dims']) for x in t if len(x['dims']) == 2 and x['name'] != 'token_embd.weight'))")
   for b in $bs; do
-    local ctx=$((b * 160))
+    local ctx=$((b * (npp + 128)))
     for ntg in $lo $hi; do
       local rep="$WORK/profile-$tag-B$b-tg$ntg"
       log "ncu: $tag B=$b TG=$ntg"
-      GGML_CUDA_DISABLE_GRAPHS=1 ncu --clock-control none --cache-control none -f -o "$rep" \
+      GGML_CUDA_DISABLE_GRAPHS=1 ncu --clock-control none --cache-control none "${filter[@]}" -f -o "$rep" \
         --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
-        "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c "$ctx" -b 2048 -ub 512 -npp 32 -ntg "$ntg" -npl "$b" \
-        >"$OUT/profile-$tag-B$b-tg$ntg.log" 2>&1
+        "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c "$ctx" -b 2048 -ub 512 -npp "$npp" -ntg "$ntg" -npl "$b" \
+        "${kvflags[@]}" >"$OUT/profile-$tag-B$b-tg$ntg.log" 2>&1
       ncu -i "$rep.ncu-rep" --csv --page raw >"$OUT/profile-$tag-B$b-tg$ntg.csv"
     done
-    "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c "$ctx" -b 2048 -ub 512 -npp 32 -ntg 128 -npl "$b" 2>&1 \
+    "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c "$ctx" -b 2048 -ub 512 -npp "$npp" -ntg 128 -npl "$b" "${kvflags[@]}" 2>&1 \
       | grep -E "^\|" >"$OUT/profile-$tag-B$b-wall.md"
   done
   # shellcheck disable=SC2086
@@ -651,8 +660,9 @@ PY
 # K and V x 2 bytes, the 7B shape) for f16; q8_0 34/64 of it, q4_0 18/64 (ggml's block sizes).
 stage_attnsweep() {
   local kvs=${ATTN_KV:-f16 q8_0 q4_0} bs=${ATTN_B:-1 16 64 128} npps=${ATTN_NPP:-32 512 1024 2048 4096}
+  local kerns=${ATTN_KERNELS:-stock ours} serve_kerns=${ATTN_SERVE_KERNELS-ours}
   local ntg=${ATTN_NTG:-64} gib=${ATTN_KV_GIB:-60} f16=${ATTN_KV_F16_BYTES:-524288} margin=64
-  local dir=$OUT/attnsweep kv npp b tok_bytes need
+  local dir=$OUT/attnsweep kv npp b k tok_bytes need
   mkdir -p "$dir"
   for kv in $kvs; do
     case $kv in
@@ -675,75 +685,86 @@ stage_attnsweep() {
       [ ${#fit[@]} -eq 0 ] && continue
       local conc; conc=$(IFS=,; echo "${fit[*]}")
       if [ -n "${ATTN_DRY:-}" ]; then
-        for b in "${fit[@]}"; do echo "plan llama-batched-bench -c $((b * (npp + ntg))) -fa on -ctk $kv -ctv $kv -npp $npp -ntg $ntg -npl $b"; done
-        echo "plan ours --parallel $max --ctx-size $((max * (npp + ntg + margin))) --cache-type-k $kv --cache-type-v $kv, bench --concurrency $conc --prompt-lengths fixed:$npp --max-tokens $ntg"
+        for k in $kerns; do
+          for b in "${fit[@]}"; do
+            echo "plan AIRAVATA_CUDA_KERNELS=$k llama-batched-bench -c $((b * (npp + ntg))) -fa on -ctk $kv -ctv $kv -npp $npp -ntg $ntg -npl $b"
+          done
+        done
+        for k in $serve_kerns; do
+          echo "plan AIRAVATA_CUDA_KERNELS=$k ours --parallel $max --ctx-size $((max * (npp + ntg + margin))) --cache-type-k $kv --cache-type-v $kv, bench --concurrency $conc --prompt-lengths fixed:$npp --max-tokens $ntg"
+        done
         continue
       fi
+      # Both kernel sets from the same build (libggml-cuda reads AIRAVATA_CUDA_KERNELS), one B after the other.
       for b in "${fit[@]}"; do
-        log "llama-batched-bench kv=$kv npp=$npp B=$b"
-        "${PIN_SERVER[@]}" "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((b * (npp + ntg))) -b 2048 -ub 512 \
-          -fa on -ctk "$kv" -ctv "$kv" -npp "$npp" -ntg "$ntg" -npl "$b" 2>&1 | grep -E "^\|" >"$dir/bb-$kv-$npp-$b.md" || true
-        cat "$dir/bb-$kv-$npp-$b.md"
+        for k in $kerns; do
+          log "llama-batched-bench kernels=$k kv=$kv npp=$npp B=$b"
+          AIRAVATA_CUDA_KERNELS=$k "${PIN_SERVER[@]}" "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 \
+            -c $((b * (npp + ntg))) -b 2048 -ub 512 -fa on -ctk "$kv" -ctv "$kv" -npp "$npp" -ntg "$ntg" -npl "$b" 2>&1 \
+            | grep -E "^\|" >"$dir/bb-$k-$kv-$npp-$b.md" || true
+          cat "$dir/bb-$k-$kv-$npp-$b.md"
+        done
       done
-      SLOTS=$max CTX_PER_SLOT=$((npp + ntg + margin)) CONC=$conc MAX_TOKENS=$ntg PROMPT_LENGTHS=fixed:$npp \
-        BENCH_FLAGS="--raw --unique-prompts" serve_ours "attn-$kv-$npp" --devices "${ATTN_DEVICES:-0}" \
-        --flash-attn on --cache-type-k "$kv" --cache-type-v "$kv"
+      for k in $serve_kerns; do
+        AIRAVATA_CUDA_KERNELS=$k SLOTS=$max CTX_PER_SLOT=$((npp + ntg + margin)) CONC=$conc MAX_TOKENS=$ntg \
+          PROMPT_LENGTHS=fixed:$npp BENCH_FLAGS="--raw --unique-prompts" serve_ours "attn-$k-$kv-$npp" \
+          --devices "${ATTN_DEVICES:-0}" --flash-attn on --cache-type-k "$kv" --cache-type-v "$kv"
+      done
     done
   done
   [ -n "${ATTN_DRY:-}" ] || stage_attntable
 }
 
-# The attention sweep's table: KV type x B x prompt length -> ours, llama-batched-bench, ratios; every
-# result in $OUT so far (several attnsweep calls of one lease), skipped combinations named.
+# The attention sweep's table: KV type x B x prompt length -> llama-batched-bench S_TG with llama.cpp's
+# kernels and with ours (same build), their ratio, and our server against batched-bench with the same
+# kernels; every result in $OUT so far (several attnsweep calls of one lease), skipped combinations named.
 stage_attntable() {
   summarize "$OUT" <<'PY' | tee "$OUT/attnsweep.md"
 import glob, os, re
 out = sys.argv[1]
 bb, ours, skipped = {}, {}, {}
 for p in glob.glob(f"{out}/attnsweep/bb-*.md"):
-    m = re.search(r"bb-([a-z0-9_]+)-(\d+)-(\d+)\.md$", p)
+    m = re.search(r"bb-(stock|ours)-([a-z0-9_]+)-(\d+)-(\d+)\.md$", p)
     if not m:
         continue
     for line in open(p):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 10 and cells[0].isdigit() and cells[2].isdigit():
             # PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s
-            bb[(m.group(1), int(cells[0]), int(cells[2]))] = (float(cells[5]), float(cells[7]))
+            bb[(m.group(1), m.group(2), int(cells[0]), int(cells[2]))] = float(cells[7])
 for p in glob.glob(f"{out}/bench-attn-*.json"):
-    m = re.search(r"bench-attn-([a-z0-9_]+)-(\d+)\.json$", p)
+    m = re.search(r"bench-attn-(stock|ours)-([a-z0-9_]+)-(\d+)\.json$", p)
     if not m:
         continue
     r = json.load(open(p)); r = r[0] if isinstance(r, list) else r
     for l in r["levels"]:
-        ours[(m.group(1), int(m.group(2)), l["concurrency"])] = l
+        ours[(m.group(1), m.group(2), int(m.group(3)), l["concurrency"])] = l
 if os.path.exists(f"{out}/attnsweep/skips.txt"):
     for line in open(f"{out}/attnsweep/skips.txt"):
         f = line.split()
         if len(f) == 6 and f[0] == "skip":
             skipped[(f[1], int(f[2]), int(f[3]))] = f"skipped: KV {f[4]} GiB > {f[5]} GiB"
 order = {"f16": 0, "q8_0": 1, "q4_0": 2}
-keys = sorted(set(bb) | set(ours) | set(skipped), key=lambda k: (order.get(k[0], 9), k[0], k[2], k[1]))
+keys = {k[1:] for k in bb} | {k[1:] for k in ours} | set(skipped)
+keys = sorted(keys, key=lambda k: (order.get(k[0], 9), k[0], k[2], k[1]))
 fmt = lambda x, d=1: "-" if x is None else f"{x:.{d}f}"
-print("| KV | B | prompt | ours prompt tokens p50 | ours tok/s | ours decode tok/s (B / TPOT p50) | ours TTFT p50 ms "
-      "| S_PP | S_TG | tok/s / S_TG | decode / S_TG | errors | note |")
-print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
+ratio = lambda a, b: f"**{a / b:.3f}**" if a and b else "-"
+print("| KV | B | prompt | S_TG stock | S_TG ours | ours / stock | server kernels | server tok/s "
+      "| server decode tok/s (B / TPOT p50) | decode / S_TG same kernels | TTFT p50 ms | errors | note |")
+print("|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|---|")
 for k in keys:
     kv, npp, b = k
-    l, s = ours.get(k), bb.get(k)
-    note = skipped.get(k, "") if l is None and s is None else ""
-    if not note and s is None:
-        note = "no batched-bench row"
-    if not note and l is None:
-        note = "no run of ours"
-    tps = l.get("output_tokens_per_s") if l else None
-    tpot = ((l or {}).get("tpot_ms") or {}).get("p50")
-    dec = b * 1000.0 / tpot if tpot else None
-    ttft = ((l or {}).get("ttft_ms") or {}).get("p50")
-    pt = ((l or {}).get("prompt_tokens") or {}).get("p50")
-    spp, stg = s if s else (None, None)
-    ratio = lambda a: f"**{a / stg:.3f}**" if a and stg else "-"
-    print(f"| {kv} | {b} | {npp} | {fmt(pt, 0)} | {fmt(tps)} | {fmt(dec)} | {fmt(ttft)} | {fmt(spp)} | {fmt(stg)} "
-          f"| {ratio(tps)} | {ratio(dec)} | {l['errors'] if l else '-'} | {note} |")
+    st, ou = bb.get(("stock",) + k), bb.get(("ours",) + k)
+    runs = [(kern, ours[(kern,) + k]) for kern in ("stock", "ours") if (kern,) + k in ours] or [(None, None)]
+    for kern, l in runs:
+        note = skipped.get(k, "") if l is None and st is None and ou is None else ""
+        tps = l.get("output_tokens_per_s") if l else None
+        tpot = ((l or {}).get("tpot_ms") or {}).get("p50")
+        dec = b * 1000.0 / tpot if tpot else None
+        ttft = ((l or {}).get("ttft_ms") or {}).get("p50")
+        same = bb.get((kern,) + k) if kern else None
+        print(f"| {kv} | {b} | {npp} | {fmt(st)} | {fmt(ou)} | {ratio(ou, st)} | {kern or '-'} | {fmt(tps)} | {fmt(dec)} "
+              f"| {ratio(dec, same)} | {fmt(ttft)} | {l['errors'] if l else '-'} | {note} |")
 PY
 }
 

@@ -4,7 +4,7 @@
 For each B: two ncu reports of llama-batched-bench, with LO and HI generated tokens (CSV from
 `ncu -i REP --csv --page raw`); the per-kernel difference is (HI - LO) decode steps, so prompt
 processing and setup cancel. Per kernel family: GPU µs per decode step, share of the step's kernel
-time, DRAM bytes per step and achieved GB/s; the matmul kernels' FLOP/s from the GGUF's matmul
+time (of the profiled kernels: all, or those PROFILE_KERNELS selected), share of the wall step time, DRAM bytes per step and achieved GB/s; the matmul kernels' FLOP/s from the GGUF's matmul
 weights (2 FLOP per weight per sequence) against the card's peak; the wall step time with CUDA graphs
 on from batched-bench (T_TG / TG) beside it.
 
@@ -84,13 +84,18 @@ def main(argv):
         mm_flops = 2 * params * b / (mm_us * 1e-6) / 1e12 if mm_us else 0
         print(f"\n### {tag}, B = {b}: kernels {total / 1e3:.3f} ms per decode step (ncu, serialised); "
               f"wall {wall:.3f} ms per step (CUDA graphs on)" if wall else f"\n### {tag}, B = {b}: kernels {total / 1e3:.3f} ms")
+        if not total:
+            print("no profiled kernel ran in the decode steps")
+            continue
         print(f"matmul kernels: {mm_us / 1e3:.3f} ms, {100 * mm_us / total:.1f} % of kernel time, "
               f"{mm_flops:.1f} TFLOP/s ({100 * mm_flops / peak_tflops:.1f} % of {peak_tflops:g})\n")
-        print("| kernel | µs / step | share | launches / step | MB / step | GB/s | % of peak GB/s |")
-        print("|---|--:|--:|--:|--:|--:|--:|")
+        print("| kernel | µs / step | share | % of wall step | launches / step | MB / step | GB/s | % of peak GB/s |")
+        print("|---|--:|--:|--:|--:|--:|--:|--:|")
         for fam, (us, byts, n) in sorted(per.items(), key=lambda kv: -kv[1][0]):
             gbs = byts / (us * 1e-6) / 1e9 if us else 0
-            print(f"| `{fam}` | {us:.1f} | {100 * us / total:.1f} % | {n:.0f} | {byts / 1e6:.1f} | {gbs:.0f} | {100 * gbs / peak_gbs:.0f} % |")
+            of_wall = f"{100 * us / (wall * 1e3):.1f} %" if wall else "-"
+            print(f"| `{fam}` | {us:.1f} | {100 * us / total:.1f} % | {of_wall} | {n:.0f} | {byts / 1e6:.1f} | {gbs:.0f} "
+                  f"| {100 * gbs / peak_gbs:.0f} % |")
 
 
 if __name__ == "__main__":
