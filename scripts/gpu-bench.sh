@@ -32,6 +32,7 @@
 #                                  # (PROFILE_B; AIRAVATA_CUDA_KERNELS=ours for our kernels, else llama.cpp's;
 #                                  # PROFILE_NPP/PROFILE_KV prompt and cache, PROFILE_KERNELS a name regex)
 #   scripts/gpu-bench.sh attncheck # issue 24: same greedy answers with our decode attention and with stock (q8_0 KV, 32 seqs)
+#   scripts/gpu-bench.sh attnops   # issue 24: test-backend-ops FLASH_ATTN_EXT, CUDA vs CPU, at our kernel's shapes (both kernel sets)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
 #   scripts/gpu-bench.sh attnsweep # attention at the lengths users have: KV f16/q8_0/q4_0 x B 1/16/64/128 x
@@ -520,6 +521,57 @@ stage_attncheck() {
   done
   python3 "$ROOT/scripts/greedy-compare.py" compare "$OUT/attncheck-stock.json" "$OUT/attncheck-ours.json" \
     | tee "$OUT/attncheck.txt"
+}
+
+# Issue 24's in-ggml check of our decode attention: test-backend-ops (built from the patched tree) compares
+# FLASH_ATTN_EXT on CUDA with the CPU backend (normalised MSE <= 5e-4) over shapes where our kernel runs
+# (q8_0 K/V, one query per sequence, >= 16 sequences: Airavata's 128 x 32 heads and SmolLM2's 64 x 9/3 GQA,
+# K/V as views of a larger cache, mask on and off, 1..4096 cached tokens) and a few where it must not (two
+# queries per sequence, 8 sequences, f16), once with AIRAVATA_CUDA_KERNELS=ours and once with stock.
+# Needs build or buildmg.
+stage_attnops() {
+  local T=$SRC/tests/test-backend-ops.cpp
+  if ! grep -q AIRAVATA_FA_EVAL "$T"; then
+    python3 - "$T" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+anchor = "static std::vector<std::unique_ptr<test_case>> make_test_cases_eval() {\n    std::vector<std::unique_ptr<test_case>> test_cases;\n"
+assert anchor in s, "make_test_cases_eval not found"
+cases = """
+    if (getenv("AIRAVATA_FA_EVAL")) {  // issue 24: shapes of airavata's decode attention (scripts/gpu-bench.sh attnops)
+        const ggml_type q8 = GGML_TYPE_Q8_0, f16 = GGML_TYPE_F16;
+        for (bool mask : {true, false}) {
+            for (int64_t b : {16, 17, 64}) {
+                for (int64_t kv : {1, 7, 256, 1000, 4096}) {
+                    test_cases.emplace_back(new test_flash_attn_ext(128, 128, 32, {1, b}, kv, 1, mask, false, 0, 0, GGML_PREC_F32, q8, q8));
+                }
+            }
+            for (int64_t b : {16, 33}) {
+                for (int64_t kv : {1, 100, 1024, 2500}) {
+                    test_cases.emplace_back(new test_flash_attn_ext(64, 64, 3, {3, b}, kv, 1, mask, false, 0, 0, GGML_PREC_F32, q8, q8));
+                }
+            }
+        }
+        test_cases.emplace_back(new test_flash_attn_ext(128, 128, 32, {1, 16}, 512, 1, true, false, 0, 0, GGML_PREC_F32, q8, q8, {0, 1, 2, 3}, false));
+        test_cases.emplace_back(new test_flash_attn_ext(128, 128, 32, {1, 16}, 512, 2, true, false, 0, 0, GGML_PREC_F32, q8, q8));
+        test_cases.emplace_back(new test_flash_attn_ext(128, 128, 32, {1, 8}, 512, 1, true, false, 0, 0, GGML_PREC_F32, q8, q8));
+        test_cases.emplace_back(new test_flash_attn_ext(128, 128, 32, {1, 64}, 1024, 1, true, false, 0, 0, GGML_PREC_F32, f16, f16));
+        return test_cases;
+    }
+"""
+open(p, "w").write(s.replace(anchor, anchor + cases, 1))
+PY
+  fi
+  cmake -S "$SRC" -B "$BUILD" -DLLAMA_BUILD_TESTS=ON >>"$OUT/cmake.log" 2>&1
+  ( time cmake --build "$BUILD" -j "$JOBS" --target test-backend-ops ) >"$OUT/build-tests.log" 2>&1 || { tail -30 "$OUT/build-tests.log"; return 1; }
+  for k in ours stock; do
+    log "test-backend-ops FLASH_ATTN_EXT, $k kernels"
+    AIRAVATA_FA_EVAL=1 AIRAVATA_CUDA_KERNELS=$k "$BUILD/bin/test-backend-ops" test -o FLASH_ATTN_EXT -b CUDA0 \
+      >"$OUT/attnops-$k.txt" 2>&1 || true
+    grep -cE "^ +FLASH_ATTN_EXT.*OK" "$OUT/attnops-$k.txt" | sed "s/^/$k: OK cases /" | tee -a "$OUT/log.txt"
+    grep -E "FAIL|not supported|tests passed|Backend" "$OUT/attnops-$k.txt" | tail -8 | tee -a "$OUT/log.txt"
+  done
 }
 
 # Issue 11's two-GPU figures in one stage: our server on GPU 0 at 64 streams, on both GPUs (one engine each)
