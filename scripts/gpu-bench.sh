@@ -16,6 +16,8 @@
 #                                  # GPU $SOAK_GPU (default 0): RSS, VRAM, KV and slots every 10 s; checks
 #   scripts/gpu-bench.sh calib7b   # default convert of the 7B: calibrated on the GPU (time, peak RSS), and the
 #                                  # same without a GPU backend (states what it did)
+#   scripts/gpu-bench.sh calibcpu  # the default convert of the 7B on CPU cores alone, cut after CALIB_CPU_SECS:
+#                                  # its calibration plan and the measured pace per chunk
 #   scripts/gpu-bench.sh buildmg   # only the CUDA backend and llama-batched-bench (for multigpu/padsweep)
 #   scripts/gpu-bench.sh multigpu  # 64 and 128 streams: --devices 0 (one engine) vs --devices all (one per GPU)
 #   scripts/gpu-bench.sh padsweep  # 64/128/256 streams on one GPU, 256 slots: decode padding off vs on, CUDA
@@ -154,6 +156,17 @@ import json, sys
 m = json.load(sys.stdin)['metadata']
 print('$f', {k: v for k, v in m.items() if k.startswith(('airavata.calibration', 'quantize.imatrix', 'general.file_type'))})" | tee -a "$OUT/log.txt"
   done
+}
+
+# Issue 25 item 6: the default convert of the 7B on this host's CPU cores alone (no GPU backend loaded), cut
+# after CALIB_CPU_SECS (default 240): its plan, the first chunks' pace and ETA, from which the whole CPU
+# calibration time follows (a full run takes the 15-minute budget, more than one command may).
+stage_calibcpu() {
+  log "convert 7B, default, no GPU backend, $(nproc) cores, cut after ${CALIB_CPU_SECS:-240} s"
+  timeout "${CALIB_CPU_SECS:-240}" "${AIRAVATA[@]}" convert "$CKPT" -o "$WORK/airavata-cpu.gguf" --force \
+    2>&1 | tr '\r' '\n' | grep -v "^\s*$" >"$OUT/calibcpu.txt" || true
+  grep -E "calibrat|chunk|skipped|Q8_0|temporary" "$OUT/calibcpu.txt" | tail -12 | tee -a "$OUT/log.txt"
+  lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$OUT/log.txt"
 }
 
 # The same greedy tokens on CPU and CUDA, through our dynamic-backends binary.
