@@ -532,7 +532,7 @@ stage_attncheck() {
       --n "$n" --rounds "${CHECK_ROUNDS:-4}" --max-tokens 64 --out "$OUT/attncheck-$k.json" | tee -a "$OUT/log.txt"
     kill $pid; wait $pid 2>/dev/null || true
   done
-  python3 "$ROOT/scripts/greedy-compare.py" compare "$OUT/attncheck-stock.json" "$OUT/attncheck-ours.json" \
+  python3 "$ROOT/scripts/greedy-compare.py" compare --n "$n" "$OUT/attncheck-stock.json" "$OUT/attncheck-ours.json" \
     | tee "$OUT/attncheck.txt"
 }
 

@@ -6,11 +6,16 @@ CUDA kernels against llama.cpp's on the same model).
       R rounds, each one /v1/completions request of N copies of a prompt (greedy; the engine decodes the
       N sequences together, the same steps in every run; start a fresh server per run), each answer with
       its tokens' log-probabilities and the runner-up; round r's prompt is the r-th of the shared Airavata set (last user message, else `prompt`).
-  greedy-compare.py compare A.json B.json
+  greedy-compare.py compare A.json B.json [--n N]
       Per request: equal token for token, or parting where either run's top two candidates were within
       0.01 nats (a near-tie: kernels that sum in another order may pick either). Exit 1 on any other
-      difference.
+      difference. Also the first token's log-probabilities (same prompt, so the same distribution up to
+      rounding), for the candidates both answers list: A against B, and, as the yardstick of each run's
+      own rounding noise, every copy against the first copy of its round (N copies per round). A
+      random-weight model's distribution is nearly flat (top-2 gaps of a few hundredths of a nat), so its
+      greedy answers part at any rounding change; there these spreads are the comparison that means something.
 """
+import statistics
 import argparse
 import json
 import sys
@@ -85,6 +90,15 @@ def compare(args):
             print(f"request {i}: DIFFERENT at token {k} (top-2 gap {g:.4f} nats): "
                   f"{''.join(x['tokens'][k:k + 8])!r} vs {''.join(y['tokens'][k:k + 8])!r}")
     print(f"{len(a)} answers: {equal} equal, {ties} part at a near-tie, {bad} different")
+    spreads = [("A vs B", [(x, y) for x, y in zip(a, b)]),
+               ("copies within A", [(x, a[i - i % args.n]) for i, x in enumerate(a) if i % args.n]),
+               ("copies within B", [(y, b[i - i % args.n]) for i, y in enumerate(b) if i % args.n])]
+    for name, pairs in spreads:
+        d = [abs(x["top_logprobs"][0][t] - y["top_logprobs"][0][t]) for x, y in pairs
+             if x["top_logprobs"] and y["top_logprobs"] for t in set(x["top_logprobs"][0]) & set(y["top_logprobs"][0])]
+        if d:
+            print(f"first-token log-prob differences, {name}: median {statistics.median(d):.5f}, "
+                  f"max {max(d):.5f} nats ({len(d)} candidates)")
     sys.exit(1 if bad else 0)
 
 
@@ -101,6 +115,7 @@ def main():
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
+    c.add_argument("--n", type=int, default=32, help="copies per round (fetch's --n)")
     args = p.parse_args()
     fetch(args) if args.cmd == "fetch" else compare(args)
 
