@@ -16,6 +16,7 @@
 #                                  # GPU $SOAK_GPU (default 0): RSS, VRAM, KV and slots every 10 s; checks
 #   scripts/gpu-bench.sh calib7b   # default convert of the 7B: calibrated on the GPU (time, peak RSS), and the
 #                                  # same without a GPU backend (states what it did)
+#   scripts/gpu-bench.sh fuseqkv   # issue 23: --fuse-qkv file vs the separate one, llama-batched-bench S_TG at B 1/8/64
 #   scripts/gpu-bench.sh calibcpu  # the default convert of the 7B on CPU cores alone, cut after CALIB_CPU_SECS:
 #                                  # its calibration plan and the measured pace per chunk
 #   scripts/gpu-bench.sh buildmg   # only the CUDA backend and llama-batched-bench (for multigpu/padsweep)
@@ -155,6 +156,27 @@ stage_calib7b() {
 import json, sys
 m = json.load(sys.stdin)['metadata']
 print('$f', {k: v for k, v in m.items() if k.startswith(('airavata.calibration', 'quantize.imatrix', 'general.file_type'))})" | tee -a "$OUT/log.txt"
+  done
+}
+
+# Issue 23's fused QKV: the same GGUF written with --fuse-qkv (one attn_qkv matmul per layer instead of
+# three), against the separate file: llama-batched-bench S_TG at FUSE_B (default 1 8 64), both files back to
+# back, with llama.cpp's kernels. Needs buildmg, synth, gguf.
+stage_fuseqkv() {
+  local fused=$WORK/airavata-nf4-qkv.gguf b
+  if [ ! -f "$fused" ]; then
+    log "ours: airavata convert --fuse-qkv (nf4, reference)"
+    measure "${AIRAVATA[@]}" convert "$CKPT" -o "$fused" --quantizer reference --no-calibration --fuse-qkv -q \
+      | tee "$OUT/convert-fused.txt"
+  fi
+  mkdir -p "$OUT/fuseqkv"
+  for b in ${FUSE_B:-1 8 64}; do
+    for f in "$OURS" "$fused"; do
+      local tag; tag=$([ "$f" = "$OURS" ] && echo separate || echo fused)
+      log "llama-batched-bench $tag B=$b"
+      "$BUILD/bin/llama-batched-bench" -m "$f" -ngl 99 -c $((b * 256)) -b 2048 -ub 512 -npp 32 -ntg 128 -npl "$b" 2>&1 \
+        | grep -E "^\|" | tee "$OUT/fuseqkv/bb-$tag-$b.md"
+    done
   done
 }
 

@@ -86,3 +86,55 @@ fn f16_bf16_q8_outputs_load_and_track_reference() {
         assert!(err < tol, "{scheme}: {err:.3e} ≥ {tol}");
     }
 }
+
+/// `--fuse-qkv` (issue 23): each layer's Q, K and V rows (Q and K rope-permuted
+/// per head, GQA) written as one `attn_qkv` tensor that llama.cpp loads and
+/// splits, with the same logits as the reference forward pass.
+#[test]
+fn fused_qkv_logits_match_plain_rust_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = common::tiny_checkpoint(tmp.path(), Dtype::BF16, 2, 42, 0.08);
+    let (sep, fused) = (tmp.path().join("sep.gguf"), tmp.path().join("fused.gguf"));
+    convert_to(&hf, &sep, Scheme::F32);
+    let policy = airavata::convert::TypePolicy {
+        fuse_qkv: true,
+        ..common::scheme(Scheme::F32)
+    };
+    let r = common::convert(&hf, &fused, policy, QuantMode::Reference);
+    let (a, b) = (
+        GgufFile::open(&sep).unwrap(),
+        GgufFile::open(&fused).unwrap(),
+    );
+    let n_layer = a.get_u64("llama.block_count").unwrap() as usize;
+    assert!(n_layer >= 2);
+    assert_eq!(b.tensors.len(), a.tensors.len() - 2 * n_layer);
+    assert_eq!(r.n_tensors, b.tensors.len());
+    for l in 0..n_layer {
+        assert!(b.tensor(&format!("blk.{l}.attn_q.weight")).is_none());
+        let t = b.tensor(&format!("blk.{l}.attn_qkv.weight")).unwrap();
+        let parts: Vec<&airavata::gguf::TensorInfo> = ["attn_q", "attn_k", "attn_v"]
+            .iter()
+            .map(|n| a.tensor(&format!("blk.{l}.{n}.weight")).unwrap())
+            .collect();
+        let rows: u64 = parts.iter().map(|p| p.dims[1]).sum();
+        assert_eq!(t.dims, vec![parts[0].dims[0], rows]);
+        let want: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| a.tensor_data(p).to_vec())
+            .collect();
+        assert!(
+            b.tensor_data(t) == &want[..],
+            "layer {l}: fused bytes differ"
+        );
+    }
+    let model = common::load_model(&fused);
+    let toks = model.vocab().tokenize(
+        "Hello world, नमस्ते भारत! how to manage time?".as_bytes(),
+        true,
+        false,
+    );
+    let ids: Vec<i32> = toks.iter().map(|t| t.0).collect();
+    let reference = common::reference::forward(&hf, &ids);
+    let err = common::max_rel_err(&common::llama_logits(&model, &toks), &reference);
+    assert!(err <= 1e-4, "max relative error {err:.3e} > 1e-4");
+}

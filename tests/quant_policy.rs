@@ -169,6 +169,7 @@ fn overrides_apply() {
             "blk.1.attn_v.weight=Q4_0".parse().unwrap(),
         ],
         pure: false,
+        fuse_qkv: false,
     };
     convert(&hf, &out, policy, QuantMode::Reference);
     let f = GgufFile::open(&out).unwrap();

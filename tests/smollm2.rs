@@ -356,3 +356,117 @@ fn calibrated_quantize_records_its_calibration_and_lowers_kld() {
         "calibrated {k_cal} vs uncalibrated {k_plain}"
     );
 }
+
+/// `--fuse-qkv` on a real model through `quantize` (issue 23): Q8_0 weights,
+/// every layer's attn_q/attn_k/attn_v replaced by one attn_qkv holding their
+/// bytes one after another; llama.cpp loads it and gives the same logits and
+/// greedy answer as the separate file.
+#[test]
+fn fused_qkv_file_gives_llama_cpp_the_same_logits() {
+    let Some((_, f16)) = common::smollm2("fused_qkv") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (sep, fused) = (tmp.path().join("sep.gguf"), tmp.path().join("fused.gguf"));
+    let q8 = |fuse_qkv| TypePolicy {
+        scheme: convert::Scheme::Q8_0,
+        fuse_qkv,
+        ..Default::default()
+    };
+    quantize(&f16, &sep, q8(false), Calibrate::Off);
+    let r = quantize(&f16, &fused, q8(true), Calibrate::Off);
+    let (a, b) = (
+        GgufFile::open(&sep).unwrap(),
+        GgufFile::open(&fused).unwrap(),
+    );
+    let n_layer = a.get_u64("llama.block_count").unwrap() as usize;
+    assert_eq!(b.tensors.len(), a.tensors.len() - 2 * n_layer);
+    assert_eq!(r.n_tensors, b.tensors.len());
+    for l in 0..n_layer {
+        let t = b.tensor(&format!("blk.{l}.attn_qkv.weight")).unwrap();
+        // 9 query heads and 3 KV heads of 64.
+        assert_eq!(t.dims, vec![576, 576 + 192 + 192]);
+        assert_eq!(t.ty, GgmlType::Q8_0);
+        let want: Vec<u8> = ["attn_q", "attn_k", "attn_v"]
+            .iter()
+            .flat_map(|n| {
+                let p = a.tensor(&format!("blk.{l}.{n}.weight")).unwrap();
+                a.tensor_data(p).to_vec()
+            })
+            .collect();
+        assert!(
+            b.tensor_data(t) == &want[..],
+            "layer {l}: fused bytes differ"
+        );
+    }
+    let (ma, mb) = (common::load_model(&sep), common::load_model(&fused));
+    let toks = ma.vocab().tokenize(
+        "भारत की राजधानी नई दिल्ली है। The capital of India is".as_bytes(),
+        true,
+        false,
+    );
+    let err = common::max_rel_err(
+        &common::llama_logits(&ma, &toks),
+        &common::llama_logits(&mb, &toks),
+    );
+    assert!(
+        err <= 1e-5,
+        "fused vs separate: max relative logit error {err:.3e}"
+    );
+    assert_eq!(
+        common::greedy(&ma, &toks, 24),
+        common::greedy(&mb, &toks, 24)
+    );
+}
+
+/// A calibrated `--fuse-qkv` file (issue 23): the fused weight is rounded with
+/// its layer's Q statistics (error feedback included), so its bytes equal the
+/// calibrated separate file's Q, K and V one after another.
+#[test]
+fn calibrated_fused_qkv_rounds_as_the_separate_tensors() {
+    let Some((_, f16)) = common::smollm2("fused_qkv_calibrated") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (sep, fused) = (tmp.path().join("sep.gguf"), tmp.path().join("fused.gguf"));
+    let policy = |fuse_qkv| TypePolicy {
+        scheme: convert::Scheme::Q4_0,
+        fuse_qkv,
+        ..Default::default()
+    };
+    let cal = || Calibrate::Collect {
+        text: None,
+        opts: CollectOptions {
+            chunk: 128,
+            max_tokens: 256,
+            threads: Some(2),
+            ..Default::default()
+        },
+        auto: false,
+    };
+    let rs = quantize(&f16, &sep, policy(false), cal());
+    let rf = quantize(&f16, &fused, policy(true), cal());
+    assert!(rs.calibration.is_some() && rf.calibration == rs.calibration);
+    let (a, b) = (
+        GgufFile::open(&sep).unwrap(),
+        GgufFile::open(&fused).unwrap(),
+    );
+    assert_eq!(
+        a.get_str("airavata.calibration.method"),
+        b.get_str("airavata.calibration.method")
+    );
+    for l in 0..a.get_u64("llama.block_count").unwrap() as usize {
+        let t = b.tensor(&format!("blk.{l}.attn_qkv.weight")).unwrap();
+        let want: Vec<u8> = ["attn_q", "attn_k", "attn_v"]
+            .iter()
+            .flat_map(|n| {
+                let p = a.tensor(&format!("blk.{l}.{n}.weight")).unwrap();
+                a.tensor_data(p).to_vec()
+            })
+            .collect();
+        assert!(
+            b.tensor_data(t) == &want[..],
+            "layer {l}: fused bytes differ"
+        );
+    }
+}

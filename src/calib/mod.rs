@@ -169,6 +169,12 @@ impl Calibration {
 
     /// The data for tensor `name` with rows of `row_len`, if any.
     pub fn for_tensor(&self, name: &str, row_len: usize) -> Option<TensorCalib<'_>> {
+        // A fused QKV weight multiplies its layer's Q input (`--fuse-qkv`).
+        if !self.importance.contains_key(name) && !self.feedback.contains_key(name) {
+            if let Some(q) = qkv_source(name) {
+                return self.for_tensor(&q, row_len);
+            }
+        }
         let importance = self
             .importance
             .get(name)
@@ -284,4 +290,16 @@ pub fn write_imatrix(path: &Path, stats: &Stats, dataset: &str) -> Result<(), Ca
     }
     w.finish()?;
     Ok(())
+}
+
+/// The Q weight whose input a fused `blk.N.attn_qkv.weight` multiplies (Q, K
+/// and V share one input, so a fused weight uses Q's statistics), or None.
+pub fn qkv_source(name: &str) -> Option<String> {
+    let layer = name
+        .strip_prefix("blk.")?
+        .strip_suffix(".attn_qkv.weight")?;
+    layer
+        .parse::<usize>()
+        .ok()
+        .map(|l| format!("blk.{l}.attn_q.weight"))
 }

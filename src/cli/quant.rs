@@ -45,6 +45,11 @@ pub struct QuantArgs {
     /// --output-type), as `llama-quantize --pure`.
     #[arg(long)]
     pub pure: bool,
+    /// Write each layer's attn_q/attn_k/attn_v as one attn_qkv tensor (one
+    /// matmul per layer instead of three; llama.cpp loads it for Llama models
+    /// since its fused-QKV loader; older builds do not).
+    #[arg(long)]
+    pub fuse_qkv: bool,
     /// Calibrate on this UTF-8 text instead of the built-in Hindi/English set.
     #[arg(long, conflicts_with_all = ["imatrix", "no_calibration"])]
     pub calibration: Option<PathBuf>,
@@ -86,6 +91,7 @@ impl QuantArgs {
             embedding_type: self.embedding_type,
             overrides: self.tensor_type.clone(),
             pure: self.pure,
+            fuse_qkv: self.fuse_qkv,
         }
     }
 

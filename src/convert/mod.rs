@@ -8,6 +8,7 @@
 
 pub mod calibrate;
 pub mod config;
+pub mod fuse;
 mod hf_input;
 pub mod pipeline;
 pub mod plan;
@@ -307,13 +308,17 @@ pub fn convert(
     if let Some(c) = &calibration {
         meta.extend(c.metadata());
     }
-    let jobs = hf_input::jobs(&p, opts.policy.scheme);
+    let jobs = fuse::apply(
+        hf_input::jobs(&p, opts.policy.scheme),
+        opts.policy.fuse_qkv,
+        opts.progress,
+    );
     let enc = pipeline::Encoding::new(opts.quantizer, calibration.as_ref());
     let w = pipeline::write_gguf(&opts.output, &meta, &jobs, &enc, progress, cancel)?;
     Ok(ConvertReport {
         output: w.output,
         bytes: w.bytes,
-        n_tensors: p.plan.len(),
+        n_tensors: jobs.len(),
         types: w.types,
         seconds: t0.elapsed().as_secs_f64(),
         n_params: total_elems(&p),

@@ -32,6 +32,10 @@ pub trait TensorInput: Sync {
     fn raw(&self, _ty: GgmlType) -> Option<&[u8]> {
         None
     }
+    /// The same, for inputs stored in pieces (rows one after another).
+    fn raw_parts(&self, ty: GgmlType) -> Option<Vec<&[u8]>> {
+        self.raw(ty).map(|r| vec![r])
+    }
 }
 
 /// What happens to the values before they are encoded.
@@ -198,8 +202,8 @@ fn write_all(
         progress.tensor(&job.name, job.ty);
         *types.entry(job.ty.name()).or_default() += 1;
         if job.transform == Transform::None {
-            if let Some(raw) = job.input.raw(job.ty) {
-                sink.write(&job.name, raw.to_vec())?;
+            if let Some(raw) = job.input.raw_parts(job.ty) {
+                sink.write(&job.name, raw.concat())?;
                 progress.advance(job.n_elements());
                 continue;
             }

@@ -217,6 +217,7 @@ pub fn quantize_gguf(
             }
         })
         .collect();
+    let jobs = super::fuse::apply(jobs, opts.policy.fuse_qkv, opts.progress);
     let enc = Encoding::new(opts.quantizer, calibration.as_ref());
     let w = pipeline::write_gguf(&opts.output, &meta, &jobs, &enc, progress, cancel)?;
     let mut types = BTreeMap::new();

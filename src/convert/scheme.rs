@@ -225,6 +225,9 @@ pub struct TypePolicy {
     pub embedding_type: Option<GgmlType>,
     pub overrides: Vec<TypeOverride>,
     pub pure: bool,
+    /// Write each layer's Q, K and V as one `attn_qkv` tensor where their
+    /// types agree (a layout choice; `convert::fuse`).
+    pub fuse_qkv: bool,
 }
 
 /// llama-quantize's fallback when a type's block does not divide the row
