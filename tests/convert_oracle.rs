@@ -101,32 +101,7 @@ fn fused_qkv_logits_match_plain_rust_reference() {
         ..common::scheme(Scheme::F32)
     };
     let r = common::convert(&hf, &fused, policy, QuantMode::Reference);
-    let (a, b) = (
-        GgufFile::open(&sep).unwrap(),
-        GgufFile::open(&fused).unwrap(),
-    );
-    let n_layer = a.get_u64("llama.block_count").unwrap() as usize;
-    assert!(n_layer >= 2);
-    assert_eq!(b.tensors.len(), a.tensors.len() - 2 * n_layer);
-    assert_eq!(r.n_tensors, b.tensors.len());
-    for l in 0..n_layer {
-        assert!(b.tensor(&format!("blk.{l}.attn_q.weight")).is_none());
-        let t = b.tensor(&format!("blk.{l}.attn_qkv.weight")).unwrap();
-        let parts: Vec<&airavata::gguf::TensorInfo> = ["attn_q", "attn_k", "attn_v"]
-            .iter()
-            .map(|n| a.tensor(&format!("blk.{l}.{n}.weight")).unwrap())
-            .collect();
-        let rows: u64 = parts.iter().map(|p| p.dims[1]).sum();
-        assert_eq!(t.dims, vec![parts[0].dims[0], rows]);
-        let want: Vec<u8> = parts
-            .iter()
-            .flat_map(|p| a.tensor_data(p).to_vec())
-            .collect();
-        assert!(
-            b.tensor_data(t) == &want[..],
-            "layer {l}: fused bytes differ"
-        );
-    }
+    assert_eq!(r.n_tensors, common::assert_fused_qkv(&sep, &fused));
     let model = common::load_model(&fused);
     let toks = model.vocab().tokenize(
         "Hello world, नमस्ते भारत! how to manage time?".as_bytes(),

@@ -375,29 +375,13 @@ fn fused_qkv_file_gives_llama_cpp_the_same_logits() {
     };
     quantize(&f16, &sep, q8(false), Calibrate::Off);
     let r = quantize(&f16, &fused, q8(true), Calibrate::Off);
-    let (a, b) = (
-        GgufFile::open(&sep).unwrap(),
-        GgufFile::open(&fused).unwrap(),
-    );
-    let n_layer = a.get_u64("llama.block_count").unwrap() as usize;
-    assert_eq!(b.tensors.len(), a.tensors.len() - 2 * n_layer);
-    assert_eq!(r.n_tensors, b.tensors.len());
-    for l in 0..n_layer {
+    assert_eq!(r.n_tensors, common::assert_fused_qkv(&sep, &fused));
+    let b = GgufFile::open(&fused).unwrap();
+    for l in 0..b.get_u64("llama.block_count").unwrap() as usize {
         let t = b.tensor(&format!("blk.{l}.attn_qkv.weight")).unwrap();
         // 9 query heads and 3 KV heads of 64.
         assert_eq!(t.dims, vec![576, 576 + 192 + 192]);
         assert_eq!(t.ty, GgmlType::Q8_0);
-        let want: Vec<u8> = ["attn_q", "attn_k", "attn_v"]
-            .iter()
-            .flat_map(|n| {
-                let p = a.tensor(&format!("blk.{l}.{n}.weight")).unwrap();
-                a.tensor_data(p).to_vec()
-            })
-            .collect();
-        assert!(
-            b.tensor_data(t) == &want[..],
-            "layer {l}: fused bytes differ"
-        );
     }
     let (ma, mb) = (common::load_model(&sep), common::load_model(&fused));
     let toks = ma.vocab().tokenize(
@@ -455,18 +439,5 @@ fn calibrated_fused_qkv_rounds_as_the_separate_tensors() {
         a.get_str("airavata.calibration.method"),
         b.get_str("airavata.calibration.method")
     );
-    for l in 0..a.get_u64("llama.block_count").unwrap() as usize {
-        let t = b.tensor(&format!("blk.{l}.attn_qkv.weight")).unwrap();
-        let want: Vec<u8> = ["attn_q", "attn_k", "attn_v"]
-            .iter()
-            .flat_map(|n| {
-                let p = a.tensor(&format!("blk.{l}.{n}.weight")).unwrap();
-                a.tensor_data(p).to_vec()
-            })
-            .collect();
-        assert!(
-            b.tensor_data(t) == &want[..],
-            "layer {l}: fused bytes differ"
-        );
-    }
+    assert_eq!(rf.n_tensors, common::assert_fused_qkv(&sep, &fused));
 }

@@ -103,6 +103,44 @@ pub fn greedy(model: &LlamaModel, prompt: &[LlamaToken], n: usize) -> Vec<LlamaT
     out
 }
 
+/// `--fuse-qkv`'s layout: for every layer of `separate`, `fused` holds one
+/// `attn_qkv` with the type of its `attn_q` and the bytes of its `attn_q`,
+/// `attn_k` and `attn_v` one after another (rows summed), and none of the
+/// three. Returns the number of tensors in `fused`.
+pub fn assert_fused_qkv(separate: &Path, fused: &Path) -> usize {
+    use airavata::gguf::GgufFile;
+    let (a, b) = (
+        GgufFile::open(separate).unwrap(),
+        GgufFile::open(fused).unwrap(),
+    );
+    let n_layer = a.get_u64("llama.block_count").unwrap() as usize;
+    assert!(n_layer >= 2);
+    assert_eq!(b.tensors.len(), a.tensors.len() - 2 * n_layer);
+    for l in 0..n_layer {
+        let parts: Vec<_> = ["attn_q", "attn_k", "attn_v"]
+            .iter()
+            .map(|n| {
+                let name = format!("blk.{l}.{n}.weight");
+                assert!(b.tensor(&name).is_none(), "{name} left beside attn_qkv");
+                a.tensor(&name).unwrap()
+            })
+            .collect();
+        let t = b.tensor(&format!("blk.{l}.attn_qkv.weight")).unwrap();
+        let rows: u64 = parts.iter().map(|p| p.dims[1]).sum();
+        assert_eq!(t.dims, vec![parts[0].dims[0], rows]);
+        assert_eq!(t.ty, parts[0].ty);
+        let want: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| a.tensor_data(p).to_vec())
+            .collect();
+        assert!(
+            b.tensor_data(t) == &want[..],
+            "layer {l}: fused bytes differ"
+        );
+    }
+    b.tensors.len()
+}
+
 /// max |a − b| / max |b| over all values.
 pub fn max_rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
     let mut num = 0f64;
