@@ -36,6 +36,7 @@
 #                                  # PROFILE_NPP/PROFILE_KV prompt and cache, PROFILE_KERNELS a name regex)
 #   scripts/gpu-bench.sh attncheck # issue 24: same greedy answers with our decode attention and with stock (q8_0 KV, 32 seqs)
 #   scripts/gpu-bench.sh attnops   # issue 24: test-backend-ops FLASH_ATTN_EXT, CUDA vs CPU, at our kernel's shapes (both kernel sets)
+#   scripts/gpu-bench.sh mmops     # issue 23: test-backend-ops MUL_MAT IQ4_XS at 1..9 columns, CUDA vs CPU (both kernel sets)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
 #   scripts/gpu-bench.sh attnsweep # attention at the lengths users have: KV f16/q8_0/q4_0 x B 1/16/64/128 x
@@ -558,22 +559,17 @@ stage_attncheck() {
     | tee "$OUT/attncheck.txt"
 }
 
-# Issue 24's in-ggml check of our decode attention: test-backend-ops (built from the patched tree) compares
-# FLASH_ATTN_EXT on CUDA with the CPU backend (normalised MSE <= 5e-4) over shapes where our kernel runs
-# (q8_0 K/V, one query per sequence, >= 16 sequences: Airavata's 128 x 32 heads and SmolLM2's 64 x 9/3 GQA,
-# K/V as views of a larger cache, mask on and off, 1..4096 cached tokens) and a few where it must not (two
-# queries per sequence, 8 sequences, f16), once with AIRAVATA_CUDA_KERNELS=ours and once with stock.
-# Needs build or buildmg.
-stage_attnops() {
+# test-backend-ops built from the patched tree, with the cases of our kernels' shapes added (each set behind its
+# own environment variable, so a plain run keeps llama.cpp's own cases). Needs build or buildmg.
+build_backend_ops() {
   local T=$SRC/tests/test-backend-ops.cpp
-  if ! grep -q AIRAVATA_FA_EVAL "$T"; then
-    python3 - "$T" <<'PY'
+  python3 - "$T" <<'PY'
 import sys
 p = sys.argv[1]
 s = open(p).read()
 anchor = "static std::vector<std::unique_ptr<test_case>> make_test_cases_eval() {\n    std::vector<std::unique_ptr<test_case>> test_cases;\n"
 assert anchor in s, "make_test_cases_eval not found"
-cases = """
+fa = """
     if (getenv("AIRAVATA_FA_EVAL")) {  // issue 24: shapes of airavata's decode attention (scripts/gpu-bench.sh attnops)
         const ggml_type q8 = GGML_TYPE_Q8_0, f16 = GGML_TYPE_F16;
         for (bool mask : {true, false}) {
@@ -595,18 +591,61 @@ cases = """
         return test_cases;
     }
 """
-open(p, "w").write(s.replace(anchor, anchor + cases, 1))
+mm = """
+    if (getenv("AIRAVATA_MM_EVAL")) {  // issue 23: shapes of airavata's IQ4_XS matvec (scripts/gpu-bench.sh mmops)
+        const ggml_type iq = GGML_TYPE_IQ4_XS, f32 = GGML_TYPE_F32;
+        const int64_t mk[][2] = {{16, 256}, {33, 512}, {4096, 4096}, {4099, 4096}, {11008, 4096}, {4096, 11008}, {12288, 4096}};
+        for (const auto & s : mk) {
+            for (int64_t n = 1; n <= 9; ++n) {
+                test_cases.emplace_back(new test_mul_mat(iq, f32, s[0], n, s[1], {1, 1}, {1, 1}));
+            }
+        }
+        // src1 a view with a longer row stride; a batch of two matrices (must fall through to ggml's own path)
+        test_cases.emplace_back(new test_mul_mat(iq, f32, 4096, 8, 4096, {1, 1}, {1, 1}, {0, 1, 2, 3}, 4352));
+        test_cases.emplace_back(new test_mul_mat(iq, f32, 4096, 6, 4096, {1, 1}, {1, 1}, {0, 1, 2, 3}, 4104));
+        test_cases.emplace_back(new test_mul_mat(iq, f32, 512, 8, 1024, {2, 1}, {1, 1}));
+        return test_cases;
+    }
+"""
+for marker, block in (("AIRAVATA_FA_EVAL", fa), ("AIRAVATA_MM_EVAL", mm)):
+    if marker not in s:
+        s = s.replace(anchor, anchor + block, 1)
+open(p, "w").write(s)
 PY
-  fi
   cmake -S "$SRC" -B "$BUILD" -DLLAMA_BUILD_TESTS=ON >>"$OUT/cmake.log" 2>&1
   ( time cmake --build "$BUILD" -j "$JOBS" --target test-backend-ops ) >"$OUT/build-tests.log" 2>&1 || { tail -30 "$OUT/build-tests.log"; return 1; }
+}
+
+# One op of test-backend-ops (CUDA0 against the CPU backend, normalised MSE bound per op) over the added cases
+# ($2: their variable), once with our kernels and once with stock; prints the OK count, failures, and which
+# of our kernels ran for which shapes (AIRAVATA_CUDA_KERNELS_VERBOSE).
+run_backend_ops() {
+  local op=$1 var=$2 tag=$3 k
   for k in ours stock; do
-    log "test-backend-ops FLASH_ATTN_EXT, $k kernels"
-    AIRAVATA_FA_EVAL=1 AIRAVATA_CUDA_KERNELS=$k "$BUILD/bin/test-backend-ops" test -o FLASH_ATTN_EXT -b CUDA0 \
-      >"$OUT/attnops-$k.txt" 2>&1 || true
-    grep -cE "^ +FLASH_ATTN_EXT.*OK" "$OUT/attnops-$k.txt" | sed "s/^/$k: OK cases /" | tee -a "$OUT/log.txt"
-    grep -E "FAIL|not supported|tests passed|Backend" "$OUT/attnops-$k.txt" | tail -8 | tee -a "$OUT/log.txt"
+    log "test-backend-ops $op, $k kernels"
+    env "$var=1" AIRAVATA_CUDA_KERNELS=$k AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/test-backend-ops" test -o "$op" -b CUDA0 \
+      >"$OUT/$tag-$k.txt" 2>&1 || true
+    grep -cE "^ +$op.*OK" "$OUT/$tag-$k.txt" | sed "s/^/$k: OK cases /" | tee -a "$OUT/log.txt"
+    grep -c "^airavata: .* ran for" "$OUT/$tag-$k.txt" | sed "s/^/$k: shapes our kernel ran for /" | tee -a "$OUT/log.txt"
+    grep -E "FAIL|not supported|tests passed|Backend" "$OUT/$tag-$k.txt" | tail -8 | tee -a "$OUT/log.txt"
   done
+}
+
+# Issue 24's in-ggml check of our decode attention: FLASH_ATTN_EXT on CUDA against the CPU backend (normalised
+# MSE <= 5e-4) over shapes where our kernel runs (q8_0 K/V, one query per sequence, >= 16 sequences: Airavata's
+# 128 x 32 heads and SmolLM2's 64 x 9/3 GQA, K/V as views of a larger cache, mask on and off, 1..4096 cached
+# tokens) and a few where it must not (two queries per sequence, 8 sequences, f16).
+stage_attnops() {
+  build_backend_ops
+  run_backend_ops FLASH_ATTN_EXT AIRAVATA_FA_EVAL attnops
+}
+
+# Issue 23's in-ggml check of our IQ4_XS matvec: MUL_MAT on CUDA against the CPU backend (normalised MSE <= 5e-4)
+# at 1..9 columns (ours runs at 4..8) over Llama-7B's shapes, odd row counts, a strided src1 view and a batched
+# case that must fall through.
+stage_mmops() {
+  build_backend_ops
+  run_backend_ops MUL_MAT AIRAVATA_MM_EVAL mmops
 }
 
 # Issue 11's two-GPU figures in one stage: our server on GPU 0 at 64 streams, on both GPUs (one engine each)

@@ -47,6 +47,26 @@ fn apply(args: &[&str], src: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Each patch: its file name, the stock file it changes, and the lines it adds.
+const PATCHES: &[(&str, &str, &[&str])] = &[
+    (
+        "0001-fattn-airavata-decode.patch",
+        "fattn.cu",
+        &[
+            "#include \"fattn-airavata.cuh\"",
+            "    if (airavata_fattn_decode(ctx, dst)) {",
+        ],
+    ),
+    (
+        "0002-mmvq-airavata-iq4xs.patch",
+        "mmvq.cu",
+        &[
+            "#include \"mmv-airavata.cuh\"",
+            "    if (ids == nullptr && fusion == nullptr && airavata_mul_mat_vec(ctx, src0, src1, dst)) {",
+        ],
+    ),
+];
+
 #[test]
 fn cuda_patches_apply_cleanly_to_the_pinned_source_and_only_once() {
     let Some(src) = pinned_source("cuda_patches_apply_cleanly_to_the_pinned_source_and_only_once")
@@ -55,59 +75,73 @@ fn cuda_patches_apply_cleanly_to_the_pinned_source_and_only_once() {
     };
     let (ok, text) = apply(&["--check"], &src);
     assert!(ok, "{text}");
-    assert!(
-        text.contains("applies cleanly: 0001-fattn-airavata-decode.patch"),
-        "{text}"
-    );
+    for (patch, _, _) in PATCHES {
+        assert!(
+            text.contains(&format!("applies cleanly: {patch}")),
+            "{text}"
+        );
+    }
 
     // Apply to a copy of the files the patch set touches.
     let tmp = tempfile::tempdir().expect("tempdir");
     let cuda = tmp.path().join("ggml/src/ggml-cuda");
     std::fs::create_dir_all(&cuda).expect("mkdir");
-    let stock = std::fs::read_to_string(src.join("ggml/src/ggml-cuda/fattn.cu")).expect("fattn.cu");
-    std::fs::write(cuda.join("fattn.cu"), &stock).expect("copy");
+    let mut stock = Vec::new();
+    for (_, file, _) in PATCHES {
+        let text = std::fs::read_to_string(src.join("ggml/src/ggml-cuda").join(file)).expect(file);
+        std::fs::write(cuda.join(file), &text).expect("copy");
+        stock.push(text);
+    }
     let (ok, text) = apply(&[], tmp.path());
     assert!(ok, "{text}");
-    assert!(
-        text.contains("applied: 0001-fattn-airavata-decode.patch"),
-        "{text}"
-    );
-    let patched = std::fs::read_to_string(cuda.join("fattn.cu")).expect("patched");
-    assert!(
-        patched.contains("#include \"fattn-airavata.cuh\""),
-        "{patched}"
-    );
-    assert!(
-        patched.contains("if (airavata_fattn_decode(ctx, dst)) {"),
-        "{patched}"
-    );
-    // Only added lines: every stock line is still there, in order.
-    let mut rest = patched.lines();
-    for line in stock.lines() {
-        assert!(rest.any(|l| l == line), "stock line lost: {line:?}");
+    let mut patched = Vec::new();
+    for ((patch, file, added), stock) in PATCHES.iter().zip(&stock) {
+        assert!(text.contains(&format!("applied: {patch}")), "{text}");
+        let now = std::fs::read_to_string(cuda.join(file)).expect("patched");
+        for line in *added {
+            assert!(
+                now.lines().any(|l| l == *line),
+                "{file}: {line:?} not added"
+            );
+        }
+        // Only added lines: every stock line is still there, in order.
+        let mut rest = now.lines();
+        for line in stock.lines() {
+            assert!(rest.any(|l| l == line), "{file}: stock line lost: {line:?}");
+        }
+        patched.push(now);
     }
     for f in [
         "fattn-airavata.cu",
         "fattn-airavata.cuh",
         "airavata-attn-decode.cuh",
+        "mmv-airavata.cu",
+        "mmv-airavata.cuh",
+        "airavata-mmv-iq4xs.cuh",
+        "airavata-switch.cuh",
     ] {
         assert!(cuda.join(f).is_file(), "{f} not copied");
     }
-    let kernel = std::fs::read_to_string(cuda.join("fattn-airavata.cu")).expect("kernel");
-    assert!(
-        kernel.contains("AIRAVATA_CUDA_KERNELS"),
-        "no switch back to stock"
-    );
+    // One switch back to stock, used by every kernel of ours.
+    let switch = std::fs::read_to_string(cuda.join("airavata-switch.cuh")).expect("switch");
+    assert!(switch.contains("AIRAVATA_CUDA_KERNELS"), "{switch}");
+    for f in ["fattn-airavata.cu", "mmv-airavata.cu"] {
+        let kernel = std::fs::read_to_string(cuda.join(f)).expect("kernel");
+        assert!(kernel.contains("#include \"airavata-switch.cuh\""), "{f}");
+        assert!(kernel.contains("if (!airavata_kernels_on()) {"), "{f}");
+    }
 
-    // A second run finds the patch applied and leaves the file as it is.
+    // A second run finds the patches applied and leaves the files as they are.
     let (ok, text) = apply(&[], tmp.path());
     assert!(ok, "{text}");
-    assert!(
-        text.contains("already applied: 0001-fattn-airavata-decode.patch"),
-        "{text}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(cuda.join("fattn.cu")).expect("again"),
-        patched
-    );
+    for ((patch, file, _), before) in PATCHES.iter().zip(&patched) {
+        assert!(
+            text.contains(&format!("already applied: {patch}")),
+            "{text}"
+        );
+        assert_eq!(
+            &std::fs::read_to_string(cuda.join(file)).expect("again"),
+            before
+        );
+    }
 }

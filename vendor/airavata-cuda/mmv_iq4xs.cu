@@ -171,7 +171,7 @@ struct Refs {
 };
 static Refs host_refs(const std::vector<uint8_t> &Wh, const std::vector<float> &x, const HostQ &hq, int nrows, int K,
                       int N) {
-    const int nb = K / QK_K;
+    const int nb = K / IQ4XS_QK;
     Refs R;
     R.exact.assign((size_t)N * nrows, 0);
     R.q8.assign((size_t)N * nrows, 0);
@@ -281,7 +281,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i + 7 < argc; ++i)
         if (!strcmp(argv[i], "--profile")) {
             const Cfg c{atoi(argv[i + 1]), atoi(argv[i + 2]), atoi(argv[i + 3]), atoi(argv[i + 4])};
-            const int rows = atoi(argv[i + 5]), K = atoi(argv[i + 6]), N = atoi(argv[i + 7]), nb = K / QK_K;
+            const int rows = atoi(argv[i + 5]), K = atoi(argv[i + 6]), N = atoi(argv[i + 7]), nb = K / IQ4XS_QK;
             uint8_t *dW;
             float *dx, *dy, *dxd;
             int8_t *dxq;
@@ -336,7 +336,7 @@ int main(int argc, char **argv) {
     printf("\nchecks: |y-ref|/|ref|; bounds: vs q8-emulation %.0e, vs exact %.0e and <= 1.25x ggml-emulation's\n",
            BOUND_Q8, BOUND_EXACT);
     for (const Shape &sh : cshapes) {
-        const int nb = sh.K / QK_K;
+        const int nb = sh.K / IQ4XS_QK;
         const size_t wbytes = (size_t)sh.rows * nb * IQ4XS_BYTES;
         uint8_t *dW;
         float *dx, *dy;
@@ -527,7 +527,7 @@ int main(int argc, char **argv) {
     FILE *csv = fopen(getenv("OUT") ? (std::string(getenv("OUT")) + "/timings.csv").c_str() : "timings.csv", "w");
     if (csv) fprintf(csv, "rows,K,N,cfg,us_per_call,weight_GBps,pct_copy\n");
     for (const Shape &sh : tshapes) {
-        const int nb = sh.K / QK_K;
+        const int nb = sh.K / IQ4XS_QK;
         const size_t wbytes = (size_t)sh.rows * nb * IQ4XS_BYTES;
         const size_t stride = (wbytes + 255) & ~(size_t)255;
         const int nbuf = (int)(POOL / stride);

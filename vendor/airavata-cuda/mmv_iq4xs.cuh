@@ -29,15 +29,15 @@
 
 namespace airavata {
 
-constexpr int QK_K = 256;
+constexpr int IQ4XS_QK = 256;
 constexpr int IQ4XS_BYTES = 136;  // sizeof(block_iq4_xs)
 
 // ggml's block layout (ggml-common.h), written out here for the harness.
 struct block_iq4_xs {
     uint16_t d;          // ggml_half
     uint16_t scales_h;
-    uint8_t  scales_l[QK_K / 64];
-    uint8_t  qs[QK_K / 2];
+    uint8_t  scales_l[IQ4XS_QK / 64];
+    uint8_t  qs[IQ4XS_QK / 2];
 };
 static_assert(sizeof(block_iq4_xs) == IQ4XS_BYTES, "block_iq4_xs size");
 
@@ -72,20 +72,28 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
 
 __device__ __forceinline__ void mma_s8_16832(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                              uint32_t b0, uint32_t b1) {
+#if __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif  // never launched below sm_80 (the dispatch checks the compute capability)
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 __device__ __forceinline__ void cp_async_wait_dyn(int n) {
+#if __CUDA_ARCH__ >= 800
     switch (n) {
         case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
         case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
         case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
         default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
     }
+#endif
 }
 
 // ---------------------------------------------------------------------------------
@@ -133,14 +141,18 @@ __host__ __device__ constexpr int mmv_smem_bytes(int NC, int T, int WARPS, int U
 }
 
 __device__ __forceinline__ void cp_async_w(uint32_t dst, const uint8_t *src, size_t left) {
+#if __CUDA_ARCH__ >= 800
     if (left >= 16) {
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
     } else {  // last 8 bytes of the matrix (136-byte blocks end 8-byte aligned)
         asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src));
     }
+#endif
 }
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src) {
+#if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+#endif
 }
 
 template <int NCOLS, int T, int WARPS, int UB>

@@ -4,22 +4,13 @@
 // at B = 1 fattn-vec is faster, so those stay stock). Copied into ggml/src/ggml-cuda/ with
 // airavata-attn-decode.cuh by scripts/apply-cuda-patches.sh; fattn.cu calls airavata_fattn_decode first.
 //
-// Opt-in until verified end to end on a GPU (scripts/gpu-bench.sh attncheck): AIRAVATA_CUDA_KERNELS=ours (read
-// once per process) turns it on; unset or `stock`, llama.cpp's kernels run for every shape.
+// Opt-in until verified end to end on a GPU (scripts/gpu-bench.sh attncheck): the one switch is
+// airavata-switch.cuh's AIRAVATA_CUDA_KERNELS.
 #include "common.cuh"
 #include "fattn-airavata.cuh"
 #include "airavata-attn-decode.cuh"
 
-#include <cstdlib>
-#include <cstring>
-
-static bool airavata_kernels_on() {
-    static const bool on = [] {
-        const char * e = getenv("AIRAVATA_CUDA_KERNELS");
-        return e != nullptr && strcmp(e, "ours") == 0;
-    }();
-    return on;
-}
+#include "airavata-switch.cuh"
 
 static bool aligned16(const void * p, size_t stride) {
     return reinterpret_cast<uintptr_t>(p) % 16 == 0 && stride % 16 == 0;
@@ -96,5 +87,9 @@ bool airavata_fattn_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     }
     const bool ok = launch(p, (int) D, G, KV_Q8_0, KV_Q8_0, (int) n_seq, (int) Hkv, ctx.stream());
     CUDA_CHECK(cudaGetLastError());
+    if (ok) {
+        airavata_kernel_ran("attn_decode", "D " + std::to_string(D) + " heads " + std::to_string(H) + "/" +
+                                               std::to_string(Hkv) + " seqs " + std::to_string(n_seq));
+    }
     return ok;
 }
