@@ -36,6 +36,8 @@
 #                                  # PROFILE_NPP/PROFILE_KV prompt and cache, PROFILE_KERNELS a name regex)
 #   scripts/gpu-bench.sh attncheck # issue 24: same greedy answers with our decode attention and with stock (q8_0 KV, 32 seqs)
 #   scripts/gpu-bench.sh attnops   # issue 24: test-backend-ops FLASH_ATTN_EXT, CUDA vs CPU, at our kernel's shapes (both kernel sets)
+#   scripts/gpu-bench.sh smol      # SmolLM2 Q4_0 from the .carry-m1..3 parts (sha256-checked)
+#   scripts/gpu-bench.sh mmkld     # issue 23: SmolLM2 nf4, llama-perplexity at 8/5-token micro-batches, our matvec's logits vs stock's (KLD)
 #   scripts/gpu-bench.sh mmops     # issue 23: test-backend-ops MUL_MAT IQ4_XS at 1..9 columns, CUDA vs CPU (both kernel sets)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
@@ -646,6 +648,44 @@ stage_attnops() {
 stage_mmops() {
   build_backend_ops
   run_backend_ops MUL_MAT AIRAVATA_MM_EVAL mmops
+}
+
+# SmolLM2-135M-Instruct as a Q4_0 GGUF, carried in xz parts (.carry-m1..3/smol.xz.N over chained calls: the
+# travelling tree is capped at 64 MiB) and put together here as $WORK/smol-q4_0.gguf, sha256-checked.
+SMOL=$WORK/smol-q4_0.gguf
+SMOL_SHA256=4e2987d9
+stage_smol() {
+  if [ ! -f "$SMOL" ]; then
+    cat "$ROOT"/.carry-m1/smol.xz.1 "$ROOT"/.carry-m2/smol.xz.2 "$ROOT"/.carry-m3/smol.xz.3 \
+      | python3 -c "import lzma, sys; sys.stdout.buffer.write(lzma.decompress(sys.stdin.buffer.read()))" >"$SMOL.part"
+    mv "$SMOL.part" "$SMOL"
+  fi
+  sha256sum "$SMOL" | tee -a "$OUT/log.txt" | grep -q "^$SMOL_SHA256" || { echo "smol: sha256 mismatch" >&2; return 1; }
+}
+
+# Issue 23's real-model check of our IQ4_XS matvec: llama-perplexity with micro-batches of MMKLD_UB (default "8 5")
+# tokens, so every matmul has that many columns and ours runs where the weights are IQ4_XS, on SmolLM2 made nf4
+# here (its 1536-wide ffn_down is IQ4_XS; 576-wide rows take IQ4_NL): stock kernels write the base logits,
+# ours are scored against them (KLD, same top token). Text: .carry-m3/wiki.txt (WikiText-2 test, first 200 kB).
+# Needs buildmg with llama-perplexity in BUILD_TARGETS, and smol.
+stage_mmkld() {
+  local model=$WORK/smol-nf4.gguf ub
+  if [ ! -f "$model" ]; then
+    "${AIRAVATA[@]}" quantize "$SMOL" "$model" --allow-requantize --no-calibration -q 2>&1 | tail -3 | tee -a "$OUT/log.txt"
+  fi
+  "${AIRAVATA[@]}" inspect "$model" --json | python3 -c "
+import json, sys, collections
+t = json.load(sys.stdin)['tensors']
+print('smol-nf4 tensor types:', dict(collections.Counter(x['type'] for x in t)))" | tee -a "$OUT/log.txt"
+  for ub in ${MMKLD_UB:-8 5}; do
+    local common=(-m "$model" -f "$ROOT/.carry-m3/wiki.txt" -c 512 -b 512 -ub "$ub" -ngl 99 --chunks "${MMKLD_CHUNKS:-40}")
+    AIRAVATA_CUDA_KERNELS=stock "$BUILD/bin/llama-perplexity" "${common[@]}" --kl-divergence-base "$WORK/smol-base-$ub.kld" \
+      >"$OUT/mmkld-stock-ub$ub.txt" 2>&1
+    AIRAVATA_CUDA_KERNELS=ours AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/llama-perplexity" "${common[@]}" \
+      --kl-divergence-base "$WORK/smol-base-$ub.kld" --kl-divergence >"$OUT/mmkld-ours-ub$ub.txt" 2>&1
+    log "mmkld ub=$ub: our kernel ran for $(grep -c '^airavata: mmv_iq4xs ran' "$OUT/mmkld-ours-ub$ub.txt") shapes"
+    grep -E "^Mean +KLD|^Maximum KLD|^Same top|Final estimate" "$OUT/mmkld-ours-ub$ub.txt" | sed "s/^/ub=$ub ours vs stock: /" | tee -a "$OUT/log.txt"
+  done
 }
 
 # Issue 11's two-GPU figures in one stage: our server on GPU 0 at 64 streams, on both GPUs (one engine each)
