@@ -96,6 +96,20 @@ __device__ __forceinline__ void cp_async_wait_dyn(int n) {
 #endif
 }
 
+// Programmatic dependent launch (Hopper): a kernel launched with the PDL attribute may start while the
+// kernel before it still runs; grid_dep_wait() returns once that kernel has finished and its writes are
+// visible (at once when launched without the attribute), grid_dep_launch() lets the next kernel start early.
+__device__ __forceinline__ void grid_dep_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dep_launch() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // ---------------------------------------------------------------------------------
 // Activation quantization: x f32, column n at x + n*ldx, K values.
 // Out: xq int8 [N][K/32][32] (column-major, each 32-group in mma order),
@@ -103,8 +117,11 @@ __device__ __forceinline__ void cp_async_wait_dyn(int n) {
 // One warp per (32-group, column); block = 8 warps = the 8 columns of one group.
 // Same arithmetic as ggml's quantize_q8_1: d = amax/127, q = round(x/d).
 // (ggml then stores d as fp16; we keep f32.)
-__global__ void __launch_bounds__(256) quantize_x_q8(const float *__restrict__ x, int K, int ldx, int N,
-                                                     int8_t *__restrict__ xq, float *__restrict__ xd) {
+// x is read after grid_dep_wait(), so it is not __restrict__ (which would let the compiler hoist the load).
+__global__ void __launch_bounds__(256) quantize_x_q8(const float *x, int K, int ldx, int N, int8_t *__restrict__ xq,
+                                                     float *__restrict__ xd) {
+    grid_dep_wait();    // x is the previous kernel's output
+    grid_dep_launch();  // the matvec may start and fetch its weights meanwhile
     const int grp = blockIdx.x, ngrp = gridDim.x;
     const int n = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (n >= N) {
@@ -197,7 +214,8 @@ __global__ void __launch_bounds__(WARPS * 32)
             rb[t][h] = r * RS + 8 + 4 * tq;  // + 8 skips the block header, + 4*tq selects the word
         }
 
-    auto issue = [&](int u, int s) {
+    // a unit's weight rows into stage s (they depend on no earlier kernel) ...
+    auto issue_w = [&](int u, int s) {
         const int cu = min(UB, nb - UB * u);
         const uint32_t sbase = wsm_s + s * STAGE;
         // weights: row r = 4i + lane/8, chunk j = lane%8 + 8m of its 16-byte-aligned span
@@ -216,7 +234,11 @@ __global__ void __launch_bounds__(WARPS * 32)
                 }
             }
         }
-        // activations: NCOLS columns x 8*cu groups x 32 bytes, and the 8*cu x 8 scales
+    };
+    // ... and its activation slice: NCOLS columns x 8*cu groups x 32 bytes, and the 8*cu x 8 scales
+    auto issue_x = [&](int u, int s) {
+        const int cu = min(UB, nb - UB * u);
+        const uint32_t sbase = wsm_s + s * STAGE;
         const int8_t *xs = xq + (size_t)(8 * UB * u) * 32;
 #pragma unroll
         for (int c0 = 0; c0 < NCOLS * 16 * UB; c0 += 32) {
@@ -227,6 +249,10 @@ __global__ void __launch_bounds__(WARPS * 32)
         }
         if (lane < 16 * cu) cp_async16(sbase + WB + XB + 16 * lane, xd + (size_t)(8 * UB * u) * 8 + 4 * lane);
     };
+    auto issue = [&](int u, int s) {
+        issue_w(u, s);
+        issue_x(u, s);
+    };
 
     float acc[T][4];
 #pragma unroll
@@ -235,8 +261,14 @@ __global__ void __launch_bounds__(WARPS * 32)
         for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
 
     const int nk = warp < nu ? (nu - warp + WARPS - 1) / WARPS : 0;
+    // Prologue: the first S units' weights are requested before waiting for the kernel that wrote the
+    // activations (under PDL that overlaps its tail); commit group s then holds stage s's activations (group 0
+    // also every prologue weight), so waiting for group k still covers all of stage k.
+    for (int s = 0; s < S; ++s)
+        if (s < nk) issue_w(warp + s * WARPS, s);
+    grid_dep_wait();
     for (int s = 0; s < S; ++s) {
-        if (s < nk) issue(warp + s * WARPS, s);
+        if (s < nk) issue_x(warp + s * WARPS, s);
         cp_async_commit();
     }
 
@@ -314,6 +346,7 @@ __global__ void __launch_bounds__(WARPS * 32)
         cp_async_commit();
     }
     cp_async_wait_dyn(0);
+    grid_dep_launch();  // only the reduction is left: the next kernel may start its prologue
 
     // reduce the warps' partial sums (split K) and write each output once
     __syncthreads();

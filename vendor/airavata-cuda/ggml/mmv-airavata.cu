@@ -32,7 +32,11 @@ bool launch_cols(const uint8_t * W, const int8_t * xq, const float * xd, float *
     }
     CUDA_SET_SHARED_MEMORY_LIMIT((mmv_iq4xs_kernel<NC, MMV_T, MMV_WARPS, MMV_UB>), smem);
     const int grid = (nrows + 16 * MMV_T - 1) / (16 * MMV_T);
-    mmv_iq4xs_kernel<NC, MMV_T, MMV_WARPS, MMV_UB><<<grid, MMV_WARPS * 32, smem, stream>>>(W, xq, xd, y, nrows, nb, MMV_S, 1);
+    // ggml's launcher: with programmatic dependent launch (Hopper, GGML_CUDA_PDL) the kernel fetches its weights
+    // while the activation quantization before it still runs.
+    ggml_cuda_kernel_launch(mmv_iq4xs_kernel<NC, MMV_T, MMV_WARPS, MMV_UB>,
+                            ggml_cuda_kernel_launch_params(dim3(grid), dim3(MMV_WARPS * 32), (size_t) smem, stream), W, xq,
+                            xd, y, nrows, nb, MMV_S, 1);
     return true;
 }
 
@@ -90,8 +94,9 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
     if (reinterpret_cast<uintptr_t>(xq.get()) % 16 != 0 || reinterpret_cast<uintptr_t>(xd.get()) % 16 != 0) {
         return false;
     }
-    airavata::quantize_x_q8<<<ngrp, 256, 0, stream>>>((const float *) src1->data, (int) K,
-                                                     (int) (src1->nb[1] / sizeof(float)), (int) ncols, xq.get(), xd.get());
+    ggml_cuda_kernel_launch(airavata::quantize_x_q8, ggml_cuda_kernel_launch_params(dim3(ngrp), dim3(256), (size_t) 0, stream),
+                            (const float *) src1->data, (int) K, (int) (src1->nb[1] / sizeof(float)), (int) ncols,
+                            xq.get(), xd.get());
     if (!launch(ncols, (const uint8_t *) src0->data, xq.get(), xd.get(), (float *) dst->data, (int) rows, nb,
                 ctx.device, stream)) {
         return false;  // the activations were quantized into a buffer nobody reads; harmless
