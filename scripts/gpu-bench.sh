@@ -36,6 +36,7 @@
 #                                  # PROFILE_NPP/PROFILE_KV prompt and cache, PROFILE_KERNELS a name regex)
 #   scripts/gpu-bench.sh attncheck # issue 24: same greedy answers with our decode attention and with stock (q8_0 KV, 32 seqs)
 #   scripts/gpu-bench.sh attnops   # issue 24: test-backend-ops FLASH_ATTN_EXT, CUDA vs CPU, at our kernel's shapes (both kernel sets)
+#   scripts/gpu-bench.sh mmvbb     # issue 23: llama-batched-bench S_TG at B 1/2/4/8, stock vs our IQ4_XS matvec (and from 1 column)
 #   scripts/gpu-bench.sh smol      # SmolLM2 Q4_0 from the .carry-m1..3 parts (sha256-checked)
 #   scripts/gpu-bench.sh mmkld     # issue 23: SmolLM2 nf4, llama-perplexity at 8/5-token micro-batches, our matvec's logits vs stock's (KLD)
 #   scripts/gpu-bench.sh mmops     # issue 23: test-backend-ops MUL_MAT IQ4_XS at 1..9 columns, CUDA vs CPU (both kernel sets)
@@ -648,6 +649,44 @@ stage_attnops() {
 stage_mmops() {
   build_backend_ops
   run_backend_ops MUL_MAT AIRAVATA_MM_EVAL mmops
+}
+
+# Issue 23's IQ4_XS matvec inside llama.cpp: llama-batched-bench S_TG (prompt 32, 128 new tokens, f16 KV) at
+# MMV_B (default 1 2 4 8) with llama.cpp's kernels, ours (4-8 columns), and ours down to one column
+# (AIRAVATA_MMV_MIN_COLS=1), one build, back to back; MMV_REPS rounds (default 2), the table takes the best.
+# Needs buildmg, synth, gguf.
+stage_mmvbb() {
+  local dir=$OUT/mmvbb b k r
+  mkdir -p "$dir"
+  for r in $(seq 1 "${MMV_REPS:-2}"); do
+    for b in ${MMV_B:-1 2 4 8}; do
+      for k in stock ours ours-min1; do
+        local env=(AIRAVATA_CUDA_KERNELS=stock)
+        [ $k = ours ] && env=(AIRAVATA_CUDA_KERNELS=ours)
+        [ $k = ours-min1 ] && env=(AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1)
+        env "${env[@]}" "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((b * 256)) -b 2048 -ub 512 \
+          -npp 32 -ntg 128 -npl "$b" 2>&1 | grep -E "^\|" >"$dir/bb-$k-$b-r$r.md" || true
+      done
+    done
+  done
+  python3 - "$dir" <<'PY' | tee "$OUT/mmvbb.md"
+import glob, os, re, sys
+d = sys.argv[1]
+best = {}
+for p in glob.glob(f"{d}/bb-*.md"):
+    k, b = re.match(r"bb-(.+)-(\d+)-r\d+\.md", os.path.basename(p)).groups()
+    for line in open(p):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 8 and cells[0].isdigit():
+            s_tg = float(cells[7])  # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | ...
+            best[(k, int(b))] = max(best.get((k, int(b)), 0.0), s_tg)
+print("| B | stock S_TG | ours (4-8 cols) | ours ÷ stock | ours from 1 col | ÷ stock |")
+print("|--:|--:|--:|--:|--:|--:|")
+for b in sorted({b for _, b in best}):
+    s, o, o1 = (best.get((k, b), 0.0) for k in ("stock", "ours", "ours-min1"))
+    r = lambda x: f"{x / s:.3f}" if s else "-"
+    print(f"| {b} | {s:.1f} | {o:.1f} | {r(o)} | {o1:.1f} | {r(o1)} |")
+PY
 }
 
 # SmolLM2-135M-Instruct as a Q4_0 GGUF, carried in xz parts (.carry-m1..3/smol.xz.N over chained calls: the

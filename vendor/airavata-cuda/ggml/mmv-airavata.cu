@@ -1,5 +1,5 @@
 // airavata's IQ4_XS matrix-vector product inside ggml-cuda (issue 23): 4 to 8 activation columns (decode at
-// batch 4-8), where vendor/airavata-cuda's harness measured our kernel ahead of mul_mat_vec_q on an H100
+// batch 4-8; AIRAVATA_MMV_MIN_COLS moves the lower end), where vendor/airavata-cuda's harness measured our kernel ahead of mul_mat_vec_q on an H100
 // (at 8 columns 1.5x on 4096x4096 and 1.6-1.7x on the FFN shapes; at 1-3 columns mmvq is as fast or faster, so
 // those stay stock). Copied into ggml/src/ggml-cuda/ with airavata-mmv-iq4xs.cuh by
 // scripts/apply-cuda-patches.sh; mmvq.cu's ggml_cuda_mul_mat_vec_q calls airavata_mul_mat_vec first.
@@ -19,8 +19,18 @@ constexpr int MMV_T     = 1;  // 16-row tiles per block
 constexpr int MMV_WARPS = 8;  // warps splitting K
 constexpr int MMV_UB    = 2;  // 256-column blocks per unit
 constexpr int MMV_S     = 1;  // ring stages per warp
-constexpr int64_t MMV_MIN_COLS = 4;
 constexpr int64_t MMV_MAX_COLS = 8;
+
+// Fewest columns ours takes: 4 (below, the harness measured mmvq as fast or faster, without PDL);
+// AIRAVATA_MMV_MIN_COLS=1..8 moves it, to measure the small batches inside llama.cpp.
+int64_t min_cols() {
+    static const int64_t n = [] {
+        const char * e = getenv("AIRAVATA_MMV_MIN_COLS");
+        const int v = e != nullptr ? atoi(e) : 0;
+        return v >= 1 && v <= MMV_MAX_COLS ? (int64_t) v : (int64_t) 4;
+    }();
+    return n;
+}
 
 template <int NC>
 bool launch_cols(const uint8_t * W, const int8_t * xq, const float * xd, float * y, int nrows, int nb, int device,
@@ -43,6 +53,9 @@ bool launch_cols(const uint8_t * W, const int8_t * xq, const float * xd, float *
 bool launch(int64_t ncols, const uint8_t * W, const int8_t * xq, const float * xd, float * y, int nrows, int nb,
             int device, cudaStream_t stream) {
     switch (ncols) {
+        case 1: return launch_cols<1>(W, xq, xd, y, nrows, nb, device, stream);
+        case 2: return launch_cols<2>(W, xq, xd, y, nrows, nb, device, stream);
+        case 3: return launch_cols<3>(W, xq, xd, y, nrows, nb, device, stream);
         case 4: return launch_cols<4>(W, xq, xd, y, nrows, nb, device, stream);
         case 5: return launch_cols<5>(W, xq, xd, y, nrows, nb, device, stream);
         case 6: return launch_cols<6>(W, xq, xd, y, nrows, nb, device, stream);
@@ -71,7 +84,7 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
         return false;
     }
     const int64_t K = src0->ne[0], rows = src0->ne[1], ncols = src1->ne[1];
-    if (ncols < MMV_MIN_COLS || ncols > MMV_MAX_COLS || K <= 0 || K % airavata::IQ4XS_QK != 0 || rows <= 0 ||
+    if (ncols < min_cols() || ncols > MMV_MAX_COLS || K <= 0 || K % airavata::IQ4XS_QK != 0 || rows <= 0 ||
         rows > INT_MAX / 2 || K / airavata::IQ4XS_QK > INT_MAX / 8) {
         return false;
     }
