@@ -603,9 +603,10 @@ mm = """
                 test_cases.emplace_back(new test_mul_mat(iq, f32, s[0], n, s[1], {1, 1}, {1, 1}));
             }
         }
-        // src1 a view with a longer row stride; a batch of two matrices (must fall through to ggml's own path)
+        // weights and activations as views with a longer row stride (k_v, a multiple of 256 for IQ4_XS rows), and a
+        // batch of two matrices: ours takes neither (packed weights, one matrix) and must leave them to ggml
         test_cases.emplace_back(new test_mul_mat(iq, f32, 4096, 8, 4096, {1, 1}, {1, 1}, {0, 1, 2, 3}, 4352));
-        test_cases.emplace_back(new test_mul_mat(iq, f32, 4096, 6, 4096, {1, 1}, {1, 1}, {0, 1, 2, 3}, 4104));
+        test_cases.emplace_back(new test_mul_mat(iq, f32, 4096, 6, 4096, {1, 1}, {1, 1}, {0, 1, 2, 3}, 4608));
         test_cases.emplace_back(new test_mul_mat(iq, f32, 512, 8, 1024, {2, 1}, {1, 1}));
         return test_cases;
     }
@@ -624,12 +625,12 @@ PY
 # of our kernels ran for which shapes (AIRAVATA_CUDA_KERNELS_VERBOSE).
 run_backend_ops() {
   local op=$1 var=$2 tag=$3 k
-  for k in ours stock; do
+  for k in ${OPS_KERNELS:-ours stock}; do
     log "test-backend-ops $op, $k kernels"
     env "$var=1" AIRAVATA_CUDA_KERNELS=$k AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/test-backend-ops" test -o "$op" -b CUDA0 \
       >"$OUT/$tag-$k.txt" 2>&1 || true
-    grep -cE "^ +$op.*OK" "$OUT/$tag-$k.txt" | sed "s/^/$k: OK cases /" | tee -a "$OUT/log.txt"
-    grep -c "^airavata: .* ran for" "$OUT/$tag-$k.txt" | sed "s/^/$k: shapes our kernel ran for /" | tee -a "$OUT/log.txt"
+    { grep -cE "^ +$op.*OK" "$OUT/$tag-$k.txt" || true; } | sed "s/^/$k: OK cases /" | tee -a "$OUT/log.txt"
+    { grep -c "^airavata: .* ran for" "$OUT/$tag-$k.txt" || true; } | sed "s/^/$k: shapes our kernel ran for /" | tee -a "$OUT/log.txt"
     grep -E "FAIL|not supported|tests passed|Backend" "$OUT/$tag-$k.txt" | tail -8 | tee -a "$OUT/log.txt"
   done
 }
@@ -637,15 +638,16 @@ run_backend_ops() {
 # Issue 24's in-ggml check of our decode attention: FLASH_ATTN_EXT on CUDA against the CPU backend (normalised
 # MSE <= 5e-4) over shapes where our kernel runs (q8_0 K/V, one query per sequence, >= 16 sequences: Airavata's
 # 128 x 32 heads and SmolLM2's 64 x 9/3 GQA, K/V as views of a larger cache, mask on and off, 1..4096 cached
-# tokens) and a few where it must not (two queries per sequence, 8 sequences, f16).
+# tokens) and a few where it must not (two queries per sequence, 8 sequences, f16). The CPU reference takes ~4.5
+# minutes per kernel set on 16 cores: OPS_KERNELS="ours" runs only ours.
 stage_attnops() {
   build_backend_ops
   run_backend_ops FLASH_ATTN_EXT AIRAVATA_FA_EVAL attnops
 }
 
 # Issue 23's in-ggml check of our IQ4_XS matvec: MUL_MAT on CUDA against the CPU backend (normalised MSE <= 5e-4)
-# at 1..9 columns (ours runs at 4..8) over Llama-7B's shapes, odd row counts, a strided src1 view and a batched
-# case that must fall through.
+# at 1..9 columns (ours runs at 4..8) over Llama-7B's shapes and odd row counts, and strided views and a batched
+# case that ours must leave to ggml.
 stage_mmops() {
   build_backend_ops
   run_backend_ops MUL_MAT AIRAVATA_MM_EVAL mmops
