@@ -37,6 +37,7 @@
 #   scripts/gpu-bench.sh attncheck # issue 24: same greedy answers with our decode attention and with stock (q8_0 KV, 32 seqs)
 #   scripts/gpu-bench.sh attnops   # issue 24: test-backend-ops FLASH_ATTN_EXT, CUDA vs CPU, at our kernel's shapes (both kernel sets)
 #   scripts/gpu-bench.sh mmvbb     # issue 23: llama-batched-bench S_TG at B 1/2/4/8, stock vs our IQ4_XS matvec (and from 1 column)
+#   scripts/gpu-bench.sh sanitize  # compute-sanitizer memcheck + racecheck over test-backend-ops' small cases of both of our kernels
 #   scripts/gpu-bench.sh smol      # SmolLM2 Q4_0 from the .carry-m1..3 parts (sha256-checked)
 #   scripts/gpu-bench.sh mmkld     # issue 23: SmolLM2 nf4, llama-perplexity at 8/5-token micro-batches, our matvec's logits vs stock's (KLD)
 #   scripts/gpu-bench.sh mmops     # issue 23: test-backend-ops MUL_MAT IQ4_XS at 1..9 columns, CUDA vs CPU (both kernel sets)
@@ -565,57 +566,7 @@ stage_attncheck() {
 # test-backend-ops built from the patched tree, with the cases of our kernels' shapes added (each set behind its
 # own environment variable, so a plain run keeps llama.cpp's own cases). Needs build or buildmg.
 build_backend_ops() {
-  local T=$SRC/tests/test-backend-ops.cpp
-  python3 - "$T" <<'PY'
-import sys
-p = sys.argv[1]
-s = open(p).read()
-anchor = "static std::vector<std::unique_ptr<test_case>> make_test_cases_eval() {\n    std::vector<std::unique_ptr<test_case>> test_cases;\n"
-assert anchor in s, "make_test_cases_eval not found"
-fa = """
-    if (getenv("AIRAVATA_FA_EVAL")) {  // issue 24: shapes of airavata's decode attention (scripts/gpu-bench.sh attnops)
-        const ggml_type q8 = GGML_TYPE_Q8_0, f16 = GGML_TYPE_F16;
-        for (bool mask : {true, false}) {
-            for (int64_t b : {16, 17, 64}) {
-                for (int64_t kv : {1, 7, 256, 1000, 4096}) {
-                    test_cases.emplace_back(new test_flash_attn_ext(128, 128, 32, {1, b}, kv, 1, mask, false, 0, 0, GGML_PREC_F32, q8, q8));
-                }
-            }
-            for (int64_t b : {16, 33}) {
-                for (int64_t kv : {1, 100, 1024, 2500}) {
-                    test_cases.emplace_back(new test_flash_attn_ext(64, 64, 3, {3, b}, kv, 1, mask, false, 0, 0, GGML_PREC_F32, q8, q8));
-                }
-            }
-        }
-        test_cases.emplace_back(new test_flash_attn_ext(128, 128, 32, {1, 16}, 512, 1, true, false, 0, 0, GGML_PREC_F32, q8, q8, {0, 1, 2, 3}, false));
-        test_cases.emplace_back(new test_flash_attn_ext(128, 128, 32, {1, 16}, 512, 2, true, false, 0, 0, GGML_PREC_F32, q8, q8));
-        test_cases.emplace_back(new test_flash_attn_ext(128, 128, 32, {1, 8}, 512, 1, true, false, 0, 0, GGML_PREC_F32, q8, q8));
-        test_cases.emplace_back(new test_flash_attn_ext(128, 128, 32, {1, 64}, 1024, 1, true, false, 0, 0, GGML_PREC_F32, f16, f16));
-        return test_cases;
-    }
-"""
-mm = """
-    if (getenv("AIRAVATA_MM_EVAL")) {  // issue 23: shapes of airavata's IQ4_XS matvec (scripts/gpu-bench.sh mmops)
-        const ggml_type iq = GGML_TYPE_IQ4_XS, f32 = GGML_TYPE_F32;
-        const int64_t mk[][2] = {{16, 256}, {33, 512}, {4096, 4096}, {4099, 4096}, {11008, 4096}, {4096, 11008}, {12288, 4096}};
-        for (const auto & s : mk) {
-            for (int64_t n = 1; n <= 9; ++n) {
-                test_cases.emplace_back(new test_mul_mat(iq, f32, s[0], n, s[1], {1, 1}, {1, 1}));
-            }
-        }
-        // weights and activations as views with a longer row stride (k_v, a multiple of 256 for IQ4_XS rows), and a
-        // batch of two matrices: ours takes neither (packed weights, one matrix) and must leave them to ggml
-        test_cases.emplace_back(new test_mul_mat(iq, f32, 4096, 8, 4096, {1, 1}, {1, 1}, {0, 1, 2, 3}, 4352));
-        test_cases.emplace_back(new test_mul_mat(iq, f32, 4096, 6, 4096, {1, 1}, {1, 1}, {0, 1, 2, 3}, 4608));
-        test_cases.emplace_back(new test_mul_mat(iq, f32, 512, 8, 1024, {2, 1}, {1, 1}));
-        return test_cases;
-    }
-"""
-for marker, block in (("AIRAVATA_FA_EVAL", fa), ("AIRAVATA_MM_EVAL", mm)):
-    if marker not in s:
-        s = s.replace(anchor, anchor + block, 1)
-open(p, "w").write(s)
-PY
+  python3 "$ROOT/scripts/backend-ops-cases.py" "$SRC/tests/test-backend-ops.cpp"
   cmake -S "$SRC" -B "$BUILD" -DLLAMA_BUILD_TESTS=ON >>"$OUT/cmake.log" 2>&1
   ( time cmake --build "$BUILD" -j "$JOBS" --target test-backend-ops ) >"$OUT/build-tests.log" 2>&1 || { tail -30 "$OUT/build-tests.log"; return 1; }
 }
@@ -689,6 +640,29 @@ for b in sorted({b for _, b in best}):
     r = lambda x: f"{x / s:.3f}" if s else "-"
     print(f"| {b} | {s:.1f} | {o:.1f} | {r(o)} | {o1:.1f} | {r(o1)} |")
 PY
+}
+
+# compute-sanitizer (memcheck, racecheck) over test-backend-ops' small cases of both of our kernels, with ours on
+# and CUDA graphs off (so every launch is checked as launched): the summaries, and any report's kernel names.
+# Needs build or buildmg.
+stage_sanitize() {
+  build_backend_ops
+  local tool spec op var rc
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
+    for spec in MUL_MAT:AIRAVATA_MM_EVAL FLASH_ATTN_EXT:AIRAVATA_FA_EVAL; do
+      op=${spec%%:*} var=${spec##*:}
+      log "compute-sanitizer --tool $tool, test-backend-ops $op (small cases), ours"
+      rc=0
+      env "$var=small" AIRAVATA_CUDA_KERNELS=ours AIRAVATA_CUDA_KERNELS_VERBOSE=1 GGML_CUDA_DISABLE_GRAPHS=1 \
+        compute-sanitizer --tool "$tool" --error-exitcode 9 "$BUILD/bin/test-backend-ops" test -o "$op" -b CUDA0 \
+        >"$OUT/sanitize-$tool-$op.txt" 2>&1 || rc=$?
+      { grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests passed" "$OUT/sanitize-$tool-$op.txt" || true; } | tee -a "$OUT/log.txt"
+      { grep -c "^airavata: .* ran for" "$OUT/sanitize-$tool-$op.txt" || true; } | sed "s/^/  shapes ours ran for: /" | tee -a "$OUT/log.txt"
+      { grep -oE "in [A-Za-z_0-9:<>, ]*(kernel|airavata|quantize_x_q8|attn)[A-Za-z_0-9<>, ]*" "$OUT/sanitize-$tool-$op.txt" || true; } \
+        | sort | uniq -c | head -5 | tee -a "$OUT/log.txt"
+      echo "  rc=$rc (9: the tool reported errors)" | tee -a "$OUT/log.txt"
+    done
+  done
 }
 
 # SmolLM2-135M-Instruct as a Q4_0 GGUF, carried in xz parts (.carry-m1..3/smol.xz.N over chained calls: the

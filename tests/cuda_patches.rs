@@ -145,3 +145,78 @@ fn cuda_patches_apply_cleanly_to_the_pinned_source_and_only_once() {
         );
     }
 }
+
+/// The first C++ compiler found, or None.
+fn cxx() -> Option<String> {
+    let candidates = std::env::var("CXX")
+        .into_iter()
+        .chain(["c++", "g++", "clang++"].map(String::from));
+    candidates.into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+#[test]
+fn backend_ops_cases_insert_once_and_compile_against_the_pinned_source() {
+    let Some(src) =
+        pinned_source("backend_ops_cases_insert_once_and_compile_against_the_pinned_source")
+    else {
+        return;
+    };
+    let stock =
+        std::fs::read_to_string(src.join("tests/test-backend-ops.cpp")).expect("test-backend-ops");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("test-backend-ops.cpp");
+    std::fs::write(&file, &stock).expect("copy");
+    let run = || {
+        let out = Command::new("python3")
+            .arg(root().join("scripts/backend-ops-cases.py"))
+            .arg(&file)
+            .output()
+            .expect("run backend-ops-cases.py");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(&file).expect("read back")
+    };
+    let once = run();
+    assert_eq!(run(), once, "a second run changed the file");
+    for var in ["AIRAVATA_FA_EVAL", "AIRAVATA_MM_EVAL"] {
+        assert_eq!(
+            once.matches(&format!("if (getenv(\"{var}\")) {{")).count(),
+            1,
+            "{var}"
+        );
+    }
+    // Only added lines: llama.cpp's own cases are all still there, in order.
+    let mut rest = once.lines();
+    for line in stock.lines() {
+        assert!(rest.any(|l| l == line), "stock line lost: {line:?}");
+    }
+    let Some(cxx) = cxx() else {
+        assert!(!common::in_ci(), "no C++ compiler in CI");
+        eprintln!("skipped the compile step: no C++ compiler");
+        return;
+    };
+    let out = Command::new(&cxx)
+        .args(["-std=c++17", "-fsyntax-only"])
+        .arg("-I")
+        .arg(src.join("ggml/include"))
+        .arg("-I")
+        .arg(src.join("include"))
+        .arg("-I")
+        .arg(src.join("common"))
+        .arg(&file)
+        .output()
+        .expect("run the C++ compiler");
+    assert!(
+        out.status.success(),
+        "{cxx}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
