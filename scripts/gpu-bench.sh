@@ -607,7 +607,8 @@ stage_mmops() {
 # Issue 23's IQ4_XS matvec inside llama.cpp: llama-batched-bench S_TG (prompt 32, 128 new tokens, f16 KV) at
 # MMV_B (default 1 2 4 8) with llama.cpp's kernels, ours (4-8 columns), and ours down to one column
 # (AIRAVATA_MMV_MIN_COLS=1), one build, back to back; MMV_REPS rounds (default 2), the table takes the best.
-# Needs buildmg, synth, gguf.
+# MMV_SERVE=1 also sweeps our server at 1/4/8 streams with each kernel set (8 slots, same prompt and tokens),
+# with WITH_OLDAPP=1 the old app's 50-token request too. Needs buildmg, synth, gguf.
 stage_mmvbb() {
   local dir=$OUT/mmvbb b k r
   mkdir -p "$dir"
@@ -622,6 +623,12 @@ stage_mmvbb() {
       done
     done
   done
+  if [ -n "${MMV_SERVE:-}" ]; then
+    for k in stock ours; do
+      AIRAVATA_CUDA_KERNELS=$k SLOTS=8 CTX_PER_SLOT=256 CONC=1,4,8 MAX_TOKENS=128 PROMPT_TOKENS=32 \
+        BENCH_FLAGS="--raw --unique-prompts" serve_ours "mmv-$k"
+    done
+  fi
   python3 - "$dir" <<'PY' | tee "$OUT/mmvbb.md"
 import glob, os, re, sys
 d = sys.argv[1]
