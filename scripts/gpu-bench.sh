@@ -36,10 +36,10 @@
 #                                  # PROFILE_NPP/PROFILE_KV prompt and cache, PROFILE_KERNELS a name regex)
 #   scripts/gpu-bench.sh attncheck # issue 24: same greedy answers with our decode attention and with stock (q8_0 KV, 32 seqs)
 #   scripts/gpu-bench.sh attnops   # issue 24: test-backend-ops FLASH_ATTN_EXT, CUDA vs CPU, at our kernel's shapes (both kernel sets)
-#   scripts/gpu-bench.sh mmvbb     # issue 23: llama-batched-bench S_TG at B 1/2/4/8, stock vs our IQ4_XS matvec (and from 1 column)
+#   scripts/gpu-bench.sh mmvbb     # issue 23: llama-batched-bench S_TG at B 1-16, stock vs our IQ4_XS matvec (default, from 1 column, up to 16)
 #   scripts/gpu-bench.sh sanitize  # compute-sanitizer memcheck + racecheck over test-backend-ops' small cases of both of our kernels
 #   scripts/gpu-bench.sh smol      # SmolLM2 Q4_0 from the .carry-m1..3 parts (sha256-checked)
-#   scripts/gpu-bench.sh mmkld     # issue 23: SmolLM2 nf4, llama-perplexity at 8/5-token micro-batches, our matvec's logits vs stock's (KLD)
+#   scripts/gpu-bench.sh mmkld     # issue 23: SmolLM2 nf4, llama-perplexity at 16/8/5-token micro-batches, our matvec's logits vs stock's (KLD)
 #   scripts/gpu-bench.sh mmops     # issue 23: test-backend-ops MUL_MAT IQ4_XS at 1..9 columns, CUDA vs CPU (both kernel sets)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
@@ -571,6 +571,18 @@ build_backend_ops() {
   ( time cmake --build "$BUILD" -j "$JOBS" --target test-backend-ops ) >"$OUT/build-tests.log" 2>&1 || { tail -30 "$OUT/build-tests.log"; return 1; }
 }
 
+# The environment of a kernel set, by name: stock, ours (the defaults: matvec at 4-8 columns), ours-min1 (the
+# matvec from 1 column), ours16 (up to 16 columns, where llama.cpp would use its mmq).
+kernel_env() {
+  case $1 in
+    stock) echo AIRAVATA_CUDA_KERNELS=stock ;;
+    ours) echo AIRAVATA_CUDA_KERNELS=ours ;;
+    ours-min1) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1 ;;
+    ours16) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MAX_COLS=16 ;;
+    *) echo "unknown kernel set $1 (stock, ours, ours-min1, ours16)" >&2; return 1 ;;
+  esac
+}
+
 # One op of test-backend-ops (CUDA0 against the CPU backend, normalised MSE bound per op) over the added cases
 # ($2: their variable), once with our kernels and once with stock; prints the OK count, failures, and which
 # of our kernels ran for which shapes (AIRAVATA_CUDA_KERNELS_VERBOSE).
@@ -578,7 +590,7 @@ run_backend_ops() {
   local op=$1 var=$2 tag=$3 k
   for k in ${OPS_KERNELS:-ours stock}; do
     log "test-backend-ops $op, $k kernels"
-    env "$var=1" AIRAVATA_CUDA_KERNELS=$k AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/test-backend-ops" test -o "$op" -b CUDA0 \
+    env "$var=1" $(kernel_env "$k") AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/test-backend-ops" test -o "$op" -b CUDA0 \
       >"$OUT/$tag-$k.txt" 2>&1 || true
     { grep -cE "^ +$op.*OK" "$OUT/$tag-$k.txt" || true; } | sed "s/^/$k: OK cases /" | tee -a "$OUT/log.txt"
     { grep -c "^airavata: .* ran for" "$OUT/$tag-$k.txt" || true; } | sed "s/^/$k: shapes our kernel ran for /" | tee -a "$OUT/log.txt"
@@ -597,28 +609,26 @@ stage_attnops() {
 }
 
 # Issue 23's in-ggml check of our IQ4_XS matvec: MUL_MAT on CUDA against the CPU backend (normalised MSE <= 5e-4)
-# at 1..9 columns (ours runs at 4..8) over Llama-7B's shapes and odd row counts, and strided views and a batched
-# case that ours must leave to ggml.
+# at 1..17 columns (ours runs at 4..8, with ours16 up to 16) over Llama-7B's shapes and odd row counts, and
+# strided views and a batched case that ours must leave to ggml.
 stage_mmops() {
   build_backend_ops
-  run_backend_ops MUL_MAT AIRAVATA_MM_EVAL mmops
+  OPS_KERNELS=${OPS_KERNELS:-ours ours16 stock} run_backend_ops MUL_MAT AIRAVATA_MM_EVAL mmops
 }
 
 # Issue 23's IQ4_XS matvec inside llama.cpp: llama-batched-bench S_TG (prompt 32, 128 new tokens, f16 KV) at
-# MMV_B (default 1 2 4 8) with llama.cpp's kernels, ours (4-8 columns), and ours down to one column
-# (AIRAVATA_MMV_MIN_COLS=1), one build, back to back; MMV_REPS rounds (default 2), the table takes the best.
-# MMV_SERVE=1 also sweeps our server at 1/4/8 streams with each kernel set (8 slots, same prompt and tokens),
+# MMV_B (default 1 2 4 8 16) with each kernel set of MMV_KERNELS (default stock ours ours-min1 ours16: see
+# kernel_env), one build, back to back; MMV_REPS rounds (default 2), the table takes the best.
+# MMV_SERVE=1 also sweeps our server at 1/4/8 streams with stock and ours (8 slots, same prompt and tokens),
 # with WITH_OLDAPP=1 the old app's 50-token request too. Needs buildmg, synth, gguf.
 stage_mmvbb() {
-  local dir=$OUT/mmvbb b k r
+  local dir=$OUT/mmvbb kerns=${MMV_KERNELS:-stock ours ours-min1 ours16} b k r
   mkdir -p "$dir"
   for r in $(seq 1 "${MMV_REPS:-2}"); do
-    for b in ${MMV_B:-1 2 4 8}; do
-      for k in stock ours ours-min1; do
-        local env=(AIRAVATA_CUDA_KERNELS=stock)
-        [ $k = ours ] && env=(AIRAVATA_CUDA_KERNELS=ours)
-        [ $k = ours-min1 ] && env=(AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1)
-        env "${env[@]}" "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((b * 256)) -b 2048 -ub 512 \
+    for b in ${MMV_B:-1 2 4 8 16}; do
+      for k in $kerns; do
+        # shellcheck disable=SC2046
+        env $(kernel_env "$k") "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((b * 256)) -b 2048 -ub 512 \
           -npp 32 -ntg 128 -npl "$b" 2>&1 | grep -E "^\|" >"$dir/bb-$k-$b-r$r.md" || true
       done
     done
@@ -629,9 +639,9 @@ stage_mmvbb() {
         BENCH_FLAGS="--raw --unique-prompts" serve_ours "mmv-$k"
     done
   fi
-  python3 - "$dir" <<'PY' | tee "$OUT/mmvbb.md"
+  python3 - "$dir" $kerns <<'PY' | tee "$OUT/mmvbb.md"
 import glob, os, re, sys
-d = sys.argv[1]
+d, kerns = sys.argv[1], sys.argv[2:]
 best = {}
 for p in glob.glob(f"{d}/bb-*.md"):
     k, b = re.match(r"bb-(.+)-(\d+)-r\d+\.md", os.path.basename(p)).groups()
@@ -640,17 +650,20 @@ for p in glob.glob(f"{d}/bb-*.md"):
         if len(cells) >= 8 and cells[0].isdigit():
             s_tg = float(cells[7])  # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | ...
             best[(k, int(b))] = max(best.get((k, int(b)), 0.0), s_tg)
-print("| B | stock S_TG | ours (4-8 cols) | ours ÷ stock | ours from 1 col | ÷ stock |")
-print("|--:|--:|--:|--:|--:|--:|")
+print("| B | " + " | ".join(f"{k} S_TG" + ("" if k == "stock" else " (÷ stock)") for k in kerns) + " |")
+print("|--:|" + "--:|" * len(kerns))
 for b in sorted({b for _, b in best}):
-    s, o, o1 = (best.get((k, b), 0.0) for k in ("stock", "ours", "ours-min1"))
-    r = lambda x: f"{x / s:.3f}" if s else "-"
-    print(f"| {b} | {s:.1f} | {o:.1f} | {r(o)} | {o1:.1f} | {r(o1)} |")
+    s = best.get(("stock", b), 0.0)
+    cells = []
+    for k in kerns:
+        x = best.get((k, b), 0.0)
+        cells.append(f"{x:.1f}" if k == "stock" or not s else f"{x:.1f} ({x / s:.3f})")
+    print(f"| {b} | " + " | ".join(cells) + " |")
 PY
 }
 
 # compute-sanitizer (memcheck, racecheck) over test-backend-ops' small cases of both of our kernels, with ours on
-# and CUDA graphs off (so every launch is checked as launched): the summaries, and any report's kernel names.
+# (the matvec up to 16 columns) and CUDA graphs off (so every launch is checked as launched): the summaries, and any report's kernel names.
 # Needs build or buildmg.
 stage_sanitize() {
   build_backend_ops
@@ -660,7 +673,7 @@ stage_sanitize() {
       op=${spec%%:*} var=${spec##*:}
       log "compute-sanitizer --tool $tool, test-backend-ops $op (small cases), ours"
       rc=0
-      env "$var=small" AIRAVATA_CUDA_KERNELS=ours AIRAVATA_CUDA_KERNELS_VERBOSE=1 GGML_CUDA_DISABLE_GRAPHS=1 \
+      env "$var=small" $(kernel_env ours16) AIRAVATA_CUDA_KERNELS_VERBOSE=1 GGML_CUDA_DISABLE_GRAPHS=1 \
         compute-sanitizer --tool "$tool" --error-exitcode 9 "$BUILD/bin/test-backend-ops" test -o "$op" -b CUDA0 \
         >"$OUT/sanitize-$tool-$op.txt" 2>&1 || rc=$?
       { grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests passed" "$OUT/sanitize-$tool-$op.txt" || true; } | tee -a "$OUT/log.txt"
@@ -685,8 +698,9 @@ stage_smol() {
   sha256sum "$SMOL" | tee -a "$OUT/log.txt" | grep -q "^$SMOL_SHA256" || { echo "smol: sha256 mismatch" >&2; return 1; }
 }
 
-# Issue 23's real-model check of our IQ4_XS matvec: llama-perplexity with micro-batches of MMKLD_UB (default "8 5")
-# tokens, so every matmul has that many columns and ours runs where the weights are IQ4_XS, on SmolLM2 made nf4
+# Issue 23's real-model check of our IQ4_XS matvec: llama-perplexity with micro-batches of MMKLD_UB (default
+# "16 8 5") tokens, so every matmul has that many columns and ours (kernel set MMKLD_SET, default ours16: up to 16
+# columns) runs where the weights are IQ4_XS, on SmolLM2 made nf4
 # here (its 1536-wide ffn_down is IQ4_XS; 576-wide rows take IQ4_NL): stock kernels write the base logits,
 # ours are scored against them (KLD, same top token). Text: .carry-m3/wiki.txt (WikiText-2 test, first 200 kB).
 # Needs buildmg with llama-perplexity in BUILD_TARGETS, and smol.
@@ -699,11 +713,12 @@ stage_mmkld() {
 import json, sys, collections
 t = json.load(sys.stdin)['tensors']
 print('smol-nf4 tensor types:', dict(collections.Counter(x['type'] for x in t)))" | tee -a "$OUT/log.txt"
-  for ub in ${MMKLD_UB:-8 5}; do
+  for ub in ${MMKLD_UB:-16 8 5}; do
     local common=(-m "$model" -f "$ROOT/.carry-m3/wiki.txt" -c 512 -b 512 -ub "$ub" -ngl 99 --chunks "${MMKLD_CHUNKS:-40}")
     AIRAVATA_CUDA_KERNELS=stock "$BUILD/bin/llama-perplexity" "${common[@]}" --kl-divergence-base "$WORK/smol-base-$ub.kld" \
       >"$OUT/mmkld-stock-ub$ub.txt" 2>&1
-    AIRAVATA_CUDA_KERNELS=ours AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/llama-perplexity" "${common[@]}" \
+    # shellcheck disable=SC2046
+    env $(kernel_env "${MMKLD_SET:-ours16}") AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/llama-perplexity" "${common[@]}" \
       --kl-divergence-base "$WORK/smol-base-$ub.kld" --kl-divergence >"$OUT/mmkld-ours-ub$ub.txt" 2>&1
     log "mmkld ub=$ub: our kernel ran for $(grep -c '^airavata: mmv_iq4xs ran' "$OUT/mmkld-ours-ub$ub.txt") shapes"
     grep -E "^Mean +KLD|^Maximum KLD|^Same top|Final estimate" "$OUT/mmkld-ours-ub$ub.txt" | sed "s/^/ub=$ub ours vs stock: /" | tee -a "$OUT/log.txt"

@@ -65,6 +65,14 @@ const PATCHES: &[(&str, &str, &[&str])] = &[
             "    if (ids == nullptr && fusion == nullptr && airavata_mul_mat_vec(ctx, src0, src1, dst)) {",
         ],
     ),
+    (
+        "0003-mul-mat-airavata-iq4xs.patch",
+        "ggml-cuda.cu",
+        &[
+            "#include \"ggml-cuda/mmv-airavata.cuh\"",
+            "    if (airavata_mul_mat_vec(ctx, src0, src1, dst)) {",
+        ],
+    ),
 ];
 
 #[test]

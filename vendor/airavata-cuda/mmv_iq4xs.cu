@@ -136,11 +136,14 @@ static bool mmv_launch(const Cfg &c, int N, const uint8_t *W, const int8_t *xq, 
         case 6: return launch_nc<6>(c, W, xq, xd, y, nrows, nb, compute, st);
         case 7: return launch_nc<7>(c, W, xq, xd, y, nrows, nb, compute, st);
         case 8: return launch_nc<8>(c, W, xq, xd, y, nrows, nb, compute, st);
+        case 9: return launch_nc<9>(c, W, xq, xd, y, nrows, nb, compute, st);
+        case 12: return launch_nc<12>(c, W, xq, xd, y, nrows, nb, compute, st);
+        case 16: return launch_nc<16>(c, W, xq, xd, y, nrows, nb, compute, st);
         default: fprintf(stderr, "bad N\n"); exit(2);
     }
 }
 static void quantize_launch(const float *x, int K, int N, int8_t *xq, float *xd, cudaStream_t st) {
-    quantize_x_q8<<<K / 32, 256, 0, st>>>(x, K, K, N, xq, xd);
+    quantize_x_q8<<<K / 32, 32 * mmv_xd_cols(N), 0, st>>>(x, K, K, N, xq, xd);
 }
 
 // ------------------------------------------------------------------ host reference
@@ -254,6 +257,7 @@ struct Shape {
     const char *what;
 };
 
+static const int MAXN = 16;  // most activation columns the kernel takes (ggml's mmvq: 8)
 static const float BOUND_Q8 = 1e-5f;    // vs f64 reference on the same int8 activations
 static const float BOUND_EXACT = 2e-2f; // vs exact f64 W.x (int8 activation rounding dominates)
 
@@ -286,20 +290,22 @@ int main(int argc, char **argv) {
             float *dx, *dy, *dxd;
             int8_t *dxq;
             CK(cudaMalloc(&dW, (size_t)rows * nb * IQ4XS_BYTES));
-            CK(cudaMalloc(&dx, (size_t)8 * K * 4));
-            CK(cudaMalloc(&dy, (size_t)8 * rows * 4));
-            CK(cudaMalloc(&dxq, (size_t)K * 8));
-            CK(cudaMalloc(&dxd, (size_t)K / 32 * 8 * 4));
+            CK(cudaMalloc(&dx, (size_t)MAXN * K * 4));
+            CK(cudaMalloc(&dy, (size_t)MAXN * rows * 4));
+            CK(cudaMalloc(&dxq, (size_t)K * MAXN));
+            CK(cudaMalloc(&dxd, (size_t)K / 32 * MAXN * 4));
             gen_blocks<<<(unsigned)(((size_t)rows * nb + 255) / 256), 256, 0, st>>>(dW, (size_t)rows * nb, 1);
-            CK(cudaMemsetAsync(dx, 0, (size_t)8 * K * 4, st));
+            CK(cudaMemsetAsync(dx, 0, (size_t)MAXN * K * 4, st));
             quantize_launch(dx, K, N, dxq, dxd, st);
             printf("profile %s %dx%d N=%d: %s\n", c.name().c_str(), rows, K, N,
                    mmv_launch(c, N, dW, dxq, dxd, dy, rows, nb, st) ? "launched" : "does not fit");
 #ifdef WITH_GGML_BASELINE
-            void *vy;
-            CK(cudaMalloc(&vy, ggml_baseline_vy_bytes(K, N)));
-            ggml_baseline_quantize(dx, vy, K, N, st);
-            ggml_baseline_mmvq(dW, vy, dy, rows, K, N, st);
+            if (N <= 8) {  // ggml's mmvq takes at most 8 columns
+                void *vy;
+                CK(cudaMalloc(&vy, ggml_baseline_vy_bytes(K, N)));
+                ggml_baseline_quantize(dx, vy, K, N, st);
+                ggml_baseline_mmvq(dW, vy, dy, rows, K, N, st);
+            }
 #endif
             CKL();
             CK(cudaDeviceSynchronize());
@@ -328,8 +334,8 @@ int main(int argc, char **argv) {
         cshapes = {{4096, 4096, "q,k,v,o"},     {11008, 4096, "gate/up"}, {4096, 11008, "down"},
                    {12288, 4096, "fused qkv"},  {4097, 4096, "odd rows"}, {13, 4096, "13 rows"},
                    {37, 768, "odd nb"},         {13, 256, "1 block"},     {4097, 11008, "odd rows, nb=43"}};
-    const int Ns[] = {1, 2, 3, 4, 5, 6, 7, 8};
-    const int tNs[] = {1, 2, 3, 4, 5, 8};
+    const int Ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16};
+    const int tNs[] = {1, 2, 3, 4, 5, 8, 12, 16};
     int fails = 0, nchecks = 0;
     double worst_q8 = 0, worst_exact = 0, worst_ratio = 0, worst_ggml_dev_q8 = 0;
     std::mt19937_64 rng(seed0);
@@ -344,12 +350,12 @@ int main(int argc, char **argv) {
         float *dxd;
         // exact size in --check (sanitizer) mode; otherwise ggml-like tail padding, which ggml's mmvq reads
         CK(cudaMalloc(&dW, wbytes + (check_small ? 0 : (size_t)64 << 10)));
-        CK(cudaMalloc(&dx, (size_t)8 * sh.K * 4));
-        CK(cudaMalloc(&dy, (size_t)8 * sh.rows * 4));
-        CK(cudaMalloc(&dxq, (size_t)sh.K * 8));
-        CK(cudaMalloc(&dxd, (size_t)sh.K / 32 * 8 * 4));
+        CK(cudaMalloc(&dx, (size_t)MAXN * sh.K * 4));
+        CK(cudaMalloc(&dy, (size_t)MAXN * sh.rows * 4));
+        CK(cudaMalloc(&dxq, (size_t)sh.K * MAXN));
+        CK(cudaMalloc(&dxd, (size_t)sh.K / 32 * MAXN * 4));
         std::vector<uint8_t> Wh(wbytes);
-        std::vector<float> yh((size_t)8 * sh.rows);
+        std::vector<float> yh((size_t)MAXN * sh.rows);
         for (int N : Ns) {
             // fresh weights and activations for every check
             const size_t nblk = (size_t)sh.rows * nb;
@@ -362,21 +368,22 @@ int main(int argc, char **argv) {
             // a few outlier features, as in real Llama activations
             for (int o = 0; o < 4; ++o) xh[rng() % xh.size()] *= 20.f;
             CK(cudaMemcpyAsync(dx, xh.data(), xh.size() * 4, cudaMemcpyHostToDevice, st));
-            CK(cudaMemsetAsync(dxq, 0x5a, (size_t)sh.K * 8, st));
+            CK(cudaMemsetAsync(dxq, 0x5a, (size_t)sh.K * MAXN, st));
             quantize_launch(dx, sh.K, N, dxq, dxd, st);
             CKL();
             CK(cudaStreamSynchronize(st));
             HostQ hq = host_quantize(xh, sh.K, N);
             // quantized activations must match the host emulation bit for bit
             {
-                std::vector<int8_t> xqh((size_t)sh.K * 8);
-                std::vector<float> xdh((size_t)sh.K / 32 * 8);
+                const int xdc = mmv_xd_cols(N);
+                std::vector<int8_t> xqh((size_t)sh.K * MAXN);
+                std::vector<float> xdh((size_t)sh.K / 32 * xdc);
                 CK(cudaMemcpy(xqh.data(), dxq, xqh.size(), cudaMemcpyDeviceToHost));
                 CK(cudaMemcpy(xdh.data(), dxd, xdh.size() * 4, cudaMemcpyDeviceToHost));
                 size_t bad = 0;
-                for (int n = 0; n < 8; ++n)
+                for (int n = 0; n < xdc; ++n)
                     for (int gI = 0; gI < sh.K / 32; ++gI) {
-                        const float dd = xdh[gI * 8 + n];
+                        const float dd = xdh[gI * xdc + n];
                         if (n >= N) { bad += dd != 0.0f; continue; }
                         bad += memcmp(&dd, &hq.d[(size_t)n * sh.K / 32 + gI], 4) != 0;
                         for (int i = 0; i < 32; ++i)
@@ -392,7 +399,7 @@ int main(int argc, char **argv) {
             double wq = 0, we = 0;
             std::string wcfg;
             for (const Cfg &c : cfgs) {
-                CK(cudaMemsetAsync(dy, 0xff, (size_t)8 * sh.rows * 4, st));  // poison: NaN
+                CK(cudaMemsetAsync(dy, 0xff, (size_t)MAXN * sh.rows * 4, st));  // poison: NaN
                 if (!mmv_launch(c, N, dW, dxq, dxd, dy, sh.rows, nb, st)) continue;
                 CKL();
                 CK(cudaStreamSynchronize(st));
@@ -415,11 +422,11 @@ int main(int argc, char **argv) {
             }
 #ifdef WITH_GGML_BASELINE
             double eg_dev = -1;
-            if (have_ggml && !check_small) {
+            if (have_ggml && !check_small && N <= 8) {
                 void *vy;
                 CK(cudaMalloc(&vy, ggml_baseline_vy_bytes(sh.K, N)));
                 ggml_baseline_quantize(dx, vy, sh.K, N, st);
-                CK(cudaMemsetAsync(dy, 0xff, (size_t)8 * sh.rows * 4, st));
+                CK(cudaMemsetAsync(dy, 0xff, (size_t)MAXN * sh.rows * 4, st));
                 ggml_baseline_mmvq(dW, vy, dy, sh.rows, sh.K, N, st);
                 CKL();
                 CK(cudaStreamSynchronize(st));
@@ -498,12 +505,12 @@ int main(int argc, char **argv) {
     float *dx, *dy;
     int8_t *dxq;
     float *dxd;
-    CK(cudaMalloc(&dx, (size_t)8 * 11008 * 4));
-    CK(cudaMalloc(&dy, (size_t)8 * 12288 * 4));
-    CK(cudaMalloc(&dxq, (size_t)11008 * 8));
-    CK(cudaMalloc(&dxd, (size_t)11008 / 32 * 8 * 4));
+    CK(cudaMalloc(&dx, (size_t)MAXN * 11008 * 4));
+    CK(cudaMalloc(&dy, (size_t)MAXN * 12288 * 4));
+    CK(cudaMalloc(&dxq, (size_t)11008 * MAXN));
+    CK(cudaMalloc(&dxd, (size_t)11008 / 32 * MAXN * 4));
     {
-        std::vector<float> xh((size_t)8 * 11008);
+        std::vector<float> xh((size_t)MAXN * 11008);
         std::normal_distribution<float> nd(0.f, 1.f);
         for (auto &v : xh) v = nd(rng);
         CK(cudaMemcpy(dx, xh.data(), xh.size() * 4, cudaMemcpyHostToDevice));
@@ -585,7 +592,7 @@ int main(int argc, char **argv) {
             const double tempty = time_graph([&](const uint8_t *) { empty_kernel<<<1, 32, 0, st>>>(); });
             double tg = -1;
 #ifdef WITH_GGML_BASELINE
-            if (have_ggml) {
+            if (have_ggml && N <= 8) {
                 ggml_baseline_quantize(dx, gvy, sh.K, N, st);
                 tg = time_graph([&](const uint8_t *W) { ggml_baseline_mmvq(W, gvy, dy, sh.rows, sh.K, N, st); });
                 CKL();

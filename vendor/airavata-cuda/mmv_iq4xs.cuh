@@ -1,6 +1,6 @@
-// mmv_iq4xs.cuh -- batch 1..8 matrix-vector product for ggml's IQ4_XS weights on Hopper.
+// mmv_iq4xs.cuh -- batch 1..16 matrix-vector product for ggml's IQ4_XS weights on Hopper.
 //
-//   y[n][r] = sum_k W[r][k] * x[n][k],  r < nrows, n < N <= 8, k < K (K % 256 == 0)
+//   y[n][r] = sum_k W[r][k] * x[n][k],  r < nrows, n < N <= 16, k < K (K % 256 == 0)
 //
 // Weights: exactly ggml's block_iq4_xs (136 bytes / 256 weights, rows contiguous,
 // row r at W + r*K/256*136).  The base pointer must be 16-byte aligned.
@@ -111,21 +111,23 @@ __device__ __forceinline__ void grid_dep_launch() {
 }
 
 // ---------------------------------------------------------------------------------
-// Activation quantization: x f32, column n at x + n*ldx, K values.
+// Activation quantization: x f32, column n at x + n*ldx, K values, N <= 16 columns.
 // Out: xq int8 [N][K/32][32] (column-major, each 32-group in mma order),
-//      xd f32  [K/32][8]     (scale of group g, column n at g*8+n; 0 for n >= N).
-// One warp per (32-group, column); block = 8 warps = the 8 columns of one group.
+//      xd f32  [K/32][XDC]   (scale of group g, column n at g*XDC+n; 0 for N <= n < XDC),
+// XDC = mmv_xd_cols(N) = 8 for N <= 8, else 16.
+// One warp per (32-group, column); block = XDC warps = the XDC columns of one group (launch with
+// 32 * XDC threads).
 // Same arithmetic as ggml's quantize_q8_1: d = amax/127, q = round(x/d).
 // (ggml then stores d as fp16; we keep f32.)
 // x is read after grid_dep_wait(), so it is not __restrict__ (which would let the compiler hoist the load).
-__global__ void __launch_bounds__(256) quantize_x_q8(const float *x, int K, int ldx, int N, int8_t *__restrict__ xq,
+__global__ void __launch_bounds__(512) quantize_x_q8(const float *x, int K, int ldx, int N, int8_t *__restrict__ xq,
                                                      float *__restrict__ xd) {
     grid_dep_wait();    // x is the previous kernel's output
     grid_dep_launch();  // the matvec may start and fetch its weights meanwhile
     const int grp = blockIdx.x, ngrp = gridDim.x;
-    const int n = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n = threadIdx.x >> 5, lane = threadIdx.x & 31, xdc = blockDim.x >> 5;
     if (n >= N) {
-        if (lane == 0) xd[grp * 8 + n] = 0.0f;
+        if (lane == 0) xd[grp * xdc + n] = 0.0f;
         return;
     }
     const float v = x[(size_t)n * ldx + (size_t)grp * 32 + lane];
@@ -135,12 +137,12 @@ __global__ void __launch_bounds__(256) quantize_x_q8(const float *x, int K, int 
     const float d = amax / 127.0f;
     const int q = amax == 0.0f ? 0 : (int)roundf(v / d);
     xq[((size_t)n * ngrp + grp) * 32 + xq_pos(lane)] = (int8_t)q;
-    if (lane == 0) xd[grp * 8 + n] = d;
+    if (lane == 0) xd[grp * xdc + n] = d;
 }
 
 // ---------------------------------------------------------------------------------
 // Matrix-vector kernel.
-//   NCOLS: number of activation columns (1..8)
+//   NCOLS: number of activation columns (1..16; beyond 8 a second mma B fragment shares each decoded weight tile)
 //   T:     16-row tiles per CTA (each warp computes all T tiles of its K slice)
 //   WARPS: warps per CTA; they split the K units round-robin, partial sums reduced in smem
 //   UB:    256-column blocks per unit (1 or 2); a unit = 16*T rows x 256*UB columns
@@ -149,8 +151,9 @@ __global__ void __launch_bounds__(256) quantize_x_q8(const float *x, int K, int 
 // all brought in by 16-byte cp.async.cg, so the tile loop only reads shared memory.
 __host__ __device__ constexpr int mmv_rs(int UB) { return UB == 1 ? 176 : 304; }  // odd multiple of 16 >= 8+136*UB
 __host__ __device__ constexpr int mmv_xcol(int UB) { return 8 * UB * 32 + 32; }    // +32: no bank conflicts
+__host__ __device__ constexpr int mmv_xd_cols(int NC) { return NC <= 8 ? 8 : 16; }  // scale columns per group
 __host__ __device__ constexpr int mmv_stage_bytes(int NC, int T, int UB) {
-    return 16 * T * mmv_rs(UB) + NC * mmv_xcol(UB) + 8 * UB * 32;
+    return 16 * T * mmv_rs(UB) + NC * mmv_xcol(UB) + 8 * UB * 4 * mmv_xd_cols(NC);
 }
 __host__ __device__ constexpr int mmv_dwt_bytes(int T, int UB) { return UB * 8 * T * 8 * 2 * 4; }
 __host__ __device__ constexpr int mmv_smem_bytes(int NC, int T, int WARPS, int UB, int S) {
@@ -182,6 +185,9 @@ __global__ void __launch_bounds__(WARPS * 32)
     constexpr int XC = mmv_xcol(UB);
     constexpr int WB = ROWS * RS;           // weight bytes per stage
     constexpr int XB = NCOLS * XC;          // activation bytes per stage
+    constexpr int XDC = mmv_xd_cols(NCOLS); // activation scales per 32-group
+    constexpr int NF = (NCOLS + 7) / 8;     // mma B fragments (8 columns each)
+    static_assert(NCOLS >= 1 && NCOLS <= 16, "1..16 columns");
     constexpr int STAGE = mmv_stage_bytes(NCOLS, T, UB);
     constexpr int NM = UB == 1 ? 2 : 3;     // 16-byte chunks per row segment: 9 or 18 -> lane%8 + 8m
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -247,18 +253,21 @@ __global__ void __launch_bounds__(WARPS * 32)
             if (c < NCOLS * 16 * UB && j < 16 * cu)
                 cp_async16(sbase + WB + n * XC + 16 * j, xs + (size_t)n * ngrp * 32 + 16 * j);
         }
-        if (lane < 16 * cu) cp_async16(sbase + WB + XB + 16 * lane, xd + (size_t)(8 * UB * u) * 8 + 4 * lane);
+        for (int c = lane; c < 2 * cu * XDC; c += 32)  // 8*cu groups x XDC floats, 16 bytes a copy
+            cp_async16(sbase + WB + XB + 16 * c, xd + (size_t)(8 * UB * u) * XDC + 4 * c);
     };
     auto issue = [&](int u, int s) {
         issue_w(u, s);
         issue_x(u, s);
     };
 
-    float acc[T][4];
+    float acc[T][NF][4];
 #pragma unroll
     for (int t = 0; t < T; ++t)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+        for (int f = 0; f < NF; ++f)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[t][f][i] = 0.0f;
 
     const int nk = warp < nu ? (nu - warp + WARPS - 1) / WARPS : 0;
     // Prologue: the first S units' weights are requested before waiting for the kernel that wrote the
@@ -315,9 +324,16 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
                     for (int sb = 0; sb < 8; ++sb) {
                         const int sbl = blk * 8 + sb;
-                        uint2 b = make_uint2(0u, 0u);
-                        if (g < NCOLS) b = *reinterpret_cast<const uint2 *>(xsm + g * XC + sbl * 32 + tq * 8);
-                        const float2 dx = *reinterpret_cast<const float2 *>(dxs + sbl * 8 + 2 * tq);
+                        // fragment f: B column g is activation column 8f + g; C columns 2tq, 2tq+1 are 8f + 2tq, +1
+                        uint2 b[NF];
+                        float2 dx[NF];
+#pragma unroll
+                        for (int f = 0; f < NF; ++f) {
+                            b[f] = make_uint2(0u, 0u);
+                            if (8 * f + g < NCOLS)
+                                b[f] = *reinterpret_cast<const uint2 *>(xsm + (8 * f + g) * XC + sbl * 32 + tq * 8);
+                            dx[f] = *reinterpret_cast<const float2 *>(dxs + sbl * XDC + 8 * f + 2 * tq);
+                        }
 #pragma unroll
                         for (int t = 0; t < T; ++t) {
                             const uint32_t w0 =
@@ -325,17 +341,23 @@ __global__ void __launch_bounds__(WARPS * 32)
                             const uint32_t w1 =
                                 *reinterpret_cast<const uint32_t *>(slot + ro[t][1] + blk * IQ4XS_BYTES + 16 * sb);
                             const uint32_t f0 = w0 ^ 0x88888888u, f1 = w1 ^ 0x88888888u;
-                            int c[4] = {0, 0, 0, 0};
-                            // a0: row g, k 0..3 (low half of the word); a1: row g+8; a2/a3: high halves
-                            mma_s8_16832(c, prmt(kt0, KT1, w0), prmt(kt0, KT1, w1), prmt(kt0, KT1, w0 >> 16),
-                                         prmt(kt0, KT1, w1 >> 16), b.x, b.y);
-                            mma_s8_16832(c, prmt(kt2, KT3, f0), prmt(kt2, KT3, f1), prmt(kt2, KT3, f0 >> 16),
-                                         prmt(kt2, KT3, f1 >> 16), b.x, b.y);
+                            // a0: row g, k 0..3 (low half of the word); a1: row g+8; a2/a3: high halves;
+                            // decoded once, used by every fragment
+                            const uint32_t l0 = prmt(kt0, KT1, w0), l1 = prmt(kt0, KT1, w1);
+                            const uint32_t l2 = prmt(kt0, KT1, w0 >> 16), l3 = prmt(kt0, KT1, w1 >> 16);
+                            const uint32_t h0 = prmt(kt2, KT3, f0), h1 = prmt(kt2, KT3, f1);
+                            const uint32_t h2 = prmt(kt2, KT3, f0 >> 16), h3 = prmt(kt2, KT3, f1 >> 16);
                             const float2 dw = dwt[(sbl * T + t) * 8 + g];
-                            acc[t][0] = fmaf((float)c[0], dw.x * dx.x, acc[t][0]);
-                            acc[t][1] = fmaf((float)c[1], dw.x * dx.y, acc[t][1]);
-                            acc[t][2] = fmaf((float)c[2], dw.y * dx.x, acc[t][2]);
-                            acc[t][3] = fmaf((float)c[3], dw.y * dx.y, acc[t][3]);
+#pragma unroll
+                            for (int f = 0; f < NF; ++f) {
+                                int c[4] = {0, 0, 0, 0};
+                                mma_s8_16832(c, l0, l1, l2, l3, b[f].x, b[f].y);
+                                mma_s8_16832(c, h0, h1, h2, h3, b[f].x, b[f].y);
+                                acc[t][f][0] = fmaf((float)c[0], dw.x * dx[f].x, acc[t][f][0]);
+                                acc[t][f][1] = fmaf((float)c[1], dw.x * dx[f].y, acc[t][f][1]);
+                                acc[t][f][2] = fmaf((float)c[2], dw.y * dx[f].x, acc[t][f][2]);
+                                acc[t][f][3] = fmaf((float)c[3], dw.y * dx[f].y, acc[t][f][3]);
+                            }
                         }
                     }
                 }
@@ -350,21 +372,25 @@ __global__ void __launch_bounds__(WARPS * 32)
 
     // reduce the warps' partial sums (split K) and write each output once
     __syncthreads();
-    float *red = reinterpret_cast<float *>(smem);  // [WARPS][ROWS][8]
+    // [WARPS][ROWS][8 * NF] floats: 512 * T * NF * WARPS bytes, less than the ring (>= 2816 * T * WARPS)
+    constexpr int RC = 8 * NF;
+    float *red = reinterpret_cast<float *>(smem);
 #pragma unroll
-    for (int t = 0; t < T; ++t) {
-        float *p = red + (warp * ROWS + 16 * t + g) * 8 + 2 * tq;
-        p[0] = acc[t][0];
-        p[1] = acc[t][1];
-        p[64] = acc[t][2];
-        p[65] = acc[t][3];
-    }
+    for (int t = 0; t < T; ++t)
+#pragma unroll
+        for (int f = 0; f < NF; ++f) {
+            float *p = red + (warp * ROWS + 16 * t + g) * RC + 8 * f + 2 * tq;
+            p[0] = acc[t][f][0];
+            p[1] = acc[t][f][1];
+            p[8 * RC] = acc[t][f][2];  // row g + 8
+            p[8 * RC + 1] = acc[t][f][3];
+        }
     __syncthreads();
     for (int i = threadIdx.x; i < ROWS * NCOLS; i += WARPS * 32) {
         const int r = i % ROWS, col = i / ROWS;
         float sum = 0.0f;
 #pragma unroll
-        for (int w = 0; w < WARPS; ++w) sum += red[(w * ROWS + r) * 8 + col];
+        for (int w = 0; w < WARPS; ++w) sum += red[(w * ROWS + r) * RC + col];
         if (row0 + r < nrows) y[(size_t)col * nrows + row0 + r] = sum;
     }
 }

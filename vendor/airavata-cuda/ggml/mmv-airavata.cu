@@ -1,8 +1,10 @@
 // airavata's IQ4_XS matrix-vector product inside ggml-cuda (issue 23): 4 to 8 activation columns (decode at
-// batch 4-8; AIRAVATA_MMV_MIN_COLS moves the lower end), where vendor/airavata-cuda's harness measured our kernel ahead of mul_mat_vec_q on an H100
-// (at 8 columns 1.5x on 4096x4096 and 1.6-1.7x on the FFN shapes; at 1-3 columns mmvq is as fast or faster, so
-// those stay stock). Copied into ggml/src/ggml-cuda/ with airavata-mmv-iq4xs.cuh by
-// scripts/apply-cuda-patches.sh; mmvq.cu's ggml_cuda_mul_mat_vec_q calls airavata_mul_mat_vec first.
+// batch 4-8), where vendor/airavata-cuda's harness measured our kernel ahead of mul_mat_vec_q on an H100 (at 8
+// columns 1.5x on 4096x4096 and 1.6-1.7x on the FFN shapes; at 1-3 columns mmvq is as fast or faster, so those
+// stay stock); AIRAVATA_MMV_MIN_COLS / AIRAVATA_MMV_MAX_COLS move the ends within 1-16. Copied into
+// ggml/src/ggml-cuda/ with airavata-mmv-iq4xs.cuh by scripts/apply-cuda-patches.sh; mmvq.cu's
+// ggml_cuda_mul_mat_vec_q calls airavata_mul_mat_vec first (up to 8 columns), and ggml-cuda.cu's
+// ggml_cuda_mul_mat before its mmq (more than 8).
 //
 // The activations are quantized by our own kernel (int8 per 32 values with an f32 scale, ggml's q8_1
 // rounding, in the tensor-core fragment order the matvec kernel reads), into a pool buffer.
@@ -19,16 +21,24 @@ constexpr int MMV_T     = 1;  // 16-row tiles per block
 constexpr int MMV_WARPS = 8;  // warps splitting K
 constexpr int MMV_UB    = 2;  // 256-column blocks per unit
 constexpr int MMV_S     = 1;  // ring stages per warp
-constexpr int64_t MMV_MAX_COLS = 8;
+constexpr int MMV_KERNEL_MAX_COLS = 16;  // what the kernel can take (two mma B fragments)
 
-// Fewest columns ours takes: 4 (below, the harness measured mmvq as fast or faster, without PDL);
-// AIRAVATA_MMV_MIN_COLS=1..8 moves it, to measure the small batches inside llama.cpp.
+// A column bound from the environment (1..16), else the default.
+int64_t cols_from_env(const char * name, int64_t dflt) {
+    const char * e = getenv(name);
+    const int v = e != nullptr ? atoi(e) : 0;
+    return v >= 1 && v <= MMV_KERNEL_MAX_COLS ? (int64_t) v : dflt;
+}
+
+// The columns ours takes by default, 4-8: below 4 llama.cpp's mmvq is as fast or faster (measured inside
+// llama.cpp on an H100), above 8 llama.cpp uses its tensor-core mmq, against which ours has not been measured
+// yet. AIRAVATA_MMV_MIN_COLS / AIRAVATA_MMV_MAX_COLS (1..16) move the ends, to measure them.
 int64_t min_cols() {
-    static const int64_t n = [] {
-        const char * e = getenv("AIRAVATA_MMV_MIN_COLS");
-        const int v = e != nullptr ? atoi(e) : 0;
-        return v >= 1 && v <= MMV_MAX_COLS ? (int64_t) v : (int64_t) 4;
-    }();
+    static const int64_t n = cols_from_env("AIRAVATA_MMV_MIN_COLS", 4);
+    return n;
+}
+int64_t max_cols() {
+    static const int64_t n = cols_from_env("AIRAVATA_MMV_MAX_COLS", 8);
     return n;
 }
 
@@ -61,6 +71,14 @@ bool launch(int64_t ncols, const uint8_t * W, const int8_t * xq, const float * x
         case 6: return launch_cols<6>(W, xq, xd, y, nrows, nb, device, stream);
         case 7: return launch_cols<7>(W, xq, xd, y, nrows, nb, device, stream);
         case 8: return launch_cols<8>(W, xq, xd, y, nrows, nb, device, stream);
+        case 9: return launch_cols<9>(W, xq, xd, y, nrows, nb, device, stream);
+        case 10: return launch_cols<10>(W, xq, xd, y, nrows, nb, device, stream);
+        case 11: return launch_cols<11>(W, xq, xd, y, nrows, nb, device, stream);
+        case 12: return launch_cols<12>(W, xq, xd, y, nrows, nb, device, stream);
+        case 13: return launch_cols<13>(W, xq, xd, y, nrows, nb, device, stream);
+        case 14: return launch_cols<14>(W, xq, xd, y, nrows, nb, device, stream);
+        case 15: return launch_cols<15>(W, xq, xd, y, nrows, nb, device, stream);
+        case 16: return launch_cols<16>(W, xq, xd, y, nrows, nb, device, stream);
         default: return false;
     }
 }
@@ -84,7 +102,7 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
         return false;
     }
     const int64_t K = src0->ne[0], rows = src0->ne[1], ncols = src1->ne[1];
-    if (ncols < min_cols() || ncols > MMV_MAX_COLS || K <= 0 || K % airavata::IQ4XS_QK != 0 || rows <= 0 ||
+    if (ncols < min_cols() || ncols > max_cols() || K <= 0 || K % airavata::IQ4XS_QK != 0 || rows <= 0 ||
         rows > INT_MAX / 2 || K / airavata::IQ4XS_QK > INT_MAX / 8) {
         return false;
     }
@@ -103,11 +121,12 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
     cudaStream_t stream = ctx.stream();
 
     ggml_cuda_pool_alloc<int8_t> xq(ctx.pool(), (size_t) ncols * ngrp * 32);
-    ggml_cuda_pool_alloc<float>  xd(ctx.pool(), (size_t) ngrp * 8);
+    const int xdc = airavata::mmv_xd_cols((int) ncols);  // scales per 32-group (8 or 16)
+    ggml_cuda_pool_alloc<float>  xd(ctx.pool(), (size_t) ngrp * xdc);
     if (reinterpret_cast<uintptr_t>(xq.get()) % 16 != 0 || reinterpret_cast<uintptr_t>(xd.get()) % 16 != 0) {
         return false;
     }
-    ggml_cuda_kernel_launch(airavata::quantize_x_q8, ggml_cuda_kernel_launch_params(dim3(ngrp), dim3(256), (size_t) 0, stream),
+    ggml_cuda_kernel_launch(airavata::quantize_x_q8, ggml_cuda_kernel_launch_params(dim3(ngrp), dim3(32 * xdc), (size_t) 0, stream),
                             (const float *) src1->data, (int) K, (int) (src1->nb[1] / sizeof(float)), (int) ncols,
                             xq.get(), xd.get());
     if (!launch(ncols, (const uint8_t *) src0->data, xq.get(), xd.get(), (float *) dst->data, (int) rows, nb,
