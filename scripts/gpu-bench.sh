@@ -587,10 +587,12 @@ kernel_env() {
 # ($2: their variable), once with our kernels and once with stock; prints the OK count, failures, and which
 # of our kernels ran for which shapes (AIRAVATA_CUDA_KERNELS_VERBOSE).
 run_backend_ops() {
-  local op=$1 var=$2 tag=$3 k
+  local op=$1 var=$2 tag=$3 k ke
   for k in ${OPS_KERNELS:-ours stock}; do
+    ke=$(kernel_env "$k")  # an unknown name stops the script here (set -e), not a silent stock run
     log "test-backend-ops $op, $k kernels"
-    env "$var=1" $(kernel_env "$k") AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/test-backend-ops" test -o "$op" -b CUDA0 \
+    # shellcheck disable=SC2086
+    env "$var=1" $ke AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/test-backend-ops" test -o "$op" -b CUDA0 \
       >"$OUT/$tag-$k.txt" 2>&1 || true
     { grep -cE "^ +$op.*OK" "$OUT/$tag-$k.txt" || true; } | sed "s/^/$k: OK cases /" | tee -a "$OUT/log.txt"
     { grep -c "^airavata: .* ran for" "$OUT/$tag-$k.txt" || true; } | sed "s/^/$k: shapes our kernel ran for /" | tee -a "$OUT/log.txt"
@@ -622,13 +624,15 @@ stage_mmops() {
 # MMV_SERVE=1 also sweeps our server at 1/4/8 streams with stock and ours (8 slots, same prompt and tokens),
 # with WITH_OLDAPP=1 the old app's 50-token request too. Needs buildmg, synth, gguf.
 stage_mmvbb() {
-  local dir=$OUT/mmvbb kerns=${MMV_KERNELS:-stock ours ours-min1 ours16} b k r
+  local dir=$OUT/mmvbb kerns=${MMV_KERNELS:-stock ours ours-min1 ours16} b k r ke
   mkdir -p "$dir"
+  for k in $kerns; do kernel_env "$k" >/dev/null; done  # unknown names stop here
   for r in $(seq 1 "${MMV_REPS:-2}"); do
     for b in ${MMV_B:-1 2 4 8 16}; do
       for k in $kerns; do
-        # shellcheck disable=SC2046
-        env $(kernel_env "$k") "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((b * 256)) -b 2048 -ub 512 \
+        ke=$(kernel_env "$k")
+        # shellcheck disable=SC2086
+        env $ke "$BUILD/bin/llama-batched-bench" -m "$OURS" -ngl 99 -c $((b * 256)) -b 2048 -ub 512 \
           -npp 32 -ntg 128 -npl "$b" 2>&1 | grep -E "^\|" >"$dir/bb-$k-$b-r$r.md" || true
       done
     done
@@ -667,13 +671,15 @@ PY
 # Needs build or buildmg.
 stage_sanitize() {
   build_backend_ops
-  local tool spec op var rc
+  local tool spec op var rc ke
+  ke=$(kernel_env ours16)
   for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
     for spec in MUL_MAT:AIRAVATA_MM_EVAL FLASH_ATTN_EXT:AIRAVATA_FA_EVAL; do
       op=${spec%%:*} var=${spec##*:}
       log "compute-sanitizer --tool $tool, test-backend-ops $op (small cases), ours"
       rc=0
-      env "$var=small" $(kernel_env ours16) AIRAVATA_CUDA_KERNELS_VERBOSE=1 GGML_CUDA_DISABLE_GRAPHS=1 \
+      # shellcheck disable=SC2086
+      env "$var=small" $ke AIRAVATA_CUDA_KERNELS_VERBOSE=1 GGML_CUDA_DISABLE_GRAPHS=1 \
         compute-sanitizer --tool "$tool" --error-exitcode 9 "$BUILD/bin/test-backend-ops" test -o "$op" -b CUDA0 \
         >"$OUT/sanitize-$tool-$op.txt" 2>&1 || rc=$?
       { grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests passed" "$OUT/sanitize-$tool-$op.txt" || true; } | tee -a "$OUT/log.txt"
@@ -705,7 +711,8 @@ stage_smol() {
 # ours are scored against them (KLD, same top token). Text: .carry-m3/wiki.txt (WikiText-2 test, first 200 kB).
 # Needs buildmg with llama-perplexity in BUILD_TARGETS, and smol.
 stage_mmkld() {
-  local model=$WORK/smol-nf4.gguf ub
+  local model=$WORK/smol-nf4.gguf ub ke
+  ke=$(kernel_env "${MMKLD_SET:-ours16}")
   if [ ! -f "$model" ]; then
     "${AIRAVATA[@]}" quantize "$SMOL" "$model" --allow-requantize --no-calibration -q 2>&1 | tail -3 | tee -a "$OUT/log.txt"
   fi
@@ -717,8 +724,8 @@ print('smol-nf4 tensor types:', dict(collections.Counter(x['type'] for x in t)))
     local common=(-m "$model" -f "$ROOT/.carry-m3/wiki.txt" -c 512 -b 512 -ub "$ub" -ngl 99 --chunks "${MMKLD_CHUNKS:-40}")
     AIRAVATA_CUDA_KERNELS=stock "$BUILD/bin/llama-perplexity" "${common[@]}" --kl-divergence-base "$WORK/smol-base-$ub.kld" \
       >"$OUT/mmkld-stock-ub$ub.txt" 2>&1
-    # shellcheck disable=SC2046
-    env $(kernel_env "${MMKLD_SET:-ours16}") AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/llama-perplexity" "${common[@]}" \
+    # shellcheck disable=SC2086
+    env $ke AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/llama-perplexity" "${common[@]}" \
       --kl-divergence-base "$WORK/smol-base-$ub.kld" --kl-divergence >"$OUT/mmkld-ours-ub$ub.txt" 2>&1
     log "mmkld ub=$ub: our kernel ran for $(grep -c '^airavata: mmv_iq4xs ran' "$OUT/mmkld-ours-ub$ub.txt") shapes"
     grep -E "^Mean +KLD|^Maximum KLD|^Same top|Final estimate" "$OUT/mmkld-ours-ub$ub.txt" | sed "s/^/ub=$ub ours vs stock: /" | tee -a "$OUT/log.txt"
