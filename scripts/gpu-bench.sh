@@ -67,7 +67,8 @@
 # Inputs (paths relative to the repository root; see BENCHMARKS.md):
 #   .carry/llama-src.tgz   the pinned llama.cpp source (scripts/fetch-llama-cpp.sh, trimmed by scripts/pack-carry.sh)
 #   .carry/bin/            airavata built with --features dynamic-backends, plus its libggml*/libllama .so files
-# Work happens in $WORK (default /tmp/ab); results land in $OUT (or ./bench-out).
+# Work happens in $WORK (default /tmp/ab); results land in $OUT (or ./bench-out); BUNDLE_TO packs them into one
+# file (the device returns at most 8 files a call; see bundle below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -978,4 +979,13 @@ for k in keys:
 PY
 }
 
+# The device returns at most 8 files a call: BUNDLE_TO=DIR (e.g. BUNDLE_TO=$OUT OUT=/tmp/res, in that order) packs
+# everything in $OUT into DIR/results.tgz, and copies log.txt beside it, when the script ends, failed stages too.
+bundle() {
+  if [ -n "${BUNDLE_TO:-}" ] && [ "$BUNDLE_TO" != "$OUT" ]; then
+    mkdir -p "$BUNDLE_TO"
+    tar czf "$BUNDLE_TO/results.tgz" -C "$OUT" . && cp "$OUT/log.txt" "$BUNDLE_TO/" 2>/dev/null || true
+  fi
+}
+trap bundle EXIT
 for s in "$@"; do "stage_$s"; done
