@@ -4,7 +4,7 @@
 #   bash build-and-run.sh              build, sanitizer (small shapes), full checks, timing
 #   bash build-and-run.sh --no-timing  build, sanitizer, full checks (no timing)
 #   bash build-and-run.sh --build-only
-# env: OUT (results folder, default ./out), NVCC, ARCHS (gencode flags),
+# env: OUT (results folder, default ./out), NVCC, ARCHS (gencode flags), GGML_SRC (llama.cpp's ggml folder),
 #      NO_BASELINE=1 (skip llama.cpp's mmvq baseline), PREBUILT=path (skip the build),
 #      NO_SANITIZER=1
 set -euo pipefail
@@ -16,7 +16,14 @@ NVCC=${NVCC:-nvcc}
 ARCHS=${ARCHS:-"-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=sm_90"}
 FLAGS="-O3 -std=c++17 $ARCHS"
 LINK="-Xcompiler -static-libstdc++ -Xcompiler -static-libgcc"
-G=../llama.cpp/ggml
+# llama.cpp's ggml for the baseline: vendor/llama.cpp here, else (on the GPU host, where vendor/llama.cpp is not
+# carried) the pinned source from .carry/llama-src.tgz, unpacked unpatched into /tmp.
+G=${GGML_SRC:-../llama.cpp/ggml}
+if [ ! -f "$G/src/ggml-cuda/mmvq.cu" ] && [ -f ../../.carry/llama-src.tgz ]; then
+    mkdir -p /tmp/airavata-llama-src
+    [ -f /tmp/airavata-llama-src/llama.cpp/ggml/src/ggml-cuda/mmvq.cu ] || tar xzf ../../.carry/llama-src.tgz -C /tmp/airavata-llama-src
+    G=/tmp/airavata-llama-src/llama.cpp/ggml
+fi
 
 BIN=${PREBUILT:-}
 if [ -z "$BIN" ]; then
