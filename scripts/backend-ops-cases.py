@@ -21,6 +21,9 @@ fa = """
             for (int64_t b : {16, 17, 64}) {
                 for (int64_t kv : {1, 7, 256, 1000, 4096}) {
                     if (small && (b == 64 || kv > 256)) continue;
+                    // 4096 cached tokens at 16 sequences only: the CPU backend's random fill of a K/V cache view
+                    // at 64 x 4096 x 32 heads (2 GB each) took most of the ~4.5 minutes a run took
+                    if (kv == 4096 && b != 16) continue;
                     test_cases.emplace_back(new test_flash_attn_ext(128, 128, 32, {1, b}, kv, 1, mask, false, 0, 0, GGML_PREC_F32, q8, q8));
                 }
             }
