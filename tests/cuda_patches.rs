@@ -47,6 +47,14 @@ fn apply(args: &[&str], src: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Only added lines: every line of `stock` is still in `now`, in order.
+fn assert_only_added(stock: &str, now: &str, what: &str) {
+    let mut rest = now.lines();
+    for line in stock.lines() {
+        assert!(rest.any(|l| l == line), "{what}: stock line lost: {line:?}");
+    }
+}
+
 /// Each patch: its file name, the stock file it changes, and the lines it adds.
 const PATCHES: &[(&str, &str, &[&str])] = &[
     (
@@ -112,11 +120,7 @@ fn cuda_patches_apply_cleanly_to_the_pinned_source_and_only_once() {
                 "{file}: {line:?} not added"
             );
         }
-        // Only added lines: every stock line is still there, in order.
-        let mut rest = now.lines();
-        for line in stock.lines() {
-            assert!(rest.any(|l| l == line), "{file}: stock line lost: {line:?}");
-        }
+        assert_only_added(stock, &now, file);
         patched.push(now);
     }
     for f in [
@@ -201,11 +205,8 @@ fn backend_ops_cases_insert_once_and_compile_against_the_pinned_source() {
             "{var}"
         );
     }
-    // Only added lines: llama.cpp's own cases are all still there, in order.
-    let mut rest = once.lines();
-    for line in stock.lines() {
-        assert!(rest.any(|l| l == line), "stock line lost: {line:?}");
-    }
+    // llama.cpp's own cases are all still there, in order.
+    assert_only_added(&stock, &once, "test-backend-ops.cpp");
     let Some(cxx) = cxx() else {
         assert!(!common::in_ci(), "no C++ compiler in CI");
         eprintln!("skipped the compile step: no C++ compiler");
