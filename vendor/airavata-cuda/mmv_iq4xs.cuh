@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(WARPS * 32)
             }
         }
     };
-    // ... and its activation slice: NCOLS columns x 8*cu groups x 32 bytes, and the 8*cu x 8 scales
+    // ... and its activation slice: NCOLS columns x 8*cu groups x 32 bytes, and the 8*cu x XDC scales
     auto issue_x = [&](int u, int s) {
         const int cu = min(UB, nb - UB * u);
         const uint32_t sbase = wsm_s + s * STAGE;

@@ -20,11 +20,14 @@ inline bool airavata_kernels_on() {
     return on;
 }
 
-inline void airavata_kernel_ran(const char * kernel, const std::string & shape) {
+// describe: a callable giving the shape as a std::string, called only when verbose (the launch path of every
+// matmul comes here, so the quiet case builds no strings).
+template <typename Describe> inline void airavata_kernel_ran(const char * kernel, Describe && describe) {
     static const bool verbose = getenv("AIRAVATA_CUDA_KERNELS_VERBOSE") != nullptr;
     if (!verbose) {
         return;
     }
+    const std::string shape = describe();
     static std::mutex mu;
     static std::set<std::string> seen;
     const std::lock_guard<std::mutex> lock(mu);

@@ -88,8 +88,10 @@ bool airavata_fattn_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     const bool ok = launch(p, (int) D, G, KV_Q8_0, KV_Q8_0, (int) n_seq, (int) Hkv, ctx.stream());
     CUDA_CHECK(cudaGetLastError());
     if (ok) {
-        airavata_kernel_ran("attn_decode", "D " + std::to_string(D) + " heads " + std::to_string(H) + "/" +
-                                               std::to_string(Hkv) + " seqs " + std::to_string(n_seq));
+        airavata_kernel_ran("attn_decode", [&] {
+            return "D " + std::to_string(D) + " heads " + std::to_string(H) + "/" + std::to_string(Hkv) + " seqs " +
+                   std::to_string(n_seq);
+        });
     }
     return ok;
 }

@@ -136,6 +136,8 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
                             xq.get(), xd.get());
     launch(ncols, (const uint8_t *) src0->data, xq.get(), xd.get(), (float *) dst->data, (int) rows, nb, stream);
     CUDA_CHECK(cudaGetLastError());
-    airavata_kernel_ran("mmv_iq4xs", std::to_string(rows) + "x" + std::to_string(K) + " cols " + std::to_string(ncols));
+    airavata_kernel_ran("mmv_iq4xs", [&] {
+        return std::to_string(rows) + "x" + std::to_string(K) + " cols " + std::to_string(ncols);
+    });
     return true;
 }
