@@ -173,6 +173,19 @@ fn damaged_headers_are_rejected_with_reasons() {
     assert!(gguf::parse_bytes(&bad).unwrap_err().contains("magic"));
     let err = gguf::parse_bytes(&good[..40]).unwrap_err();
     assert!(err.contains("truncated"), "{err}");
+    // A NUL inside a tensor name: ggml would read the name as "" (a C string), so it is rejected rather than
+    // accepted under another name than ggml's (found by damaged_files_never_panic: byte 204 set to 0).
+    let at = good
+        .windows(9)
+        .position(|w| w == b"\x01\0\0\0\0\0\0\0b")
+        .expect("tensor name \"b\" in the sample");
+    let mut bad = good.clone();
+    bad[at + 8] = 0;
+    let err = gguf::parse_bytes(&bad).unwrap_err();
+    assert!(
+        err.contains("tensor name #1") && err.contains("NUL byte"),
+        "{err}"
+    );
 }
 
 proptest! {

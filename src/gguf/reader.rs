@@ -137,6 +137,15 @@ impl<'a> Cursor<'a> {
         let b = self.take(n, what)?;
         String::from_utf8(b.to_vec()).map_err(|_| format!("{what}: string is not valid UTF-8"))
     }
+    /// A key or tensor name: a string without NUL bytes (ggml hands names out as C strings, so a NUL would make
+    /// ggml see another, shorter name than ours).
+    fn name(&mut self, what: &str) -> Result<String, String> {
+        let s = self.string(what)?;
+        if s.contains('\0') {
+            return Err(format!("{what}: {s:?} contains a NUL byte"));
+        }
+        Ok(s)
+    }
     fn value(&mut self, t: GgufValueType, what: &str, depth: u32) -> Result<GgufValue, String> {
         use GgufValueType as T;
         Ok(match t {
@@ -201,7 +210,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, String> {
     }
     let mut metadata = Vec::with_capacity(n_kv as usize);
     for i in 0..n_kv {
-        let key = c.string(&format!("metadata key #{i}"))?;
+        let key = c.name(&format!("metadata key #{i}"))?;
         if metadata
             .iter()
             .any(|(k, _): &(String, GgufValue)| *k == key)
@@ -226,7 +235,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, String> {
     };
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
     for i in 0..n_tensors {
-        let name = c.string(&format!("tensor name #{i}"))?;
+        let name = c.name(&format!("tensor name #{i}"))?;
         if tensors.iter().any(|t| t.name == name) {
             return Err(format!("duplicate tensor name {name:?}"));
         }
