@@ -289,15 +289,26 @@ fn ggml_backed_round_trip(ty: GgmlType) {
             let s = quantize(ty, &b.rows, n, im, QuantMode::Search).expect("search");
             assert_eq!(r, s, "{ty}: search mode must be ggml's quantizer too");
             // The round trip is a real reconstruction: on Gaussian rows the
-            // error is a small fraction of the signal.
+            // error is a small fraction of the signal, measured under the
+            // importance the quantizer was given. With an imatrix (weights
+            // spread over four decades here) it rightly spends its few levels
+            // on the heavy columns, so the unweighted error is not what it
+            // minimises: for Q2_K over 10^6 rows of 256 it reached 0.235
+            // unweighted, against 0.096 weighted (mean 0.035), and 0.154
+            // without an imatrix (mean 0.088). The 3- to 5-bit types sit 4 to
+            // 60 times lower.
             let d = dequantize(ty, &r, b.rows.len()).expect("dequantize");
             for (row, f) in b.families.iter().enumerate() {
                 if *f != Family::Gaussian {
                     continue;
                 }
                 let sl = row * n..(row + 1) * n;
-                let e = relative_sq_err(&b.rows[sl.clone()], &d[sl]);
-                assert!(e < 0.2, "{ty}: row {row} relative squared error {e}");
+                let e = weighted_relative_sq_err(&b.rows[sl.clone()], &d[sl], im);
+                assert!(
+                    e < 0.2,
+                    "{ty}: row {row} relative squared error {e} (imatrix {})",
+                    im.is_some()
+                );
             }
         }
     }
@@ -381,10 +392,21 @@ fn q4_1_tensor_reads_through_dequantize_tensor() {
 
 /// `Σ (x - y)² / Σ x²`.
 fn relative_sq_err(x: &[f32], y: &[f32]) -> f64 {
+    weighted_relative_sq_err(x, y, None)
+}
+
+/// `Σ w (x - y)² / Σ w x²`, unweighted when `w` is `None`.
+fn weighted_relative_sq_err(x: &[f32], y: &[f32], w: Option<&[f32]>) -> f64 {
+    let wi = |i: usize| w.map_or(1.0, |w| w[i] as f64);
     let err: f64 = x
         .iter()
         .zip(y)
-        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .enumerate()
+        .map(|(i, (&a, &b))| wi(i) * (a as f64 - b as f64).powi(2))
         .sum();
-    err / x.iter().map(|&a| (a as f64).powi(2)).sum::<f64>()
+    err / x
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| wi(i) * (a as f64).powi(2))
+        .sum::<f64>()
 }
