@@ -172,7 +172,9 @@ pub struct SynthArgs {
     pub seed: u64,
 }
 
-/// Set up a Ctrl-C flag: the first press asks long work to stop cleanly.
+/// Set up a cancel flag for long work: Ctrl-C, or SIGTERM (`kill`, `timeout`,
+/// a container stop), asks it to stop cleanly, removing partial output and
+/// temporary files.
 fn cancel_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
@@ -182,14 +184,37 @@ fn cancel_flag() -> Arc<AtomicBool> {
             .build()
         {
             rt.block_on(async {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("\ninterrupted: stopping, no output will be left behind");
+                if interrupt_or_terminate().await {
+                    eprintln!(
+                        "\ninterrupted: stopping, no output will be left behind (again to exit now)"
+                    );
                     f.store(true, Ordering::SeqCst);
+                    // The handlers stay installed: a second signal would be
+                    // swallowed, so it exits here, as the user insists.
+                    if interrupt_or_terminate().await {
+                        eprintln!("interrupted again: exiting now");
+                        std::process::exit(130);
+                    }
                 }
             });
         }
     });
     flag
+}
+
+/// The first Ctrl-C or SIGTERM; false when neither can be listened for.
+async fn interrupt_or_terminate() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                r = tokio::signal::ctrl_c() => r.is_ok(),
+                r = term.recv() => r.is_some(),
+            };
+        }
+    }
+    tokio::signal::ctrl_c().await.is_ok()
 }
 
 fn init_threads(n: Option<usize>) {

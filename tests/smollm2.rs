@@ -192,6 +192,71 @@ fn eval_text(n_bytes: usize) -> Option<(String, String)> {
     ))
 }
 
+/// Under a CPU time budget `collect` first measures the pace with a short
+/// probe that records nothing: with room to spare the statistics are those of
+/// a run without a budget, bit for bit; when the minimum cannot fit, it stops
+/// after the probe, before any chunk, and says what the minimum would take.
+#[test]
+fn pace_probe_records_nothing_and_stops_a_hopeless_budget_early() {
+    let Some((_, f16)) = common::smollm2("pace_probe") else {
+        return;
+    };
+    let Some((calib_text, _)) = eval_text(20_000) else {
+        return;
+    };
+    let base = CollectOptions {
+        chunk: 128,
+        max_tokens: 256,
+        hessian_block: 0,
+        threads: Some(2),
+        ..Default::default()
+    };
+    let plain = calib::collect(&f16, &calib_text, &base).unwrap();
+    let budgeted = calib::collect(
+        &f16,
+        &calib_text,
+        &CollectOptions {
+            time_budget: Some(std::time::Duration::from_secs(3600)),
+            min_tokens: 256,
+            ..base.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(budgeted.tokens, 256);
+    assert_eq!(budgeted.chunks, 2);
+    assert_eq!(budgeted.weight_input, plain.weight_input);
+    assert_eq!(budgeted.inputs.len(), plain.inputs.len());
+    for (a, b) in budgeted.inputs.iter().zip(&plain.inputs) {
+        assert_eq!(a.count, b.count);
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.sum_sq), bits(&b.sum_sq));
+    }
+    let err = calib::collect(
+        &f16,
+        &calib_text,
+        &CollectOptions {
+            time_budget: Some(std::time::Duration::from_nanos(1)),
+            min_tokens: 256,
+            ..base
+        },
+    )
+    .expect_err("a 1 ns budget cannot fit 256 tokens");
+    match &err {
+        calib::CalibError::Budget {
+            tokens, min_tokens, ..
+        } => {
+            assert_eq!((*tokens, *min_tokens), (64, 256), "{err}");
+        }
+        other => panic!("expected a budget error, got {other}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("calibration too slow here: 64 tokens in ")
+            && msg.contains("256 tokens would take about"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn our_imatrix_file_round_trips_and_llama_quantize_accepts_it() {
     let Some((_, f16)) = common::smollm2("imatrix_file") else {
@@ -440,4 +505,89 @@ fn calibrated_fused_qkv_rounds_as_the_separate_tensors() {
         b.get_str("airavata.calibration.method")
     );
     assert_eq!(rf.n_tensors, common::assert_fused_qkv(&sep, &fused));
+}
+
+/// `collect_cancellable` with its flag already set stops before any forward
+/// pass and says so.
+#[test]
+fn collection_stops_when_cancelled() {
+    let Some((_, f16)) = common::smollm2("collection_cancelled") else {
+        return;
+    };
+    let text = "नमस्ते दुनिया. Hello world. ".repeat(200);
+    let opts = CollectOptions {
+        chunk: 64,
+        max_tokens: 128,
+        hessian_block: 0,
+        threads: Some(2),
+        ..Default::default()
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(true);
+    let err = calib::collect_cancellable(&f16, &text, &opts, &cancel)
+        .expect_err("a cancelled collection");
+    assert!(matches!(err, calib::CalibError::Cancelled), "{err}");
+    assert_eq!(err.to_string(), "calibration cancelled");
+}
+
+/// SIGTERM (what `kill`, `timeout` and a container stop send) in the middle
+/// of a calibrated `quantize`: it stops inside the calibration, says so, and
+/// leaves nothing in the output's folder (no file, no partial file).
+#[cfg(unix)]
+#[test]
+fn sigterm_during_calibration_leaves_nothing_behind() {
+    use std::io::{BufRead, BufReader};
+    let Some((_, f16)) = common::smollm2("sigterm_calibration") else {
+        return;
+    };
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("smol-nf4.gguf");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_airavata"))
+        .arg("quantize")
+        .arg(&f16)
+        .arg(&out)
+        .args(["--allow-requantize", "--calibrate", "--threads", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Progress lines end in '\r'; split on both.
+    let mut reader = BufReader::new(stderr);
+    let mut seen = String::new();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\r', &mut buf).unwrap();
+        assert!(n > 0, "quantize ended before calibrating:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf));
+        // The first chunk is done: the forward passes are under way.
+        if seen.contains("calibrating: chunk 1/") {
+            break;
+        }
+    }
+    let pid = child.id().to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    seen.push_str(&rest);
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "quantize succeeded after SIGTERM:\n{seen}"
+    );
+    assert!(seen.contains("interrupted: stopping"), "{seen}");
+    assert!(seen.contains("cancelled"), "{seen}");
+    // Stopped inside the calibration (not after its 32 chunks): it never got
+    // to write the model.
+    assert!(!seen.contains("chunk 32/32"), "{seen}");
+    assert!(!seen.contains("wrote "), "{seen}");
+    let left: Vec<_> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_void, CStr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How statistics are collected.
 #[derive(Debug, Clone)]
@@ -104,6 +105,9 @@ struct Collector {
     hessian_block: usize,
     scratch: Vec<u8>,
     error: Option<String>,
+    /// While set (the pace probe), no node is asked for: the graph runs
+    /// unsplit and nothing is recorded.
+    paused: bool,
 }
 
 /// Whether a GPU backend is registered (dynamic-backends builds with
@@ -137,6 +141,9 @@ unsafe extern "C" fn eval_callback(t: *mut sys::ggml_tensor, ask: bool, user: *m
     // lifetime of the context, and llama.cpp calls back on the thread that
     // runs `llama_decode`, so no other reference to it is live.
     let c = unsafe { &mut *(user as *mut Collector) };
+    if c.paused {
+        return !ask;
+    }
     // SAFETY: the scheduler passes a valid node whose sources are valid
     // tensors or null.
     let node = unsafe { &*t };
@@ -344,8 +351,53 @@ fn tokenize(vocab: *const sys::llama_vocab, text: &str) -> Result<Vec<i32>, Cali
     Ok(toks)
 }
 
+/// Tokens of the pace probe: a full chunk can take minutes on a slow CPU
+/// (~13 min for a 7B's 512 tokens on 2 cores without AMX), a time budget must
+/// not be spent finding that out.
+const PROBE_TOKENS: usize = 64;
+/// How far past the budget the probe's estimate must be to stop before the
+/// first chunk.
+const PROBE_MARGIN: f64 = 1.5;
+
+/// The forward pace on this machine, measured before any statistics are
+/// collected: after a short warm-up decode (thread start, first-touch of the
+/// weights), `PROBE_TOKENS` tokens of the text from an empty cache. Returns
+/// (tokens, seconds); the per-token cost at a full chunk is a little lower, so
+/// the estimate leans slow.
+fn probe_pace(
+    tokens: &[i32],
+    chunk: usize,
+    decode: impl Fn(&[i32], &str) -> Result<(), CalibError>,
+) -> Result<(usize, f64), CalibError> {
+    let n = PROBE_TOKENS.min(chunk).min(tokens.len());
+    decode(&tokens[..n.min(8)], "the warm-up")?;
+    let t = std::time::Instant::now();
+    decode(&tokens[..n], "the pace probe")?;
+    Ok((n, t.elapsed().as_secs_f64()))
+}
+
 /// Run `model` over `text` and collect statistics.
 pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats, CalibError> {
+    collect_cancellable(model, text, opts, &AtomicBool::new(false))
+}
+
+/// llama.cpp's abort callback: the backends poll it between graph nodes, so a
+/// set flag stops a chunk's forward pass (up to minutes on CPU) within one op.
+unsafe extern "C" fn abort_requested(data: *mut c_void) -> bool {
+    // SAFETY: `data` is the `&AtomicBool` that `collect_cancellable` borrows
+    // for its whole run, and the context that calls this is freed before it
+    // returns.
+    !data.is_null() && unsafe { &*(data as *const AtomicBool) }.load(Ordering::Relaxed)
+}
+
+/// [`collect`], stopping with [`CalibError::Cancelled`] as soon as `cancel` is
+/// set (Ctrl-C), in the middle of a forward pass too.
+pub fn collect_cancellable(
+    model: &Path,
+    text: &str,
+    opts: &CollectOptions,
+    cancel: &AtomicBool,
+) -> Result<Stats, CalibError> {
     crate::engine::llama_backend(opts.backends_dir.as_deref())
         .map_err(|e| CalibError::Llama(e.to_string()))?;
     let gpu = gpu_available() && opts.n_gpu_layers > 0;
@@ -375,6 +427,7 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
         hessian_block: opts.hessian_block,
         scratch: Vec::new(),
         error: None,
+        paused: false,
     });
     // SAFETY: `loaded.model` is a loaded model; the callback's user data is
     // the boxed collector, which outlives the context (dropped after it).
@@ -390,6 +443,8 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
         }
         cp.cb_eval = Some(eval_callback);
         cp.cb_eval_user_data = &mut *collector as *mut Collector as *mut c_void;
+        cp.abort_callback = Some(abort_requested);
+        cp.abort_callback_data = cancel as *const AtomicBool as *mut c_void;
         sys::llama_init_from_model(loaded.model, cp)
     };
     if loaded.ctx.is_null() {
@@ -414,13 +469,15 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
             tokens.len()
         )));
     }
-    let t0 = std::time::Instant::now();
-    for (i, part) in tokens.chunks_exact(chunk).take(n_chunks).enumerate() {
+    // From an empty cache, BOS first when the model wants one.
+    let decode = |part: &[i32], what: &str| -> Result<(), CalibError> {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(CalibError::Cancelled);
+        }
         let mut toks = part.to_vec();
         if add_bos {
             toks[0] = bos;
         }
-        collector.step = i as u64;
         // SAFETY: the context is valid; `toks` outlives the decode call, and
         // the batch only borrows it.
         let rc = unsafe {
@@ -428,14 +485,51 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
             let batch = sys::llama_batch_get_one(toks.as_mut_ptr(), toks.len() as i32);
             sys::llama_decode(loaded.ctx, batch)
         };
-        if let Some(e) = collector.error.take() {
-            return Err(CalibError::Llama(e));
+        if cancel.load(Ordering::Relaxed) {
+            return Err(CalibError::Cancelled);
         }
         if rc != 0 {
             return Err(CalibError::Llama(format!(
-                "llama_decode failed ({rc}) on chunk {i}"
+                "llama_decode failed ({rc}) on {what}"
             )));
         }
+        Ok(())
+    };
+    if let Some(budget) = opts.time_budget.filter(|_| opts.min_tokens > 0) {
+        collector.paused = true;
+        let probe = probe_pace(&tokens, chunk, decode);
+        collector.paused = false;
+        let (n, secs) = probe?;
+        let need = opts.min_tokens.div_ceil(chunk) * chunk;
+        let needed = secs * need as f64 / n as f64;
+        if opts.progress {
+            eprintln!(
+                "calibration pace: {n} tokens in {secs:.1} s, so {need} tokens take about {needed:.0} s \
+                 (budget {:.0} s)",
+                budget.as_secs_f64()
+            );
+        }
+        // The probe leans slow (64 tokens cost more per token than a chunk,
+        // 1.3-1.5x on a 7B): only a clear miss stops here; nearer the line
+        // the first chunk's pace decides (below).
+        if needed > PROBE_MARGIN * budget.as_secs_f64() {
+            return Err(CalibError::Budget {
+                tokens: n,
+                secs,
+                min_tokens: opts.min_tokens,
+                budget: budget.as_secs_f64(),
+                needed,
+            });
+        }
+    }
+    let t0 = std::time::Instant::now();
+    for (i, part) in tokens.chunks_exact(chunk).take(n_chunks).enumerate() {
+        collector.step = i as u64;
+        let rc = decode(part, &format!("chunk {i}"));
+        if let Some(e) = collector.error.take() {
+            return Err(CalibError::Llama(e));
+        }
+        rc?;
         collector.stats.tokens += chunk as u64;
         collector.stats.chunks += 1;
         if let Some(budget) = opts.time_budget {
@@ -462,9 +556,14 @@ pub fn collect(model: &Path, text: &str, opts: &CollectOptions) -> Result<Stats,
         if opts.progress {
             let done = i + 1;
             let elapsed = t0.elapsed().as_secs_f64();
-            let eta = elapsed / done as f64 * (n_chunks - done) as f64;
+            let per_chunk = elapsed / done as f64;
+            // Under a budget, the chunks that fit at this pace.
+            let planned = opts.time_budget.map_or(n_chunks, |b| {
+                n_chunks.min(((b.as_secs_f64() / per_chunk) as usize).max(done))
+            });
+            let eta = per_chunk * (planned - done) as f64;
             eprint!(
-                "\rcalibrating: chunk {done}/{n_chunks} ({elapsed:.1} s, about {eta:.0} s left)"
+                "\rcalibrating: chunk {done}/{planned} ({elapsed:.1} s, about {eta:.0} s left)"
             );
         }
     }

@@ -12,7 +12,7 @@
 
 pub mod collect;
 
-pub use collect::{collect, gpu_available, CollectOptions, Stats};
+pub use collect::{collect, collect_cancellable, gpu_available, CollectOptions, Stats};
 
 use crate::gguf::{GgmlType, GgufValue, GgufWriter, TensorSpec};
 use crate::quant::gptq::{self, Feedback};
@@ -35,6 +35,8 @@ pub enum CalibError {
     Llama(String),
     #[error("calibration text: {0}")]
     Text(String),
+    #[error("calibration cancelled")]
+    Cancelled,
     #[error("calibration too slow here: {tokens} tokens in {secs:.0} s; {min_tokens} tokens would take about {needed:.0} s, more than the {budget:.0} s budget")]
     Budget {
         tokens: usize,

@@ -234,7 +234,7 @@ pub fn run_imatrix(a: ImatrixArgs) -> Result<()> {
         progress: true,
         ..Default::default()
     };
-    let stats = calib::collect(&a.model, &text, &opts)?;
+    let stats = calib::collect_cancellable(&a.model, &text, &opts, &cancel_flag())?;
     calib::write_imatrix(&a.output, &stats, &name)?;
     eprintln!(
         "wrote {} ({} weights, {} chunks of {} tokens{})",

@@ -172,6 +172,7 @@ pub fn quantize_gguf(
         opts.policy.scheme,
         &opts.calibrate,
         !opts.progress,
+        cancel,
     )?;
     let chosen = plan(Statistics::of(calibration.as_ref()))?;
     let requant = chosen
