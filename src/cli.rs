@@ -172,34 +172,58 @@ pub struct SynthArgs {
     pub seed: u64,
 }
 
-/// Set up a cancel flag for long work: Ctrl-C, or SIGTERM (`kill`, `timeout`,
-/// a container stop), asks it to stop cleanly, removing partial output and
-/// temporary files.
-fn cancel_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            rt.block_on(async {
-                if interrupt_or_terminate().await {
-                    eprintln!(
-                        "\ninterrupted: stopping, no output will be left behind (again to exit now)"
-                    );
-                    f.store(true, Ordering::SeqCst);
-                    // The handlers stay installed: a second signal would be
-                    // swallowed, so it exits here, as the user insists.
+/// Ctrl-C and SIGTERM (`kill`, `timeout`, a container stop), listened for on
+/// a thread of its own for the rest of the process: the first sets the flag
+/// (long work polls it and stops cleanly, removing partial output and
+/// temporary files) and wakes [`Interrupt::requested`]; a second exits at once
+/// (status 130). Listening replaces the signals' default action for good, so
+/// a process listens once, from start to end.
+struct Interrupt {
+    flag: Arc<AtomicBool>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Interrupt {
+    /// Starts listening; `notice` (if any) is printed on the first signal.
+    fn listen(notice: Option<&'static str>) -> Self {
+        let flag = Arc::new(AtomicBool::new(false));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (f, n) = (flag.clone(), notify.clone());
+        std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
                     if interrupt_or_terminate().await {
-                        eprintln!("interrupted again: exiting now");
-                        std::process::exit(130);
+                        if let Some(msg) = notice {
+                            eprintln!("\ninterrupted: {msg} (again to exit now)");
+                        }
+                        f.store(true, Ordering::SeqCst);
+                        // One waiter (or a stored permit for one to come).
+                        n.notify_one();
+                        if interrupt_or_terminate().await {
+                            eprintln!("interrupted again: exiting now");
+                            std::process::exit(130);
+                        }
                     }
-                }
-            });
+                });
+            }
+        });
+        Self { flag, notify }
+    }
+
+    /// Resolves on the first signal (at once if it came already).
+    async fn requested(&self) {
+        if !self.flag.load(Ordering::SeqCst) {
+            self.notify.notified().await;
         }
-    });
-    flag
+    }
+}
+
+/// The cancel flag of a long command (convert, quantize, imatrix).
+fn cancel_flag() -> Arc<AtomicBool> {
+    Interrupt::listen(Some("stopping, no output will be left behind")).flag
 }
 
 /// The first Ctrl-C or SIGTERM; false when neither can be listened for.
@@ -378,12 +402,14 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
     if let Some(spec) = &a.opts.chat_template {
         crate::chat_template::resolve(spec)?;
     }
-    let cancel = cancel_flag();
-    let gguf = a.model.resolve(&cancel)?;
+    // One listener for the whole run: a signal while the model is fetched
+    // stops that; once serving, it drains in-flight requests and exits.
+    let interrupt = Interrupt::listen(None);
+    let gguf = a.model.resolve(&interrupt.flag)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+        let shutdown = async move {
+            interrupt.requested().await;
             tracing::info!("shutting down: draining in-flight requests");
         };
         crate::server::serve(a.opts, gguf, shutdown).await

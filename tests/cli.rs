@@ -209,6 +209,61 @@ fn serve_log_file_has_no_ansi_colours() {
     );
 }
 
+/// SIGTERM (what Kubernetes sends a pod it stops) makes `serve` drain and exit
+/// cleanly, as deploy/k8s's grace period expects, not die mid-request.
+#[cfg(unix)]
+#[test]
+fn serve_shuts_down_cleanly_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = airavata::synth::tiny_test_gguf(tmp.path()).expect("tiny gguf");
+    let log_path = tmp.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = airavata()
+        .arg("serve")
+        .arg(&gguf)
+        .args([
+            "--port",
+            "0",
+            "--threads",
+            "2",
+            "--ctx-size",
+            "256",
+            "--no-webui",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("model ready") {
+            break;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("serve did not start and load:\n{text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        status.success(),
+        "serve did not exit cleanly on SIGTERM ({status}):\n{text}"
+    );
+    assert!(
+        text.contains("shutting down: draining in-flight requests"),
+        "{text}"
+    );
+}
+
 /// Runs `serve MODEL ARGS` with llama.cpp's log on until the model is ready;
 /// returns the log.
 fn serve_log(model: &std::path::Path, args: &[&str]) -> String {
