@@ -259,7 +259,10 @@ struct Shape {
 
 static const int MAXN = 16;  // most activation columns the kernel takes (ggml's mmvq: 8)
 static const float BOUND_Q8 = 1e-5f;    // vs f64 reference on the same int8 activations
-static const float BOUND_EXACT = 2e-2f; // vs exact f64 W.x (int8 activation rounding dominates)
+// Against the exact f64 W.x the int8 rounding of the activations dominates, and it depends on the data: ours
+// must be within 1.25x of ggml's own q8_1 path on the same data (its error, not an absolute bound, which small
+// random shapes can exceed for both: 13x256 N=5 and 37x768 N=2 reached 2.3e-2 and 2.0e-2 for ggml's path too).
+static const double EXACT_VS_GGML = 1.25;
 
 int main(int argc, char **argv) {
     bool check_small = false, quick = false;
@@ -339,8 +342,8 @@ int main(int argc, char **argv) {
     int fails = 0, nchecks = 0;
     double worst_q8 = 0, worst_exact = 0, worst_ratio = 0, worst_ggml_dev_q8 = 0;
     std::mt19937_64 rng(seed0);
-    printf("\nchecks: |y-ref|/|ref|; bounds: vs q8-emulation %.0e, vs exact %.0e and <= 1.25x ggml-emulation's\n",
-           BOUND_Q8, BOUND_EXACT);
+    printf("\nchecks: |y-ref|/|ref|; bounds: vs q8-emulation %.0e, vs exact <= %.2fx ggml-emulation's\n",
+           BOUND_Q8, EXACT_VS_GGML);
     for (const Shape &sh : cshapes) {
         const int nb = sh.K / IQ4XS_QK;
         const size_t wbytes = (size_t)sh.rows * nb * IQ4XS_BYTES;
@@ -408,7 +411,7 @@ int main(int argc, char **argv) {
                 const double eq = rel_err(yh.data(), R.q8, (size_t)N * sh.rows, &nonfin);
                 const double ee = rel_err(yh.data(), R.exact, (size_t)N * sh.rows, &nonfin);
                 ++nchecks;
-                const bool ok = !nonfin && eq <= BOUND_Q8 && ee <= BOUND_EXACT && ee <= 1.25 * e_ggml + 1e-6;
+                const bool ok = !nonfin && eq <= BOUND_Q8 && ee <= EXACT_VS_GGML * e_ggml + 1e-6;
                 if (!ok) {
                     ++fails;
                     printf("FAIL %5dx%-5d N=%d %-14s err_q8=%.3e err_exact=%.3e ggml_exact=%.3e%s\n", sh.rows,
@@ -450,9 +453,9 @@ int main(int argc, char **argv) {
         CK(cudaFree(dxq));
         CK(cudaFree(dxd));
     }
-    printf("CHECKS: %d/%d passed; worst err_q8 %.3e (bound %.0e), worst err_exact %.3e (bound %.0e), worst "
-           "err_exact/ggml_emul %.3f%s\n",
-           nchecks - fails, nchecks, worst_q8, BOUND_Q8, worst_exact, BOUND_EXACT, worst_ratio,
+    printf("CHECKS: %d/%d passed; worst err_q8 %.3e (bound %.0e), worst err_exact %.3e, worst "
+           "err_exact/ggml_emul %.3f (bound %.2f)%s\n",
+           nchecks - fails, nchecks, worst_q8, BOUND_Q8, worst_exact, worst_ratio, EXACT_VS_GGML,
            have_ggml ? "" : "");
     if (have_ggml) printf("ggml kernel vs host ggml-emulation: worst %.3e\n", worst_ggml_dev_q8);
     if (check_small || quick) return fails ? 1 : 0;

@@ -16,11 +16,16 @@
 
 namespace {
 
-// The variant with the best worst case over the four Llama-7B shapes at 3-8 columns (harness, H100).
+// The variants with the best worst case over the four Llama-7B shapes (harness, H100): T1.W8.U2 at 3-8
+// columns; at 9-16 T1.W4.U2 (10.3-24.1 us at 12-16 columns where T1.W8.U2 takes 11.9-32.3 us,
+// benches/results/2026-12-07-h100-mmv-harness16).
 constexpr int MMV_T     = 1;  // 16-row tiles per block
-constexpr int MMV_WARPS = 8;  // warps splitting K
 constexpr int MMV_UB    = 2;  // 256-column blocks per unit
 constexpr int MMV_S     = 1;  // ring stages per warp
+// Warps splitting K.
+constexpr int mmv_warps(int ncols) {
+    return ncols > 8 ? 4 : 8;
+}
 constexpr int MMV_KERNEL_MAX_COLS = 16;  // what the kernel can take (two mma B fragments)
 
 // A column bound from the environment (1..16), else the default.
@@ -44,20 +49,21 @@ int64_t max_cols() {
 
 // Dynamic shared memory of the kernel at ncols columns.
 int smem_bytes(int64_t ncols) {
-    return airavata::mmv_smem_bytes((int) ncols, MMV_T, MMV_WARPS, MMV_UB, MMV_S);
+    return airavata::mmv_smem_bytes((int) ncols, MMV_T, mmv_warps((int) ncols), MMV_UB, MMV_S);
 }
 
 template <int NC>
 void launch_cols(const uint8_t * W, const int8_t * xq, const float * xd, float * y, int nrows, int nb,
                  cudaStream_t stream) {
     using namespace airavata;
+    constexpr int WARPS = mmv_warps(NC);
     const int smem = smem_bytes(NC);
-    CUDA_SET_SHARED_MEMORY_LIMIT((mmv_iq4xs_kernel<NC, MMV_T, MMV_WARPS, MMV_UB>), smem);
+    CUDA_SET_SHARED_MEMORY_LIMIT((mmv_iq4xs_kernel<NC, MMV_T, WARPS, MMV_UB>), smem);
     const int grid = (nrows + 16 * MMV_T - 1) / (16 * MMV_T);
     // ggml's launcher: with programmatic dependent launch (Hopper, GGML_CUDA_PDL) the kernel fetches its weights
     // while the activation quantization before it still runs.
-    ggml_cuda_kernel_launch(mmv_iq4xs_kernel<NC, MMV_T, MMV_WARPS, MMV_UB>,
-                            ggml_cuda_kernel_launch_params(dim3(grid), dim3(MMV_WARPS * 32), (size_t) smem, stream), W, xq,
+    ggml_cuda_kernel_launch(mmv_iq4xs_kernel<NC, MMV_T, WARPS, MMV_UB>,
+                            ggml_cuda_kernel_launch_params(dim3(grid), dim3(WARPS * 32), (size_t) smem, stream), W, xq,
                             xd, y, nrows, nb, MMV_S, 1);
 }
 
