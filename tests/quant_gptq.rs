@@ -33,18 +33,7 @@ fn inputs(rng: &mut Rng, tokens: usize, n: usize) -> Vec<f32> {
 
 fn hessian(x: &[f32], n: usize, max_block: usize, align: usize) -> Hessian {
     let mut h = Hessian::new(n, max_block, align);
-    let tokens = x.len() / n;
-    for b in &mut h.blocks {
-        for t in 0..tokens {
-            let row = &x[t * n + b.start..t * n + b.start + b.len];
-            for i in 0..b.len {
-                for j in 0..b.len {
-                    b.xtx[i * b.len + j] += row[i] * row[j];
-                }
-            }
-        }
-    }
-    h.count = tokens as u64;
+    h.add_rows(x, x.len() / n);
     h
 }
 

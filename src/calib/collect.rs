@@ -273,32 +273,7 @@ fn accumulate(s: &mut InputStats, xs: &[f32], rows: usize, n: usize) {
         });
     s.count += rows as u64;
     if let Some(h) = &mut s.hessian {
-        h.count += rows as u64;
-        h.blocks.par_iter_mut().for_each(|b| {
-            let l = b.len;
-            // SAFETY: A = X[:, start..start+l]ᵀ (l × rows, strides 1 / n),
-            // B = X[:, start..start+l] (rows × l, strides n / 1), C = xtx
-            // (l × l, strides l / 1): every index stays inside `xs` (rows × n)
-            // and `b.xtx` (l × l).
-            unsafe {
-                matrixmultiply::sgemm(
-                    l,
-                    rows,
-                    l,
-                    1.0,
-                    xs.as_ptr().add(b.start),
-                    1,
-                    n as isize,
-                    xs.as_ptr().add(b.start),
-                    n as isize,
-                    1,
-                    1.0,
-                    b.xtx.as_mut_ptr(),
-                    l as isize,
-                    1,
-                );
-            }
-        });
+        h.add_rows(xs, rows);
     }
 }
 

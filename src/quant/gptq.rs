@@ -68,6 +68,43 @@ impl Hessian {
         }
     }
 
+    /// Adds `rows` input rows of `n` values (`xs`, row-major) to every
+    /// block's `XᵀX`.
+    pub fn add_rows(&mut self, xs: &[f32], rows: usize) {
+        let n = self.n;
+        assert!(
+            xs.len() >= rows * n,
+            "{} values for {rows} rows of {n}",
+            xs.len()
+        );
+        self.count += rows as u64;
+        self.blocks.par_iter_mut().for_each(|b| {
+            let l = b.len;
+            // SAFETY: A = X[:, start..start+l]ᵀ (l × rows, strides 1 / n),
+            // B = X[:, start..start+l] (rows × l, strides n / 1), C = xtx
+            // (l × l, strides l / 1): every index stays inside `xs` (at least
+            // rows × n, asserted above) and `b.xtx` (l × l).
+            unsafe {
+                matrixmultiply::sgemm(
+                    l,
+                    rows,
+                    l,
+                    1.0,
+                    xs.as_ptr().add(b.start),
+                    1,
+                    n as isize,
+                    xs.as_ptr().add(b.start),
+                    n as isize,
+                    1,
+                    1.0,
+                    b.xtx.as_mut_ptr(),
+                    l as isize,
+                    1,
+                );
+            }
+        });
+    }
+
     /// Mean squared input per column (`diag(XᵀX) / count`): llama-imatrix's value.
     pub fn importance(&self) -> Vec<f32> {
         let c = self.count.max(1) as f32;
@@ -368,17 +405,7 @@ mod tests {
         let w: Vec<f32> = (0..rows * n).map(|_| lcg(&mut s) * 0.1).collect();
         let mut h = Hessian::new(n, 256, 256);
         let x: Vec<f32> = (0..64 * n).map(|_| lcg(&mut s)).collect();
-        for b in &mut h.blocks {
-            for t in x.chunks(n) {
-                let t = &t[b.start..b.start + b.len];
-                for i in 0..b.len {
-                    for j in 0..b.len {
-                        b.xtx[i * b.len + j] += t[i] * t[j];
-                    }
-                }
-            }
-        }
-        h.count = 64;
+        h.add_rows(&x, 64);
         let fb = Feedback::new(&h, DAMP).expect("feedback");
         for ty in [GgmlType::Iq4Xs, GgmlType::Q4K] {
             let all = quantize_rows(ty, &w, n, &fb, QuantMode::Search).expect("tiled");
