@@ -163,38 +163,18 @@ fn bad_inputs_exit_nonzero_with_messages() {
 fn serve_log_file_has_no_ansi_colours() {
     let tmp = tempfile::tempdir().unwrap();
     let gguf = airavata::synth::tiny_test_gguf(tmp.path()).expect("tiny gguf");
-    let log_path = tmp.path().join("serve.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = airavata()
-        .arg("serve")
-        .arg(&gguf)
-        .args([
-            "--port",
-            "0",
-            "--threads",
-            "2",
-            "--ctx-size",
-            "256",
-            "--no-webui",
-        ])
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR") // colours off by our check, not by the environment
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let text = loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if text.contains("listening on http://") && text.contains("model ready") {
-            break text;
-        }
-        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!("serve did not start and load:\n{text}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let (mut child, _, text) = start_serve(
+        tmp.path(),
+        &gguf,
+        &["--ctx-size", "256"],
+        |c| {
+            c.env_remove("RUST_LOG")
+                // colours off by our check, not by the environment
+                .env_remove("NO_COLOR");
+        },
+        &["listening on http://", "model ready"],
+        60,
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(text.contains(" INFO "), "{text}");
@@ -216,37 +196,16 @@ fn serve_log_file_has_no_ansi_colours() {
 fn serve_shuts_down_cleanly_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let gguf = airavata::synth::tiny_test_gguf(tmp.path()).expect("tiny gguf");
-    let log_path = tmp.path().join("serve.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = airavata()
-        .arg("serve")
-        .arg(&gguf)
-        .args([
-            "--port",
-            "0",
-            "--threads",
-            "2",
-            "--ctx-size",
-            "256",
-            "--no-webui",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if text.contains("model ready") {
-            break;
-        }
-        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!("serve did not start and load:\n{text}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (mut child, log_path, _) = start_serve(
+        tmp.path(),
+        &gguf,
+        &["--ctx-size", "256"],
+        |c| {
+            c.env("RUST_LOG", "info");
+        },
+        &["model ready"],
+        60,
+    );
     let st = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -264,34 +223,58 @@ fn serve_shuts_down_cleanly_on_sigterm() {
     );
 }
 
+/// Starts `serve MODEL --port 0 --threads 2 --no-webui ARGS` with its stderr
+/// in `DIR/serve.log`, the command adjusted by `setup` (its environment), and
+/// waits until the log holds every one of `ready`; panics with the log when
+/// serve exits or `secs` pass first. Returns the child, the log's path and
+/// the log so far.
+fn start_serve(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    args: &[&str],
+    setup: impl FnOnce(&mut Command),
+    ready: &[&str],
+    secs: u64,
+) -> (std::process::Child, std::path::PathBuf, String) {
+    let log_path = dir.join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = airavata();
+    cmd.arg("serve")
+        .arg(model)
+        .args(["--port", "0", "--threads", "2", "--no-webui"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    setup(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if ready.iter().all(|m| text.contains(m)) {
+            return (child, log_path, text);
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("serve did not start and load:\n{text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Runs `serve MODEL ARGS` with llama.cpp's log on until the model is ready;
 /// returns the log.
 fn serve_log(model: &std::path::Path, args: &[&str]) -> String {
     let tmp = tempfile::tempdir().unwrap();
-    let log_path = tmp.path().join("serve.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = airavata()
-        .arg("serve")
-        .arg(model)
-        .args(["--port", "0", "--threads", "2", "--no-webui"])
-        .args(args)
-        .env("RUST_LOG", "info,llama-cpp-2=info")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let text = loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if text.contains("model ready") {
-            break text;
-        }
-        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!("serve did not load:\n{text}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let (mut child, _, text) = start_serve(
+        tmp.path(),
+        model,
+        args,
+        |c| {
+            c.env("RUST_LOG", "info,llama-cpp-2=info");
+        },
+        &["model ready"],
+        120,
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     text
