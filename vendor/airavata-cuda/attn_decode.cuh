@@ -76,12 +76,30 @@ template <> __device__ __forceinline__ void dequant<KV_F16>(const Raw<KV_F16> & 
     }
 }
 
+// Small integers to float without I2F (a quarter-rate conversion, 16 a clock per SM on Hopper, which
+// bounded the quantized caches' kernels): byte j of w (0..255) goes into the low mantissa byte of 2^23, so
+// the float is 2^23 + byte exactly, and one FADD removes the offset. Four bytes: PRMT each, FADD each.
+__device__ __forceinline__ uint32_t prmt_b32(uint32_t a, uint32_t b, uint32_t sel) {
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+}
+// x[j] = byte j of w - off, exactly (off: the byte value that means 0).
+__device__ __forceinline__ void bytes_to_float(uint32_t w, float off, float (&x)[4]) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) x[j] = __uint_as_float(prmt_b32(w, 0x4B000000u, 0x7440u | j)) - (8388608.0f + off);
+}
+
 template <> __device__ __forceinline__ void dequant<KV_Q8_0>(const Raw<KV_Q8_0> & r, int, float (&x)[8]) {
     const float d = h2f(r.d);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        x[2 * i] = d * (float) (int8_t) (r.q[i] & 0xff);
-        x[2 * i + 1] = d * (float) (int8_t) (r.q[i] >> 8);
+    for (int h = 0; h < 2; ++h) {
+        // the 4 int8 of q[2h], q[2h+1], sign bit flipped: unsigned s + 128
+        const uint32_t w = prmt_b32(r.q[2 * h], r.q[2 * h + 1], 0x5410u) ^ 0x80808080u;
+        float f[4];
+        bytes_to_float(w, 128.0f, f);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) x[4 * h + j] = d * f[j];
     }
 }
 
@@ -89,9 +107,13 @@ template <> __device__ __forceinline__ void dequant<KV_Q4_0>(const Raw<KV_Q4_0> 
     const float d = h2f(r.d);
     const int shift = (d0 % 32) < 16 ? 0 : 4;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        x[2 * i] = d * (float) ((int) ((r.q[i] >> shift) & 0xf) - 8);
-        x[2 * i + 1] = d * (float) ((int) ((r.q[i] >> (8 + shift)) & 0xf) - 8);
+    for (int h = 0; h < 2; ++h) {
+        // this lane's 4 nibbles of q[2h], q[2h+1], one a byte (0..15; 8 means 0)
+        const uint32_t w = (prmt_b32(r.q[2 * h], r.q[2 * h + 1], 0x5410u) >> shift) & 0x0F0F0F0Fu;
+        float f[4];
+        bytes_to_float(w, 8.0f, f);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) x[4 * h + j] = d * f[j];
     }
 }
 
