@@ -90,6 +90,25 @@ __device__ __forceinline__ void bytes_to_float(uint32_t w, float off, float (&x)
     for (int j = 0; j < 4; ++j) x[j] = __uint_as_float(prmt_b32(w, 0x4B000000u, 0x7440u | j)) - (8388608.0f + off);
 }
 
+#ifdef AIRAVATA_ATTN_I2F  // the previous conversion (I2F), built by run-attn.sh only to time against
+template <> __device__ __forceinline__ void dequant<KV_Q8_0>(const Raw<KV_Q8_0> & r, int, float (&x)[8]) {
+    const float d = h2f(r.d);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        x[2 * i] = d * (float) (int8_t) (r.q[i] & 0xff);
+        x[2 * i + 1] = d * (float) (int8_t) (r.q[i] >> 8);
+    }
+}
+template <> __device__ __forceinline__ void dequant<KV_Q4_0>(const Raw<KV_Q4_0> & r, int d0, float (&x)[8]) {
+    const float d = h2f(r.d);
+    const int shift = (d0 % 32) < 16 ? 0 : 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        x[2 * i] = d * (float) ((int) ((r.q[i] >> shift) & 0xf) - 8);
+        x[2 * i + 1] = d * (float) ((int) ((r.q[i] >> (8 + shift)) & 0xf) - 8);
+    }
+}
+#else
 template <> __device__ __forceinline__ void dequant<KV_Q8_0>(const Raw<KV_Q8_0> & r, int, float (&x)[8]) {
     const float d = h2f(r.d);
 #pragma unroll
@@ -116,6 +135,7 @@ template <> __device__ __forceinline__ void dequant<KV_Q4_0>(const Raw<KV_Q4_0> 
         for (int j = 0; j < 4; ++j) x[4 * h + j] = d * f[j];
     }
 }
+#endif
 
 struct Params {
     const float * q;  // [B][H][D] with strides q_nb2 (per head), q_nb3 (per sequence), in floats
