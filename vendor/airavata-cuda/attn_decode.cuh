@@ -76,9 +76,9 @@ template <> __device__ __forceinline__ void dequant<KV_F16>(const Raw<KV_F16> & 
     }
 }
 
-// Small integers to float without I2F (a quarter-rate conversion, 16 a clock per SM on Hopper, which
-// bounded the quantized caches' kernels): byte j of w (0..255) goes into the low mantissa byte of 2^23, so
-// the float is 2^23 + byte exactly, and one FADD removes the offset. Four bytes: PRMT each, FADD each.
+// Small integers to float without I2F (16 a clock per SM on Hopper, a quarter of FP32's rate): byte j of w
+// (0..255) goes into the low mantissa byte of 2^23, so the float is 2^23 + byte exactly, and one FADD removes
+// the offset. Four bytes: PRMT each, FADD each.
 __device__ __forceinline__ uint32_t prmt_b32(uint32_t a, uint32_t b, uint32_t sel) {
     uint32_t d;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
@@ -90,7 +90,8 @@ __device__ __forceinline__ void bytes_to_float(uint32_t w, float off, float (&x)
     for (int j = 0; j < 4; ++j) x[j] = __uint_as_float(prmt_b32(w, 0x4B000000u, 0x7440u | j)) - (8388608.0f + off);
 }
 
-#ifdef AIRAVATA_ATTN_I2F  // the previous conversion (I2F), built by run-attn.sh only to time against
+// q8_0 keeps I2F: the mantissa route above measured no faster for it (0.99-1.00x, H100,
+// benches/results/2026-12-07-h100-attn-dequant), its limit being elsewhere (five 2-byte loads a lane a row).
 template <> __device__ __forceinline__ void dequant<KV_Q8_0>(const Raw<KV_Q8_0> & r, int, float (&x)[8]) {
     const float d = h2f(r.d);
 #pragma unroll
@@ -99,29 +100,8 @@ template <> __device__ __forceinline__ void dequant<KV_Q8_0>(const Raw<KV_Q8_0> 
         x[2 * i + 1] = d * (float) (int8_t) (r.q[i] >> 8);
     }
 }
-template <> __device__ __forceinline__ void dequant<KV_Q4_0>(const Raw<KV_Q4_0> & r, int d0, float (&x)[8]) {
-    const float d = h2f(r.d);
-    const int shift = (d0 % 32) < 16 ? 0 : 4;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        x[2 * i] = d * (float) ((int) ((r.q[i] >> shift) & 0xf) - 8);
-        x[2 * i + 1] = d * (float) ((int) ((r.q[i] >> (8 + shift)) & 0xf) - 8);
-    }
-}
-#else
-template <> __device__ __forceinline__ void dequant<KV_Q8_0>(const Raw<KV_Q8_0> & r, int, float (&x)[8]) {
-    const float d = h2f(r.d);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        // the 4 int8 of q[2h], q[2h+1], sign bit flipped: unsigned s + 128
-        const uint32_t w = prmt_b32(r.q[2 * h], r.q[2 * h + 1], 0x5410u) ^ 0x80808080u;
-        float f[4];
-        bytes_to_float(w, 128.0f, f);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) x[4 * h + j] = d * f[j];
-    }
-}
 
+// q4_0: each lane's 4 nibbles a word go through the mantissa of 2^23 (1.06-1.10x at B >= 16, same run).
 template <> __device__ __forceinline__ void dequant<KV_Q4_0>(const Raw<KV_Q4_0> & r, int d0, float (&x)[8]) {
     const float d = h2f(r.d);
     const int shift = (d0 % 32) < 16 ? 0 : 4;
@@ -135,7 +115,6 @@ template <> __device__ __forceinline__ void dequant<KV_Q4_0>(const Raw<KV_Q4_0> 
         for (int j = 0; j < 4; ++j) x[4 * h + j] = d * f[j];
     }
 }
-#endif
 
 struct Params {
     const float * q;  // [B][H][D] with strides q_nb2 (per head), q_nb3 (per sequence), in floats

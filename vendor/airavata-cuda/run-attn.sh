@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the decode-attention harness and run compute-sanitizer (memcheck, racecheck on --check --small),
 # the checks and the timing grid; then llama.cpp's kernel on the same grid (stock_attn_perf.sh) unless
-# NO_STOCK=1; WITH_I2F=1 also times the previous int8 -> float conversion. Results in OUT (default ./out-attn).
+# NO_STOCK=1. Results in OUT (default ./out-attn).
 set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${OUT:-$PWD/out-attn}
@@ -22,9 +22,4 @@ if [ "${NO_SANITIZER:-0}" != 1 ]; then
     && echo "racecheck: clean" || { echo "racecheck: FAILED"; tail -20 "$OUT/racecheck.log"; }
 fi
 build/attn_decode 2>&1 | tee "$OUT/attn.txt" | grep -v "^check .* ok$"
-if [ "${WITH_I2F:-0}" = 1 ]; then
-  # the same kernels with the previous int8 -> float conversion (I2F), timed on the same card right after
-  nvcc -O3 -std=c++17 $ARCHS -DAIRAVATA_ATTN_I2F attn_decode.cu -o build/attn_decode_i2f
-  build/attn_decode_i2f --time-only 2>&1 | tee "$OUT/attn-i2f.txt"
-fi
 if [ "${NO_STOCK:-0}" != 1 ]; then wait $stock || true; cat "$OUT/stock.txt"; fi
