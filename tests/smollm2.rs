@@ -4,7 +4,7 @@
 
 mod common;
 
-use airavata::calib::{self, CollectOptions};
+use airavata::calib::{self, CollectOptions, HessianBlocks};
 use airavata::convert::{self, Calibrate, QuantizeOptions, TypePolicy};
 use airavata::gguf::{GgmlType, GgufFile};
 use airavata::quant::Imatrix;
@@ -207,7 +207,7 @@ fn pace_probe_records_nothing_and_stops_a_hopeless_budget_early() {
     let base = CollectOptions {
         chunk: 128,
         max_tokens: 256,
-        hessian_block: 0,
+        hessian: HessianBlocks::OFF,
         threads: Some(2),
         ..Default::default()
     };
@@ -269,7 +269,7 @@ fn our_imatrix_file_round_trips_and_llama_quantize_accepts_it() {
     let opts = CollectOptions {
         chunk: 128,
         max_tokens: 256,
-        hessian_block: 0,
+        hessian: HessianBlocks::OFF,
         threads: Some(2),
         ..Default::default()
     };
@@ -378,6 +378,9 @@ fn calibrated_quantize_records_its_calibration_and_lowers_kld() {
     let f = GgufFile::open(&cal).unwrap();
     assert_eq!(f.get_str("airavata.calibration.method"), Some("collected"));
     assert_eq!(f.get_u64("airavata.calibration.tokens"), Some(1024));
+    // Every input is at most 2048 wide, so each keeps its whole XᵀX: the
+    // largest block is ffn_down's 1536-wide input (two 768 blocks before).
+    assert_eq!(f.get_u64("airavata.calibration.hessian_block"), Some(1536));
     assert_eq!(f.get_u64("quantize.imatrix.entries_count"), Some(211));
     assert_eq!(
         f.get_str("quantize.imatrix.dataset"),
@@ -518,7 +521,7 @@ fn collection_stops_when_cancelled() {
     let opts = CollectOptions {
         chunk: 64,
         max_tokens: 128,
-        hessian_block: 0,
+        hessian: HessianBlocks::OFF,
         threads: Some(2),
         ..Default::default()
     };

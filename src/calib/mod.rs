@@ -12,7 +12,9 @@
 
 pub mod collect;
 
-pub use collect::{collect, collect_cancellable, gpu_available, CollectOptions, Stats};
+pub use collect::{
+    collect, collect_cancellable, gpu_available, CollectOptions, HessianBlocks, Stats,
+};
 
 use crate::gguf::{GgmlType, GgufValue, GgufWriter, TensorSpec};
 use crate::quant::gptq::{self, Feedback};

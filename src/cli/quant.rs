@@ -2,7 +2,7 @@
 //! `quantize` and `imatrix` commands.
 
 use super::{cancel_flag, init_threads};
-use crate::calib::{self, CollectOptions};
+use crate::calib::{self, CollectOptions, HessianBlocks};
 use crate::convert::{self, Calibrate, Scheme, TypeOverride, TypePolicy};
 use crate::gguf::GgmlType;
 use crate::quant::QuantMode;
@@ -66,9 +66,11 @@ pub struct QuantArgs {
     /// Calibration tokens (at most; the text may hold fewer).
     #[arg(long, default_value_t = CollectOptions::default().max_tokens)]
     pub calibration_tokens: usize,
-    /// Largest diagonal block of XᵀX used for error feedback (0: importance only).
-    #[arg(long, default_value_t = CollectOptions::default().hessian_block)]
-    pub hessian_block: usize,
+    /// Error feedback over diagonal blocks of XᵀX of at most this many columns,
+    /// for every input (0: importance only). Default: the whole XᵀX for inputs
+    /// up to 2048 columns wide, 1024-column blocks beyond.
+    #[arg(long)]
+    pub hessian_block: Option<usize>,
     /// ggml backend libraries to load for calibration (dynamic-backends builds).
     #[arg(long)]
     pub backends_dir: Option<PathBuf>,
@@ -115,7 +117,9 @@ impl QuantArgs {
             text: self.calibration.clone(),
             opts: CollectOptions {
                 max_tokens: self.calibration_tokens,
-                hessian_block: self.hessian_block,
+                hessian: self
+                    .hessian_block
+                    .map_or(HessianBlocks::DEFAULT, HessianBlocks::at_most),
                 backends_dir: self.backends_dir.clone(),
                 threads: self.threads.map(|t| t as i32),
                 ..Default::default()
@@ -229,7 +233,7 @@ pub fn run_imatrix(a: ImatrixArgs) -> Result<()> {
         max_tokens: a.max_tokens,
         n_gpu_layers: a.gpu_layers,
         threads: a.threads,
-        hessian_block: 0,
+        hessian: HessianBlocks::OFF,
         backends_dir: a.backends_dir,
         progress: true,
         ..Default::default()
