@@ -573,16 +573,14 @@ build_backend_ops() {
 }
 
 # The environment of a kernel set, by name: stock, ours (the defaults: matvec at 4-8 columns), ours-min1 (the
-# matvec from 1 column), ours16 (up to 16 columns, where llama.cpp would use its mmq), ours16p (ours16 on a
-# persistent grid: AIRAVATA_MMV_GRID=resident).
+# matvec from 1 column), ours16 (up to 16 columns, where llama.cpp would use its mmq).
 kernel_env() {
   case $1 in
     stock) echo AIRAVATA_CUDA_KERNELS=stock ;;
     ours) echo AIRAVATA_CUDA_KERNELS=ours ;;
     ours-min1) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1 ;;
     ours16) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MAX_COLS=16 ;;
-    ours16p) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MAX_COLS=16 AIRAVATA_MMV_GRID=resident ;;
-    *) echo "unknown kernel set $1 (stock, ours, ours-min1, ours16, ours16p)" >&2; return 1 ;;
+    *) echo "unknown kernel set $1 (stock, ours, ours-min1, ours16)" >&2; return 1 ;;
   esac
 }
 

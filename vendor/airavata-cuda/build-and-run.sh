@@ -65,11 +65,10 @@ if [ "${NO_NCU:-0}" != 1 ] && command -v ncu > /dev/null; then
     for n in 1 8; do
         cfg=$(awk -v n=$n '$1=="11008x4096" && $3==n {print $4}' "$OUT/run.log" | tail -1)
         [ -z "$cfg" ] && continue
-        p=0; case "$cfg" in *.P) p=1 ;; esac
-        set -- $(echo "$cfg" | sed -E 's/T([0-9]+)\.W([0-9]+)\.U([0-9]+)\.S([0-9]+).*/\1 \2 \3 \4/') $p
+        set -- $(echo "$cfg" | sed -E 's/T([0-9]+)\.W([0-9]+)\.U([0-9]+)\.S([0-9]+)/\1 \2 \3 \4/')
         timeout 60 ncu --clock-control none --section SpeedOfLight --section Occupancy --section SchedulerStats \
             --section WarpStateStats --kernel-name regex:'mmv_iq4xs_kernel|mul_mat_vec_q' \
-            "$BIN" --profile "$1" "$2" "$3" "$4" "$5" 11008 4096 $n > "$OUT/ncu_N$n.txt" 2>&1 || true
+            "$BIN" --profile "$1" "$2" "$3" "$4" 11008 4096 $n > "$OUT/ncu_N$n.txt" 2>&1 || true
         grep -E "mmv_iq4xs_kernel|mul_mat_vec_q|DRAM Throughput|Memory Throughput|Duration|Achieved Occupancy|Issue Slots Busy|No Eligible|Registers Per|Theoretical Occ|Stall" "$OUT/ncu_N$n.txt" | head -30
     done
 fi

@@ -92,20 +92,17 @@ __global__ void empty_kernel() {}
 
 struct Cfg {
     int T, WARPS, UB, S;
-    int P = 0;  // 1: persistent grid (the resident blocks, each taking several row tiles), 0: one block per row tile
     std::string name() const {
         char b[64];
-        snprintf(b, sizeof b, "T%d.W%d.U%d.S%d%s", T, WARPS, UB, S, P ? ".P" : "");
+        snprintf(b, sizeof b, "T%d.W%d.U%d.S%d", T, WARPS, UB, S);
         return b;
     }
 };
 static int g_smem_optin = 0;
-static int g_nsm = 0;
-static int g_grid_cap = 0;  // > 0: persistent grids at most this many blocks (--check: several row tiles per block)
 
 // returns false (and launches nothing) when the variant needs more shared memory than a block may have
 template <int NC, int T, int WARPS, int UB>
-static bool launch_t(int S, int P, const uint8_t *W, const int8_t *xq, const float *xd, float *y, int nrows, int nb,
+static bool launch_t(int S, const uint8_t *W, const int8_t *xq, const float *xd, float *y, int nrows, int nb,
                      int compute, cudaStream_t st) {
     static int attr = 48 * 1024;  // dynamic smem limit set so far for this instantiation
     const int smem = mmv_smem_bytes(NC, T, WARPS, UB, S);
@@ -114,13 +111,7 @@ static bool launch_t(int S, int P, const uint8_t *W, const int8_t *xq, const flo
         CK(cudaFuncSetAttribute(mmv_iq4xs_kernel<NC, T, WARPS, UB>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         attr = smem;
     }
-    int grid = mmv_row_tiles(nrows, T);
-    if (P) {
-        int per_sm = 0;
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mmv_iq4xs_kernel<NC, T, WARPS, UB>, WARPS * 32, smem));
-        grid = std::min(grid, std::max(1, per_sm) * g_nsm);
-        if (g_grid_cap > 0) grid = std::min(grid, g_grid_cap);
-    }
+    const int grid = (nrows + 16 * T - 1) / (16 * T);
     mmv_iq4xs_kernel<NC, T, WARPS, UB><<<grid, WARPS * 32, smem, st>>>(W, xq, xd, y, nrows, nb, S, compute);
     return true;
 }
@@ -128,7 +119,7 @@ template <int NC>
 static bool launch_nc(const Cfg &c, const uint8_t *W, const int8_t *xq, const float *xd, float *y, int nrows,
                       int nb, int compute, cudaStream_t st) {
 #define L_(T_, W_, U_) \
-    if (c.T == T_ && c.WARPS == W_ && c.UB == U_) return launch_t<NC, T_, W_, U_>(c.S, c.P, W, xq, xd, y, nrows, nb, compute, st);
+    if (c.T == T_ && c.WARPS == W_ && c.UB == U_) return launch_t<NC, T_, W_, U_>(c.S, W, xq, xd, y, nrows, nb, compute, st);
     L_(1, 4, 1) L_(1, 4, 2) L_(1, 8, 1) L_(1, 8, 2) L_(2, 4, 1) L_(2, 4, 2) L_(2, 8, 1) L_(2, 8, 2)
 #undef L_
     fprintf(stderr, "bad cfg\n");
@@ -292,14 +283,12 @@ int main(int argc, char **argv) {
     cudaStream_t st;
     CK(cudaStreamCreate(&st));
     g_smem_optin = (int)prop.sharedMemPerBlockOptin;
-    g_nsm = prop.multiProcessorCount;
-    if (check_small) g_grid_cap = 2;
 
-    // --profile T W U S P rows K N: one launch of one variant (and of ggml's kernel), for ncu
-    for (int i = 1; i + 8 < argc; ++i)
+    // --profile T W U S rows K N: one launch of one variant (and of ggml's kernel), for ncu
+    for (int i = 1; i + 7 < argc; ++i)
         if (!strcmp(argv[i], "--profile")) {
-            const Cfg c{atoi(argv[i + 1]), atoi(argv[i + 2]), atoi(argv[i + 3]), atoi(argv[i + 4]), atoi(argv[i + 5])};
-            const int rows = atoi(argv[i + 6]), K = atoi(argv[i + 7]), N = atoi(argv[i + 8]), nb = K / IQ4XS_QK;
+            const Cfg c{atoi(argv[i + 1]), atoi(argv[i + 2]), atoi(argv[i + 3]), atoi(argv[i + 4])};
+            const int rows = atoi(argv[i + 5]), K = atoi(argv[i + 6]), N = atoi(argv[i + 7]), nb = K / IQ4XS_QK;
             uint8_t *dW;
             float *dx, *dy, *dxd;
             int8_t *dxq;
@@ -331,8 +320,7 @@ int main(int argc, char **argv) {
         for (int Wp : {4, 8})
             for (int UB : {1, 2})
                 for (int S : {1, 2, 3, 4})
-                    for (int P : {0, 1})
-                        if (mmv_smem_bytes(1, T, Wp, UB, S) <= g_smem_optin && (P || S <= 2)) cfgs.push_back({T, Wp, UB, S, P});
+                    if (mmv_smem_bytes(1, T, Wp, UB, S) <= g_smem_optin) cfgs.push_back({T, Wp, UB, S});
     printf("%zu kernel variants (T = 16-row tiles per CTA, W = warps per CTA, U = 256-col blocks per unit, S = "
            "smem stages per warp; a variant whose smem exceeds the limit at some N is skipped there)\n", cfgs.size());
 #ifdef WITH_GGML_BASELINE

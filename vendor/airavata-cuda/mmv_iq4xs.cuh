@@ -143,15 +143,12 @@ __global__ void __launch_bounds__(512) quantize_x_q8(const float *x, int K, int 
 // ---------------------------------------------------------------------------------
 // Matrix-vector kernel.
 //   NCOLS: number of activation columns (1..16; beyond 8 a second mma B fragment shares each decoded weight tile)
-//   T:     16-row tiles per row tile of a CTA (each warp computes all T tiles of its K slice)
+//   T:     16-row tiles per CTA (each warp computes all T tiles of its K slice)
 //   WARPS: warps per CTA; they split the K units round-robin, partial sums reduced in smem
 //   UB:    256-column blocks per unit (1 or 2); a unit = 16*T rows x 256*UB columns
 // Runtime: S = ring stages per warp (>= 1), compute = 0 times the load path alone.
 // Each stage holds the unit's weight rows and its activation slice (int8 + scales),
 // all brought in by 16-byte cp.async.cg, so the tile loop only reads shared memory.
-// Grid: any size from 1 to mmv_row_tiles(nrows, T). Block b takes row tiles b, b + gridDim.x, ...; a warp's
-// ring runs on across them (the first units of its next row tile load while it computes the last of this one),
-// so with a grid of about the resident blocks the weight stream never stops between tiles.
 __host__ __device__ constexpr int mmv_rs(int UB) { return UB == 1 ? 176 : 304; }  // odd multiple of 16 >= 8+136*UB
 __host__ __device__ constexpr int mmv_xcol(int UB) { return 8 * UB * 32 + 32; }    // +32: no bank conflicts
 __host__ __device__ constexpr int mmv_xd_cols(int NC) { return NC <= 8 ? 8 : 16; }  // scale columns per group
@@ -159,14 +156,9 @@ __host__ __device__ constexpr int mmv_stage_bytes(int NC, int T, int UB) {
     return 16 * T * mmv_rs(UB) + NC * mmv_xcol(UB) + 8 * UB * 4 * mmv_xd_cols(NC);
 }
 __host__ __device__ constexpr int mmv_dwt_bytes(int T, int UB) { return UB * 8 * T * 8 * 2 * 4; }
-// The warps' partial sums of one row tile, [WARPS][16*T][8*NF] floats, twice (tiles alternate buffers).
-__host__ __device__ constexpr int mmv_red_bytes(int NC, int T, int WARPS) { return 2 * WARPS * 16 * T * 8 * ((NC + 7) / 8) * 4; }
 __host__ __device__ constexpr int mmv_smem_bytes(int NC, int T, int WARPS, int UB, int S) {
-    return WARPS * (S * mmv_stage_bytes(NC, T, UB) + mmv_dwt_bytes(T, UB)) + mmv_red_bytes(NC, T, WARPS);
+    return WARPS * (S * mmv_stage_bytes(NC, T, UB) + mmv_dwt_bytes(T, UB));
 }
-// Row tiles (16*T rows each) of an nrows-row matrix: the kernel's grid may be smaller (each block then takes
-// tiles blockIdx.x, blockIdx.x + gridDim.x, ..., its warps' weight streams running on from one tile into the next).
-__host__ __device__ constexpr int mmv_row_tiles(int nrows, int T) { return (nrows + 16 * T - 1) / (16 * T); }
 
 __device__ __forceinline__ void cp_async_w(uint32_t dst, const uint8_t *src, size_t left) {
 #if __CUDA_ARCH__ >= 800
@@ -203,14 +195,8 @@ __global__ void __launch_bounds__(WARPS * 32)
     const size_t rowbytes = (size_t)nb * IQ4XS_BYTES;
     const size_t total = (size_t)nrows * rowbytes;
     const int ngrp = nb * 8;
+    const int row0 = blockIdx.x * ROWS;
     const int nu = (nb + UB - 1) / UB;
-    // this block's row tiles and each warp's units in them: item j = (tile j / nk, unit warp + (j % nk) * WARPS)
-    const int ntiles = mmv_row_tiles(nrows, T);
-    const int my_tiles = (int)blockIdx.x < ntiles ? (ntiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x : 0;
-    const int nk = warp < nu ? (nu - warp + WARPS - 1) / WARPS : 0;
-    const int nitems = my_tiles * nk;
-    auto row0_of = [&](int j) { return ((int)blockIdx.x + (j / nk) * (int)gridDim.x) * ROWS; };
-    auto unit_of = [&](int j) { return warp + (j % nk) * WARPS; };
 
     uint8_t *wsm = smem + warp * (S * STAGE + mmv_dwt_bytes(T, UB));
     float2 *dwt = reinterpret_cast<float2 *>(wsm + S * STAGE);  // [blk][sb][t][g] -> (row g, row g+8)
@@ -224,14 +210,18 @@ __global__ void __launch_bounds__(WARPS * 32)
     // mod 16; it is copied from the 16-byte-aligned address below it, so inside a stage row r
     // starts at r*RS + off(r, u).  par[t][h]: parity of R*nb for this thread's A rows.
     auto off_of = [&](int par, int u) { return ((par ^ (UB * u)) & 1) * 8; };
-    int rb[T][2];
+    int rb[T][2], par[T][2];
 #pragma unroll
     for (int t = 0; t < T; ++t)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) rb[t][h] = (16 * t + 8 * h + g) * RS + 8 + 4 * tq;  // + 8: block header, + 4*tq: word
+        for (int h = 0; h < 2; ++h) {
+            const int r = 16 * t + 8 * h + g;
+            par[t][h] = (int)(((long long)(row0 + r) * nb) & 1);
+            rb[t][h] = r * RS + 8 + 4 * tq;  // + 8 skips the block header, + 4*tq selects the word
+        }
 
-    // a unit's weight rows (row tile from row0) into stage s (they depend on no earlier kernel) ...
-    auto issue_w = [&](int row0, int u, int s) {
+    // a unit's weight rows into stage s (they depend on no earlier kernel) ...
+    auto issue_w = [&](int u, int s) {
         const int cu = min(UB, nb - UB * u);
         const uint32_t sbase = wsm_s + s * STAGE;
         // weights: row r = 4i + lane/8, chunk j = lane%8 + 8m of its 16-byte-aligned span
@@ -266,31 +256,11 @@ __global__ void __launch_bounds__(WARPS * 32)
         for (int c = lane; c < 2 * cu * XDC; c += 32)  // 8*cu groups x XDC floats, 16 bytes a copy
             cp_async16(sbase + WB + XB + 16 * c, xd + (size_t)(8 * UB * u) * XDC + 4 * c);
     };
-    auto issue = [&](int j, int s) {
-        issue_w(row0_of(j), unit_of(j), s);
-        issue_x(unit_of(j), s);
+    auto issue = [&](int u, int s) {
+        issue_w(u, s);
+        issue_x(u, s);
     };
 
-    // Prologue: the first S items' weights are requested before waiting for the kernel that wrote the
-    // activations (under PDL that overlaps its tail); commit group s then holds stage s's activations (group 0
-    // also every prologue weight), so waiting for group j still covers all of stage j.
-    for (int s = 0; s < S; ++s)
-        if (s < nitems) issue_w(row0_of(s), unit_of(s), s);
-    grid_dep_wait();
-    for (int s = 0; s < S; ++s) {
-        if (s < nitems) issue_x(unit_of(s), s);
-        cp_async_commit();
-    }
-
-    constexpr int RC = 8 * NF;
-    float *red0 = reinterpret_cast<float *>(smem + WARPS * (S * STAGE + mmv_dwt_bytes(T, UB)));
-    for (int ti = 0; ti < my_tiles; ++ti) {
-    const int row0 = ((int)blockIdx.x + ti * (int)gridDim.x) * ROWS;
-    int par[T][2];  // parity of R*nb for this thread's A rows
-#pragma unroll
-    for (int t = 0; t < T; ++t)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) par[t][h] = (int)(((long long)(row0 + 16 * t + 8 * h + g) * nb) & 1);
     float acc[T][NF][4];
 #pragma unroll
     for (int t = 0; t < T; ++t)
@@ -299,10 +269,21 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[t][f][i] = 0.0f;
 
+    const int nk = warp < nu ? (nu - warp + WARPS - 1) / WARPS : 0;
+    // Prologue: the first S units' weights are requested before waiting for the kernel that wrote the
+    // activations (under PDL that overlaps its tail); commit group s then holds stage s's activations (group 0
+    // also every prologue weight), so waiting for group k still covers all of stage k.
+    for (int s = 0; s < S; ++s)
+        if (s < nk) issue_w(warp + s * WARPS, s);
+    grid_dep_wait();
+    for (int s = 0; s < S; ++s) {
+        if (s < nk) issue_x(warp + s * WARPS, s);
+        cp_async_commit();
+    }
+
     for (int k = 0; k < nk; ++k) {
-        const int j = ti * nk + k;
         const int u = warp + k * WARPS;
-        const int s = j % S;
+        const int s = k % S;
         const int cu = min(UB, nb - UB * u);
         cp_async_wait_dyn(S - 1);
         __syncwarp();
@@ -383,17 +364,17 @@ __global__ void __launch_bounds__(WARPS * 32)
             }
         }
         __syncwarp();
-        if (j + S < nitems) issue(j + S, s);
+        if (k + S < nk) issue(warp + (k + S) * WARPS, s);
         cp_async_commit();
     }
-    if (ti + 1 == my_tiles) {
-        cp_async_wait_dyn(0);
-        grid_dep_launch();  // only the reduction is left: the next kernel may start its prologue
-    }
+    cp_async_wait_dyn(0);
+    grid_dep_launch();  // only the reduction is left: the next kernel may start its prologue
 
-    // reduce the warps' partial sums (split K) and write each output once. Tiles alternate two buffers: the
-    // barrier after tile ti+1's writes orders them after every thread's reads of tile ti-1's (same buffer).
-    float *red = red0 + (ti & 1) * (WARPS * ROWS * RC);
+    // reduce the warps' partial sums (split K) and write each output once
+    __syncthreads();
+    // [WARPS][ROWS][8 * NF] floats: 512 * T * NF * WARPS bytes, less than the ring (>= 2816 * T * WARPS)
+    constexpr int RC = 8 * NF;
+    float *red = reinterpret_cast<float *>(smem);
 #pragma unroll
     for (int t = 0; t < T; ++t)
 #pragma unroll
@@ -412,7 +393,6 @@ __global__ void __launch_bounds__(WARPS * 32)
         for (int w = 0; w < WARPS; ++w) sum += red[(w * ROWS + r) * RC + col];
         if (row0 + r < nrows) y[(size_t)col * nrows + row0 + r] = sum;
     }
-    }  // row tiles
 }
 
 #endif  // __CUDACC__

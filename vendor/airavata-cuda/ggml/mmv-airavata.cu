@@ -12,9 +12,7 @@
 #include "airavata-switch.cuh"
 #include "airavata-mmv-iq4xs.cuh"
 
-#include <algorithm>
 #include <climits>
-#include <cstring>
 
 namespace {
 
@@ -49,39 +47,19 @@ int64_t max_cols() {
     return n;
 }
 
-// AIRAVATA_MMV_GRID=resident: a persistent grid (as many blocks as fit on the card at once, each taking several
-// row tiles, its warps' weight streams running on from one tile into the next) instead of one block per 16-row
-// tile. Off by default until measured inside llama.cpp (the harness times both: ".P" variants).
-bool resident_grid() {
-    static const bool on = [] {
-        const char * e = getenv("AIRAVATA_MMV_GRID");
-        return e != nullptr && strcmp(e, "resident") == 0;
-    }();
-    return on;
-}
-
 // Dynamic shared memory of the kernel at ncols columns.
 int smem_bytes(int64_t ncols) {
     return airavata::mmv_smem_bytes((int) ncols, MMV_T, mmv_warps((int) ncols), MMV_UB, MMV_S);
 }
 
 template <int NC>
-void launch_cols(const uint8_t * W, const int8_t * xq, const float * xd, float * y, int nrows, int nb, int nsm,
+void launch_cols(const uint8_t * W, const int8_t * xq, const float * xd, float * y, int nrows, int nb,
                  cudaStream_t stream) {
     using namespace airavata;
     constexpr int WARPS = mmv_warps(NC);
     const int smem = smem_bytes(NC);
     CUDA_SET_SHARED_MEMORY_LIMIT((mmv_iq4xs_kernel<NC, MMV_T, WARPS, MMV_UB>), smem);
-    int grid = mmv_row_tiles(nrows, MMV_T);
-    if (resident_grid()) {
-        static int per_sm = 0;  // per instantiation: same kernel, same shared memory on every call
-        if (per_sm == 0) {
-            CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                &per_sm, mmv_iq4xs_kernel<NC, MMV_T, WARPS, MMV_UB>, WARPS * 32, (size_t) smem));
-            per_sm = per_sm > 0 ? per_sm : 1;
-        }
-        grid = std::min(grid, per_sm * nsm);
-    }
+    const int grid = (nrows + 16 * MMV_T - 1) / (16 * MMV_T);
     // ggml's launcher: with programmatic dependent launch (Hopper, GGML_CUDA_PDL) the kernel fetches its weights
     // while the activation quantization before it still runs.
     ggml_cuda_kernel_launch(mmv_iq4xs_kernel<NC, MMV_T, WARPS, MMV_UB>,
@@ -90,24 +68,24 @@ void launch_cols(const uint8_t * W, const int8_t * xq, const float * xd, float *
 }
 
 void launch(int64_t ncols, const uint8_t * W, const int8_t * xq, const float * xd, float * y, int nrows, int nb,
-            int nsm, cudaStream_t stream) {
+            cudaStream_t stream) {
     switch (ncols) {
-        case 1: launch_cols<1>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 2: launch_cols<2>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 3: launch_cols<3>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 4: launch_cols<4>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 5: launch_cols<5>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 6: launch_cols<6>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 7: launch_cols<7>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 8: launch_cols<8>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 9: launch_cols<9>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 10: launch_cols<10>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 11: launch_cols<11>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 12: launch_cols<12>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 13: launch_cols<13>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 14: launch_cols<14>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 15: launch_cols<15>(W, xq, xd, y, nrows, nb, nsm, stream); break;
-        case 16: launch_cols<16>(W, xq, xd, y, nrows, nb, nsm, stream); break;
+        case 1: launch_cols<1>(W, xq, xd, y, nrows, nb, stream); break;
+        case 2: launch_cols<2>(W, xq, xd, y, nrows, nb, stream); break;
+        case 3: launch_cols<3>(W, xq, xd, y, nrows, nb, stream); break;
+        case 4: launch_cols<4>(W, xq, xd, y, nrows, nb, stream); break;
+        case 5: launch_cols<5>(W, xq, xd, y, nrows, nb, stream); break;
+        case 6: launch_cols<6>(W, xq, xd, y, nrows, nb, stream); break;
+        case 7: launch_cols<7>(W, xq, xd, y, nrows, nb, stream); break;
+        case 8: launch_cols<8>(W, xq, xd, y, nrows, nb, stream); break;
+        case 9: launch_cols<9>(W, xq, xd, y, nrows, nb, stream); break;
+        case 10: launch_cols<10>(W, xq, xd, y, nrows, nb, stream); break;
+        case 11: launch_cols<11>(W, xq, xd, y, nrows, nb, stream); break;
+        case 12: launch_cols<12>(W, xq, xd, y, nrows, nb, stream); break;
+        case 13: launch_cols<13>(W, xq, xd, y, nrows, nb, stream); break;
+        case 14: launch_cols<14>(W, xq, xd, y, nrows, nb, stream); break;
+        case 15: launch_cols<15>(W, xq, xd, y, nrows, nb, stream); break;
+        case 16: launch_cols<16>(W, xq, xd, y, nrows, nb, stream); break;
         default: GGML_ABORT("airavata mmv: %d columns", (int) ncols);  // excluded by max_cols()
     }
 }
@@ -162,8 +140,7 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
     ggml_cuda_kernel_launch(airavata::quantize_x_q8, ggml_cuda_kernel_launch_params(dim3(ngrp), dim3(32 * xdc), (size_t) 0, stream),
                             (const float *) src1->data, (int) K, (int) (src1->nb[1] / sizeof(float)), (int) ncols,
                             xq.get(), xd.get());
-    launch(ncols, (const uint8_t *) src0->data, xq.get(), xd.get(), (float *) dst->data, (int) rows, nb,
-           ggml_cuda_info().devices[ctx.device].nsm, stream);
+    launch(ncols, (const uint8_t *) src0->data, xq.get(), xd.get(), (float *) dst->data, (int) rows, nb, stream);
     CUDA_CHECK(cudaGetLastError());
     airavata_kernel_ran("mmv_iq4xs", [&] {
         return std::to_string(rows) + "x" + std::to_string(K) + " cols " + std::to_string(ncols);
