@@ -139,12 +139,19 @@ stage_build() {
   ls -la "$BUILD/bin" | grep -E "ggml|llama-" | tee -a "$OUT/log.txt"
 }
 
+# The CPU backends beside the CUDA one (--backends-dir and test-backend-ops's reference need them): a build
+# of llama.cpp's tools makes them; a ggml-cuda-only build takes the ones that ship with our binary (.carry/bin).
+cpu_backends() {
+  compgen -G "$BUILD/bin/libggml-cpu-*.so" >/dev/null && return 0
+  compgen -G "$BIN/libggml-cpu-*.so" >/dev/null || { echo "no CPU backend in $BUILD/bin or $BIN" >&2; return 1; }
+  cp "$BIN"/libggml-cpu-*.so "$BUILD/bin/"
+}
+
 stage_cudaonly() {
   configure
   ( time cmake --build "$BUILD" -j "$JOBS" --target ggml-cuda ) >"$OUT/build.log" 2>&1
   tail -4 "$OUT/build.log"
-  # The CPU backends ship with our binary; --backends-dir needs them beside the CUDA one.
-  cp "$BIN"/libggml-cpu-*.so "$BUILD/bin/"
+  cpu_backends
   ls -la "$BUILD/bin" | grep -E "ggml" | tee -a "$OUT/log.txt"
 }
 
@@ -365,7 +372,7 @@ stage_buildmg() {
   # shellcheck disable=SC2086
   ( time cmake --build "$BUILD" -j "$JOBS" --target ${BUILD_TARGETS:-ggml-cuda llama-batched-bench} ) >"$OUT/build.log" 2>&1
   tail -4 "$OUT/build.log"
-  cp "$BIN"/libggml-cpu-*.so "$BUILD/bin/"
+  cpu_backends
   nvidia-smi --query-gpu=index,name,memory.total --format=csv | tee -a "$OUT/log.txt"
 }
 
@@ -686,8 +693,9 @@ stage_sanitize() {
         >"$OUT/sanitize-$tool-$op.txt" 2>&1 || rc=$?
       { grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests passed" "$OUT/sanitize-$tool-$op.txt" || true; } | tee -a "$OUT/log.txt"
       { grep -c "^airavata: .* ran for" "$OUT/sanitize-$tool-$op.txt" || true; } | sed "s/^/  shapes ours ran for: /" | tee -a "$OUT/log.txt"
-      { grep -oE "in [A-Za-z_0-9:<>, ]*(kernel|airavata|quantize_x_q8|attn)[A-Za-z_0-9<>, ]*" "$OUT/sanitize-$tool-$op.txt" || true; } \
-        | sort | uniq -c | head -5 | tee -a "$OUT/log.txt"
+      # The kernels named in the reports ("at void name<...>(...)+0x..."): ours are mmv_iq4xs_kernel, quantize_x_q8, attn_split_kernel, attn_combine_kernel.
+      { grep -E "^=========" "$OUT/sanitize-$tool-$op.txt" | grep -oE " at (void )?[A-Za-z_][A-Za-z_0-9:]*[<(]" || true; } \
+        | sed -E 's/^ at (void )?//; s/[<(]$//' | sort | uniq -c | sed 's/^/  report lines in kernel: /' | tee -a "$OUT/log.txt"
       echo "  rc=$rc (9: the tool reported errors)" | tee -a "$OUT/log.txt"
     done
   done
