@@ -38,7 +38,7 @@
 #   scripts/gpu-bench.sh attnops   # issue 24: test-backend-ops FLASH_ATTN_EXT, CUDA vs CPU, at our kernel's shapes (both kernel sets)
 #   scripts/gpu-bench.sh mmvbb     # issue 23: llama-batched-bench S_TG at B 1-16, stock vs our IQ4_XS matvec (default, from 1 column, up to 16)
 #   scripts/gpu-bench.sh sanitize  # compute-sanitizer memcheck + racecheck over test-backend-ops' small cases of both of our kernels
-#   scripts/gpu-bench.sh smol      # SmolLM2 Q4_0 from the .carry-m1..3 parts (sha256-checked)
+#   scripts/gpu-bench.sh smol      # SmolLM2 nf4 from the .carry-m1.. parts of scripts/pack-smol-carry.sh (sha256-checked)
 #   scripts/gpu-bench.sh mmkld     # issue 23: SmolLM2 nf4, llama-perplexity at 16/8/5-token micro-batches, our matvec's logits vs stock's (KLD)
 #   scripts/gpu-bench.sh mmops     # issue 23: test-backend-ops MUL_MAT IQ4_XS at 1..9 columns, CUDA vs CPU (both kernel sets)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
@@ -553,7 +553,8 @@ print(sum(math.prod(x['dims']) for x in t if len(x['dims']) == 2 and x['name'] !
 # AIRAVATA_CUDA_KERNELS=ours and =stock, up to near-ties (scripts/greedy-compare.py). CHECK_MODEL
 # (default our 7B-shape GGUF: head size 128, full multi-head) served with 32 slots and a q8_0 cache, where our
 # kernel runs (one query per sequence, >= 16 sequences); each round is one request of 32 copies of a prompt,
-# so both runs decode the same steps; a fresh server per run. Needs buildmg, synth, gguf.
+# so both runs decode the same steps; a fresh server per run. CHECK_PROMPTS: a prompt set other than the shared
+# Airavata one (e.g. .carry-m1/prompts-en.jsonl for SmolLM2, an English model). Needs buildmg, synth, gguf.
 stage_attncheck() {
   local model=${CHECK_MODEL:-$OURS} n=${CHECK_N:-32}
   for k in stock ours; do
@@ -563,7 +564,7 @@ stage_attncheck() {
       >"$OUT/attncheck-$k.log" 2>&1 &
     local pid=$!
     wait_http http://127.0.0.1:18097/health
-    python3 "$ROOT/scripts/greedy-compare.py" fetch --url http://127.0.0.1:18097 --prompts "$ROOT/.carry/prompts.jsonl" \
+    python3 "$ROOT/scripts/greedy-compare.py" fetch --url http://127.0.0.1:18097 --prompts "${CHECK_PROMPTS:-$ROOT/.carry/prompts.jsonl}" \
       --n "$n" --rounds "${CHECK_ROUNDS:-4}" --max-tokens 64 --out "$OUT/attncheck-$k.json" | tee -a "$OUT/log.txt"
     kill $pid; wait $pid 2>/dev/null || true
   done
@@ -701,37 +702,36 @@ stage_sanitize() {
   done
 }
 
-# SmolLM2-135M-Instruct as a Q4_0 GGUF, carried in xz parts (.carry-m1..3/smol.xz.N over chained calls: the
-# travelling tree is capped at 64 MiB) and put together here as $WORK/smol-q4_0.gguf, sha256-checked.
-SMOL=$WORK/smol-q4_0.gguf
-SMOL_SHA256=4e2987d9
+# SmolLM2-135M-Instruct made nf4 on the CPU machine (scripts/pack-smol-carry.sh), carried as xz parts over chained
+# calls (.carry-m1/smol.xz.1, .carry-m2/smol.xz.2, ...: the travelling tree is capped at 64 MiB; ignored paths stay
+# on a warm machine) and put together here as $WORK/smol-nf4.gguf, checked against .carry-m1/smol.sha256.
+SMOL=$WORK/smol-nf4.gguf
 stage_smol() {
+  local parts=() i=1
+  while [ -f "$ROOT/.carry-m$i/smol.xz.$i" ]; do parts+=("$ROOT/.carry-m$i/smol.xz.$i"); i=$((i + 1)); done
+  [ ${#parts[@]} -gt 0 ] && [ -f "$ROOT/.carry-m1/smol.sha256" ] \
+    || { echo "smol: no parts (.carry-m1/smol.xz.1 and smol.sha256; scripts/pack-smol-carry.sh makes them)" >&2; return 1; }
   if [ ! -f "$SMOL" ]; then
-    cat "$ROOT"/.carry-m1/smol.xz.1 "$ROOT"/.carry-m2/smol.xz.2 "$ROOT"/.carry-m3/smol.xz.3 \
-      | python3 -c "import lzma, sys; sys.stdout.buffer.write(lzma.decompress(sys.stdin.buffer.read()))" >"$SMOL.part"
+    # python's lzma: the GPU host need not have xz
+    cat "${parts[@]}" | python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)" >"$SMOL.part"
     mv "$SMOL.part" "$SMOL"
   fi
-  sha256sum "$SMOL" | tee -a "$OUT/log.txt" | grep -q "^$SMOL_SHA256" || { echo "smol: sha256 mismatch" >&2; return 1; }
+  local want got
+  want=$(cat "$ROOT/.carry-m1/smol.sha256") got=$(sha256sum "$SMOL" | cut -d' ' -f1)
+  log "smol: ${#parts[@]} parts, sha256 $got"
+  [ "$got" = "$want" ] || { echo "smol: sha256 $got, expected $want (a part missing or stale?)" >&2; rm -f "$SMOL"; return 1; }
 }
 
 # Issue 23's real-model check of our IQ4_XS matvec: llama-perplexity with micro-batches of MMKLD_UB (default
 # "16 8 5") tokens, so every matmul has that many columns and ours (kernel set MMKLD_SET, default ours16: up to 16
-# columns) runs where the weights are IQ4_XS, on SmolLM2 made nf4
-# here (its 1536-wide ffn_down is IQ4_XS; 576-wide rows take IQ4_NL): stock kernels write the base logits,
-# ours are scored against them (KLD, same top token). Text: .carry-m3/wiki.txt (WikiText-2 test, first 200 kB).
-# Needs buildmg with llama-perplexity in BUILD_TARGETS, and smol.
+# columns) runs where the weights are IQ4_XS, on SmolLM2 nf4 (its 1536-wide ffn_down is IQ4_XS; 576-wide rows take
+# IQ4_NL): stock kernels write the base logits, ours are scored against them (KLD, same top token).
+# Text: .carry-m1/wiki.txt (WikiText-2 test, first 200 kB). Needs buildmg with llama-perplexity in BUILD_TARGETS, and smol.
 stage_mmkld() {
-  local model=$WORK/smol-nf4.gguf ub ke
+  local ub ke
   ke=$(kernel_env "${MMKLD_SET:-ours16}")
-  if [ ! -f "$model" ]; then
-    "${AIRAVATA[@]}" quantize "$SMOL" "$model" --allow-requantize --no-calibration -q 2>&1 | tail -3 | tee -a "$OUT/log.txt"
-  fi
-  "${AIRAVATA[@]}" inspect "$model" --json | python3 -c "
-import json, sys, collections
-t = json.load(sys.stdin)['tensors']
-print('smol-nf4 tensor types:', dict(collections.Counter(x['type'] for x in t)))" | tee -a "$OUT/log.txt"
   for ub in ${MMKLD_UB:-16 8 5}; do
-    local common=(-m "$model" -f "$ROOT/.carry-m3/wiki.txt" -c 512 -b 512 -ub "$ub" -ngl 99 --chunks "${MMKLD_CHUNKS:-40}")
+    local common=(-m "$SMOL" -f "$ROOT/.carry-m1/wiki.txt" -c 512 -b 512 -ub "$ub" -ngl 99 --chunks "${MMKLD_CHUNKS:-40}")
     AIRAVATA_CUDA_KERNELS=stock "$BUILD/bin/llama-perplexity" "${common[@]}" --kl-divergence-base "$WORK/smol-base-$ub.kld" \
       >"$OUT/mmkld-stock-ub$ub.txt" 2>&1
     # shellcheck disable=SC2086
