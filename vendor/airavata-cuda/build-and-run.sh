@@ -65,6 +65,7 @@ if [ "${NO_NCU:-0}" != 1 ] && command -v ncu > /dev/null; then
     for n in 1 8; do
         cfg=$(awk -v n=$n '$1=="11008x4096" && $3==n {print $4}' "$OUT/run.log" | tail -1)
         [ -z "$cfg" ] && continue
+        case "$cfg" in D.*) echo "ncu: best at N=$n is $cfg (v3); --profile takes T-variants only"; continue ;; esac
         set -- $(echo "$cfg" | sed -E 's/T([0-9]+)\.W([0-9]+)\.U([0-9]+)\.S([0-9]+)/\1 \2 \3 \4/')
         timeout 60 ncu --clock-control none --section SpeedOfLight --section Occupancy --section SchedulerStats \
             --section WarpStateStats --kernel-name regex:'mmv_iq4xs_kernel|mul_mat_vec_q' \

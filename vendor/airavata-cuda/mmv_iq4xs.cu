@@ -92,13 +92,39 @@ __global__ void empty_kernel() {}
 
 struct Cfg {
     int T, WARPS, UB, S;
+    int D = 0;   // 1: v3, mmv_iq4xs_direct_kernel (T, UB, S unused)
+    int XP = 0;  // v3: the next item's activations prefetched with its weights
+    int P = 0;   // v3: the resident grid (CTA b takes tiles b, b + grid, ...); 0: one CTA per 16-row tile
     std::string name() const {
         char b[64];
-        snprintf(b, sizeof b, "T%d.W%d.U%d.S%d", T, WARPS, UB, S);
+        if (D) snprintf(b, sizeof b, "D.W%d%s%s", WARPS, XP ? ".X" : "", P ? ".P" : "");
+        else snprintf(b, sizeof b, "T%d.W%d.U%d.S%d", T, WARPS, UB, S);
         return b;
     }
 };
 static int g_smem_optin = 0;
+static int g_nsm = 0;
+static int g_grid_cap = 0;  // > 0: v3 resident grids at most this many CTAs (--check: several tiles per CTA)
+
+template <int NC, int W_, bool XP>
+static bool launch_d(int P, const uint8_t *W, const int8_t *xq, const float *xd, float *y, int nrows, int nb,
+                     int compute, cudaStream_t st) {
+    if constexpr (NC > 8) {
+        return false;  // v3 takes 1..8 columns
+    } else {
+        const int ntiles = (nrows + 15) / 16;
+        int grid = ntiles;
+        if (P) {
+            static int per_sm = 0;
+            if (!per_sm)
+                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mmv_iq4xs_direct_kernel<NC, W_, XP>, W_ * 32, 0));
+            grid = std::min(grid, std::max(1, per_sm) * g_nsm);
+            if (g_grid_cap > 0) grid = std::min(grid, g_grid_cap);
+        }
+        mmv_iq4xs_direct_kernel<NC, W_, XP><<<grid, W_ * 32, 0, st>>>(W, xq, xd, y, nrows, nb, compute);
+        return true;
+    }
+}
 
 // returns false (and launches nothing) when the variant needs more shared memory than a block may have
 template <int NC, int T, int WARPS, int UB>
@@ -118,6 +144,12 @@ static bool launch_t(int S, const uint8_t *W, const int8_t *xq, const float *xd,
 template <int NC>
 static bool launch_nc(const Cfg &c, const uint8_t *W, const int8_t *xq, const float *xd, float *y, int nrows,
                       int nb, int compute, cudaStream_t st) {
+    if (c.D) {
+        if (c.WARPS == 4) return c.XP ? launch_d<NC, 4, true>(c.P, W, xq, xd, y, nrows, nb, compute, st)
+                                      : launch_d<NC, 4, false>(c.P, W, xq, xd, y, nrows, nb, compute, st);
+        return c.XP ? launch_d<NC, 8, true>(c.P, W, xq, xd, y, nrows, nb, compute, st)
+                    : launch_d<NC, 8, false>(c.P, W, xq, xd, y, nrows, nb, compute, st);
+    }
 #define L_(T_, W_, U_) \
     if (c.T == T_ && c.WARPS == W_ && c.UB == U_) return launch_t<NC, T_, W_, U_>(c.S, W, xq, xd, y, nrows, nb, compute, st);
     L_(1, 4, 1) L_(1, 4, 2) L_(1, 8, 1) L_(1, 8, 2) L_(2, 4, 1) L_(2, 4, 2) L_(2, 8, 1) L_(2, 8, 2)
@@ -284,6 +316,8 @@ int main(int argc, char **argv) {
     cudaStream_t st;
     CK(cudaStreamCreate(&st));
     g_smem_optin = (int)prop.sharedMemPerBlockOptin;
+    g_nsm = prop.multiProcessorCount;
+    if (check_small) g_grid_cap = 2;
 
     // --profile T W U S rows K N: one launch of one variant (and of ggml's kernel), for ncu
     for (int i = 1; i + 7 < argc; ++i)
@@ -322,8 +356,12 @@ int main(int argc, char **argv) {
             for (int UB : {1, 2})
                 for (int S : {1, 2, 3, 4})
                     if (mmv_smem_bytes(1, T, Wp, UB, S) <= g_smem_optin) cfgs.push_back({T, Wp, UB, S});
+    for (int Wp : {4, 8})
+        for (int XP : {0, 1})
+            for (int P : {0, 1}) cfgs.push_back({1, Wp, 0, 0, 1, XP, P});
     printf("%zu kernel variants (T = 16-row tiles per CTA, W = warps per CTA, U = 256-col blocks per unit, S = "
-           "smem stages per warp; a variant whose smem exceeds the limit at some N is skipped there)\n", cfgs.size());
+           "smem stages per warp; a variant whose smem exceeds the limit at some N is skipped there; D.* = v3, weights "
+           "straight into registers, 1..8 columns, .X activations prefetched, .P resident grid)\n", cfgs.size());
 #ifdef WITH_GGML_BASELINE
     const bool have_ggml = ggml_baseline_available();
 #else
@@ -580,7 +618,7 @@ int main(int argc, char **argv) {
             int bestci = -1;
             for (size_t ci = 0; ci < cfgs.size(); ++ci) {
                 const Cfg &c = cfgs[ci];
-                if (mmv_smem_bytes(N, c.T, c.WARPS, c.UB, c.S) > g_smem_optin) continue;
+                if (c.D ? N > 8 : mmv_smem_bytes(N, c.T, c.WARPS, c.UB, c.S) > g_smem_optin) continue;
                 const double us = time_graph([&](const uint8_t *W) { mmv_launch(c, N, W, dxq, dxd, dy, sh.rows, nb, st); });
                 CKL();
                 if (us < best) bestci = (int)ci;

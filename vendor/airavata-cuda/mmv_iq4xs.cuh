@@ -398,6 +398,179 @@ __global__ void __launch_bounds__(WARPS * 32)
     }
 }
 
+// ---------------------------------------------------------------------------------
+// v3, "direct" (session 19; harness variants D.*, not yet run on a GPU): the weights go straight into registers,
+// no shared-memory staging. Session 19 measured v2's staging path alone (cp.async -> shared memory, no decode) at
+// 56-69 % of the copy rate at N = 1, below llama.cpp's mul_mat_vec_q, which loads 4-byte words into registers.
+//
+//   * A warp owns a K-range of whole 256-column blocks (warp w: blocks [w*nbw, (w+1)*nbw)) of the CTA's current
+//     16-row tile; lane (g, tq) loads exactly its mma A-fragment words: bytes 4tq..4tq+3 of every 32-column
+//     sub-block of rows g and g+8 (8 + 2 loads of 4 and 8 bytes per row per block), with ld.global.nc.
+//   * Software pipeline across the warp's whole sequence of (tile, block) items, tile boundaries included: the
+//     next item's weights (and with XP its activations) are requested before the current item is decoded.
+//   * Activations (quantize_x_q8's layout, = the B fragment) come from global memory through L1 (N*K bytes,
+//     shared by every tile of the CTA), read only after grid_dep_wait().
+//   * Decode and mma exactly as v2. Partial sums of the WARPS K-ranges are reduced in shared memory, double
+//     buffered by tile parity, one __syncthreads per tile; every output written once.
+//   * The grid may be smaller than the number of tiles (CTA b takes tiles b, b + grid, ...).
+// 1..8 columns (one mma B fragment).
+__device__ __forceinline__ uint32_t ld_nc_u32(const uint8_t *p) {
+    uint32_t v;
+    asm volatile("ld.global.nc.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint2 ld_nc_u2(const uint8_t *p) {
+    uint2 v;
+    asm volatile("ld.global.nc.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+// activations: written by the kernel before (PDL), so plain coherent loads, ordered after grid_dep_wait() by
+// the asm volatile of both
+__device__ __forceinline__ uint2 ld_u2(const void *p) {
+    uint2 v;
+    asm volatile("ld.global.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float2 ld_f2(const float *p) {
+    float2 v;
+    asm volatile("ld.global.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "l"(p));
+    return v;
+}
+
+template <int NCOLS, int WARPS, bool XP>
+__global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)
+    mmv_iq4xs_direct_kernel(const uint8_t *__restrict__ W, const int8_t *xq, const float *xd, float *__restrict__ y,
+                            const int nrows, const int nb, const int compute) {
+    static_assert(NCOLS >= 1 && NCOLS <= 8, "1..8 columns");
+    static_assert(WARPS == 4 || WARPS == 8, "4 or 8 warps");
+    constexpr int XDC = mmv_xd_cols(NCOLS);
+    __shared__ float red[2][WARPS][16][8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+    const size_t rowbytes = (size_t)nb * IQ4XS_BYTES;
+    const int ngrp = nb * 8;
+    const int ntiles = (nrows + 15) >> 4;
+    const int nbw = (nb + WARPS - 1) / WARPS;
+    const int b0 = min(nb, warp * nbw);
+    const int nblk = min(nb, b0 + nbw) - b0;  // 0 for trailing warps when nb < WARPS
+    const int bid = (int)blockIdx.x, grid = (int)gridDim.x;
+    const int my_tiles = bid < ntiles ? (ntiles - 1 - bid) / grid + 1 : 0;
+    const int nitems = my_tiles * nblk;
+    const uint32_t kt0 = __shfl_sync(0xffffffffu, KT0, 0);
+    const uint32_t kt2 = __shfl_sync(0xffffffffu, KT2, 0);
+
+    // item i = (tile bid + (i / nblk) * grid, block b0 + i % nblk)
+    auto load_w = [&](int i, uint32_t (&w)[8][2], uint2 (&hd)[2]) {
+        const int tile = bid + (i / nblk) * grid;
+        const int blk = b0 + i % nblk;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int R = 16 * tile + g + 8 * h;
+            if (R < nrows) {
+                const uint8_t *p = W + (size_t)R * rowbytes + (size_t)blk * IQ4XS_BYTES;
+                hd[h] = ld_nc_u2(p);  // d, scales_h | scales_l
+#pragma unroll
+                for (int sb = 0; sb < 8; ++sb) w[sb][h] = ld_nc_u32(p + 8 + 16 * sb + 4 * tq);
+            } else {  // a row past the end: d = 0, so it adds nothing (and is never written)
+                hd[h] = make_uint2(0u, 0u);
+#pragma unroll
+                for (int sb = 0; sb < 8; ++sb) w[sb][h] = 0u;
+            }
+        }
+    };
+    auto load_x = [&](int i, uint2 (&b)[8], float2 (&dx)[8]) {
+        const int blk = b0 + i % nblk;
+#pragma unroll
+        for (int sb = 0; sb < 8; ++sb) {
+            const int grp = 8 * blk + sb;
+            b[sb] = make_uint2(0u, 0u);
+            if (g < NCOLS) b[sb] = ld_u2(xq + ((size_t)g * ngrp + grp) * 32 + 8 * tq);
+            dx[sb] = ld_f2(xd + (size_t)grp * XDC + 2 * tq);
+        }
+    };
+    auto decode_mma = [&](const uint32_t (&w)[8][2], const uint2 (&hd)[2], const uint2 (&b)[8],
+                          const float2 (&dx)[8], float (&acc)[4]) {
+        float d[2];
+        uint32_t sh[2], sl[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            d[h] = __half2float(__ushort_as_half((unsigned short)(hd[h].x & 0xffffu)));
+            sh[h] = hd[h].x >> 16;
+            sl[h] = hd[h].y;
+        }
+#pragma unroll
+        for (int sb = 0; sb < 8; ++sb) {
+            const uint32_t w0 = w[sb][0], w1 = w[sb][1];
+            const uint32_t f0 = w0 ^ 0x88888888u, f1 = w1 ^ 0x88888888u;
+            const uint32_t l0 = prmt(kt0, KT1, w0), l1 = prmt(kt0, KT1, w1);
+            const uint32_t l2 = prmt(kt0, KT1, w0 >> 16), l3 = prmt(kt0, KT1, w1 >> 16);
+            const uint32_t h0 = prmt(kt2, KT3, f0), h1 = prmt(kt2, KT3, f1);
+            const uint32_t h2 = prmt(kt2, KT3, f0 >> 16), h3 = prmt(kt2, KT3, f1 >> 16);
+            int c[4] = {0, 0, 0, 0};
+            mma_s8_16832(c, l0, l1, l2, l3, b[sb].x, b[sb].y);
+            mma_s8_16832(c, h0, h1, h2, h3, b[sb].x, b[sb].y);
+            const int ls0 = (int)(((sl[0] >> (4 * sb)) & 15u) | (((sh[0] >> (2 * sb)) & 3u) << 4));
+            const int ls1 = (int)(((sl[1] >> (4 * sb)) & 15u) | (((sh[1] >> (2 * sb)) & 3u) << 4));
+            const float dw0 = d[0] * (float)(ls0 - 32), dw1 = d[1] * (float)(ls1 - 32);
+            acc[0] = fmaf((float)c[0], dw0 * dx[sb].x, acc[0]);  // row g, column 2tq
+            acc[1] = fmaf((float)c[1], dw0 * dx[sb].y, acc[1]);  // row g, column 2tq + 1
+            acc[2] = fmaf((float)c[2], dw1 * dx[sb].x, acc[2]);  // row g + 8
+            acc[3] = fmaf((float)c[3], dw1 * dx[sb].y, acc[3]);
+        }
+    };
+
+    uint32_t cw[8][2], nw[8][2];
+    uint2 chd[2], nhd[2];
+    uint2 cb[8], nbx[8];
+    float2 cdx[8], ndx[8];
+    if (nitems > 0) load_w(0, cw, chd);  // weights depend on no earlier kernel: requested before the wait
+    grid_dep_wait();
+    if (XP && nitems > 0) load_x(0, cb, cdx);
+
+    int i = 0;
+    for (int ti = 0; ti < my_tiles; ++ti) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int j = 0; j < nblk; ++j, ++i) {
+            const bool more = i + 1 < nitems;
+            if (more) load_w(i + 1, nw, nhd);
+            if (XP) {
+                if (more) load_x(i + 1, nbx, ndx);
+            } else {
+                load_x(i, cb, cdx);
+            }
+            if (compute) decode_mma(cw, chd, cb, cdx, acc);
+            if (more) {
+#pragma unroll
+                for (int sb = 0; sb < 8; ++sb) {
+                    cw[sb][0] = nw[sb][0];
+                    cw[sb][1] = nw[sb][1];
+                    if (XP) {
+                        cb[sb] = nbx[sb];
+                        cdx[sb] = ndx[sb];
+                    }
+                }
+                chd[0] = nhd[0];
+                chd[1] = nhd[1];
+            }
+        }
+        const int p = ti & 1;
+        red[p][warp][g][2 * tq] = acc[0];
+        red[p][warp][g][2 * tq + 1] = acc[1];
+        red[p][warp][g + 8][2 * tq] = acc[2];
+        red[p][warp][g + 8][2 * tq + 1] = acc[3];
+        __syncthreads();  // also orders this read of red[p] before its next write (tile ti + 2, after barrier ti + 1)
+        const int tile = bid + ti * grid;
+        for (int k = threadIdx.x; k < 16 * NCOLS; k += WARPS * 32) {
+            const int r = k & 15, col = k >> 4;
+            float sum = 0.0f;
+#pragma unroll
+            for (int w = 0; w < WARPS; ++w) sum += red[p][w][r][col];
+            if (16 * tile + r < nrows) y[(size_t)col * nrows + 16 * tile + r] = sum;
+        }
+    }
+    grid_dep_launch();
+}
+
 #endif  // __CUDACC__
 
 }  // namespace airavata
