@@ -6,7 +6,7 @@
 // row r at W + r*K/256*136).  The base pointer must be 16-byte aligned.
 //
 // Activations are quantized ONCE per distinct input by quantize_x_q8 (int8 per 32
-// values with an f32 scale, same rounding as ggml's quantize_q8_1), into a layout
+// values, rounding and fp16-rounded scale as ggml's quantize_q8_1), into a layout
 // that is directly the B fragment of mma.m16n8k32.s8 (see below).  The matvec
 // kernel then:
 //   * streams the weight bytes of a 16*T-row x 512-column unit into a per-warp

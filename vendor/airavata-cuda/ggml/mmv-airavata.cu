@@ -6,8 +6,8 @@
 // ggml_cuda_mul_mat_vec_q calls airavata_mul_mat_vec first (up to 8 columns), and ggml-cuda.cu's
 // ggml_cuda_mul_mat before its mmq (more than 8).
 //
-// The activations are quantized by our own kernel (int8 per 32 values with an f32 scale, ggml's q8_1
-// rounding, in the tensor-core fragment order the matvec kernel reads), into a pool buffer.
+// The activations are quantized by our own kernel (int8 per 32 values with ggml's q8_1 rounding and its fp16
+// scale, in the tensor-core fragment order the matvec kernel reads), into a pool buffer.
 #include "mmv-airavata.cuh"
 #include "airavata-switch.cuh"
 #include "airavata-mmv-iq4xs.cuh"
