@@ -581,14 +581,17 @@ build_backend_ops() {
 }
 
 # The environment of a kernel set, by name: stock, ours (the defaults: matvec at 4-8 columns), ours-min1 (the
-# matvec from 1 column), ours16 (up to 16 columns, where llama.cpp would use its mmq).
+# matvec from 1 column), ours16 (up to 16 columns, where llama.cpp would use its mmq), oursd / oursdp (the v3
+# matvec, weights straight into registers, at 1-8 columns; oursdp on the resident grid).
 kernel_env() {
   case $1 in
     stock) echo AIRAVATA_CUDA_KERNELS=stock ;;
     ours) echo AIRAVATA_CUDA_KERNELS=ours ;;
     ours-min1) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1 ;;
     ours16) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MAX_COLS=16 ;;
-    *) echo "unknown kernel set $1 (stock, ours, ours-min1, ours16)" >&2; return 1 ;;
+    oursd) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1 AIRAVATA_MMV_KERNEL=direct ;;
+    oursdp) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1 AIRAVATA_MMV_KERNEL=direct-p ;;
+    *) echo "unknown kernel set $1 (stock, ours, ours-min1, ours16, oursd, oursdp)" >&2; return 1 ;;
   esac
 }
 
@@ -682,7 +685,7 @@ PY
 stage_sanitize() {
   build_backend_ops
   local tool spec op var rc ke
-  ke=$(kernel_env ours16)
+  ke=$(kernel_env "${SANITIZE_SET:-ours16}")  # e.g. SANITIZE_SET=oursd for the v3 matvec
   for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
     for spec in MUL_MAT:AIRAVATA_MM_EVAL FLASH_ATTN_EXT:AIRAVATA_FA_EVAL; do
       op=${spec%%:*} var=${spec##*:}
