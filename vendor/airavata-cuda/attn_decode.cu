@@ -104,6 +104,7 @@ struct Buffers {
 };
 
 static int g_sm = 132;
+static int g_deep = 0;  // Params::deep of every launch (the checks and the timing set it)
 
 static void layout(Buffers & bf) {
     const Shape & s = bf.sh;
@@ -127,6 +128,7 @@ static Params params(const Buffers & bf, const char * k, const char * v) {
     p.mask_nb3 = s.n_kv;
     p.n_kv = s.n_kv; p.chunk = bf.chunk; p.n_splits = bf.n_splits; p.n_head = s.H; p.n_head_kv = s.Hkv;
     p.scale = 1.f / sqrtf((float) s.D);
+    p.deep = g_deep;
     return p;
 }
 
@@ -238,26 +240,37 @@ static int run_checks(bool small) {
     struct Hs { int H, Hkv, D; } heads[4] = {{32, 32, 128}, {9, 3, 64}, {8, 2, 128}, {4, 4, 64}};
     const int lens_small[6] = {1, 7, 33, 256, 300, 1000};
     const int lens_big[3] = {2048, 4097, 8192};
-    uint64_t seed = 1;
-    for (const KvType t : types)
-        for (const Hs & hs : heads) {
-            for (int li = 0; li < 6; ++li) {
-                const int B = 1 + (int) (seed % 5);
-                const Shape s{B, hs.H, hs.Hkv, hs.D, lens_small[li], t, t};
-                fails += check(s, seed++, 3.f) > 1e-4;
+    // The default unroll, then the deep one (Params::deep) on the same shapes and seeds; deep applies to
+    // quantized K/V only.
+    for (g_deep = 0; g_deep < 2; ++g_deep) {
+        printf("checks with %s\n", g_deep ? "the deep unroll of quantized K/V (p.deep = 1)" : "the default unroll");
+        uint64_t seed = 1;
+        for (const KvType t : types) {
+            if (g_deep && t == KV_F16) {
+                seed += small ? 24 : 40;  // the same seeds for q8_0 and q4_0 as in the first pass
+                continue;
+            }
+            for (const Hs & hs : heads) {
+                for (int li = 0; li < 6; ++li) {
+                    const int B = 1 + (int) (seed % 5);
+                    const Shape s{B, hs.H, hs.Hkv, hs.D, lens_small[li], t, t};
+                    fails += check(s, seed++, 3.f) > 1e-4;
+                    ++n;
+                }
+                if (small) continue;
+                for (int li = 0; li < 3; ++li) {
+                    const Shape s{2, hs.H, hs.Hkv, hs.D, lens_big[li], t, t};
+                    fails += check(s, seed++, 3.f) > 1e-4;
+                    ++n;
+                }
+                // Large logits: the softmax must rescale (scores ~ +-60).
+                const Shape s{3, hs.H, hs.Hkv, hs.D, 777, t, t};
+                fails += check(s, seed++, 60.f) > 1e-4;
                 ++n;
             }
-            if (small) continue;
-            for (int li = 0; li < 3; ++li) {
-                const Shape s{2, hs.H, hs.Hkv, hs.D, lens_big[li], t, t};
-                fails += check(s, seed++, 3.f) > 1e-4;
-                ++n;
-            }
-            // Large logits: the softmax must rescale (scores ~ +-60).
-            const Shape s{3, hs.H, hs.Hkv, hs.D, 777, t, t};
-            fails += check(s, seed++, 60.f) > 1e-4;
-            ++n;
         }
+    }
+    g_deep = 0;
     printf("checks: %d/%d passed\n", n - fails, n);
     return fails;
 }
@@ -323,9 +336,16 @@ static void time_one(const Shape & s, double bw) {
         return (double) t[2];
     };
     const double us = median_us(copies), hot = median_us(1);
+    double deep_us = -1;  // the deep unroll (quantized K/V only), cold, same buffers, right after
+    if (s.kt != KV_F16) {
+        g_deep = 1;
+        deep_us = median_us(copies);
+        g_deep = 0;
+    }
     const double bytes = (double) per + 4.0 * s.B * s.H * s.D * 2 + 2.0 * s.B * s.n_kv;
-    printf("%-5s %4d %6d %3d/%-3d %4d %6d %10.2f %8.0f %6.1f%% %8.2f %9.2f\n", type_name(s.kt), s.B, s.n_kv, s.H, s.Hkv,
-           bf.n_splits, bf.chunk, us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / bw, bytes / bw / 1e3, hot);
+    printf("%-5s %4d %6d %3d/%-3d %4d %6d %10.2f %8.0f %6.1f%% %8.2f %9.2f %9.2f\n", type_name(s.kt), s.B, s.n_kv, s.H, s.Hkv,
+           bf.n_splits, bf.chunk, us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / bw, bytes / bw / 1e3, hot,
+           deep_us);
     fflush(stdout);
     cudaStreamDestroy(st);
     release(bf);
@@ -345,7 +365,7 @@ int main(int argc, char ** argv) {
     if (check_only) return fails ? 1 : 0;
     const double bw = copy_bw();
     printf("D2D copy bandwidth %.0f GB/s\n", bw);
-    printf("\ntype     B    ctx  H/Hkv  splits chunk    us/call     GB/s  %%copy floor_us    hot_us\n");
+    printf("\ntype     B    ctx  H/Hkv  splits chunk    us/call     GB/s  %%copy floor_us    hot_us   deep_us\n");
     const KvType types[3] = {KV_F16, KV_Q8_0, KV_Q4_0};
     const int Bs[4] = {1, 16, 64, 128};
     const int ctxs[5] = {256, 512, 1024, 2048, 4096};

@@ -129,13 +129,22 @@ struct Params {
     long long mask_nb3;
     int n_kv, chunk, n_splits, n_head, n_head_kv;
     float scale;
+    // 1: the deeper load unroll of quantized K/V (deep_unroll below). A harness variant (session 19, not yet
+    // measured); ggml's dispatch leaves it 0.
+    int deep = 0;
 };
 
-template <int D, int G, KvType KT, KvType VT>
+// Rows a lane has in flight per loop step. UNROLL rows of f16 are 4 x 16 bytes a lane; the same count of q8_0 rows
+// is 4 x 8.5 bytes and of q4_0 4 x 4.5, so a quantized cache keeps half or a quarter of the bytes in flight, and at
+// the same occupancy reads them at that fraction of the rate, which would explain why q8_0 measured no faster than
+// f16 (same tokens per second). deep_unroll: 8 rows for both (68 and 36 bytes a lane).
+template <KvType T> __host__ __device__ constexpr int deep_unroll() { return T == KV_F16 ? UNROLL : 2 * UNROLL; }
+
+template <int D, int G, KvType KT, KvType VT, int UK = UNROLL, int UV = UNROLL>
 __global__ void __launch_bounds__(NWARPS * 32) attn_split_kernel(const Params p) {
     constexpr int LPT = D / 8;    // lanes per token
     constexpr int TPW = 32 / LPT; // tokens per warp per load
-    constexpr int STEP = NWARPS * TPW * UNROLL;
+    constexpr int STEP_K = NWARPS * TPW * UK, STEP_V = NWARPS * TPW * UV;
     extern __shared__ float smem[];
     float * s = smem;                      // [G][chunk] scores, then probabilities
     float * red = smem + G * p.chunk;      // [NWARPS][G][D] partial outputs
@@ -161,16 +170,16 @@ __global__ void __launch_bounds__(NWARPS * 32) attn_split_kernel(const Params p)
     const half * mrow = p.mask ? p.mask + b * p.mask_nb3 + t0 : nullptr;
 
     // Scores: q . k for each token of the range.
-    for (int base = 0; base < n; base += STEP) {
-        Raw<KT> r[UNROLL];
+    for (int base = 0; base < n; base += STEP_K) {
+        Raw<KT> r[UK];
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < UK; ++u) {
             const int t = base + (u * NWARPS + warp) * TPW + tw;
             if (t < n) r[u] = load_raw<KT>(kbase + (long long) t * p.k_nb1, d0);
             else zero_raw<KT>(r[u]);
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < UK; ++u) {
             const int t = base + (u * NWARPS + warp) * TPW + tw;
             float x[8];
             dequant<KT>(r[u], d0, x);
@@ -233,16 +242,16 @@ __global__ void __launch_bounds__(NWARPS * 32) attn_split_kernel(const Params p)
     for (int g = 0; g < G; ++g)
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc[g][i] = 0.f;
-    for (int base = 0; base < n; base += STEP) {
-        Raw<VT> r[UNROLL];
+    for (int base = 0; base < n; base += STEP_V) {
+        Raw<VT> r[UV];
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < UV; ++u) {
             const int t = base + (u * NWARPS + warp) * TPW + tw;
             if (t < n) r[u] = load_raw<VT>(vbase + (long long) t * p.v_nb1, d0);
             else zero_raw<VT>(r[u]);
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < UV; ++u) {
             const int t = base + (u * NWARPS + warp) * TPW + tw;
             float x[8];
             dequant<VT>(r[u], d0, x);
@@ -328,7 +337,11 @@ static_assert(sizeof(float) * (4 * MAX_CHUNK + NWARPS * 4 * 128) <= 48 * 1024, "
 
 template <int D, int G, KvType KT, KvType VT>
 inline void launch_typed(const Params & p, int n_seq, int n_head_kv, cudaStream_t st) {
-    attn_split_kernel<D, G, KT, VT><<<dim3(p.n_splits, n_head_kv, n_seq), NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
+    const dim3 grid(p.n_splits, n_head_kv, n_seq);
+    if (p.deep && (KT != KV_F16 || VT != KV_F16))
+        attn_split_kernel<D, G, KT, VT, deep_unroll<KT>(), deep_unroll<VT>()><<<grid, NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
+    else
+        attn_split_kernel<D, G, KT, VT><<<grid, NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
     if (p.n_splits > 1) attn_combine_kernel<D><<<dim3(p.n_head, n_seq), D, 0, st>>>(p);
 }
 
