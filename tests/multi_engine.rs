@@ -183,6 +183,10 @@ async fn two_cpu_engines_route_by_load_then_by_prefix() {
 async fn least_loaded_routing_never_follows_the_cache() {
     let mut opts = two_cpu_engines();
     opts.routing = airavata::router::Routing::LeastLoaded;
+    // The long request below must still run when P is routed: without a delay the tiny model generates its
+    // 120 tokens in ~20 ms, and a P routed after it finished goes to idle engine 0 (CI saw it once: P then
+    // reused the 2 tokens the long prompt shares with P's template).
+    opts.step_delay_ms = Some(10);
     let server = start(opts, test_model()).await;
     let c = client();
     let base = server.url();
