@@ -235,39 +235,32 @@ static double check(const Shape & s, uint64_t seed, float q_scale, bool quiet = 
 }
 
 static int run_checks(bool small) {
-    int fails = 0, n = 0;
+    struct Case { Shape s; uint64_t seed; float q_scale; };
+    std::vector<Case> cases;
     const KvType types[3] = {KV_F16, KV_Q8_0, KV_Q4_0};
     struct Hs { int H, Hkv, D; } heads[4] = {{32, 32, 128}, {9, 3, 64}, {8, 2, 128}, {4, 4, 64}};
     const int lens_small[6] = {1, 7, 33, 256, 300, 1000};
     const int lens_big[3] = {2048, 4097, 8192};
-    // The default unroll, then the deep one (Params::deep) on the same shapes and seeds; deep applies to
-    // quantized K/V only.
+    uint64_t seed = 1;
+    for (const KvType t : types)
+        for (const Hs & hs : heads) {
+            for (int li = 0; li < 6; ++li) {
+                const int B = 1 + (int) (seed % 5);
+                cases.push_back({Shape{B, hs.H, hs.Hkv, hs.D, lens_small[li], t, t}, seed++, 3.f});
+            }
+            if (small) continue;
+            for (int li = 0; li < 3; ++li) cases.push_back({Shape{2, hs.H, hs.Hkv, hs.D, lens_big[li], t, t}, seed++, 3.f});
+            // Large logits: the softmax must rescale (scores ~ +-60).
+            cases.push_back({Shape{3, hs.H, hs.Hkv, hs.D, 777, t, t}, seed++, 60.f});
+        }
+    // The default unroll over every case, then the deep one (Params::deep, quantized K/V only) on the same cases.
+    int fails = 0, n = 0;
     for (g_deep = 0; g_deep < 2; ++g_deep) {
         printf("checks with %s\n", g_deep ? "the deep unroll of quantized K/V (p.deep = 1)" : "the default unroll");
-        uint64_t seed = 1;
-        for (const KvType t : types) {
-            if (g_deep && t == KV_F16) {
-                seed += small ? 24 : 40;  // the same seeds for q8_0 and q4_0 as in the first pass
-                continue;
-            }
-            for (const Hs & hs : heads) {
-                for (int li = 0; li < 6; ++li) {
-                    const int B = 1 + (int) (seed % 5);
-                    const Shape s{B, hs.H, hs.Hkv, hs.D, lens_small[li], t, t};
-                    fails += check(s, seed++, 3.f) > 1e-4;
-                    ++n;
-                }
-                if (small) continue;
-                for (int li = 0; li < 3; ++li) {
-                    const Shape s{2, hs.H, hs.Hkv, hs.D, lens_big[li], t, t};
-                    fails += check(s, seed++, 3.f) > 1e-4;
-                    ++n;
-                }
-                // Large logits: the softmax must rescale (scores ~ +-60).
-                const Shape s{3, hs.H, hs.Hkv, hs.D, 777, t, t};
-                fails += check(s, seed++, 60.f) > 1e-4;
-                ++n;
-            }
+        for (const Case & c : cases) {
+            if (g_deep && c.s.kt == KV_F16) continue;
+            fails += check(c.s, c.seed, c.q_scale) > 1e-4;
+            ++n;
         }
     }
     g_deep = 0;

@@ -338,7 +338,7 @@ static_assert(sizeof(float) * (4 * MAX_CHUNK + NWARPS * 4 * 128) <= 48 * 1024, "
 template <int D, int G, KvType KT, KvType VT>
 inline void launch_typed(const Params & p, int n_seq, int n_head_kv, cudaStream_t st) {
     const dim3 grid(p.n_splits, n_head_kv, n_seq);
-    if (p.deep && (KT != KV_F16 || VT != KV_F16))
+    if (p.deep)  // for f16 K/V deep_unroll is UNROLL: the same kernel either way
         attn_split_kernel<D, G, KT, VT, deep_unroll<KT>(), deep_unroll<VT>()><<<grid, NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
     else
         attn_split_kernel<D, G, KT, VT><<<grid, NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);

@@ -112,7 +112,7 @@ static bool launch_d(int P, const uint8_t *W, const int8_t *xq, const float *xd,
     if constexpr (NC > 8) {
         return false;  // v3 takes 1..8 columns
     } else {
-        const int ntiles = (nrows + 15) / 16;
+        const int ntiles = mmv_row_tiles(nrows, 1);
         int grid = ntiles;
         if (P) {
             static int per_sm = 0;
@@ -137,7 +137,7 @@ static bool launch_t(int S, const uint8_t *W, const int8_t *xq, const float *xd,
         CK(cudaFuncSetAttribute(mmv_iq4xs_kernel<NC, T, WARPS, UB>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         attr = smem;
     }
-    const int grid = (nrows + 16 * T - 1) / (16 * T);
+    const int grid = mmv_row_tiles(nrows, T);
     mmv_iq4xs_kernel<NC, T, WARPS, UB><<<grid, WARPS * 32, smem, st>>>(W, xq, xd, y, nrows, nb, S, compute);
     return true;
 }

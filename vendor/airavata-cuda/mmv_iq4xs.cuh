@@ -80,6 +80,27 @@ __device__ __forceinline__ void mma_s8_16832(int (&c)[4], uint32_t a0, uint32_t 
 #endif  // never launched below sm_80 (the dispatch checks the compute capability)
 }
 
+// One 16-row x 32-column IQ4_XS tile as the two A fragments whose sum is the int8 weights (lo + hi == kv[idx],
+// see the header): lane (g, tq)'s words w0 (row g) and w1 (row g + 8), bytes 4tq..4tq+3 of the sub-block.
+// a0: row g, k 0..3 (low half of the word); a1: row g + 8; a2/a3: the high halves. kt0/kt2: KT0/KT2 in registers.
+struct Iq4Tile {
+    uint32_t lo[4], hi[4];
+};
+__device__ __forceinline__ Iq4Tile iq4_decode_tile(uint32_t w0, uint32_t w1, uint32_t kt0, uint32_t kt2) {
+    const uint32_t f0 = w0 ^ 0x88888888u, f1 = w1 ^ 0x88888888u;
+    return {{prmt(kt0, KT1, w0), prmt(kt0, KT1, w1), prmt(kt0, KT1, w0 >> 16), prmt(kt0, KT1, w1 >> 16)},
+            {prmt(kt2, KT3, f0), prmt(kt2, KT3, f1), prmt(kt2, KT3, f0 >> 16), prmt(kt2, KT3, f1 >> 16)}};
+}
+// c += the tile times one B fragment (8 columns): both halves into the same int32 accumulators.
+__device__ __forceinline__ void iq4_mma_tile(int (&c)[4], const Iq4Tile &a, uint2 b) {
+    mma_s8_16832(c, a.lo[0], a.lo[1], a.lo[2], a.lo[3], b.x, b.y);
+    mma_s8_16832(c, a.hi[0], a.hi[1], a.hi[2], a.hi[3], b.x, b.y);
+}
+// The 6-bit scale of sub-block sb (0..7) of a block, from its scales_l (sl) and scales_h (sh): ls - 32 multiplies d.
+__device__ __forceinline__ int iq4xs_sub_scale(uint32_t sl, uint32_t sh, int sb) {
+    return (int)(((sl >> (4 * sb)) & 15u) | (((sh >> (2 * sb)) & 3u) << 4));
+}
+
 __device__ __forceinline__ void cp_async_commit() {
 #if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.commit_group;\n" ::);
@@ -158,6 +179,8 @@ __host__ __device__ constexpr int mmv_xd_cols(int NC) { return NC <= 8 ? 8 : 16;
 __host__ __device__ constexpr int mmv_stage_bytes(int NC, int T, int UB) {
     return 16 * T * mmv_rs(UB) + NC * mmv_xcol(UB) + 8 * UB * 4 * mmv_xd_cols(NC);
 }
+// Row tiles of 16*T rows covering an nrows-row matrix (v2's grid; v3's tiles are T = 1).
+__host__ __device__ constexpr int mmv_row_tiles(int nrows, int T) { return (nrows + 16 * T - 1) / (16 * T); }
 __host__ __device__ constexpr int mmv_dwt_bytes(int T, int UB) { return UB * 8 * T * 8 * 2 * 4; }
 __host__ __device__ constexpr int mmv_smem_bytes(int NC, int T, int WARPS, int UB, int S) {
     return WARPS * (S * mmv_stage_bytes(NC, T, UB) + mmv_dwt_bytes(T, UB));
@@ -314,8 +337,7 @@ __global__ void __launch_bounds__(WARPS * 32)
                     float *dst = reinterpret_cast<float *>(dwt) + ((blk * 8 * T + t) * 8 + (r & 7)) * 2 + ((r >> 3) & 1);
 #pragma unroll
                     for (int sb = 0; sb < 8; ++sb) {
-                        const int ls = (int)(((sl >> (4 * sb)) & 15u) | (((sh >> (2 * sb)) & 3u) << 4));
-                        dst[sb * T * 16] = d * (float)(ls - 32);
+                        dst[sb * T * 16] = d * (float)(iq4xs_sub_scale(sl, sh, sb) - 32);
                     }
                 }
             }
@@ -343,19 +365,12 @@ __global__ void __launch_bounds__(WARPS * 32)
                                 *reinterpret_cast<const uint32_t *>(slot + ro[t][0] + blk * IQ4XS_BYTES + 16 * sb);
                             const uint32_t w1 =
                                 *reinterpret_cast<const uint32_t *>(slot + ro[t][1] + blk * IQ4XS_BYTES + 16 * sb);
-                            const uint32_t f0 = w0 ^ 0x88888888u, f1 = w1 ^ 0x88888888u;
-                            // a0: row g, k 0..3 (low half of the word); a1: row g+8; a2/a3: high halves;
-                            // decoded once, used by every fragment
-                            const uint32_t l0 = prmt(kt0, KT1, w0), l1 = prmt(kt0, KT1, w1);
-                            const uint32_t l2 = prmt(kt0, KT1, w0 >> 16), l3 = prmt(kt0, KT1, w1 >> 16);
-                            const uint32_t h0 = prmt(kt2, KT3, f0), h1 = prmt(kt2, KT3, f1);
-                            const uint32_t h2 = prmt(kt2, KT3, f0 >> 16), h3 = prmt(kt2, KT3, f1 >> 16);
+                            const Iq4Tile a = iq4_decode_tile(w0, w1, kt0, kt2);  // decoded once, used by every fragment
                             const float2 dw = dwt[(sbl * T + t) * 8 + g];
 #pragma unroll
                             for (int f = 0; f < NF; ++f) {
                                 int c[4] = {0, 0, 0, 0};
-                                mma_s8_16832(c, l0, l1, l2, l3, b[f].x, b[f].y);
-                                mma_s8_16832(c, h0, h1, h2, h3, b[f].x, b[f].y);
+                                iq4_mma_tile(c, a, b[f]);
                                 acc[t][f][0] = fmaf((float)c[0], dw.x * dx[f].x, acc[t][f][0]);
                                 acc[t][f][1] = fmaf((float)c[1], dw.x * dx[f].y, acc[t][f][1]);
                                 acc[t][f][2] = fmaf((float)c[2], dw.y * dx[f].x, acc[t][f][2]);
@@ -449,7 +464,7 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)
     const int g = lane >> 2, tq = lane & 3;
     const size_t rowbytes = (size_t)nb * IQ4XS_BYTES;
     const int ngrp = nb * 8;
-    const int ntiles = (nrows + 15) >> 4;
+    const int ntiles = mmv_row_tiles(nrows, 1);
     const int nbw = (nb + WARPS - 1) / WARPS;
     const int b0 = min(nb, warp * nbw);
     const int nblk = min(nb, b0 + nbw) - b0;  // 0 for trailing warps when nb < WARPS
@@ -500,18 +515,10 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)
         }
 #pragma unroll
         for (int sb = 0; sb < 8; ++sb) {
-            const uint32_t w0 = w[sb][0], w1 = w[sb][1];
-            const uint32_t f0 = w0 ^ 0x88888888u, f1 = w1 ^ 0x88888888u;
-            const uint32_t l0 = prmt(kt0, KT1, w0), l1 = prmt(kt0, KT1, w1);
-            const uint32_t l2 = prmt(kt0, KT1, w0 >> 16), l3 = prmt(kt0, KT1, w1 >> 16);
-            const uint32_t h0 = prmt(kt2, KT3, f0), h1 = prmt(kt2, KT3, f1);
-            const uint32_t h2 = prmt(kt2, KT3, f0 >> 16), h3 = prmt(kt2, KT3, f1 >> 16);
             int c[4] = {0, 0, 0, 0};
-            mma_s8_16832(c, l0, l1, l2, l3, b[sb].x, b[sb].y);
-            mma_s8_16832(c, h0, h1, h2, h3, b[sb].x, b[sb].y);
-            const int ls0 = (int)(((sl[0] >> (4 * sb)) & 15u) | (((sh[0] >> (2 * sb)) & 3u) << 4));
-            const int ls1 = (int)(((sl[1] >> (4 * sb)) & 15u) | (((sh[1] >> (2 * sb)) & 3u) << 4));
-            const float dw0 = d[0] * (float)(ls0 - 32), dw1 = d[1] * (float)(ls1 - 32);
+            iq4_mma_tile(c, iq4_decode_tile(w[sb][0], w[sb][1], kt0, kt2), b[sb]);
+            const float dw0 = d[0] * (float)(iq4xs_sub_scale(sl[0], sh[0], sb) - 32);
+            const float dw1 = d[1] * (float)(iq4xs_sub_scale(sl[1], sh[1], sb) - 32);
             acc[0] = fmaf((float)c[0], dw0 * dx[sb].x, acc[0]);  // row g, column 2tq
             acc[1] = fmaf((float)c[1], dw0 * dx[sb].y, acc[1]);  // row g, column 2tq + 1
             acc[2] = fmaf((float)c[2], dw1 * dx[sb].x, acc[2]);  // row g + 8

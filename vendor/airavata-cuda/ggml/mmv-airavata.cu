@@ -79,7 +79,7 @@ void launch_direct(const uint8_t * W, const int8_t * xq, const float * xd, float
                    cudaStream_t stream) {
     using namespace airavata;
     constexpr int WARPS = 8;
-    const int ntiles = (nrows + 15) / 16;
+    const int ntiles = mmv_row_tiles(nrows, 1);
     int grid = ntiles;
     if (mmv_kernel() == MmvKernel::direct_resident) {
         static const int per_sm = [] {
@@ -88,9 +88,8 @@ void launch_direct(const uint8_t * W, const int8_t * xq, const float * xd, float
                                                                      WARPS * 32, 0));
             return n;
         }();
-        int nsm = 0;
-        CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, ggml_cuda_get_device()));
-        grid = std::min(grid, std::max(1, per_sm) * nsm);
+        // ggml's cached device facts, not an attribute query on every matmul
+        grid = std::min(grid, std::max(1, per_sm) * ggml_cuda_info().devices[ggml_cuda_get_device()].nsm);
     }
     ggml_cuda_kernel_launch(mmv_iq4xs_direct_kernel<NC, WARPS, false>,
                             ggml_cuda_kernel_launch_params(dim3(grid), dim3(WARPS * 32), (size_t) 0, stream), W, xq, xd,
@@ -110,7 +109,7 @@ void launch_cols(const uint8_t * W, const int8_t * xq, const float * xd, float *
     constexpr int WARPS = mmv_warps(NC);
     const int smem = smem_bytes(NC);
     CUDA_SET_SHARED_MEMORY_LIMIT((mmv_iq4xs_kernel<NC, MMV_T, WARPS, MMV_UB>), smem);
-    const int grid = (nrows + 16 * MMV_T - 1) / (16 * MMV_T);
+    const int grid = mmv_row_tiles(nrows, MMV_T);
     // ggml's launcher: with programmatic dependent launch (Hopper, GGML_CUDA_PDL) the kernel fetches its weights
     // while the activation quantization before it still runs.
     ggml_cuda_kernel_launch(mmv_iq4xs_kernel<NC, MMV_T, WARPS, MMV_UB>,
