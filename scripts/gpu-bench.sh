@@ -559,7 +559,8 @@ stage_attncheck() {
   local model=${CHECK_MODEL:-$OURS} n=${CHECK_N:-32}
   for k in stock ours; do
     log "attncheck: $k kernels"
-    AIRAVATA_CUDA_KERNELS=$([ $k = stock ] && echo stock || echo ours) "${AIRAVATA[@]}" serve "$model" --port 18097 \
+    # VERBOSE: the server log names each shape one of ours ran for (counted below)
+    AIRAVATA_CUDA_KERNELS_VERBOSE=1 AIRAVATA_CUDA_KERNELS=$([ $k = stock ] && echo stock || echo ours) "${AIRAVATA[@]}" serve "$model" --port 18097 \
       --parallel "$n" --ctx-size $((n * 512)) --cache-type-k q8_0 --cache-type-v q8_0 --backends-dir "$BUILD/bin" \
       >"$OUT/attncheck-$k.log" 2>&1 &
     local pid=$!
@@ -567,6 +568,7 @@ stage_attncheck() {
     python3 "$ROOT/scripts/greedy-compare.py" fetch --url http://127.0.0.1:18097 --prompts "${CHECK_PROMPTS:-$ROOT/.carry/prompts.jsonl}" \
       --n "$n" --rounds "${CHECK_ROUNDS:-4}" --max-tokens 64 --out "$OUT/attncheck-$k.json" | tee -a "$OUT/log.txt"
     kill $pid; wait $pid 2>/dev/null || true
+    { grep -c "airavata: .* ran for" "$OUT/attncheck-$k.log" || true; } | sed "s/^/attncheck $k: shapes one of ours ran for: /" | tee -a "$OUT/log.txt"
   done
   python3 "$ROOT/scripts/greedy-compare.py" compare --n "$n" "$OUT/attncheck-stock.json" "$OUT/attncheck-ours.json" \
     | tee "$OUT/attncheck.txt"
@@ -730,19 +732,23 @@ stage_smol() {
 # columns) runs where the weights are IQ4_XS, on SmolLM2 nf4 (its 1536-wide ffn_down is IQ4_XS; 576-wide rows take
 # IQ4_NL): stock kernels write the base logits, ours are scored against them (KLD, same top token).
 # Text: .carry-m1/wiki.txt (WikiText-2 test, first 200 kB). Needs buildmg with llama-perplexity in BUILD_TARGETS, and smol.
+# MMKLD_BASE_SET (default stock) names the kernel set that writes the base logits: e.g. MMKLD_BASE_SET=ours
+# MMKLD_SET=oursd scores our v3 matvec against our v2, two kernels that differ only in the order of float sums.
 stage_mmkld() {
-  local ub ke
-  ke=$(kernel_env "${MMKLD_SET:-ours16}")
+  local ub ke kb base=${MMKLD_BASE_SET:-stock} set=${MMKLD_SET:-ours16}
+  ke=$(kernel_env "$set") kb=$(kernel_env "$base")
   for ub in ${MMKLD_UB:-16 8 5}; do
     local common=(-m "$SMOL" -f "$ROOT/.carry-m1/wiki.txt" -c 512 -b 512 -ub "$ub" -ngl 99 --chunks "${MMKLD_CHUNKS:-40}")
-    AIRAVATA_CUDA_KERNELS=stock "$BUILD/bin/llama-perplexity" "${common[@]}" --kl-divergence-base "$WORK/smol-base-$ub.kld" \
-      >"$OUT/mmkld-stock-ub$ub.txt" 2>&1
+    local kld=$WORK/smol-base-$base-$ub.kld tag=$set-vs-$base-ub$ub
+    # shellcheck disable=SC2086
+    [ -f "$kld" ] || env $kb "$BUILD/bin/llama-perplexity" "${common[@]}" --kl-divergence-base "$kld" \
+      >"$OUT/mmkld-base-$base-ub$ub.txt" 2>&1
     # shellcheck disable=SC2086
     env $ke AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/llama-perplexity" "${common[@]}" \
-      --kl-divergence-base "$WORK/smol-base-$ub.kld" --kl-divergence >"$OUT/mmkld-ours-ub$ub.txt" 2>&1
-    log "mmkld ub=$ub: our kernel ran for $(grep -c '^airavata: mmv_iq4xs ran' "$OUT/mmkld-ours-ub$ub.txt") shapes"
-    { grep -E "^Mean +KLD|^Maximum KLD|^Same top|Final estimate" "$OUT/mmkld-ours-ub$ub.txt" || true; } \
-      | sed "s/^/ub=$ub ours vs stock: /" | tee -a "$OUT/log.txt"
+      --kl-divergence-base "$kld" --kl-divergence >"$OUT/mmkld-$tag.txt" 2>&1
+    log "mmkld ub=$ub: our kernel ran for $(grep -c '^airavata: mmv_iq4xs ran' "$OUT/mmkld-$tag.txt") shapes"
+    { grep -E "^Mean +KLD|^Maximum KLD|^Same top|Final estimate" "$OUT/mmkld-$tag.txt" || true; } \
+      | sed "s/^/ub=$ub $set vs $base: /" | tee -a "$OUT/log.txt"
   done
 }
 
