@@ -583,17 +583,15 @@ build_backend_ops() {
 }
 
 # The environment of a kernel set, by name: stock, ours (the defaults: matvec at 4-8 columns), ours-min1 (the
-# matvec from 1 column), ours16 (up to 16 columns, where llama.cpp would use its mmq), oursd / oursdp (the v3
-# matvec, weights straight into registers, at 1-8 columns; oursdp on the resident grid).
+# matvec from 1 column), ours16 (up to 16 columns, where llama.cpp would use its mmq). (The v3 matvec's sets oursd /
+# oursdp were removed with v3's ggml path after it measured no faster than v2: commit d7eb195 has them.)
 kernel_env() {
   case $1 in
     stock) echo AIRAVATA_CUDA_KERNELS=stock ;;
     ours) echo AIRAVATA_CUDA_KERNELS=ours ;;
     ours-min1) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1 ;;
     ours16) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MAX_COLS=16 ;;
-    oursd) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1 AIRAVATA_MMV_KERNEL=direct ;;
-    oursdp) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1 AIRAVATA_MMV_KERNEL=direct-p ;;
-    *) echo "unknown kernel set $1 (stock, ours, ours-min1, ours16, oursd, oursdp)" >&2; return 1 ;;
+    *) echo "unknown kernel set $1 (stock, ours, ours-min1, ours16)" >&2; return 1 ;;
   esac
 }
 
@@ -687,7 +685,7 @@ PY
 stage_sanitize() {
   build_backend_ops
   local tool spec op var rc ke
-  ke=$(kernel_env "${SANITIZE_SET:-ours16}")  # e.g. SANITIZE_SET=oursd for the v3 matvec
+  ke=$(kernel_env "${SANITIZE_SET:-ours16}")
   for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
     for spec in MUL_MAT:AIRAVATA_MM_EVAL FLASH_ATTN_EXT:AIRAVATA_FA_EVAL; do
       op=${spec%%:*} var=${spec##*:}
@@ -732,8 +730,8 @@ stage_smol() {
 # columns) runs where the weights are IQ4_XS, on SmolLM2 nf4 (its 1536-wide ffn_down is IQ4_XS; 576-wide rows take
 # IQ4_NL): stock kernels write the base logits, ours are scored against them (KLD, same top token).
 # Text: .carry-m1/wiki.txt (WikiText-2 test, first 200 kB). Needs buildmg with llama-perplexity in BUILD_TARGETS, and smol.
-# MMKLD_BASE_SET (default stock) names the kernel set that writes the base logits: e.g. MMKLD_BASE_SET=ours
-# MMKLD_SET=oursd scores our v3 matvec against our v2, two kernels that differ only in the order of float sums.
+# MMKLD_BASE_SET (default stock) names the kernel set that writes the base logits (MMKLD_BASE_SET=ours MMKLD_SET=ours:
+# the run's own repeatability; at d7eb195, MMKLD_SET=oursd scored the v3 matvec against v2, the float-order floor).
 stage_mmkld() {
   local ub ke kb base=${MMKLD_BASE_SET:-stock} set=${MMKLD_SET:-ours16}
   ke=$(kernel_env "$set") kb=$(kernel_env "$base")

@@ -60,6 +60,49 @@ template <> __device__ __forceinline__ Raw<KV_Q4_0> load_raw<KV_Q4_0>(const char
     return r;
 }
 
+// The "wide" loads of quantized K/V (Params::wide; a harness variant, session 20, not yet measured; ggml's dispatch
+// leaves it 0). The loads above take a lane's 8 quantized bytes with four 2-byte loads plus one for d, since a block
+// (34 or 18 bytes) is only 2-byte aligned: five load instructions a lane a row, where f16 uses one 16-byte load
+// (SASS: five LDG.E.U16). Here the 8 bytes come from the one or two aligned 8-byte words that hold them, joined
+// with a funnel shift: three loads (two when they happen to be 8-byte aligned).
+// Precondition: the allocation holding K/V extends to the next 8-byte boundary after its last byte (the second
+// word can reach up to 6 bytes past a lane's last byte; ggml pads every buffer to its 128-byte alignment, and the
+// harness rounds its allocations up to 8).
+__device__ __forceinline__ uint64_t load8_a2(const char * p) {  // 8 bytes at a 2-byte-aligned address
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    const unsigned s = (unsigned) (a & 7u) * 8u;  // bit offset: 0, 16, 32 or 48
+    const uint64_t * w = reinterpret_cast<const uint64_t *>(a & ~(uintptr_t) 7);
+    const uint64_t lo = __ldg(w);
+    if (s == 0) return lo;
+    return (lo >> s) | (__ldg(w + 1) << (64u - s));
+}
+template <KvType T> __device__ __forceinline__ Raw<T> load_raw_wide(const char * row, int d0);
+template <> __device__ __forceinline__ Raw<KV_F16> load_raw_wide<KV_F16>(const char * row, int d0) {
+    return load_raw<KV_F16>(row, d0);  // already one 16-byte load
+}
+template <> __device__ __forceinline__ Raw<KV_Q8_0> load_raw_wide<KV_Q8_0>(const char * row, int d0) {
+    const char * b = row + (d0 / 32) * 34;
+    const uint64_t v = load8_a2(b + 2 + (d0 % 32));  // the same 8 bytes as load_raw's q[0..3]
+    Raw<KV_Q8_0> r;
+    r.d = __ldg(reinterpret_cast<const uint16_t *>(b));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r.q[i] = (uint16_t) (v >> (16 * i));
+    return r;
+}
+template <> __device__ __forceinline__ Raw<KV_Q4_0> load_raw_wide<KV_Q4_0>(const char * row, int d0) {
+    const char * b = row + (d0 / 32) * 18;
+    const uint64_t v = load8_a2(b + 2 + 2 * ((d0 % 16) / 2));
+    Raw<KV_Q4_0> r;
+    r.d = __ldg(reinterpret_cast<const uint16_t *>(b));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r.q[i] = (uint16_t) (v >> (16 * i));
+    return r;
+}
+template <KvType T, bool WIDE> __device__ __forceinline__ Raw<T> load_kv(const char * row, int d0) {
+    if constexpr (WIDE) return load_raw_wide<T>(row, d0);
+    else return load_raw<T>(row, d0);
+}
+
 template <KvType T> __device__ __forceinline__ void zero_raw(Raw<T> & r) { memset(&r, 0, sizeof(r)); }
 
 __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
@@ -129,21 +172,16 @@ struct Params {
     long long mask_nb3;
     int n_kv, chunk, n_splits, n_head, n_head_kv;
     float scale;
-    // 1: the deeper load unroll of quantized K/V (deep_unroll below). A harness variant (session 19, not yet
-    // measured); ggml's dispatch leaves it 0.
-    int deep = 0;
+    // 1: quantized K/V through load_raw_wide (see there). (Session 19's deeper unroll, 8 rows a lane, measured
+    // 20-26 % slower in session 20 and is gone.)
+    int wide = 0;
 };
 
-// Rows a lane has in flight per loop step. UNROLL rows of f16 are 4 x 16 bytes a lane; the same count of q8_0 rows
-// is 4 x 8.5 bytes and of q4_0 4 x 4.5, so a quantized cache keeps half or a quarter of the bytes in flight, and at
-// the same occupancy reads them at that fraction of the rate, which would explain why q8_0 measured no faster than
-// f16 (same tokens per second). deep_unroll: 8 rows for both (68 and 36 bytes a lane).
-template <KvType T> __host__ __device__ constexpr int deep_unroll() { return T == KV_F16 ? UNROLL : 2 * UNROLL; }
-
-template <int D, int G, KvType KT, KvType VT, int UK = UNROLL, int UV = UNROLL>
+template <int D, int G, KvType KT, KvType VT, bool WIDE = false>
 __global__ void __launch_bounds__(NWARPS * 32) attn_split_kernel(const Params p) {
     constexpr int LPT = D / 8;    // lanes per token
     constexpr int TPW = 32 / LPT; // tokens per warp per load
+    constexpr int UK = UNROLL, UV = UNROLL;
     constexpr int STEP_K = NWARPS * TPW * UK, STEP_V = NWARPS * TPW * UV;
     extern __shared__ float smem[];
     float * s = smem;                      // [G][chunk] scores, then probabilities
@@ -175,7 +213,7 @@ __global__ void __launch_bounds__(NWARPS * 32) attn_split_kernel(const Params p)
 #pragma unroll
         for (int u = 0; u < UK; ++u) {
             const int t = base + (u * NWARPS + warp) * TPW + tw;
-            if (t < n) r[u] = load_raw<KT>(kbase + (long long) t * p.k_nb1, d0);
+            if (t < n) r[u] = load_kv<KT, WIDE>(kbase + (long long) t * p.k_nb1, d0);
             else zero_raw<KT>(r[u]);
         }
 #pragma unroll
@@ -247,7 +285,7 @@ __global__ void __launch_bounds__(NWARPS * 32) attn_split_kernel(const Params p)
 #pragma unroll
         for (int u = 0; u < UV; ++u) {
             const int t = base + (u * NWARPS + warp) * TPW + tw;
-            if (t < n) r[u] = load_raw<VT>(vbase + (long long) t * p.v_nb1, d0);
+            if (t < n) r[u] = load_kv<VT, WIDE>(vbase + (long long) t * p.v_nb1, d0);
             else zero_raw<VT>(r[u]);
         }
 #pragma unroll
@@ -338,10 +376,14 @@ static_assert(sizeof(float) * (4 * MAX_CHUNK + NWARPS * 4 * 128) <= 48 * 1024, "
 template <int D, int G, KvType KT, KvType VT>
 inline void launch_typed(const Params & p, int n_seq, int n_head_kv, cudaStream_t st) {
     const dim3 grid(p.n_splits, n_head_kv, n_seq);
-    if (p.deep)  // for f16 K/V deep_unroll is UNROLL: the same kernel either way
-        attn_split_kernel<D, G, KT, VT, deep_unroll<KT>(), deep_unroll<VT>()><<<grid, NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
-    else
-        attn_split_kernel<D, G, KT, VT><<<grid, NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
+    bool launched = false;
+    if constexpr (KT != KV_F16) {  // f16 has no wide variant: its load is one 16-byte word already
+        if (p.wide) {
+            attn_split_kernel<D, G, KT, VT, true><<<grid, NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
+            launched = true;
+        }
+    }
+    if (!launched) attn_split_kernel<D, G, KT, VT><<<grid, NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
     if (p.n_splits > 1) attn_combine_kernel<D><<<dim3(p.n_head, n_seq), D, 0, st>>>(p);
 }
 

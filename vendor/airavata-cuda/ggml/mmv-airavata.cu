@@ -12,9 +12,7 @@
 #include "airavata-switch.cuh"
 #include "airavata-mmv-iq4xs.cuh"
 
-#include <algorithm>
 #include <climits>
-#include <cstring>
 
 namespace {
 
@@ -49,63 +47,15 @@ int64_t max_cols() {
     return n;
 }
 
-// Which kernel takes 1-8 columns: AIRAVATA_MMV_KERNEL=direct (v3, weights straight into registers, one block per
-// 16-row tile) or direct-p (v3 on the resident grid), to measure them inside llama.cpp against the default v2
-// (shared-memory staging); anything else, v2. Beyond 8 columns always v2 (v3 takes 1-8).
-enum class MmvKernel { staged, direct, direct_resident };
-MmvKernel mmv_kernel() {
-    static const MmvKernel k = [] {
-        const char * e = getenv("AIRAVATA_MMV_KERNEL");
-        if (e != nullptr && strcmp(e, "direct") == 0) {
-            return MmvKernel::direct;
-        }
-        if (e != nullptr && strcmp(e, "direct-p") == 0) {
-            return MmvKernel::direct_resident;
-        }
-        return MmvKernel::staged;
-    }();
-    return k;
-}
-
 // Dynamic shared memory of the kernel at ncols columns.
 int smem_bytes(int64_t ncols) {
     return airavata::mmv_smem_bytes((int) ncols, MMV_T, mmv_warps((int) ncols), MMV_UB, MMV_S);
-}
-
-// v3 at 1-8 columns: 8 warps splitting K, activations read through L1 (no prefetch); grid one CTA per tile or the
-// resident CTAs.
-template <int NC>
-void launch_direct(const uint8_t * W, const int8_t * xq, const float * xd, float * y, int nrows, int nb,
-                   cudaStream_t stream) {
-    using namespace airavata;
-    constexpr int WARPS = 8;
-    const int ntiles = mmv_row_tiles(nrows, 1);
-    int grid = ntiles;
-    if (mmv_kernel() == MmvKernel::direct_resident) {
-        static const int per_sm = [] {
-            int n = 0;
-            CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, mmv_iq4xs_direct_kernel<NC, WARPS, false>,
-                                                                     WARPS * 32, 0));
-            return n;
-        }();
-        // ggml's cached device facts, not an attribute query on every matmul
-        grid = std::min(grid, std::max(1, per_sm) * ggml_cuda_info().devices[ggml_cuda_get_device()].nsm);
-    }
-    ggml_cuda_kernel_launch(mmv_iq4xs_direct_kernel<NC, WARPS, false>,
-                            ggml_cuda_kernel_launch_params(dim3(grid), dim3(WARPS * 32), (size_t) 0, stream), W, xq, xd,
-                            y, nrows, nb, 1);
 }
 
 template <int NC>
 void launch_cols(const uint8_t * W, const int8_t * xq, const float * xd, float * y, int nrows, int nb,
                  cudaStream_t stream) {
     using namespace airavata;
-    if constexpr (NC <= 8) {
-        if (mmv_kernel() != MmvKernel::staged) {
-            launch_direct<NC>(W, xq, xd, y, nrows, nb, stream);
-            return;
-        }
-    }
     constexpr int WARPS = mmv_warps(NC);
     const int smem = smem_bytes(NC);
     CUDA_SET_SHARED_MEMORY_LIMIT((mmv_iq4xs_kernel<NC, MMV_T, WARPS, MMV_UB>), smem);
@@ -193,8 +143,7 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
     launch(ncols, (const uint8_t *) src0->data, xq.get(), xd.get(), (float *) dst->data, (int) rows, nb, stream);
     CUDA_CHECK(cudaGetLastError());
     airavata_kernel_ran("mmv_iq4xs", [&] {
-        return std::to_string(rows) + "x" + std::to_string(K) + " cols " + std::to_string(ncols) +
-               (ncols <= 8 && mmv_kernel() != MmvKernel::staged ? " (v3 direct)" : "");
+        return std::to_string(rows) + "x" + std::to_string(K) + " cols " + std::to_string(ncols);
     });
     return true;
 }
