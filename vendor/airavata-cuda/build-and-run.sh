@@ -6,7 +6,7 @@
 #   bash build-and-run.sh --build-only
 # env: OUT (results folder, default ./out), NVCC, ARCHS (gencode flags), GGML_SRC (llama.cpp's ggml folder),
 #      NO_BASELINE=1 (skip llama.cpp's mmvq baseline), PREBUILT=path (skip the build),
-#      NO_SANITIZER=1
+#      NO_SANITIZER=1, NO_CEILING=1 (skip read_ceiling: the read-only ceiling at the same sizes, plain vs PDL launches)
 set -euo pipefail
 cd "$(dirname "$0")"
 MODE=${1:-full}
@@ -45,6 +45,14 @@ fi
 [ "$MODE" = "--build-only" ] && exit 0
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt" || true
+
+if [ "${NO_CEILING:-0}" != 1 ] && [ "$MODE" != "--no-timing" ]; then
+    # ~25 s: what one kernel that only reads these matrices reaches, launched plain and with PDL (read_ceiling.cu)
+    $NVCC $FLAGS $LINK read_ceiling.cu -o build/read_ceiling
+    compute-sanitizer --tool memcheck --error-exitcode 9 build/read_ceiling --check > "$OUT/read_ceiling-memcheck.log" 2>&1 \
+        && echo "read_ceiling memcheck: clean" || { echo "read_ceiling memcheck: FAILED (rc=$?)"; tail -20 "$OUT/read_ceiling-memcheck.log"; }
+    build/read_ceiling 2>&1 | tee "$OUT/read_ceiling.txt"
+fi
 
 if [ "${NO_SANITIZER:-0}" != 1 ]; then
     # small shapes, every variant and N = 1..8, no timing
