@@ -738,9 +738,9 @@ stage_mmkld() {
   for ub in ${MMKLD_UB:-16 8 5}; do
     local common=(-m "$SMOL" -f "$ROOT/.carry-m1/wiki.txt" -c 512 -b 512 -ub "$ub" -ngl 99 --chunks "${MMKLD_CHUNKS:-40}")
     local kld=$WORK/smol-base-$base-$ub.kld tag=$set-vs-$base-ub$ub
+    # written afresh every call: a base kept from before a rebuild on a warm machine would score the old kernels
     # shellcheck disable=SC2086
-    [ -f "$kld" ] || env $kb "$BUILD/bin/llama-perplexity" "${common[@]}" --kl-divergence-base "$kld" \
-      >"$OUT/mmkld-base-$base-ub$ub.txt" 2>&1
+    env $kb "$BUILD/bin/llama-perplexity" "${common[@]}" --kl-divergence-base "$kld" >"$OUT/mmkld-base-$base-ub$ub.txt" 2>&1
     # shellcheck disable=SC2086
     env $ke AIRAVATA_CUDA_KERNELS_VERBOSE=1 "$BUILD/bin/llama-perplexity" "${common[@]}" \
       --kl-divergence-base "$kld" --kl-divergence >"$OUT/mmkld-$tag.txt" 2>&1

@@ -8,6 +8,7 @@
 // (sequence, head) (fp32 accumulation only; the inputs are the same bytes).
 // Timing: CUDA events around a loop of calls rotating over copies of K/V (>= 256 MB in all, so L2
 // holds none of it), median of 5; bytes = K + V + Q + mask + out; % of the measured D2D copy bandwidth.
+#define AIRAVATA_ATTN_WIDE_VARIANT 1  // the harness checks and times Params::wide
 #include "attn_decode.cuh"
 #include <cuda_runtime.h>
 #include <algorithm>
@@ -35,14 +36,14 @@ __device__ __forceinline__ uint64_t mix(uint64_t x) {
 // positive scale ~ 1/127 (q8_0) or 1/8 (q4_0).
 __global__ void fill_rows(char * p, long long n_rows, int row_bytes, KvType t, uint64_t seed) {
     const long long i = blockIdx.x * (long long) blockDim.x + threadIdx.x;
-    const long long n_units = t == KV_F16 ? n_rows * row_bytes / 2 : n_rows * row_bytes / (t == KV_Q8_0 ? 34 : 18);
+    const long long n_units = t == KV_F16 ? n_rows * row_bytes / 2 : n_rows * row_bytes / block_bytes(t);
     if (i >= n_units) return;
     const uint64_t r = mix(seed ^ (uint64_t) i * 0x2545f4914f6cdd1dULL);
     if (t == KV_F16) {
         reinterpret_cast<half *>(p)[i] = __float2half((float) ((r >> 11) * (1.0 / 9007199254740992.0)) * 2.f - 1.f);
         return;
     }
-    const int bs = t == KV_Q8_0 ? 34 : 18;
+    const int bs = block_bytes(t);
     unsigned char * b = reinterpret_cast<unsigned char *>(p) + i * bs;
     const float u = (float) ((r >> 40) & 0xffff) / 65536.f;
     const half d = __float2half((t == KV_Q8_0 ? 1.f / 127.f : 1.f / 8.f) * (0.5f + u));
@@ -77,7 +78,7 @@ static void dequant_row_host(const unsigned char * row, KvType t, int D, double 
         return;
     }
     for (int blk = 0; blk < D / 32; ++blk) {
-        const unsigned char * b = row + blk * (t == KV_Q8_0 ? 34 : 18);
+        const unsigned char * b = row + blk * block_bytes(t);
         const double d = half_to_float_host(b);
         for (int j = 0; j < 32; ++j) {
             if (t == KV_Q8_0) out[blk * 32 + j] = d * (double) (int8_t) b[2 + j];
@@ -157,7 +158,7 @@ static void release(Buffers & bf) {
 static void fill(Buffers & bf, int copies, uint64_t seed, float q_scale) {
     const Shape & s = bf.sh;
     const long long rows = (long long) s.B * s.n_kv * s.Hkv * copies;
-    auto units = [&](KvType t, int rb) { return t == KV_F16 ? rows * rb / 2 : rows * rb / (t == KV_Q8_0 ? 34 : 18); };
+    auto units = [&](KvType t, int rb) { return t == KV_F16 ? rows * rb / 2 : rows * rb / block_bytes(t); };
     long long u = units(s.kt, bf.rb_k);
     fill_rows<<<(unsigned) ((u + 255) / 256), 256>>>(bf.k, rows, bf.rb_k, s.kt, seed * 3 + 1);
     u = units(s.vt, bf.rb_v);

@@ -14,6 +14,12 @@
 #include <cstdint>
 #include <math.h>
 
+// 1 builds the split kernel's wide-load variant too (Params::wide; the harness defines it before including this
+// header); ggml-cuda leaves it 0, so the shipped backend builds only what its dispatch launches.
+#ifndef AIRAVATA_ATTN_WIDE_VARIANT
+#define AIRAVATA_ATTN_WIDE_VARIANT 0
+#endif
+
 namespace airavata_attn {
 
 enum KvType : int { KV_F16 = 0, KV_Q8_0 = 1, KV_Q4_0 = 2 };
@@ -22,15 +28,22 @@ constexpr int NWARPS = 4;
 constexpr int UNROLL = 4;
 constexpr int MAX_CHUNK = 1024;  // tokens per block (shared-memory scores)
 
-__host__ __device__ constexpr int row_bytes(KvType t, int d) {
-    return t == KV_F16 ? 2 * d : t == KV_Q8_0 ? d / 32 * 34 : d / 32 * 18;
-}
+// Bytes of one 32-value block of a quantized type: the fp16 scale d, then the quants.
+__host__ __device__ constexpr int block_bytes(KvType t) { return t == KV_Q8_0 ? 34 : 18; }
+__host__ __device__ constexpr int row_bytes(KvType t, int d) { return t == KV_F16 ? 2 * d : d / 32 * block_bytes(t); }
 
 // Raw bytes of one lane's 8 dimensions of a row.
 template <KvType T> struct Raw;
 template <> struct Raw<KV_F16> { uint4 v; };
 template <> struct Raw<KV_Q8_0> { uint16_t q[4]; uint16_t d; };
 template <> struct Raw<KV_Q4_0> { uint16_t q[4]; uint16_t d; };
+
+// Where a lane's 8 quant bytes (dimensions d0..d0+7) start in their block, after its 2-byte scale, in 2-byte units:
+// q8_0 one byte a dimension; q4_0 dimensions j and j + 16 share byte j, so the lanes at d0 and d0 + 16 read the
+// same 8 bytes (dequant takes the low or high nibbles). The block is row + (d0 / 32) * block_bytes(T).
+template <KvType T> __device__ __forceinline__ int lane_quant_u16(int d0) {
+    return T == KV_Q8_0 ? (d0 % 32) / 2 : (d0 % 16) / 2;
+}
 
 template <KvType T> __device__ __forceinline__ Raw<T> load_raw(const char * row, int d0);
 
@@ -40,9 +53,12 @@ template <> __device__ __forceinline__ Raw<KV_F16> load_raw<KV_F16>(const char *
     return r;
 }
 
+// Quantized K/V: the scale and the lane's 8 quant bytes with 2-byte loads (a block is only 2-byte aligned). Two
+// specializations, not one template: the shipped kernels' SASS is the one measured (nvcc 13.0 allocates registers
+// differently for the same arithmetic written as a template, e.g. 99 instead of 96 for q8_0 D128 G4).
 template <> __device__ __forceinline__ Raw<KV_Q8_0> load_raw<KV_Q8_0>(const char * row, int d0) {
-    const uint16_t * b = reinterpret_cast<const uint16_t *>(row + (d0 / 32) * 34);  // 2-byte aligned
-    const int o = (d0 % 32) / 2;  // in u16 after the scale
+    const uint16_t * b = reinterpret_cast<const uint16_t *>(row + (d0 / 32) * block_bytes(KV_Q8_0));
+    const int o = lane_quant_u16<KV_Q8_0>(d0);
     Raw<KV_Q8_0> r;
     r.d = __ldg(b);
 #pragma unroll
@@ -51,8 +67,8 @@ template <> __device__ __forceinline__ Raw<KV_Q8_0> load_raw<KV_Q8_0>(const char
 }
 
 template <> __device__ __forceinline__ Raw<KV_Q4_0> load_raw<KV_Q4_0>(const char * row, int d0) {
-    const uint16_t * b = reinterpret_cast<const uint16_t *>(row + (d0 / 32) * 18);
-    const int o = (d0 % 16) / 2;  // dims j and j+16 share byte j
+    const uint16_t * b = reinterpret_cast<const uint16_t *>(row + (d0 / 32) * block_bytes(KV_Q4_0));
+    const int o = lane_quant_u16<KV_Q4_0>(d0);
     Raw<KV_Q4_0> r;
     r.d = __ldg(b);
 #pragma unroll
@@ -61,10 +77,10 @@ template <> __device__ __forceinline__ Raw<KV_Q4_0> load_raw<KV_Q4_0>(const char
 }
 
 // The "wide" loads of quantized K/V (Params::wide; a harness variant, session 20, not yet measured; ggml's dispatch
-// leaves it 0). The loads above take a lane's 8 quantized bytes with four 2-byte loads plus one for d, since a block
-// (34 or 18 bytes) is only 2-byte aligned: five load instructions a lane a row, where f16 uses one 16-byte load
-// (SASS: five LDG.E.U16). Here the 8 bytes come from the one or two aligned 8-byte words that hold them, joined
-// with a funnel shift: three loads (two when they happen to be 8-byte aligned).
+// does not build it). load_raw takes a lane's 8 quant bytes with four 2-byte loads plus one for d: five load
+// instructions a lane a row, where f16 uses one 16-byte load (SASS: five LDG.E.U16). Here the 8 bytes come from the
+// one or two aligned 8-byte words that hold them, joined with a funnel shift: three loads (two when they happen to
+// be 8-byte aligned).
 // Precondition: the allocation holding K/V extends to the next 8-byte boundary after its last byte (the second
 // word can reach up to 6 bytes past a lane's last byte; ggml pads every buffer to its 128-byte alignment, and the
 // harness rounds its allocations up to 8).
@@ -76,23 +92,11 @@ __device__ __forceinline__ uint64_t load8_a2(const char * p) {  // 8 bytes at a 
     if (s == 0) return lo;
     return (lo >> s) | (__ldg(w + 1) << (64u - s));
 }
-template <KvType T> __device__ __forceinline__ Raw<T> load_raw_wide(const char * row, int d0);
-template <> __device__ __forceinline__ Raw<KV_F16> load_raw_wide<KV_F16>(const char * row, int d0) {
-    return load_raw<KV_F16>(row, d0);  // already one 16-byte load
-}
-template <> __device__ __forceinline__ Raw<KV_Q8_0> load_raw_wide<KV_Q8_0>(const char * row, int d0) {
-    const char * b = row + (d0 / 32) * 34;
-    const uint64_t v = load8_a2(b + 2 + (d0 % 32));  // the same 8 bytes as load_raw's q[0..3]
-    Raw<KV_Q8_0> r;
-    r.d = __ldg(reinterpret_cast<const uint16_t *>(b));
-#pragma unroll
-    for (int i = 0; i < 4; ++i) r.q[i] = (uint16_t) (v >> (16 * i));
-    return r;
-}
-template <> __device__ __forceinline__ Raw<KV_Q4_0> load_raw_wide<KV_Q4_0>(const char * row, int d0) {
-    const char * b = row + (d0 / 32) * 18;
-    const uint64_t v = load8_a2(b + 2 + 2 * ((d0 % 16) / 2));
-    Raw<KV_Q4_0> r;
+template <KvType T> __device__ __forceinline__ Raw<T> load_raw_wide(const char * row, int d0) {
+    static_assert(T != KV_F16, "f16 rows are one 16-byte load already");
+    const char * b = row + (d0 / 32) * block_bytes(T);
+    const uint64_t v = load8_a2(b + 2 + 2 * lane_quant_u16<T>(d0));  // the same 8 bytes as load_raw's q[0..3]
+    Raw<T> r;
     r.d = __ldg(reinterpret_cast<const uint16_t *>(b));
 #pragma unroll
     for (int i = 0; i < 4; ++i) r.q[i] = (uint16_t) (v >> (16 * i));
@@ -172,8 +176,8 @@ struct Params {
     long long mask_nb3;
     int n_kv, chunk, n_splits, n_head, n_head_kv;
     float scale;
-    // 1: quantized K/V through load_raw_wide (see there). (Session 19's deeper unroll, 8 rows a lane, measured
-    // 20-26 % slower in session 20 and is gone.)
+    // 1: quantized K/V through load_raw_wide (see there; only where AIRAVATA_ATTN_WIDE_VARIANT builds it). (Session
+    // 19's deeper unroll, 8 rows a lane, measured 20-26 % slower in session 20 and is gone.)
     int wide = 0;
 };
 
@@ -375,15 +379,11 @@ static_assert(sizeof(float) * (4 * MAX_CHUNK + NWARPS * 4 * 128) <= 48 * 1024, "
 
 template <int D, int G, KvType KT, KvType VT>
 inline void launch_typed(const Params & p, int n_seq, int n_head_kv, cudaStream_t st) {
-    const dim3 grid(p.n_splits, n_head_kv, n_seq);
-    bool launched = false;
-    if constexpr (KT != KV_F16) {  // f16 has no wide variant: its load is one 16-byte word already
-        if (p.wide) {
-            attn_split_kernel<D, G, KT, VT, true><<<grid, NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
-            launched = true;
-        }
+    auto split = attn_split_kernel<D, G, KT, VT>;
+    if constexpr (AIRAVATA_ATTN_WIDE_VARIANT && KT != KV_F16) {  // f16 has no wide variant
+        if (p.wide) split = attn_split_kernel<D, G, KT, VT, true>;
     }
-    if (!launched) attn_split_kernel<D, G, KT, VT><<<grid, NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
+    split<<<dim3(p.n_splits, n_head_kv, n_seq), NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
     if (p.n_splits > 1) attn_combine_kernel<D><<<dim3(p.n_head, n_seq), D, 0, st>>>(p);
 }
 

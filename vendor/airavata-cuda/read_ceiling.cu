@@ -35,9 +35,6 @@
         }                                                                                                      \
     } while (0)
 
-__device__ __forceinline__ uint4 ld_nc_v4(const uint4 *p) {
-    return __ldg(p);
-}
 __device__ __forceinline__ void dep_wait() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
@@ -50,9 +47,9 @@ __device__ __forceinline__ void dep_launch() {
 }
 
 // Reads n16 16-byte words of buf: thread t of the grid takes words t + k*T (T = all threads), U at a time.
-// The XOR of everything read goes to sink[] only when it equals `never` (the caller picks a value the data
-// cannot produce, so the store is never taken but the loads cannot be dropped); in --check mode never = the
-// expected per-thread XOR is replaced by writing every thread's value, and the host verifies the total.
+// Each thread XORs everything it read. Timing (write_all = 0): the XOR is stored only if it equals `never`, a
+// value the caller does not expect the data to give, so the store is (almost) never taken but the loads cannot be
+// dropped. --check (write_all = 1): every thread stores its XOR and the host compares the total with its own.
 // __launch_bounds__(256, 1): with a bare (256) ptxas aims at full occupancy (32 registers) and, at U = 8, XORs each
 // word as soon as it arrives to reuse its registers, so only 4 loads are in flight (SASS, nvcc 13.0); asking for
 // one CTA per SM at least lets it issue all 8 first (48 registers, still 5 CTAs per SM).
@@ -66,12 +63,12 @@ __global__ void __launch_bounds__(256, 1) read_kernel(const uint4 *__restrict__ 
     for (; i + (size_t)(U - 1) * T < n16; i += (size_t)U * T) {
         uint4 v[U];
 #pragma unroll
-        for (int k = 0; k < U; ++k) v[k] = ld_nc_v4(buf + i + (size_t)k * T);
+        for (int k = 0; k < U; ++k) v[k] = __ldg(buf + i + (size_t)k * T);
 #pragma unroll
         for (int k = 0; k < U; ++k) acc ^= v[k].x ^ v[k].y ^ v[k].z ^ v[k].w;
     }
     for (; i < n16; i += T) {  // the last partial round
-        const uint4 v = ld_nc_v4(buf + i);
+        const uint4 v = __ldg(buf + i);
         acc ^= v.x ^ v.y ^ v.z ^ v.w;
     }
     dep_wait();  // a matvec would read its activations here
