@@ -27,5 +27,6 @@ done
 [ $check = 1 ] && exit 0
 cp "$K/attn_decode.cuh" "$dst/airavata-attn-decode.cuh"
 cp "$K/mmv_iq4xs.cuh" "$dst/airavata-mmv-iq4xs.cuh"
+cp "$K/mmm_iq4xs.cuh" "$dst/airavata-mmm-iq4xs.cuh"
 cp "$K"/ggml/*.cu "$K"/ggml/*.cuh "$dst/"
 echo "airavata CUDA kernels in $dst (on with AIRAVATA_CUDA_KERNELS=ours)"

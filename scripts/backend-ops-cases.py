@@ -3,7 +3,7 @@
 
 Each set sits behind its own environment variable, so a plain run keeps llama.cpp's own cases:
   AIRAVATA_FA_EVAL=1|small  FLASH_ATTN_EXT at our decode-attention shapes (issue 24)
-  AIRAVATA_MM_EVAL=1|small  MUL_MAT IQ4_XS at 1-17 columns on Llama-7B shapes (issue 23)
+  AIRAVATA_MM_EVAL=1|small  MUL_MAT IQ4_XS at 1-257 columns on Llama-7B shapes (issue 23)
 `small` keeps the short ones, for compute-sanitizer. Used by scripts/gpu-bench.sh (attnops, mmops, sanitize);
 tests/cuda_patches.rs checks that the result compiles against the pinned source.
 """
@@ -49,7 +49,9 @@ mm = """
         const int64_t mk[][2] = {{16, 256}, {33, 512}, {4096, 4096}, {4099, 4096}, {11008, 4096}, {4096, 11008}, {12288, 4096}};
         for (const auto & s : mk) {
             if (small && s[0] != 16 && s[0] != 33 && s[0] != 4099) continue;
-            for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17}) {  // ours: 4-8, or up to 16 (AIRAVATA_MMV_MAX_COLS)
+            // ours: the matvec at 4-8 (up to 16 with AIRAVATA_MMV_MAX_COLS), the many-column kernel at 17-256
+            for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 31, 33, 64, 65, 130, 256, 257}) {
+                if (small && n > 65) continue;
                 test_cases.emplace_back(new test_mul_mat(iq, f32, s[0], n, s[1], {1, 1}, {1, 1}));
             }
         }
@@ -57,6 +59,7 @@ mm = """
         // batch of two matrices: ours takes neither (packed weights, one matrix) and must leave them to ggml
         test_cases.emplace_back(new test_mul_mat(iq, f32, 4096, 8, 4096, {1, 1}, {1, 1}, {0, 1, 2, 3}, 4352));
         test_cases.emplace_back(new test_mul_mat(iq, f32, 4096, 6, 4096, {1, 1}, {1, 1}, {0, 1, 2, 3}, 4608));
+        test_cases.emplace_back(new test_mul_mat(iq, f32, 4096, 64, 4096, {1, 1}, {1, 1}, {0, 1, 2, 3}, 4352));
         test_cases.emplace_back(new test_mul_mat(iq, f32, 512, 8, 1024, {2, 1}, {1, 1}));
         return test_cases;
     }

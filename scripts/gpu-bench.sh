@@ -40,7 +40,7 @@
 #   scripts/gpu-bench.sh sanitize  # compute-sanitizer memcheck + racecheck over test-backend-ops' small cases of both of our kernels
 #   scripts/gpu-bench.sh smol      # SmolLM2 nf4 from the .carry-m1.. parts of scripts/pack-smol-carry.sh (sha256-checked)
 #   scripts/gpu-bench.sh mmkld     # issue 23: SmolLM2 nf4, llama-perplexity at 16/8/5-token micro-batches, our matvec's logits vs stock's (KLD)
-#   scripts/gpu-bench.sh mmops     # issue 23: test-backend-ops MUL_MAT IQ4_XS at 1..9 columns, CUDA vs CPU (both kernel sets)
+#   scripts/gpu-bench.sh mmops     # issue 23: test-backend-ops MUL_MAT IQ4_XS at 1..257 columns, CUDA vs CPU (each of OPS_KERNELS)
 #   scripts/gpu-bench.sh quantcpu  # CPU quantizer rows/s, .carry/quant-before vs .carry/quant-after (bench
 #                                  # binaries), interleaved, one pinned core of the host
 #   scripts/gpu-bench.sh attnsweep # attention at the lengths users have: KV f16/q8_0/q4_0 x B 1/16/64/128 x
@@ -582,7 +582,8 @@ build_backend_ops() {
   ( time cmake --build "$BUILD" -j "$JOBS" --target test-backend-ops ) >"$OUT/build-tests.log" 2>&1 || { tail -30 "$OUT/build-tests.log"; return 1; }
 }
 
-# The environment of a kernel set, by name: stock, ours (the defaults: matvec at 4-8 columns), ours-min1 (the
+# The environment of a kernel set, by name: stock, ours (the defaults: matvec at 4-8 columns, the many-column
+# kernel at 17-256, decode attention), oursmm9 (the many-column kernel from 9), oursnomm (without it), ours-min1 (the
 # matvec from 1 column), ours16 (up to 16 columns, where llama.cpp would use its mmq). (The v3 matvec's sets oursd /
 # oursdp were removed with v3's ggml path after it measured no faster than v2: commit d7eb195 has them.)
 kernel_env() {
@@ -591,7 +592,9 @@ kernel_env() {
     ours) echo AIRAVATA_CUDA_KERNELS=ours ;;
     ours-min1) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1 ;;
     ours16) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MAX_COLS=16 ;;
-    *) echo "unknown kernel set $1 (stock, ours, ours-min1, ours16)" >&2; return 1 ;;
+    oursmm9) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMM_MIN_COLS=9 ;;  # the many-column kernel from 9 columns
+    oursnomm) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMM_MAX_COLS=0 ;;  # ours without the many-column kernel
+    *) echo "unknown kernel set $1 (stock, ours, ours-min1, ours16, oursmm9, oursnomm)" >&2; return 1 ;;
   esac
 }
 

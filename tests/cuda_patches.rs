@@ -130,6 +130,7 @@ fn cuda_patches_apply_cleanly_to_the_pinned_source_and_only_once() {
         "mmv-airavata.cu",
         "mmv-airavata.cuh",
         "airavata-mmv-iq4xs.cuh",
+        "airavata-mmm-iq4xs.cuh",
         "airavata-switch.cuh",
     ] {
         assert!(cuda.join(f).is_file(), "{f} not copied");

@@ -4,7 +4,7 @@
 //   ./mmv_iq4xs            checks (all shapes x N x variants) then timing
 //   ./mmv_iq4xs --check    checks only, small shape set (for compute-sanitizer)
 //   ./mmv_iq4xs --quick    checks on the full shape set, no timing
-#include "mmv_iq4xs.cuh"
+#include "harness_util.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -26,66 +26,6 @@ void ggml_baseline_mmvq(const void *W, const void *vy, float *y, int nrows, int 
 #endif
 
 using namespace airavata;
-
-#define CK(x)                                                                                        \
-    do {                                                                                             \
-        cudaError_t e_ = (x);                                                                        \
-        if (e_ != cudaSuccess) {                                                                     \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #x); \
-            exit(2);                                                                                 \
-        }                                                                                            \
-    } while (0)
-#define CKL() CK(cudaGetLastError())
-
-// ------------------------------------------------------------------ host fp16
-static float h2f(uint16_t h) {
-    const uint32_t s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023;
-    float v;
-    if (e == 0) v = ldexpf((float)m, -24);
-    else if (e == 31) v = m ? NAN : INFINITY;
-    else v = ldexpf((float)(m | 1024), (int)e - 25);
-    return s ? -v : v;
-}
-static uint16_t f2h_rne(float f) {  // host float -> fp16, round to nearest even (for ggml's fp16 d)
-    __half h = __float2half_rn(f);
-    uint16_t u;
-    memcpy(&u, &h, 2);
-    return u;
-}
-
-// ------------------------------------------------------------------ random weights on device
-__device__ __forceinline__ uint64_t splitmix(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-// random valid blocks: random qs/scales bytes, d = +-2^U(-17,-9) (fp16, incl. subnormals;
-// real Llama IQ4_XS d are ~1e-5..1e-3)
-__global__ void gen_blocks(uint8_t *W, size_t nblocks, uint64_t seed) {
-    const size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= nblocks) return;
-    uint64_t *p = reinterpret_cast<uint64_t *>(W + b * IQ4XS_BYTES);
-    uint64_t st = splitmix(seed ^ (b * 0x632be59bd9b4e019ull));
-    const uint64_t r0 = splitmix(st);
-    const float u = (float)((r0 >> 11) & 0xffffff) / 16777216.0f;
-    float d = exp2f(-17.0f + 8.0f * u);
-    if (r0 & 1) d = -d;
-    const uint16_t dh = __half_as_ushort(__float2half_rn(d));
-    const uint64_t r1 = splitmix(st + 1);
-    p[0] = (uint64_t)dh | ((r1 & 0xffffull) << 16) | ((r1 >> 16) << 32);  // d, scales_h, scales_l
-    for (int i = 1; i < 17; ++i) p[i] = splitmix(st + 1 + i);
-}
-
-// ------------------------------------------------------------------ bandwidth probes
-__global__ void read_probe(const uint4 *__restrict__ p, size_t n, uint32_t *out) {
-    uint32_t acc = 0;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const uint4 v = __ldcs(p + i);
-        acc ^= v.x ^ v.y ^ v.z ^ v.w;
-    }
-    if (acc == 0x12345678u) out[0] = acc;
-}
 
 // ------------------------------------------------------------------ kernel dispatch
 __global__ void empty_kernel() {}

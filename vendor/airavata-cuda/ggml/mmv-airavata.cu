@@ -8,9 +8,15 @@
 //
 // The activations are quantized by our own kernel (int8 per 32 values with ggml's q8_1 rounding and its fp16
 // scale, in the tensor-core fragment order the matvec kernel reads), into a pool buffer.
+//
+// From AIRAVATA_MMM_MIN_COLS (default 17) to AIRAVATA_MMM_MAX_COLS (default 256) columns (decode at batch 17-256;
+// prefill's 512-token micro-batches stay with llama.cpp's mmq) the fp16 tensor-core kernel of
+// airavata-mmm-iq4xs.cuh takes over: activations converted once to fp16, no per-32 scaling, every output written
+// once (no stream-k fix-up).
 #include "mmv-airavata.cuh"
 #include "airavata-switch.cuh"
 #include "airavata-mmv-iq4xs.cuh"
+#include "airavata-mmm-iq4xs.cuh"
 
 #include <climits>
 
@@ -45,6 +51,57 @@ int64_t min_cols() {
 int64_t max_cols() {
     static const int64_t n = cols_from_env("AIRAVATA_MMV_MAX_COLS", 8);
     return n;
+}
+
+// The many-column kernel's range, 1..4096 each (AIRAVATA_MMM_MAX_COLS=0 turns it off).
+int64_t mmm_bound_from_env(const char * name, int64_t dflt) {
+    const char * e = getenv(name);
+    if (e == nullptr) {
+        return dflt;
+    }
+    const int v = atoi(e);
+    return v >= 0 && v <= 4096 ? (int64_t) v : dflt;
+}
+int64_t mmm_min_cols() {
+    static const int64_t n = mmm_bound_from_env("AIRAVATA_MMM_MIN_COLS", 17);
+    return n;
+}
+int64_t mmm_max_cols() {
+    static const int64_t n = mmm_bound_from_env("AIRAVATA_MMM_MAX_COLS", 256);
+    return n;
+}
+
+// Its tiles (vendor/airavata-cuda/mmm_iq4xs.cu times the variants): warps of 16 rows x 8*NF columns, WM x WN of
+// them, S ring stages of 256 columns of K.
+constexpr int MMM_S = 3;
+// 32 columns or fewer: 64 x 32 tiles (NF 4, WM 4, WN 1); more: 64 x 64 (NF 8).
+constexpr int mmm_nf(int64_t ncols) {
+    return ncols <= 32 ? 4 : 8;
+}
+constexpr int MMM_WM = 4, MMM_WN = 1;
+// Whether the tile for ncols columns fits the card's shared memory and the grid's y limit.
+bool mmm_fits(int64_t ncols, int64_t rows, size_t smpbo) {
+    const int smem = airavata::mmm_smem_bytes(airavata::mmm_bm(MMM_WM), airavata::mmm_bn(mmm_nf(ncols), MMM_WN), MMM_S);
+    return (size_t) smem + airavata::IQ4_F16_TAB_WORDS * 4 <= smpbo &&
+           (rows + airavata::mmm_bm(MMM_WM) - 1) / airavata::mmm_bm(MMM_WM) <= 65535;
+}
+template <int NF>
+void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, cudaStream_t stream) {
+    using namespace airavata;
+    constexpr int BM = mmm_bm(MMM_WM), BN = mmm_bn(NF, MMM_WN);
+    const int smem = mmm_smem_bytes(BM, BN, MMM_S);
+    CUDA_SET_SHARED_MEMORY_LIMIT((mmm_iq4xs_kernel<NF, MMM_WM, MMM_WN>), smem);
+    const dim3 grid((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
+    ggml_cuda_kernel_launch(mmm_iq4xs_kernel<NF, MMM_WM, MMM_WN>,
+                            ggml_cuda_kernel_launch_params(grid, dim3(32 * MMM_WM * MMM_WN), (size_t) smem, stream), W,
+                            xh, y, nrows, nb, ncols, nrows, MMM_S);
+}
+void mmm_launch(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, cudaStream_t stream) {
+    if (mmm_nf(ncols) == 4) {
+        mmm_launch_tile<4>(W, xh, y, nrows, nb, ncols, stream);
+    } else {
+        mmm_launch_tile<8>(W, xh, y, nrows, nb, ncols, stream);
+    }
 }
 
 // Dynamic shared memory of the kernel at ncols columns.
@@ -109,8 +166,10 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
         return false;
     }
     const int64_t K = src0->ne[0], rows = src0->ne[1], ncols = src1->ne[1];
-    if (ncols < min_cols() || ncols > max_cols() || K <= 0 || K % airavata::IQ4XS_QK != 0 || rows <= 0 ||
-        rows > INT_MAX / 2 || K / airavata::IQ4XS_QK > INT_MAX / 8) {
+    const bool mmv = ncols >= min_cols() && ncols <= max_cols();
+    const bool mmm = !mmv && ncols >= mmm_min_cols() && ncols <= mmm_max_cols();
+    if ((!mmv && !mmm) || K <= 0 || K % airavata::IQ4XS_QK != 0 || rows <= 0 || rows > INT_MAX / 2 ||
+        K / airavata::IQ4XS_QK > INT_MAX / 8 || ncols > INT_MAX / K) {
         return false;
     }
     // One matrix (no broadcast batches), rows of src0 packed; src1 columns of K floats at any float stride;
@@ -124,7 +183,30 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
     if (reinterpret_cast<uintptr_t>(src0->data) % 16 != 0) {  // 16-byte cp.async from 16-byte-aligned row spans
         return false;
     }
-    if ((size_t) smem_bytes(ncols) > ggml_cuda_info().devices[ctx.device].smpbo) {
+    const size_t smpbo = ggml_cuda_info().devices[ctx.device].smpbo;
+    if (mmm) {
+        if (!mmm_fits(ncols, rows, smpbo)) {
+            return false;
+        }
+        cudaStream_t stream = ctx.stream();
+        ggml_cuda_pool_alloc<half> xh(ctx.pool(), (size_t) ncols * K);
+        if (reinterpret_cast<uintptr_t>(xh.get()) % 16 != 0) {
+            return false;
+        }
+        const size_t n = (size_t) ncols * K;
+        ggml_cuda_kernel_launch(airavata::convert_x_f16,
+                                ggml_cuda_kernel_launch_params(dim3((unsigned) ((n + 255) / 256)), dim3(256), (size_t) 0, stream),
+                                (const float *) src1->data, (int) K, (int) (src1->nb[1] / sizeof(float)), (int) ncols,
+                                xh.get());
+        mmm_launch((const uint8_t *) src0->data, xh.get(), (float *) dst->data, (int) rows,
+                   (int) (K / airavata::IQ4XS_QK), (int) ncols, stream);
+        CUDA_CHECK(cudaGetLastError());
+        airavata_kernel_ran("mmm_iq4xs", [&] {
+            return std::to_string(rows) + "x" + std::to_string(K) + " cols " + std::to_string(ncols);
+        });
+        return true;
+    }
+    if ((size_t) smem_bytes(ncols) > smpbo) {
         return false;
     }
     const int nb   = (int) (K / airavata::IQ4XS_QK);

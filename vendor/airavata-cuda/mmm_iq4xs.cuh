@@ -1,0 +1,238 @@
+// mmm_iq4xs.cuh -- IQ4_XS weights x many activation columns (decode at batch 16..256) on fp16 tensor cores.
+//
+//   y[n][r] = sum_k W[r][k] * x[n][k],  r < nrows, n < ncols, k < K (K % 256 == 0)
+//
+// Weights: ggml's block_iq4_xs, rows packed, base 16-byte aligned (as for the matvec in mmv_iq4xs.cuh).
+// Why a second kernel: at 16+ columns the matvec's per-32-value int8 scaling (one float multiply-add per output
+// per 32 values) costs more issue slots than the weight stream allows, and each warp staging its own activations
+// multiplies shared-memory traffic by the warp count. Here:
+//   * the activations are converted ONCE per input to fp16 (convert_x_f16, in the order the decode produces the
+//     weights, xq_pos), so the tensor core accumulates over all of K in fp32 and no per-group scaling remains;
+//   * a CTA stages a BM-row x 256-column slice of the weights and the matching BN columns x 256 of activations
+//     with 16-byte cp.async into an S-stage ring shared by all its warps (one barrier per 256 columns);
+//   * each warp decodes its 16 rows once per 32-column sub-block into fp16 A fragments, exactly
+//     round_fp16(kv * round_fp16(d * (ls - 32))), and reuses them for its NF B fragments (8 columns each);
+//   * every output is written once (no split-K, no atomics, no fix-up kernel, deterministic).
+// The codebook lookup is a 16-entry select built from three PRMT (two 8-entry tables + a sign-mode mask), the
+// bytes become fp16 through the 0x64xx exponent (1024 + byte), one exact HSUB2 and one HMUL2 by the scale.
+#pragma once
+#if __has_include("mmv_iq4xs.cuh")
+#include "mmv_iq4xs.cuh"
+#else
+#include "airavata-mmv-iq4xs.cuh"  // its name inside ggml-cuda (scripts/apply-cuda-patches.sh)
+#endif
+
+namespace airavata {
+
+// kv + 128 (all 1..241, fit a byte): the table for indices 0..7 (UA) and 8..15 (UB).
+constexpr uint32_t UA0 = pack4(kv_iq4nl(0) + 128, kv_iq4nl(1) + 128, kv_iq4nl(2) + 128, kv_iq4nl(3) + 128);
+constexpr uint32_t UA1 = pack4(kv_iq4nl(4) + 128, kv_iq4nl(5) + 128, kv_iq4nl(6) + 128, kv_iq4nl(7) + 128);
+constexpr uint32_t UB0 = pack4(kv_iq4nl(8) + 128, kv_iq4nl(9) + 128, kv_iq4nl(10) + 128, kv_iq4nl(11) + 128);
+constexpr uint32_t UB1 = pack4(kv_iq4nl(12) + 128, kv_iq4nl(13) + 128, kv_iq4nl(14) + 128, kv_iq4nl(15) + 128);
+
+// Stage layout: BM weight rows of MMM_RS bytes (a row's 136-byte block copied from the 16-byte boundary at or
+// below it: <= 144 bytes), then BN activation columns of MMM_XS bytes (256 halves + 64: the quarter-warp's two
+// columns of a 16-byte read land in different banks).
+constexpr int MMM_RS = 176;
+constexpr int MMM_XS = 576;
+__host__ __device__ constexpr int mmm_stage_bytes(int BM, int BN) { return BM * MMM_RS + BN * MMM_XS; }
+__host__ __device__ constexpr int mmm_smem_bytes(int BM, int BN, int S) { return S * mmm_stage_bytes(BM, BN); }
+// Rows (BM) and columns (BN) of a CTA's tile for a (NF, WM, WN) kernel.
+__host__ __device__ constexpr int mmm_bm(int WM) { return 16 * WM; }
+__host__ __device__ constexpr int mmm_bn(int NF, int WN) { return 8 * NF * WN; }
+
+#ifdef __CUDACC__
+
+// f32 activations -> fp16 (column n at x + n*ldx, K values) into xh [ncols][K], each 32-group in xq_pos order.
+// Finite values beyond fp16's range are clamped to +-65504 (llama.cpp's own fp16 paths would give inf); NaN
+// stays NaN. x is the previous kernel's output (read after grid_dep_wait(), so not __restrict__).
+__global__ void __launch_bounds__(256) convert_x_f16(const float *x, int K, int ldx, int ncols,
+                                                     __half *__restrict__ xh) {
+    grid_dep_wait();
+    grid_dep_launch();
+    const size_t i = (size_t)blockIdx.x * 256 + threadIdx.x;
+    if (i >= (size_t)ncols * K) return;
+    const int n = (int)(i / (size_t)K), k = (int)(i % (size_t)K);
+    float v = x[(size_t)n * ldx + k];
+    if (fabsf(v) > 65504.0f) v = copysignf(65504.0f, v);  // false for NaN
+    xh[(size_t)n * K + (k & ~31) + xq_pos(k & 31)] = __float2half_rn(v);
+}
+
+__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void *src, int src_bytes) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+#endif
+}
+
+__device__ __forceinline__ void mma_f16_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                              uint32_t b0, uint32_t b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+// The 8 weights of one 4-byte qs word (bytes 4tq..4tq+3 of a 32-column sub-block, one row) times the sub-block's
+// fp16 scale s2, as 4 half2: h[i] = (byte i low nibble, byte i high nibble) = columns (4tq + i, 16 + 4tq + i).
+struct Half8 {
+    uint32_t h[4];
+};
+__device__ __forceinline__ uint32_t h2_bits(__half2 v) { return *reinterpret_cast<uint32_t *>(&v); }
+__device__ __forceinline__ __half2 bits_h2(uint32_t v) { return *reinterpret_cast<__half2 *>(&v); }
+// The decode's constant words, in registers. Written as constants (or through __shfl_sync), ptxas keeps them in
+// uniform registers and moves each into a vector register before every use (SASS: one IMAD.U32 per table per
+// word, ~10 % of the decode); so each lane loads them from its own copy in shared memory, once.
+struct Iq4F16Tables {
+    uint32_t ua0, ua1, ub0, ub1, m7f, h64;
+};
+constexpr int IQ4_F16_TAB_WORDS = 32 * 6;  // __shared__ words iq4_f16_tables needs
+__device__ __forceinline__ Iq4F16Tables iq4_f16_tables(uint32_t *tab /* __shared__ [IQ4_F16_TAB_WORDS] */) {
+    for (int i = threadIdx.x; i < IQ4_F16_TAB_WORDS; i += blockDim.x) {
+        const int j = i % 6;
+        tab[i] = j == 0 ? UA0 : j == 1 ? UA1 : j == 2 ? UB0 : j == 3 ? UB1 : j == 4 ? 0x7f7f7f7fu : 0x64646464u;
+    }
+    __syncthreads();
+    const uint32_t *t = tab + 6 * (threadIdx.x & 31);
+    return {t[0], t[1], t[2], t[3], t[4], t[5]};
+}
+__device__ __forceinline__ Half8 iq4_decode_f16(uint32_t w, __half2 s2, const Iq4F16Tables &t) {
+    const uint32_t idx7 = w & 0x77777777u;  // no selector nibble in PRMT's sign mode
+    const __half2 off = __float2half2_rn(1152.0f);  // 1024 (the 0x64 exponent byte) + 128 (the table's offset)
+    Half8 o;
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+        const uint32_t raw = p ? w >> 16 : w, sel = p ? idx7 >> 16 : idx7;
+        const uint32_t a = prmt(t.ua0, t.ua1, sel);  // kv[idx & 7] + 128
+        const uint32_t b = prmt(t.ub0, t.ub1, sel);  // kv[8 + (idx & 7)] + 128
+        const uint32_t m = prmt(t.m7f, t.m7f, raw);  // sign mode where idx >= 8: 0x7f / 0x00
+        const uint32_t mask = m | (m << 1);          // 0xff where idx < 8
+        const uint32_t u = (a & mask) | (b & ~mask); // kv[idx] + 128
+        const uint32_t h01 = prmt(u, t.h64, 0x4140u), h23 = prmt(u, t.h64, 0x4342u);
+        o.h[2 * p] = h2_bits(__hmul2(__hsub2(bits_h2(h01), off), s2));
+        o.h[2 * p + 1] = h2_bits(__hmul2(__hsub2(bits_h2(h23), off), s2));
+    }
+    return o;
+}
+
+// One CTA: rows [16*WM*bx, +16*WM) x columns [8*NF*WN*by, +8*NF*WN). Warp (wm, wn) computes 16 rows x 8*NF
+// columns. S >= 2 ring stages (run time), each one IQ4_XS block (256 columns of K).
+template <int NF, int WM, int WN>
+__global__ void __launch_bounds__(32 * WM * WN)
+    mmm_iq4xs_kernel(const uint8_t *__restrict__ W, const __half *xh, float *__restrict__ y, const int nrows,
+                     const int nb, const int ncols, const int ldy, const int S) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN), NT = 32 * WM * WN;
+    constexpr int STAGE = mmm_stage_bytes(BM, BN);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wm = warp % WM, wn = warp / WM;
+    const int g = lane >> 2, tq = lane & 3;
+    const size_t rowbytes = (size_t)nb * IQ4XS_BYTES;
+    const size_t total = (size_t)nrows * rowbytes;
+    const size_t K = (size_t)nb * IQ4XS_QK;
+    const int row0 = blockIdx.x * BM, col0 = blockIdx.y * BN;
+    const uint32_t smem_s = (uint32_t)__cvta_generic_to_shared(smem);
+
+    // Block u of row R starts 8*((R*nb + u) & 1) bytes past a 16-byte boundary; it is copied from that boundary.
+    auto issue_w = [&](int u, int s) {
+        const uint32_t base = smem_s + s * STAGE;
+        for (int c = threadIdx.x; c < BM * 9; c += NT) {
+            const int r = c / 9, j = c - 9 * (c / 9);
+            const int R = row0 + r;
+            if (R < nrows) {
+                const int off = (int)(((long long)R * nb + u) & 1) * 8;
+                const size_t A = (size_t)R * rowbytes + (size_t)u * IQ4XS_BYTES - off;
+                if (16 * j < off + IQ4XS_BYTES) cp_async_w(base + r * MMM_RS + 16 * j, W + A + 16 * j, total - (A + 16 * j));
+            }
+        }
+    };
+    // Columns past ncols are zero-filled (their outputs are not stored, but nothing reads unwritten memory).
+    auto issue_x = [&](int u, int s) {
+        const uint32_t base = smem_s + s * STAGE + BM * MMM_RS;
+        for (int c = threadIdx.x; c < BN * 32; c += NT) {
+            const int n = c >> 5, j = c & 31;
+            const int col = col0 + n;
+            const bool in = col < ncols;
+            cp_async16_zfill(base + n * MMM_XS + 16 * j, xh + (in ? (size_t)col * K + (size_t)u * IQ4XS_QK + 8 * j : 0),
+                             in ? 16 : 0);
+        }
+    };
+
+    float acc[NF][4];
+#pragma unroll
+    for (int f = 0; f < NF; ++f)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[f][i] = 0.0f;
+
+    // This warp's rows ra and ra + 8 of the tile; the parity of R*nb gives each block's 0/8-byte offset.
+    const int ra = 16 * wm + g;
+    const int para = (int)(((long long)(row0 + ra) * nb) & 1), parb = (int)(((long long)(row0 + ra + 8) * nb) & 1);
+    const int xcol = (8 * NF * wn + g) * MMM_XS + 16 * tq;  // this lane's B fragment bytes in fragment 0
+    __shared__ uint32_t tab_words[IQ4_F16_TAB_WORDS];
+    const Iq4F16Tables tab = iq4_f16_tables(tab_words);
+
+    // Prologue: weights of the first S-1 blocks before waiting for the kernel that wrote the activations.
+    for (int s = 0; s < S - 1; ++s)
+        if (s < nb) issue_w(s, s);
+    grid_dep_wait();
+    for (int s = 0; s < S - 1; ++s) {
+        if (s < nb) issue_x(s, s);
+        cp_async_commit();
+    }
+
+    for (int k = 0; k < nb; ++k) {
+        cp_async_wait_dyn(S - 2);  // block k's group is complete
+        __syncthreads();           // ... for every thread; and every warp is done with block k - 1's slot
+        {
+            const int kn = k + S - 1;
+            if (kn < nb) {
+                issue_w(kn, kn % S);
+                issue_x(kn, kn % S);
+            }
+            cp_async_commit();
+        }
+        const uint8_t *slot = smem + (k % S) * STAGE;
+        const uint8_t *pa = slot + ra * MMM_RS + ((para ^ k) & 1) * 8;
+        const uint8_t *pb = slot + (ra + 8) * MMM_RS + ((parb ^ k) & 1) * 8;
+        const uint8_t *xs = slot + BM * MMM_RS + xcol;
+        const uint2 ha = *reinterpret_cast<const uint2 *>(pa), hb = *reinterpret_cast<const uint2 *>(pb);
+        const float da = __half2float(__ushort_as_half((unsigned short)(ha.x & 0xffffu)));
+        const float db = __half2float(__ushort_as_half((unsigned short)(hb.x & 0xffffu)));
+#pragma unroll
+        for (int sb = 0; sb < 8; ++sb) {
+            const uint32_t wa = *reinterpret_cast<const uint32_t *>(pa + 8 + 16 * sb + 4 * tq);
+            const uint32_t wb = *reinterpret_cast<const uint32_t *>(pb + 8 + 16 * sb + 4 * tq);
+            const __half2 sa = __float2half2_rn(da * (float)(iq4xs_sub_scale(ha.y, ha.x >> 16, sb) - 32));
+            const __half2 sbs = __float2half2_rn(db * (float)(iq4xs_sub_scale(hb.y, hb.x >> 16, sb) - 32));
+            const Half8 ga = iq4_decode_f16(wa, sa, tab), gb = iq4_decode_f16(wb, sbs, tab);  // rows g and g + 8
+#pragma unroll
+            for (int f = 0; f < NF; ++f) {
+                const uint4 b = *reinterpret_cast<const uint4 *>(xs + 8 * f * MMM_XS + 64 * sb);
+                // k-step 0: columns (4tq, 16+4tq | 4tq+1, 17+4tq); k-step 1: (4tq+2, 18+4tq | 4tq+3, 19+4tq)
+                mma_f16_16816(acc[f], ga.h[0], gb.h[0], ga.h[1], gb.h[1], b.x, b.y);
+                mma_f16_16816(acc[f], ga.h[2], gb.h[2], ga.h[3], gb.h[3], b.z, b.w);
+            }
+        }
+    }
+    cp_async_wait_dyn(0);
+    grid_dep_launch();
+
+    const int r = row0 + ra;
+#pragma unroll
+    for (int f = 0; f < NF; ++f) {
+        const int c = col0 + 8 * NF * wn + 8 * f + 2 * tq;
+        if (r < nrows) {
+            if (c < ncols) y[(size_t)c * ldy + r] = acc[f][0];
+            if (c + 1 < ncols) y[(size_t)(c + 1) * ldy + r] = acc[f][1];
+        }
+        if (r + 8 < nrows) {
+            if (c < ncols) y[(size_t)c * ldy + r + 8] = acc[f][2];
+            if (c + 1 < ncols) y[(size_t)(c + 1) * ldy + r + 8] = acc[f][3];
+        }
+    }
+}
+
+#endif  // __CUDACC__
+
+}  // namespace airavata

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Build the IQ4_XS many-column (batch 16-256) tensor-core harness (mmm_iq4xs.cu) and run compute-sanitizer
+# (memcheck, racecheck on --check), the full checks and the timing table. Results in OUT (default ./out-mmm).
+set -euo pipefail
+cd "$(dirname "$0")"
+OUT=${OUT:-$PWD/out-mmm}
+mkdir -p "$OUT" build
+ARCHS=${ARCHS:-"-gencode=arch=compute_90a,code=sm_90a"}
+nvcc -O3 -std=c++17 $ARCHS -Xptxas -v -lineinfo -Xcompiler -static-libstdc++ -Xcompiler -static-libgcc \
+  mmm_iq4xs.cu -o build/mmm_iq4xs 2> "$OUT/ptxas-mmm.log" || { cat "$OUT/ptxas-mmm.log"; exit 1; }
+grep -E "registers|spill" "$OUT/ptxas-mmm.log" | sed -E 's/ptxas info *: //' | sort | uniq -c | head -20
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/nvidia-smi.txt"
+if [ "${NO_SANITIZER:-0}" != 1 ]; then
+  compute-sanitizer --tool memcheck --error-exitcode 9 build/mmm_iq4xs --check > "$OUT/memcheck.log" 2>&1 \
+    && echo "memcheck: clean" || { echo "memcheck: FAILED"; tail -20 "$OUT/memcheck.log"; }
+  compute-sanitizer --tool racecheck --error-exitcode 9 build/mmm_iq4xs --check > "$OUT/racecheck.log" 2>&1 \
+    && echo "racecheck: clean" || { echo "racecheck: FAILED"; tail -20 "$OUT/racecheck.log"; }
+fi
+build/mmm_iq4xs "$@" 2>&1 | tee "$OUT/mmm.txt"
