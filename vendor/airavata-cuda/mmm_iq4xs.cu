@@ -67,6 +67,8 @@ static bool mmm_launch(const Cfg &c, const uint8_t *W, const __half *xh, float *
     MMM_CASE(8, 8, 1)
     MMM_CASE(4, 8, 1)
     MMM_CASE(8, 4, 2)
+    MMM_CASE(8, 2, 1)
+    MMM_CASE(4, 2, 1)
 #undef MMM_CASE
     return false;
 }
@@ -164,7 +166,7 @@ int main(int argc, char **argv) {
     std::vector<Cfg> cfgs;
     for (int S : {2, 3, 4})
         for (auto t : std::vector<std::array<int, 3>>{{2, 4, 1}, {4, 4, 1}, {4, 2, 2}, {8, 4, 1}, {4, 4, 2}, {8, 8, 1},
-                                                       {4, 8, 1}, {8, 4, 2}})
+                                                       {4, 8, 1}, {8, 4, 2}, {8, 2, 1}, {4, 2, 1}})
             cfgs.push_back({t[0], t[1], t[2], S});
 
     // ---------------------------------------------------------------- checks
