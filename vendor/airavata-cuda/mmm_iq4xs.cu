@@ -6,7 +6,7 @@
 //   ./mmm_iq4xs --quick    checks only
 //
 // Checks, against references computed on the host in double:
-//   * "fp16": sum_k h(W[r][k]) * h(x[n][k]) with h(W) = fp16(kv * fp16(d * (ls - 32))) and h(x) = fp16(x):
+//   * "fp16": sum_k h(W[r][k]) * h(x[n][k]) / 2^8 with h(W) = fp16(kv * fp16(2^8 * d * (ls - 32))), h(x) = fp16(x):
 //     the kernel's own function up to the order of fp32 sums; bound BOUND_F16 (normwise relative);
 //   * "exact": sum_k W[r][k] * x[n][k] with ggml's dequantization (f32 d * (ls - 32) * kv): reported, bound
 //     BOUND_EXACT (what rounding weights and activations to fp16 may cost);
@@ -102,15 +102,15 @@ static HostW host_dequant(const std::vector<uint8_t> &Wh, int rows, int K) {
             for (int sb = 0; sb < 8; ++sb) {
                 const int ls = ((blk[4 + sb / 2] >> (4 * (sb & 1))) & 15) | (((sh >> (2 * sb)) & 3) << 4);
                 const float dl = d * (float)(ls - 32);  // ggml: exact in f32
-                const float dl16 = h2f(f2h_rne(dl));
+                const float dl16 = h2f(f2h_rne(dl * MMM_W_SCALE)) / MMM_W_SCALE;  // exact: powers of two
                 for (int j = 0; j < 16; ++j) {
                     const uint8_t q = blk[8 + 16 * sb + j];
                     const int k0 = b * IQ4XS_QK + 32 * sb + j;
                     const int lo = kv_iq4nl(q & 15), hi = kv_iq4nl(q >> 4);
                     o.exact[(size_t)r * K + k0] = dl * (float)lo;
                     o.exact[(size_t)r * K + k0 + 16] = dl * (float)hi;
-                    o.f16[(size_t)r * K + k0] = h2f(f2h_rne(dl16 * (float)lo));
-                    o.f16[(size_t)r * K + k0 + 16] = h2f(f2h_rne(dl16 * (float)hi));
+                    o.f16[(size_t)r * K + k0] = h2f(f2h_rne(dl16 * MMM_W_SCALE * (float)lo)) / MMM_W_SCALE;
+                    o.f16[(size_t)r * K + k0 + 16] = h2f(f2h_rne(dl16 * MMM_W_SCALE * (float)hi)) / MMM_W_SCALE;
                 }
             }
         }

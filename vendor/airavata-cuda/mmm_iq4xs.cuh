@@ -11,7 +11,10 @@
 //   * a CTA stages a BM-row x 256-column slice of the weights and the matching BN columns x 256 of activations
 //     with 16-byte cp.async into an S-stage ring shared by all its warps (one barrier per 256 columns);
 //   * each warp decodes its 16 rows once per 32-column sub-block into fp16 A fragments, exactly
-//     round_fp16(kv * round_fp16(d * (ls - 32))), and reuses them for its NF B fragments (8 columns each);
+//     round_fp16(kv * round_fp16(2^8 * d * (ls - 32))), and reuses them for its NF B fragments (8 columns each);
+//     the 2^8 (undone exactly on the fp32 result) keeps the scales of small blocks out of fp16's subnormal range
+//     (real IQ4_XS d reach 1e-5; d * (ls - 32) below 6.1e-5 would lose mantissa bits), at the cost of weights
+//     beyond +-255 (none in an LLM's linear layers; they would become inf);
 //   * every output is written once (no split-K, no atomics, no fix-up kernel, deterministic).
 // The codebook lookup is a 16-entry select built from three PRMT (two 8-entry tables + a sign-mode mask), the
 // bytes become fp16 through the 0x64xx exponent (1024 + byte), one exact HSUB2 and one HMUL2 by the scale.
@@ -34,6 +37,7 @@ constexpr uint32_t UB1 = pack4(kv_iq4nl(12) + 128, kv_iq4nl(13) + 128, kv_iq4nl(
 // below it: <= 144 bytes), then BN activation columns of MMM_XS bytes (256 halves + 64: the quarter-warp's two
 // columns of a 16-byte read land in different banks).
 constexpr int MMM_RS = 176;
+constexpr float MMM_W_SCALE = 256.0f;  // the weights' fp16 scale (a power of two: undone exactly)
 constexpr int MMM_XS = 576;
 __host__ __device__ constexpr int mmm_stage_bytes(int BM, int BN) { return BM * MMM_RS + BN * MMM_XS; }
 __host__ __device__ constexpr int mmm_smem_bytes(int BM, int BN, int S) { return S * mmm_stage_bytes(BM, BN); }
@@ -197,14 +201,15 @@ __global__ void __launch_bounds__(32 * WM * WN)
         const uint8_t *pb = slot + (ra + 8) * MMM_RS + ((parb ^ k) & 1) * 8;
         const uint8_t *xs = slot + BM * MMM_RS + xcol;
         const uint2 ha = *reinterpret_cast<const uint2 *>(pa), hb = *reinterpret_cast<const uint2 *>(pb);
-        const float da = __half2float(__ushort_as_half((unsigned short)(ha.x & 0xffffu)));
-        const float db = __half2float(__ushort_as_half((unsigned short)(hb.x & 0xffffu)));
+        const float da = MMM_W_SCALE * __half2float(__ushort_as_half((unsigned short)(ha.x & 0xffffu)));
+        const float db = MMM_W_SCALE * __half2float(__ushort_as_half((unsigned short)(hb.x & 0xffffu)));
 #pragma unroll
         for (int sb = 0; sb < 8; ++sb) {
             const uint32_t wa = *reinterpret_cast<const uint32_t *>(pa + 8 + 16 * sb + 4 * tq);
             const uint32_t wb = *reinterpret_cast<const uint32_t *>(pb + 8 + 16 * sb + 4 * tq);
             const __half2 sa = __float2half2_rn(da * (float)(iq4xs_sub_scale(ha.y, ha.x >> 16, sb) - 32));
             const __half2 sbs = __float2half2_rn(db * (float)(iq4xs_sub_scale(hb.y, hb.x >> 16, sb) - 32));
+            // (da, db carry the factor MMM_W_SCALE)
             const Half8 ga = iq4_decode_f16(wa, sa, tab), gb = iq4_decode_f16(wb, sbs, tab);  // rows g and g + 8
 #pragma unroll
             for (int f = 0; f < NF; ++f) {
@@ -219,8 +224,11 @@ __global__ void __launch_bounds__(32 * WM * WN)
     grid_dep_launch();
 
     const int r = row0 + ra;
+    constexpr float unscale = 1.0f / MMM_W_SCALE;
 #pragma unroll
     for (int f = 0; f < NF; ++f) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[f][i] *= unscale;
         const int c = col0 + 8 * NF * wn + 8 * f + 2 * tq;
         if (r < nrows) {
             if (c < ncols) y[(size_t)c * ldy + r] = acc[f][0];
