@@ -27,10 +27,10 @@ static const double BOUND_F16 = 1e-5;
 static const double BOUND_EXACT = 2e-3;
 
 struct Cfg {
-    int NF, WM, WN, S;
+    int NF, WM, WN, WK, S;
     std::string name() const {
         char b[48];
-        snprintf(b, sizeof b, "F%d.M%d.N%d.S%d", NF, WM, WN, S);
+        snprintf(b, sizeof b, "F%d.M%d.N%d.K%d.S%d", NF, WM, WN, WK, S);
         return b;
     }
     int bm() const { return mmm_bm(WM); }
@@ -38,7 +38,7 @@ struct Cfg {
 };
 static int g_smem_optin = 0;
 
-template <int NF, int WM, int WN>
+template <int NF, int WM, int WN, int WK>
 static bool launch_t(int S, const uint8_t *W, const __half *xh, float *y, int nrows, int nb, int ncols,
                      cudaStream_t st) {
     constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN);
@@ -46,29 +46,32 @@ static bool launch_t(int S, const uint8_t *W, const __half *xh, float *y, int nr
     if (smem + IQ4_F16_TAB_WORDS * 4 > g_smem_optin) return false;  // + the kernel's static tables
     static int attr = 48 * 1024;
     if (smem > attr) {
-        CK(cudaFuncSetAttribute(mmm_iq4xs_kernel<NF, WM, WN>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        CK(cudaFuncSetAttribute(mmm_iq4xs_kernel<NF, WM, WN, WK>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         attr = smem;
     }
     const dim3 grid((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
-    mmm_iq4xs_kernel<NF, WM, WN><<<grid, 32 * WM * WN, smem, st>>>(W, xh, y, nrows, nb, ncols, nrows, S);
+    mmm_iq4xs_kernel<NF, WM, WN, WK><<<grid, 32 * WM * WN * WK, smem, st>>>(W, xh, y, nrows, nb, ncols, nrows, S);
     CKL();
     return true;
 }
 
 static bool mmm_launch(const Cfg &c, const uint8_t *W, const __half *xh, float *y, int nrows, int nb, int ncols,
                        cudaStream_t st) {
-#define MMM_CASE(nf, wm, wn) \
-    if (c.NF == nf && c.WM == wm && c.WN == wn) return launch_t<nf, wm, wn>(c.S, W, xh, y, nrows, nb, ncols, st);
-    MMM_CASE(2, 4, 1)
-    MMM_CASE(4, 4, 1)
-    MMM_CASE(4, 2, 2)
-    MMM_CASE(8, 4, 1)
-    MMM_CASE(4, 4, 2)
-    MMM_CASE(8, 8, 1)
-    MMM_CASE(4, 8, 1)
-    MMM_CASE(8, 4, 2)
-    MMM_CASE(8, 2, 1)
-    MMM_CASE(4, 2, 1)
+#define MMM_CASE(nf, wm, wn, wk)                            \
+    if (c.NF == nf && c.WM == wm && c.WN == wn && c.WK == wk) \
+        return launch_t<nf, wm, wn, wk>(c.S, W, xh, y, nrows, nb, ncols, st);
+    MMM_CASE(2, 4, 1, 1)
+    MMM_CASE(4, 4, 1, 1)
+    MMM_CASE(8, 4, 1, 1)
+    MMM_CASE(2, 4, 1, 4)
+    MMM_CASE(4, 4, 1, 2)
+    MMM_CASE(4, 4, 1, 4)
+    MMM_CASE(8, 4, 1, 2)
+    MMM_CASE(8, 4, 1, 4)
+    MMM_CASE(4, 2, 1, 4)
+    MMM_CASE(8, 2, 1, 4)
+    MMM_CASE(4, 2, 1, 8)
+    MMM_CASE(8, 2, 1, 8)
 #undef MMM_CASE
     return false;
 }
@@ -165,9 +168,10 @@ int main(int argc, char **argv) {
 
     std::vector<Cfg> cfgs;
     for (int S : {2, 3, 4})
-        for (auto t : std::vector<std::array<int, 3>>{{2, 4, 1}, {4, 4, 1}, {4, 2, 2}, {8, 4, 1}, {4, 4, 2}, {8, 8, 1},
-                                                       {4, 8, 1}, {8, 4, 2}, {8, 2, 1}, {4, 2, 1}})
-            cfgs.push_back({t[0], t[1], t[2], S});
+        for (auto t : std::vector<std::array<int, 4>>{{2, 4, 1, 1}, {4, 4, 1, 1}, {8, 4, 1, 1}, {2, 4, 1, 4}, {4, 4, 1, 2},
+                                                       {4, 4, 1, 4}, {8, 4, 1, 2}, {8, 4, 1, 4}, {4, 2, 1, 4}, {8, 2, 1, 4},
+                                                       {4, 2, 1, 8}, {8, 2, 1, 8}})
+            cfgs.push_back({t[0], t[1], t[2], t[3], S});
 
     // ---------------------------------------------------------------- checks
     std::vector<Shape> cshapes = {{16, 256, ""}, {37, 512, ""}, {64, 256, ""}, {129, 768, ""}, {200, 1024, ""}};

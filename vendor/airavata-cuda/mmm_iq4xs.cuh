@@ -120,22 +120,27 @@ __device__ __forceinline__ Half8 iq4_decode_f16(uint32_t w, __half2 s2, const Iq
     return o;
 }
 
-// One CTA: rows [16*WM*bx, +16*WM) x columns [8*NF*WN*by, +8*NF*WN). Warp (wm, wn) computes 16 rows x 8*NF
-// columns. S >= 2 ring stages (run time), each one IQ4_XS block (256 columns of K).
-template <int NF, int WM, int WN>
-__global__ void __launch_bounds__(32 * WM * WN)
+// One CTA: columns [8*NF*WN*bx, +8*NF*WN) x rows [16*WM*by, +16*WM). Warp (wm, wn, wk) computes 16 rows x 8*NF
+// columns over sub-blocks [8/WK*wk, 8/WK*(wk+1)) of every 256 columns of K; the WK partial sums are added in
+// shared memory at the end (WK > 1: more warps in flight per SM; measured in session 21: one warp per scheduler
+// left the decode's latency exposed, 33 us for 4096 x 4096 at any tile shape). S >= 2 ring stages (run time),
+// each one IQ4_XS block (256 columns of K).
+template <int NF, int WM, int WN, int WK = 1>
+__global__ void __launch_bounds__(32 * WM * WN * WK)
     mmm_iq4xs_kernel(const uint8_t *__restrict__ W, const __half *xh, float *__restrict__ y, const int nrows,
                      const int nb, const int ncols, const int ldy, const int S) {
     extern __shared__ __align__(16) uint8_t smem[];
-    constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN), NT = 32 * WM * WN;
+    constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN), NT = 32 * WM * WN * WK;
     constexpr int STAGE = mmm_stage_bytes(BM, BN);
+    static_assert(WK == 1 || WK == 2 || WK == 4 || WK == 8, "WK divides the 8 sub-blocks");
+    constexpr int SBW = 8 / WK;  // sub-blocks per warp per stage
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wm = warp % WM, wn = warp / WM;
+    const int wm = warp % WM, wn = (warp / WM) % WN, wk = warp / (WM * WN);
     const int g = lane >> 2, tq = lane & 3;
     const size_t rowbytes = (size_t)nb * IQ4XS_BYTES;
     const size_t total = (size_t)nrows * rowbytes;
     const size_t K = (size_t)nb * IQ4XS_QK;
-    const int row0 = blockIdx.x * BM, col0 = blockIdx.y * BN;
+    const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;  // x: column tiles, adjacent CTAs share weights
     const uint32_t smem_s = (uint32_t)__cvta_generic_to_shared(smem);
 
     // Block u of row R starts 8*((R*nb + u) & 1) bytes past a 16-byte boundary; it is copied from that boundary.
@@ -204,7 +209,8 @@ __global__ void __launch_bounds__(32 * WM * WN)
         const float da = MMM_W_SCALE * __half2float(__ushort_as_half((unsigned short)(ha.x & 0xffffu)));
         const float db = MMM_W_SCALE * __half2float(__ushort_as_half((unsigned short)(hb.x & 0xffffu)));
 #pragma unroll
-        for (int sb = 0; sb < 8; ++sb) {
+        for (int i = 0; i < SBW; ++i) {
+            const int sb = SBW * wk + i;
             const uint32_t wa = *reinterpret_cast<const uint32_t *>(pa + 8 + 16 * sb + 4 * tq);
             const uint32_t wb = *reinterpret_cast<const uint32_t *>(pb + 8 + 16 * sb + 4 * tq);
             const __half2 sa = __float2half2_rn(da * (float)(iq4xs_sub_scale(ha.y, ha.x >> 16, sb) - 32));
@@ -222,6 +228,26 @@ __global__ void __launch_bounds__(32 * WM * WN)
     }
     cp_async_wait_dyn(0);
     grid_dep_launch();
+
+    if (WK > 1) {  // add the K slices' partial sums: warps wk > 0 leave theirs in the (now idle) ring
+        __syncthreads();
+        float *red = reinterpret_cast<float *>(smem);  // [WK - 1][WM * WN warps][NF * 4][32 lanes]
+        const int wmn = warp % (WM * WN);
+        if (wk > 0) {
+#pragma unroll
+            for (int f = 0; f < NF; ++f)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) red[(((wk - 1) * WM * WN + wmn) * NF * 4 + f * 4 + i) * 32 + lane] = acc[f][i];
+        }
+        __syncthreads();
+        if (wk > 0) return;
+#pragma unroll
+        for (int j = 1; j < WK; ++j)
+#pragma unroll
+            for (int f = 0; f < NF; ++f)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[f][i] += red[(((j - 1) * WM * WN + wmn) * NF * 4 + f * 4 + i) * 32 + lane];
+    }
 
     const int r = row0 + ra;
     constexpr float unscale = 1.0f / MMM_W_SCALE;
