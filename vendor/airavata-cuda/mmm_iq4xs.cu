@@ -72,6 +72,10 @@ static bool mmm_launch(const Cfg &c, const uint8_t *W, const __half *xh, float *
     MMM_CASE(8, 2, 1, 4)
     MMM_CASE(4, 2, 1, 8)
     MMM_CASE(8, 2, 1, 8)
+    MMM_CASE(2, 1, 1, 8)
+    MMM_CASE(4, 1, 1, 8)
+    MMM_CASE(8, 1, 1, 8)
+    MMM_CASE(4, 1, 1, 4)
 #undef MMM_CASE
     return false;
 }
@@ -154,11 +158,13 @@ struct Shape {
 };
 
 int main(int argc, char **argv) {
-    bool check_small = false, quick = false;
+    bool check_small = false, quick = false, time_only = false;
     for (int i = 1; i < argc; ++i) {
         if (!strcmp(argv[i], "--check")) check_small = true;
         else if (!strcmp(argv[i], "--quick")) quick = true;
+        else if (!strcmp(argv[i], "--time-only")) time_only = true;  // timing without the checks (a re-run)
     }
+    const char *only = getenv("MMM_ONLY");  // time only the variants whose name contains this
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     g_smem_optin = (int)prop.sharedMemPerBlockOptin;
@@ -170,13 +176,15 @@ int main(int argc, char **argv) {
     for (int S : {2, 3, 4})
         for (auto t : std::vector<std::array<int, 4>>{{2, 4, 1, 1}, {4, 4, 1, 1}, {8, 4, 1, 1}, {2, 4, 1, 4}, {4, 4, 1, 2},
                                                        {4, 4, 1, 4}, {8, 4, 1, 2}, {8, 4, 1, 4}, {4, 2, 1, 4}, {8, 2, 1, 4},
-                                                       {4, 2, 1, 8}, {8, 2, 1, 8}})
+                                                       {4, 2, 1, 8}, {8, 2, 1, 8}, {2, 1, 1, 8}, {4, 1, 1, 8},
+                                                       {8, 1, 1, 8}, {4, 1, 1, 4}})
             cfgs.push_back({t[0], t[1], t[2], t[3], S});
 
     // ---------------------------------------------------------------- checks
     std::vector<Shape> cshapes = {{16, 256, ""}, {37, 512, ""}, {64, 256, ""}, {129, 768, ""}, {200, 1024, ""}};
+    if (time_only) cshapes.clear();
     std::vector<int> cNs = {1, 5, 16, 17, 33, 64, 65, 130};
-    if (!check_small) {
+    if (!check_small && !time_only) {
         cshapes.push_back({1000, 2048, ""});
         cshapes.push_back({4096, 4096, ""});
         cNs.push_back(256);
@@ -329,6 +337,7 @@ int main(int argc, char **argv) {
             std::string all;
             for (const Cfg &c : cfgs) {
                 if (c.bn() > 2 * N && c.bn() > 16) continue;  // a tile mostly of padding
+                if (only && !strstr(c.name().c_str(), only)) continue;
                 const uint8_t *Wb = pool;
                 if (!mmm_launch(c, Wb, dxh, dy, sh.rows, nb, N, st)) continue;
                 const float ms = time_ms(
