@@ -582,8 +582,8 @@ build_backend_ops() {
   ( time cmake --build "$BUILD" -j "$JOBS" --target test-backend-ops ) >"$OUT/build-tests.log" 2>&1 || { tail -30 "$OUT/build-tests.log"; return 1; }
 }
 
-# The environment of a kernel set, by name: stock, ours (the defaults: matvec at 4-8 columns, the many-column
-# kernel at 17-256, decode attention), oursmm9 (the many-column kernel from 9), oursnomm (without it), ours-min1 (the
+# The environment of a kernel set, by name: stock, ours (the defaults: matvec at 4-8 columns, decode attention),
+# oursmm (+ the many-column kernel at 17-256, off by default), oursmm9 (the same from 9 columns), ours-min1 (the
 # matvec from 1 column), ours16 (up to 16 columns, where llama.cpp would use its mmq). (The v3 matvec's sets oursd /
 # oursdp were removed with v3's ggml path after it measured no faster than v2: commit d7eb195 has them.)
 kernel_env() {
@@ -592,9 +592,9 @@ kernel_env() {
     ours) echo AIRAVATA_CUDA_KERNELS=ours ;;
     ours-min1) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MIN_COLS=1 ;;
     ours16) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMV_MAX_COLS=16 ;;
-    oursmm9) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMM_MIN_COLS=9 ;;  # the many-column kernel from 9 columns
-    oursnomm) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMM_MAX_COLS=0 ;;  # ours without the many-column kernel
-    *) echo "unknown kernel set $1 (stock, ours, ours-min1, ours16, oursmm9, oursnomm)" >&2; return 1 ;;
+    oursmm) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMM_MAX_COLS=256 ;;  # + the many-column kernel at 17-256
+    oursmm9) echo AIRAVATA_CUDA_KERNELS=ours AIRAVATA_MMM_MIN_COLS=9 AIRAVATA_MMM_MAX_COLS=256 ;;  # ... from 9 columns
+    *) echo "unknown kernel set $1 (stock, ours, ours-min1, ours16, oursmm, oursmm9)" >&2; return 1 ;;
   esac
 }
 
@@ -631,7 +631,7 @@ stage_attnops() {
 # strided views and a batched case that ours must leave to ggml.
 stage_mmops() {
   build_backend_ops
-  OPS_KERNELS=${OPS_KERNELS:-ours ours16 stock} run_backend_ops MUL_MAT AIRAVATA_MM_EVAL mmops
+  OPS_KERNELS=${OPS_KERNELS:-oursmm ours16 stock} run_backend_ops MUL_MAT AIRAVATA_MM_EVAL mmops
 }
 
 # Issue 23's IQ4_XS matvec inside llama.cpp: llama-batched-bench S_TG (prompt 32, 128 new tokens, f16 KV) at

@@ -9,10 +9,11 @@
 // The activations are quantized by our own kernel (int8 per 32 values with ggml's q8_1 rounding and its fp16
 // scale, in the tensor-core fragment order the matvec kernel reads), into a pool buffer.
 //
-// From AIRAVATA_MMM_MIN_COLS (default 17) to AIRAVATA_MMM_MAX_COLS (default 256) columns (decode at batch 17-256;
-// prefill's 512-token micro-batches stay with llama.cpp's mmq) the fp16 tensor-core kernel of
-// airavata-mmm-iq4xs.cuh takes over: activations converted once to fp16, no per-32 scaling, every output written
-// once (no stream-k fix-up).
+// With AIRAVATA_MMM_MAX_COLS=N (1..4096; from AIRAVATA_MMM_MIN_COLS, default 17) the fp16 tensor-core kernel of
+// airavata-mmm-iq4xs.cuh takes the columns up to N: activations converted once to fp16, no per-32 scaling, every
+// output written once (no stream-k fix-up). Off by default: its first measurement (session 21, H100, harness)
+// put it at 25-29 us for 4096 x 4096 at 16-64 columns, 10-12 % of the copy rate, latency-bound (ncu: 2 warps a
+// scheduler, half the SMs idle at 64 row tiles), and slower than our matvec at 16 columns (22.6 us).
 #include "mmv-airavata.cuh"
 #include "airavata-switch.cuh"
 #include "airavata-mmv-iq4xs.cuh"
@@ -53,7 +54,7 @@ int64_t max_cols() {
     return n;
 }
 
-// The many-column kernel's range, 1..4096 each (AIRAVATA_MMM_MAX_COLS=0 turns it off).
+// The many-column kernel's range, 0..4096 each (AIRAVATA_MMM_MAX_COLS=0, the default, turns it off).
 int64_t mmm_bound_from_env(const char * name, int64_t dflt) {
     const char * e = getenv(name);
     if (e == nullptr) {
@@ -67,40 +68,45 @@ int64_t mmm_min_cols() {
     return n;
 }
 int64_t mmm_max_cols() {
-    static const int64_t n = mmm_bound_from_env("AIRAVATA_MMM_MAX_COLS", 256);
+    static const int64_t n = mmm_bound_from_env("AIRAVATA_MMM_MAX_COLS", 0);
     return n;
 }
 
-// Its tiles (vendor/airavata-cuda/mmm_iq4xs.cu times the variants): warps of 16 rows x 8*NF columns, WM x WN of
-// them, S ring stages of 256 columns of K.
-constexpr int MMM_S = 3;
-// 32 columns or fewer: 64 x 32 tiles (NF 4, WM 4, WN 1); more: 64 x 64 (NF 8).
-constexpr int mmm_nf(int64_t ncols) {
-    return ncols <= 32 ? 4 : 8;
+// Its tiles, from the harness's table (vendor/airavata-cuda/mmm_iq4xs.cu, benches/results/2026-12-07-h100-mmm):
+// the variant with the best mean over the four Llama-7B shapes. Up to 32 columns F4.M2.N1.K4.S3 (32 x 32 tiles,
+// 8 warps: 2 row warps x 4 K slices, 3 stages), beyond F8.M4.N1.K2.S2 (64 x 64, 8 warps, 2 stages).
+struct MmmTile {
+    int nf, wm, wn, wk, stages;
+};
+constexpr MmmTile mmm_tile(int64_t ncols) {
+    return ncols <= 32 ? MmmTile{ 4, 2, 1, 4, 3 } : MmmTile{ 8, 4, 1, 2, 2 };
 }
-constexpr int MMM_WM = 4, MMM_WN = 1;
 // Whether the tile for ncols columns fits the card's shared memory and the grid's y limit.
 bool mmm_fits(int64_t ncols, int64_t rows, size_t smpbo) {
-    const int smem = airavata::mmm_smem_bytes(airavata::mmm_bm(MMM_WM), airavata::mmm_bn(mmm_nf(ncols), MMM_WN), MMM_S);
-    return (size_t) smem + airavata::IQ4_F16_TAB_WORDS * 4 <= smpbo &&
-           (rows + airavata::mmm_bm(MMM_WM) - 1) / airavata::mmm_bm(MMM_WM) <= 65535;
+    const MmmTile t    = mmm_tile(ncols);
+    const int     bm   = airavata::mmm_bm(t.wm);
+    const int     smem = airavata::mmm_smem_bytes(bm, airavata::mmm_bn(t.nf, t.wn), t.stages);
+    return (size_t) smem + airavata::IQ4_F16_TAB_WORDS * 4 <= smpbo && (rows + bm - 1) / bm <= 65535;
 }
-template <int NF>
-void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, cudaStream_t stream) {
+template <int NF, int WM, int WN, int WK>
+void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, int stages,
+                     cudaStream_t stream) {
     using namespace airavata;
-    constexpr int BM = mmm_bm(MMM_WM), BN = mmm_bn(NF, MMM_WN);
-    const int smem = mmm_smem_bytes(BM, BN, MMM_S);
-    CUDA_SET_SHARED_MEMORY_LIMIT((mmm_iq4xs_kernel<NF, MMM_WM, MMM_WN>), smem);
+    constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN);
+    const int smem = mmm_smem_bytes(BM, BN, stages);
+    CUDA_SET_SHARED_MEMORY_LIMIT((mmm_iq4xs_kernel<NF, WM, WN, WK>), smem);
     const dim3 grid((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
-    ggml_cuda_kernel_launch(mmm_iq4xs_kernel<NF, MMM_WM, MMM_WN>,
-                            ggml_cuda_kernel_launch_params(grid, dim3(32 * MMM_WM * MMM_WN), (size_t) smem, stream), W,
-                            xh, y, nrows, nb, ncols, nrows, MMM_S);
+    ggml_cuda_kernel_launch(mmm_iq4xs_kernel<NF, WM, WN, WK>,
+                            ggml_cuda_kernel_launch_params(grid, dim3(32 * WM * WN * WK), (size_t) smem, stream), W,
+                            xh, y, nrows, nb, ncols, nrows, stages);
 }
 void mmm_launch(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, cudaStream_t stream) {
-    if (mmm_nf(ncols) == 4) {
-        mmm_launch_tile<4>(W, xh, y, nrows, nb, ncols, stream);
+    constexpr MmmTile narrow = mmm_tile(32), wide = mmm_tile(33);
+    const MmmTile     t      = mmm_tile(ncols);
+    if (t.nf == narrow.nf) {
+        mmm_launch_tile<narrow.nf, narrow.wm, narrow.wn, narrow.wk>(W, xh, y, nrows, nb, ncols, t.stages, stream);
     } else {
-        mmm_launch_tile<8>(W, xh, y, nrows, nb, ncols, stream);
+        mmm_launch_tile<wide.nf, wide.wm, wide.wn, wide.wk>(W, xh, y, nrows, nb, ncols, t.stages, stream);
     }
 }
 
