@@ -43,7 +43,7 @@ static bool launch_t(int S, const uint8_t *W, const __half *xh, float *y, int nr
                      cudaStream_t st) {
     constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN);
     const int smem = mmm_smem_bytes(BM, BN, S);
-    if (smem + IQ4_F16_TAB_WORDS * 4 > g_smem_optin) return false;  // + the kernel's static tables
+    if (!mmm_fits_smem(BM, BN, S, (size_t)g_smem_optin)) return false;
     static int attr = 48 * 1024;
     if (smem > attr) {
         CK(cudaFuncSetAttribute(mmm_iq4xs_kernel<NF, WM, WN, WK>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));

@@ -41,6 +41,13 @@ constexpr float MMM_W_SCALE = 256.0f;  // the weights' fp16 scale (a power of tw
 constexpr int MMM_XS = 576;
 __host__ __device__ constexpr int mmm_stage_bytes(int BM, int BN) { return BM * MMM_RS + BN * MMM_XS; }
 __host__ __device__ constexpr int mmm_smem_bytes(int BM, int BN, int S) { return S * mmm_stage_bytes(BM, BN); }
+// The kernel's static shared memory: each lane's copy of the decode's constant words (iq4_f16_tables).
+constexpr int IQ4_F16_TAB_N = 6;  // UA0, UA1, UB0, UB1, the sign-mode mask byte, the fp16 exponent byte
+constexpr int IQ4_F16_TAB_WORDS = 32 * IQ4_F16_TAB_N;
+// Whether a BM x BN tile with S stages fits a CTA's shared memory (opt-in limit, bytes): dynamic + static.
+__host__ __device__ constexpr bool mmm_fits_smem(int BM, int BN, int S, size_t optin) {
+    return (size_t)mmm_smem_bytes(BM, BN, S) + IQ4_F16_TAB_WORDS * 4 <= optin;
+}
 // Rows (BM) and columns (BN) of a CTA's tile for a (NF, WM, WN) kernel.
 __host__ __device__ constexpr int mmm_bm(int WM) { return 16 * WM; }
 __host__ __device__ constexpr int mmm_bn(int NF, int WN) { return 8 * NF * WN; }
@@ -91,14 +98,13 @@ __device__ __forceinline__ __half2 bits_h2(uint32_t v) { return *reinterpret_cas
 struct Iq4F16Tables {
     uint32_t ua0, ua1, ub0, ub1, m7f, h64;
 };
-constexpr int IQ4_F16_TAB_WORDS = 32 * 6;  // __shared__ words iq4_f16_tables needs
 __device__ __forceinline__ Iq4F16Tables iq4_f16_tables(uint32_t *tab /* __shared__ [IQ4_F16_TAB_WORDS] */) {
     for (int i = threadIdx.x; i < IQ4_F16_TAB_WORDS; i += blockDim.x) {
-        const int j = i % 6;
+        const int j = i % IQ4_F16_TAB_N;
         tab[i] = j == 0 ? UA0 : j == 1 ? UA1 : j == 2 ? UB0 : j == 3 ? UB1 : j == 4 ? 0x7f7f7f7fu : 0x64646464u;
     }
     __syncthreads();
-    const uint32_t *t = tab + 6 * (threadIdx.x & 31);
+    const uint32_t *t = tab + IQ4_F16_TAB_N * (threadIdx.x & 31);
     return {t[0], t[1], t[2], t[3], t[4], t[5]};
 }
 __device__ __forceinline__ Half8 iq4_decode_f16(uint32_t w, __half2 s2, const Iq4F16Tables &t) {

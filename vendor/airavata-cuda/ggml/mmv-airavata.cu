@@ -35,40 +35,35 @@ constexpr int mmv_warps(int ncols) {
 }
 constexpr int MMV_KERNEL_MAX_COLS = 16;  // what the kernel can take (two mma B fragments)
 
-// A column bound from the environment (1..16), else the default.
-int64_t cols_from_env(const char * name, int64_t dflt) {
+// A column bound from the environment within [lo, hi], else the default.
+int64_t cols_from_env(const char * name, int64_t dflt, int64_t lo, int64_t hi) {
     const char * e = getenv(name);
-    const int v = e != nullptr ? atoi(e) : 0;
-    return v >= 1 && v <= MMV_KERNEL_MAX_COLS ? (int64_t) v : dflt;
+    if (e == nullptr) {
+        return dflt;
+    }
+    const int v = atoi(e);
+    return v >= lo && v <= hi ? (int64_t) v : dflt;
 }
 
 // The columns ours takes by default, 4-8: below 4 llama.cpp's mmvq is as fast or faster (measured inside
 // llama.cpp on an H100), above 8 llama.cpp uses its tensor-core mmq, against which ours has not been measured
 // yet. AIRAVATA_MMV_MIN_COLS / AIRAVATA_MMV_MAX_COLS (1..16) move the ends, to measure them.
 int64_t min_cols() {
-    static const int64_t n = cols_from_env("AIRAVATA_MMV_MIN_COLS", 4);
+    static const int64_t n = cols_from_env("AIRAVATA_MMV_MIN_COLS", 4, 1, MMV_KERNEL_MAX_COLS);
     return n;
 }
 int64_t max_cols() {
-    static const int64_t n = cols_from_env("AIRAVATA_MMV_MAX_COLS", 8);
+    static const int64_t n = cols_from_env("AIRAVATA_MMV_MAX_COLS", 8, 1, MMV_KERNEL_MAX_COLS);
     return n;
 }
 
 // The many-column kernel's range, 0..4096 each (AIRAVATA_MMM_MAX_COLS=0, the default, turns it off).
-int64_t mmm_bound_from_env(const char * name, int64_t dflt) {
-    const char * e = getenv(name);
-    if (e == nullptr) {
-        return dflt;
-    }
-    const int v = atoi(e);
-    return v >= 0 && v <= 4096 ? (int64_t) v : dflt;
-}
 int64_t mmm_min_cols() {
-    static const int64_t n = mmm_bound_from_env("AIRAVATA_MMM_MIN_COLS", 17);
+    static const int64_t n = cols_from_env("AIRAVATA_MMM_MIN_COLS", 17, 0, 4096);
     return n;
 }
 int64_t mmm_max_cols() {
-    static const int64_t n = mmm_bound_from_env("AIRAVATA_MMM_MAX_COLS", 0);
+    static const int64_t n = cols_from_env("AIRAVATA_MMM_MAX_COLS", 0, 0, 4096);
     return n;
 }
 
@@ -85,8 +80,7 @@ constexpr MmmTile mmm_tile(int64_t ncols) {
 bool mmm_fits(int64_t ncols, int64_t rows, size_t smpbo) {
     const MmmTile t    = mmm_tile(ncols);
     const int     bm   = airavata::mmm_bm(t.wm);
-    const int     smem = airavata::mmm_smem_bytes(bm, airavata::mmm_bn(t.nf, t.wn), t.stages);
-    return (size_t) smem + airavata::IQ4_F16_TAB_WORDS * 4 <= smpbo && (rows + bm - 1) / bm <= 65535;
+    return airavata::mmm_fits_smem(bm, airavata::mmm_bn(t.nf, t.wn), t.stages, smpbo) && (rows + bm - 1) / bm <= 65535;
 }
 template <int NF, int WM, int WN, int WK>
 void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, int stages,
