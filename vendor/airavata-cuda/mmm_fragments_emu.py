@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Offline check of mmm_iq4xs.cuh's decode and fragment mapping (no GPU): emulates PRMT (incl. sign mode),
+iq4_decode_f16, the permuted activation layout (xq_pos) and mma.m16n8k16's PTX fragment layouts for one 16-row x
+32-column sub-block, against a direct dot product of the same fp16 values. Prints ok or the mismatches. Needs numpy."""
+import struct
+
+import numpy as np
+kv=[-127,-104,-83,-65,-49,-35,-22,-10,1,13,25,38,53,69,89,113]
+def pack4(a,b,c,d): return (a&255)|((b&255)<<8)|((c&255)<<16)|((d&255)<<24)
+UA0=pack4(*[kv[i]+128 for i in range(0,4)]); UA1=pack4(*[kv[i]+128 for i in range(4,8)])
+UB0=pack4(*[kv[i]+128 for i in range(8,12)]); UB1=pack4(*[kv[i]+128 for i in range(12,16)])
+def prmt(a,b,c):
+    bs=[(a>>(8*i))&255 for i in range(4)]+[(b>>(8*i))&255 for i in range(4)]
+    out=0
+    for i in range(4):
+        sel=(c>>(4*i))&15; v=bs[sel&7]
+        if sel&8: v=255 if v&128 else 0
+        out|=v<<(8*i)
+    return out
+def f16(x): return float(np.float16(x))
+def decode(w,s):
+    idx7=w&0x77777777
+    h=[]
+    for p in range(2):
+        raw=(w>>16) if p else w; sel=(idx7>>16) if p else idx7
+        a=prmt(UA0,UA1,sel); b=prmt(UB0,UB1,sel); m=prmt(0x7f7f7f7f,0x7f7f7f7f,raw)
+        mask=(m|(m<<1))&0xffffffff; u=(a&mask)|(b&~mask&0xffffffff)
+        h01=prmt(u,0x64646464,0x4140); h23=prmt(u,0x64646464,0x4342)
+        for hh in (h01,h23):
+            lo=np.frombuffer(struct.pack('<H',hh&0xffff),dtype=np.float16)[0]; hi=np.frombuffer(struct.pack('<H',hh>>16),dtype=np.float16)[0]
+            h.append((f16((float(lo)-1152)*s), f16((float(hi)-1152)*s)))
+    return h  # 4 pairs
+def xq_pos(i): return 8*((i&15)>>2)+2*(i&3)+(i>>4)
+rng=np.random.default_rng(1)
+ok=True
+for trial in range(50):
+    # one sub-block: rows 16 x 32 k, 8 columns
+    qs=rng.integers(0,256,size=(16,16),dtype=np.uint8)  # 16 bytes per row
+    s=[f16(rng.normal()*0.01) for _ in range(16)]
+    x=rng.normal(size=(8,32)).astype(np.float16).astype(np.float64)
+    # reference: W[r][k] = kv[nib]*s (fp16 rounded)
+    W=np.zeros((16,32))
+    for r in range(16):
+        for j in range(16):
+            W[r][j]=f16(kv[qs[r][j]&15]*s[r]); W[r][j+16]=f16(kv[qs[r][j]>>4]*s[r])
+    ref=W@x.T  # 16 x 8
+    # permuted activations per column
+    xp=np.zeros((8,32))
+    for n in range(8):
+        for k in range(32): xp[n][xq_pos(k)]=x[n][k]
+    C=np.zeros((16,8))
+    # emulate mma: for each k-step (0,1): A logical 16x16, B logical 16x8 from lanes
+    for step in range(2):
+        A=np.zeros((16,16)); B=np.zeros((16,8))
+        for lane in range(32):
+            g,tq=lane>>2,lane&3
+            dec={}
+            for rr in (g,g+8):
+                w=int.from_bytes(bytes(qs[rr][4*tq:4*tq+4]),'little')
+                dec[rr]=decode(w,s[rr])
+            ga,gb=dec[g],dec[g+8]
+            a0,a1,a2,a3=(ga[0],gb[0],ga[1],gb[1]) if step==0 else (ga[2],gb[2],ga[3],gb[3])
+            A[g][2*tq],A[g][2*tq+1]=a0; A[g+8][2*tq],A[g+8][2*tq+1]=a1
+            A[g][2*tq+8],A[g][2*tq+9]=a2; A[g+8][2*tq+8],A[g+8][2*tq+9]=a3
+            # B: uint4 at halves 8tq..8tq+7 of column g; step0: b.x,b.y ; step1: b.z,b.w
+            hv=xp[g][8*tq:8*tq+8]
+            b0=hv[0:2] if step==0 else hv[4:6]; b1=hv[2:4] if step==0 else hv[6:8]
+            B[2*tq][g],B[2*tq+1][g]=b0; B[2*tq+8][g],B[2*tq+9][g]=b1
+        C+=A@B
+    err=np.abs(C-ref).max()/np.abs(ref).max()
+    if err>1e-9: ok=False; print('trial',trial,'err',err)
+print('ok' if ok else 'MISMATCH')
