@@ -27,10 +27,10 @@ static const double BOUND_F16 = 1e-5;
 static const double BOUND_EXACT = 2e-3;
 
 struct Cfg {
-    int NF, WM, WN, WK, S;
+    int NF, WM, WN, WK, S, XG = 0;
     std::string name() const {
         char b[48];
-        snprintf(b, sizeof b, "F%d.M%d.N%d.K%d.S%d", NF, WM, WN, WK, S);
+        snprintf(b, sizeof b, "F%d.M%d.N%d.K%d.S%d%s", NF, WM, WN, WK, S, XG ? ".G" : "");
         return b;
     }
     int bm() const { return mmm_bm(WM); }
@@ -38,28 +38,36 @@ struct Cfg {
 };
 static int g_smem_optin = 0;
 
-template <int NF, int WM, int WN, int WK>
+template <int NF, int WM, int WN, int WK, bool XG>
 static bool launch_t(int S, const uint8_t *W, const __half *xh, float *y, int nrows, int nb, int ncols,
                      cudaStream_t st) {
     constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN);
-    const int smem = mmm_smem_bytes(BM, BN, S);
-    if (!mmm_fits_smem(BM, BN, S, (size_t)g_smem_optin)) return false;
+    const int smem = mmm_smem_bytes(NF, WM, WN, WK, XG, S);
+    if (!mmm_fits_smem(NF, WM, WN, WK, XG, S, (size_t)g_smem_optin)) return false;
     static int attr = 48 * 1024;
     if (smem > attr) {
-        CK(cudaFuncSetAttribute(mmm_iq4xs_kernel<NF, WM, WN, WK>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        CK(cudaFuncSetAttribute(mmm_iq4xs_kernel<NF, WM, WN, WK, XG>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         attr = smem;
     }
     const dim3 grid((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
-    mmm_iq4xs_kernel<NF, WM, WN, WK><<<grid, 32 * WM * WN * WK, smem, st>>>(W, xh, y, nrows, nb, ncols, nrows, S);
+    mmm_iq4xs_kernel<NF, WM, WN, WK, XG><<<grid, 32 * WM * WN * WK, smem, st>>>(W, xh, y, nrows, nb, ncols, nrows, S);
     CKL();
     return true;
 }
 
 static bool mmm_launch(const Cfg &c, const uint8_t *W, const __half *xh, float *y, int nrows, int nb, int ncols,
                        cudaStream_t st) {
-#define MMM_CASE(nf, wm, wn, wk)                            \
-    if (c.NF == nf && c.WM == wm && c.WN == wn && c.WK == wk) \
-        return launch_t<nf, wm, wn, wk>(c.S, W, xh, y, nrows, nb, ncols, st);
+#define MMM_CASE(nf, wm, wn, wk)                                          \
+    if (c.NF == nf && c.WM == wm && c.WN == wn && c.WK == wk && !c.XG)      \
+        return launch_t<nf, wm, wn, wk, false>(c.S, W, xh, y, nrows, nb, ncols, st);
+#define MMM_CASE_G(nf, wm, wn, wk)                                        \
+    if (c.NF == nf && c.WM == wm && c.WN == wn && c.WK == wk && c.XG)       \
+        return launch_t<nf, wm, wn, wk, true>(c.S, W, xh, y, nrows, nb, ncols, st);
+    MMM_CASE_G(4, 2, 1, 4)
+    MMM_CASE_G(8, 2, 1, 4)
+    MMM_CASE_G(4, 1, 1, 4)
+    MMM_CASE_G(8, 4, 1, 2)
+    MMM_CASE_G(4, 2, 1, 2)
     MMM_CASE(2, 4, 1, 1)
     MMM_CASE(4, 4, 1, 1)
     MMM_CASE(8, 4, 1, 1)
@@ -77,6 +85,7 @@ static bool mmm_launch(const Cfg &c, const uint8_t *W, const __half *xh, float *
     MMM_CASE(8, 1, 1, 8)
     MMM_CASE(4, 1, 1, 4)
 #undef MMM_CASE
+#undef MMM_CASE_G
     return false;
 }
 
@@ -179,6 +188,9 @@ int main(int argc, char **argv) {
                                                        {4, 2, 1, 8}, {8, 2, 1, 8}, {2, 1, 1, 8}, {4, 1, 1, 8},
                                                        {8, 1, 1, 8}, {4, 1, 1, 4}})
             cfgs.push_back({t[0], t[1], t[2], t[3], S});
+    for (int S : {2, 3, 4})  // XG: activations from L1 (see the kernel)
+        for (auto t : std::vector<std::array<int, 4>>{{4, 2, 1, 4}, {8, 2, 1, 4}, {4, 1, 1, 4}, {8, 4, 1, 2}, {4, 2, 1, 2}})
+            cfgs.push_back({t[0], t[1], t[2], t[3], S, 1});
 
     // ---------------------------------------------------------------- checks
     std::vector<Shape> cshapes = {{16, 256, ""}, {37, 512, ""}, {64, 256, ""}, {129, 768, ""}, {200, 1024, ""}};

@@ -40,17 +40,27 @@ constexpr int MMM_RS = 176;
 constexpr float MMM_W_SCALE = 256.0f;  // the weights' fp16 scale (a power of two: undone exactly)
 constexpr int MMM_XS = 576;
 __host__ __device__ constexpr int mmm_stage_bytes(int BM, int BN) { return BM * MMM_RS + BN * MMM_XS; }
-__host__ __device__ constexpr int mmm_smem_bytes(int BM, int BN, int S) { return S * mmm_stage_bytes(BM, BN); }
-// The kernel's static shared memory: each lane's copy of the decode's constant words (iq4_f16_tables).
-constexpr int IQ4_F16_TAB_N = 6;  // UA0, UA1, UB0, UB1, the sign-mode mask byte, the fp16 exponent byte
-constexpr int IQ4_F16_TAB_WORDS = 32 * IQ4_F16_TAB_N;
-// Whether a BM x BN tile with S stages fits a CTA's shared memory (opt-in limit, bytes): dynamic + static.
-__host__ __device__ constexpr bool mmm_fits_smem(int BM, int BN, int S, size_t optin) {
-    return (size_t)mmm_smem_bytes(BM, BN, S) + IQ4_F16_TAB_WORDS * 4 <= optin;
-}
 // Rows (BM) and columns (BN) of a CTA's tile for a (NF, WM, WN) kernel.
 __host__ __device__ constexpr int mmm_bm(int WM) { return 16 * WM; }
 __host__ __device__ constexpr int mmm_bn(int NF, int WN) { return 8 * NF * WN; }
+// Dynamic shared memory of mmm_iq4xs_kernel<NF, WM, WN, WK, XG> with S stages: the ring (weights, and the
+// activations unless XG), which the WK > 1 reduction reuses at the end, so at least that reduction's size.
+// The reduction: float [WK - 1][WM * WN warps][NF * 4 accumulators][32 lanes].
+__host__ __device__ constexpr int mmm_red_bytes(int NF, int WM, int WN, int WK) {
+    return (WK - 1) * WM * WN * NF * 4 * 32 * (int)sizeof(float);
+}
+__host__ __device__ constexpr int mmm_smem_bytes(int NF, int WM, int WN, int WK, bool XG, int S) {
+    return S * mmm_stage_bytes(mmm_bm(WM), XG ? 0 : mmm_bn(NF, WN)) > mmm_red_bytes(NF, WM, WN, WK)
+               ? S * mmm_stage_bytes(mmm_bm(WM), XG ? 0 : mmm_bn(NF, WN))
+               : mmm_red_bytes(NF, WM, WN, WK);
+}
+// The kernel's static shared memory: each lane's copy of the decode's constant words (iq4_f16_tables).
+constexpr int IQ4_F16_TAB_N = 6;  // UA0, UA1, UB0, UB1, the sign-mode mask byte, the fp16 exponent byte
+constexpr int IQ4_F16_TAB_WORDS = 32 * IQ4_F16_TAB_N;
+// Whether that kernel fits a CTA's shared memory (opt-in limit, bytes): dynamic + static.
+__host__ __device__ constexpr bool mmm_fits_smem(int NF, int WM, int WN, int WK, bool XG, int S, size_t optin) {
+    return (size_t)mmm_smem_bytes(NF, WM, WN, WK, XG, S) + IQ4_F16_TAB_WORDS * 4 <= optin;
+}
 
 #ifdef __CUDACC__
 
@@ -131,13 +141,22 @@ __device__ __forceinline__ Half8 iq4_decode_f16(uint32_t w, __half2 s2, const Iq
 // shared memory at the end (WK > 1: more warps in flight per SM; measured in session 21: one warp per scheduler
 // left the decode's latency exposed, 33 us for 4096 x 4096 at any tile shape). S >= 2 ring stages (run time),
 // each one IQ4_XS block (256 columns of K).
-template <int NF, int WM, int WN, int WK = 1>
+// XG (harness variant, session 21, compile-checked only): B fragments loaded by each lane straight from global
+// memory (L1-cached 16-byte loads; the same bytes a stage would hold), so shared memory holds only the weights
+// (BM x 176 bytes a stage instead of + BN x 576): more CTAs, hence more warps, per SM. The ring's byte count for
+// a tile is mmm_stage_bytes(BM, XG ? 0 : BN).
+template <int NF, int WM, int WN, int WK = 1, bool XG = false>
 __global__ void __launch_bounds__(32 * WM * WN * WK)
     mmm_iq4xs_kernel(const uint8_t *__restrict__ W, const __half *xh, float *__restrict__ y, const int nrows,
                      const int nb, const int ncols, const int ldy, const int S) {
     extern __shared__ __align__(16) uint8_t smem[];
+    {  // a launcher that allocated less than the ring and the reduction need would overrun shared memory
+        uint32_t dyn;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+        if (dyn < (uint32_t)mmm_smem_bytes(NF, WM, WN, WK, XG, S)) __trap();
+    }
     constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN), NT = 32 * WM * WN * WK;
-    constexpr int STAGE = mmm_stage_bytes(BM, BN);
+    constexpr int STAGE = mmm_stage_bytes(BM, XG ? 0 : BN);
     static_assert(WK == 1 || WK == 2 || WK == 4 || WK == 8, "WK divides the 8 sub-blocks");
     constexpr int SBW = 8 / WK;  // sub-blocks per warp per stage
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -184,6 +203,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
     const int ra = 16 * wm + g;
     const int para = (int)(((long long)(row0 + ra) * nb) & 1), parb = (int)(((long long)(row0 + ra + 8) * nb) & 1);
     const int xcol = (8 * NF * wn + g) * MMM_XS + 16 * tq;  // this lane's B fragment bytes in fragment 0
+    const int xc0 = col0 + 8 * NF * wn + g;                  // XG: this lane's column in fragment 0
     __shared__ uint32_t tab_words[IQ4_F16_TAB_WORDS];
     const Iq4F16Tables tab = iq4_f16_tables(tab_words);
 
@@ -192,7 +212,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
         if (s < nb) issue_w(s, s);
     grid_dep_wait();
     for (int s = 0; s < S - 1; ++s) {
-        if (s < nb) issue_x(s, s);
+        if (!XG && s < nb) issue_x(s, s);
         cp_async_commit();
     }
 
@@ -203,7 +223,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
             const int kn = k + S - 1;
             if (kn < nb) {
                 issue_w(kn, kn % S);
-                issue_x(kn, kn % S);
+                if (!XG) issue_x(kn, kn % S);
             }
             cp_async_commit();
         }
@@ -225,7 +245,15 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
             const Half8 ga = iq4_decode_f16(wa, sa, tab), gb = iq4_decode_f16(wb, sbs, tab);  // rows g and g + 8
 #pragma unroll
             for (int f = 0; f < NF; ++f) {
-                const uint4 b = *reinterpret_cast<const uint4 *>(xs + 8 * f * MMM_XS + 64 * sb);
+                uint4 b;
+                if (XG) {  // column xc0 + 8f of xh, this block's sub-block sb, lane tq's 8 halves
+                    const int col = xc0 + 8 * f;
+                    b = col < ncols ? *reinterpret_cast<const uint4 *>(xh + (size_t)col * K + (size_t)k * IQ4XS_QK +
+                                                                       32 * sb + 8 * tq)
+                                    : make_uint4(0u, 0u, 0u, 0u);
+                } else {
+                    b = *reinterpret_cast<const uint4 *>(xs + 8 * f * MMM_XS + 64 * sb);
+                }
                 // k-step 0: columns (4tq, 16+4tq | 4tq+1, 17+4tq); k-step 1: (4tq+2, 18+4tq | 4tq+3, 19+4tq)
                 mma_f16_16816(acc[f], ga.h[0], gb.h[0], ga.h[1], gb.h[1], b.x, b.y);
                 mma_f16_16816(acc[f], ga.h[2], gb.h[2], ga.h[3], gb.h[3], b.z, b.w);
@@ -237,7 +265,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
 
     if (WK > 1) {  // add the K slices' partial sums: warps wk > 0 leave theirs in the (now idle) ring
         __syncthreads();
-        float *red = reinterpret_cast<float *>(smem);  // [WK - 1][WM * WN warps][NF * 4][32 lanes]
+        float *red = reinterpret_cast<float *>(smem);  // mmm_red_bytes's layout
         const int wmn = warp % (WM * WN);
         if (wk > 0) {
 #pragma unroll

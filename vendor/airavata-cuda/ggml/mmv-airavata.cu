@@ -80,14 +80,14 @@ constexpr MmmTile mmm_tile(int64_t ncols) {
 bool mmm_fits(int64_t ncols, int64_t rows, size_t smpbo) {
     const MmmTile t    = mmm_tile(ncols);
     const int     bm   = airavata::mmm_bm(t.wm);
-    return airavata::mmm_fits_smem(bm, airavata::mmm_bn(t.nf, t.wn), t.stages, smpbo) && (rows + bm - 1) / bm <= 65535;
+    return airavata::mmm_fits_smem(t.nf, t.wm, t.wn, t.wk, false, t.stages, smpbo) && (rows + bm - 1) / bm <= 65535;
 }
 template <int NF, int WM, int WN, int WK>
 void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, int stages,
                      cudaStream_t stream) {
     using namespace airavata;
     constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN);
-    const int smem = mmm_smem_bytes(BM, BN, stages);
+    const int smem = mmm_smem_bytes(NF, WM, WN, WK, false, stages);
     CUDA_SET_SHARED_MEMORY_LIMIT((mmm_iq4xs_kernel<NF, WM, WN, WK>), smem);
     const dim3 grid((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
     ggml_cuda_kernel_launch(mmm_iq4xs_kernel<NF, WM, WN, WK>,
