@@ -4,6 +4,8 @@
 //   ./mmm_iq4xs            checks (shapes x N x variants), then timing (Llama-7B shapes, N = 16..256)
 //   ./mmm_iq4xs --check    checks on small shapes only (for compute-sanitizer)
 //   ./mmm_iq4xs --quick    checks only
+//   ./mmm_iq4xs --time-only  timing only
+//   MMM_ONLY=substring     only the variants whose name contains it (e.g. .G, or K8.S3), checks and timing
 //
 // Checks, against references computed on the host in double:
 //   * "fp16": sum_k h(W[r][k]) * h(x[n][k]) / 2^8 with h(W) = fp16(kv * fp16(2^8 * d * (ls - 32))), h(x) = fp16(x):
@@ -173,7 +175,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--quick")) quick = true;
         else if (!strcmp(argv[i], "--time-only")) time_only = true;  // timing without the checks (a re-run)
     }
-    const char *only = getenv("MMM_ONLY");  // time only the variants whose name contains this
+    const char *only = getenv("MMM_ONLY");  // check and time only the variants whose name contains this
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     g_smem_optin = (int)prop.sharedMemPerBlockOptin;
@@ -235,6 +237,7 @@ int main(int argc, char **argv) {
             double case_f16 = 0, case_exact = 0;
             int case_n = 0;
             for (const Cfg &c : cfgs) {
+                if (only && !strstr(c.name().c_str(), only)) continue;
                 CK(cudaMemsetAsync(dy, 0xff, (size_t)(N + 1) * sh.rows * 4, st));  // NaN everywhere
                 if (!mmm_launch(c, dW, dxh, dy, sh.rows, nb, N, st)) continue;
                 CK(cudaStreamSynchronize(st));

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the IQ4_XS many-column (batch 16-256) tensor-core harness (mmm_iq4xs.cu) and run compute-sanitizer
 # (memcheck, racecheck on --check), the full checks and the timing table. Results in OUT (default ./out-mmm).
+# Arguments go to the harness (--time-only, --quick); MMM_ONLY=substring narrows the variants (racecheck over all
+# of them takes more than 70 s on an H100).
 set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${OUT:-$PWD/out-mmm}
