@@ -1,12 +1,15 @@
 // harness_util.cuh -- what the standalone harnesses (mmv_iq4xs.cu, mmm_iq4xs.cu) share: CUDA error checks, host
-// fp16, random IQ4_XS blocks on the device, a read-bandwidth probe.
+// fp16, random IQ4_XS blocks on the device, a read-bandwidth probe, the event timer, the D2D copy rate, the
+// normwise error and the timed shapes' record.
 #pragma once
 #include "mmv_iq4xs.cuh"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #define CK(x)                                                                                        \
     do {                                                                                             \
@@ -67,3 +70,61 @@ __global__ void read_probe(const uint4 *__restrict__ p, size_t n, uint32_t *out)
     }
     if (acc == 0x12345678u) out[0] = acc;
 }
+
+// ------------------------------------------------------------------ timing
+// Median of reps event-timed calls of fn on stream st, after warm untimed ones (ms).
+struct EventTimer {
+    cudaStream_t st;
+    cudaEvent_t e0, e1;
+    explicit EventTimer(cudaStream_t s) : st(s) {
+        CK(cudaEventCreate(&e0));
+        CK(cudaEventCreate(&e1));
+    }
+    template <typename Fn> float median_ms(Fn &&fn, int warm, int reps) {
+        for (int i = 0; i < warm; ++i) fn();
+        std::vector<float> t;
+        for (int i = 0; i < reps; ++i) {
+            CK(cudaEventRecord(e0, st));
+            fn();
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            t.push_back(ms);
+        }
+        std::sort(t.begin(), t.end());
+        return t[t.size() / 2];
+    }
+};
+// The card's device-to-device copy rate (read + write bytes a second, GB/s) over n-byte buffers.
+static double d2d_copy_gbs(EventTimer &timer, size_t n = (size_t)1 << 30) {
+    void *a, *b;
+    CK(cudaMalloc(&a, n));
+    CK(cudaMalloc(&b, n));
+    CK(cudaMemset(a, 1, n));
+    CK(cudaMemset(b, 2, n));
+    const float tc = timer.median_ms([&] { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, timer.st)); }, 2, 15);
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+    return 2.0 * n / (tc * 1e-3) / 1e9;
+}
+
+// ------------------------------------------------------------------ checks
+// Normwise relative error of y[0..n) against ref (NaN when ref is all zero: fails every bound); sets *nonfinite
+// when y holds a NaN or an infinity.
+static double rel_err(const float *y, const std::vector<double> &ref, size_t n, bool *nonfinite) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; ++i) {
+        if (!std::isfinite(y[i])) *nonfinite = true;
+        const double e = (double)y[i] - ref[i];
+        num += e * e;
+        den += ref[i] * ref[i];
+    }
+    return std::sqrt(num / den);
+}
+
+// A weight matrix shape the harnesses check or time.
+struct Shape {
+    int rows, K;
+    const char *what;
+};

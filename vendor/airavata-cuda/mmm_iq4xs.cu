@@ -57,6 +57,7 @@ static bool launch_t(int S, const uint8_t *W, const __half *xh, float *y, int nr
     return true;
 }
 
+// false: the variant's tile does not fit this card's shared memory (a variant with no instantiation stops the run)
 static bool mmm_launch(const Cfg &c, const uint8_t *W, const __half *xh, float *y, int nrows, int nb, int ncols,
                        cudaStream_t st) {
 #define MMM_CASE(nf, wm, wn, wk)                                          \
@@ -88,7 +89,8 @@ static bool mmm_launch(const Cfg &c, const uint8_t *W, const __half *xh, float *
     MMM_CASE(4, 1, 1, 4)
 #undef MMM_CASE
 #undef MMM_CASE_G
-    return false;
+    fprintf(stderr, "no kernel instantiated for variant %s (add it to mmm_launch)\n", c.name().c_str());
+    exit(2);
 }
 
 static void convert_launch(const float *x, int K, int ncols, __half *xh, cudaStream_t st) {
@@ -153,20 +155,6 @@ static std::vector<double> host_gemm(const std::vector<float> &w, const std::vec
     for (auto &t : th) t.join();
     return ref;
 }
-static double rel_err(const float *y, const std::vector<double> &ref, bool *bad) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-        if (!std::isfinite(y[i])) *bad = true;
-        num += (y[i] - ref[i]) * (y[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-struct Shape {
-    int rows, K;
-    const char *what;
-};
 
 int main(int argc, char **argv) {
     bool check_small = false, quick = false, time_only = false;
@@ -243,7 +231,7 @@ int main(int argc, char **argv) {
                 CK(cudaStreamSynchronize(st));
                 CK(cudaMemcpy(y.data(), dy, y.size() * 4, cudaMemcpyDeviceToHost));
                 bool bad = false;
-                const double e16 = rel_err(y.data(), ref16, &bad), ex = rel_err(y.data(), refx, &bad);
+                const double e16 = rel_err(y.data(), ref16, ref16.size(), &bad), ex = rel_err(y.data(), refx, refx.size(), &bad);
                 bool sentinel = true;
                 for (int r = 0; r < sh.rows; ++r) {
                     uint32_t u;
@@ -277,36 +265,8 @@ int main(int argc, char **argv) {
     if (check_small || quick) return 0;
 
     // ---------------------------------------------------------------- timing
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    auto time_ms = [&](auto &&fn, int warm, int reps) {
-        for (int i = 0; i < warm; ++i) fn();
-        std::vector<float> t;
-        for (int i = 0; i < reps; ++i) {
-            CK(cudaEventRecord(e0, st));
-            fn();
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            t.push_back(ms);
-        }
-        std::sort(t.begin(), t.end());
-        return t[t.size() / 2];
-    };
-    double copy_bw;
-    {
-        const size_t n = (size_t)1 << 30;
-        void *a, *b;
-        CK(cudaMalloc(&a, n));
-        CK(cudaMalloc(&b, n));
-        CK(cudaMemset(a, 1, n));
-        const float tc = time_ms([&] { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, st)); }, 2, 15);
-        copy_bw = 2.0 * n / (tc * 1e-3) / 1e9;
-        CK(cudaFree(a));
-        CK(cudaFree(b));
-    }
+    EventTimer timer(st);
+    const double copy_bw = d2d_copy_gbs(timer);
     printf("\nD2D copy %.0f GB/s\n", copy_bw);
 
     const size_t POOL = (size_t)320 << 20;  // weights rotate through > 6x the L2
@@ -346,7 +306,7 @@ int main(int argc, char **argv) {
         const int nbuf = (int)(POOL / stride);
         for (int N : tNs) {
             int it = 0;
-            const float tconv = time_ms([&] { convert_launch(dx, sh.K, N, dxh, st); }, 3, 21);
+            const float tconv = timer.median_ms([&] { convert_launch(dx, sh.K, N, dxh, st); }, 3, 21);
             double best = 1e30;
             std::string bname;
             std::string all;
@@ -355,7 +315,7 @@ int main(int argc, char **argv) {
                 if (only && !strstr(c.name().c_str(), only)) continue;
                 const uint8_t *Wb = pool;
                 if (!mmm_launch(c, Wb, dxh, dy, sh.rows, nb, N, st)) continue;
-                const float ms = time_ms(
+                const float ms = timer.median_ms(
                     [&] {
                         mmm_launch(c, pool + (size_t)(it++ % nbuf) * stride, dxh, dy, sh.rows, nb, N, st);
                     },
@@ -371,7 +331,7 @@ int main(int argc, char **argv) {
             double tmmv = -1;
             if (N == 16) {
                 const int ngrp = nb * 8;
-                tmmv = 1e3 * time_ms(
+                tmmv = 1e3 * timer.median_ms(
                                  [&] {
                                      quantize_x_q8<<<ngrp, 32 * mmv_xd_cols(16), 0, st>>>(dx, sh.K, sh.K, 16, dxq, dxd);
                                      mmv_iq4xs_kernel<16, 1, 4, 2><<<mmv_row_tiles(sh.rows, 1), 128, mmv_smem, st>>>(

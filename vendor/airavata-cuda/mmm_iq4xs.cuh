@@ -50,9 +50,9 @@ __host__ __device__ constexpr int mmm_red_bytes(int NF, int WM, int WN, int WK) 
     return (WK - 1) * WM * WN * NF * 4 * 32 * (int)sizeof(float);
 }
 __host__ __device__ constexpr int mmm_smem_bytes(int NF, int WM, int WN, int WK, bool XG, int S) {
-    return S * mmm_stage_bytes(mmm_bm(WM), XG ? 0 : mmm_bn(NF, WN)) > mmm_red_bytes(NF, WM, WN, WK)
-               ? S * mmm_stage_bytes(mmm_bm(WM), XG ? 0 : mmm_bn(NF, WN))
-               : mmm_red_bytes(NF, WM, WN, WK);
+    const int ring = S * mmm_stage_bytes(mmm_bm(WM), XG ? 0 : mmm_bn(NF, WN));
+    const int red = mmm_red_bytes(NF, WM, WN, WK);
+    return ring > red ? ring : red;
 }
 // The kernel's static shared memory: each lane's copy of the decode's constant words (iq4_f16_tables).
 constexpr int IQ4_F16_TAB_N = 6;  // UA0, UA1, UB0, UB1, the sign-mode mask byte, the fp16 exponent byte
@@ -143,8 +143,8 @@ __device__ __forceinline__ Half8 iq4_decode_f16(uint32_t w, __half2 s2, const Iq
 // each one IQ4_XS block (256 columns of K).
 // XG (harness variant, session 21, compile-checked only): B fragments loaded by each lane straight from global
 // memory (L1-cached 16-byte loads; the same bytes a stage would hold), so shared memory holds only the weights
-// (BM x 176 bytes a stage instead of + BN x 576): more CTAs, hence more warps, per SM. The ring's byte count for
-// a tile is mmm_stage_bytes(BM, XG ? 0 : BN).
+// (BM x 176 bytes a stage instead of + BN x 576): more CTAs, hence more warps, per SM. Launch with
+// mmm_smem_bytes(NF, WM, WN, WK, XG, S) bytes of dynamic shared memory.
 template <int NF, int WM, int WN, int WK = 1, bool XG = false>
 __global__ void __launch_bounds__(32 * WM * WN * WK)
     mmm_iq4xs_kernel(const uint8_t *__restrict__ W, const __half *xh, float *__restrict__ y, const int nrows,
@@ -265,13 +265,16 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
 
     if (WK > 1) {  // add the K slices' partial sums: warps wk > 0 leave theirs in the (now idle) ring
         __syncthreads();
-        float *red = reinterpret_cast<float *>(smem);  // mmm_red_bytes's layout
         const int wmn = warp % (WM * WN);
+        // slice j's (j = 1..WK-1) accumulator (f, i) of this lane, in mmm_red_bytes's layout
+        auto red = [&](int j, int f, int i) -> float & {
+            return reinterpret_cast<float *>(smem)[(((j - 1) * WM * WN + wmn) * NF * 4 + f * 4 + i) * 32 + lane];
+        };
         if (wk > 0) {
 #pragma unroll
             for (int f = 0; f < NF; ++f)
 #pragma unroll
-                for (int i = 0; i < 4; ++i) red[(((wk - 1) * WM * WN + wmn) * NF * 4 + f * 4 + i) * 32 + lane] = acc[f][i];
+                for (int i = 0; i < 4; ++i) red(wk, f, i) = acc[f][i];
         }
         __syncthreads();
         if (wk > 0) return;
@@ -280,7 +283,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
 #pragma unroll
             for (int f = 0; f < NF; ++f)
 #pragma unroll
-                for (int i = 0; i < 4; ++i) acc[f][i] += red[(((j - 1) * WM * WN + wmn) * NF * 4 + f * 4 + i) * 32 + lane];
+                for (int i = 0; i < 4; ++i) acc[f][i] += red(j, f, i);
     }
 
     const int r = row0 + ra;

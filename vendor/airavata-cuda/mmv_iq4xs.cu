@@ -205,16 +205,6 @@ for (;;) {
     for (auto &t : th) t.join();
     return R;
 }
-static double rel_err(const float *y, const std::vector<double> &ref, size_t n, bool *nonfinite) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; ++i) {
-        if (!std::isfinite(y[i])) *nonfinite = true;
-        const double e = (double)y[i] - ref[i];
-        num += e * e;
-        den += ref[i] * ref[i];
-    }
-    return std::sqrt(num / den);
-}
 static double rel_err_d(const std::vector<double> &a, const std::vector<double> &ref) {
     double num = 0, den = 0;
     for (size_t i = 0; i < a.size(); ++i) {
@@ -225,10 +215,6 @@ static double rel_err_d(const std::vector<double> &a, const std::vector<double> 
 }
 
 // ------------------------------------------------------------------ main
-struct Shape {
-    int rows, K;
-    const char *what;
-};
 
 static const int MAXN = 16;  // most activation columns the kernel takes (ggml's mmvq: 8)
 static const float BOUND_Q8 = 1e-5f;    // vs f64 reference on the same int8 activations
@@ -455,40 +441,19 @@ int main(int argc, char **argv) {
     if (check_small || quick) return fails ? 1 : 0;
 
     // ---------------------------------------------------------------- bandwidth ceilings
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    auto time_ms = [&](auto &&fn, int warm, int reps) {
-        for (int i = 0; i < warm; ++i) fn();
-        std::vector<float> t;
-        for (int i = 0; i < reps; ++i) {
-            CK(cudaEventRecord(e0, st));
-            fn();
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            t.push_back(ms);
-        }
-        std::sort(t.begin(), t.end());
-        return t[t.size() / 2];
-    };
-    double copy_bw, read_bw;
+    EventTimer timer(st);
+    const double copy_bw = d2d_copy_gbs(timer);
+    double read_bw;
     {
         const size_t n = (size_t)1 << 30;
-        void *a, *b;
+        void *a;
         uint32_t *o;
         CK(cudaMalloc(&a, n));
-        CK(cudaMalloc(&b, n));
         CK(cudaMalloc(&o, 4));
         CK(cudaMemset(a, 1, n));
-        CK(cudaMemset(b, 2, n));
-        const float tc = time_ms([&] { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, st)); }, 2, 15);
-        copy_bw = 2.0 * n / (tc * 1e-3) / 1e9;
-        const float tr = time_ms([&] { read_probe<<<prop.multiProcessorCount * 8, 512, 0, st>>>((const uint4 *)a, n / 16, o); }, 2, 15);
+        const float tr = timer.median_ms([&] { read_probe<<<prop.multiProcessorCount * 8, 512, 0, st>>>((const uint4 *)a, n / 16, o); }, 2, 15);
         read_bw = (double)n / (tr * 1e-3) / 1e9;
         CK(cudaFree(a));
-        CK(cudaFree(b));
         CK(cudaFree(o));
     }
     printf("\nceilings: D2D copy %.0f GB/s (read+write, 1 GiB), read-only stream %.0f GB/s\n", copy_bw, read_bw);
@@ -548,7 +513,7 @@ int main(int argc, char **argv) {
                 for (int b = 0; b < nbuf; ++b) launch_one(pool + (size_t)b * stride);
                 CK(cudaStreamEndCapture(st, &gr));
                 CK(cudaGraphInstantiate(&ge, gr, 0));
-                const float ms = time_ms([&] { CK(cudaGraphLaunch(ge, st)); }, 3, 21);
+                const float ms = timer.median_ms([&] { CK(cudaGraphLaunch(ge, st)); }, 3, 21);
                 CK(cudaGraphExecDestroy(ge));
                 CK(cudaGraphDestroy(gr));
                 return ms * 1e3 / nbuf;
@@ -577,7 +542,7 @@ int main(int argc, char **argv) {
                 for (int b = 0; b < 20; ++b) quantize_launch(dx, sh.K, N, dxq, dxd, st);
                 CK(cudaStreamEndCapture(st, &gr));
                 CK(cudaGraphInstantiate(&ge, gr, 0));
-                tq = time_ms([&] { CK(cudaGraphLaunch(ge, st)); }, 3, 21) * 1e3 / 20;
+                tq = timer.median_ms([&] { CK(cudaGraphLaunch(ge, st)); }, 3, 21) * 1e3 / 20;
                 CK(cudaGraphExecDestroy(ge));
                 CK(cudaGraphDestroy(gr));
             }

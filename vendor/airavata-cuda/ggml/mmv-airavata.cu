@@ -9,7 +9,7 @@
 // The activations are quantized by our own kernel (int8 per 32 values with ggml's q8_1 rounding and its fp16
 // scale, in the tensor-core fragment order the matvec kernel reads), into a pool buffer.
 //
-// With AIRAVATA_MMM_MAX_COLS=N (1..4096; from AIRAVATA_MMM_MIN_COLS, default 17) the fp16 tensor-core kernel of
+// With AIRAVATA_MMM_MAX_COLS=N (0..4096, 0 = off; from AIRAVATA_MMM_MIN_COLS, default 17) the fp16 tensor-core kernel of
 // airavata-mmm-iq4xs.cuh takes the columns up to N: activations converted once to fp16, no per-32 scaling, every
 // output written once (no stream-k fix-up). Off by default: its first measurement (session 21, H100, harness)
 // put it at 25-29 us for 4096 x 4096 at 16-64 columns, 10-12 % of the copy rate, latency-bound (ncu: 2 warps a
