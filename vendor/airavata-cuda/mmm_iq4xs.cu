@@ -5,7 +5,7 @@
 //   ./mmm_iq4xs --check    checks on small shapes only (for compute-sanitizer)
 //   ./mmm_iq4xs --quick    checks only
 //   ./mmm_iq4xs --time-only  timing only
-//   MMM_ONLY=substring     only the variants whose name contains it (e.g. .G, or K8.S3), checks and timing
+//   MMM_ONLY=substring     only the variants whose name contains it (e.g. .T2., or .Za), checks and timing
 //
 // Checks, against references computed on the host in double:
 //   * "fp16": sum_k h(W[r][k]) * h(x[n][k]) / 2^8 with h(W) = fp16(kv * fp16(2^8 * d * (ls - 32))), h(x) = fp16(x):
@@ -29,30 +29,48 @@ static const double BOUND_F16 = 1e-5;
 static const double BOUND_EXACT = 2e-3;
 
 struct Cfg {
-    int NF, WM, WN, WK, S, XG = 0;
+    int NF, MT, WM, WN, WK, S, KS = 1;  // KS: CTAs of a cluster splitting K; 0 = mmm_cluster_splits's choice
     std::string name() const {
-        char b[48];
-        snprintf(b, sizeof b, "F%d.M%d.N%d.K%d.S%d%s", NF, WM, WN, WK, S, XG ? ".G" : "");
+        char b[64];
+        snprintf(b, sizeof b, "F%d.T%d.M%d.N%d.K%d.S%d.Z%s", NF, MT, WM, WN, WK, S, KS ? std::to_string(KS).c_str() : "a");
         return b;
     }
-    int bm() const { return mmm_bm(WM); }
+    int bm() const { return mmm_bm(MT, WM); }
     int bn() const { return mmm_bn(NF, WN); }
 };
-static int g_smem_optin = 0;
+static int g_smem_optin = 0, g_sms = 0;
 
-template <int NF, int WM, int WN, int WK, bool XG>
-static bool launch_t(int S, const uint8_t *W, const __half *xh, float *y, int nrows, int nb, int ncols,
+template <int NF, int MT, int WM, int WN, int WK>
+static bool launch_t(int S, int KS, const uint8_t *W, const __half *xh, float *y, int nrows, int nb, int ncols,
                      cudaStream_t st) {
-    constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN);
-    const int smem = mmm_smem_bytes(NF, WM, WN, WK, XG, S);
-    if (!mmm_fits_smem(NF, WM, WN, WK, XG, S, (size_t)g_smem_optin)) return false;
+    constexpr int BM = mmm_bm(MT, WM), BN = mmm_bn(NF, WN), NT = 32 * WM * WN * WK;
+    auto kern = mmm_iq4xs_kernel<NF, MT, WM, WN, WK>;
+    const int smem = mmm_smem_bytes(NF, MT, WM, WN, WK, S);
+    if (!mmm_fits_smem(NF, MT, WM, WN, WK, S, (size_t)g_smem_optin)) return false;
     static int attr = 48 * 1024;
     if (smem > attr) {
-        CK(cudaFuncSetAttribute(mmm_iq4xs_kernel<NF, WM, WN, WK, XG>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         attr = smem;
     }
-    const dim3 grid((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
-    mmm_iq4xs_kernel<NF, WM, WN, WK, XG><<<grid, 32 * WM * WN * WK, smem, st>>>(W, xh, y, nrows, nb, ncols, nrows, S);
+    const dim3 tiles((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
+    if (KS == 0) {
+        int occ = 0;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, NT, smem));
+        KS = mmm_cluster_splits((long long)tiles.x * tiles.y, nb, g_sms, occ);
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(tiles.x, tiles.y, KS);
+    cfg.blockDim = dim3(NT);
+    cfg.dynamicSmemBytes = (size_t)smem;
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = 1;
+    at[0].val.clusterDim.y = 1;
+    at[0].val.clusterDim.z = (unsigned)KS;
+    cfg.attrs = at;
+    cfg.numAttrs = KS > 1 ? 1 : 0;
+    CK(cudaLaunchKernelEx(&cfg, kern, W, xh, y, nrows, nb, ncols, nrows, S));
     CKL();
     return true;
 }
@@ -60,35 +78,29 @@ static bool launch_t(int S, const uint8_t *W, const __half *xh, float *y, int nr
 // false: the variant's tile does not fit this card's shared memory (a variant with no instantiation stops the run)
 static bool mmm_launch(const Cfg &c, const uint8_t *W, const __half *xh, float *y, int nrows, int nb, int ncols,
                        cudaStream_t st) {
-#define MMM_CASE(nf, wm, wn, wk)                                          \
-    if (c.NF == nf && c.WM == wm && c.WN == wn && c.WK == wk && !c.XG)      \
-        return launch_t<nf, wm, wn, wk, false>(c.S, W, xh, y, nrows, nb, ncols, st);
-#define MMM_CASE_G(nf, wm, wn, wk)                                        \
-    if (c.NF == nf && c.WM == wm && c.WN == wn && c.WK == wk && c.XG)       \
-        return launch_t<nf, wm, wn, wk, true>(c.S, W, xh, y, nrows, nb, ncols, st);
-    MMM_CASE_G(4, 2, 1, 4)
-    MMM_CASE_G(8, 2, 1, 4)
-    MMM_CASE_G(4, 1, 1, 4)
-    MMM_CASE_G(8, 4, 1, 2)
-    MMM_CASE_G(4, 2, 1, 2)
-    MMM_CASE(2, 4, 1, 1)
-    MMM_CASE(4, 4, 1, 1)
-    MMM_CASE(8, 4, 1, 1)
-    MMM_CASE(2, 4, 1, 4)
-    MMM_CASE(4, 4, 1, 2)
-    MMM_CASE(4, 4, 1, 4)
-    MMM_CASE(8, 4, 1, 2)
-    MMM_CASE(8, 4, 1, 4)
-    MMM_CASE(4, 2, 1, 4)
-    MMM_CASE(8, 2, 1, 4)
-    MMM_CASE(4, 2, 1, 8)
-    MMM_CASE(8, 2, 1, 8)
-    MMM_CASE(2, 1, 1, 8)
-    MMM_CASE(4, 1, 1, 8)
-    MMM_CASE(8, 1, 1, 8)
-    MMM_CASE(4, 1, 1, 4)
+#define MMM_CASE(nf, mt, wm, wn, wk)                                                    \
+    if (c.NF == nf && c.MT == mt && c.WM == wm && c.WN == wn && c.WK == wk)                \
+        return launch_t<nf, mt, wm, wn, wk>(c.S, c.KS, W, xh, y, nrows, nb, ncols, st);
+    // session 21's one-tile-a-warp variants (the best of each column count)
+    MMM_CASE(2, 1, 1, 1, 8)
+    MMM_CASE(4, 1, 2, 1, 8)
+    MMM_CASE(8, 1, 4, 1, 2)
+    MMM_CASE(8, 1, 2, 1, 8)
+    // MT row tiles a warp, K split over a cluster
+    MMM_CASE(2, 2, 4, 1, 1)
+    MMM_CASE(2, 2, 4, 1, 2)
+    MMM_CASE(2, 4, 2, 1, 2)
+    MMM_CASE(2, 4, 4, 1, 1)
+    MMM_CASE(2, 2, 2, 1, 4)
+    MMM_CASE(4, 2, 4, 1, 1)
+    MMM_CASE(4, 2, 4, 1, 2)
+    MMM_CASE(4, 4, 2, 1, 2)
+    MMM_CASE(4, 2, 2, 1, 2)
+    MMM_CASE(8, 2, 4, 1, 1)
+    MMM_CASE(8, 2, 4, 1, 2)
+    MMM_CASE(8, 2, 2, 1, 2)
+    MMM_CASE(4, 2, 4, 2, 1)
 #undef MMM_CASE
-#undef MMM_CASE_G
     fprintf(stderr, "no kernel instantiated for variant %s (add it to mmm_launch)\n", c.name().c_str());
     exit(2);
 }
@@ -167,20 +179,21 @@ int main(int argc, char **argv) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     g_smem_optin = (int)prop.sharedMemPerBlockOptin;
+    g_sms = prop.multiProcessorCount;
     printf("card: %s, %d SMs, %d KB smem/block opt-in\n", prop.name, prop.multiProcessorCount, g_smem_optin / 1024);
     cudaStream_t st;
     CK(cudaStreamCreate(&st));
 
-    std::vector<Cfg> cfgs;
+    std::vector<Cfg> cfgs = {{2, 1, 1, 1, 8, 2}, {4, 1, 2, 1, 8, 3}, {8, 1, 4, 1, 2, 2}, {8, 1, 2, 1, 8, 4}};
     for (int S : {2, 3, 4})
-        for (auto t : std::vector<std::array<int, 4>>{{2, 4, 1, 1}, {4, 4, 1, 1}, {8, 4, 1, 1}, {2, 4, 1, 4}, {4, 4, 1, 2},
-                                                       {4, 4, 1, 4}, {8, 4, 1, 2}, {8, 4, 1, 4}, {4, 2, 1, 4}, {8, 2, 1, 4},
-                                                       {4, 2, 1, 8}, {8, 2, 1, 8}, {2, 1, 1, 8}, {4, 1, 1, 8},
-                                                       {8, 1, 1, 8}, {4, 1, 1, 4}})
-            cfgs.push_back({t[0], t[1], t[2], t[3], S});
-    for (int S : {2, 3, 4})  // XG: activations from L1 (see the kernel)
-        for (auto t : std::vector<std::array<int, 4>>{{4, 2, 1, 4}, {8, 2, 1, 4}, {4, 1, 1, 4}, {8, 4, 1, 2}, {4, 2, 1, 2}})
-            cfgs.push_back({t[0], t[1], t[2], t[3], S, 1});
+        for (auto t : std::vector<std::array<int, 5>>{{2, 2, 4, 1, 1}, {2, 2, 4, 1, 2}, {2, 4, 2, 1, 2}, {2, 4, 4, 1, 1},
+                                                       {2, 2, 2, 1, 4}, {4, 2, 4, 1, 1}, {4, 2, 4, 1, 2}, {4, 4, 2, 1, 2},
+                                                       {4, 2, 2, 1, 2}, {8, 2, 4, 1, 1}, {8, 2, 4, 1, 2}, {8, 2, 2, 1, 2},
+                                                       {4, 2, 4, 2, 1}})
+            cfgs.push_back({t[0], t[1], t[2], t[3], t[4], S, 0});
+    for (int KS : {1, 2, 3, 4, 8})  // the split count by hand, against mmm_cluster_splits's choice
+        for (auto t : std::vector<std::array<int, 5>>{{2, 2, 4, 1, 2}, {8, 2, 4, 1, 2}})
+            cfgs.push_back({t[0], t[1], t[2], t[3], t[4], 3, KS});
 
     // ---------------------------------------------------------------- checks
     std::vector<Shape> cshapes = {{16, 256, ""}, {37, 512, ""}, {64, 256, ""}, {129, 768, ""}, {200, 1024, ""}};

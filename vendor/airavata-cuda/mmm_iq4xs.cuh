@@ -10,12 +10,15 @@
 //     weights, xq_pos), so the tensor core accumulates over all of K in fp32 and no per-group scaling remains;
 //   * a CTA stages a BM-row x 256-column slice of the weights and the matching BN columns x 256 of activations
 //     with 16-byte cp.async into an S-stage ring shared by all its warps (one barrier per 256 columns);
-//   * each warp decodes its 16 rows once per 32-column sub-block into fp16 A fragments, exactly
-//     round_fp16(kv * round_fp16(2^8 * d * (ls - 32))), and reuses them for its NF B fragments (8 columns each);
+//   * each warp decodes its MT x 16 rows once per 32-column sub-block into fp16 A fragments, exactly
+//     round_fp16(kv * round_fp16(2^8 * d * (ls - 32))), and reuses them for its NF B fragments (8 columns each),
+//     each B fragment for its MT row tiles;
 //     the 2^8 (undone exactly on the fp32 result) keeps the scales of small blocks out of fp16's subnormal range
 //     (real IQ4_XS d reach 1e-5; d * (ls - 32) below 6.1e-5 would lose mantissa bits), at the cost of weights
 //     beyond +-255 (none in an LLM's linear layers; they would become inf);
-//   * every output is written once (no split-K, no atomics, no fix-up kernel, deterministic).
+//   * every output is written once, by one CTA: where K is split over the CTAs of a cluster, the cluster's first
+//     CTA adds the others' partial tiles from their shared memory in a fixed order (no workspace, no atomics, no
+//     fix-up kernel, deterministic).
 // The codebook lookup is a 16-entry select built from three PRMT (two 8-entry tables + a sign-mode mask), the
 // bytes become fp16 through the 0x64xx exponent (1024 + byte), one exact HSUB2 and one HMUL2 by the scale.
 #pragma once
@@ -23,6 +26,9 @@
 #include "mmv_iq4xs.cuh"
 #else
 #include "airavata-mmv-iq4xs.cuh"  // its name inside ggml-cuda (scripts/apply-cuda-patches.sh)
+#endif
+#ifdef __CUDACC__
+#include <cooperative_groups.h>
 #endif
 
 namespace airavata {
@@ -40,26 +46,48 @@ constexpr int MMM_RS = 176;
 constexpr float MMM_W_SCALE = 256.0f;  // the weights' fp16 scale (a power of two: undone exactly)
 constexpr int MMM_XS = 576;
 __host__ __device__ constexpr int mmm_stage_bytes(int BM, int BN) { return BM * MMM_RS + BN * MMM_XS; }
-// Rows (BM) and columns (BN) of a CTA's tile for a (NF, WM, WN) kernel.
-__host__ __device__ constexpr int mmm_bm(int WM) { return 16 * WM; }
+// Rows (BM) and columns (BN) of a CTA's tile for a (NF, MT, WM, WN) kernel: WM warps of MT 16-row tiles each.
+__host__ __device__ constexpr int mmm_bm(int MT, int WM) { return 16 * MT * WM; }
 __host__ __device__ constexpr int mmm_bn(int NF, int WN) { return 8 * NF * WN; }
-// Dynamic shared memory of mmm_iq4xs_kernel<NF, WM, WN, WK, XG> with S stages: the ring (weights, and the
-// activations unless XG), which the WK > 1 reduction reuses at the end, so at least that reduction's size.
-// The reduction: float [WK - 1][WM * WN warps][NF * 4 accumulators][32 lanes].
-__host__ __device__ constexpr int mmm_red_bytes(int NF, int WM, int WN, int WK) {
-    return (WK - 1) * WM * WN * NF * 4 * 32 * (int)sizeof(float);
+// Dynamic shared memory of mmm_iq4xs_kernel<NF, MT, WM, WN, WK> with S stages: the ring (weights and
+// activations), which the reductions reuse at the end, so at least the larger of them:
+//   * the WK > 1 reduction: float [WK - 1][WM * WN warps][MT * NF * 4 accumulators][32 lanes];
+//   * the cluster's K-split reduction (launched with cluster dims (1, 1, KS > 1)): each CTA's partial tile,
+//     float [WM * WN warps][MT * NF * 4][32 lanes], read by the cluster's first CTA.
+__host__ __device__ constexpr int mmm_tile_floats(int NF, int MT, int WM, int WN) { return WM * WN * MT * NF * 4 * 32; }
+__host__ __device__ constexpr int mmm_red_bytes(int NF, int MT, int WM, int WN, int WK) {
+    return (WK > 1 ? WK - 1 : 1) * mmm_tile_floats(NF, MT, WM, WN) * (int)sizeof(float);
 }
-__host__ __device__ constexpr int mmm_smem_bytes(int NF, int WM, int WN, int WK, bool XG, int S) {
-    const int ring = S * mmm_stage_bytes(mmm_bm(WM), XG ? 0 : mmm_bn(NF, WN));
-    const int red = mmm_red_bytes(NF, WM, WN, WK);
+__host__ __device__ constexpr int mmm_smem_bytes(int NF, int MT, int WM, int WN, int WK, int S) {
+    const int ring = S * mmm_stage_bytes(mmm_bm(MT, WM), mmm_bn(NF, WN));
+    const int red = mmm_red_bytes(NF, MT, WM, WN, WK);
     return ring > red ? ring : red;
 }
 // The kernel's static shared memory: each lane's copy of the decode's constant words (iq4_f16_tables).
 constexpr int IQ4_F16_TAB_N = 6;  // UA0, UA1, UB0, UB1, the sign-mode mask byte, the fp16 exponent byte
 constexpr int IQ4_F16_TAB_WORDS = 32 * IQ4_F16_TAB_N;
 // Whether that kernel fits a CTA's shared memory (opt-in limit, bytes): dynamic + static.
-__host__ __device__ constexpr bool mmm_fits_smem(int NF, int WM, int WN, int WK, bool XG, int S, size_t optin) {
-    return (size_t)mmm_smem_bytes(NF, WM, WN, WK, XG, S) + IQ4_F16_TAB_WORDS * 4 <= optin;
+__host__ __device__ constexpr bool mmm_fits_smem(int NF, int MT, int WM, int WN, int WK, int S, size_t optin) {
+    return (size_t)mmm_smem_bytes(NF, MT, WM, WN, WK, S) + IQ4_F16_TAB_WORDS * 4 <= optin;
+}
+// The most CTAs a cluster may hold without the non-portable opt-in.
+constexpr int MMM_MAX_SPLITS = 8;
+// How many CTAs (a cluster) split K for each output tile: 1..min(MMM_MAX_SPLITS, nb), the count whose
+// tiles * KS CTAs fill the card's CTA slots (sms * ctas_per_sm) in the fewest, fullest waves; the smallest such
+// count on ties (every split adds a reduction).
+inline int mmm_cluster_splits(long long tiles, int nb, int sms, int ctas_per_sm) {
+    const long long slots = (long long)sms * (ctas_per_sm > 0 ? ctas_per_sm : 1);
+    int best = 1;
+    double best_eff = 0;
+    for (int ks = 1; ks <= MMM_MAX_SPLITS && ks <= nb; ++ks) {
+        const long long ctas = tiles * ks, waves = (ctas + slots - 1) / slots;
+        const double eff = (double)ctas / (double)(waves * slots);
+        if (eff > best_eff + 1e-9) {
+            best_eff = eff;
+            best = ks;
+        }
+    }
+    return best;
 }
 
 #ifdef __CUDACC__
@@ -136,27 +164,34 @@ __device__ __forceinline__ Half8 iq4_decode_f16(uint32_t w, __half2 s2, const Iq
     return o;
 }
 
-// One CTA: columns [8*NF*WN*bx, +8*NF*WN) x rows [16*WM*by, +16*WM). Warp (wm, wn, wk) computes 16 rows x 8*NF
-// columns over sub-blocks [8/WK*wk, 8/WK*(wk+1)) of every 256 columns of K; the WK partial sums are added in
-// shared memory at the end (WK > 1: more warps in flight per SM; measured in session 21: one warp per scheduler
-// left the decode's latency exposed, 33 us for 4096 x 4096 at any tile shape). S >= 2 ring stages (run time),
-// each one IQ4_XS block (256 columns of K).
-// XG (harness variant, session 21, compile-checked only): B fragments loaded by each lane straight from global
-// memory (L1-cached 16-byte loads; the same bytes a stage would hold), so shared memory holds only the weights
-// (BM x 176 bytes a stage instead of + BN x 576): more CTAs, hence more warps, per SM. Launch with
-// mmm_smem_bytes(NF, WM, WN, WK, XG, S) bytes of dynamic shared memory.
-template <int NF, int WM, int WN, int WK = 1, bool XG = false>
+// One CTA: columns [8*NF*WN*bx, +8*NF*WN) x rows [16*MT*WM*by, +16*MT*WM) x the bz-th of KS = gridDim.z equal
+// ranges of K's 256-column blocks. Warp (wm, wn, wk) computes MT 16-row tiles x 8*NF columns over sub-blocks
+// [8/WK*wk, 8/WK*(wk+1)) of every block: each B fragment read from shared memory feeds MT tiles (session 22:
+// with one 16-row tile a warp, at 64 columns the activations' shared-memory reads outweighed the weights 15:1).
+// The WK partial sums are added in shared memory; with KS > 1 the kernel must be launched with cluster dims
+// (1, 1, KS) (checked: it traps otherwise), and the cluster's first CTA adds the others' partial tiles from
+// their shared memory (distributed shared memory: no workspace, no fix-up kernel, a fixed order, so
+// deterministic) and writes the tile. Splitting K puts a tile's weights on KS SMs, so few large row tiles still
+// fill the card (mmm_cluster_splits). S >= 2 ring stages (run time), each one IQ4_XS block (256 columns of K).
+// Launch with mmm_smem_bytes(NF, MT, WM, WN, WK, S) bytes of dynamic shared memory.
+template <int NF, int MT, int WM, int WN, int WK = 1>
 __global__ void __launch_bounds__(32 * WM * WN * WK)
     mmm_iq4xs_kernel(const uint8_t *__restrict__ W, const __half *xh, float *__restrict__ y, const int nrows,
                      const int nb, const int ncols, const int ldy, const int S) {
     extern __shared__ __align__(16) uint8_t smem[];
-    {  // a launcher that allocated less than the ring and the reduction need would overrun shared memory
+    namespace cg = cooperative_groups;
+    const cg::cluster_group cluster = cg::this_cluster();
+    const int KS = (int)gridDim.z, z = (int)blockIdx.z;
+    {  // a launcher that allocated less than the ring and the reductions need would overrun shared memory; one
+       // that split K without the matching cluster would leave partial sums unadded
         uint32_t dyn;
         asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-        if (dyn < (uint32_t)mmm_smem_bytes(NF, WM, WN, WK, XG, S)) __trap();
+        const dim3 cd = cluster.dim_blocks();
+        if (dyn < (uint32_t)mmm_smem_bytes(NF, MT, WM, WN, WK, S) || cd.x != 1 || cd.y != 1 || (int)cd.z != KS)
+            __trap();
     }
-    constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN), NT = 32 * WM * WN * WK;
-    constexpr int STAGE = mmm_stage_bytes(BM, XG ? 0 : BN);
+    constexpr int BM = mmm_bm(MT, WM), BN = mmm_bn(NF, WN), NT = 32 * WM * WN * WK;
+    constexpr int STAGE = mmm_stage_bytes(BM, BN);
     static_assert(WK == 1 || WK == 2 || WK == 4 || WK == 8, "WK divides the 8 sub-blocks");
     constexpr int SBW = 8 / WK;  // sub-blocks per warp per stage
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -166,6 +201,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
     const size_t total = (size_t)nrows * rowbytes;
     const size_t K = (size_t)nb * IQ4XS_QK;
     const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;  // x: column tiles, adjacent CTAs share weights
+    const int kb0 = (int)((long long)z * nb / KS), nk = (int)((long long)(z + 1) * nb / KS) - kb0;
     const uint32_t smem_s = (uint32_t)__cvta_generic_to_shared(smem);
 
     // Block u of row R starts 8*((R*nb + u) & 1) bytes past a 16-byte boundary; it is copied from that boundary.
@@ -193,113 +229,160 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
         }
     };
 
-    float acc[NF][4];
+    float acc[MT][NF][4];
 #pragma unroll
-    for (int f = 0; f < NF; ++f)
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) acc[f][i] = 0.0f;
+        for (int f = 0; f < NF; ++f)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[m][f][i] = 0.0f;
 
-    // This warp's rows ra and ra + 8 of the tile; the parity of R*nb gives each block's 0/8-byte offset.
-    const int ra = 16 * wm + g;
-    const int para = (int)(((long long)(row0 + ra) * nb) & 1), parb = (int)(((long long)(row0 + ra + 8) * nb) & 1);
+    // This warp's rows ra[m] and ra[m] + 8 of the tile; the parity of R*nb gives each block's 0/8-byte offset.
+    int ra[MT], para[MT], parb[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        ra[m] = 16 * (MT * wm + m) + g;
+        para[m] = (int)(((long long)(row0 + ra[m]) * nb) & 1);
+        parb[m] = (int)(((long long)(row0 + ra[m] + 8) * nb) & 1);
+    }
     const int xcol = (8 * NF * wn + g) * MMM_XS + 16 * tq;  // this lane's B fragment bytes in fragment 0
-    const int xc0 = col0 + 8 * NF * wn + g;                  // XG: this lane's column in fragment 0
     __shared__ uint32_t tab_words[IQ4_F16_TAB_WORDS];
     const Iq4F16Tables tab = iq4_f16_tables(tab_words);
 
     // Prologue: weights of the first S-1 blocks before waiting for the kernel that wrote the activations.
     for (int s = 0; s < S - 1; ++s)
-        if (s < nb) issue_w(s, s);
+        if (s < nk) issue_w(kb0 + s, s);
     grid_dep_wait();
     for (int s = 0; s < S - 1; ++s) {
-        if (!XG && s < nb) issue_x(s, s);
+        if (s < nk) issue_x(kb0 + s, s);
         cp_async_commit();
     }
 
-    for (int k = 0; k < nb; ++k) {
+    for (int t = 0; t < nk; ++t) {
+        const int k = kb0 + t;
         cp_async_wait_dyn(S - 2);  // block k's group is complete
         __syncthreads();           // ... for every thread; and every warp is done with block k - 1's slot
         {
-            const int kn = k + S - 1;
-            if (kn < nb) {
-                issue_w(kn, kn % S);
-                if (!XG) issue_x(kn, kn % S);
+            const int tn = t + S - 1;
+            if (tn < nk) {
+                issue_w(kb0 + tn, tn % S);
+                issue_x(kb0 + tn, tn % S);
             }
             cp_async_commit();
         }
-        const uint8_t *slot = smem + (k % S) * STAGE;
-        const uint8_t *pa = slot + ra * MMM_RS + ((para ^ k) & 1) * 8;
-        const uint8_t *pb = slot + (ra + 8) * MMM_RS + ((parb ^ k) & 1) * 8;
+        const uint8_t *slot = smem + (t % S) * STAGE;
         const uint8_t *xs = slot + BM * MMM_RS + xcol;
-        const uint2 ha = *reinterpret_cast<const uint2 *>(pa), hb = *reinterpret_cast<const uint2 *>(pb);
-        const float da = MMM_W_SCALE * __half2float(__ushort_as_half((unsigned short)(ha.x & 0xffffu)));
-        const float db = MMM_W_SCALE * __half2float(__ushort_as_half((unsigned short)(hb.x & 0xffffu)));
+        const uint8_t *pa[MT], *pb[MT];
+        uint2 ha[MT], hb[MT];
+        float da[MT], db[MT];  // (carry the factor MMM_W_SCALE)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            pa[m] = slot + ra[m] * MMM_RS + ((para[m] ^ k) & 1) * 8;
+            pb[m] = slot + (ra[m] + 8) * MMM_RS + ((parb[m] ^ k) & 1) * 8;
+            ha[m] = *reinterpret_cast<const uint2 *>(pa[m]);
+            hb[m] = *reinterpret_cast<const uint2 *>(pb[m]);
+            da[m] = MMM_W_SCALE * __half2float(__ushort_as_half((unsigned short)(ha[m].x & 0xffffu)));
+            db[m] = MMM_W_SCALE * __half2float(__ushort_as_half((unsigned short)(hb[m].x & 0xffffu)));
+        }
 #pragma unroll
         for (int i = 0; i < SBW; ++i) {
             const int sb = SBW * wk + i;
-            const uint32_t wa = *reinterpret_cast<const uint32_t *>(pa + 8 + 16 * sb + 4 * tq);
-            const uint32_t wb = *reinterpret_cast<const uint32_t *>(pb + 8 + 16 * sb + 4 * tq);
-            const __half2 sa = __float2half2_rn(da * (float)(iq4xs_sub_scale(ha.y, ha.x >> 16, sb) - 32));
-            const __half2 sbs = __float2half2_rn(db * (float)(iq4xs_sub_scale(hb.y, hb.x >> 16, sb) - 32));
-            // (da, db carry the factor MMM_W_SCALE)
-            const Half8 ga = iq4_decode_f16(wa, sa, tab), gb = iq4_decode_f16(wb, sbs, tab);  // rows g and g + 8
+            Half8 ga[MT], gb[MT];  // rows ra[m] and ra[m] + 8
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                const uint32_t wa = *reinterpret_cast<const uint32_t *>(pa[m] + 8 + 16 * sb + 4 * tq);
+                const uint32_t wb = *reinterpret_cast<const uint32_t *>(pb[m] + 8 + 16 * sb + 4 * tq);
+                const __half2 sa = __float2half2_rn(da[m] * (float)(iq4xs_sub_scale(ha[m].y, ha[m].x >> 16, sb) - 32));
+                const __half2 sbs = __float2half2_rn(db[m] * (float)(iq4xs_sub_scale(hb[m].y, hb[m].x >> 16, sb) - 32));
+                ga[m] = iq4_decode_f16(wa, sa, tab);
+                gb[m] = iq4_decode_f16(wb, sbs, tab);
+            }
 #pragma unroll
             for (int f = 0; f < NF; ++f) {
-                uint4 b;
-                if (XG) {  // column xc0 + 8f of xh, this block's sub-block sb, lane tq's 8 halves
-                    const int col = xc0 + 8 * f;
-                    b = col < ncols ? *reinterpret_cast<const uint4 *>(xh + (size_t)col * K + (size_t)k * IQ4XS_QK +
-                                                                       32 * sb + 8 * tq)
-                                    : make_uint4(0u, 0u, 0u, 0u);
-                } else {
-                    b = *reinterpret_cast<const uint4 *>(xs + 8 * f * MMM_XS + 64 * sb);
-                }
+                const uint4 b = *reinterpret_cast<const uint4 *>(xs + 8 * f * MMM_XS + 64 * sb);
                 // k-step 0: columns (4tq, 16+4tq | 4tq+1, 17+4tq); k-step 1: (4tq+2, 18+4tq | 4tq+3, 19+4tq)
-                mma_f16_16816(acc[f], ga.h[0], gb.h[0], ga.h[1], gb.h[1], b.x, b.y);
-                mma_f16_16816(acc[f], ga.h[2], gb.h[2], ga.h[3], gb.h[3], b.z, b.w);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    mma_f16_16816(acc[m][f], ga[m].h[0], gb[m].h[0], ga[m].h[1], gb[m].h[1], b.x, b.y);
+                    mma_f16_16816(acc[m][f], ga[m].h[2], gb[m].h[2], ga[m].h[3], gb[m].h[3], b.z, b.w);
+                }
             }
         }
     }
     cp_async_wait_dyn(0);
     grid_dep_launch();
 
+    // A warp's accumulators in a [warps of one K slice][MT * NF * 4][32 lanes] float array (mmm_red_bytes).
+    const int wmn = warp % (WM * WN);
+    auto tile_at = [&](float *base, int m, int f, int i) -> float & {
+        return base[((wmn * MT + m) * NF * 4 + f * 4 + i) * 32 + lane];
+    };
+    float *const red = reinterpret_cast<float *>(smem);
     if (WK > 1) {  // add the K slices' partial sums: warps wk > 0 leave theirs in the (now idle) ring
         __syncthreads();
-        const int wmn = warp % (WM * WN);
-        // slice j's (j = 1..WK-1) accumulator (f, i) of this lane, in mmm_red_bytes's layout
-        auto red = [&](int j, int f, int i) -> float & {
-            return reinterpret_cast<float *>(smem)[(((j - 1) * WM * WN + wmn) * NF * 4 + f * 4 + i) * 32 + lane];
-        };
         if (wk > 0) {
 #pragma unroll
-            for (int f = 0; f < NF; ++f)
+            for (int m = 0; m < MT; ++m)
 #pragma unroll
-                for (int i = 0; i < 4; ++i) red(wk, f, i) = acc[f][i];
+                for (int f = 0; f < NF; ++f)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) tile_at(red + (wk - 1) * mmm_tile_floats(NF, MT, WM, WN), m, f, i) = acc[m][f][i];
         }
         __syncthreads();
-        if (wk > 0) return;
+        if (wk == 0) {
 #pragma unroll
-        for (int j = 1; j < WK; ++j)
+            for (int j = 1; j < WK; ++j)
 #pragma unroll
-            for (int f = 0; f < NF; ++f)
+                for (int m = 0; m < MT; ++m)
 #pragma unroll
-                for (int i = 0; i < 4; ++i) acc[f][i] += red(j, f, i);
+                    for (int f = 0; f < NF; ++f)
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) acc[m][f][i] += tile_at(red + (j - 1) * mmm_tile_floats(NF, MT, WM, WN), m, f, i);
+        }
     }
+    if (KS > 1) {  // add the cluster's partial tiles, in rank order, in the first CTA
+        __syncthreads();  // the WK reduction is done with the space the partial tile takes
+        if (z > 0 && wk == 0) {
+#pragma unroll
+            for (int m = 0; m < MT; ++m)
+#pragma unroll
+                for (int f = 0; f < NF; ++f)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) tile_at(red, m, f, i) = acc[m][f][i];
+        }
+        cluster.sync();  // every partial tile written (release / acquire across the cluster)
+        if (z == 0 && wk == 0) {
+            for (int j = 1; j < KS; ++j) {
+                float *const rp = cluster.map_shared_rank(red, (unsigned)j);
+#pragma unroll
+                for (int m = 0; m < MT; ++m)
+#pragma unroll
+                    for (int f = 0; f < NF; ++f)
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) acc[m][f][i] += tile_at(rp, m, f, i);
+            }
+        }
+        cluster.sync();  // no CTA exits (releasing its shared memory) while the first one still reads it
+    }
+    if (wk > 0 || z > 0) return;
 
-    const int r = row0 + ra;
     constexpr float unscale = 1.0f / MMM_W_SCALE;
 #pragma unroll
-    for (int f = 0; f < NF; ++f) {
+    for (int m = 0; m < MT; ++m) {
+        const int r = row0 + ra[m];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) acc[f][i] *= unscale;
-        const int c = col0 + 8 * NF * wn + 8 * f + 2 * tq;
-        if (r < nrows) {
-            if (c < ncols) y[(size_t)c * ldy + r] = acc[f][0];
-            if (c + 1 < ncols) y[(size_t)(c + 1) * ldy + r] = acc[f][1];
-        }
-        if (r + 8 < nrows) {
-            if (c < ncols) y[(size_t)c * ldy + r + 8] = acc[f][2];
-            if (c + 1 < ncols) y[(size_t)(c + 1) * ldy + r + 8] = acc[f][3];
+        for (int f = 0; f < NF; ++f) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[m][f][i] *= unscale;
+            const int c = col0 + 8 * NF * wn + 8 * f + 2 * tq;
+            if (r < nrows) {
+                if (c < ncols) y[(size_t)c * ldy + r] = acc[m][f][0];
+                if (c + 1 < ncols) y[(size_t)(c + 1) * ldy + r] = acc[m][f][1];
+            }
+            if (r + 8 < nrows) {
+                if (c < ncols) y[(size_t)c * ldy + r + 8] = acc[m][f][2];
+                if (c + 1 < ncols) y[(size_t)(c + 1) * ldy + r + 8] = acc[m][f][3];
+            }
         }
     }
 }
