@@ -67,40 +67,74 @@ int64_t mmm_max_cols() {
     return n;
 }
 
-// Its tiles, from the harness's table (vendor/airavata-cuda/mmm_iq4xs.cu, benches/results/2026-12-07-h100-mmm):
-// the variant with the best mean over the four Llama-7B shapes. Up to 32 columns F4.M2.N1.K4.S3 (32 x 32 tiles,
-// 8 warps: 2 row warps x 4 K slices, 3 stages), beyond F8.M4.N1.K2.S2 (64 x 64, 8 warps, 2 stages).
+// Its tiles, from the harness's table (vendor/airavata-cuda/mmm_iq4xs.cu): up to 32 columns F4.T2.M4.N1.K2.S3
+// (128 rows x 32 columns, 8 warps: 4 row warps of two 16-row tiles x 2 K slices, 3 stages), beyond
+// F8.T2.M4.N1.K2.S3 (128 x 64); K split over a cluster of mmm_cluster_splits CTAs.
 struct MmmTile {
-    int nf, wm, wn, wk, stages;
+    int nf, mt, wm, wn, wk, stages;
 };
 constexpr MmmTile mmm_tile(int64_t ncols) {
-    return ncols <= 32 ? MmmTile{ 4, 2, 1, 4, 3 } : MmmTile{ 8, 4, 1, 2, 2 };
+    return ncols <= 32 ? MmmTile{ 4, 2, 4, 1, 2, 3 } : MmmTile{ 8, 2, 4, 1, 2, 3 };
 }
 // Whether the tile for ncols columns fits the card's shared memory and the grid's y limit.
 bool mmm_fits(int64_t ncols, int64_t rows, size_t smpbo) {
     const MmmTile t    = mmm_tile(ncols);
-    const int     bm   = airavata::mmm_bm(t.wm);
-    return airavata::mmm_fits_smem(t.nf, t.wm, t.wn, t.wk, false, t.stages, smpbo) && (rows + bm - 1) / bm <= 65535;
+    const int     bm   = airavata::mmm_bm(t.mt, t.wm);
+    return airavata::mmm_fits_smem(t.nf, t.mt, t.wm, t.wn, t.wk, t.stages, smpbo) && (rows + bm - 1) / bm <= 65535;
 }
-template <int NF, int WM, int WN, int WK>
-void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, int stages,
+template <int NF, int MT, int WM, int WN, int WK>
+void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, int stages, int nsm,
                      cudaStream_t stream) {
     using namespace airavata;
-    constexpr int BM = mmm_bm(WM), BN = mmm_bn(NF, WN);
-    const int smem = mmm_smem_bytes(NF, WM, WN, WK, false, stages);
-    CUDA_SET_SHARED_MEMORY_LIMIT((mmm_iq4xs_kernel<NF, WM, WN, WK>), smem);
-    const dim3 grid((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
-    ggml_cuda_kernel_launch(mmm_iq4xs_kernel<NF, WM, WN, WK>,
-                            ggml_cuda_kernel_launch_params(grid, dim3(32 * WM * WN * WK), (size_t) smem, stream), W,
-                            xh, y, nrows, nb, ncols, nrows, stages);
+    constexpr int BM = mmm_bm(MT, WM), BN = mmm_bn(NF, WN), NT = 32 * WM * WN * WK;
+    auto kern = mmm_iq4xs_kernel<NF, MT, WM, WN, WK>;
+    const int smem = mmm_smem_bytes(NF, MT, WM, WN, WK, stages);
+    CUDA_SET_SHARED_MEMORY_LIMIT(kern, smem);
+    int occ = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, NT, (size_t) smem));
+    const dim3 tiles((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
+    const int ks = mmm_cluster_splits((long long) tiles.x * tiles.y, nb, nsm, occ);
+    // ggml's launcher cannot add the cluster's dims, so the launch is written out: the cluster (1, 1, ks) and,
+    // as ggml_cuda_kernel_launch would (same switch, GGML_CUDA_PDL), programmatic dependent launch.
+    cudaLaunchAttribute attrs[2];
+    unsigned int nattrs = 0;
+    if (ks > 1) {
+        attrs[nattrs].id = cudaLaunchAttributeClusterDimension;
+        attrs[nattrs].val.clusterDim.x = 1;
+        attrs[nattrs].val.clusterDim.y = 1;
+        attrs[nattrs].val.clusterDim.z = (unsigned int) ks;
+        ++nattrs;
+    }
+#if defined(GGML_CUDA_USE_PDL)
+    static const bool pdl_env = [] {
+        const char * e = getenv("GGML_CUDA_PDL");
+        return e == nullptr || atoi(e) != 0;
+    }();
+    if (pdl_env && ggml_cuda_kernel_can_use_pdl(reinterpret_cast<const void *>(kern))) {
+        attrs[nattrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attrs[nattrs].val.programmaticStreamSerializationAllowed = 1;
+        ++nattrs;
+    }
+#endif
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim          = dim3(tiles.x, tiles.y, (unsigned int) ks);
+    cfg.blockDim         = dim3(NT);
+    cfg.dynamicSmemBytes = (size_t) smem;
+    cfg.stream           = stream;
+    cfg.attrs            = attrs;
+    cfg.numAttrs         = nattrs;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, W, xh, y, nrows, nb, ncols, nrows, stages));
 }
-void mmm_launch(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, cudaStream_t stream) {
+void mmm_launch(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, int nsm,
+                cudaStream_t stream) {
     constexpr MmmTile narrow = mmm_tile(32), wide = mmm_tile(33);
     const MmmTile     t      = mmm_tile(ncols);
-    if (t.nf == narrow.nf) {
-        mmm_launch_tile<narrow.nf, narrow.wm, narrow.wn, narrow.wk>(W, xh, y, nrows, nb, ncols, t.stages, stream);
+    if (ncols <= 32) {
+        mmm_launch_tile<narrow.nf, narrow.mt, narrow.wm, narrow.wn, narrow.wk>(W, xh, y, nrows, nb, ncols, t.stages,
+                                                                             nsm, stream);
     } else {
-        mmm_launch_tile<wide.nf, wide.wm, wide.wn, wide.wk>(W, xh, y, nrows, nb, ncols, t.stages, stream);
+        mmm_launch_tile<wide.nf, wide.mt, wide.wm, wide.wn, wide.wk>(W, xh, y, nrows, nb, ncols, t.stages, nsm,
+                                                                     stream);
     }
 }
 
@@ -199,7 +233,7 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
                                 (const float *) src1->data, (int) K, (int) (src1->nb[1] / sizeof(float)), (int) ncols,
                                 xh.get());
         mmm_launch((const uint8_t *) src0->data, xh.get(), (float *) dst->data, (int) rows,
-                   (int) (K / airavata::IQ4XS_QK), (int) ncols, stream);
+                   (int) (K / airavata::IQ4XS_QK), (int) ncols, ggml_cuda_info().devices[ctx.device].nsm, stream);
         CUDA_CHECK(cudaGetLastError());
         airavata_kernel_ran("mmm_iq4xs", [&] {
             return std::to_string(rows) + "x" + std::to_string(K) + " cols " + std::to_string(ncols);
