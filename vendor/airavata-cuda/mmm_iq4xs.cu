@@ -56,7 +56,7 @@ static bool launch_t(int S, int KS, const uint8_t *W, const __half *xh, float *y
     if (KS == 0) {
         int occ = 0;
         CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, NT, smem));
-        KS = mmm_cluster_splits((long long)tiles.x * tiles.y, nb, g_sms, occ);
+        KS = mmm_cluster_splits((long long)tiles.x * tiles.y, nb, g_sms, occ, MMM_MAX_SPLITS);  // an sm_90a build
     }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(tiles.x, tiles.y, KS);

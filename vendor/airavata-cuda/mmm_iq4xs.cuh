@@ -30,6 +30,13 @@
 #ifdef __CUDACC__
 #include <cooperative_groups.h>
 #endif
+// Thread-block clusters (K split over a cluster's CTAs) exist from sm_90; compiled for an older card, the
+// kernel takes KS = 1 only (mmm_cluster_splits' caller passes max_splits 1 there).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MMM_CLUSTERS 1
+#else
+#define MMM_CLUSTERS 0
+#endif
 
 namespace airavata {
 
@@ -75,11 +82,12 @@ constexpr int MMM_MAX_SPLITS = 8;
 // How many CTAs (a cluster) split K for each output tile: 1..min(MMM_MAX_SPLITS, nb), the count whose
 // tiles * KS CTAs fill the card's CTA slots (sms * ctas_per_sm) in the fewest, fullest waves; the smallest such
 // count on ties (every split adds a reduction).
-inline int mmm_cluster_splits(long long tiles, int nb, int sms, int ctas_per_sm) {
+// max_splits: MMM_MAX_SPLITS on sm_90 and later, 1 before (no clusters).
+inline int mmm_cluster_splits(long long tiles, int nb, int sms, int ctas_per_sm, int max_splits) {
     const long long slots = (long long)sms * (ctas_per_sm > 0 ? ctas_per_sm : 1);
     int best = 1;
     double best_eff = 0;
-    for (int ks = 1; ks <= MMM_MAX_SPLITS && ks <= nb; ++ks) {
+    for (int ks = 1; ks <= max_splits && ks <= MMM_MAX_SPLITS && ks <= nb; ++ks) {
         const long long ctas = tiles * ks, waves = (ctas + slots - 1) / slots;
         const double eff = (double)ctas / (double)(waves * slots);
         if (eff > best_eff + 1e-9) {
@@ -179,16 +187,20 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
     mmm_iq4xs_kernel(const uint8_t *__restrict__ W, const __half *xh, float *__restrict__ y, const int nrows,
                      const int nb, const int ncols, const int ldy, const int S) {
     extern __shared__ __align__(16) uint8_t smem[];
+    const int KS = (int)gridDim.z, z = (int)blockIdx.z;
+#if MMM_CLUSTERS
     namespace cg = cooperative_groups;
     const cg::cluster_group cluster = cg::this_cluster();
-    const int KS = (int)gridDim.z, z = (int)blockIdx.z;
+    const dim3 cd = cluster.dim_blocks();
+    const bool cluster_ok = cd.x == 1 && cd.y == 1 && (int)cd.z == KS;
+#else
+    const bool cluster_ok = KS == 1;  // no clusters before sm_90: K is not split
+#endif
     {  // a launcher that allocated less than the ring and the reductions need would overrun shared memory; one
        // that split K without the matching cluster would leave partial sums unadded
         uint32_t dyn;
         asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-        const dim3 cd = cluster.dim_blocks();
-        if (dyn < (uint32_t)mmm_smem_bytes(NF, MT, WM, WN, WK, S) || cd.x != 1 || cd.y != 1 || (int)cd.z != KS)
-            __trap();
+        if (dyn < (uint32_t)mmm_smem_bytes(NF, MT, WM, WN, WK, S) || !cluster_ok) __trap();
     }
     constexpr int BM = mmm_bm(MT, WM), BN = mmm_bn(NF, WN), NT = 32 * WM * WN * WK;
     constexpr int STAGE = mmm_stage_bytes(BM, BN);
@@ -340,6 +352,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
                         for (int i = 0; i < 4; ++i) acc[m][f][i] += tile_at(red + (j - 1) * mmm_tile_floats(NF, MT, WM, WN), m, f, i);
         }
     }
+#if MMM_CLUSTERS
     if (KS > 1) {  // add the cluster's partial tiles, in rank order, in the first CTA
         __syncthreads();  // the WK reduction is done with the space the partial tile takes
         if (z > 0 && wk == 0) {
@@ -364,6 +377,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
         }
         cluster.sync();  // no CTA exits (releasing its shared memory) while the first one still reads it
     }
+#endif
     if (wk > 0 || z > 0) return;
 
     constexpr float unscale = 1.0f / MMM_W_SCALE;

@@ -84,7 +84,7 @@ bool mmm_fits(int64_t ncols, int64_t rows, size_t smpbo) {
 }
 template <int NF, int MT, int WM, int WN, int WK>
 void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, int stages, int nsm,
-                     cudaStream_t stream) {
+                     int max_splits, cudaStream_t stream) {
     using namespace airavata;
     constexpr int BM = mmm_bm(MT, WM), BN = mmm_bn(NF, WN), NT = 32 * WM * WN * WK;
     auto kern = mmm_iq4xs_kernel<NF, MT, WM, WN, WK>;
@@ -93,7 +93,7 @@ void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, i
     int occ = 0;
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, NT, (size_t) smem));
     const dim3 tiles((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
-    const int ks = mmm_cluster_splits((long long) tiles.x * tiles.y, nb, nsm, occ);
+    const int ks = mmm_cluster_splits((long long) tiles.x * tiles.y, nb, nsm, occ, max_splits);
     // ggml's launcher cannot add the cluster's dims, so the launch is written out: the cluster (1, 1, ks) and,
     // as ggml_cuda_kernel_launch would (same switch, GGML_CUDA_PDL), programmatic dependent launch.
     cudaLaunchAttribute attrs[2];
@@ -125,16 +125,17 @@ void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, i
     cfg.numAttrs         = nattrs;
     CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, W, xh, y, nrows, nb, ncols, nrows, stages));
 }
-void mmm_launch(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, int nsm,
+// max_splits: how many CTAs of a cluster may split K (1 where the card has no clusters, before Hopper).
+void mmm_launch(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, int nsm, int max_splits,
                 cudaStream_t stream) {
     constexpr MmmTile narrow = mmm_tile(32), wide = mmm_tile(33);
     const MmmTile     t      = mmm_tile(ncols);
     if (ncols <= 32) {
         mmm_launch_tile<narrow.nf, narrow.mt, narrow.wm, narrow.wn, narrow.wk>(W, xh, y, nrows, nb, ncols, t.stages,
-                                                                             nsm, stream);
+                                                                             nsm, max_splits, stream);
     } else {
         mmm_launch_tile<wide.nf, wide.mt, wide.wm, wide.wn, wide.wk>(W, xh, y, nrows, nb, ncols, t.stages, nsm,
-                                                                     stream);
+                                                                     max_splits, stream);
     }
 }
 
@@ -233,7 +234,8 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
                                 (const float *) src1->data, (int) K, (int) (src1->nb[1] / sizeof(float)), (int) ncols,
                                 xh.get());
         mmm_launch((const uint8_t *) src0->data, xh.get(), (float *) dst->data, (int) rows,
-                   (int) (K / airavata::IQ4XS_QK), (int) ncols, ggml_cuda_info().devices[ctx.device].nsm, stream);
+                   (int) (K / airavata::IQ4XS_QK), (int) ncols, ggml_cuda_info().devices[ctx.device].nsm,
+                   cc >= GGML_CUDA_CC_HOPPER ? airavata::MMM_MAX_SPLITS : 1, stream);
         CUDA_CHECK(cudaGetLastError());
         airavata_kernel_ran("mmm_iq4xs", [&] {
             return std::to_string(rows) + "x" + std::to_string(K) + " cols " + std::to_string(ncols);
