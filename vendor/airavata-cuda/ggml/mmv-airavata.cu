@@ -13,7 +13,9 @@
 // airavata-mmm-iq4xs.cuh takes the columns up to N: activations converted once to fp16, no per-32 scaling, every
 // output written once (no stream-k fix-up). Off by default: its first measurement (session 21, H100, harness)
 // put it at 25-29 us for 4096 x 4096 at 16-64 columns, 10-12 % of the copy rate, latency-bound (ncu: 2 warps a
-// scheduler, half the SMs idle at 64 row tiles), and slower than our matvec at 16 columns (22.6 us).
+// scheduler, half the SMs idle at 64 row tiles), and slower than our matvec at 16 columns (22.6 us). Its second
+// version (session 22: two 16-row tiles a warp, 128-row CTA tiles, K split over a Hopper cluster) is what is
+// launched here; not yet measured, so still off.
 #include "mmv-airavata.cuh"
 #include "airavata-switch.cuh"
 #include "airavata-mmv-iq4xs.cuh"
