@@ -8,7 +8,6 @@
 // (sequence, head) (fp32 accumulation only; the inputs are the same bytes).
 // Timing: CUDA events around a loop of calls rotating over copies of K/V (>= 256 MB in all, so L2
 // holds none of it), median of 5; bytes = K + V + Q + mask + out; % of the measured D2D copy bandwidth.
-#define AIRAVATA_ATTN_WIDE_VARIANT 1  // the harness checks and times Params::wide
 #include "attn_decode.cuh"
 #include <cuda_runtime.h>
 #include <algorithm>
@@ -105,7 +104,6 @@ struct Buffers {
 };
 
 static int g_sm = 132;
-static int g_wide = 0;  // Params::wide of every launch (the checks and the timing set it)
 
 static void layout(Buffers & bf) {
     const Shape & s = bf.sh;
@@ -129,7 +127,6 @@ static Params params(const Buffers & bf, const char * k, const char * v) {
     p.mask_nb3 = s.n_kv;
     p.n_kv = s.n_kv; p.chunk = bf.chunk; p.n_splits = bf.n_splits; p.n_head = s.H; p.n_head_kv = s.Hkv;
     p.scale = 1.f / sqrtf((float) s.D);
-    p.wide = g_wide;
     return p;
 }
 
@@ -141,7 +138,7 @@ static bool launch(const Params & p, const Shape & s, cudaStream_t st) {
 
 static void alloc(Buffers & bf, int copies) {
     const Shape & s = bf.sh;
-    // rounded up to 8 bytes: the wide loads' precondition (attn_decode.cuh, load8_a2), as ggml's padded buffers meet it
+    // rounded up to 8 bytes, as ggml pads its buffers
     CK(cudaMalloc(&bf.k, (bf.k_bytes * copies + 7) / 8 * 8));
     CK(cudaMalloc(&bf.v, (bf.v_bytes * copies + 7) / 8 * 8));
     CK(cudaMalloc(&bf.q, sizeof(float) * s.B * s.H * s.D));
@@ -255,17 +252,11 @@ static int run_checks(bool small) {
             // Large logits: the softmax must rescale (scores ~ +-60).
             cases.push_back({Shape{3, hs.H, hs.Hkv, hs.D, 777, t, t}, seed++, 60.f});
         }
-    // The default loads over every case, then the wide ones (Params::wide, quantized K/V only) on the same cases.
     int fails = 0, n = 0;
-    for (g_wide = 0; g_wide < 2; ++g_wide) {
-        printf("checks with %s\n", g_wide ? "the wide loads of quantized K/V (p.wide = 1)" : "the default loads");
-        for (const Case & c : cases) {
-            if (g_wide && c.s.kt == KV_F16) continue;
-            fails += check(c.s, c.seed, c.q_scale) > 1e-4;
-            ++n;
-        }
+    for (const Case & c : cases) {
+        fails += check(c.s, c.seed, c.q_scale) > 1e-4;
+        ++n;
     }
-    g_wide = 0;
     printf("checks: %d/%d passed\n", n - fails, n);
     return fails;
 }
@@ -331,16 +322,9 @@ static void time_one(const Shape & s, double bw) {
         return (double) t[2];
     };
     const double us = median_us(copies), hot = median_us(1);
-    double wide_us = -1;  // the wide loads (quantized K/V only), cold, same buffers, right after
-    if (s.kt != KV_F16) {
-        g_wide = 1;
-        wide_us = median_us(copies);
-        g_wide = 0;
-    }
     const double bytes = (double) per + 4.0 * s.B * s.H * s.D * 2 + 2.0 * s.B * s.n_kv;
-    printf("%-5s %4d %6d %3d/%-3d %4d %6d %10.2f %8.0f %6.1f%% %8.2f %9.2f %9.2f\n", type_name(s.kt), s.B, s.n_kv, s.H, s.Hkv,
-           bf.n_splits, bf.chunk, us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / bw, bytes / bw / 1e3, hot,
-           wide_us);
+    printf("%-5s %4d %6d %3d/%-3d %4d %6d %10.2f %8.0f %6.1f%% %8.2f %9.2f\n", type_name(s.kt), s.B, s.n_kv, s.H, s.Hkv,
+           bf.n_splits, bf.chunk, us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / bw, bytes / bw / 1e3, hot);
     fflush(stdout);
     cudaStreamDestroy(st);
     release(bf);
@@ -360,7 +344,7 @@ int main(int argc, char ** argv) {
     if (check_only) return fails ? 1 : 0;
     const double bw = copy_bw();
     printf("D2D copy bandwidth %.0f GB/s\n", bw);
-    printf("\ntype     B    ctx  H/Hkv  splits chunk    us/call     GB/s  %%copy floor_us    hot_us   wide_us\n");
+    printf("\ntype     B    ctx  H/Hkv  splits chunk    us/call     GB/s  %%copy floor_us    hot_us\n");
     const KvType types[3] = {KV_F16, KV_Q8_0, KV_Q4_0};
     const int Bs[4] = {1, 16, 64, 128};
     const int ctxs[5] = {256, 512, 1024, 2048, 4096};

@@ -14,11 +14,6 @@
 #include <cstdint>
 #include <math.h>
 
-// 1 builds the split kernel's wide-load variant too (Params::wide; the harness defines it before including this
-// header); ggml-cuda leaves it 0, so the shipped backend builds only what its dispatch launches.
-#ifndef AIRAVATA_ATTN_WIDE_VARIANT
-#define AIRAVATA_ATTN_WIDE_VARIANT 0
-#endif
 
 namespace airavata_attn {
 
@@ -74,37 +69,6 @@ template <> __device__ __forceinline__ Raw<KV_Q4_0> load_raw<KV_Q4_0>(const char
 #pragma unroll
     for (int i = 0; i < 4; ++i) r.q[i] = __ldg(b + 1 + o + i);
     return r;
-}
-
-// The "wide" loads of quantized K/V (Params::wide; a harness variant, session 20, not yet measured; ggml's dispatch
-// does not build it). load_raw takes a lane's 8 quant bytes with four 2-byte loads plus one for d: five load
-// instructions a lane a row, where f16 uses one 16-byte load (SASS: five LDG.E.U16). Here the 8 bytes come from the
-// one or two aligned 8-byte words that hold them, joined with a funnel shift: three loads (two when they happen to
-// be 8-byte aligned).
-// Precondition: the allocation holding K/V extends to the next 8-byte boundary after its last byte (the second
-// word can reach up to 6 bytes past a lane's last byte; ggml pads every buffer to its 128-byte alignment, and the
-// harness rounds its allocations up to 8).
-__device__ __forceinline__ uint64_t load8_a2(const char * p) {  // 8 bytes at a 2-byte-aligned address
-    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-    const unsigned s = (unsigned) (a & 7u) * 8u;  // bit offset: 0, 16, 32 or 48
-    const uint64_t * w = reinterpret_cast<const uint64_t *>(a & ~(uintptr_t) 7);
-    const uint64_t lo = __ldg(w);
-    if (s == 0) return lo;
-    return (lo >> s) | (__ldg(w + 1) << (64u - s));
-}
-template <KvType T> __device__ __forceinline__ Raw<T> load_raw_wide(const char * row, int d0) {
-    static_assert(T != KV_F16, "f16 rows are one 16-byte load already");
-    const char * b = row + (d0 / 32) * block_bytes(T);
-    const uint64_t v = load8_a2(b + 2 + 2 * lane_quant_u16<T>(d0));  // the same 8 bytes as load_raw's q[0..3]
-    Raw<T> r;
-    r.d = __ldg(reinterpret_cast<const uint16_t *>(b));
-#pragma unroll
-    for (int i = 0; i < 4; ++i) r.q[i] = (uint16_t) (v >> (16 * i));
-    return r;
-}
-template <KvType T, bool WIDE> __device__ __forceinline__ Raw<T> load_kv(const char * row, int d0) {
-    if constexpr (WIDE) return load_raw_wide<T>(row, d0);
-    else return load_raw<T>(row, d0);
 }
 
 template <KvType T> __device__ __forceinline__ void zero_raw(Raw<T> & r) { memset(&r, 0, sizeof(r)); }
@@ -176,12 +140,12 @@ struct Params {
     long long mask_nb3;
     int n_kv, chunk, n_splits, n_head, n_head_kv;
     float scale;
-    // 1: quantized K/V through load_raw_wide (see there; only where AIRAVATA_ATTN_WIDE_VARIANT builds it). (Session
-    // 19's deeper unroll, 8 rows a lane, measured 20-26 % slower in session 20 and is gone.)
-    int wide = 0;
+    // (Session 19's deeper unroll, 8 rows a lane, measured 20-26 % slower in session 20, and session 20's "wide"
+    // loads of quantized K/V -- a lane's 8 quant bytes from one or two aligned 8-byte words instead of four 2-byte
+    // loads -- measured 1.3-1.6x slower in session 22, are gone.)
 };
 
-template <int D, int G, KvType KT, KvType VT, bool WIDE = false>
+template <int D, int G, KvType KT, KvType VT>
 __global__ void __launch_bounds__(NWARPS * 32) attn_split_kernel(const Params p) {
     constexpr int LPT = D / 8;    // lanes per token
     constexpr int TPW = 32 / LPT; // tokens per warp per load
@@ -217,7 +181,7 @@ __global__ void __launch_bounds__(NWARPS * 32) attn_split_kernel(const Params p)
 #pragma unroll
         for (int u = 0; u < UK; ++u) {
             const int t = base + (u * NWARPS + warp) * TPW + tw;
-            if (t < n) r[u] = load_kv<KT, WIDE>(kbase + (long long) t * p.k_nb1, d0);
+            if (t < n) r[u] = load_raw<KT>(kbase + (long long) t * p.k_nb1, d0);
             else zero_raw<KT>(r[u]);
         }
 #pragma unroll
@@ -289,7 +253,7 @@ __global__ void __launch_bounds__(NWARPS * 32) attn_split_kernel(const Params p)
 #pragma unroll
         for (int u = 0; u < UV; ++u) {
             const int t = base + (u * NWARPS + warp) * TPW + tw;
-            if (t < n) r[u] = load_kv<VT, WIDE>(vbase + (long long) t * p.v_nb1, d0);
+            if (t < n) r[u] = load_raw<VT>(vbase + (long long) t * p.v_nb1, d0);
             else zero_raw<VT>(r[u]);
         }
 #pragma unroll
@@ -379,11 +343,7 @@ static_assert(sizeof(float) * (4 * MAX_CHUNK + NWARPS * 4 * 128) <= 48 * 1024, "
 
 template <int D, int G, KvType KT, KvType VT>
 inline void launch_typed(const Params & p, int n_seq, int n_head_kv, cudaStream_t st) {
-    auto split = attn_split_kernel<D, G, KT, VT>;
-    if constexpr (AIRAVATA_ATTN_WIDE_VARIANT && KT != KV_F16) {  // f16 has no wide variant
-        if (p.wide) split = attn_split_kernel<D, G, KT, VT, true>;
-    }
-    split<<<dim3(p.n_splits, n_head_kv, n_seq), NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
+    attn_split_kernel<D, G, KT, VT><<<dim3(p.n_splits, n_head_kv, n_seq), NWARPS * 32, smem_bytes(G, D, p.chunk), st>>>(p);
     if (p.n_splits > 1) attn_combine_kernel<D><<<dim3(p.n_head, n_seq), D, 0, st>>>(p);
 }
 
