@@ -16,9 +16,9 @@
 //     the 2^8 (undone exactly on the fp32 result) keeps the scales of small blocks out of fp16's subnormal range
 //     (real IQ4_XS d reach 1e-5; d * (ls - 32) below 6.1e-5 would lose mantissa bits), at the cost of weights
 //     beyond +-255 (none in an LLM's linear layers; they would become inf);
-//   * every output is written once, by one CTA: where K is split over the CTAs of a cluster, the cluster's first
-//     CTA adds the others' partial tiles from their shared memory in a fixed order (no workspace, no atomics, no
-//     fix-up kernel, deterministic).
+//   * every output is written once, by one CTA: where K is split over the CTAs of a cluster, each CTA adds 1/KS of
+//     the tile's outputs over the cluster's partial tiles, read from their shared memory in rank order (no
+//     workspace, no atomics, no fix-up kernel, deterministic).
 // The codebook lookup is a 16-entry select built from three PRMT (two 8-entry tables + a sign-mode mask), the
 // bytes become fp16 through the 0x64xx exponent (1024 + byte), one exact HSUB2 and one HMUL2 by the scale.
 #pragma once
@@ -60,7 +60,7 @@ __host__ __device__ constexpr int mmm_bn(int NF, int WN) { return 8 * NF * WN; }
 // activations), which the reductions reuse at the end, so at least the larger of them:
 //   * the WK > 1 reduction: float [WK - 1][WM * WN warps][MT * NF * 4 accumulators][32 lanes];
 //   * the cluster's K-split reduction (launched with cluster dims (1, 1, KS > 1)): each CTA's partial tile,
-//     float [WM * WN warps][MT * NF * 4][32 lanes], read by the cluster's first CTA.
+//     float [WM * WN warps][MT * NF * 4][32 lanes], read by every CTA of the cluster.
 __host__ __device__ constexpr int mmm_tile_floats(int NF, int MT, int WM, int WN) { return WM * WN * MT * NF * 4 * 32; }
 __host__ __device__ constexpr int mmm_red_bytes(int NF, int MT, int WM, int WN, int WK) {
     return (WK > 1 ? WK - 1 : 1) * mmm_tile_floats(NF, MT, WM, WN) * (int)sizeof(float);
@@ -177,9 +177,9 @@ __device__ __forceinline__ Half8 iq4_decode_f16(uint32_t w, __half2 s2, const Iq
 // [8/WK*wk, 8/WK*(wk+1)) of every block: each B fragment read from shared memory feeds MT tiles (session 22:
 // with one 16-row tile a warp, at 64 columns the activations' shared-memory reads outweighed the weights 15:1).
 // The WK partial sums are added in shared memory; with KS > 1 the kernel must be launched with cluster dims
-// (1, 1, KS) (checked: it traps otherwise), and the cluster's first CTA adds the others' partial tiles from
-// their shared memory (distributed shared memory: no workspace, no fix-up kernel, a fixed order, so
-// deterministic) and writes the tile. Splitting K puts a tile's weights on KS SMs, so few large row tiles still
+// (1, 1, KS) (checked: it traps otherwise); each CTA leaves its partial tile in its shared memory, and CTA z
+// adds the z-th 1/KS of the tile's outputs over the cluster's CTAs in rank order (distributed shared memory: no
+// workspace, no fix-up kernel, a fixed order, so deterministic) and writes them. Splitting K puts a tile's weights on KS SMs, so few large row tiles still
 // fill the card (mmm_cluster_splits). S >= 2 ring stages (run time), each one IQ4_XS block (256 columns of K).
 // Launch with mmm_smem_bytes(NF, MT, WM, WN, WK, S) bytes of dynamic shared memory.
 template <int NF, int MT, int WM, int WN, int WK = 1>
@@ -352,10 +352,11 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
                         for (int i = 0; i < 4; ++i) acc[m][f][i] += tile_at(red + (j - 1) * mmm_tile_floats(NF, MT, WM, WN), m, f, i);
         }
     }
+    constexpr float unscale = 1.0f / MMM_W_SCALE;
 #if MMM_CLUSTERS
-    if (KS > 1) {  // add the cluster's partial tiles, in rank order, in the first CTA
+    if (KS > 1) {  // the cluster's partial tiles, added in rank order: each CTA adds and writes 1/KS of the tile
         __syncthreads();  // the WK reduction is done with the space the partial tile takes
-        if (z > 0 && wk == 0) {
+        if (wk == 0) {
 #pragma unroll
             for (int m = 0; m < MT; ++m)
 #pragma unroll
@@ -364,23 +365,29 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
                     for (int i = 0; i < 4; ++i) tile_at(red, m, f, i) = acc[m][f][i];
         }
         cluster.sync();  // every partial tile written (release / acquire across the cluster)
-        if (z == 0 && wk == 0) {
-            for (int j = 1; j < KS; ++j) {
-                float *const rp = cluster.map_shared_rank(red, (unsigned)j);
+        const float *rp[MMM_MAX_SPLITS];
 #pragma unroll
-                for (int m = 0; m < MT; ++m)
+        for (int j = 0; j < MMM_MAX_SPLITS; ++j) rp[j] = j < KS ? cluster.map_shared_rank(red, (unsigned)j) : red;
+        constexpr int E = mmm_tile_floats(NF, MT, WM, WN);
+        const int e1 = (int)((long long)(z + 1) * E / KS);
+        for (int e = (int)((long long)z * E / KS) + (int)threadIdx.x; e < e1; e += NT) {
+            float v = 0.0f;
 #pragma unroll
-                    for (int f = 0; f < NF; ++f)
-#pragma unroll
-                        for (int i = 0; i < 4; ++i) acc[m][f][i] += tile_at(rp, m, f, i);
-            }
+            for (int j = 0; j < MMM_MAX_SPLITS; ++j)
+                if (j < KS) v += rp[j][e];
+            // e = ((wmn * MT + m) * NF * 4 + f * 4 + i) * 32 + lane, as tile_at lays it out; wmn = wm + WM * wn
+            const int ln = e & 31, q = e >> 5;
+            const int i = q & 3, f = (q >> 2) % NF, m = (q / (4 * NF)) % MT, wmn_e = q / (4 * NF * MT);
+            const int r = row0 + 16 * (MT * (wmn_e % WM) + m) + (ln >> 2) + (i >= 2 ? 8 : 0);
+            const int c = col0 + 8 * NF * (wmn_e / WM) + 8 * f + 2 * (ln & 3) + (i & 1);
+            if (r < nrows && c < ncols) y[(size_t)c * ldy + r] = v * unscale;
         }
-        cluster.sync();  // no CTA exits (releasing its shared memory) while the first one still reads it
+        cluster.sync();  // no CTA exits (releasing its shared memory) while another still reads it
+        return;
     }
 #endif
-    if (wk > 0 || z > 0) return;
+    if (wk > 0) return;
 
-    constexpr float unscale = 1.0f / MMM_W_SCALE;
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
         const int r = row0 + ra[m];
