@@ -69,14 +69,17 @@ int64_t mmm_max_cols() {
     return n;
 }
 
-// Its tiles, from the harness's table (vendor/airavata-cuda/mmm_iq4xs.cu): up to 32 columns F4.T2.M4.N1.K2.S3
-// (128 rows x 32 columns, 8 warps: 4 row warps of two 16-row tiles x 2 K slices, 3 stages), beyond
-// F8.T2.M4.N1.K2.S3 (128 x 64); K split over a cluster of mmm_cluster_splits CTAs.
+// Its tiles (harness variants of vendor/airavata-cuda/mmm_iq4xs.cu, chosen before measuring them: see NOTES.md):
+// up to 16 columns F2.T2.M4.N1.K2.S4 (128 rows x 16 columns, 8 warps: 4 row warps of two 16-row tiles x 2 K
+// slices, 4 stages), up to 32 F4.T2.M4.N1.K2.S3 (128 x 32, 3 stages), beyond F8.T2.M4.N1.K2.S3 (128 x 64); K split
+// over a cluster of mmm_cluster_splits CTAs.
 struct MmmTile {
     int nf, mt, wm, wn, wk, stages;
 };
 constexpr MmmTile mmm_tile(int64_t ncols) {
-    return ncols <= 32 ? MmmTile{ 4, 2, 4, 1, 2, 3 } : MmmTile{ 8, 2, 4, 1, 2, 3 };
+    return ncols <= 16 ? MmmTile{ 2, 2, 4, 1, 2, 4 } :
+           ncols <= 32 ? MmmTile{ 4, 2, 4, 1, 2, 3 } :
+                         MmmTile{ 8, 2, 4, 1, 2, 3 };
 }
 // Whether the tile for ncols columns fits the card's shared memory and the grid's y limit.
 bool mmm_fits(int64_t ncols, int64_t rows, size_t smpbo) {
@@ -130,9 +133,13 @@ void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, i
 // max_splits: how many CTAs of a cluster may split K (1 where the card has no clusters, before Hopper).
 void mmm_launch(const uint8_t * W, const half * xh, float * y, int nrows, int nb, int ncols, int nsm, int max_splits,
                 cudaStream_t stream) {
-    constexpr MmmTile narrow = mmm_tile(32), wide = mmm_tile(33);
-    const MmmTile     t      = mmm_tile(ncols);
-    if (ncols <= 32) {
+    constexpr MmmTile narrow16 = mmm_tile(16), narrow = mmm_tile(32), wide = mmm_tile(33);
+    static_assert(narrow16.nf != narrow.nf && narrow.nf != wide.nf && narrow16.nf != wide.nf, "nf names the tile");
+    const MmmTile t = mmm_tile(ncols);
+    if (t.nf == narrow16.nf) {
+        mmm_launch_tile<narrow16.nf, narrow16.mt, narrow16.wm, narrow16.wn, narrow16.wk>(W, xh, y, nrows, nb, ncols,
+                                                                                       t.stages, nsm, max_splits, stream);
+    } else if (t.nf == narrow.nf) {
         mmm_launch_tile<narrow.nf, narrow.mt, narrow.wm, narrow.wn, narrow.wk>(W, xh, y, nrows, nb, ncols, t.stages,
                                                                              nsm, max_splits, stream);
     } else {
