@@ -63,12 +63,8 @@ static bool launch_t(int S, int KS, const uint8_t *W, const __half *xh, float *y
     cfg.blockDim = dim3(NT);
     cfg.dynamicSmemBytes = (size_t)smem;
     cfg.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = 1;
-    at[0].val.clusterDim.y = 1;
-    at[0].val.clusterDim.z = (unsigned)KS;
-    cfg.attrs = at;
+    cudaLaunchAttribute at = mmm_cluster_attribute(KS);
+    cfg.attrs = &at;
     cfg.numAttrs = KS > 1 ? 1 : 0;
     CK(cudaLaunchKernelEx(&cfg, kern, W, xh, y, nrows, nb, ncols, nrows, S));
     CKL();

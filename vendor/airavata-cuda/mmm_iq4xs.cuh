@@ -97,6 +97,16 @@ inline int mmm_cluster_splits(long long tiles, int nb, int sms, int ctas_per_sm,
     }
     return best;
 }
+// The launch attribute for KS CTAs splitting K: the cluster dims (1, 1, KS) the kernel checks (launch with
+// gridDim.z = KS; attach it only for KS > 1).
+inline cudaLaunchAttribute mmm_cluster_attribute(int ks) {
+    cudaLaunchAttribute a = {};
+    a.id = cudaLaunchAttributeClusterDimension;
+    a.val.clusterDim.x = 1;
+    a.val.clusterDim.y = 1;
+    a.val.clusterDim.z = (unsigned)ks;
+    return a;
+}
 
 #ifdef __CUDACC__
 

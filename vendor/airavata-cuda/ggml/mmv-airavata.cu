@@ -95,8 +95,15 @@ void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, i
     auto kern = mmm_iq4xs_kernel<NF, MT, WM, WN, WK>;
     const int smem = mmm_smem_bytes(NF, MT, WM, WN, WK, stages);
     CUDA_SET_SHARED_MEMORY_LIMIT(kern, smem);
-    int occ = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, NT, (size_t) smem));
+    // CTAs a SM holds: asked once per device (and shared-memory size), not on every launch.
+    static int occ_smem[GGML_CUDA_MAX_DEVICES] = {};
+    static int occ_ctas[GGML_CUDA_MAX_DEVICES] = {};
+    const int  dev                             = ggml_cuda_get_device();
+    if (occ_smem[dev] != smem) {
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_ctas[dev], kern, NT, (size_t) smem));
+        occ_smem[dev] = smem;
+    }
+    const int occ = occ_ctas[dev];
     const dim3 tiles((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
     const int ks = mmm_cluster_splits((long long) tiles.x * tiles.y, nb, nsm, occ, max_splits);
     // ggml's launcher cannot add the cluster's dims, so the launch is written out: the cluster (1, 1, ks) and,
@@ -104,11 +111,7 @@ void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, i
     cudaLaunchAttribute attrs[2];
     unsigned int nattrs = 0;
     if (ks > 1) {
-        attrs[nattrs].id = cudaLaunchAttributeClusterDimension;
-        attrs[nattrs].val.clusterDim.x = 1;
-        attrs[nattrs].val.clusterDim.y = 1;
-        attrs[nattrs].val.clusterDim.z = (unsigned int) ks;
-        ++nattrs;
+        attrs[nattrs++] = mmm_cluster_attribute(ks);
     }
 #if defined(GGML_CUDA_USE_PDL)
     static const bool pdl_env = [] {
