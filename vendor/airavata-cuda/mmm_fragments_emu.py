@@ -105,3 +105,37 @@ for (NF, MT, WM, WN) in [(2, 2, 4, 1), (2, 4, 2, 1), (2, 4, 4, 1), (2, 2, 2, 1),
             for e in range(z * E // KS, (z + 1) * E // KS): cover[e] += 1
         if any(c != 1 for c in cover): red_ok = False
 print('cluster reduction mapping: ' + ('ok' if red_ok else 'MISMATCH'))
+
+# Fixed staging (MMM_FIXED_STAGING): thread t copies chunk jw = t & 7 of rows t >> 3 + i * NT / 8 and the tail
+# (chunk 8) of rows t + i * NT; activation lane t & 31 of columns t >> 5 + i * NT / 32. Every (row, chunk) of the
+# stage and every (column, 16-byte piece) is copied exactly once, and a thread's rows share one parity of R * nb.
+stage_ok = True
+for (NF, MT, WM, WN, WK) in [(2, 1, 1, 1, 8), (2, 2, 2, 1, 4), (2, 2, 4, 1, 1), (2, 2, 4, 1, 2), (2, 4, 2, 1, 2),
+                             (2, 4, 4, 1, 1), (4, 1, 2, 1, 8), (4, 2, 2, 1, 2), (4, 2, 4, 1, 1), (4, 2, 4, 1, 2),
+                             (4, 2, 4, 2, 1), (4, 4, 2, 1, 2), (8, 1, 2, 1, 8), (8, 1, 4, 1, 2), (8, 2, 2, 1, 2),
+                             (8, 2, 4, 1, 1), (8, 2, 4, 1, 2)]:
+    BM, BN, NT = 16 * MT * WM, 8 * NF * WN, 32 * WM * WN * WK
+    WROWS, TCH = NT // 8, -(-BM // NT)
+    WCH = -(-BM // WROWS)
+    XROWS = NT // 32
+    XCH = -(-BN // XROWS)
+    w, x = [], []
+    for t in range(NT):
+        rows = []
+        for i in range(WCH):
+            r = (t >> 3) + i * WROWS
+            if r < BM: w.append((r, t & 7)); rows.append(r)
+        for i in range(TCH):
+            r = t + i * NT
+            if r < BM: w.append((r, 8)); rows.append(r)
+        for i in range(XCH):
+            n = (t >> 5) + i * XROWS
+            if n < BN: x.append((n, t & 31))
+        for row0 in (0, 128, 37 * 128):
+            for nb in (16, 43):
+                pars = {((row0 + r) * nb) & 1 for r in rows if (r - (t >> 3)) % WROWS == 0}
+                tpars = {((row0 + r) * nb) & 1 for r in rows if r % NT == t}
+                if len(pars) > 1 or len(tpars) > 1: stage_ok = False
+    if sorted(w) != [(r, j) for r in range(BM) for j in range(9)]: stage_ok = False
+    if sorted(x) != [(n, j) for n in range(BN) for j in range(32)]: stage_ok = False
+print('fixed staging mapping: ' + ('ok' if stage_ok else 'MISMATCH'))

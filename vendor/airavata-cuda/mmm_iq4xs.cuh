@@ -38,6 +38,13 @@
 #define MMM_CLUSTERS 0
 #endif
 
+// 1: a thread's weight and activation chunks are fixed at the start and only the block moves each stage
+// (session 23); 0: session 22's staging, which recomputes each chunk's row and address every stage. The harness
+// builds both to compare; the kernel shipped in ggml uses the default.
+#ifndef MMM_FIXED_STAGING
+#define MMM_FIXED_STAGING 1
+#endif
+
 namespace airavata {
 
 // kv + 128 (all 1..241, fit a byte): the table for indices 0..7 (UA) and 8..15 (UB).
@@ -226,6 +233,56 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
     const int kb0 = (int)((long long)z * nb / KS), nk = (int)((long long)(z + 1) * nb / KS) - kb0;
     const uint32_t smem_s = (uint32_t)__cvta_generic_to_shared(smem);
 
+#if MMM_FIXED_STAGING
+    // Block u of row R starts 8*((R*nb + u) & 1) bytes past a 16-byte boundary; it is copied from that boundary:
+    // 144 bytes, eight 16-byte chunks (j = 0..7, never past the block's end) and a tail (j = 8, which may run 8
+    // bytes past it, so past the matrix on the last row: cp_async_w copies 8 there). Eight adjacent threads copy
+    // one row's first 128 bytes (a warp reads four 128-byte runs). A thread's rows and chunk are the same every
+    // stage, and NT / 8 and NT are even, so all its rows have one parity: only the block u moves.
+    constexpr int WROWS = NT / 8, WCH = (BM + WROWS - 1) / WROWS;  // rows a pass covers; passes
+    constexpr int TCH = (BM + NT - 1) / NT;                         // tail passes
+    static_assert(NT % 32 == 0 && NT >= 32, "whole warps");
+    const int jw = threadIdx.x & 7, rw = threadIdx.x >> 3;
+    const size_t w_first = (size_t)(row0 + rw) * rowbytes + 16 * jw, w_step = (size_t)WROWS * rowbytes;
+    const int w_par = (int)(((long long)(row0 + rw) * nb) & 1);
+    const size_t t_first = (size_t)(row0 + threadIdx.x) * rowbytes + 128, t_step = (size_t)NT * rowbytes;
+    const int t_par = (int)(((long long)(row0 + threadIdx.x) * nb) & 1);
+    auto issue_w = [&](int u, int s) {
+        const uint32_t base = smem_s + s * STAGE;
+        const size_t a = w_first + (size_t)u * IQ4XS_BYTES - ((w_par ^ u) & 1) * 8;
+#pragma unroll
+        for (int i = 0; i < WCH; ++i) {
+            const int r = rw + i * WROWS;
+            if ((BM % WROWS == 0 || r < BM) && row0 + r < nrows)
+                cp_async16(base + r * MMM_RS + 16 * jw, W + a + (size_t)i * w_step);
+        }
+        const size_t at = t_first + (size_t)u * IQ4XS_BYTES - ((t_par ^ u) & 1) * 8;
+#pragma unroll
+        for (int i = 0; i < TCH; ++i) {
+            const int r = (int)threadIdx.x + i * NT;
+            if ((BM % NT == 0 || r < BM) && row0 + r < nrows) {
+                const size_t ai = at + (size_t)i * t_step;
+                cp_async_w(base + r * MMM_RS + 128, W + ai, total - ai);
+            }
+        }
+    };
+    // Columns past ncols are zero-filled (their outputs are not stored, but nothing reads unwritten memory). A
+    // warp copies one column's 512 bytes (a lane's 16 are the same every stage).
+    constexpr int XROWS = NT / 32, XCH = (BN + XROWS - 1) / XROWS;
+    auto issue_x = [&](int u, int s) {
+        const uint32_t base = smem_s + s * STAGE + BM * MMM_RS + 16 * lane;
+#pragma unroll
+        for (int i = 0; i < XCH; ++i) {
+            const int n = warp + i * XROWS;
+            if (BN % XROWS == 0 || n < BN) {
+                const int col = col0 + n;
+                const bool in = col < ncols;
+                cp_async16_zfill(base + n * MMM_XS, xh + (in ? (size_t)col * K + (size_t)u * IQ4XS_QK + 8 * lane : 0),
+                                 in ? 16 : 0);
+            }
+        }
+    };
+#else  // session 22's staging: each chunk's row and address recomputed every stage (for comparison)
     // Block u of row R starts 8*((R*nb + u) & 1) bytes past a 16-byte boundary; it is copied from that boundary.
     auto issue_w = [&](int u, int s) {
         const uint32_t base = smem_s + s * STAGE;
@@ -250,6 +307,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
                              in ? 16 : 0);
         }
     };
+#endif
 
     float acc[MT][NF][4];
 #pragma unroll
