@@ -95,6 +95,16 @@ struct EventTimer {
         std::sort(t.begin(), t.end());
         return t[t.size() / 2];
     }
+    // Per call, from `inner` calls back to back between the events (a lone call's events also time the host's
+    // launch latency, several microseconds: as much as a small kernel itself); the median of reps such runs.
+    template <typename Fn> float median_ms_per_call(Fn &&fn, int warm, int reps, int inner) {
+        return median_ms(
+                   [&] {
+                       for (int i = 0; i < inner; ++i) fn();
+                   },
+                   warm, reps) /
+               (float)inner;
+    }
 };
 // The card's device-to-device copy rate (read + write bytes a second, GB/s) over n-byte buffers.
 static double d2d_copy_gbs(EventTimer &timer, size_t n = (size_t)1 << 30) {

@@ -69,17 +69,17 @@ int64_t mmm_max_cols() {
     return n;
 }
 
-// Its tiles (harness variants of vendor/airavata-cuda/mmm_iq4xs.cu, chosen before measuring them: see NOTES.md):
-// up to 16 columns F2.T2.M4.N1.K2.S4 (128 rows x 16 columns, 8 warps: 4 row warps of two 16-row tiles x 2 K
-// slices, 4 stages), up to 32 F4.T2.M4.N1.K2.S3 (128 x 32, 3 stages), beyond F8.T2.M4.N1.K2.S3 (128 x 64); K split
-// over a cluster of mmm_cluster_splits CTAs.
+// Its tiles: the harness's (vendor/airavata-cuda/mmm_iq4xs.cu) best over the four Airavata shapes on an H100
+// (session 23, benches/results/2026-12-07-h100-mmm-v2/): up to 16 columns F2.T2.M4.N1.K1.S2 (128 rows x 16 columns,
+// 4 warps of two 16-row tiles, 2 stages), up to 32 F4.T2.M2.N1.K2.S2 (64 x 32, 2 warps x 2 K slices), beyond
+// F8.T2.M2.N1.K2.S2 (64 x 64); K split over a cluster of mmm_cluster_splits CTAs.
 struct MmmTile {
     int nf, mt, wm, wn, wk, stages;
 };
 constexpr MmmTile mmm_tile(int64_t ncols) {
-    return ncols <= 16 ? MmmTile{ 2, 2, 4, 1, 2, 4 } :
-           ncols <= 32 ? MmmTile{ 4, 2, 4, 1, 2, 3 } :
-                         MmmTile{ 8, 2, 4, 1, 2, 3 };
+    return ncols <= 16 ? MmmTile{ 2, 2, 4, 1, 1, 2 } :
+           ncols <= 32 ? MmmTile{ 4, 2, 2, 1, 2, 2 } :
+                         MmmTile{ 8, 2, 2, 1, 2, 2 };
 }
 // Whether the tile for ncols columns fits the card's shared memory and the grid's y limit.
 bool mmm_fits(int64_t ncols, int64_t rows, size_t smpbo) {
