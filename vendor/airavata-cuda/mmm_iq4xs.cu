@@ -4,7 +4,7 @@
 //   ./mmm_iq4xs            checks (shapes x N x variants), then timing (Llama-7B shapes, N = 16..256)
 //   ./mmm_iq4xs --check    checks on small shapes only (for compute-sanitizer)
 //   ./mmm_iq4xs --quick    checks only
-//   ./mmm_iq4xs --time-only  timing only
+//   ./mmm_iq4xs --time-only  timing only (MMM_TIME_N=64, MMM_TIME_SHAPE=4096x4096: only that column count / shape)
 //   MMM_ONLY=substring     only the variants whose name contains it (e.g. .T2., or .Za), checks and timing
 //
 // Checks, against references computed on the host in double:
@@ -309,10 +309,14 @@ int main(int argc, char **argv) {
 
     const std::vector<Shape> tshapes = {
         {4096, 4096, "q,k,v,o"}, {11008, 4096, "gate/up"}, {4096, 11008, "down"}, {12288, 4096, "fused qkv"}};
-    const std::vector<int> tNs = {16, 32, 64, 128, 256};
+    std::vector<int> tNs = {16, 32, 64, 128, 256};
+    // MMM_TIME_N=64 / MMM_TIME_SHAPE=4096x4096: time only that column count / shape (e.g. to profile one launch)
+    if (const char *e = getenv("MMM_TIME_N")) tNs = {atoi(e)};
+    const char *only_shape = getenv("MMM_TIME_SHAPE");
     printf("\n%-10s %-10s %4s %-14s %9s %8s %7s %8s %9s %9s\n", "shape", "what", "N", "best", "us/call", "w GB/s",
            "%copy", "TFLOP/s", "conv_us", "mmv16_us");
     for (const Shape &sh : tshapes) {
+        if (only_shape && std::to_string(sh.rows) + "x" + std::to_string(sh.K) != only_shape) continue;
         const int nb = sh.K / IQ4XS_QK;
         const size_t wbytes = (size_t)sh.rows * nb * IQ4XS_BYTES;
         const size_t stride = (wbytes + 255) & ~(size_t)255;
