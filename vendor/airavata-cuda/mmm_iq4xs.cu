@@ -39,6 +39,7 @@ struct Cfg {
     int bn() const { return mmm_bn(NF, WN); }
 };
 static int g_smem_optin = 0, g_sms = 0;
+static int g_last_ks = 1;  // the split count of the last launch (Za variants: the heuristic's choice)
 
 template <int NF, int MT, int WM, int WN, int WK>
 static bool launch_t(int S, int KS, const uint8_t *W, const __half *xh, float *y, int nrows, int nb, int ncols,
@@ -53,12 +54,14 @@ static bool launch_t(int S, int KS, const uint8_t *W, const __half *xh, float *y
         attr = smem;
     }
     const dim3 tiles((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
-    if (KS == 0) {  // the occupancy is asked once per stage count (as ggml's launcher does), not inside the timing
-        static int occ_at[8] = {};
-        int &occ = occ_at[S & 7];
-        if (occ == 0) CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, NT, smem));
-        KS = mmm_cluster_splits((long long)tiles.x * tiles.y, nb, g_sms, occ, MMM_MAX_SPLITS);  // an sm_90a build
+    if (KS == 0) {  // the card's cluster capacity is asked once per stage count (as ggml's launcher does), not
+                    // inside the timing
+        static int caps[8][MMM_MAX_SPLITS + 1] = {};
+        int *cap = caps[S & 7];
+        if (cap[1] == 0) CK(mmm_cluster_caps(kern, NT, smem, g_sms, MMM_MAX_SPLITS, cap));
+        KS = mmm_cluster_splits((long long)tiles.x * tiles.y, nb, cap, MMM_MAX_SPLITS);  // an sm_90a build
     }
+    g_last_ks = KS;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(tiles.x, tiles.y, KS);
     cfg.blockDim = dim3(NT);
@@ -337,8 +340,9 @@ int main(int argc, char **argv) {
                         mmm_launch(c, pool + (size_t)(it++ % nbuf) * stride, dxh, dy, sh.rows, nb, N, st);
                     },
                     2, 11, MMM_INNER);
-                char b[64];
+                char b[80];
                 snprintf(b, sizeof b, " %s=%.1f", c.name().c_str(), ms * 1e3);
+                if (c.KS == 0) snprintf(b + strlen(b), sizeof b - strlen(b), "(z%d)", g_last_ks);
                 all += b;
                 if (ms * 1e3 < best) {
                     best = ms * 1e3;

@@ -86,19 +86,24 @@ __host__ __device__ constexpr bool mmm_fits_smem(int NF, int MT, int WM, int WN,
 }
 // The most CTAs a cluster may hold without the non-portable opt-in.
 constexpr int MMM_MAX_SPLITS = 8;
-// How many CTAs (a cluster) split K for each output tile: 1..min(MMM_MAX_SPLITS, nb), the count whose
-// tiles * KS CTAs fill the card's CTA slots (sms * ctas_per_sm) in the fewest, fullest waves; the smallest such
-// count on ties (every split adds a reduction).
-// max_splits: MMM_MAX_SPLITS on sm_90 and later, 1 before (no clusters).
-inline int mmm_cluster_splits(long long tiles, int nb, int sms, int ctas_per_sm, int max_splits) {
-    const long long slots = (long long)sms * (ctas_per_sm > 0 ? ctas_per_sm : 1);
+// How many CTAs (a cluster) split K for each output tile: 1..min(max_splits, MMM_MAX_SPLITS, nb), the count with
+// the least modelled time, waves(ks) * (MMM_SPLIT_FIXED_BLOCKS + nb / ks) in units of one K block's streaming:
+// waves(ks) = ceil(tiles / cap[ks]), where cap[ks] is how many clusters of ks CTAs the card runs at once (cap[1]:
+// SMs x CTAs a SM; beyond, cudaOccupancyMaxActiveClusters, which GPC sizes hold below SMs x CTAs / ks: on an
+// H100, 62 clusters of four two-CTA-a-SM CTAs, so 64 tiles split by 4 took two waves, ncu session 23). The
+// smallest count on ties (every split adds a reduction). max_splits: MMM_MAX_SPLITS on sm_90 and later, 1 before
+// (no clusters); cap has max_splits + 1 entries (cap[0] unused).
+// MMM_SPLIT_FIXED_BLOCKS: a CTA's cost besides streaming its blocks (the ring's fill before the first block and
+// the reductions), in blocks: set from the pipeline's depth, not yet measured.
+constexpr double MMM_SPLIT_FIXED_BLOCKS = 2.0;
+inline int mmm_cluster_splits(long long tiles, int nb, const int *cap, int max_splits) {
     int best = 1;
-    double best_eff = 0;
+    double best_t = 0;
     for (int ks = 1; ks <= max_splits && ks <= MMM_MAX_SPLITS && ks <= nb; ++ks) {
-        const long long ctas = tiles * ks, waves = (ctas + slots - 1) / slots;
-        const double eff = (double)ctas / (double)(waves * slots);
-        if (eff > best_eff + 1e-9) {
-            best_eff = eff;
+        const long long c = cap[ks] > 0 ? cap[ks] : 1;
+        const double t = (double)((tiles + c - 1) / c) * (MMM_SPLIT_FIXED_BLOCKS + (double)nb / ks);
+        if (ks == 1 || t < best_t * (1.0 - 1e-9)) {
+            best_t = t;
             best = ks;
         }
     }
@@ -116,6 +121,29 @@ inline cudaLaunchAttribute mmm_cluster_attribute(int ks) {
 }
 
 #ifdef __CUDACC__
+
+// cap[1..max_splits] for mmm_cluster_splits: how many clusters of ks CTAs of kern (nt threads, smem bytes of
+// dynamic shared memory) the current device runs at once; cap[1] is SMs (sms) x CTAs a SM. Returns the first
+// failing query's error. Ask once per kernel and shared-memory size, not on every launch.
+template <typename Kernel>
+inline cudaError_t mmm_cluster_caps(Kernel kern, int nt, int smem, int sms, int max_splits, int *cap) {
+    int occ = 0;
+    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, nt, (size_t)smem);
+    if (e != cudaSuccess) return e;
+    cap[1] = sms * occ;
+    for (int ks = 2; ks <= max_splits && ks <= MMM_MAX_SPLITS; ++ks) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(1, 1, (unsigned)ks);
+        cfg.blockDim = dim3((unsigned)nt);
+        cfg.dynamicSmemBytes = (size_t)smem;
+        cudaLaunchAttribute at = mmm_cluster_attribute(ks);
+        cfg.attrs = &at;
+        cfg.numAttrs = 1;
+        e = cudaOccupancyMaxActiveClusters(&cap[ks], kern, &cfg);
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+}
 
 // f32 activations -> fp16 (column n at x + n*ldx, K values) into xh [ncols][K], each 32-group in xq_pos order.
 // Finite values beyond fp16's range are clamped to +-65504 (llama.cpp's own fp16 paths would give inf); NaN

@@ -95,17 +95,17 @@ void mmm_launch_tile(const uint8_t * W, const half * xh, float * y, int nrows, i
     auto kern = mmm_iq4xs_kernel<NF, MT, WM, WN, WK>;
     const int smem = mmm_smem_bytes(NF, MT, WM, WN, WK, stages);
     CUDA_SET_SHARED_MEMORY_LIMIT(kern, smem);
-    // CTAs a SM holds: asked once per device (and shared-memory size), not on every launch.
-    static int occ_smem[GGML_CUDA_MAX_DEVICES] = {};
-    static int occ_ctas[GGML_CUDA_MAX_DEVICES] = {};
-    const int  dev                             = ggml_cuda_get_device();
-    if (occ_smem[dev] != smem) {
-        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_ctas[dev], kern, NT, (size_t) smem));
-        occ_smem[dev] = smem;
+    // How many clusters of each size the card runs at once: asked once per device (and shared-memory size), not on
+    // every launch.
+    static int cap_smem[GGML_CUDA_MAX_DEVICES]                     = {};
+    static int caps[GGML_CUDA_MAX_DEVICES][MMM_MAX_SPLITS + 1]     = {};
+    const int  dev                                                 = ggml_cuda_get_device();
+    if (cap_smem[dev] != smem) {
+        CUDA_CHECK(mmm_cluster_caps(kern, NT, smem, nsm, max_splits, caps[dev]));
+        cap_smem[dev] = smem;
     }
-    const int occ = occ_ctas[dev];
     const dim3 tiles((ncols + BN - 1) / BN, (nrows + BM - 1) / BM);
-    const int ks = mmm_cluster_splits((long long) tiles.x * tiles.y, nb, nsm, occ, max_splits);
+    const int ks = mmm_cluster_splits((long long) tiles.x * tiles.y, nb, caps[dev], max_splits);
     // ggml's launcher cannot add the cluster's dims, so the launch is written out: the cluster (1, 1, ks) and,
     // as ggml_cuda_kernel_launch would (same switch, GGML_CUDA_PDL), programmatic dependent launch.
     cudaLaunchAttribute attrs[2];
