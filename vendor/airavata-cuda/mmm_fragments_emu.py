@@ -106,7 +106,7 @@ for (NF, MT, WM, WN) in [(2, 2, 4, 1), (2, 4, 2, 1), (2, 4, 4, 1), (2, 2, 2, 1),
         if any(c != 1 for c in cover): red_ok = False
 print('cluster reduction mapping: ' + ('ok' if red_ok else 'MISMATCH'))
 
-# Fixed staging (MMM_FIXED_STAGING): thread t copies chunk jw = t & 7 of rows t >> 3 + i * NT / 8 and the tail
+# Fixed staging (issue_w / issue_x): thread t copies chunk jw = t & 7 of rows t >> 3 + i * NT / 8 and the tail
 # (chunk 8) of rows t + i * NT; activation lane t & 31 of columns t >> 5 + i * NT / 32. Every (row, chunk) of the
 # stage and every (column, 16-byte piece) is copied exactly once, and a thread's rows share one parity of R * nb.
 stage_ok = True

@@ -38,13 +38,6 @@
 #define MMM_CLUSTERS 0
 #endif
 
-// 1: a thread's weight and activation chunks are fixed at the start and only the block moves each stage
-// (session 23); 0: session 22's staging, which recomputes each chunk's row and address every stage. The harness
-// builds both to compare; the kernel shipped in ggml uses the default.
-#ifndef MMM_FIXED_STAGING
-#define MMM_FIXED_STAGING 1
-#endif
-
 namespace airavata {
 
 // kv + 128 (all 1..241, fit a byte): the table for indices 0..7 (UA) and 8..15 (UB).
@@ -261,7 +254,6 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
     const int kb0 = (int)((long long)z * nb / KS), nk = (int)((long long)(z + 1) * nb / KS) - kb0;
     const uint32_t smem_s = (uint32_t)__cvta_generic_to_shared(smem);
 
-#if MMM_FIXED_STAGING
     // Block u of row R starts 8*((R*nb + u) & 1) bytes past a 16-byte boundary; it is copied from that boundary:
     // 144 bytes, eight 16-byte chunks (j = 0..7, never past the block's end) and a tail (j = 8, which may run 8
     // bytes past it, so past the matrix on the last row: cp_async_w copies 8 there). Eight adjacent threads copy
@@ -310,32 +302,6 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
             }
         }
     };
-#else  // session 22's staging: each chunk's row and address recomputed every stage (for comparison)
-    // Block u of row R starts 8*((R*nb + u) & 1) bytes past a 16-byte boundary; it is copied from that boundary.
-    auto issue_w = [&](int u, int s) {
-        const uint32_t base = smem_s + s * STAGE;
-        for (int c = threadIdx.x; c < BM * 9; c += NT) {
-            const int r = c / 9, j = c - 9 * (c / 9);
-            const int R = row0 + r;
-            if (R < nrows) {
-                const int off = (int)(((long long)R * nb + u) & 1) * 8;
-                const size_t A = (size_t)R * rowbytes + (size_t)u * IQ4XS_BYTES - off;
-                if (16 * j < off + IQ4XS_BYTES) cp_async_w(base + r * MMM_RS + 16 * j, W + A + 16 * j, total - (A + 16 * j));
-            }
-        }
-    };
-    // Columns past ncols are zero-filled (their outputs are not stored, but nothing reads unwritten memory).
-    auto issue_x = [&](int u, int s) {
-        const uint32_t base = smem_s + s * STAGE + BM * MMM_RS;
-        for (int c = threadIdx.x; c < BN * 32; c += NT) {
-            const int n = c >> 5, j = c & 31;
-            const int col = col0 + n;
-            const bool in = col < ncols;
-            cp_async16_zfill(base + n * MMM_XS + 16 * j, xh + (in ? (size_t)col * K + (size_t)u * IQ4XS_QK + 8 * j : 0),
-                             in ? 16 : 0);
-        }
-    };
-#endif
 
     float acc[MT][NF][4];
 #pragma unroll

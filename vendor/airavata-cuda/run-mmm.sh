@@ -19,9 +19,3 @@ if [ "${NO_SANITIZER:-0}" != 1 ]; then
     && echo "racecheck: clean" || { echo "racecheck: FAILED"; tail -20 "$OUT/racecheck.log"; }
 fi
 build/mmm_iq4xs "$@" 2>&1 | tee "$OUT/mmm.txt"
-# STAGING_BASELINE=1: also build session 22's staging (MMM_FIXED_STAGING=0) and time it (mmm-staging0.txt).
-if [ "${STAGING_BASELINE:-0}" = 1 ]; then
-  nvcc -O3 -std=c++17 $ARCHS -DMMM_FIXED_STAGING=0 -Xcompiler -static-libstdc++ -Xcompiler -static-libgcc \
-    mmm_iq4xs.cu -o build/mmm_iq4xs_staging0
-  build/mmm_iq4xs_staging0 --time-only 2>&1 | tee "$OUT/mmm-staging0.txt"
-fi
