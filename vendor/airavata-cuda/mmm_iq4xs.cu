@@ -106,7 +106,7 @@ static bool mmm_launch(const Cfg &c, const uint8_t *W, const __half *xh, float *
 }
 
 static void convert_launch(const float *x, int K, int ncols, __half *xh, cudaStream_t st) {
-    const size_t n = (size_t)ncols * K;
+    const size_t n = mmm_xh_elems(ncols, K);
     convert_x_f16<<<(unsigned)((n + 255) / 256), 256, 0, st>>>(x, K, K, ncols, xh);
     CKL();
 }
@@ -230,7 +230,7 @@ int main(int argc, char **argv) {
             float *dx, *dy;
             __half *dxh;
             CK(cudaMalloc(&dx, x.size() * 4));
-            CK(cudaMalloc(&dxh, x.size() * 2));
+            CK(cudaMalloc(&dxh, mmm_xh_elems(N, sh.K) * 2));  // exact size, as dW
             CK(cudaMalloc(&dy, (size_t)(N + 1) * sh.rows * 4));  // + a sentinel column
             CK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
             convert_launch(dx, sh.K, N, dxh, st);
@@ -294,7 +294,7 @@ int main(int argc, char **argv) {
     float *dx, *dy;
     __half *dxh;
     CK(cudaMalloc(&dx, (size_t)MAXN * 11008 * 4));
-    CK(cudaMalloc(&dxh, (size_t)MAXN * 11008 * 2));
+    CK(cudaMalloc(&dxh, mmm_xh_elems(MAXN, 11008) * 2));
     CK(cudaMalloc(&dy, (size_t)MAXN * 12288 * 4));
     {
         std::vector<float> xv((size_t)MAXN * 11008);

@@ -7,7 +7,8 @@
 // per 32 values) costs more issue slots than the weight stream allows, and each warp staging its own activations
 // multiplies shared-memory traffic by the warp count. Here:
 //   * the activations are converted ONCE per input to fp16 (convert_x_f16, in the order the decode produces the
-//     weights, xq_pos), so the tensor core accumulates over all of K in fp32 and no per-group scaling remains;
+//     weights, xq_pos; block-major, so a CTA's slice of one block is one contiguous run), so the tensor core
+//     accumulates over all of K in fp32 and no per-group scaling remains;
 //   * a CTA stages a BM-row x 256-column slice of the weights and the matching BN columns x 256 of activations
 //     with 16-byte cp.async into an S-stage ring shared by all its warps (one barrier per 256 columns);
 //   * each warp decodes its MT x 16 rows once per 32-column sub-block into fp16 A fragments, exactly
@@ -19,8 +20,9 @@
 //   * every output is written once, by one CTA: where K is split over the CTAs of a cluster, each CTA adds 1/KS of
 //     the tile's outputs over the cluster's partial tiles, read from their shared memory in rank order (no
 //     workspace, no atomics, no fix-up kernel, deterministic).
-// The codebook lookup is a 16-entry select built from three PRMT (two 8-entry tables + a sign-mode mask), the
-// bytes become fp16 through the 0x64xx exponent (1024 + byte), one exact HSUB2 and one HMUL2 by the scale.
+// The codebook lookup is three PRMT (two 8-entry tables, then a byte pick by each index's bit 3), the bytes become
+// fp16 through the 0x64xx exponent (1024 + byte), one exact HSUB2 and one HMUL2 by the scale; a block's scales are
+// gathered as bytes and made fp16 the same way, two at a time (iq4xs_scales_f16).
 #pragma once
 #if __has_include("mmv_iq4xs.cuh")
 #include "mmv_iq4xs.cuh"
@@ -53,6 +55,17 @@ constexpr int MMM_RS = 176;
 constexpr float MMM_W_SCALE = 256.0f;  // the weights' fp16 scale (a power of two: undone exactly)
 constexpr int MMM_XS = 576;
 __host__ __device__ constexpr int mmm_stage_bytes(int BM, int BN) { return BM * MMM_RS + BN * MMM_XS; }
+// The converted activations (convert_x_f16 writes them, the kernel stages them): fp16, block-major, so the BN
+// columns of one 256-column block that a CTA stages are one contiguous run of BN * 512 bytes (16-byte copies at
+// fixed offsets from one pointer, no bounds test): element (k, n) at ((k / 256) * cols_padded + n) * 256 + the
+// position of k % 256 (each 32-group in xq_pos order). Columns are padded to MMM_COL_PAD, a multiple of every
+// tile's BN, with zeros.
+constexpr int MMM_COL_PAD = 64;
+__host__ __device__ constexpr int mmm_cols_padded(int ncols) { return (ncols + MMM_COL_PAD - 1) / MMM_COL_PAD * MMM_COL_PAD; }
+__host__ __device__ constexpr size_t mmm_xh_elems(int ncols, int K) { return (size_t)mmm_cols_padded(ncols) * K; }
+__host__ __device__ constexpr size_t mmm_xh_index(int ncols, int k, int n) {
+    return ((size_t)(k / IQ4XS_QK) * mmm_cols_padded(ncols) + n) * IQ4XS_QK + ((k % IQ4XS_QK) & ~31) + xq_pos(k & 31);
+}
 // Rows (BM) and columns (BN) of a CTA's tile for a (NF, MT, WM, WN) kernel: WM warps of MT 16-row tiles each.
 __host__ __device__ constexpr int mmm_bm(int MT, int WM) { return 16 * MT * WM; }
 __host__ __device__ constexpr int mmm_bn(int NF, int WN) { return 8 * NF * WN; }
@@ -71,7 +84,7 @@ __host__ __device__ constexpr int mmm_smem_bytes(int NF, int MT, int WM, int WN,
     return ring > red ? ring : red;
 }
 // The kernel's static shared memory: each lane's copy of the decode's constant words (iq4_f16_tables).
-constexpr int IQ4_F16_TAB_N = 6;  // UA0, UA1, UB0, UB1, the sign-mode mask byte, the fp16 exponent byte
+constexpr int IQ4_F16_TAB_N = 5;  // UA0, UA1, UB0, UB1, the fp16 exponent byte
 constexpr int IQ4_F16_TAB_WORDS = 32 * IQ4_F16_TAB_N;
 // Whether that kernel fits a CTA's shared memory (opt-in limit, bytes): dynamic + static.
 __host__ __device__ constexpr bool mmm_fits_smem(int NF, int MT, int WM, int WN, int WK, int S, size_t optin) {
@@ -138,24 +151,27 @@ inline cudaError_t mmm_cluster_caps(Kernel kern, int nt, int smem, int sms, int 
     return cudaSuccess;
 }
 
-// f32 activations -> fp16 (column n at x + n*ldx, K values) into xh [ncols][K], each 32-group in xq_pos order.
-// Finite values beyond fp16's range are clamped to +-65504 (llama.cpp's own fp16 paths would give inf); NaN
-// stays NaN. x is the previous kernel's output (read after grid_dep_wait(), so not __restrict__).
+// f32 activations -> fp16 (column n at x + n*ldx, K values) into xh in the block-major layout (mmm_xh_index:
+// block kb's columns one after another, each 32-group in xq_pos order), the columns from ncols up to
+// mmm_cols_padded(ncols) zero. Grid: mmm_xh_elems(ncols, K) threads. Finite values beyond fp16's range are
+// clamped to +-65504 (llama.cpp's own fp16 paths would give inf); NaN stays NaN. x is the previous kernel's
+// output (read after grid_dep_wait(), so not __restrict__).
 __global__ void __launch_bounds__(256) convert_x_f16(const float *x, int K, int ldx, int ncols,
                                                      __half *__restrict__ xh) {
     grid_dep_wait();
     grid_dep_launch();
     const size_t i = (size_t)blockIdx.x * 256 + threadIdx.x;
-    if (i >= (size_t)ncols * K) return;
+    if (i >= mmm_xh_elems(ncols, K)) return;
     const int n = (int)(i / (size_t)K), k = (int)(i % (size_t)K);
-    float v = x[(size_t)n * ldx + k];
+    float v = n < ncols ? x[(size_t)n * ldx + k] : 0.0f;
     if (fabsf(v) > 65504.0f) v = copysignf(65504.0f, v);  // false for NaN
-    xh[(size_t)n * K + (k & ~31) + xq_pos(k & 31)] = __float2half_rn(v);
+    xh[mmm_xh_index(ncols, k, n)] = __float2half_rn(v);
 }
 
-__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void *src, int src_bytes) {
+// The 8 bytes at src (8-byte aligned): the tail of the matrix's last block (cp_async16 elsewhere).
+__device__ __forceinline__ void cp_async8(uint32_t dst, const void *src) {
 #if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src));
 #endif
 }
 
@@ -180,34 +196,70 @@ __device__ __forceinline__ __half2 bits_h2(uint32_t v) { return *reinterpret_cas
 // uniform registers and moves each into a vector register before every use (SASS: one IMAD.U32 per table per
 // word, ~10 % of the decode); so each lane loads them from its own copy in shared memory, once.
 struct Iq4F16Tables {
-    uint32_t ua0, ua1, ub0, ub1, m7f, h64;
+    uint32_t ua0, ua1, ub0, ub1, h64;
 };
 __device__ __forceinline__ Iq4F16Tables iq4_f16_tables(uint32_t *tab /* __shared__ [IQ4_F16_TAB_WORDS] */) {
     for (int i = threadIdx.x; i < IQ4_F16_TAB_WORDS; i += blockDim.x) {
         const int j = i % IQ4_F16_TAB_N;
-        tab[i] = j == 0 ? UA0 : j == 1 ? UA1 : j == 2 ? UB0 : j == 3 ? UB1 : j == 4 ? 0x7f7f7f7fu : 0x64646464u;
+        tab[i] = j == 0 ? UA0 : j == 1 ? UA1 : j == 2 ? UB0 : j == 3 ? UB1 : 0x64646464u;
     }
     __syncthreads();
-    const uint32_t *t = tab + IQ4_F16_TAB_N * (threadIdx.x & 31);
-    return {t[0], t[1], t[2], t[3], t[4], t[5]};
+    const uint32_t *t = tab + IQ4_F16_TAB_N * (threadIdx.x & 31);  // an odd stride: a warp's reads hit 32 banks
+    return {t[0], t[1], t[2], t[3], t[4]};
 }
+// The 16-entry lookup of each nibble is two 8-entry PRMT lookups and a third PRMT that takes byte i from the first
+// (selector nibble i) or the second (4 + i) by the nibble's bit 3. The first lookup reads the raw nibbles: where bit
+// 3 is set PRMT's sign mode gives a byte the third does not take; the second must not see bit 3 (idx7).
 __device__ __forceinline__ Half8 iq4_decode_f16(uint32_t w, __half2 s2, const Iq4F16Tables &t) {
-    const uint32_t idx7 = w & 0x77777777u;  // no selector nibble in PRMT's sign mode
+    const uint32_t idx7 = w & 0x77777777u;
+    const uint32_t pick = ((w >> 1) & 0x44444444u) | 0x32103210u;
     const __half2 off = __float2half2_rn(1152.0f);  // 1024 (the 0x64 exponent byte) + 128 (the table's offset)
     Half8 o;
 #pragma unroll
     for (int p = 0; p < 2; ++p) {
-        const uint32_t raw = p ? w >> 16 : w, sel = p ? idx7 >> 16 : idx7;
-        const uint32_t a = prmt(t.ua0, t.ua1, sel);  // kv[idx & 7] + 128
+        const uint32_t raw = p ? w >> 16 : w, sel = p ? idx7 >> 16 : idx7, pk = p ? pick >> 16 : pick;
+        const uint32_t a = prmt(t.ua0, t.ua1, raw);  // kv[idx] + 128 where idx < 8
         const uint32_t b = prmt(t.ub0, t.ub1, sel);  // kv[8 + (idx & 7)] + 128
-        const uint32_t m = prmt(t.m7f, t.m7f, raw);  // sign mode where idx >= 8: 0x7f / 0x00
-        const uint32_t mask = m | (m << 1);          // 0xff where idx < 8
-        const uint32_t u = (a & mask) | (b & ~mask); // kv[idx] + 128
+        const uint32_t u = prmt(a, b, pk);           // kv[idx] + 128
         const uint32_t h01 = prmt(u, t.h64, 0x4140u), h23 = prmt(u, t.h64, 0x4342u);
         o.h[2 * p] = h2_bits(__hmul2(__hsub2(bits_h2(h01), off), s2));
         o.h[2 * p + 1] = h2_bits(__hmul2(__hsub2(bits_h2(h23), off), s2));
     }
     return o;
+}
+
+// A block's 6-bit sub-block scales ls[0..7] come as nibbles (scales_l, 32 bits) and 2-bit fields (scales_h,
+// 16 bits). iq4xs_scales_f16 gathers them as bytes: ev has ls[2j] in byte j, od ls[2j + 1]; a PRMT with
+// iq4xs_ls_select<SBW>(wk) picks warp wk's SBW = 8 / WK consecutive ones, ls[SBW wk + i] in byte i (SBW = 8: the
+// two selectors 0x5140 and 0x7362 give ls[0..3] and ls[4..7]).
+template <int SBW> __device__ __forceinline__ uint32_t iq4xs_ls_select(int wk) {
+    static_assert(SBW == 1 || SBW == 2 || SBW == 4 || SBW == 8, "SBW = 8 / WK");
+    if (SBW == 8) return 0x5140u;
+    if (SBW == 4) return wk ? 0x7362u : 0x5140u;
+    if (SBW == 2) return (uint32_t)((4 + wk) << 4 | wk);  // ls[2wk] = ev byte wk, ls[2wk + 1] = od byte wk
+    return (uint32_t)(wk & 1 ? 4 + (wk >> 1) : wk >> 1);  // ls[wk]
+}
+// The scales of this warp's SBW sub-blocks of one row (block header words hx = d | scales_h << 16, hy = scales_l)
+// as fp16, round_fp16(2^8 d (ls - 32)), two to a word: sub-block SBW wk + i in half i & 1 of sc[i >> 1]. 2^8 d is
+// exact in fp16 (below 2^8, subnormal d included), ls - 32 is exact, and HMUL2 rounds their product once: the
+// same value as the float product converted by __float2half_rn.
+template <int SBW>
+__device__ __forceinline__ void iq4xs_scales_f16(uint32_t hx, uint32_t hy, uint32_t ls_sel, uint32_t h64,
+                                                 uint32_t (&sc)[(SBW + 1) / 2]) {
+    uint32_t x = hx >> 16;  // scales_h: ls[sb] >> 4 at bits 2sb, 2sb + 1
+    x = (x | (x << 8)) & 0x00ff00ffu;
+    x = (x | (x << 4)) & 0x0f0f0f0fu;
+    x = (x | (x << 2)) & 0x33333333u;  // ... now nibble sb
+    const uint32_t ev = (hy & 0x0f0f0f0fu) | ((x << 4) & 0xf0f0f0f0u);
+    const uint32_t od = ((hy >> 4) & 0x0f0f0f0fu) | (x & 0xf0f0f0f0u);
+    const __half2 d = __hmul2(bits_h2(prmt(hx, 0u, 0x1010u)), __float2half2_rn(MMM_W_SCALE));
+    const __half2 off = __float2half2_rn(1056.0f);  // 1024 (the 0x64 exponent byte) + 32
+    const uint32_t ls[2] = {prmt(ev, od, ls_sel), prmt(ev, od, 0x7362u)};
+#pragma unroll
+    for (int q = 0; q < (SBW + 1) / 2; ++q) {
+        const uint32_t h = prmt(ls[q >> 1], h64, q & 1 ? 0x4342u : 0x4140u);  // 1024 + ls, two of them
+        sc[q] = h2_bits(__hmul2(__hsub2(bits_h2(h), off), d));
+    }
 }
 
 // One CTA: columns [8*NF*WN*bx, +8*NF*WN) x rows [16*MT*WM*by, +16*MT*WM) x the bz-th of KS = gridDim.z equal
@@ -248,8 +300,6 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
     const int wm = warp % WM, wn = (warp / WM) % WN, wk = warp / (WM * WN);
     const int g = lane >> 2, tq = lane & 3;
     const size_t rowbytes = (size_t)nb * IQ4XS_BYTES;
-    const size_t total = (size_t)nrows * rowbytes;
-    const size_t K = (size_t)nb * IQ4XS_QK;
     const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;  // x: column tiles, adjacent CTAs share weights
     const int kb0 = (int)((long long)z * nb / KS), nk = (int)((long long)(z + 1) * nb / KS) - kb0;
     const uint32_t smem_s = (uint32_t)__cvta_generic_to_shared(smem);
@@ -267,6 +317,10 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
     const int w_par = (int)(((long long)(row0 + rw) * nb) & 1);
     const size_t t_first = (size_t)(row0 + threadIdx.x) * rowbytes + 128, t_step = (size_t)NT * rowbytes;
     const int t_par = (int)(((long long)(row0 + threadIdx.x) * nb) & 1);
+    // The tail chunk runs 8 bytes past its block where the block starts 16-byte aligned (parity 0); only on the
+    // matrix's last block is that past the matrix, and there 8 bytes are copied. A thread's tail rows are NT
+    // apart, so at most one of them is the last row.
+    const int t_last = (nrows - 1 - row0 - (int)threadIdx.x) % NT == 0 ? (nrows - 1 - row0 - (int)threadIdx.x) / NT : -1;
     auto issue_w = [&](int u, int s) {
         const uint32_t base = smem_s + s * STAGE;
         const size_t a = w_first + (size_t)u * IQ4XS_BYTES - ((w_par ^ u) & 1) * 8;
@@ -276,31 +330,33 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
             if ((BM % WROWS == 0 || r < BM) && row0 + r < nrows)
                 cp_async16(base + r * MMM_RS + 16 * jw, W + a + (size_t)i * w_step);
         }
-        const size_t at = t_first + (size_t)u * IQ4XS_BYTES - ((t_par ^ u) & 1) * 8;
+        const int t_odd = (t_par ^ u) & 1;
+        const size_t at = t_first + (size_t)u * IQ4XS_BYTES - t_odd * 8;
 #pragma unroll
         for (int i = 0; i < TCH; ++i) {
             const int r = (int)threadIdx.x + i * NT;
             if ((BM % NT == 0 || r < BM) && row0 + r < nrows) {
-                const size_t ai = at + (size_t)i * t_step;
-                cp_async_w(base + r * MMM_RS + 128, W + ai, total - ai);
+                const uint32_t dst = base + r * MMM_RS + 128;
+                const uint8_t *src = W + at + (size_t)i * t_step;
+                if (i == t_last && u == nb - 1 && !t_odd)
+                    cp_async8(dst, src);
+                else
+                    cp_async16(dst, src);
             }
         }
     };
-    // Columns past ncols are zero-filled (their outputs are not stored, but nothing reads unwritten memory). A
-    // warp copies one column's 512 bytes (a lane's 16 are the same every stage).
-    constexpr int XROWS = NT / 32, XCH = (BN + XROWS - 1) / XROWS;
+    // Activations: block u's BN columns [col0, col0 + BN) are one run of BN * 512 bytes (mmm_xh_index; columns
+    // past ncols are zeros up to mmm_cols_padded, which BN divides). Chunk q = threadIdx.x + i * NT of the run is
+    // column q >> 5's 16-byte piece q & 31: a warp copies one column's 512 bytes, at offsets fixed at compile time.
+    constexpr int XROWS = NT / 32, XCH = BN * 32 / NT;
+    static_assert((BN * 32) % NT == 0 && MMM_COL_PAD % BN == 0, "whole copies, columns padded to whole tiles");
+    const uint8_t *const x_first = reinterpret_cast<const uint8_t *>(xh) + (size_t)col0 * 512 + 16 * threadIdx.x;
+    const size_t x_step = (size_t)mmm_cols_padded(ncols) * 512;  // bytes of one block's columns
     auto issue_x = [&](int u, int s) {
-        const uint32_t base = smem_s + s * STAGE + BM * MMM_RS + 16 * lane;
+        const uint32_t base = smem_s + s * STAGE + BM * MMM_RS + warp * MMM_XS + 16 * lane;
+        const uint8_t *src = x_first + (size_t)u * x_step;
 #pragma unroll
-        for (int i = 0; i < XCH; ++i) {
-            const int n = warp + i * XROWS;
-            if (BN % XROWS == 0 || n < BN) {
-                const int col = col0 + n;
-                const bool in = col < ncols;
-                cp_async16_zfill(base + n * MMM_XS, xh + (in ? (size_t)col * K + (size_t)u * IQ4XS_QK + 8 * lane : 0),
-                                 in ? 16 : 0);
-            }
-        }
+        for (int i = 0; i < XCH; ++i) cp_async16(base + i * XROWS * MMM_XS, src + i * NT * 16);
     };
 
     float acc[MT][NF][4];
@@ -322,6 +378,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
     const int xcol = (8 * NF * wn + g) * MMM_XS + 16 * tq;  // this lane's B fragment bytes in fragment 0
     __shared__ uint32_t tab_words[IQ4_F16_TAB_WORDS];
     const Iq4F16Tables tab = iq4_f16_tables(tab_words);
+    const uint32_t ls_sel = iq4xs_ls_select<SBW>(wk);
 
     // Prologue: weights of the first S-1 blocks before waiting for the kernel that wrote the activations.
     for (int s = 0; s < S - 1; ++s)
@@ -332,6 +389,8 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
         cp_async_commit();
     }
 
+    // Ring slots of block t (read) and of block t + S - 1 (written): t % S and (t + S - 1) % S, kept as counters.
+    int rs = 0, ws = S - 1;
     for (int t = 0; t < nk; ++t) {
         const int k = kb0 + t;
         cp_async_wait_dyn(S - 2);  // block k's group is complete
@@ -339,24 +398,24 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
         {
             const int tn = t + S - 1;
             if (tn < nk) {
-                issue_w(kb0 + tn, tn % S);
-                issue_x(kb0 + tn, tn % S);
+                issue_w(kb0 + tn, ws);
+                issue_x(kb0 + tn, ws);
             }
             cp_async_commit();
+            ws = ws + 1 == S ? 0 : ws + 1;
         }
-        const uint8_t *slot = smem + (t % S) * STAGE;
+        const uint8_t *slot = smem + rs * STAGE;
+        rs = rs + 1 == S ? 0 : rs + 1;
         const uint8_t *xs = slot + BM * MMM_RS + xcol;
         const uint8_t *pa[MT], *pb[MT];
-        uint2 ha[MT], hb[MT];
-        float da[MT], db[MT];  // (carry the factor MMM_W_SCALE)
+        uint32_t sca[MT][(SBW + 1) / 2], scb[MT][(SBW + 1) / 2];  // this warp's sub-block scales (iq4xs_scales_f16)
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
             pa[m] = slot + ra[m] * MMM_RS + ((para[m] ^ k) & 1) * 8;
             pb[m] = slot + (ra[m] + 8) * MMM_RS + ((parb[m] ^ k) & 1) * 8;
-            ha[m] = *reinterpret_cast<const uint2 *>(pa[m]);
-            hb[m] = *reinterpret_cast<const uint2 *>(pb[m]);
-            da[m] = MMM_W_SCALE * __half2float(__ushort_as_half((unsigned short)(ha[m].x & 0xffffu)));
-            db[m] = MMM_W_SCALE * __half2float(__ushort_as_half((unsigned short)(hb[m].x & 0xffffu)));
+            const uint2 ha = *reinterpret_cast<const uint2 *>(pa[m]), hb = *reinterpret_cast<const uint2 *>(pb[m]);
+            iq4xs_scales_f16<SBW>(ha.x, ha.y, ls_sel, tab.h64, sca[m]);
+            iq4xs_scales_f16<SBW>(hb.x, hb.y, ls_sel, tab.h64, scb[m]);
         }
 #pragma unroll
         for (int i = 0; i < SBW; ++i) {
@@ -366,8 +425,8 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
             for (int m = 0; m < MT; ++m) {
                 const uint32_t wa = *reinterpret_cast<const uint32_t *>(pa[m] + 8 + 16 * sb + 4 * tq);
                 const uint32_t wb = *reinterpret_cast<const uint32_t *>(pb[m] + 8 + 16 * sb + 4 * tq);
-                const __half2 sa = __float2half2_rn(da[m] * (float)(iq4xs_sub_scale(ha[m].y, ha[m].x >> 16, sb) - 32));
-                const __half2 sbs = __float2half2_rn(db[m] * (float)(iq4xs_sub_scale(hb[m].y, hb[m].x >> 16, sb) - 32));
+                const __half2 sa = i & 1 ? __high2half2(bits_h2(sca[m][i >> 1])) : __low2half2(bits_h2(sca[m][i >> 1]));
+                const __half2 sbs = i & 1 ? __high2half2(bits_h2(scb[m][i >> 1])) : __low2half2(bits_h2(scb[m][i >> 1]));
                 ga[m] = iq4_decode_f16(wa, sa, tab);
                 gb[m] = iq4_decode_f16(wb, sbs, tab);
             }

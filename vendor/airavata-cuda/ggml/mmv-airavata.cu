@@ -236,11 +236,11 @@ bool airavata_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * s
             return false;
         }
         cudaStream_t stream = ctx.stream();
-        ggml_cuda_pool_alloc<half> xh(ctx.pool(), (size_t) ncols * K);
+        const size_t n = airavata::mmm_xh_elems((int) ncols, (int) K);  // block-major, columns padded
+        ggml_cuda_pool_alloc<half> xh(ctx.pool(), n);
         if (reinterpret_cast<uintptr_t>(xh.get()) % 16 != 0) {
             return false;
         }
-        const size_t n = (size_t) ncols * K;
         ggml_cuda_kernel_launch(airavata::convert_x_f16,
                                 ggml_cuda_kernel_launch_params(dim3((unsigned) ((n + 255) / 256)), dim3(256), (size_t) 0, stream),
                                 (const float *) src1->data, (int) K, (int) (src1->nb[1] / sizeof(float)), (int) ncols,
