@@ -168,12 +168,6 @@ __global__ void __launch_bounds__(256) convert_x_f16(const float *x, int K, int 
     xh[mmm_xh_index(ncols, k, n)] = __float2half_rn(v);
 }
 
-// The 8 bytes at src (8-byte aligned): the tail of the matrix's last block (cp_async16 elsewhere).
-__device__ __forceinline__ void cp_async8(uint32_t dst, const void *src) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src));
-#endif
-}
 
 __device__ __forceinline__ void mma_f16_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                               uint32_t b0, uint32_t b1) {

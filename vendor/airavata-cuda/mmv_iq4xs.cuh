@@ -195,6 +195,12 @@ __device__ __forceinline__ void cp_async_w(uint32_t dst, const uint8_t *src, siz
     }
 #endif
 }
+// The 8 bytes at src (8-byte aligned): the tail of the matrix's last block.
+__device__ __forceinline__ void cp_async8(uint32_t dst, const void *src) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src));
+#endif
+}
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src) {
 #if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
@@ -219,7 +225,6 @@ __global__ void __launch_bounds__(WARPS * 32)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, tq = lane & 3;
     const size_t rowbytes = (size_t)nb * IQ4XS_BYTES;
-    const size_t total = (size_t)nrows * rowbytes;
     const int ngrp = nb * 8;
     const int row0 = blockIdx.x * ROWS;
     const int nu = (nb + UB - 1) / UB;
@@ -246,23 +251,40 @@ __global__ void __launch_bounds__(WARPS * 32)
             rb[t][h] = r * RS + 8 + 4 * tq;  // + 8 skips the block header, + 4*tq selects the word
         }
 
-    // a unit's weight rows into stage s (they depend on no earlier kernel) ...
+    // a unit's weight rows into stage s (they depend on no earlier kernel) ... Lane l copies chunks
+    // j = l % 8 + 8m of rows r = 4i + l / 8: its rows' start pointers, parities and whether one of them is the
+    // matrix's last row are fixed, so a stage adds one offset a row (no 64-bit multiplies, no bounds arithmetic).
+    static_assert(4 * T <= 32, "one parity bit a row");
+    const uint8_t *const wtile = W + (size_t)row0 * rowbytes;  // the CTA's first row
+    uint32_t woff[4 * T];  // lane's row i, chunk lane % 8, from wtile (< 16T rows: fits 32 bits)
+    int wpar = 0, wlast = -1;  // bit i: parity of R*nb of row i; the i whose row is the matrix's last (or -1)
+#pragma unroll
+    for (int i = 0; i < 4 * T; ++i) {
+        const int r = 4 * i + (lane >> 3), R = row0 + r;
+        woff[i] = (uint32_t)((size_t)r * rowbytes) + 16 * (lane & 7);
+        wpar |= (int)(((long long)R * nb) & 1) << i;
+        if (R == nrows - 1) wlast = i;
+    }
     auto issue_w = [&](int u, int s) {
         const int cu = min(UB, nb - UB * u);
-        const uint32_t sbase = wsm_s + s * STAGE;
-        // weights: row r = 4i + lane/8, chunk j = lane%8 + 8m of its 16-byte-aligned span
+        const uint32_t sbase = wsm_s + s * STAGE + 16 * (lane & 7);
 #pragma unroll
         for (int i = 0; i < 4 * T; ++i) {
             const int r = 4 * i + (lane >> 3);
-            const int R = row0 + r;
-            if (R < nrows) {
-                const int off = off_of((int)(((long long)R * nb) & 1), u);
-                const size_t A = (size_t)R * rowbytes + (size_t)u * (UB * IQ4XS_BYTES) - off;  // 16-byte aligned
-                const int span = off + IQ4XS_BYTES * cu;
+            if (row0 + r < nrows) {
+                const int off = off_of(wpar >> i & 1, u);
+                const int span = off + IQ4XS_BYTES * cu;  // bytes from the 16-byte boundary to the segment's end
+                const uint8_t *src = wtile + woff[i] + (u * (UB * IQ4XS_BYTES) - off);
 #pragma unroll
                 for (int m = 0; m < NM; ++m) {
                     const int j = (lane & 7) + 8 * m;
-                    if (16 * j < span) cp_async_w(sbase + r * RS + 16 * j, W + A + 16 * j, total - (A + 16 * j));
+                    if (16 * j < span) {
+                        // past the segment's end is past the matrix only on its last row's last unit (8 bytes left)
+                        if (i == wlast && u == nu - 1 && 16 * j + 16 > span)
+                            cp_async8(sbase + r * RS + 128 * m, src + 128 * m);
+                        else
+                            cp_async16(sbase + r * RS + 128 * m, src + 128 * m);
+                    }
                 }
             }
         }
@@ -307,9 +329,8 @@ __global__ void __launch_bounds__(WARPS * 32)
         cp_async_commit();
     }
 
-    for (int k = 0; k < nk; ++k) {
+    for (int k = 0, s = 0; k < nk; ++k, s = s + 1 == S ? 0 : s + 1) {  // s = k % S
         const int u = warp + k * WARPS;
-        const int s = k % S;
         const int cu = min(UB, nb - UB * u);
         cp_async_wait_dyn(S - 1);
         __syncwarp();

@@ -35,4 +35,7 @@ def main(lines):
 
 
 if __name__ == "__main__":
-    main(open(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "-" else sys.stdin)
+    try:
+        main(open(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "-" else sys.stdin)
+    except BrokenPipeError:  # output cut short by head & co.
+        sys.exit(0)
