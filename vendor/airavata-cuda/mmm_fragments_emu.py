@@ -77,38 +77,39 @@ for trial in range(50):
     if err>1e-9: ok=False; print('trial',trial,'err',err)
 print('ok' if ok else 'MISMATCH')
 
-# The cluster's K-split reduction (mmm_iq4xs.cuh, session 22): CTA z adds elements e of the partial tile laid out
-# by tile_at, ((wmn * MT + m) * NF * 4 + f * 4 + i) * 32 + lane with wmn = wm + WM * wn, and decodes e back into
-# the output (row, column) the direct store path gives accumulator (m, f, i) of that lane. Check that the decode
-# matches the store path, that each (row, column) of the tile comes from exactly one e, and that the KS ranges
-# [z * E / KS, (z + 1) * E / KS) cover every e once.
+# The cluster's K-split reduction (mmm_iq4xs.cuh; float4 layout since session 24): CTA z adds the float4s e of the
+# partial tile laid out by tile_at, ((wmn * MT + m) * NF + f) * 32 + lane with wmn = wm + WM * wn (a lane's 4
+# accumulators of fragment (m, f)), and decodes e back into the (row, column) of accumulator 0 that the direct
+# store path gives; store4 puts accumulator i at (+8 if i >= 2, +1 if i odd). Check that the decode matches the
+# store path, that each (row, column) of the tile comes from exactly one (e, i), and that the KS ranges
+# [z * E4 / KS, (z + 1) * E4 / KS) cover every e once.
 def store_rc(MT, WM, NF, wm, wn, m, f, i, lane):
     g, tq = lane >> 2, lane & 3
     return 16 * (MT * wm + m) + g + (8 if i >= 2 else 0), 8 * NF * wn + 8 * f + 2 * tq + (i & 1)
-def decode_rc(MT, WM, NF, e):
+def decode_rc(MT, WM, NF, e, i):
     ln, q = e & 31, e >> 5
-    i, f, m, wmn = q & 3, (q >> 2) % NF, (q // (4 * NF)) % MT, q // (4 * NF * MT)
+    f, m, wmn = q % NF, (q // NF) % MT, q // (NF * MT)
     return 16 * (MT * (wmn % WM) + m) + (ln >> 2) + (8 if i >= 2 else 0), 8 * NF * (wmn // WM) + 8 * f + 2 * (ln & 3) + (i & 1)
 red_ok = True
 for (NF, MT, WM, WN) in [(2, 2, 4, 1), (2, 4, 2, 1), (2, 4, 4, 1), (2, 2, 2, 1), (4, 2, 4, 1), (4, 4, 2, 1), (4, 2, 2, 1),
-                         (8, 2, 4, 1), (8, 2, 2, 1), (4, 2, 4, 2)]:
-    E = WM * WN * MT * NF * 4 * 32
+                         (8, 2, 4, 1), (8, 2, 2, 1), (4, 2, 4, 2), (2, 1, 1, 1), (8, 1, 4, 1)]:
+    E4 = WM * WN * MT * NF * 32
     seen = set()
     for wm in range(WM):
         for wn in range(WN):
             for m in range(MT):
                 for f in range(NF):
-                    for i in range(4):
-                        for lane in range(32):
-                            e = (((wm + WM * wn) * MT + m) * NF * 4 + f * 4 + i) * 32 + lane
+                    for lane in range(32):
+                        e = (((wm + WM * wn) * MT + m) * NF + f) * 32 + lane
+                        for i in range(4):
                             rc = store_rc(MT, WM, NF, wm, wn, m, f, i, lane)
-                            if decode_rc(MT, WM, NF, e) != rc: red_ok = False
+                            if decode_rc(MT, WM, NF, e, i) != rc: red_ok = False
                             seen.add(rc)
-    if len(seen) != E or seen != {(r, c) for r in range(16 * MT * WM) for c in range(8 * NF * WN)}: red_ok = False
+    if len(seen) != 4 * E4 or seen != {(r, c) for r in range(16 * MT * WM) for c in range(8 * NF * WN)}: red_ok = False
     for KS in range(1, 9):
-        cover = [0] * E
+        cover = [0] * E4
         for z in range(KS):
-            for e in range(z * E // KS, (z + 1) * E // KS): cover[e] += 1
+            for e in range(z * E4 // KS, (z + 1) * E4 // KS): cover[e] += 1
         if any(c != 1 for c in cover): red_ok = False
 print('cluster reduction mapping: ' + ('ok' if red_ok else 'MISMATCH'))
 

@@ -439,10 +439,24 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
     cp_async_wait_dyn(0);
     grid_dep_launch();
 
-    // A warp's accumulators in a [warps of one K slice][MT * NF * 4][32 lanes] float array (mmm_red_bytes).
+    // A warp's accumulators as float4s, a lane's 4 of one (m, f) fragment each, laid out [warps of one K slice][MT][NF]
+    // [32 lanes] (mmm_red_bytes): every shared-memory access of the reductions is 16 bytes, a warp's 512 contiguous.
     const int wmn = warp % (WM * WN);
-    auto tile_at = [&](float *base, int m, int f, int i) -> float & {
-        return base[((wmn * MT + m) * NF * 4 + f * 4 + i) * 32 + lane];
+    auto tile_at = [&](float *base, int m, int f) -> float4 & {
+        return reinterpret_cast<float4 *>(base)[((wmn * MT + m) * NF + f) * 32 + lane];
+    };
+    auto acc4 = [&](int m, int f) { return make_float4(acc[m][f][0], acc[m][f][1], acc[m][f][2], acc[m][f][3]); };
+    // A fragment's 4 outputs: (r, c), (r, c + 1), (r + 8, c), (r + 8, c + 1), unscaled, those inside the matrix.
+    constexpr float unscale = 1.0f / MMM_W_SCALE;
+    auto store4 = [&](int r, int c, float4 v) {
+        if (r < nrows) {
+            if (c < ncols) y[(size_t)c * ldy + r] = v.x * unscale;
+            if (c + 1 < ncols) y[(size_t)(c + 1) * ldy + r] = v.y * unscale;
+        }
+        if (r + 8 < nrows) {
+            if (c < ncols) y[(size_t)c * ldy + r + 8] = v.z * unscale;
+            if (c + 1 < ncols) y[(size_t)(c + 1) * ldy + r + 8] = v.w * unscale;
+        }
     };
     float *const red = reinterpret_cast<float *>(smem);
     if (WK > 1) {  // add the K slices' partial sums: warps wk > 0 leave theirs in the (now idle) ring
@@ -451,9 +465,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
 #pragma unroll
             for (int m = 0; m < MT; ++m)
 #pragma unroll
-                for (int f = 0; f < NF; ++f)
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) tile_at(red + (wk - 1) * mmm_tile_floats(NF, MT, WM, WN), m, f, i) = acc[m][f][i];
+                for (int f = 0; f < NF; ++f) tile_at(red + (wk - 1) * mmm_tile_floats(NF, MT, WM, WN), m, f) = acc4(m, f);
         }
         __syncthreads();
         if (wk == 0) {
@@ -462,12 +474,15 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
 #pragma unroll
                 for (int m = 0; m < MT; ++m)
 #pragma unroll
-                    for (int f = 0; f < NF; ++f)
-#pragma unroll
-                        for (int i = 0; i < 4; ++i) acc[m][f][i] += tile_at(red + (j - 1) * mmm_tile_floats(NF, MT, WM, WN), m, f, i);
+                    for (int f = 0; f < NF; ++f) {
+                        const float4 t = tile_at(red + (j - 1) * mmm_tile_floats(NF, MT, WM, WN), m, f);
+                        acc[m][f][0] += t.x;
+                        acc[m][f][1] += t.y;
+                        acc[m][f][2] += t.z;
+                        acc[m][f][3] += t.w;
+                    }
         }
     }
-    constexpr float unscale = 1.0f / MMM_W_SCALE;
 #if MMM_CLUSTERS
     if (KS > 1) {  // the cluster's partial tiles, added in rank order: each CTA adds and writes 1/KS of the tile
         __syncthreads();  // the WK reduction is done with the space the partial tile takes
@@ -475,52 +490,40 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
 #pragma unroll
             for (int m = 0; m < MT; ++m)
 #pragma unroll
-                for (int f = 0; f < NF; ++f)
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) tile_at(red, m, f, i) = acc[m][f][i];
+                for (int f = 0; f < NF; ++f) tile_at(red, m, f) = acc4(m, f);
         }
         cluster.sync();  // every partial tile written (release / acquire across the cluster)
-        const float *rp[MMM_MAX_SPLITS];
+        const float4 *rp[MMM_MAX_SPLITS];
 #pragma unroll
-        for (int j = 0; j < MMM_MAX_SPLITS; ++j) rp[j] = j < KS ? cluster.map_shared_rank(red, (unsigned)j) : red;
-        constexpr int E = mmm_tile_floats(NF, MT, WM, WN);
-        const int e1 = (int)((long long)(z + 1) * E / KS);
-        for (int e = (int)((long long)z * E / KS) + (int)threadIdx.x; e < e1; e += NT) {
-            float v = 0.0f;
+        for (int j = 0; j < MMM_MAX_SPLITS; ++j)
+            rp[j] = reinterpret_cast<const float4 *>(j < KS ? cluster.map_shared_rank(red, (unsigned)j) : red);
+        constexpr int E4 = mmm_tile_floats(NF, MT, WM, WN) / 4;
+        const int e1 = (int)((long long)(z + 1) * E4 / KS);
+        for (int e = (int)((long long)z * E4 / KS) + (int)threadIdx.x; e < e1; e += NT) {
+            float4 v = rp[0][e];
 #pragma unroll
-            for (int j = 0; j < MMM_MAX_SPLITS; ++j)
-                if (j < KS) v += rp[j][e];
-            // e = ((wmn * MT + m) * NF * 4 + f * 4 + i) * 32 + lane, as tile_at lays it out; wmn = wm + WM * wn
+            for (int j = 1; j < MMM_MAX_SPLITS; ++j)
+                if (j < KS) {
+                    const float4 t = rp[j][e];
+                    v.x += t.x;
+                    v.y += t.y;
+                    v.z += t.z;
+                    v.w += t.w;
+                }
+            // e = ((wmn * MT + m) * NF + f) * 32 + lane, as tile_at lays it out; wmn = wm + WM * wn
             const int ln = e & 31, q = e >> 5;
-            const int i = q & 3, f = (q >> 2) % NF, m = (q / (4 * NF)) % MT, wmn_e = q / (4 * NF * MT);
-            const int r = row0 + 16 * (MT * (wmn_e % WM) + m) + (ln >> 2) + (i >= 2 ? 8 : 0);
-            const int c = col0 + 8 * NF * (wmn_e / WM) + 8 * f + 2 * (ln & 3) + (i & 1);
-            if (r < nrows && c < ncols) y[(size_t)c * ldy + r] = v * unscale;
+            const int f = q % NF, m = (q / NF) % MT, wmn_e = q / (NF * MT);
+            store4(row0 + 16 * (MT * (wmn_e % WM) + m) + (ln >> 2), col0 + 8 * NF * (wmn_e / WM) + 8 * f + 2 * (ln & 3), v);
         }
         cluster.sync();  // no CTA exits (releasing its shared memory) while another still reads it
         return;
     }
 #endif
     if (wk > 0) return;
-
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-        const int r = row0 + ra[m];
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
-        for (int f = 0; f < NF; ++f) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[m][f][i] *= unscale;
-            const int c = col0 + 8 * NF * wn + 8 * f + 2 * tq;
-            if (r < nrows) {
-                if (c < ncols) y[(size_t)c * ldy + r] = acc[m][f][0];
-                if (c + 1 < ncols) y[(size_t)(c + 1) * ldy + r] = acc[m][f][1];
-            }
-            if (r + 8 < nrows) {
-                if (c < ncols) y[(size_t)c * ldy + r + 8] = acc[m][f][2];
-                if (c + 1 < ncols) y[(size_t)(c + 1) * ldy + r + 8] = acc[m][f][3];
-            }
-        }
-    }
+        for (int f = 0; f < NF; ++f) store4(row0 + ra[m], col0 + 8 * NF * wn + 8 * f + 2 * tq, acc4(m, f));
 }
 
 #endif  // __CUDACC__
