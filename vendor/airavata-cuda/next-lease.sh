@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Session 24's kernel changes (compile-checked only) measured in three device calls of under 10 minutes each, run
-# back to back on one warm machine (phase 1's ggml build and GGUF stay for phase 3). From the repository root:
-#   bash vendor/airavata-cuda/next-lease.sh 1|2|3
+# Session 24's kernel changes (compile-checked only) measured in four device calls of under 10 minutes each, run
+# back to back on one warm machine (phase 1's ggml build and GGUF stay for phases 3 and 4). From the repository root:
+#   bash vendor/airavata-cuda/next-lease.sh 1|2|3|4
 # carrying .carry/llama-src.tgz, .carry/bin and vendor/airavata-cuda/ab-base (made here first:
 # `bash vendor/airavata-cuda/ab.sh --prepare ce5d45f`, the commit before the changes).
 # Phase 1 (~9 min): in the background the ggml-cuda + llama-batched-bench build (gpu-bench.sh buildmg) and, niced,
@@ -11,11 +11,14 @@
 # Phase 2 (~7 min): the matvec harness (build-and-run.sh: sanitizer, checks against llama.cpp's mmvq output, timing
 #   beside mmvq), then its A/B against ab-base (ab.sh mmv).
 # Phase 3 (~7 min): llama-batched-bench S_TG at B = 8, 16 and 64 with kernel sets stock / ours / oursmm9 (ours
-#   against oursmm9 isolates the many-column kernel), then test-backend-ops MUL_MAT against the CPU with oursmm9.
+#   against oursmm9 isolates the many-column kernel), then the fused-QKV file against the separate one with stock
+#   kernels at B = 1, 8, 64 (gpu-bench.sh fuseqkv: issue 23's one-QKV-matmul item, never measured).
+# Phase 4 (~8 min): test-backend-ops MUL_MAT against the CPU backend and compute-sanitizer memcheck, kernel set
+#   oursmm9 (the many-column kernel from 9 columns).
 # Everything lands in /tmp/next-lease-<phase> and is packed into $OUT/next-lease-<phase>.tgz (a call returns few files).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-phase=${1:?usage: next-lease.sh 1|2|3}
+phase=${1:?usage: next-lease.sh 1|2|3|4}
 P=/tmp/next-lease-$phase
 RES=/tmp/next-lease-res  # gpu-bench.sh's OUT, shared by the phases
 mkdir -p "$P" "$RES"
@@ -52,10 +55,18 @@ case $phase in
     timeout 240 env OUT=$RES MMV_B="8 16 64" MMV_KERNELS="stock ours oursmm9" MMV_REPS=1 scripts/gpu-bench.sh mmvbb \
       > "$P/mmvbb.txt" 2>&1
     echo "mmvbb rc=$?" >> "$P/mmvbb.txt"
-    timeout 300 env OUT=$RES OPS_KERNELS=oursmm9 scripts/gpu-bench.sh mmops > "$P/mmops.txt" 2>&1
-    echo "mmops rc=$?" >> "$P/mmops.txt"
-    cp -r "$RES/mmvbb" "$RES/mmvbb.md" "$RES"/mmops-*.txt "$P/" 2>/dev/null
-    cat "$P/mmvbb.txt"; tail -8 "$P/mmops.txt"
+    timeout 280 env OUT=$RES FUSE_B="1 8 64" scripts/gpu-bench.sh fuseqkv > "$P/fuseqkv.txt" 2>&1
+    echo "fuseqkv rc=$?" >> "$P/fuseqkv.txt"
+    cp -r "$RES/mmvbb" "$RES/mmvbb.md" "$RES/fuseqkv" "$P/" 2>/dev/null
+    cat "$P/mmvbb.txt"; grep -h "^| *32 " "$P"/fuseqkv/*.md 2>/dev/null
     ;;
-  *) echo "phase 1, 2 or 3"; exit 2 ;;
+  4)
+    timeout 330 env OUT=$RES OPS_KERNELS=oursmm9 scripts/gpu-bench.sh mmops > "$P/mmops.txt" 2>&1
+    echo "mmops rc=$?" >> "$P/mmops.txt"
+    timeout 200 env OUT=$RES SANITIZE_SET=oursmm9 SANITIZE_TOOLS=memcheck scripts/gpu-bench.sh sanitize > "$P/sanitize.txt" 2>&1
+    echo "sanitize rc=$?" >> "$P/sanitize.txt"
+    cp "$RES"/mmops-*.txt "$RES"/sanitize-*.txt "$P/" 2>/dev/null
+    tail -8 "$P/mmops.txt"; grep -E "SUMMARY|rc=" "$P/sanitize.txt"
+    ;;
+  *) echo "phase 1, 2, 3 or 4"; exit 2 ;;
 esac
