@@ -168,7 +168,6 @@ __global__ void __launch_bounds__(256) convert_x_f16(const float *x, int K, int 
     xh[mmm_xh_index(ncols, k, n)] = __float2half_rn(v);
 }
 
-
 __device__ __forceinline__ void mma_f16_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                               uint32_t b0, uint32_t b1) {
 #if __CUDA_ARCH__ >= 800
@@ -235,7 +234,7 @@ template <int SBW> __device__ __forceinline__ uint32_t iq4xs_ls_select(int wk) {
 }
 // The scales of this warp's SBW sub-blocks of one row (block header words hx = d | scales_h << 16, hy = scales_l)
 // as fp16, round_fp16(2^8 d (ls - 32)), two to a word: sub-block SBW wk + i in half i & 1 of sc[i >> 1]. 2^8 d is
-// exact in fp16 (below 2^8, subnormal d included), ls - 32 is exact, and HMUL2 rounds their product once: the
+// exact in fp16 (for |d| < 255.9, subnormal d included), ls - 32 is exact, and HMUL2 rounds their product once: the
 // same value as the float product converted by __float2half_rn.
 template <int SBW>
 __device__ __forceinline__ void iq4xs_scales_f16(uint32_t hx, uint32_t hy, uint32_t ls_sel, uint32_t h64,
@@ -300,7 +299,7 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
 
     // Block u of row R starts 8*((R*nb + u) & 1) bytes past a 16-byte boundary; it is copied from that boundary:
     // 144 bytes, eight 16-byte chunks (j = 0..7, never past the block's end) and a tail (j = 8, which may run 8
-    // bytes past it, so past the matrix on the last row: cp_async_w copies 8 there). Eight adjacent threads copy
+    // bytes past it, so past the matrix on the last row: cp_async8 copies 8 there). Eight adjacent threads copy
     // one row's first 128 bytes (a warp reads four 128-byte runs). A thread's rows and chunk are the same every
     // stage, and NT / 8 and NT are even, so all its rows have one parity: only the block u moves.
     constexpr int WROWS = NT / 8, WCH = (BM + WROWS - 1) / WROWS;  // rows a pass covers; passes

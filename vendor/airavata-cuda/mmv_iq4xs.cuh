@@ -186,15 +186,6 @@ __host__ __device__ constexpr int mmv_smem_bytes(int NC, int T, int WARPS, int U
     return WARPS * (S * mmv_stage_bytes(NC, T, UB) + mmv_dwt_bytes(T, UB));
 }
 
-__device__ __forceinline__ void cp_async_w(uint32_t dst, const uint8_t *src, size_t left) {
-#if __CUDA_ARCH__ >= 800
-    if (left >= 16) {
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-    } else {  // last 8 bytes of the matrix (136-byte blocks end 8-byte aligned)
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src));
-    }
-#endif
-}
 // The 8 bytes at src (8-byte aligned): the tail of the matrix's last block.
 __device__ __forceinline__ void cp_async8(uint32_t dst, const void *src) {
 #if __CUDA_ARCH__ >= 800
