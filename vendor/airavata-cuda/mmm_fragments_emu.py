@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Offline checks of mmm_iq4xs.cuh's index math and decode (no GPU, plain Python), mirroring the kernel's code:
+"""Offline checks of the kernels' index math and decode (no GPU, plain Python), mirroring their code:
 
   1. the 16-entry codebook lookup (three PRMT, sign mode included) on every 16-bit half-word;
   2. iq4_decode_f16 + the permuted activation order (xq_pos) + mma.m16n8k16's PTX fragment layouts for one
@@ -8,7 +8,8 @@
   4. the fixed staging: every weight chunk and activation piece copied once, one parity a thread, the
      activation copies' source offsets;
   5. convert_x_f16's block-major layout against what a CTA stages;
-  6. iq4xs_scales_f16 / iq4xs_ls_select against iq4xs_sub_scale and the float path they replace.
+  6. iq4xs_scales_f16 / iq4xs_ls_select against iq4xs_sub_scale and the float path they replace;
+  7. the matvec's (mmv_iq4xs.cuh) fixed weight staging against the per-stage addressing it replaced.
 
 Prints one line a check and exits 1 if any fails (tests/cuda_kernel_math.rs runs it in CI)."""
 import random
@@ -285,5 +286,70 @@ for trial in range(4000):  # d includes fp16 subnormals
                 ls = ((hy >> (4 * sb)) & 15) | (((hx >> 16 >> (2 * sb)) & 3) << 4)
                 scale_ok &= got[i] == f16(256.0 * d * (ls - 32))  # the float path: exact product, rounded once
 report("sub-block scales", scale_ok)
+
+
+
+# 7. The matvec's weight staging (mmv_iq4xs.cuh, session 24): each lane's rows fixed at the start (offsets from the
+# tile, parities, which is the matrix's last row), against the session-23 form that computed every copy's address
+# and remaining bytes per stage (measured correct and sanitizer-clean on an H100): the same (destination, source,
+# size) copies for every lane, unit and shape, row counts and block counts odd and even.
+def mmv_rs(UB):
+    return 176 if UB == 1 else 304
+
+
+def mmv_copies_old(nrows, nb, T, UB, row0, lane, u):
+    rowbytes, total, out = nb * 136, nrows * nb * 136, []
+    cu = min(UB, nb - UB * u)
+    for i in range(4 * T):
+        r = 4 * i + (lane >> 3)
+        R = row0 + r
+        if R < nrows:
+            off = (((R * nb) & 1) ^ (UB * u)) & 1
+            off *= 8
+            A = R * rowbytes + u * (UB * 136) - off
+            span = off + 136 * cu
+            for m in range(2 if UB == 1 else 3):
+                j = (lane & 7) + 8 * m
+                if 16 * j < span:
+                    out.append((r * mmv_rs(UB) + 16 * j, A + 16 * j, 16 if total - (A + 16 * j) >= 16 else 8))
+    return out
+
+
+def mmv_copies_new(nrows, nb, T, UB, row0, lane, u):
+    rowbytes, nu, out = nb * 136, -(-nb // UB), []
+    woff, wpar, wlast = [], 0, -1
+    for i in range(4 * T):
+        r = 4 * i + (lane >> 3)
+        R = row0 + r
+        woff.append(r * rowbytes + 16 * (lane & 7))
+        wpar |= ((R * nb) & 1) << i
+        if R == nrows - 1:
+            wlast = i
+    wtile = row0 * rowbytes
+    cu = min(UB, nb - UB * u)
+    for i in range(4 * T):
+        r = 4 * i + (lane >> 3)
+        if row0 + r < nrows:
+            off = ((((wpar >> i) & 1) ^ (UB * u)) & 1) * 8
+            span = off + 136 * cu
+            src = wtile + woff[i] + (u * (UB * 136) - off)
+            for m in range(2 if UB == 1 else 3):
+                j = (lane & 7) + 8 * m
+                if 16 * j < span:
+                    size = 8 if (i == wlast and u == nu - 1 and 16 * j + 16 > span) else 16
+                    out.append((r * mmv_rs(UB) + 16 * (lane & 7) + 128 * m, src + 128 * m, size))
+    return out
+
+
+mmv_ok = True
+for nrows, nb in ((13, 1), (16, 1), (37, 3), (37, 2), (129, 3), (4099, 16), (33, 43), (17, 43)):
+    for T in (1, 2):
+        for UB in (1, 2):
+            tiles = list(range(0, nrows, 16 * T))
+            for row0 in tiles[:2] + tiles[2:][-2:]:  # the first and the last tiles (the matrix's end)
+                for lane in range(32):
+                    for u in range(-(-nb // UB)):
+                        mmv_ok &= mmv_copies_new(nrows, nb, T, UB, row0, lane, u) == mmv_copies_old(nrows, nb, T, UB, row0, lane, u)
+report("matvec staging, new == session 23's", mmv_ok)
 
 sys.exit(0 if all(results) else 1)
