@@ -445,7 +445,8 @@ __global__ void __launch_bounds__(32 * WM * WN * WK)
         return reinterpret_cast<float4 *>(base)[((wmn * MT + m) * NF + f) * 32 + lane];
     };
     auto acc4 = [&](int m, int f) { return make_float4(acc[m][f][0], acc[m][f][1], acc[m][f][2], acc[m][f][3]); };
-    // A fragment's 4 outputs: (r, c), (r, c + 1), (r + 8, c), (r + 8, c + 1), unscaled, those inside the matrix.
+    // A fragment's 4 outputs, (r, c), (r, c + 1), (r + 8, c), (r + 8, c + 1), those inside the matrix, with the
+    // weights' MMM_W_SCALE undone.
     constexpr float unscale = 1.0f / MMM_W_SCALE;
     auto store4 = [&](int r, int c, float4 v) {
         if (r < nrows) {
