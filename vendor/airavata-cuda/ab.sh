@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A/B of our kernels on one card: a harness built from an older commit's files (BASE, default ./ab-base, git-ignored:
 # make it here with `bash ab.sh --prepare <commit>`, then carry it to the device) against this tree's.
-#   bash ab.sh mmm   the many-column harness, both built here and timed in turns (base, new, base, new; --time-only,
-#                    back-to-back launches). MMM_ONLY narrows the variants (default .S2.Za: every tile at 2 stages
+#   bash ab.sh mmm   the many-column harness, both built by run-mmm.sh (this tree's as build/mmm_iq4xs) and timed in
+#                    turns (base, new, base, new; --time-only, back-to-back launches). MMM_ONLY narrows the variants (default .S2.Za: every tile at 2 stages
 #                    with the split heuristic; both builds must know the name).
 #   bash ab.sh mmv   the matvec harness of the base, built without llama.cpp's baseline and run in full (its own
 #                    checks, then timing), against NEW_CSV: the timings.csv of this tree's build-and-run.sh run on
@@ -30,9 +30,9 @@ cat "$BASE/COMMIT" > "$OUT/base-commit.txt" 2>/dev/null
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/nvidia-smi.txt" 2>&1
 if [ "$what" = mmv ]; then
   NEW_CSV=${NEW_CSV:?NEW_CSV: timings.csv of build-and-run.sh on this tree, same machine}
-  nvcc -O3 -std=c++17 $ARCHS -Xptxas -v -Xcompiler -static-libstdc++ -Xcompiler -static-libgcc \
-    "$BASE/mmv_iq4xs.cu" -o build/mmv_base > "$OUT/ptxas-base.log" 2>&1 || { tail -20 "$OUT/ptxas-base.log"; exit 1; }
   mkdir -p "$OUT/base"
+  SRC=$BASE BIN=build/mmv_base NO_BASELINE=1 ARCHS=$ARCHS OUT=$OUT/base bash build-and-run.sh --build-only \
+    > "$OUT/base/build.log" 2>&1 || { tail -20 "$OUT/base/build.log"; exit 1; }
   OUT=$OUT/base timeout 400 build/mmv_base > "$OUT/base/run.log" 2>&1; echo "rc=$?" >> "$OUT/base/run.log"
   python3 - "$OUT/base/timings.csv" "$NEW_CSV" <<'PY' | tee "$OUT/ab.txt"
 import csv, statistics, sys
@@ -49,18 +49,17 @@ if r:
 PY
   exit 0
 fi
-build() {  # $1: source directory, $2: binary
-  nvcc -O3 -std=c++17 $ARCHS -Xptxas -v -Xcompiler -static-libstdc++ -Xcompiler -static-libgcc \
-    "$1/mmm_iq4xs.cu" -o "$2" > "$2.ptxas.log" 2>&1
-}
-build "$BASE" build/mmm_base & pb=$!
-build "$PWD" build/mmm_new & pn=$!
-wait $pb || { echo "base build failed"; tail -20 build/mmm_base.ptxas.log; exit 1; }
-wait $pn || { echo "new build failed"; tail -20 build/mmm_new.ptxas.log; exit 1; }
-cp build/mmm_base.ptxas.log "$OUT/ptxas-base.log"; cp build/mmm_new.ptxas.log "$OUT/ptxas-new.log"
+# both through run-mmm.sh's build, same flags; the new one under run-mmm.sh's default name, for later steps'
+# PREBUILT (next-lease.sh)
+mkdir -p "$OUT/build-base" "$OUT/build-new"
+SRC=$BASE BIN=build/mmm_base OUT=$OUT/build-base ARCHS=$ARCHS bash run-mmm.sh --build-only > "$OUT/build-base/log" 2>&1 & pb=$!
+OUT=$OUT/build-new ARCHS=$ARCHS bash run-mmm.sh --build-only > "$OUT/build-new/log" 2>&1 & pn=$!
+wait $pb || { echo "base build failed"; tail -20 "$OUT/build-base/log"; exit 1; }
+wait $pn || { echo "new build failed"; tail -20 "$OUT/build-new/log"; exit 1; }
 for round in 1 2; do
   for side in base new; do
-    MMM_ONLY=$ONLY timeout 240 build/mmm_$side --time-only > "$OUT/$side-$round.txt" 2>&1
+    bin=build/mmm_base; [ $side = new ] && bin=build/mmm_iq4xs
+    MMM_ONLY=$ONLY timeout 240 $bin --time-only > "$OUT/$side-$round.txt" 2>&1
     echo "rc=$?" >> "$OUT/$side-$round.txt"
   done
 done

@@ -5,7 +5,8 @@
 #   bash build-and-run.sh --no-timing  build, sanitizer, full checks (no timing)
 #   bash build-and-run.sh --build-only
 # env: OUT (results folder, default ./out), NVCC, ARCHS (gencode flags), GGML_SRC (llama.cpp's ggml folder),
-#      NO_BASELINE=1 (skip llama.cpp's mmvq baseline), PREBUILT=path (skip the build),
+#      NO_BASELINE=1 (skip llama.cpp's mmvq baseline), PREBUILT=path (skip the build), SRC=dir (build the harness
+#      files there, default here; ab.sh builds an older commit's copy), BIN=path (the binary, default build/mmv_iq4xs),
 #      NO_SANITIZER=1, NO_CEILING=1 (skip read_ceiling: the read-only ceiling at the same sizes, plain vs PDL launches)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,8 +26,9 @@ if [ ! -f "$G/src/ggml-cuda/mmvq.cu" ] && [ -f ../../.carry/llama-src.tgz ]; the
     G=/tmp/airavata-llama-src/llama.cpp/ggml
 fi
 
-BIN=${PREBUILT:-}
-if [ -z "$BIN" ]; then
+if [ -n "${PREBUILT:-}" ]; then
+    BIN=$PREBUILT
+else
     t0=$(date +%s)
     defs="" objs=""
     if [ "${NO_BASELINE:-0}" != 1 ] && [ -f "$G/src/ggml-cuda/mmvq.cu" ]; then
@@ -35,11 +37,11 @@ if [ -z "$BIN" ]; then
         bpid=$!
         defs="-DWITH_GGML_BASELINE" objs="build/baseline_ggml.o"
     fi
-    $NVCC $FLAGS -Xptxas -v $defs -c mmv_iq4xs.cu -o build/mmv_iq4xs.o 2> build/ptxas.log || { cat build/ptxas.log; exit 1; }
+    BIN=${BIN:-build/mmv_iq4xs}
+    $NVCC $FLAGS -Xptxas -v $defs -c "${SRC:-.}/mmv_iq4xs.cu" -o "$BIN.o" 2> "$BIN.ptxas.log" || { cat "$BIN.ptxas.log"; exit 1; }
     if [ -n "$objs" ]; then wait $bpid; fi
-    $NVCC $FLAGS $LINK build/mmv_iq4xs.o $objs -o build/mmv_iq4xs
-    BIN=build/mmv_iq4xs
-    cp build/ptxas.log "$OUT/" 2>/dev/null || true
+    $NVCC $FLAGS $LINK "$BIN.o" $objs -o "$BIN"
+    cp "$BIN.ptxas.log" "$OUT/ptxas.log" 2>/dev/null || true
     echo "build: $(( $(date +%s) - t0 )) s"
 fi
 [ "$MODE" = "--build-only" ] && exit 0

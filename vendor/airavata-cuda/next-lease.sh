@@ -34,11 +34,13 @@ case $phase in
       echo "synth gguf rc=$?" >> "$P/synth-gguf.txt" ) &
     b2=$!
     ( cd $H && OUT=$P/ab timeout 240 bash ab.sh mmm > "$P/ab.log" 2>&1; echo "ab rc=$?" >> "$P/ab.log" )
-    ( cd $H && MMM_ONLY=.S2.Za OUT=$P/checks NO_SANITIZER=1 timeout 180 bash run-mmm.sh --quick > "$P/checks.log" 2>&1
+    # ab.sh built this tree's harness as build/mmm_iq4xs: the checks, memcheck and the profile run that binary
+    ( cd $H && MMM_ONLY=.S2.Za OUT=$P/checks NO_SANITIZER=1 PREBUILT=build/mmm_iq4xs timeout 180 bash run-mmm.sh --quick \
+        > "$P/checks.log" 2>&1
       echo "checks rc=$?" >> "$P/checks.log" )
     ( cd $H && MMM_ONLY=.S2.Za timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 build/mmm_iq4xs --check \
         > "$P/memcheck.log" 2>&1; echo "memcheck rc=$?" >> "$P/memcheck.log" )
-    ( cd $H && QUICK=1 OUT=$P/profile timeout 150 bash profile-mmm.sh > "$P/profile.log" 2>&1
+    ( cd $H && QUICK=1 OUT=$P/profile PREBUILT=build/mmm_iq4xs timeout 150 bash profile-mmm.sh > "$P/profile.log" 2>&1
       echo "profile rc=$?" >> "$P/profile.log" )
     wait $b1 $b2
     cp "$RES/build.log" "$P/" 2>/dev/null

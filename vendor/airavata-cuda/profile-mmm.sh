@@ -4,7 +4,8 @@
 # ./out-mmm-profile). ~2 minutes on an H100. QUICK=1: only the 64-column profile (~1 minute).
 # Per profile: ncu-<variant>-N<cols>.txt (the details page), .sass.csv (the source page: one row per SASS
 # instruction with its executed count, stall samples and shared-memory wavefronts) and .summary.txt
-# (ncu_source_summary.py: where the stall samples and the excess wavefronts are). KEEP_REP=1 keeps the report.
+# (ncu_source_summary.py: where the stall samples and the excess wavefronts are). KEEP_REP=1 keeps the report;
+# PREBUILT=path profiles that binary instead of building one (run-mmm.sh).
 set -uo pipefail
 cd "$(dirname "$0")"
 OUT=${OUT:-$PWD/out-mmm-profile}
@@ -18,7 +19,7 @@ for v in "${profiles[@]}"; do
   set -- $v
   base="$OUT/ncu-$1-N$2"
   MMM_ONLY=$1 MMM_TIME_N=$2 MMM_TIME_SHAPE=4096x4096 timeout 120 ncu --clock-control none --set full -f -o "$base" \
-    -k regex:mmm_iq4xs_kernel --launch-skip 5 --launch-count 1 build/mmm_iq4xs --time-only > "$base.log" 2>&1
+    -k regex:mmm_iq4xs_kernel --launch-skip 5 --launch-count 1 "${PREBUILT:-build/mmm_iq4xs}" --time-only > "$base.log" 2>&1
   echo "rc=$?" >> "$base.log"
   ncu --import "$base.ncu-rep" --page details > "$base.txt" 2>&1
   ncu --import "$base.ncu-rep" --page source --csv --print-source sass > "$base.sass.csv" 2>&1
