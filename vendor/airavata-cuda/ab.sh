@@ -2,8 +2,8 @@
 # A/B of our kernels on one card: a harness built from an older commit's files (BASE, default ./ab-base, git-ignored:
 # make it here with `bash ab.sh --prepare <commit>`, then carry it to the device) against this tree's.
 #   bash ab.sh mmm   the many-column harness, both built by run-mmm.sh (this tree's as build/mmm_iq4xs) and timed in
-#                    turns (base, new, base, new; --time-only, back-to-back launches). MMM_ONLY narrows the variants (default .S2.Za: every tile at 2 stages
-#                    with the split heuristic; both builds must know the name).
+#                    turns (base, new, base, new; --time-only, back-to-back launches). MMM_ONLY narrows the variants
+#                    (default .S2.Za: every tile at 2 stages with the split heuristic; both builds must know the name).
 #   bash ab.sh mmv   the matvec harness of the base, built without llama.cpp's baseline and run in full (its own
 #                    checks, then timing), against NEW_CSV: the timings.csv of this tree's build-and-run.sh run on
 #                    the same machine.
